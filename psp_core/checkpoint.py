@@ -1,0 +1,180 @@
+"""Checkpoints in safetensors: weights, optimiser state, config, version and caller metadata.
+
+A checkpoint is self-contained: it also stores every context's spec, so loading one alone
+reproduces predictions exactly. Writes go to a temporary file that is fsynced and renamed over
+the target, so a crash leaves either the old checkpoint or the new one, never a torn file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+
+from psp_core.contexts import ContextSpec
+from psp_core.learner import OnlineLearner, TrainingConfig
+from psp_core.models import ModelConfig, build_model
+
+FORMAT = "psp-checkpoint/1"
+
+
+class CheckpointError(Exception):
+    """A checkpoint is torn, not ours, or does not fit the model it is loaded into."""
+
+
+def _tensors_of(learner: OnlineLearner) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors = {
+        f"model.{name}": t.detach().contiguous().cpu()
+        for name, t in learner.model.state_dict().items()
+    }
+    optim_state = learner.optimizer.state_dict()
+    for param_id, state in optim_state["state"].items():
+        for name, value in state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{param_id}.{name}"] = value.detach().contiguous().cpu()
+    specs = learner.model.bank.specs
+    if learner.model.config.context_kind.uses_power:
+        tensors["bank.power"] = torch.tensor([s.power for s in specs], dtype=torch.float64)
+    else:
+        tensors["bank.seed"] = torch.tensor([s.seed or 0 for s in specs], dtype=torch.int64)
+    header = {
+        "format": FORMAT,
+        "model_config": learner.model.config.to_dict(),
+        "training_config": learner.config.to_dict(),
+        "model_version": learner.model_version,
+        "optim_param_groups": optim_state["param_groups"],
+    }
+    return tensors, header
+
+
+def save_checkpoint(
+    path: str | Path, learner: OnlineLearner, metadata: dict[str, str] | None = None
+) -> None:
+    """Writes the learner's complete state to `path` atomically.
+
+    Args:
+        path: Target file; its directory must exist.
+        learner: The learner to save.
+        metadata: Caller strings kept beside the state, e.g. the last applied queue entry id.
+    """
+    path = Path(path)
+    tensors, header = _tensors_of(learner)
+    header["user"] = metadata or {}
+    blob = save_tensors(tensors, metadata={"psp": json.dumps(header)})
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as handle:
+        handle.write(blob)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    try:
+        blob = path.read_bytes()
+    except OSError as err:
+        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
+    try:
+        # safetensors checks every tensor's offsets against the header, so a torn file fails.
+        tensors = load_tensors(blob)
+        raw_header = json.loads(blob[8 : 8 + int.from_bytes(blob[:8], "little")])
+    except (SafetensorError, ValueError, json.JSONDecodeError) as err:
+        raise CheckpointError(
+            f"checkpoint {path} is torn or not a safetensors file: {err}"
+        ) from err
+    meta = raw_header.get("__metadata__", {})
+    if "psp" not in meta:
+        raise CheckpointError(f"{path} is a safetensors file but not a psp checkpoint")
+    header = json.loads(meta["psp"])
+    if header.get("format") != FORMAT:
+        raise CheckpointError(f"{path} has format {header.get('format')!r}, expected {FORMAT!r}")
+    return tensors, header
+
+
+def _specs(tensors: dict[str, torch.Tensor]) -> list[ContextSpec]:
+    if "bank.power" in tensors:
+        return [ContextSpec(power=float(p)) for p in tensors["bank.power"].tolist()]
+    return [ContextSpec(seed=int(s)) for s in tensors["bank.seed"].tolist()]
+
+
+def restore_checkpoint(path: str | Path, learner: OnlineLearner) -> dict[str, str]:
+    """Loads a checkpoint into an existing learner whose model has the same config.
+
+    The learner's bank must hold the checkpoint's contexts as a prefix (a service may have
+    registered more since); the weights, optimiser state and version are replaced.
+
+    Returns:
+        The caller metadata stored with the checkpoint.
+
+    Raises:
+        CheckpointError: The file is torn, not a psp checkpoint, or written for another model.
+    """
+    tensors, header = _read(Path(path))
+    return _apply(Path(path), tensors, header, learner)
+
+
+def _apply(
+    path: Path, tensors: dict[str, torch.Tensor], header: dict[str, Any], learner: OnlineLearner
+) -> dict[str, str]:
+    stored = ModelConfig.from_dict(header["model_config"])
+    if stored != learner.model.config:
+        raise CheckpointError(
+            f"checkpoint {path} was written for {stored}, but the model is "
+            f"{learner.model.config}; load it into a model with the same config"
+        )
+    specs = _specs(tensors)
+    if learner.model.bank.specs[: len(specs)] != specs:
+        raise CheckpointError(
+            f"checkpoint {path} holds {len(specs)} contexts that differ from the model's bank"
+        )
+    device = learner.device
+    weights = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
+    try:
+        learner.model.load_state_dict(weights, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"checkpoint {path} does not fit the model: {err}") from err
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        if name.startswith("optim."):
+            _, param_id, key = name.split(".", 2)
+            state.setdefault(int(param_id), {})[key] = value.to(device)
+    optimizer = TrainingConfig(**header["training_config"]).build(learner.model.parameters())
+    optimizer.load_state_dict({"state": state, "param_groups": header["optim_param_groups"]})
+    learner.optimizer = optimizer
+    learner.config = TrainingConfig(**header["training_config"])
+    learner.model_version = int(header["model_version"])
+    return dict(header.get("user", {}))
+
+
+def load_checkpoint(
+    path: str | Path, device: torch.device | str = "cpu"
+) -> tuple[OnlineLearner, dict[str, str]]:
+    """Builds a learner from a checkpoint alone.
+
+    Returns:
+        The learner (model, optimiser and version restored, contexts re-registered) and the
+        caller metadata.
+    """
+    tensors, header = _read(Path(path))
+    config = ModelConfig.from_dict(header["model_config"])
+    model = build_model(config, device)
+    model.bank.extend(_specs(tensors))
+    learner = OnlineLearner(model, TrainingConfig(**header["training_config"]))
+    return learner, _apply(Path(path), tensors, header, learner)
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The checkpoint's header (config, version, caller metadata) without building a model."""
+    _, header = _read(Path(path))
+    return header

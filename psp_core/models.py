@@ -1,0 +1,171 @@
+"""Superposed networks built from a dataclass config: an MLP and a small ConvNet.
+
+Every Linear and Conv2d of the plain architecture is superposed (paper eq. 9 and 10). With kind
+`none` the same architecture runs without contexts, as the baseline.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from psp_core.bank import ContextBank
+from psp_core.contexts import ContextKind, ContextSpec
+from psp_core.layers import SuperposedLayer, superpose
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What a superposed network is; two configs that are equal build identical models."""
+
+    kind: str = "complex"  # binary, complex, rotation, onepower, or none (the plain baseline)
+    arch: str = "mlp"  # mlp or convnet
+    input_shape: tuple[int, ...] = (64,)  # one example, e.g. (784,) or (1, 28, 28)
+    hidden: tuple[int, ...] = (256, 256)  # hidden widths (mlp) or channels (convnet)
+    num_classes: int = 10  # width of the output layer
+    seed: int = 0  # weight initialisation and the one-power base phases
+    local_mix: bool = False  # paper eq. 7: average each context's phases with its neighbours'
+
+    def __post_init__(self) -> None:
+        ContextKind(self.kind)
+        if self.arch not in ("mlp", "convnet"):
+            raise ValueError(f"arch must be 'mlp' or 'convnet', not {self.arch!r}")
+        if self.arch == "convnet" and len(self.input_shape) != 3:
+            raise ValueError("a convnet needs input_shape (channels, height, width)")
+        if self.local_mix and not ContextKind(self.kind).is_complex:
+            raise ValueError("local_mix applies to complex and onepower contexts only")
+
+    @property
+    def context_kind(self) -> ContextKind:
+        return ContextKind(self.kind)
+
+    @property
+    def input_size(self) -> int:
+        """Floats in one flattened example."""
+        return math.prod(self.input_shape)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["input_shape"] = list(self.input_shape)
+        data["hidden"] = list(self.hidden)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        return cls(
+            kind=data["kind"],
+            arch=data["arch"],
+            input_shape=tuple(data["input_shape"]),
+            hidden=tuple(data["hidden"]),
+            num_classes=int(data["num_classes"]),
+            seed=int(data["seed"]),
+            local_mix=bool(data.get("local_mix", False)),
+        )
+
+
+class SuperposedModel(nn.Module):
+    """A plain `body` whose Linear and Conv2d layers are superposed, plus their context bank.
+
+    Attributes:
+        config: The config the model was built from.
+        bank: The contexts; `add_context` registers one without rebuilding the model.
+    """
+
+    def __init__(self, config: ModelConfig, body: nn.Sequential) -> None:
+        super().__init__()
+        self.config = config
+        self.body = body
+        layers = superpose(
+            body, config.context_kind, model_seed=config.seed, local_mix=config.local_mix
+        )
+        self.bank = ContextBank(config.context_kind, [layer.contexts for layer in layers])
+
+    def forward(self, x: torch.Tensor, context_index: torch.Tensor) -> torch.Tensor:
+        """Args:
+            x: `(B, *input_shape)` or `(B, prod(input_shape))` real inputs.
+            context_index: `(B,)` int64 bank rows, one per example; rows may differ.
+
+        Returns:
+            `(B, num_classes)` real logits.
+        """
+        x = x.reshape(x.shape[0], *self.config.input_shape)
+        for module in self.body:
+            x = module(x, context_index) if isinstance(module, SuperposedLayer) else module(x)
+        return x
+
+    def add_context(self, spec: ContextSpec) -> int:
+        """Registers a context and returns its bank row."""
+        return self.bank.add(spec)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+
+def _mlp_body(config: ModelConfig) -> nn.Sequential:
+    widths = [config.input_size, *config.hidden]
+    layers: list[nn.Module] = [nn.Flatten()]
+    for fan_in, fan_out in itertools.pairwise(widths):
+        layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
+    layers.append(nn.Linear(widths[-1], config.num_classes))
+    return nn.Sequential(*layers)
+
+
+def _convnet_body(config: ModelConfig) -> nn.Sequential:
+    channels, height, width = config.input_shape
+    layers: list[nn.Module] = []
+    for out_channels in config.hidden:
+        layers += [nn.Conv2d(channels, out_channels, kernel_size=3, padding=1), nn.ReLU()]
+        if min(height, width) >= 2:  # pool while there is space left to halve
+            layers.append(nn.MaxPool2d(2))
+            height, width = height // 2, width // 2
+        channels = out_channels
+    layers += [nn.Flatten(), nn.Linear(channels * height * width, config.num_classes)]
+    return nn.Sequential(*layers)
+
+
+class SuperposedMLP(SuperposedModel):
+    """Fully connected layers with ReLU, every one superposed."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config, _mlp_body(config))
+
+
+class SuperposedConvNet(SuperposedModel):
+    """3x3 convolutions (each followed by ReLU and 2x2 max-pooling) and a linear classifier."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config, _convnet_body(config))
+
+
+def build_model(config: ModelConfig, device: torch.device | str = "cpu") -> SuperposedModel:
+    """Builds the model deterministically from `config.seed` without touching the global RNG."""
+    model_class = SuperposedMLP if config.arch == "mlp" else SuperposedConvNet
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = model_class(config)
+    return model.to(device)
+
+
+def parameter_count(model: nn.Module) -> int:
+    """Trainable real numbers in the model (a complex weight counts as two)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def table1_parameter_count(kind: ContextKind, m: int, n: int) -> tuple[int, int]:
+    """The paper's Table 1 for an `M x N` linear map: (parameters with one model, +1 model).
+
+    Our layers add a bias of `N` and store complex weights as two reals, as Table 1 does.
+    """
+    return {
+        ContextKind.NONE: (m * n, m * n),
+        ContextKind.BINARY: (m * (n + 1), m),
+        ContextKind.COMPLEX: (2 * m * n + m, m),
+        ContextKind.ROTATION: (m * (n + m), m * m),
+        ContextKind.ONEPOWER: (2 * m * n + m, 1),
+    }[kind]

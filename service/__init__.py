@@ -1,0 +1,1 @@
+"""The superposition continual-learning service: HTTP API, registry, queue, trainer and CLI."""

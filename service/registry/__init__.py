@@ -1,0 +1,56 @@
+"""The context registry: which contexts exist, their seeds or powers, and their counters."""
+
+from service.registry.database import (
+    make_engine,
+    make_session_factory,
+    normalize_database_url,
+    ping,
+)
+from service.registry.migrate import downgrade, upgrade
+from service.registry.models import KEY_MAX_LENGTH, Base, ContextRow
+from service.registry.queries import (
+    CONTEXT_KINDS,
+    KEY_PATTERN,
+    MAX_BULK_CONTEXTS,
+    SEED_LIMIT,
+    ContextConflict,
+    ContextItem,
+    InvalidContextParameters,
+    RegistryError,
+    add_training_counts,
+    count_live_contexts,
+    create_context,
+    create_contexts,
+    get_context,
+    list_contexts,
+    live_contexts,
+    retire_context,
+)
+
+__all__ = [
+    "CONTEXT_KINDS",
+    "KEY_MAX_LENGTH",
+    "KEY_PATTERN",
+    "MAX_BULK_CONTEXTS",
+    "SEED_LIMIT",
+    "Base",
+    "ContextConflict",
+    "ContextItem",
+    "ContextRow",
+    "InvalidContextParameters",
+    "RegistryError",
+    "add_training_counts",
+    "count_live_contexts",
+    "create_context",
+    "create_contexts",
+    "downgrade",
+    "get_context",
+    "list_contexts",
+    "live_contexts",
+    "make_engine",
+    "make_session_factory",
+    "normalize_database_url",
+    "ping",
+    "retire_context",
+    "upgrade",
+]

@@ -1,0 +1,103 @@
+"""Engines and sessions for the registry: embedded SQLite or PostgreSQL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+"""How long a SQLite writer waits for another writer's lock before failing."""
+
+POSTGRES_CONNECT_TIMEOUT_S = 5
+"""Connect timeout for PostgreSQL unless the URL sets one, so a down server fails readiness
+checks quickly instead of hanging on TCP retries."""
+
+
+def normalize_database_url(url: str) -> URL:
+    """Parses a database URL and picks the psycopg 3 driver for plain PostgreSQL URLs.
+
+    Args:
+        url: A SQLAlchemy URL; `postgresql://` and `postgres://` are accepted as well as
+            `postgresql+psycopg://`.
+
+    Returns:
+        The parsed URL, with the driver filled in.
+    """
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def _is_memory_sqlite(url: URL) -> bool:
+    database = url.database or ""
+    return database in ("", ":memory:") or "mode=memory" in database
+
+
+def _set_sqlite_pragmas(dbapi_connection: Any, connection_record: ConnectionPoolEntry) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        # WAL lets readers go on while one writer commits; the busy timeout makes a second writer
+        # wait for the lock rather than fail at once with "database is locked".
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    finally:
+        cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    """Creates the registry engine for a SQLite or PostgreSQL URL.
+
+    SQLite connections may be used from any thread (the service runs sync endpoints in a thread
+    pool) and run in WAL mode with a busy timeout. An in-memory SQLite database shares one
+    connection, since each new connection would otherwise see an empty database. PostgreSQL
+    connections are checked before use, so a restarted server does not fail the next request.
+
+    Args:
+        url: The database URL, e.g. `Settings.resolved_database_url`.
+
+    Returns:
+        A new engine; dispose of it when done.
+    """
+    parsed = normalize_database_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if _is_memory_sqlite(parsed):
+            engine = create_engine(
+                parsed, connect_args={"check_same_thread": False}, poolclass=StaticPool
+            )
+        else:
+            engine = create_engine(parsed, connect_args={"check_same_thread": False})
+        event.listen(engine, "connect", _set_sqlite_pragmas)
+        return engine
+    connect_args: dict[str, Any] = {}
+    if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
+        connect_args["connect_timeout"] = POSTGRES_CONNECT_TIMEOUT_S
+    return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """A session factory bound to `engine`.
+
+    Objects are not expired on commit, so rows returned by the query functions can still be read
+    (e.g. turned into a response body) after the caller commits and closes the session.
+    """
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+def ping(engine: Engine) -> bool:
+    """Whether the database answers a trivial query; used by the readiness probe.
+
+    Returns:
+        True if `SELECT 1` succeeded, False on any database or connection error.
+    """
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except (SQLAlchemyError, OSError):
+        return False
+    return True

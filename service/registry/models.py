@@ -1,0 +1,154 @@
+"""SQLAlchemy models of the context registry.
+
+One row per registered context. A context is defined by one number (an integer seed, or a real
+exponent for one-power), so a row stays small: the table is expected to hold hundreds of
+thousands of tenants. Only the primary key and the partial unique index on live keys exist;
+every further index would cost bytes on every row.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Dialect,
+    Double,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+KEY_MAX_LENGTH = 128
+"""The longest context key, as in the HTTP contract's key pattern."""
+
+LIVE_KEY_INDEX = "uq_contexts_key_live"
+"""Name of the partial unique index that keeps keys unique among live (unretired) contexts."""
+
+
+def utcnow() -> datetime:
+    """The current time as a timezone-aware UTC datetime."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp that is always stored in and read back as timezone-aware UTC.
+
+    SQLite keeps no zone and hands back naive values, so they are tagged as UTC on the way out;
+    PostgreSQL hands back the session's zone, so values are converted to UTC.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("timestamps must be timezone-aware")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class Float64(TypeDecorator[float]):
+    """An IEEE double that is always read back as a Python float.
+
+    SQLite stores integral REAL values as integers and, in RETURNING rows, hands them back as
+    Python ints; this coerces them so that a power is a float wherever it comes from.
+    """
+
+    impl = Double()
+    cache_ok = True
+
+    def process_result_value(self, value: float | None, dialect: Dialect) -> float | None:
+        return None if value is None else float(value)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the registry models, with deterministic constraint names."""
+
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class ContextRow(Base):
+    """One registered context.
+
+    Attributes:
+        index: Position of the context in the model's context bank. Monotonic and never reused,
+            even after the context is retired (SQLite uses AUTOINCREMENT, PostgreSQL a sequence).
+        seed: The integer seed of a binary, complex, rotation or none context; None for
+            one-power.
+        power: The real exponent of a one-power context; None for the other kinds.
+        created_at: When the context was registered (UTC).
+        retired_at: When the context was deleted (UTC); None while it is live.
+        examples_seen: Training examples applied under this context.
+        prequential_correct: Examples the model got right before learning them.
+        prequential_seen: Examples scored before learning them (test-then-train).
+        shard: The model process that owns the context when contexts are sharded.
+        key: The client's name for the context, unique among live contexts.
+    """
+
+    __tablename__ = "contexts"
+    __table_args__ = (
+        Index(
+            LIVE_KEY_INDEX,
+            "key",
+            unique=True,
+            sqlite_where=text("retired_at IS NULL"),
+            postgresql_where=text("retired_at IS NULL"),
+        ),
+        {"sqlite_autoincrement": True},
+    )
+
+    # Columns are declared widest-first so PostgreSQL packs them without alignment padding
+    # (8-byte values, then the 4-byte shard, then the variable-length key).
+    # SQLite only autoincrements a column declared exactly INTEGER PRIMARY KEY, hence the variant.
+    index: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    seed: Mapped[int | None] = mapped_column(BigInteger)
+    power: Mapped[float | None] = mapped_column(Float64)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    examples_seen: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    prequential_correct: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    prequential_seen: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    shard: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    key: Mapped[str] = mapped_column(String(KEY_MAX_LENGTH))
+
+    @property
+    def is_live(self) -> bool:
+        """Whether the context still answers (it has not been retired)."""
+        return self.retired_at is None
+
+    @property
+    def prequential_accuracy(self) -> float | None:
+        """Test-then-train accuracy so far, or None before any example was scored."""
+        if self.prequential_seen == 0:
+            return None
+        return self.prequential_correct / self.prequential_seen
+
+    def __repr__(self) -> str:
+        return (
+            f"ContextRow(index={self.index!r}, key={self.key!r}, seed={self.seed!r}, "
+            f"power={self.power!r}, retired_at={self.retired_at!r})"
+        )

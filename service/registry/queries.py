@@ -1,0 +1,544 @@
+"""Query functions of the context registry.
+
+Every function takes keyword arguments only and does one job against a `Session`.
+
+Commit policy: these functions never commit. They flush, so generated values such as the
+context index are set on the returned rows, and the caller commits (or rolls back) the
+transaction. That lets a caller combine several calls in one transaction; the price is that a
+caller must commit promptly after creating one-power contexts with a server-chosen power,
+because the power allocation holds a lock until the transaction ends (an advisory lock on
+PostgreSQL, the write lock on SQLite).
+
+A key is unique among live contexts only. Deleting a context retires its row instead of removing
+it, so its index is never handed out again, and the same key may later be registered anew under
+a new index.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import secrets
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final, NoReturn
+from typing import cast as type_cast
+
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    CursorResult,
+    Table,
+    and_,
+    bindparam,
+    case,
+    cast,
+    distinct,
+    func,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from service.registry.models import KEY_MAX_LENGTH, ContextRow, utcnow
+
+CONTEXT_KINDS: Final = frozenset({"binary", "complex", "rotation", "onepower", "none"})
+"""The context kinds of the model (`PSP_MODEL__KIND`)."""
+
+KEY_PATTERN: Final = re.compile(rf"^[A-Za-z0-9._:-]{{1,{KEY_MAX_LENGTH}}}$")
+"""Keys allowed by the HTTP contract."""
+
+SEED_LIMIT: Final = 2**63
+"""Seeds lie in [0, SEED_LIMIT), so they fit a signed 64-bit column."""
+
+MAX_BULK_CONTEXTS: Final = 10_000
+"""The most contexts one `create_contexts` call registers."""
+
+# Any 64-bit constant works; it names the lock that serialises the choice of one-power powers.
+_POWER_LOCK_ID: Final = 0x7073705F706F7772
+# Bound on IN-lists; old SQLite builds allow only 999 parameters per statement.
+_IN_CHUNK: Final = 900
+# Doubles represent every integer exactly only up to 2**53; larger powers are never integral
+# candidates, and casting them could overflow BIGINT on PostgreSQL.
+_EXACT_INTEGER_LIMIT: Final = 2**53
+# A key that is retired or re-registered by another transaction between our read and our insert
+# is retried; more rounds than this means something keeps fighting over the same keys.
+_MAX_INSERT_ROUNDS: Final = 5
+
+
+class RegistryError(Exception):
+    """Base class of the registry's errors; the message says what to send instead."""
+
+
+class InvalidContextParameters(RegistryError, ValueError):
+    """The key, seed or power does not fit the model's context kind (an HTTP 422)."""
+
+
+class ContextConflict(RegistryError):
+    """A live context already has this key with a different seed or power (an HTTP 409).
+
+    Attributes:
+        key: The conflicting key.
+        existing: The live row that holds the key.
+    """
+
+    def __init__(self, message: str, *, key: str, existing: ContextRow) -> None:
+        super().__init__(message)
+        self.key = key
+        self.existing = existing
+
+
+ContextItem = tuple[str, int | None, float | None]
+"""A context to register: (key, seed or None, power or None)."""
+
+
+@dataclass
+class _Pending:
+    """A context of the batch that will be inserted; seed or power is filled in when chosen."""
+
+    key: str
+    seed: int | None
+    power: float | None
+    requested_seed: int | None
+    requested_power: float | None
+    row: ContextRow | None = None
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in CONTEXT_KINDS:
+        raise ValueError(f"unknown context kind {kind!r}; expected one of {sorted(CONTEXT_KINDS)}")
+
+
+def _validate_item(kind: str, item: ContextItem) -> ContextItem:
+    """Checks one item against the kind and returns it with the power as a float."""
+    key, seed, power = item
+    if not isinstance(key, str) or not KEY_PATTERN.match(key):
+        raise InvalidContextParameters(
+            f"key {key!r} is not valid; send 1 to {KEY_MAX_LENGTH} characters from "
+            "A-Z, a-z, 0-9, '.', '_', ':' and '-'"
+        )
+    if kind == "onepower":
+        if seed is not None:
+            raise InvalidContextParameters(
+                "one-power contexts are defined by a power (a real exponent), not a seed; "
+                "send a number as power, or omit both to let the server choose"
+            )
+        if power is not None:
+            if isinstance(power, bool) or not isinstance(power, int | float):
+                raise InvalidContextParameters(
+                    "power must be a finite number; send a number or omit it"
+                )
+            if not math.isfinite(power):
+                raise InvalidContextParameters(
+                    "power must be a finite number, not NaN or infinity; send a finite number "
+                    "or omit it"
+                )
+            power = float(power)
+        return key, None, power
+    if power is not None:
+        raise InvalidContextParameters(
+            f"{kind} contexts are defined by an integer seed, not a power; send an integer "
+            f"seed in [0, 2**63) instead, or omit both to let the server choose"
+        )
+    if seed is not None and (
+        isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT
+    ):
+        raise InvalidContextParameters(
+            f"seed {seed!r} is out of range; send an integer in [0, 2**63), or omit it to let "
+            "the server choose"
+        )
+    return key, seed, None
+
+
+def _conflict(existing: ContextRow, seed: int | None, power: float | None) -> bool:
+    """Whether the requested parameters contradict the live row (omitted ones never do)."""
+    if seed is not None and seed != existing.seed:
+        return True
+    return power is not None and power != existing.power
+
+
+def _raise_conflict(key: str, existing: ContextRow) -> NoReturn:
+    if existing.power is not None:
+        held = f"power {existing.power!r}"
+        fix = "send that power or omit it"
+    else:
+        held = f"seed {existing.seed!r}"
+        fix = "send that seed or omit it"
+    raise ContextConflict(
+        f"context {key!r} already exists with {held}; {fix} to get the existing context, or "
+        "delete it first to register the key anew",
+        key=key,
+        existing=existing,
+    )
+
+
+def _chunks(values: Sequence[str], size: int) -> Iterable[Sequence[str]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def _live_rows_by_key(session: Session, keys: Sequence[str]) -> dict[str, ContextRow]:
+    found: dict[str, ContextRow] = {}
+    for chunk in _chunks(keys, _IN_CHUNK):
+        rows = session.scalars(
+            select(ContextRow).where(ContextRow.key.in_(chunk), ContextRow.retired_at.is_(None))
+        )
+        found.update((row.key, row) for row in rows)
+    return found
+
+
+def _lock_power_allocation(session: Session) -> None:
+    """Serialises the choice of free powers until this transaction ends.
+
+    Powers have no unique index (it would cost bytes on every row, and explicit powers may be
+    shared), so two concurrent creates would otherwise pick the same free power.
+    """
+    connection = session.connection()
+    dialect = connection.dialect.name
+    if dialect == "postgresql":
+        connection.execute(
+            text("SELECT pg_advisory_xact_lock(:lock_id)"), {"lock_id": _POWER_LOCK_ID}
+        )
+    elif dialect == "sqlite":
+        # pysqlite opens a transaction only at the first write, so the reads below would run on a
+        # snapshot that a concurrent writer could invalidate. Taking the write lock up front
+        # closes that window; a connection already inside a transaction has written and so
+        # holds the lock already.
+        dbapi_connection = connection.connection.dbapi_connection
+        if dbapi_connection is not None and not dbapi_connection.in_transaction:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _integral_power() -> ColumnElement[Any]:
+    """The power where it is a non-negative integer, else NULL."""
+    power = ContextRow.power
+    return case(
+        (
+            and_(power >= 0, power < _EXACT_INTEGER_LIMIT),
+            case((cast(power, BigInteger) == power, power)),
+        )
+    )
+
+
+def _free_powers(session: Session, count: int, reserved: Iterable[float]) -> list[float]:
+    """The `count` smallest non-negative integers that no row (live or retired) uses as power.
+
+    One aggregate query answers the common case, where the used integral powers are exactly
+    0..max; only when there are gaps are the used values read to find them.
+    """
+    integral = _integral_power()
+    used_count, used_max = session.execute(
+        select(func.count(distinct(integral)), func.max(integral))
+    ).one()
+    taken: set[int] = {int(p) for p in reserved if p >= 0 and p.is_integer()}
+    if used_max is None:
+        candidate = 0
+    elif used_count == int(used_max) + 1:
+        candidate = int(used_max) + 1
+    else:
+        candidate = 0
+        taken.update(
+            int(value)
+            for value in session.scalars(select(integral).where(integral.is_not(None)).distinct())
+        )
+    chosen: list[float] = []
+    while len(chosen) < count:
+        if candidate not in taken:
+            chosen.append(float(candidate))
+        candidate += 1
+    return chosen
+
+
+def _insert_rows(
+    session: Session, pending: Sequence[_Pending], created_at: datetime
+) -> dict[str, ContextRow]:
+    """Inserts the pending contexts, skipping keys that went live in another transaction.
+
+    Returns:
+        The inserted rows by key; a key missing from it was registered concurrently.
+    """
+    if not pending:
+        return {}
+    dialect = session.connection().dialect.name
+    insert_fn = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = (
+        insert_fn(ContextRow)
+        .on_conflict_do_nothing(
+            index_elements=[ContextRow.key], index_where=ContextRow.retired_at.is_(None)
+        )
+        .returning(ContextRow)
+    )
+    parameters = [
+        {
+            "key": item.key,
+            "seed": item.seed,
+            "power": item.power,
+            "created_at": created_at,
+        }
+        for item in pending
+    ]
+    return {row.key: row for row in session.scalars(statement, parameters)}
+
+
+def create_contexts(
+    *, session: Session, kind: str, items: Sequence[ContextItem]
+) -> list[tuple[ContextRow, bool]]:
+    """Registers many contexts at once, with the rules of `create_context` for each item.
+
+    Items are taken in order: a key that appears twice behaves as if posted twice. Validation
+    and conflict checks run before anything is written, so an invalid or conflicting item
+    leaves the registry untouched; if a conflict only shows up at insert time (another
+    transaction registered the key meanwhile), the rows this call inserted are removed again
+    before `ContextConflict` is raised.
+
+    Args:
+        session: The session to work in; flushed, not committed.
+        kind: The model's context kind (`binary`, `complex`, `rotation`, `onepower`, `none`).
+        items: Up to `MAX_BULK_CONTEXTS` tuples of (key, seed or None, power or None).
+
+    Returns:
+        One (row, created) pair per item, in item order; created is False for a key that was
+        already live (or appeared earlier in the batch).
+
+    Raises:
+        InvalidContextParameters: An item does not fit the kind, or the batch is too large.
+        ContextConflict: A key is live with a different seed or power.
+    """
+    _check_kind(kind)
+    if len(items) > MAX_BULK_CONTEXTS:
+        raise InvalidContextParameters(
+            f"{len(items)} contexts in one batch is too many; send at most {MAX_BULK_CONTEXTS} "
+            "per request"
+        )
+    valid = [_validate_item(kind, item) for item in items]
+    keys = list(dict.fromkeys(key for key, _, _ in valid))
+    existing = _live_rows_by_key(session, keys)
+
+    # Resolve items against live rows and earlier items before writing anything.
+    pending: dict[str, _Pending] = {}
+    for key, seed, power in valid:
+        if key in existing:
+            if _conflict(existing[key], seed, power):
+                _raise_conflict(key, existing[key])
+        elif key in pending:
+            earlier = pending[key]
+            if (seed is not None and seed != earlier.seed) or (
+                power is not None and power != earlier.power
+            ):
+                raise InvalidContextParameters(
+                    f"key {key!r} appears twice in the batch with different parameters; send "
+                    "each key once"
+                )
+        else:
+            pending[key] = _Pending(
+                key=key, seed=seed, power=power, requested_seed=seed, requested_power=power
+            )
+
+    needs_power = [item for item in pending.values() if kind == "onepower" and item.power is None]
+    if needs_power:
+        _lock_power_allocation(session)
+        explicit = [item.power for item in pending.values() if item.power is not None]
+        for item, chosen in zip(
+            needs_power, _free_powers(session, len(needs_power), explicit), strict=True
+        ):
+            item.power = chosen
+    if kind != "onepower":
+        for item in pending.values():
+            if item.seed is None:
+                item.seed = secrets.randbits(63)
+
+    created_at = utcnow()
+    to_insert = list(pending.values())
+    inserted_now: list[ContextRow] = []
+    for _ in range(_MAX_INSERT_ROUNDS):
+        inserted = _insert_rows(session, to_insert, created_at)
+        inserted_now.extend(inserted.values())
+        raced = [item for item in to_insert if item.key not in inserted]
+        for item in to_insert:
+            item.row = inserted.get(item.key)
+        if not raced:
+            break
+        # The other transaction has committed by now (the insert waited for its lock), so a
+        # fresh read sees its row; its row wins if it agrees with what this item asked for.
+        winners = _live_rows_by_key(session, [item.key for item in raced])
+        for item in raced:
+            winner = winners.get(item.key)
+            if winner is None:
+                continue
+            if _conflict(winner, item.requested_seed, item.requested_power):
+                for inserted_row in inserted_now:
+                    session.delete(inserted_row)
+                session.flush()
+                _raise_conflict(item.key, winner)
+            existing[item.key] = winner
+            del pending[item.key]
+        to_insert = [item for item in raced if item.key in pending]
+        if not to_insert:
+            break
+    else:
+        raise RuntimeError("contexts kept being registered and deleted concurrently; retry")
+
+    results: list[tuple[ContextRow, bool]] = []
+    seen: set[str] = set()
+    for key, _, _ in valid:
+        if key in existing:
+            results.append((existing[key], False))
+        else:
+            row = pending[key].row
+            if row is None:
+                raise RuntimeError(f"context {key!r} was neither found nor inserted")
+            results.append((row, key not in seen))
+        seen.add(key)
+    return results
+
+
+def create_context(
+    *,
+    session: Session,
+    key: str,
+    kind: str,
+    seed: int | None = None,
+    power: float | None = None,
+) -> tuple[ContextRow, bool]:
+    """Registers one context, or returns the live one with the same key.
+
+    One-power contexts are defined by a real `power`; the other kinds by an integer `seed` in
+    [0, 2**63). When it is omitted, the server chooses: a random 63-bit seed, or the smallest
+    non-negative integer power that no context (live or retired) uses.
+
+    Args:
+        session: The session to work in; flushed, not committed.
+        key: The client's name for the context.
+        kind: The model's context kind.
+        seed: The seed of a binary, complex, rotation or none context, or None to choose one.
+        power: The exponent of a one-power context, or None to choose one.
+
+    Returns:
+        The row and whether it was created now (False: the key was already live with the same
+        or omitted parameters).
+
+    Raises:
+        InvalidContextParameters: The key, seed or power does not fit the kind.
+        ContextConflict: The key is live with a different seed or power.
+    """
+    return create_contexts(session=session, kind=kind, items=[(key, seed, power)])[0]
+
+
+def get_context(*, session: Session, key: str) -> ContextRow | None:
+    """The live context with this key, or None."""
+    return session.scalars(
+        select(ContextRow).where(ContextRow.key == key, ContextRow.retired_at.is_(None))
+    ).one_or_none()
+
+
+def list_contexts(*, session: Session, limit: int, offset: int) -> tuple[list[ContextRow], int]:
+    """A page of live contexts in index order, and the number of live contexts.
+
+    Args:
+        session: The session to read with.
+        limit: The most rows to return (non-negative).
+        offset: How many rows of the ordering to skip (non-negative).
+
+    Returns:
+        The rows of the page and the total count of live contexts.
+    """
+    if limit < 0 or offset < 0:
+        raise ValueError("limit and offset must be non-negative")
+    rows = session.scalars(
+        select(ContextRow)
+        .where(ContextRow.retired_at.is_(None))
+        .order_by(ContextRow.index)
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    return list(rows), count_live_contexts(session=session)
+
+
+def count_live_contexts(*, session: Session) -> int:
+    """The number of live contexts."""
+    return (
+        session.scalar(
+            select(func.count()).select_from(ContextRow).where(ContextRow.retired_at.is_(None))
+        )
+        or 0
+    )
+
+
+def live_contexts(*, session: Session, after_index: int = -1) -> list[ContextRow]:
+    """Live contexts with an index above `after_index`, in index order.
+
+    Used to build the model's context bank at start-up and then, with the highest index seen so
+    far, to pick up contexts that other processes registered.
+    """
+    return list(
+        session.scalars(
+            select(ContextRow)
+            .where(ContextRow.retired_at.is_(None), ContextRow.index > after_index)
+            .order_by(ContextRow.index)
+        )
+    )
+
+
+def retire_context(*, session: Session, key: str) -> bool:
+    """Deletes a context: its key stops answering and its index is never reused.
+
+    Returns:
+        True if a live context with the key was retired, False if there was none.
+    """
+    result = session.execute(
+        update(ContextRow)
+        .where(ContextRow.key == key, ContextRow.retired_at.is_(None))
+        .values(retired_at=utcnow())
+        .execution_options(synchronize_session="evaluate")
+    )
+    return type_cast(CursorResult[Any], result).rowcount > 0
+
+
+def add_training_counts(*, session: Session, counts: Mapping[int, tuple[int, int]]) -> None:
+    """Adds trained and prequentially scored examples to the contexts' counters.
+
+    The increments happen in the database (`SET n = n + :delta`), so concurrent writers never
+    lose each other's counts.
+
+    Args:
+        session: The session to work in; flushed, not committed.
+        counts: Context index -> (examples, correct). The examples are added to `examples_seen`
+            and `prequential_seen`, the correct ones to `prequential_correct`. Unknown indices
+            are ignored.
+
+    Raises:
+        ValueError: A count is negative or correct exceeds examples.
+    """
+    for index, (examples, correct) in counts.items():
+        if examples < 0 or correct < 0 or correct > examples:
+            raise ValueError(
+                f"counts for context {index} must satisfy 0 <= correct <= examples, got "
+                f"examples={examples}, correct={correct}"
+            )
+    # Sorted so that concurrent writers lock rows in the same order and cannot deadlock.
+    parameters = [
+        {"b_index": index, "b_examples": examples, "b_correct": correct}
+        for index, (examples, correct) in sorted(counts.items())
+        if examples or correct
+    ]
+    if not parameters:
+        return
+    table = type_cast(Table, ContextRow.__table__)
+    statement = (
+        update(table)
+        .where(table.c.index == bindparam("b_index"))
+        .values(
+            examples_seen=table.c.examples_seen + bindparam("b_examples"),
+            prequential_seen=table.c.prequential_seen + bindparam("b_examples"),
+            prequential_correct=table.c.prequential_correct + bindparam("b_correct"),
+        )
+    )
+    session.execute(statement, parameters)
+    # The update bypassed the ORM, so loaded rows would show stale counters until expired.
+    changed = {p["b_index"] for p in parameters}
+    for obj in list(session.identity_map.values()):
+        if isinstance(obj, ContextRow) and obj.index in changed:
+            session.expire(obj, ["examples_seen", "prequential_seen", "prequential_correct"])

@@ -1,0 +1,44 @@
+"""The context bank grows without a rebuild and gathers per batch."""
+
+import pytest
+import torch
+
+from psp_core.contexts import ContextSpec
+from psp_core.models import ModelConfig, build_model
+
+
+def test_adding_contexts_keeps_existing_answers() -> None:
+    model = build_model(ModelConfig(kind="binary", hidden=(16,)))
+    model.bank.extend([ContextSpec(seed=s) for s in (10, 11)])
+    x = torch.randn(4, 64)
+    index = torch.tensor([0, 1, 1, 0])
+    before = model(x, index)
+    assert model.add_context(ContextSpec(seed=12)) == 2
+    assert torch.equal(model(x, index), before)
+    assert model(x, torch.full((4,), 2)).shape == (4, 10)
+    assert len(model.bank) == 3
+
+
+def test_gather_returns_one_vector_per_row() -> None:
+    model = build_model(ModelConfig(kind="complex", hidden=(16,)))
+    model.bank.extend([ContextSpec(seed=s) for s in range(3)])
+    gathered = model.bank.gather(0, torch.tensor([2, 0, 2]))
+    assert gathered.shape == (3, 128)
+    assert torch.equal(gathered[0], gathered[2]) and not torch.equal(gathered[0], gathered[1])
+
+
+def test_bytes_per_context_sums_layers() -> None:
+    model = build_model(ModelConfig(kind="binary", input_shape=(64,), hidden=(32, 16)))
+    assert model.bank.bytes_per_context() == 4 * (64 + 32 + 16)
+    onepower = build_model(ModelConfig(kind="onepower", input_shape=(64,), hidden=(32, 16)))
+    assert onepower.bank.bytes_per_context() == 8 * 3
+
+
+def test_kind_mismatch_and_bad_rows_are_rejected() -> None:
+    model = build_model(ModelConfig(kind="onepower", hidden=(8,)))
+    with pytest.raises(ValueError, match="power"):
+        model.add_context(ContextSpec(seed=1))
+    model.add_context(ContextSpec(power=0.5))
+    with pytest.raises(IndexError, match=r"\[0, 1\)"):
+        model.bank.check_index(torch.tensor([0, 1]))
+    model.bank.check_index(torch.tensor([0, 0]))

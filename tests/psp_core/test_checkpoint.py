@@ -1,0 +1,111 @@
+"""Checkpoints: exact round trips, clear errors for torn or mismatched files, atomic writes."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from psp_core.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    read_metadata,
+    restore_checkpoint,
+    save_checkpoint,
+)
+from psp_core.contexts import ContextSpec
+from psp_core.learner import OnlineLearner, TrainingConfig
+from psp_core.models import ModelConfig, build_model
+
+
+def _trained(kind: str = "complex", optimizer: str = "adam") -> OnlineLearner:
+    model = build_model(ModelConfig(kind=kind, hidden=(16,)))
+    model.bank.extend(
+        [ContextSpec(power=i / 2) if kind == "onepower" else ContextSpec(seed=i) for i in range(4)]
+    )
+    learner = OnlineLearner(model, TrainingConfig(optimizer=optimizer, lr=0.01))
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        learner.step(torch.randn(8, 64, generator=g), torch.arange(8) % 4,
+                     torch.randint(0, 10, (8,), generator=g))
+    return learner
+
+
+@pytest.mark.parametrize("kind", ["none", "binary", "complex", "rotation", "onepower"])
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "rmsprop"])
+def test_round_trip_reproduces_predictions_and_training(tmp_path: Path, kind, optimizer) -> None:
+    learner = _trained(kind, optimizer)
+    path = tmp_path / "ckpt.safetensors"
+    save_checkpoint(path, learner, {"last_entry_id": "17-0"})
+    loaded, metadata = load_checkpoint(path)
+    assert metadata == {"last_entry_id": "17-0"}
+    assert loaded.model_version == learner.model_version == 5
+    x, index = torch.randn(6, 64), torch.tensor([0, 1, 2, 3, 2, 1])
+    assert torch.equal(loaded.predict(x, index), learner.predict(x, index))
+    y = torch.randint(0, 10, (6,))
+    learner.step(x, index, y)
+    loaded.step(x, index, y)  # the optimiser state came along too
+    for a, b in zip(learner.model.parameters(), loaded.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_restore_into_a_bank_that_grew_since(tmp_path: Path) -> None:
+    learner = _trained("binary")
+    save_checkpoint(tmp_path / "c", learner)
+    model = build_model(learner.model.config)
+    model.bank.extend([ContextSpec(seed=i) for i in range(6)])
+    fresh = OnlineLearner(model, TrainingConfig())
+    restore_checkpoint(tmp_path / "c", fresh)
+    x, index = torch.randn(3, 64), torch.tensor([0, 3, 2])
+    assert torch.equal(fresh.predict(x, index), learner.predict(x, index))
+    assert read_metadata(tmp_path / "c")["model_version"] == 5
+
+
+def test_torn_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "c"
+    save_checkpoint(path, _trained())
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="torn"):
+        load_checkpoint(path)
+    path.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="torn"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="cannot read"):
+        load_checkpoint(tmp_path / "missing")
+
+
+def test_mismatched_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    save_checkpoint(tmp_path / "c", _trained("complex"))
+    other = build_model(ModelConfig(kind="binary", hidden=(16,)))
+    other.bank.extend([ContextSpec(seed=i) for i in range(4)])
+    with pytest.raises(CheckpointError, match="same config"):
+        restore_checkpoint(tmp_path / "c", OnlineLearner(other, TrainingConfig()))
+    same_config = build_model(ModelConfig(kind="complex", hidden=(16,)))
+    same_config.bank.extend([ContextSpec(seed=i + 100) for i in range(4)])
+    with pytest.raises(CheckpointError, match="differ"):
+        restore_checkpoint(tmp_path / "c", OnlineLearner(same_config, TrainingConfig()))
+
+
+def test_foreign_safetensors_file_is_rejected(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({"a": torch.zeros(2)}, str(tmp_path / "foreign"))
+    with pytest.raises(CheckpointError, match="not a psp checkpoint"):
+        load_checkpoint(tmp_path / "foreign")
+
+
+def test_save_replaces_atomically_and_leaves_no_temporary(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "c"
+    learner = _trained()
+    save_checkpoint(path, learner)
+    good = path.read_bytes()
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    learner.step(torch.randn(2, 64), torch.zeros(2, dtype=torch.long), torch.zeros(2).long())
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, learner)
+    assert path.read_bytes() == good  # a crash before the rename keeps the old checkpoint whole

@@ -1,0 +1,169 @@
+"""Superposed layers: mixed-context batches, Proposition 3, and the dispatch to twins."""
+
+import pytest
+import torch
+from torch import nn
+
+from psp_core.contexts import ContextKind, ContextSpec, binary_context, rotation_context
+from psp_core.layers import (
+    LayerContexts,
+    SuperposedConv2d,
+    SuperposedLinear,
+    make_superposed,
+    superpose,
+)
+
+KINDS = list(ContextKind)
+
+
+def _spec(kind: ContextKind, i: int) -> ContextSpec:
+    return ContextSpec(power=i + 0.5 * (i % 2)) if kind.uses_power else ContextSpec(seed=i)
+
+
+def _linear(kind: ContextKind) -> SuperposedLinear:
+    torch.manual_seed(0)
+    layer = SuperposedLinear(nn.Linear(12, 5), kind, model_seed=3, layer_index=0)
+    layer.contexts.append([_spec(kind, i) for i in range(6)])
+    return layer
+
+
+def _conv(kind: ContextKind) -> SuperposedConv2d:
+    torch.manual_seed(0)
+    base = nn.Conv2d(3, 4, kernel_size=3, padding=1, stride=2)
+    layer = SuperposedConv2d(base, kind, model_seed=3, layer_index=0)
+    layer.contexts.append([_spec(kind, i) for i in range(6)])
+    return layer
+
+
+# (name, layer factory, input shape): one table covering every layer type.
+CASES = [("linear", _linear, (12,)), ("conv2d", _conv, (3, 9, 7))]
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=str)
+@pytest.mark.parametrize(("name", "factory", "shape"), CASES, ids=[c[0] for c in CASES])
+def test_mixed_batch_equals_row_by_row(kind, name, factory, shape) -> None:
+    layer = factory(kind)
+    x = torch.randn(10, *shape)
+    index = torch.tensor([0, 5, 2, 2, 1, 3, 4, 0, 5, 1])
+    mixed = layer(x, index)
+    rows = torch.cat([layer(x[i : i + 1], index[i : i + 1]) for i in range(10)])
+    assert mixed.shape == rows.shape
+    assert torch.allclose(mixed, rows, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", [k for k in KINDS if k is not ContextKind.NONE], ids=str)
+@pytest.mark.parametrize(("name", "factory", "shape"), CASES, ids=[c[0] for c in CASES])
+def test_contexts_recall_different_models(kind, name, factory, shape) -> None:
+    layer = factory(kind)
+    x = torch.randn(4, *shape)
+    first = layer(x, torch.zeros(4, dtype=torch.long))
+    second = layer(x, torch.ones(4, dtype=torch.long))
+    assert not torch.allclose(first, second, atol=1e-3)
+
+
+def test_binary_linear_is_w_times_bound_input() -> None:
+    layer = _linear(ContextKind.BINARY)
+    x = torch.randn(3, 12)
+    c = binary_context(3, 2, 0, 12)
+    expected = (x * c) @ layer.base_layer.weight.T + layer.base_layer.bias
+    assert torch.allclose(layer(x, torch.full((3,), 2)), expected, atol=1e-6)
+
+
+def test_conv_binds_context_to_kernel() -> None:
+    # Paper eq. 10: (w ⊙ c) * x, with c over (in_channels, kh, kw).
+    layer = _conv(ContextKind.BINARY)
+    x = torch.randn(2, 3, 9, 7)
+    c = binary_context(3, 4, 0, 27).view(3, 3, 3)
+    conv = layer.base_layer
+    expected = nn.functional.conv2d(x, conv.weight * c, conv.bias, stride=2, padding=1)
+    assert torch.allclose(layer(x, torch.full((2,), 4)), expected, atol=1e-5)
+
+
+def test_complex_linear_is_real_part_of_complex_product() -> None:
+    layer = _linear(ContextKind.COMPLEX)
+    x = torch.randn(3, 12, dtype=torch.float64)
+    pair = layer.contexts.table[1].double()
+    c = torch.complex(pair[:12], -pair[12:])
+    w = torch.complex(layer.base_layer.weight.double(), layer.weight_imag.double())
+    expected = (w @ (c * x).T).real.T + layer.base_layer.bias.double()
+    assert torch.allclose(layer(x.float(), torch.ones(3, dtype=torch.long)).double(), expected,
+                          atol=1e-5)
+
+
+def test_prop3_complex_gradient_is_context_rotated_model_gradient() -> None:
+    """∂J_PSP/∂W = (∂J_k/∂W(k)) ⊙ conj(c(k)) for W(k) = W ⊙ c(k) (PyTorch's conjugate grads)."""
+    torch.manual_seed(0)
+    m, n = 8, 3
+    w = torch.randn(n, m, dtype=torch.complex128, requires_grad=True)
+    c = torch.polar(torch.ones(m, dtype=torch.float64), torch.rand(m, dtype=torch.float64) * 6)
+    x, target = torch.randn(5, m, dtype=torch.float64), torch.randn(5, n, dtype=torch.float64)
+
+    ((w @ (c * x).T).real.T - target).pow(2).sum().backward()
+    model_k = (w.detach() * c).requires_grad_(True)  # the k-th model recalled from W
+    ((model_k @ x.T.to(torch.complex128)).real.T - target).pow(2).sum().backward()
+    assert torch.allclose(w.grad, model_k.grad * c.conj(), atol=1e-10)
+
+
+def test_prop3_rotation_gradient_is_rotated_model_gradient() -> None:
+    """∂J_PSP/∂W = (∂J_k/∂W(k)) C_kᵀ for W(k) = W C_k."""
+    layer = _linear(ContextKind.ROTATION)
+    x, target = torch.randn(5, 12), torch.randn(5, 5)
+    (layer(x, torch.full((5,), 3)) - target).pow(2).sum().backward()
+    rotation = rotation_context(3, 3, 0, 12)
+    model_k = (layer.base_layer.weight.detach() @ rotation).requires_grad_(True)
+    (x @ model_k.T + layer.base_layer.bias.detach() - target).pow(2).sum().backward()
+    assert torch.allclose(layer.base_layer.weight.grad, model_k.grad @ rotation.T, atol=1e-4)
+
+
+def test_table_grows_by_doubling_and_keeps_rows() -> None:
+    table = LayerContexts(ContextKind.BINARY, model_seed=0, layer_index=0, dim=4, local_mix=False)
+    table.append([ContextSpec(seed=0)])
+    first = table.table[0].clone()
+    table.append([ContextSpec(seed=i) for i in range(1, 20)])
+    assert len(table) == 20 and table.table.shape[0] >= 20
+    assert torch.equal(table.table[0], first)
+    assert table.bytes_per_context() == 16
+
+
+@pytest.mark.parametrize(
+    ("kind", "per_context"),
+    [
+        (ContextKind.NONE, 0),
+        (ContextKind.BINARY, 4 * 10),
+        (ContextKind.COMPLEX, 8 * 10),
+        (ContextKind.ROTATION, 4 * 100),
+        (ContextKind.ONEPOWER, 8),
+    ],
+)
+def test_bytes_per_context_per_kind(kind: ContextKind, per_context: int) -> None:
+    table = LayerContexts(kind, model_seed=0, layer_index=0, dim=10, local_mix=False)
+    assert table.bytes_per_context() == per_context
+
+
+def test_onepower_keeps_only_exponents() -> None:
+    table = LayerContexts(
+        ContextKind.ONEPOWER, model_seed=0, layer_index=0, dim=256, local_mix=False
+    )
+    table.append([ContextSpec(power=float(i)) for i in range(1000)])
+    assert table.table.numel() <= 2048 and table.base_phases.numel() == 256
+
+
+def test_superpose_replaces_every_linear_and_conv() -> None:
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 3))
+    layers = superpose(model, ContextKind.BINARY, model_seed=0)
+    assert [type(layer) for layer in layers] == [SuperposedConv2d, SuperposedLinear]
+    assert isinstance(model[0], SuperposedConv2d) and isinstance(model[3], SuperposedLinear)
+    assert [layer.context_dim for layer in layers] == [9, 8]
+    assert [layer.contexts.layer_index for layer in layers] == [0, 1]
+
+
+def test_make_superposed_rejects_other_layers() -> None:
+    with pytest.raises(TypeError, match="Linear or Conv2d"):
+        make_superposed(nn.LSTM(2, 2), ContextKind.BINARY, model_seed=0, layer_index=0,
+                        local_mix=False)
+
+
+def test_complex_weights_add_an_imaginary_part() -> None:
+    layer = _linear(ContextKind.COMPLEX)
+    assert layer.weight_imag is not None and layer.weight_imag.shape == (5, 12)
+    assert _linear(ContextKind.BINARY).weight_imag is None

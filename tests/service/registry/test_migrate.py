@@ -1,0 +1,112 @@
+"""The Alembic migrations build exactly the schema of the models, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect, text
+
+from service.registry.database import make_engine
+from service.registry.migrate import downgrade, upgrade
+from service.registry.models import LIVE_KEY_INDEX, Base
+
+EXPECTED_COLUMNS = {
+    "index": False,
+    "seed": True,
+    "power": True,
+    "created_at": False,
+    "retired_at": True,
+    "examples_seen": False,
+    "prequential_correct": False,
+    "prequential_seen": False,
+    "shard": False,
+    "key": False,
+}
+"""Column name -> nullable."""
+
+
+def test_upgrade_creates_exactly_the_contexts_table(database_url: str) -> None:
+    upgrade(database_url)
+    engine = make_engine(database_url)
+    try:
+        inspector = inspect(engine)
+        assert set(inspector.get_table_names()) == {"alembic_version", "contexts"}
+        columns = {column["name"]: column for column in inspector.get_columns("contexts")}
+        assert {name: column["nullable"] for name, column in columns.items()} == EXPECTED_COLUMNS
+        assert inspector.get_pk_constraint("contexts")["constrained_columns"] == ["index"]
+        indexes = inspector.get_indexes("contexts")
+        assert [(index["name"], index["column_names"], index["unique"]) for index in indexes] == [
+            (LIVE_KEY_INDEX, ["key"], True)
+        ]
+        where = indexes[0]["dialect_options"][f"{engine.dialect.name}_where"]
+        assert "retired_at IS NULL" in str(where)
+        assert columns["key"]["type"].length == 128  # type: ignore[attr-defined]
+        with engine.connect() as connection:
+            version = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+            if engine.dialect.name == "postgresql":
+                rows = connection.execute(
+                    text(
+                        "SELECT column_name, data_type FROM information_schema.columns "
+                        "WHERE table_name = 'contexts'"
+                    )
+                )
+                types = {name: data_type for name, data_type in rows}
+                assert types == {
+                    "index": "bigint",
+                    "seed": "bigint",
+                    "power": "double precision",
+                    "created_at": "timestamp with time zone",
+                    "retired_at": "timestamp with time zone",
+                    "examples_seen": "bigint",
+                    "prequential_correct": "bigint",
+                    "prequential_seen": "bigint",
+                    "shard": "integer",
+                    "key": "character varying",
+                }
+            else:
+                ddl = connection.execute(
+                    text("SELECT sql FROM sqlite_master WHERE name = 'contexts'")
+                ).scalar_one()
+                assert '"index" INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT' in ddl
+        assert version == "0001"
+    finally:
+        engine.dispose()
+
+
+def test_migrated_schema_matches_the_models(database_url: str) -> None:
+    upgrade(database_url)
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            context = MigrationContext.configure(
+                connection, opts={"compare_type": True, "compare_server_default": True}
+            )
+            assert compare_metadata(context, Base.metadata) == []
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_twice_is_a_no_op_and_downgrade_removes_the_table(database_url: str) -> None:
+    upgrade(database_url)
+    upgrade(database_url)
+    engine = make_engine(database_url)
+    try:
+        assert "contexts" in inspect(engine).get_table_names()
+        downgrade(database_url, "base")
+        assert "contexts" not in inspect(engine).get_table_names()
+        upgrade(database_url)
+        assert "contexts" in inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_accepts_a_plain_postgresql_url(postgres_database_url: str) -> None:
+    plain = postgres_database_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    assert plain.startswith("postgresql://")
+    upgrade(plain)
+    engine = make_engine(plain)
+    try:
+        assert engine.dialect.driver == "psycopg"
+        assert "contexts" in inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
