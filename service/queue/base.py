@@ -1,0 +1,161 @@
+"""The queue interface between `POST /train` and the single-writer trainer.
+
+Entry ids have the Redis Streams form `"<milliseconds>-<sequence>"` in both implementations, so
+the trainer compares them the same way (see `entry_id_key`). An entry is delivered to the
+trainer by `read`, stays pending until `ack`, and is handed out again by `pending` after a
+restart, which is what makes exactly-once possible (DESIGN.md, "Exactly-once").
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import msgpack
+import numpy as np
+
+
+class QueueFull(Exception):
+    """The queue holds more pending examples than allowed; retry after `retry_after` seconds."""
+
+    def __init__(self, retry_after: int, pending_examples: int, limit: int) -> None:
+        super().__init__(
+            f"the train queue holds {pending_examples} pending examples (limit {limit})"
+        )
+        self.retry_after = retry_after
+
+
+class QueueUnavailable(Exception):
+    """The queue's backing store cannot be reached."""
+
+
+def entry_id_key(entry_id: str) -> tuple[int, int]:
+    """Orders entry ids: `"1700000000000-3"` -> `(1700000000000, 3)`."""
+    millis, _, sequence = entry_id.partition("-")
+    return int(millis), int(sequence or 0)
+
+
+@dataclass(frozen=True)
+class TrainEntry:
+    """One accepted `POST /train` batch, all for one context.
+
+    Attributes:
+        context_index: The context's registry index.
+        inputs: float32 `(n, prod(input_shape))`.
+        labels: int64 `(n,)`.
+        enqueued_at: Unix time of acceptance, for the lag metric.
+    """
+
+    context_index: int
+    inputs: np.ndarray
+    labels: np.ndarray
+    enqueued_at: float
+
+    @property
+    def size(self) -> int:
+        return int(self.labels.shape[0])
+
+    def encode(self) -> bytes:
+        """A compact binary form: raw little-endian arrays in msgpack."""
+        return msgpack.packb(
+            {
+                "c": self.context_index,
+                "n": self.size,
+                "x": np.ascontiguousarray(self.inputs, dtype="<f4").tobytes(),
+                "y": np.ascontiguousarray(self.labels, dtype="<i8").tobytes(),
+                "t": self.enqueued_at,
+            }
+        )
+
+    @classmethod
+    def decode(cls, payload: bytes) -> TrainEntry:
+        data = msgpack.unpackb(payload)
+        n = int(data["n"])
+        inputs = np.frombuffer(data["x"], dtype="<f4").reshape(n, -1)
+        labels = np.frombuffer(data["y"], dtype="<i8")
+        return cls(int(data["c"]), inputs, labels, float(data["t"]))
+
+
+@dataclass(frozen=True)
+class QueuedEntry:
+    """An entry as delivered to the trainer, with its id."""
+
+    entry_id: str
+    entry: TrainEntry
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """Depth and lag of the queue.
+
+    Attributes:
+        pending_examples: Examples accepted but not yet acknowledged.
+        entries: Entries accepted but not yet acknowledged.
+        oldest_age_seconds: Age of the oldest unacknowledged entry, 0 when empty.
+    """
+
+    pending_examples: int
+    entries: int
+    oldest_age_seconds: float
+
+
+class TrainQueue(abc.ABC):
+    """A durable (Redis) or in-memory (embedded) queue of train entries.
+
+    Producers call `put`; the single trainer calls `read`, `pending`, `ack` and `trim_below`;
+    producers waiting for `?wait=true` call `wait_applied`, and the trainer calls
+    `publish_applied` once entries have been applied.
+    """
+
+    max_pending_examples: int
+    retry_after_seconds: int
+
+    @abc.abstractmethod
+    async def put(self, entry: TrainEntry) -> str:
+        """Appends an entry durably and returns its id.
+
+        Raises:
+            QueueFull: Accepting it would exceed the pending-examples limit.
+            QueueUnavailable: The backing store cannot be reached.
+        """
+
+    @abc.abstractmethod
+    async def read(self, max_entries: int, block_ms: int) -> list[QueuedEntry]:
+        """New entries for the trainer, in id order; waits up to `block_ms` when none."""
+
+    @abc.abstractmethod
+    async def pending(self) -> list[QueuedEntry]:
+        """Entries delivered before but never acknowledged, in id order (used at start-up)."""
+
+    @abc.abstractmethod
+    async def ack(self, entry_ids: Sequence[str]) -> None:
+        """Marks entries done; only called once their effect is in a durable checkpoint."""
+
+    @abc.abstractmethod
+    async def trim_below(self, entry_id: str) -> None:
+        """Drops acknowledged history strictly below `entry_id`."""
+
+    @abc.abstractmethod
+    async def stats(self) -> QueueStats:
+        """The queue's depth and lag."""
+
+    @abc.abstractmethod
+    async def ping(self) -> bool:
+        """True when the backing store answers."""
+
+    @abc.abstractmethod
+    async def publish_applied(self, entry_ids: Sequence[str], model_version: int) -> None:
+        """Tells waiting producers that these entries are now in the weights."""
+
+    @abc.abstractmethod
+    async def wait_applied(self, entry_id: str, timeout: float) -> int:
+        """Waits until `entry_id` is applied and returns the model version that holds it.
+
+        Raises:
+            TimeoutError: Not applied within `timeout` seconds.
+        """
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Releases connections."""

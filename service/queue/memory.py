@@ -1,0 +1,110 @@
+"""The embedded in-process queue: an ordered in-memory log with the same semantics as Redis.
+
+It lives as long as the process. A graceful shutdown drains it into a final checkpoint; a crash
+loses what was not yet checkpointed, which is why production deployments use Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+
+from service.queue.base import (
+    QueuedEntry,
+    QueueFull,
+    QueueStats,
+    TrainEntry,
+    TrainQueue,
+    entry_id_key,
+)
+
+
+class InProcessQueue(TrainQueue):
+    """Entries are kept until acknowledged; ids are `"<ms>-<seq>"` and strictly increasing."""
+
+    def __init__(self, *, max_pending_examples: int, retry_after_seconds: int = 1) -> None:
+        self.max_pending_examples = max_pending_examples
+        self.retry_after_seconds = retry_after_seconds
+        self._entries: OrderedDict[str, TrainEntry] = OrderedDict()
+        self._undelivered: deque[str] = deque()
+        self._delivered: set[str] = set()
+        self._pending_examples = 0
+        self._last_id = (0, 0)
+        self._applied: tuple[tuple[int, int], int] = ((0, 0), 0)
+        self._changed = asyncio.Condition()
+
+    def _next_id(self) -> str:
+        millis = int(time.time() * 1000)
+        last_millis, last_seq = self._last_id
+        self._last_id = (millis, 0) if millis > last_millis else (last_millis, last_seq + 1)
+        return f"{self._last_id[0]}-{self._last_id[1]}"
+
+    async def put(self, entry: TrainEntry) -> str:
+        if self._pending_examples + entry.size > self.max_pending_examples:
+            raise QueueFull(
+                self.retry_after_seconds, self._pending_examples, self.max_pending_examples
+            )
+        entry_id = self._next_id()
+        self._entries[entry_id] = entry
+        self._undelivered.append(entry_id)
+        self._pending_examples += entry.size
+        async with self._changed:
+            self._changed.notify_all()
+        return entry_id
+
+    async def read(self, max_entries: int, block_ms: int) -> list[QueuedEntry]:
+        async with self._changed:
+            if not self._undelivered:
+                try:
+                    await asyncio.wait_for(self._changed.wait(), block_ms / 1000)
+                except TimeoutError:
+                    return []
+        batch: list[QueuedEntry] = []
+        while self._undelivered and len(batch) < max_entries:
+            entry_id = self._undelivered.popleft()
+            self._delivered.add(entry_id)
+            batch.append(QueuedEntry(entry_id, self._entries[entry_id]))
+        return batch
+
+    async def pending(self) -> list[QueuedEntry]:
+        return [QueuedEntry(i, e) for i, e in self._entries.items() if i in self._delivered]
+
+    async def ack(self, entry_ids: Sequence[str]) -> None:
+        for entry_id in entry_ids:
+            entry = self._entries.pop(entry_id, None)
+            if entry is not None:
+                self._pending_examples -= entry.size
+            self._delivered.discard(entry_id)
+
+    async def trim_below(self, entry_id: str) -> None:
+        # Acknowledged entries are already gone from memory; nothing older is kept.
+        return None
+
+    async def stats(self) -> QueueStats:
+        oldest = next(iter(self._entries.values()), None)
+        age = max(0.0, time.time() - oldest.enqueued_at) if oldest else 0.0
+        return QueueStats(self._pending_examples, len(self._entries), age)
+
+    async def ping(self) -> bool:
+        return True
+
+    async def publish_applied(self, entry_ids: Sequence[str], model_version: int) -> None:
+        if not entry_ids:
+            return
+        newest = max(entry_id_key(i) for i in entry_ids)
+        async with self._changed:
+            self._applied = (max(newest, self._applied[0]), model_version)
+            self._changed.notify_all()
+
+    async def wait_applied(self, entry_id: str, timeout: float) -> int:
+        wanted = entry_id_key(entry_id)
+        async with self._changed:
+            await asyncio.wait_for(
+                self._changed.wait_for(lambda: self._applied[0] >= wanted), timeout
+            )
+            return self._applied[1]
+
+    async def close(self) -> None:
+        return None
