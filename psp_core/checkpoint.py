@@ -108,11 +108,14 @@ def _specs(tensors: dict[str, torch.Tensor]) -> list[ContextSpec]:
     return [ContextSpec(seed=int(s)) for s in tensors["bank.seed"].tolist()]
 
 
-def restore_checkpoint(path: str | Path, learner: OnlineLearner) -> dict[str, str]:
+def restore_checkpoint(
+    path: str | Path, learner: OnlineLearner, *, verify_contexts: bool = True
+) -> dict[str, str]:
     """Loads a checkpoint into an existing learner whose model has the same config.
 
-    The learner's bank must hold the checkpoint's contexts as a prefix (a service may have
-    registered more since); the weights, optimiser state and version are replaced.
+    With `verify_contexts`, the learner's bank must hold the checkpoint's contexts as a prefix
+    (more may have been registered since). A caller that keeps contexts elsewhere (a registry)
+    can turn the check off. The weights, optimiser state and version are replaced.
 
     Returns:
         The caller metadata stored with the checkpoint.
@@ -121,11 +124,16 @@ def restore_checkpoint(path: str | Path, learner: OnlineLearner) -> dict[str, st
         CheckpointError: The file is torn, not a psp checkpoint, or written for another model.
     """
     tensors, header = _read(Path(path))
-    return _apply(Path(path), tensors, header, learner)
+    return _apply(Path(path), tensors, header, learner, verify_contexts=verify_contexts)
 
 
 def _apply(
-    path: Path, tensors: dict[str, torch.Tensor], header: dict[str, Any], learner: OnlineLearner
+    path: Path,
+    tensors: dict[str, torch.Tensor],
+    header: dict[str, Any],
+    learner: OnlineLearner,
+    *,
+    verify_contexts: bool = True,
 ) -> dict[str, str]:
     stored = ModelConfig.from_dict(header["model_config"])
     if stored != learner.model.config:
@@ -134,7 +142,7 @@ def _apply(
             f"{learner.model.config}; load it into a model with the same config"
         )
     specs = _specs(tensors)
-    if learner.model.bank.specs[: len(specs)] != specs:
+    if verify_contexts and learner.model.bank.specs[: len(specs)] != specs:
         raise CheckpointError(
             f"checkpoint {path} holds {len(specs)} contexts that differ from the model's bank"
         )
@@ -149,10 +157,19 @@ def _apply(
         if name.startswith("optim."):
             _, param_id, key = name.split(".", 2)
             state.setdefault(int(param_id), {})[key] = value.to(device)
-    optimizer = TrainingConfig(**header["training_config"]).build(learner.model.parameters())
+    stored_training = TrainingConfig(**header["training_config"])
+    if stored_training.optimizer != learner.config.optimizer:
+        raise CheckpointError(
+            f"checkpoint {path} holds {stored_training.optimizer} state but the learner uses "
+            f"{learner.config.optimizer}; use the same optimizer"
+        )
+    optimizer = learner.config.build(learner.model.parameters())
     optimizer.load_state_dict({"state": state, "param_groups": header["optim_param_groups"]})
+    # The learner's hyperparameters win over the stored ones, so a restart can change them.
+    fresh_groups = learner.config.build(learner.model.parameters()).param_groups
+    for group, fresh in zip(optimizer.param_groups, fresh_groups, strict=True):
+        group.update({k: v for k, v in fresh.items() if k != "params"})
     learner.optimizer = optimizer
-    learner.config = TrainingConfig(**header["training_config"])
     learner.model_version = int(header["model_version"])
     return dict(header.get("user", {}))
 

@@ -76,6 +76,7 @@ class LimitSettings(BaseModel):
 
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     max_rows: int = Field(default=4096, ge=1)
+    wait_seconds: float = Field(default=60.0, gt=0)  # how long `?wait=true` waits to be applied
 
 
 class BatcherSettings(BaseModel):
@@ -100,6 +101,7 @@ class Settings(BaseSettings):
     database_url: str | None = None
     redis_url: str | None = None
     device: str = "auto"
+    registry_cache_seconds: float = Field(default=5.0, ge=0)
     role: Literal["all", "api", "worker"] = "all"
 
     @field_validator("device")

@@ -152,3 +152,18 @@ class ContextRow(Base):
             f"ContextRow(index={self.index!r}, key={self.key!r}, seed={self.seed!r}, "
             f"power={self.power!r}, retired_at={self.retired_at!r})"
         )
+
+
+class TrainerState(Base):
+    """How far the registry's counters have been advanced by each shard's trainer.
+
+    `last_entry_id` is the id of the last queue entry whose counts are in `contexts`. The
+    trainer advances it in the same transaction as the counts, which makes applying a
+    checkpoint's counts idempotent (exactly-once).
+    """
+
+    __tablename__ = "trainer_state"
+
+    shard: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    last_entry_id: Mapped[str] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

@@ -54,7 +54,7 @@ def test_restore_into_a_bank_that_grew_since(tmp_path: Path) -> None:
     save_checkpoint(tmp_path / "c", learner)
     model = build_model(learner.model.config)
     model.bank.extend([ContextSpec(seed=i) for i in range(6)])
-    fresh = OnlineLearner(model, TrainingConfig())
+    fresh = OnlineLearner(model, learner.config)
     restore_checkpoint(tmp_path / "c", fresh)
     x, index = torch.randn(3, 64), torch.tensor([0, 3, 2])
     assert torch.equal(fresh.predict(x, index), learner.predict(x, index))
@@ -109,3 +109,17 @@ def test_save_replaces_atomically_and_leaves_no_temporary(tmp_path: Path, monkey
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(path, learner)
     assert path.read_bytes() == good  # a crash before the rename keeps the old checkpoint whole
+
+
+def test_restore_keeps_the_learners_hyperparameters_but_not_another_optimizer(
+    tmp_path: Path,
+) -> None:
+    save_checkpoint(tmp_path / "c", _trained("binary", "adam"))
+    model = build_model(ModelConfig(kind="binary", hidden=(16,)))
+    model.bank.extend([ContextSpec(seed=i) for i in range(4)])
+    learner = OnlineLearner(model, TrainingConfig(optimizer="adam", lr=0.123))
+    restore_checkpoint(tmp_path / "c", learner)
+    assert learner.optimizer.param_groups[0]["lr"] == 0.123
+    assert learner.optimizer.state  # Adam's moments came back
+    with pytest.raises(CheckpointError, match="same optimizer"):
+        restore_checkpoint(tmp_path / "c", OnlineLearner(model, TrainingConfig(optimizer="sgd")))

@@ -1,0 +1,119 @@
+"""Maps failures to HTTP answers of the form {"detail": "<what is wrong; what to send>"}."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.contexts import ContextNotFound
+from service.payloads import PayloadError, TooManyRows
+from service.queue.base import QueueFull, QueueUnavailable
+from service.registry.queries import ContextConflict, InvalidContextParameters
+from service.registry.store import RegistryUnavailable
+from service.training import NotAppliedInTime
+
+_EXAMPLES = {
+    "/contexts:batch": '{"contexts": [{"key": "tenant-1"}, {"key": "tenant-2", "seed": 7}]}',
+    "/contexts": '{"key": "tenant-1"} (optionally with "seed": int or "power": float)',
+    "/train": '{"inputs": [[0.0, 0.5, ...], ...], "labels": [3, ...]}',
+    "/predict": '{"inputs": [[0.0, 0.5, ...], ...]}',
+    "/model/rollback": '{"version": 120}',
+}
+
+
+def _example_for(path: str) -> str:
+    for prefix, example in _EXAMPLES.items():
+        if path.startswith(prefix):
+            return example
+    return "a JSON body as described at /docs"
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    parts = [str(p) for p in loc if p != "body"]
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if part.isdigit() else (f".{part}" if text else part)
+    return text or "body"
+
+
+def _validation_sentence(request: Request, exc: RequestValidationError) -> str:
+    example = _example_for(request.url.path)
+    first = exc.errors()[0]
+    if first.get("type") == "json_invalid":
+        return f"the request body is not valid JSON; send a JSON object such as {example}"
+    if first.get("type") == "missing" and tuple(first.get("loc", ())) == ("body",):
+        return f"the request has no body; send a JSON object such as {example}"
+    location = _location(tuple(first.get("loc", ())))
+    message = str(first.get("msg", "is invalid")).rstrip(".")
+    if first.get("type") == "finite_number":
+        message = "must be a finite number, not NaN or Infinity"
+    count = len(exc.errors())
+    more = f" (and {count - 1} more problems)" if count > 1 else ""
+    return f"{location}: {message}{more}; send {example}"
+
+
+def _problem(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Registers one handler per failure type the service layer raises."""
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _problem(422, _validation_sentence(request, exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = f"there is no route {request.url.path}; see /docs for the API"
+        if exc.status_code == 405:
+            detail = f"{request.method} is not allowed on {request.url.path}; see /docs"
+        return _problem(exc.status_code, detail, getattr(exc, "headers", None))
+
+    @app.exception_handler(PayloadError)
+    async def bad_payload(request: Request, exc: PayloadError) -> JSONResponse:
+        return _problem(413 if isinstance(exc, TooManyRows) else 422, str(exc))
+
+    @app.exception_handler(InvalidContextParameters)
+    async def bad_context(request: Request, exc: InvalidContextParameters) -> JSONResponse:
+        return _problem(422, str(exc))
+
+    @app.exception_handler(ContextNotFound)
+    async def not_found(request: Request, exc: ContextNotFound) -> JSONResponse:
+        return _problem(404, str(exc.args[0]))
+
+    @app.exception_handler(ContextConflict)
+    async def conflict(request: Request, exc: ContextConflict) -> JSONResponse:
+        return _problem(409, str(exc))
+
+    @app.exception_handler(QueueFull)
+    async def queue_full(request: Request, exc: QueueFull) -> JSONResponse:
+        return _problem(
+            429,
+            f"{exc}; retry after {exc.retry_after} s, or send smaller batches less often",
+            {"Retry-After": str(exc.retry_after)},
+        )
+
+    @app.exception_handler(QueueUnavailable)
+    async def queue_down(request: Request, exc: QueueUnavailable) -> JSONResponse:
+        return _problem(
+            503,
+            f"the train queue is unreachable ({exc}); nothing was queued, retry later",
+            {"Retry-After": "1"},
+        )
+
+    @app.exception_handler(RegistryUnavailable)
+    async def registry_down(request: Request, exc: RegistryUnavailable) -> JSONResponse:
+        return _problem(
+            503,
+            "the context registry is unreachable; nothing was changed, retry later",
+            {"Retry-After": "1"},
+        )
+
+    @app.exception_handler(NotAppliedInTime)
+    async def too_slow(request: Request, exc: NotAppliedInTime) -> JSONResponse:
+        return _problem(504, str(exc))

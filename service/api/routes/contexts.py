@@ -1,0 +1,96 @@
+"""Contexts: register (one or many), read, list and delete."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Response, status
+
+from service.api.deps import RuntimeDep
+from service.api.schemas import (
+    KEY_PATTERN,
+    ContextBatchCreate,
+    ContextBatchOut,
+    ContextCreate,
+    ContextOut,
+    ContextPage,
+    Problem,
+)
+from service.registry.models import ContextRow
+
+router = APIRouter(tags=["contexts"])
+KeyPath = Annotated[str, Path(pattern=KEY_PATTERN)]
+ERRORS: dict[int | str, dict[str, Any]] = {422: {"model": Problem}, 503: {"model": Problem}}
+
+
+def _out(row: ContextRow, kind: str) -> ContextOut:
+    return ContextOut(
+        key=row.key,
+        index=row.index,
+        kind=kind,
+        seed=row.seed,
+        power=row.power,
+        created_at=row.created_at,
+        examples_seen=row.examples_seen,
+        prequential_accuracy=row.prequential_accuracy,
+    )
+
+
+@router.post(
+    "/contexts",
+    status_code=status.HTTP_201_CREATED,
+    responses={200: {"model": ContextOut}, 409: {"model": Problem}, **ERRORS},
+)
+async def register_context(
+    body: ContextCreate, runtime: RuntimeDep, response: Response
+) -> ContextOut:
+    """Register a context; 200 with the same body if the key already exists identically."""
+    row, created = await runtime.contexts.register(body.key, body.seed, body.power)
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return _out(row, runtime.settings.model.kind)
+
+
+@router.post(
+    "/contexts:batch",
+    status_code=status.HTTP_200_OK,
+    responses={409: {"model": Problem}, **ERRORS},
+)
+async def register_contexts(body: ContextBatchCreate, runtime: RuntimeDep) -> ContextBatchOut:
+    """Register up to 10 000 contexts in one transaction."""
+    items = [(c.key, c.seed, c.power) for c in body.contexts]
+    results = await runtime.contexts.register_many(items)
+    kind = runtime.settings.model.kind
+    return ContextBatchOut(
+        items=[_out(row, kind) for row, _ in results],
+        created=sum(1 for _, created in results if created),
+    )
+
+
+@router.get("/contexts", responses=ERRORS)
+async def list_contexts(
+    runtime: RuntimeDep,
+    limit: Annotated[int, Query(ge=0, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> ContextPage:
+    """List live contexts in registration order."""
+    rows, total = await runtime.contexts.page(limit, offset)
+    kind = runtime.settings.model.kind
+    return ContextPage(items=[_out(row, kind) for row in rows], total=total)
+
+
+@router.get("/contexts/{key}", responses={404: {"model": Problem}, **ERRORS})
+async def get_context(key: KeyPath, runtime: RuntimeDep) -> ContextOut:
+    """One context, with its examples seen and prequential accuracy."""
+    return _out(await runtime.contexts.get(key), runtime.settings.model.kind)
+
+
+@router.delete(
+    "/contexts/{key}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={404: {"model": Problem}, **ERRORS},
+)
+async def delete_context(key: KeyPath, runtime: RuntimeDep) -> Response:
+    """Retire a context; its key stops answering and its index is never reused."""
+    await runtime.contexts.delete(key)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,33 @@
+"""Prediction: class probabilities from one context's model."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path
+
+from service.api.deps import RuntimeDep
+from service.api.schemas import KEY_PATTERN, PredictRequest, PredictResponse, Problem
+
+router = APIRouter(tags=["prediction"])
+
+
+@router.post(
+    "/predict/{key}",
+    responses={
+        404: {"model": Problem},
+        413: {"model": Problem},
+        422: {"model": Problem},
+        503: {"model": Problem},
+    },
+)
+async def predict(
+    key: Annotated[str, Path(pattern=KEY_PATTERN)], body: PredictRequest, runtime: RuntimeDep
+) -> PredictResponse:
+    """Predict classes and probabilities for rows under one context."""
+    result = await runtime.prediction.predict(key, body.inputs)
+    return PredictResponse(
+        predictions=result.probabilities.argmax(axis=1).tolist(),
+        probabilities=result.probabilities.tolist(),
+        model_version=result.model_version,
+    )

@@ -1,0 +1,46 @@
+"""Training: queue labelled rows for a context."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Response, status
+
+from service.api.deps import RuntimeDep
+from service.api.schemas import KEY_PATTERN, Problem, TrainAccepted, TrainApplied, TrainRequest
+
+router = APIRouter(tags=["training"])
+
+
+@router.post(
+    "/train/{key}",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=TrainApplied | TrainAccepted,
+    responses={
+        200: {"model": TrainApplied, "description": "Applied (with wait=true)."},
+        404: {"model": Problem},
+        413: {"model": Problem},
+        422: {"model": Problem},
+        429: {"model": Problem},
+        503: {"model": Problem},
+        504: {"model": Problem},
+    },
+)
+async def train(
+    key: Annotated[str, Path(pattern=KEY_PATTERN)],
+    body: TrainRequest,
+    runtime: RuntimeDep,
+    response: Response,
+    wait: Annotated[bool, Query(description="Answer only once the batch is applied.")] = False,
+) -> TrainApplied | TrainAccepted:
+    """Queue a labelled batch; 202 once durably queued, 200 once applied with wait=true."""
+    done = await runtime.training.submit(key, body.inputs, body.labels, wait=wait)
+    if done.model_version is None:
+        return TrainAccepted(batch_id=done.batch_id, accepted=done.accepted)
+    response.status_code = status.HTTP_200_OK
+    return TrainApplied(
+        batch_id=done.batch_id,
+        accepted=done.accepted,
+        applied=True,
+        model_version=done.model_version,
+    )

@@ -1,0 +1,110 @@
+"""Request and response bodies of the HTTP contract (DESIGN.md)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
+
+KEY_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+
+ContextKey = Annotated[str, Field(pattern=KEY_PATTERN, examples=["tenant-42"])]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class ContextCreate(BaseModel):
+    """Registers a context; the server picks the seed or power when omitted."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: ContextKey
+    seed: Annotated[int, Field(ge=0, lt=2**63)] | None = None
+    power: FiniteFloat | None = None
+
+
+class ContextBatchCreate(BaseModel):
+    """Registers up to 10 000 contexts in one transaction."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    contexts: Annotated[list[ContextCreate], Field(min_length=1, max_length=10_000)]
+
+
+class ContextOut(BaseModel):
+    """A registered context and what it has learned so far."""
+
+    key: str
+    index: int
+    kind: str
+    seed: int | None
+    power: float | None
+    created_at: datetime
+    examples_seen: int
+    prequential_accuracy: float | None = Field(
+        description="Share of examples the model got right just before learning them."
+    )
+
+
+class ContextPage(BaseModel):
+    items: list[ContextOut]
+    total: int
+
+
+class ContextBatchOut(BaseModel):
+    items: list[ContextOut]
+    created: int
+
+
+class TrainRequest(BaseModel):
+    """Labelled rows for one context; rows are flat or nested to the model's input shape."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: Annotated[list[list[Any]], Field(min_length=1, examples=[[[0.0, 0.5, 1.0]]])]
+    labels: Annotated[list[StrictInt], Field(min_length=1, examples=[[3]])]
+
+
+class TrainAccepted(BaseModel):
+    batch_id: str
+    accepted: int
+
+
+class TrainApplied(TrainAccepted):
+    applied: bool
+    model_version: int
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: Annotated[list[list[Any]], Field(min_length=1, examples=[[[0.0, 0.5, 1.0]]])]
+
+
+class PredictResponse(BaseModel):
+    predictions: list[int]
+    probabilities: list[list[float]]
+    model_version: int
+
+
+class ModelInfo(BaseModel):
+    config: dict[str, Any]
+    model_version: int
+    contexts: int
+    parameters: int
+    bytes_per_context: int
+    device: str
+    role: str
+    checkpoints: list[int] = Field(description="Model versions of the kept checkpoints.")
+
+
+class RollbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: Annotated[int, Field(ge=0)]
+
+
+class Problem(BaseModel):
+    """Every error: a sentence saying what is wrong and what to send instead."""
+
+    detail: str

@@ -1,0 +1,42 @@
+"""The FastAPI application: routes, error handlers, metrics and the runtime's lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from prometheus_fastapi_instrumentator import Instrumentator
+
+from service.api.errors import install_error_handlers
+from service.api.limits import BodySizeLimit
+from service.api.routes import api_router
+from service.runtime import Runtime
+from service.settings import Settings, get_settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Builds the app; resources are opened in the lifespan, never at import time."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.runtime = await Runtime.start(settings)
+        try:
+            yield
+        finally:
+            await app.state.runtime.stop()
+
+    app = FastAPI(
+        title="Superposition continual-learning service",
+        description="Thousands of models learning online from one set of superposed weights.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.include_router(api_router)
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.limits.max_body_bytes)
+    Instrumentator(excluded_handlers=["/metrics"], should_group_status_codes=False).instrument(
+        app, metric_namespace="psp", metric_subsystem="http"
+    ).expose(app, include_in_schema=False)
+    return app

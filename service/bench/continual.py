@@ -1,0 +1,316 @@
+"""The continual-learning experiment: every method trains on the same stream and is scored alike.
+
+For each method the loop walks the stream step by step. It registers the context of the batch's
+task when first needed, trains the batch through the method's runner (test-then-train, which
+gives the prequential score), and measures test accuracy:
+
+- on task 0 every `eval_every` steps (and before the first step): the curve of the paper's
+  Fig. 6, or at angle 0° the curve of Fig. 9-11;
+- on every task already trained, after each segment of the last cycle: the rows of the accuracy
+  matrix `R` from which `metrics` computes average accuracy, forgetting and BWT.
+
+A task is always evaluated under its own context, at its reference position (its index; for a
+rotating stream, the angle where its slice starts).
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from psp_core import ModelConfig, TrainingConfig
+from service.bench import metrics
+from service.bench.baselines import EWCConfig
+from service.bench.footprint import Footprint, footprint
+from service.bench.methods import DEFAULT_METHODS, Method, parse_methods
+from service.bench.runners import Runner, in_process_runner
+from service.bench.streams import Stream, make_stream
+
+Progress = Callable[[int, int], None]
+"""Called with (steps done, total steps) while a method runs."""
+
+RunnerFactory = Callable[[Method, ModelConfig], Runner]
+"""Builds the runner of a method on an architecture (whose kind the method sets)."""
+
+
+@dataclass(frozen=True)
+class ContinualConfig:
+    """Everything that defines a run; saved beside its results."""
+
+    stream: str = "permuted-digits"  # one of streams.STREAMS
+    tasks: int = 10  # tasks per cycle (permutations, or slices of a revolution)
+    steps_per_task: int = 500  # steps before the next task (or context) begins
+    cycles: int = 1  # passes over all tasks; a rotating stream turns once per cycle
+    methods: tuple[str, ...] = DEFAULT_METHODS  # names parsed by methods.Method.parse
+    hidden: tuple[int, ...] = (256, 256)  # hidden widths of the MLP
+    batch_size: int = 32  # rows per training step
+    optimizer: str = "sgd"  # sgd, adam or rmsprop
+    lr: float = 0.05  # step size
+    momentum: float = 0.9  # sgd and rmsprop momentum
+    ewc_lambda: float = 100.0  # strength of the online EWC penalty
+    ewc_gamma: float = 1.0  # decay of the running Fisher at each consolidation
+    ewc_samples: int = 256  # recent inputs of a finished task used for its Fisher
+    eval_every: int = 0  # steps between task-0 evaluations; 0 gives steps_per_task // 10
+    seed: int = 0  # weights, test split, permutations and minibatch order
+    data_dir: str | None = None  # folder of the MNIST / Fashion-MNIST IDX files
+    test_limit: int | None = 1000  # at most this many test rows per task
+    via_http: str | None = None  # drive this service URL instead of in-process models
+    threads: int = 1  # torch CPU threads
+
+    @property
+    def resolved_eval_every(self) -> int:
+        return self.eval_every if self.eval_every > 0 else max(1, self.steps_per_task // 10)
+
+    def model_config(self, stream: Stream) -> ModelConfig:
+        """The shared architecture; each method sets its kind."""
+        return ModelConfig(
+            kind="none",
+            input_shape=(stream.dataset.input_size,),
+            hidden=self.hidden,
+            num_classes=stream.dataset.num_classes,
+            seed=self.seed,
+        )
+
+    def training_config(self) -> TrainingConfig:
+        return TrainingConfig(optimizer=self.optimizer, lr=self.lr, momentum=self.momentum)
+
+    def ewc_config(self) -> EWCConfig:
+        return EWCConfig(lam=self.ewc_lambda, gamma=self.ewc_gamma, samples=self.ewc_samples)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["methods"], data["hidden"] = list(self.methods), list(self.hidden)
+        return data
+
+
+@dataclass
+class MethodResult:
+    """What one method scored.
+
+    Attributes:
+        method: The method's name.
+        matrix: `R[i][j]`, `T x T`, accuracy on task `j` after segment `i` of the last cycle;
+            NaN where task `j` had not been trained yet.
+        curve_steps: Steps at which task 0 was evaluated (0 is before training).
+        curve_accuracy: Accuracy on task 0 at those steps.
+        prequential_accuracy: Test-then-train accuracy over every training example.
+        refused_steps: Steps refused for a non-finite loss or gradient.
+        footprint: Parameters and memory.
+        seconds: Wall time of the method's run.
+        last_cycle: Minimum and mean of the task-0 curve over the last cycle (rotating streams:
+            the accuracy at angle 0°), else None.
+    """
+
+    method: str
+    matrix: list[list[float]]
+    curve_steps: list[int]
+    curve_accuracy: list[float]
+    prequential_accuracy: float
+    refused_steps: int
+    footprint: Footprint
+    seconds: float
+    last_cycle: dict[str, float] | None = None
+
+    @property
+    def final_accuracy(self) -> list[float]:
+        """Accuracy on each task at the end of the run."""
+        return self.matrix[-1]
+
+    @property
+    def average_accuracy(self) -> float:
+        return metrics.average_accuracy(self.matrix)
+
+    @property
+    def forgetting(self) -> float:
+        return metrics.forgetting(self.matrix)
+
+    @property
+    def backward_transfer(self) -> float:
+        return metrics.backward_transfer(self.matrix)
+
+    def to_dict(self) -> dict[str, Any]:
+        def finite(value: float) -> float | None:
+            return value if math.isfinite(value) else None
+
+        return {
+            "method": self.method,
+            "average_accuracy": self.average_accuracy,
+            "forgetting": self.forgetting,
+            "backward_transfer": self.backward_transfer,
+            "prequential_accuracy": self.prequential_accuracy,
+            "final_accuracy": self.final_accuracy,
+            "task0_last_cycle": self.last_cycle,
+            "refused_steps": self.refused_steps,
+            "seconds": self.seconds,
+            "footprint": self.footprint.to_dict(),
+            "matrix": [[finite(v) for v in row] for row in self.matrix],
+            "task0_curve": {"steps": self.curve_steps, "accuracy": self.curve_accuracy},
+        }
+
+
+@dataclass
+class ContinualResults:
+    """A whole run: its configuration, the stream, and one result per method."""
+
+    config: ContinualConfig
+    stream: dict[str, object]
+    methods: list[MethodResult] = field(default_factory=list)
+    environment: dict[str, object] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "stream": self.stream,
+            "environment": self.environment,
+            "metric_definitions": metrics.__doc__,
+            "methods": [result.to_dict() for result in self.methods],
+        }
+
+
+def accuracy(runner: Runner, key: str, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Share of rows of `x` `(N, D)` whose predicted class under `key` equals `y` `(N,)`."""
+    return float((runner.predict(key, x) == y).float().mean())
+
+
+def run_method(
+    stream: Stream,
+    method: Method,
+    runner: Runner,
+    *,
+    eval_every: int,
+    progress: Progress | None = None,
+) -> tuple[list[list[float]], list[int], list[float], float, int]:
+    """Runs one method over the whole stream.
+
+    Returns:
+        The accuracy matrix, the task-0 curve (steps, accuracies), the prequential accuracy and
+        the number of contexts registered.
+    """
+    registered: set[str] = set()
+
+    def context(task: int, position: float) -> str:
+        key, spec = method.context(task, position)
+        if key not in registered:
+            runner.register(key, spec)
+            registered.add(key)
+        return key
+
+    def evaluate(task: int) -> float:
+        x, y = stream.test_set(task)
+        return accuracy(runner, context(task, float(task)), x, y)
+
+    tasks, total = stream.num_tasks, stream.total_steps
+    first_row_segment = stream.cycles * tasks - tasks  # the last cycle's first segment
+    trained: set[int] = set()
+    matrix: list[list[float]] = []
+    curve_steps, curve_accuracy = [0], [evaluate(0)]
+    correct = 0
+    for step in range(total):
+        task = stream.task_at(step)
+        x, y = stream.train_batch(step)
+        correct += int(runner.train(context(task, stream.position_at(step)), x, y).sum())
+        trained.add(task)
+        done = step + 1
+        if done % eval_every == 0 or done == total:
+            curve_steps.append(done)
+            curve_accuracy.append(evaluate(0))
+        segment = step // stream.steps_per_task
+        if done % stream.steps_per_task == 0 and segment >= first_row_segment:
+            matrix.append([evaluate(j) if j in trained else math.nan for j in range(tasks)])
+        if progress is not None and (done % 50 == 0 or done == total):
+            progress(done, total)
+    seen = total * stream.batch_size
+    return (
+        matrix,
+        curve_steps,
+        curve_accuracy,
+        metrics.prequential_accuracy(correct, seen),
+        len(registered),
+    )
+
+
+def _environment(config: ContinualConfig) -> dict[str, object]:
+    return {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "threads": torch.get_num_threads(),
+        "transport": f"http {config.via_http}" if config.via_http else "in-process",
+    }
+
+
+def run_continual(
+    config: ContinualConfig,
+    *,
+    runner_factory: RunnerFactory | None = None,
+    progress: Callable[[Method], Progress | None] | None = None,
+    methods: Sequence[Method] | None = None,
+) -> ContinualResults:
+    """Runs every method of `config` on its stream.
+
+    Args:
+        config: The run.
+        runner_factory: Builds each method's runner; in-process models when None.
+        progress: Gives the progress callback of each method (e.g. a progress bar).
+        methods: Parsed methods; parsed from `config.methods` when None.
+    """
+    torch.set_num_threads(config.threads)
+    stream = make_stream(
+        config.stream,
+        tasks=config.tasks,
+        steps_per_task=config.steps_per_task,
+        cycles=config.cycles,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        data_dir=Path(config.data_dir) if config.data_dir else None,
+        test_limit=config.test_limit,
+    )
+    model_config = config.model_config(stream)
+    training, ewc = config.training_config(), config.ewc_config()
+
+    def in_process(method: Method, architecture: ModelConfig) -> Runner:
+        return in_process_runner(method, architecture, training, ewc)
+
+    factory = runner_factory or in_process
+    parsed = list(methods) if methods is not None else parse_methods(",".join(config.methods))
+    results = ContinualResults(config, stream.describe(), environment=_environment(config))
+    for method in parsed:
+        runner = factory(method, model_config)
+        started = time.perf_counter()
+        try:
+            matrix, steps, curve, prequential, contexts = run_method(
+                stream,
+                method,
+                runner,
+                eval_every=config.resolved_eval_every,
+                progress=progress(method) if progress is not None else None,
+            )
+            refused = runner.refused_steps
+        finally:
+            runner.close()
+        last_cycle = None
+        if stream.rotating:
+            start = stream.total_steps - stream.period
+            window = [a for s, a in zip(steps, curve, strict=True) if s >= start]
+            last_cycle = metrics.window_summary(window)
+        results.methods.append(
+            MethodResult(
+                method=method.name,
+                matrix=matrix,
+                curve_steps=steps,
+                curve_accuracy=curve,
+                prequential_accuracy=prequential,
+                refused_steps=refused,
+                footprint=footprint(method, model_config, contexts),
+                seconds=time.perf_counter() - started,
+                last_cycle=last_cycle,
+            )
+        )
+    return results

@@ -1,0 +1,120 @@
+"""A runner that drives a running service through the public HTTP contract (docs/DESIGN.md).
+
+It uses only `POST /contexts`, `POST /train/{key}?wait=true`, `POST /predict/{key}` and
+`GET /model`, so it measures what a user of the service gets. The training answer carries no
+per-example scores, so the prequential score is taken the way the trainer takes it: predict the
+batch first, then train on it. With `wait=true` and this client as the only writer, the
+prediction sees exactly the weights the batch is then applied to.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any
+
+import httpx
+import torch
+
+from psp_core import ContextSpec
+
+# Rows per predict request: well under the service's default row and body limits.
+PREDICT_CHUNK = 512
+# A full queue answers 429 with Retry-After; give up after this many waits in a row.
+MAX_RETRIES = 60
+
+
+class BenchHTTPError(RuntimeError):
+    """The service refused a request or answered something the contract does not allow."""
+
+
+class HttpRunner:
+    """The `Runner` of one method, backed by a running service.
+
+    Every key is prefixed with a run-unique prefix, so runs never share contexts. The service's
+    weights are shared by all its contexts, so compare runs on a freshly started service.
+
+    Args:
+        base_url: The service, e.g. `http://127.0.0.1:8000`.
+        expected_kind: The context kind the method needs; the service's kind must match.
+        key_prefix: Prefix of every context key; a random one when None.
+        timeout: Seconds to wait for one answer (training waits for the step to apply).
+        transport: An httpx transport, to run against an in-process app in tests.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        expected_kind: str,
+        key_prefix: str | None = None,
+        timeout: float = 120.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.client = httpx.Client(base_url=base_url, timeout=timeout, transport=transport)
+        self.expected_kind = expected_kind
+        self.key_prefix = key_prefix if key_prefix is not None else f"bench-{secrets.token_hex(4)}-"
+        self.registered: set[str] = set()
+        self.refused = 0
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        for _ in range(MAX_RETRIES):
+            response = self.client.request(method, path, **kwargs)
+            if response.status_code != 429:
+                break
+            time.sleep(float(response.headers.get("Retry-After", "1")))
+        if response.is_error:
+            try:
+                detail = response.json().get("detail", response.text)
+            except ValueError:
+                detail = response.text
+            raise BenchHTTPError(f"{method} {path} answered {response.status_code}: {detail}")
+        return response
+
+    def _key(self, key: str) -> str:
+        return f"{self.key_prefix}{key}"
+
+    def model_version(self) -> int | None:
+        """The service's `model_version` from `GET /model`, or None when it does not say."""
+        version = self._request("GET", "/model").json().get("model_version")
+        return int(version) if version is not None else None
+
+    def register(self, key: str, spec: ContextSpec) -> None:
+        if key in self.registered:
+            return
+        body = {"key": self._key(key), "seed": spec.seed, "power": spec.power}
+        answer = self._request("POST", "/contexts", json=body).json()
+        if answer.get("kind") != self.expected_kind:
+            raise BenchHTTPError(
+                f"the service runs kind {answer.get('kind')!r}, and this method needs "
+                f"{self.expected_kind!r}; start it with PSP_MODEL__KIND={self.expected_kind}"
+            )
+        self.registered.add(key)
+
+    def train(self, key: str, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        before = self.predict(key, x)
+        body = {"inputs": x.tolist(), "labels": y.tolist()}
+        answer = self._request("POST", f"/train/{self._key(key)}?wait=true", json=body).json()
+        if not answer.get("applied", False):
+            self.refused += 1
+        return before == y.cpu()
+
+    def predict(self, key: str, x: torch.Tensor) -> torch.Tensor:
+        classes: list[int] = []
+        for start in range(0, len(x), PREDICT_CHUNK):
+            rows = x[start : start + PREDICT_CHUNK].tolist()
+            answer = self._request("POST", f"/predict/{self._key(key)}", json={"inputs": rows})
+            predictions = answer.json()["predictions"]
+            if len(predictions) != len(rows):
+                raise BenchHTTPError(
+                    f"/predict answered {len(predictions)} predictions for {len(rows)} rows"
+                )
+            classes.extend(int(c) for c in predictions)
+        return torch.tensor(classes, dtype=torch.long)
+
+    @property
+    def refused_steps(self) -> int:
+        return self.refused
+
+    def close(self) -> None:
+        self.client.close()

@@ -1,0 +1,443 @@
+"""Data streams of the continual-learning benchmark; none of them downloads anything.
+
+A stream is a sequence of training steps. Step `s` belongs to segment `s // steps_per_task`,
+which trains task `segment % num_tasks`; a run is `cycles` passes over the tasks. Two families:
+
+- permuted: task `t` applies a fixed pixel permutation to every input (task 0 is unpermuted);
+  Goodfellow et al. (2013), as used in the paper's §7.1.
+- rotating: the input turns a little at every step and completes one revolution per cycle of
+  `num_tasks * steps_per_task` steps; task `t` is the `t`-th slice of angles (paper §7.3). The
+  test set of task `t` is rotated to the angle where its slice starts, so task 0 is angle 0°.
+
+Every stream draws its minibatch indices up front from `seed`, so each method sees exactly the
+same batches in the same order, whether it runs in-process or over HTTP.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import random
+import struct
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+PERMUTED_STREAMS = ("permuted-digits", "mnist1d", "permuted-mnist", "permuted-fashion-mnist")
+ROTATING_STREAMS = ("rotating-digits", "rotating-mnist", "rotating-fashion-mnist")
+STREAMS = PERMUTED_STREAMS + ROTATING_STREAMS
+
+# The standard file names of the MNIST and Fashion-MNIST distributions (optionally gzipped).
+IDX_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+# Where torchvision keeps the same files below its root, so an existing cache can be reused.
+_TORCHVISION_FOLDERS = {"mnist": "MNIST/raw", "fashion-mnist": "FashionMNIST/raw"}
+_IDX_DTYPES = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+
+
+class StreamError(Exception):
+    """A stream cannot be built; the message says what to install or pass instead."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A labelled train/test split with flattened inputs.
+
+    Attributes:
+        name: Where the data came from.
+        x_train: `(N, D)` float32 inputs.
+        y_train: `(N,)` int64 labels.
+        x_test: `(N_test, D)` float32 inputs.
+        y_test: `(N_test,)` int64 labels.
+        image_shape: `(H, W)` with `H * W == D` when the rows are images (rotating streams need
+            it), else None.
+    """
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    image_shape: tuple[int, int] | None
+
+    @property
+    def input_size(self) -> int:
+        return int(self.x_train.shape[1])
+
+    @property
+    def num_classes(self) -> int:
+        return int(max(self.y_train.max(), self.y_test.max())) + 1
+
+    def limit_test(self, rows: int | None, seed: int) -> Dataset:
+        """The same data with at most `rows` test rows, drawn without replacement from `seed`."""
+        if rows is None or rows >= len(self.y_test):
+            return self
+        keep = torch.randperm(len(self.y_test), generator=torch.Generator().manual_seed(seed))
+        keep = keep[:rows].sort().values
+        return Dataset(
+            self.name,
+            self.x_train,
+            self.y_train,
+            self.x_test[keep],
+            self.y_test[keep],
+            self.image_shape,
+        )
+
+
+def load_digits_dataset(seed: int, test_size: float = 0.25) -> Dataset:
+    """scikit-learn's bundled 8x8 digits (1797 images, no download), scaled to [0, 1].
+
+    The test split is stratified by class and fixed by `seed`.
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype(np.float32)
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, y, test_size=test_size, random_state=seed, stratify=y
+    )
+    return Dataset(
+        "sklearn load_digits",
+        torch.from_numpy(x_train),
+        torch.from_numpy(y_train).long(),
+        torch.from_numpy(x_test),
+        torch.from_numpy(y_test).long(),
+        (8, 8),
+    )
+
+
+def load_mnist1d_dataset() -> Dataset:
+    """MNIST-1D (Greydanus, 2020), generated locally by the package's `make_dataset`.
+
+    The package's default arguments define the dataset (4000 train and 1000 test signals of
+    length 40). `make_dataset` reseeds Python's and NumPy's global generators, so their states
+    are restored afterwards.
+    """
+    try:
+        from mnist1d.data import get_dataset_args, make_dataset
+    except ImportError as exc:
+        raise StreamError(
+            "the mnist1d stream needs the mnist1d package; install it with "
+            "`pip install 'psp-service[mnist1d]'` (or `pip install mnist1d`)"
+        ) from exc
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        data = make_dataset(get_dataset_args())
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+    return Dataset(
+        "mnist1d make_dataset",
+        torch.as_tensor(np.asarray(data["x"], dtype=np.float32)),
+        torch.as_tensor(np.asarray(data["y"], dtype=np.int64)),
+        torch.as_tensor(np.asarray(data["x_test"], dtype=np.float32)),
+        torch.as_tensor(np.asarray(data["y_test"], dtype=np.int64)),
+        None,
+    )
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Reads one IDX file (the MNIST format), gzipped when the name ends in `.gz`.
+
+    The header is two zero bytes, a type code, the number of dimensions, then each dimension
+    as a big-endian uint32; the data follows in C order, big-endian.
+
+    Raises:
+        StreamError: The file is not a well-formed IDX file.
+    """
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        raw = handle.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise StreamError(f"{path} is not an IDX file (bad magic number)")
+    dtype, ndim = _IDX_DTYPES[raw[2]], raw[3]
+    header = 4 + 4 * ndim
+    shape = struct.unpack(f">{ndim}I", raw[4:header])
+    expected = math.prod(shape) * dtype.itemsize
+    if len(raw) - header != expected:
+        raise StreamError(
+            f"{path} holds {len(raw) - header} data bytes but its header {shape} needs {expected}"
+        )
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+
+
+def _find_idx(folders: list[Path], stem: str) -> Path | None:
+    for folder in folders:
+        for name in (stem, f"{stem}.gz"):
+            if (folder / name).is_file():
+                return folder / name
+    return None
+
+
+def load_idx_dataset(name: str, data_dir: Path | None) -> Dataset:
+    """MNIST or Fashion-MNIST from the four IDX files in `data_dir`, scaled to [0, 1].
+
+    The files may sit in `data_dir` itself or in torchvision's layout below it
+    (`MNIST/raw`, `FashionMNIST/raw`).
+
+    Args:
+        name: `mnist` or `fashion-mnist`.
+        data_dir: The folder given by `--data-dir`.
+
+    Raises:
+        StreamError: A file is missing; nothing is ever downloaded.
+    """
+    label = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}[name]
+    if data_dir is None:
+        raise StreamError(
+            f"the {label} streams read local IDX files and never download them; pass "
+            f"--data-dir with a folder holding {', '.join(IDX_FILES)} (each may end in .gz)"
+        )
+    folders = [data_dir, data_dir / _TORCHVISION_FOLDERS[name]]
+    paths = {stem: _find_idx(folders, stem) for stem in IDX_FILES}
+    missing = [stem for stem, path in paths.items() if path is None]
+    if missing:
+        searched = " and ".join(str(folder) for folder in folders)
+        raise StreamError(
+            f"the {label} IDX files {', '.join(missing)} (or .gz) are not in {searched}; "
+            f"this benchmark never downloads: copy the four {label} IDX files there and "
+            "pass that folder as --data-dir"
+        )
+    arrays = {stem: read_idx(path) for stem, path in paths.items() if path is not None}
+    train_images, train_labels, test_images, test_labels = (arrays[s] for s in IDX_FILES)
+    height, width = (int(d) for d in train_images.shape[1:])
+
+    def images(array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(array.reshape(len(array), -1).astype(np.float32) / 255.0)
+
+    return Dataset(
+        f"{label} IDX files in {data_dir}",
+        images(train_images),
+        torch.from_numpy(train_labels.astype(np.int64)),
+        images(test_images),
+        torch.from_numpy(test_labels.astype(np.int64)),
+        (height, width),
+    )
+
+
+def rotate_images(x: torch.Tensor, image_shape: tuple[int, int], degrees: float) -> torch.Tensor:
+    """Rotates flattened images counter-clockwise about their centre (bilinear, zero fill).
+
+    Args:
+        x: `(B, H * W)` float32 images.
+        image_shape: `(H, W)`.
+        degrees: The angle.
+
+    Returns:
+        `(B, H * W)` float32 rotated images.
+    """
+    if degrees % 360 == 0:
+        return x
+    radians = math.radians(degrees)
+    cos, sin = math.cos(radians), math.sin(radians)
+    # affine_grid maps output coordinates to input coordinates, so the inverse rotation is given.
+    theta = torch.tensor([[cos, -sin, 0.0], [sin, cos, 0.0]], dtype=x.dtype)
+    images = x.reshape(-1, 1, *image_shape)  # (B, H*W) -> (B, 1, H, W)
+    grid = F.affine_grid(theta.expand(len(x), 2, 3), list(images.shape), align_corners=False)
+    rotated = F.grid_sample(images, grid, mode="bilinear", align_corners=False)
+    return rotated.reshape(len(x), -1)
+
+
+class Stream(ABC):
+    """A schedule of training steps over tasks, with a test set per task.
+
+    Attributes:
+        name: The stream's name.
+        dataset: The underlying data.
+        num_tasks: `T`, tasks per cycle.
+        steps_per_task: `S`, steps of each segment.
+        cycles: Passes over the `T` tasks.
+        batch_size: Rows per training step.
+    """
+
+    rotating = False
+
+    def __init__(
+        self,
+        name: str,
+        dataset: Dataset,
+        *,
+        num_tasks: int,
+        steps_per_task: int,
+        cycles: int,
+        batch_size: int,
+        seed: int,
+    ) -> None:
+        if min(num_tasks, steps_per_task, cycles, batch_size) < 1:
+            raise ValueError("tasks, steps per task, cycles and batch size must all be >= 1")
+        self.name = name
+        self.dataset = dataset
+        self.num_tasks = num_tasks
+        self.steps_per_task = steps_per_task
+        self.cycles = cycles
+        self.batch_size = batch_size
+        generator = torch.Generator().manual_seed(seed)
+        self._batches = torch.randint(
+            0, len(dataset.y_train), (self.total_steps, batch_size), generator=generator
+        )
+        self._test_inputs: dict[int, torch.Tensor] = {}
+
+    @property
+    def period(self) -> int:
+        """Steps of one cycle over all tasks."""
+        return self.num_tasks * self.steps_per_task
+
+    @property
+    def total_steps(self) -> int:
+        return self.cycles * self.period
+
+    def task_at(self, step: int) -> int:
+        """The task trained at `step`."""
+        return (step // self.steps_per_task) % self.num_tasks
+
+    def position_at(self, step: int) -> float:
+        """The context coordinate at `step`: the task index, or a fraction of it where the data
+        drifts continuously (one-power contexts can follow it, paper §7.3)."""
+        return float(self.task_at(step))
+
+    def train_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The minibatch of `step`: `(B, D)` float32 inputs and `(B,)` int64 labels."""
+        rows = self._batches[step]
+        return self._train_transform(step, self.dataset.x_train[rows]), self.dataset.y_train[rows]
+
+    def test_set(self, task: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Task `task`'s test inputs `(N_test, D)` and labels `(N_test,)`."""
+        if task not in self._test_inputs:
+            self._test_inputs[task] = self._test_transform(task, self.dataset.x_test)
+        return self._test_inputs[task], self.dataset.y_test
+
+    def _train_transform(self, step: int, x: torch.Tensor) -> torch.Tensor:
+        return self._test_transform(self.task_at(step), x)
+
+    @abstractmethod
+    def _test_transform(self, task: int, x: torch.Tensor) -> torch.Tensor:
+        """Task `task`'s view of inputs `x` of shape `(N, D)`."""
+
+    def describe(self) -> dict[str, object]:
+        """The stream's configuration, for the results file."""
+        return {
+            "name": self.name,
+            "data": self.dataset.name,
+            "family": "rotating" if self.rotating else "permuted",
+            "tasks": self.num_tasks,
+            "steps_per_task": self.steps_per_task,
+            "cycles": self.cycles,
+            "total_steps": self.total_steps,
+            "batch_size": self.batch_size,
+            "train_rows": len(self.dataset.y_train),
+            "test_rows": len(self.dataset.y_test),
+            "input_size": self.dataset.input_size,
+        }
+
+
+class PermutedStream(Stream):
+    """Task `t` permutes the input features by a fixed permutation; task 0 is the identity."""
+
+    def __init__(self, name: str, dataset: Dataset, *, seed: int, **schedule: int) -> None:
+        super().__init__(name, dataset, seed=seed, **schedule)
+        generator = torch.Generator().manual_seed(seed + 1)
+        size = dataset.input_size
+        self.permutations = [torch.arange(size)] + [
+            torch.randperm(size, generator=generator) for _ in range(self.num_tasks - 1)
+        ]
+
+    def _test_transform(self, task: int, x: torch.Tensor) -> torch.Tensor:
+        return x[:, self.permutations[task]]
+
+
+class RotatingStream(Stream):
+    """The input turns by `360 / period` degrees per step; task `t` covers the `t`-th slice."""
+
+    rotating = True
+
+    def __init__(self, name: str, dataset: Dataset, *, seed: int, **schedule: int) -> None:
+        if dataset.image_shape is None:
+            raise StreamError(f"{name} needs image data, and {dataset.name} is not images")
+        self.image_shape = dataset.image_shape
+        super().__init__(name, dataset, seed=seed, **schedule)
+
+    def angle_at(self, step: int) -> float:
+        """Degrees the training input is turned at `step`."""
+        return 360.0 * (step % self.period) / self.period
+
+    def task_angle(self, task: int) -> float:
+        """Degrees where task `task`'s slice of angles starts; its test set is turned by this."""
+        return 360.0 * task / self.num_tasks
+
+    def position_at(self, step: int) -> float:
+        return self.num_tasks * (step % self.period) / self.period
+
+    def _train_transform(self, step: int, x: torch.Tensor) -> torch.Tensor:
+        return rotate_images(x, self.image_shape, self.angle_at(step))
+
+    def _test_transform(self, task: int, x: torch.Tensor) -> torch.Tensor:
+        return rotate_images(x, self.image_shape, self.task_angle(task))
+
+
+def _dataset_for(name: str, *, seed: int, data_dir: Path | None) -> Dataset:
+    loaders: dict[str, Callable[[], Dataset]] = {
+        "digits": lambda: load_digits_dataset(seed),
+        "mnist1d": load_mnist1d_dataset,
+        "mnist": lambda: load_idx_dataset("mnist", data_dir),
+        "fashion-mnist": lambda: load_idx_dataset("fashion-mnist", data_dir),
+    }
+    source = name.removeprefix("permuted-").removeprefix("rotating-")
+    return loaders[source]()
+
+
+def make_stream(
+    name: str,
+    *,
+    tasks: int,
+    steps_per_task: int,
+    cycles: int = 1,
+    batch_size: int = 32,
+    seed: int = 0,
+    data_dir: Path | None = None,
+    test_limit: int | None = None,
+) -> Stream:
+    """Builds a stream by name; see `STREAMS`.
+
+    Args:
+        name: One of `STREAMS`.
+        tasks: Tasks per cycle (permutations, or slices of the revolution).
+        steps_per_task: Steps before the next task (or context) begins.
+        cycles: Passes over all tasks; a rotating stream turns once per cycle.
+        batch_size: Rows per step.
+        seed: Fixes the test split of digits, the permutations and the minibatch order.
+        data_dir: Folder of the MNIST or Fashion-MNIST IDX files.
+        test_limit: At most this many test rows per task (evaluation time grows with it).
+
+    Raises:
+        StreamError: The data is missing or the stream does not fit it.
+    """
+    if name not in STREAMS:
+        raise StreamError(f"unknown stream {name!r}; choose one of {', '.join(STREAMS)}")
+    dataset = _dataset_for(name, seed=seed, data_dir=data_dir).limit_test(test_limit, seed)
+    stream_class = RotatingStream if name in ROTATING_STREAMS else PermutedStream
+    return stream_class(
+        name,
+        dataset,
+        seed=seed,
+        num_tasks=tasks,
+        steps_per_task=steps_per_task,
+        cycles=cycles,
+        batch_size=batch_size,
+    )

@@ -1,0 +1,60 @@
+"""The checkpoint store: numbered safetensors files under the data directory, the last K kept.
+
+Files are named `ckpt-<sequence>-v<model_version>.safetensors`. The sequence grows with every
+write, so the newest file is always the one with the highest sequence, even after a rollback
+restored an older model version.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+_NAME = re.compile(r"^ckpt-(\d{10})-v(\d+)\.safetensors$")
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """One checkpoint file."""
+
+    sequence: int
+    version: int
+    path: Path
+
+
+class CheckpointStore:
+    """Lists, names and prunes checkpoint files in one directory."""
+
+    def __init__(self, directory: Path, keep: int) -> None:
+        self.directory = directory
+        self.keep = keep
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def list(self) -> list[CheckpointInfo]:
+        """All checkpoints, oldest first."""
+        found = []
+        for path in self.directory.iterdir():
+            match = _NAME.match(path.name)
+            if match:
+                found.append(CheckpointInfo(int(match[1]), int(match[2]), path))
+        return sorted(found, key=lambda info: info.sequence)
+
+    def latest(self) -> CheckpointInfo | None:
+        checkpoints = self.list()
+        return checkpoints[-1] if checkpoints else None
+
+    def find_version(self, version: int) -> CheckpointInfo | None:
+        """The newest kept checkpoint of a model version."""
+        matches = [info for info in self.list() if info.version == version]
+        return matches[-1] if matches else None
+
+    def next_path(self, version: int) -> Path:
+        latest = self.latest()
+        sequence = latest.sequence + 1 if latest else 1
+        return self.directory / f"ckpt-{sequence:010d}-v{version}.safetensors"
+
+    def prune(self) -> None:
+        """Deletes all but the newest `keep` checkpoints."""
+        for info in self.list()[: -self.keep]:
+            info.path.unlink(missing_ok=True)

@@ -1,0 +1,42 @@
+"""The `psp` command line: serve, worker, db upgrade and benchmarks."""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+import uvicorn
+
+from service.settings import get_settings
+
+app = typer.Typer(help="Superposition continual-learning service.", no_args_is_help=True)
+db_app = typer.Typer(help="Registry database.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Address to bind."),
+    port: int = typer.Option(8000, help="Port to bind."),
+    log_level: str = typer.Option("info", help="uvicorn log level."),
+) -> None:
+    """Start the HTTP API (and, with PSP_ROLE=all, the trainer in the same process)."""
+    from service.app import create_app
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    uvicorn.run(create_app(get_settings()), host=host, port=port, log_level=log_level)
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = typer.Argument("head")) -> None:
+    """Apply the registry's migrations (the server also does this at start-up)."""
+    from service.registry.migrate import upgrade
+
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.resolved_database_url, revision)
+    typer.echo(f"registry at {revision}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,82 @@
+"""Every `psp_` metric, defined once. Context keys are never labels (unbounded cardinality).
+
+Per-route HTTP latency and counts come from prometheus-fastapi-instrumentator (named
+`psp_http_*`); the metrics below are the model's, the queue's and the trainer's. When several
+processes serve (`PROMETHEUS_MULTIPROC_DIR` set), prometheus-client aggregates them; the gauges
+say how.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+_WAIT_BUCKETS = (1e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1)
+
+PREDICT_BATCH_ROWS = Histogram(
+    "psp_predict_batch_rows",
+    "Rows in each forward pass of the predict batcher.",
+    buckets=_ROWS_BUCKETS,
+)
+PREDICT_QUEUE_WAIT = Histogram(
+    "psp_predict_queue_wait_seconds",
+    "Time a predict request waited to join a forward pass.",
+    buckets=_WAIT_BUCKETS,
+)
+QUEUE_DEPTH = Gauge(
+    "psp_queue_depth_examples",
+    "Examples accepted for training but not yet checkpointed.",
+    multiprocess_mode="max",
+)
+QUEUE_LAG = Gauge(
+    "psp_queue_lag_seconds",
+    "Age of the oldest example not yet checkpointed.",
+    multiprocess_mode="max",
+)
+TRAIN_ACCEPTED = Counter("psp_train_accepted_examples_total", "Examples accepted by POST /train.")
+TRAINED_EXAMPLES = Counter("psp_trainer_examples_total", "Examples learned by the trainer.")
+TRAIN_STEPS = Counter("psp_trainer_steps_total", "Optimiser steps applied.")
+REFUSED_STEPS = Counter(
+    "psp_trainer_refused_steps_total",
+    "Steps refused because the loss or a gradient was not finite.",
+)
+PREQUENTIAL_CORRECT = Counter(
+    "psp_prequential_correct_total", "Examples the model got right just before learning them."
+)
+PREQUENTIAL_EXAMPLES = Counter(
+    "psp_prequential_examples_total", "Examples scored before learning them."
+)
+PREQUENTIAL_ACCURACY = Gauge(
+    "psp_prequential_accuracy_ratio",
+    "Aggregate prequential (test-then-train) accuracy since the process started.",
+    multiprocess_mode="max",
+)
+MODEL_VERSION = Gauge(
+    "psp_model_version",
+    "Version (applied steps) of the weights this process serves.",
+    multiprocess_mode="max",
+)
+CONTEXTS = Gauge("psp_contexts", "Contexts in this process's bank.", multiprocess_mode="max")
+CHECKPOINT_SECONDS = Histogram(
+    "psp_checkpoint_duration_seconds",
+    "Time to write one checkpoint durably.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+CHECKPOINT_STALENESS = Histogram(
+    "psp_checkpoint_staleness_seconds",
+    "Time from a checkpoint being written to this process serving it.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+
+
+_prequential_totals = {"correct": 0, "examples": 0}
+
+
+def record_prequential(correct: int, examples: int) -> None:
+    """Adds a scored minibatch and refreshes the aggregate accuracy."""
+    PREQUENTIAL_CORRECT.inc(correct)
+    PREQUENTIAL_EXAMPLES.inc(examples)
+    _prequential_totals["correct"] += correct
+    _prequential_totals["examples"] += examples
+    if _prequential_totals["examples"]:
+        PREQUENTIAL_ACCURACY.set(_prequential_totals["correct"] / _prequential_totals["examples"])

@@ -1,0 +1,144 @@
+"""The registry as the service uses it: async methods over the sync queries, run in threads.
+
+Each method opens one session, does one job in one transaction and commits, so routes and the
+trainer never hold a session across an `await`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
+
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.model_host import ContextDefinition
+from service.queue.base import entry_id_key
+from service.registry import queries
+from service.registry.database import make_session_factory, ping
+from service.registry.models import ContextRow, TrainerState
+
+T = TypeVar("T")
+
+
+class RegistryUnavailable(Exception):
+    """The registry database cannot be reached."""
+
+
+class RegistryStore:
+    """Context registration, lookup and the trainer's counters, for one model kind."""
+
+    def __init__(self, engine: Engine, kind: str) -> None:
+        self.engine = engine
+        self.kind = kind
+        self._sessions: sessionmaker[Session] = make_session_factory(engine)
+
+    async def _run(self, job: Callable[[Session], T]) -> T:
+        def in_transaction() -> T:
+            with self._sessions.begin() as session:
+                return job(session)
+
+        try:
+            return await asyncio.to_thread(in_transaction)
+        except (OperationalError, InterfaceError) as err:
+            raise RegistryUnavailable(str(err.orig or err)) from err
+        except DBAPIError as err:
+            if err.connection_invalidated:
+                raise RegistryUnavailable(str(err.orig or err)) from err
+            raise
+
+    async def ping(self) -> bool:
+        return await asyncio.to_thread(ping, self.engine)
+
+    async def create(
+        self, key: str, seed: int | None, power: float | None
+    ) -> tuple[ContextRow, bool]:
+        return await self._run(
+            lambda s: _detached(
+                s,
+                queries.create_context(session=s, key=key, kind=self.kind, seed=seed, power=power),
+            )
+        )
+
+    async def create_many(
+        self, items: Sequence[queries.ContextItem]
+    ) -> list[tuple[ContextRow, bool]]:
+        def job(session: Session) -> list[tuple[ContextRow, bool]]:
+            created = queries.create_contexts(session=session, kind=self.kind, items=items)
+            session.flush()
+            session.expunge_all()
+            return created
+
+        return await self._run(job)
+
+    async def get(self, key: str) -> ContextRow | None:
+        def job(session: Session) -> ContextRow | None:
+            row = queries.get_context(session=session, key=key)
+            if row is not None:
+                session.expunge(row)
+            return row
+
+        return await self._run(job)
+
+    async def page(self, limit: int, offset: int) -> tuple[list[ContextRow], int]:
+        def job(session: Session) -> tuple[list[ContextRow], int]:
+            rows, total = queries.list_contexts(session=session, limit=limit, offset=offset)
+            session.expunge_all()
+            return rows, total
+
+        return await self._run(job)
+
+    async def retire(self, key: str) -> bool:
+        return await self._run(lambda s: queries.retire_context(session=s, key=key))
+
+    async def count_live(self) -> int:
+        return await self._run(lambda s: queries.count_live_contexts(session=s))
+
+    async def context_definitions(self, after_index: int = -1) -> list[ContextDefinition]:
+        """Every context, live or retired, in index order: what the model's bank holds."""
+
+        def job(session: Session) -> list[ContextDefinition]:
+            rows = session.execute(
+                select(ContextRow.index, ContextRow.seed, ContextRow.power)
+                .where(ContextRow.index > after_index)
+                .order_by(ContextRow.index)
+            )
+            return [ContextDefinition(i, s, p) for i, s, p in rows]
+
+        return await self._run(job)
+
+    async def commit_training(
+        self, *, shard: int, last_entry_id: str, counts: Mapping[int, tuple[int, int]]
+    ) -> bool:
+        """Adds a checkpoint's counts unless the registry already holds that checkpoint.
+
+        The shard's watermark (the last entry id whose counts are in) moves in the same
+        transaction, which makes the update idempotent.
+
+        Returns:
+            True if the counts were added now.
+        """
+
+        def job(session: Session) -> bool:
+            state = session.get(TrainerState, shard, with_for_update=True)
+            if state is None:
+                state = TrainerState(shard=shard, last_entry_id="0-0")
+                session.add(state)
+                session.flush()
+            if entry_id_key(last_entry_id) <= entry_id_key(state.last_entry_id):
+                return False
+            queries.add_training_counts(session=session, counts=counts)
+            state.last_entry_id = last_entry_id
+            return True
+
+        return await self._run(job)
+
+
+def _detached(session: Session, created: tuple[ContextRow, bool]) -> tuple[ContextRow, bool]:
+    session.flush()
+    session.refresh(created[0])
+    session.expunge(created[0])
+    return created
