@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from prometheus_fastapi_instrumentator import Instrumentator
 
+from service import metrics
 from service.api.errors import install_error_handlers
 from service.api.limits import BodySizeLimit
 from service.api.routes import api_router
@@ -36,7 +37,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(api_router)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.limits.max_body_bytes)
-    Instrumentator(excluded_handlers=["/metrics"], should_group_status_codes=False).instrument(
-        app, metric_namespace="psp", metric_subsystem="http"
-    ).expose(app, include_in_schema=False)
+    instrumentator = Instrumentator(excluded_handlers=["/metrics"], should_group_status_codes=False)
+    instrumentator.add(metrics.HTTP_REQUESTS).instrument(app).expose(app, include_in_schema=False)
     return app

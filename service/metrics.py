@@ -9,6 +9,14 @@ say how.
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
+from prometheus_fastapi_instrumentator import metrics as http_metrics
+
+# Created once per process so that every app instance (tests build many) records into the
+# same collectors: `psp_http_requests_total` and `psp_http_request_duration_seconds` per route.
+HTTP_REQUESTS = http_metrics.default(
+    metric_namespace="psp",
+    latency_lowr_buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+)
 
 _ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 _WAIT_BUCKETS = (1e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1)

@@ -73,10 +73,12 @@ class InProcessQueue(TrainQueue):
 
     async def ack(self, entry_ids: Sequence[str]) -> None:
         for entry_id in entry_ids:
-            entry = self._entries.pop(entry_id, None)
-            if entry is not None:
-                self._pending_examples -= entry.size
+            # Like XACK, only a delivered entry can be acknowledged; an undelivered one stays
+            # queued (dropping it here would also break `read`, which still holds its id).
+            if entry_id not in self._delivered:
+                continue
             self._delivered.discard(entry_id)
+            self._pending_examples -= self._entries.pop(entry_id).size
 
     async def trim_below(self, entry_id: str) -> None:
         # Acknowledged entries are already gone from memory; nothing older is kept.

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
@@ -108,5 +111,26 @@ def test_upgrade_accepts_a_plain_postgresql_url(postgres_database_url: str) -> N
     try:
         assert engine.dialect.driver == "psycopg"
         assert "contexts" in inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+
+
+def test_concurrent_upgrades_on_postgresql_wait_for_each_other(
+    postgres_database_url: str,
+) -> None:
+    barrier = threading.Barrier(4)
+
+    def start() -> None:
+        barrier.wait()
+        upgrade(postgres_database_url)
+
+    with ThreadPoolExecutor(4) as pool:
+        for future in [pool.submit(start) for _ in range(4)]:
+            future.result(timeout=60)
+    engine = make_engine(postgres_database_url)
+    try:
+        with engine.connect() as connection:
+            versions = connection.execute(text("SELECT version_num FROM alembic_version")).all()
+        assert [version for (version,) in versions] == ["0001"]
     finally:
         engine.dispose()

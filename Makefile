@@ -1,0 +1,27 @@
+# Set-up is part of every target: a fresh clone needs nothing but Python 3.11+.
+PYTHON ?= python3
+VENV := .venv
+# The PyTorch build to install first. Override for a CUDA build, e.g. TORCH="torch>=2.3".
+TORCH ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: serve test lint bench-core
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet "$(TORCH)"
+	$(VENV)/bin/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+serve: $(STAMP)
+	$(VENV)/bin/psp serve --host 127.0.0.1 --port 8000
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy
+
+bench-core: $(STAMP)
+	$(VENV)/bin/python benchmarks/core_speed.py

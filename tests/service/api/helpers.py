@@ -1,0 +1,33 @@
+"""Builders and state snapshots shared by the API tests."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+WIDTH = 64
+
+
+def rows(n: int, value: float = 0.5, width: int = WIDTH) -> list[list[float]]:
+    return [[value] * width for _ in range(n)]
+
+
+def register(client: TestClient, key: str, **params: Any) -> dict[str, Any]:
+    response = client.post("/contexts", json={"key": key, **params})
+    assert response.status_code in (200, 201), response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def snapshot(client: TestClient) -> tuple[str, int, list[dict[str, Any]], int]:
+    """Everything a rejected request must leave alone: weights, version, registry, queue."""
+    runtime = client.app.state.runtime  # type: ignore[attr-defined]
+    digest = hashlib.sha256()
+    for name, tensor in sorted(runtime.host.learner.model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().numpy().tobytes())
+    contexts = client.get("/contexts", params={"limit": 1000}).json()["items"]
+    queue_depth = client.portal.call(runtime.queue.stats).pending_examples  # type: ignore[union-attr]
+    return digest.hexdigest(), runtime.host.model_version, contexts, queue_depth
