@@ -6,6 +6,7 @@ an ini option: configparser would treat a `%` in a percent-encoded password as i
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from alembic import command
@@ -15,6 +16,10 @@ from service.registry.database import normalize_database_url
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 """The Alembic script directory shipped inside the `service` package."""
+
+# Alembic keeps the running migration in module-global state, so two commands in threads of one
+# process would trample each other; separate processes are serialised by a database lock.
+_ALEMBIC_LOCK = threading.Lock()
 
 
 def alembic_config(database_url: str) -> Config:
@@ -37,12 +42,15 @@ def alembic_config(database_url: str) -> Config:
 def upgrade(database_url: str, revision: str = "head") -> None:
     """Migrates the registry database up to `revision` (the latest by default).
 
-    Safe to call on every start-up: an up-to-date database is left as it is, and on PostgreSQL
-    concurrent callers (an API and a worker starting together) wait for each other.
+    Safe to call on every start-up: an up-to-date database is left as it is. Calls in one process
+    run one at a time, and on PostgreSQL concurrent processes (an API and a worker starting
+    together) wait for each other.
     """
-    command.upgrade(alembic_config(database_url), revision)
+    with _ALEMBIC_LOCK:
+        command.upgrade(alembic_config(database_url), revision)
 
 
 def downgrade(database_url: str, revision: str) -> None:
     """Migrates the registry database down to `revision` (`base` removes every table)."""
-    command.downgrade(alembic_config(database_url), revision)
+    with _ALEMBIC_LOCK:
+        command.downgrade(alembic_config(database_url), revision)

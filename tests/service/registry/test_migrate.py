@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
 from service.registry.database import make_engine
-from service.registry.migrate import downgrade, upgrade
+from service.registry.migrate import alembic_config, downgrade, upgrade
 from service.registry.models import LIVE_KEY_INDEX, Base
+
+REPOSITORY_ROOT = Path(__file__).resolve().parents[3]
 
 EXPECTED_COLUMNS = {
     "index": False,
@@ -28,8 +34,14 @@ EXPECTED_COLUMNS = {
 """Column name -> nullable."""
 
 
-def test_upgrade_creates_exactly_the_contexts_table(database_url: str) -> None:
-    upgrade(database_url)
+def _head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    assert head is not None
+    return head
+
+
+def test_first_revision_creates_exactly_the_contexts_table(database_url: str) -> None:
+    upgrade(database_url, "0001")
     engine = make_engine(database_url)
     try:
         inspector = inspect(engine)
@@ -95,6 +107,9 @@ def test_upgrade_twice_is_a_no_op_and_downgrade_removes_the_table(database_url: 
     engine = make_engine(database_url)
     try:
         assert "contexts" in inspect(engine).get_table_names()
+        with engine.connect() as connection:
+            versions = connection.execute(text("SELECT version_num FROM alembic_version")).all()
+        assert [version for (version,) in versions] == [_head_revision()]
         downgrade(database_url, "base")
         assert "contexts" not in inspect(engine).get_table_names()
         upgrade(database_url)
@@ -118,19 +133,41 @@ def test_upgrade_accepts_a_plain_postgresql_url(postgres_database_url: str) -> N
 def test_concurrent_upgrades_on_postgresql_wait_for_each_other(
     postgres_database_url: str,
 ) -> None:
-    barrier = threading.Barrier(4)
-
-    def start() -> None:
-        barrier.wait()
-        upgrade(postgres_database_url)
-
-    with ThreadPoolExecutor(4) as pool:
-        for future in [pool.submit(start) for _ in range(4)]:
-            future.result(timeout=60)
+    # Separate processes, as an API and a worker starting together would be.
+    script = "import sys; from service.registry.migrate import upgrade; upgrade(sys.argv[1])"
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, postgres_database_url],
+            cwd=REPOSITORY_ROOT,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    for process in processes:
+        _, stderr = process.communicate(timeout=120)
+        assert process.returncode == 0, stderr
     engine = make_engine(postgres_database_url)
     try:
         with engine.connect() as connection:
             versions = connection.execute(text("SELECT version_num FROM alembic_version")).all()
-        assert [version for (version,) in versions] == ["0001"]
+        assert [version for (version,) in versions] == [_head_revision()]
+    finally:
+        engine.dispose()
+
+
+def test_upgrades_from_threads_of_one_process_do_not_collide(database_url: str) -> None:
+    barrier = threading.Barrier(4)
+
+    def start() -> None:
+        barrier.wait()
+        upgrade(database_url)
+
+    with ThreadPoolExecutor(4) as pool:
+        for future in [pool.submit(start) for _ in range(4)]:
+            future.result(timeout=60)
+    engine = make_engine(database_url)
+    try:
+        assert "contexts" in inspect(engine).get_table_names()
     finally:
         engine.dispose()
