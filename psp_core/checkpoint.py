@@ -191,6 +191,28 @@ def load_checkpoint(
     return learner, _apply(Path(path), tensors, header, learner)
 
 
+def read_weights(
+    path: str | Path, config: ModelConfig
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The model weights of a checkpoint (no optimiser state), checked against `config`.
+
+    Readers that only serve predictions load these into their model with `load_state_dict`,
+    which keeps the time they hold their model lock to a memory copy.
+
+    Returns:
+        The state dict (CPU tensors) and the checkpoint header.
+
+    Raises:
+        CheckpointError: The file is torn, not a psp checkpoint, or for another config.
+    """
+    tensors, header = _read(Path(path))
+    stored = ModelConfig.from_dict(header["model_config"])
+    if stored != config:
+        raise CheckpointError(f"checkpoint {path} was written for {stored}, not {config}")
+    weights = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
+    return weights, header
+
+
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """The checkpoint's header (config, version, caller metadata) without building a model."""
     _, header = _read(Path(path))

@@ -6,12 +6,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from prometheus_client import make_asgi_app
 from prometheus_fastapi_instrumentator import Instrumentator
 
 from service import metrics
 from service.api.errors import install_error_handlers
 from service.api.limits import BodySizeLimit
-from service.api.routes import api_router
+from service.api.routes import api_router, health
 from service.runtime import Runtime
 from service.settings import Settings, get_settings
 
@@ -39,4 +40,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.limits.max_body_bytes)
     instrumentator = Instrumentator(excluded_handlers=["/metrics"], should_group_status_codes=False)
     instrumentator.add(metrics.HTTP_REQUESTS).instrument(app).expose(app, include_in_schema=False)
+    return app
+
+
+def create_worker_app(settings: Settings) -> FastAPI:
+    """The training worker: the trainer in the lifespan, and only health and metrics routes."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.runtime = await Runtime.start(settings)
+        try:
+            yield
+        finally:
+            await app.state.runtime.stop()
+
+    app = FastAPI(title="psp worker", lifespan=lifespan, openapi_url=None)
+    app.include_router(health.router)
+    install_error_handlers(app)
+    app.mount("/metrics", make_asgi_app())
     return app

@@ -49,10 +49,20 @@ class CheckpointStore:
         matches = [info for info in self.list() if info.version == version]
         return matches[-1] if matches else None
 
-    def next_path(self, version: int) -> Path:
+    def next(self, version: int) -> CheckpointInfo:
+        """Where the next checkpoint, of model `version`, goes."""
         latest = self.latest()
         sequence = latest.sequence + 1 if latest else 1
-        return self.directory / f"ckpt-{sequence:010d}-v{version}.safetensors"
+        path = self.directory / f"ckpt-{sequence:010d}-v{version}.safetensors"
+        return CheckpointInfo(sequence, version, path)
+
+    def info(self, name: str) -> CheckpointInfo | None:
+        """The checkpoint with this file name, if it is (still) kept."""
+        match = _NAME.match(name)
+        path = self.directory / name
+        if not match or not path.exists():
+            return None
+        return CheckpointInfo(int(match[1]), int(match[2]), path)
 
     def prune(self) -> None:
         """Deletes all but the newest `keep` checkpoints."""

@@ -27,6 +27,23 @@ def serve(
     uvicorn.run(create_app(get_settings()), host=host, port=port, log_level=log_level)
 
 
+@app.command()
+def worker(
+    host: str = typer.Option("0.0.0.0", help="Address of the health and metrics endpoints."),
+    log_level: str = typer.Option("info", help="uvicorn log level."),
+) -> None:
+    """Start the single training writer (PSP_ROLE=worker); /metrics and /healthz listen on
+    PSP_METRICS_PORT."""
+    from service.app import create_worker_app
+    from service.settings import Settings
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    settings = Settings(role="worker")
+    uvicorn.run(
+        create_worker_app(settings), host=host, port=settings.metrics_port, log_level=log_level
+    )
+
+
 @db_app.command("upgrade")
 def db_upgrade(revision: str = typer.Argument("head")) -> None:
     """Apply the registry's migrations (the server also does this at start-up)."""

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from psp_core.checkpoint import restore_checkpoint, save_checkpoint
+from psp_core.checkpoint import read_weights, restore_checkpoint, save_checkpoint
 from psp_core.contexts import ContextSpec
 from psp_core.learner import OnlineLearner, StepResult, TrainingConfig
 from psp_core.models import ModelConfig, build_model, parameter_count
@@ -140,6 +140,20 @@ class ModelHost:
         """Writes a checkpoint of the current state."""
         with self._lock:
             save_checkpoint(path, self.learner, metadata)
+
+    def swap_weights(self, path: Path) -> int:
+        """Serves a checkpoint's weights (read-only processes): reads the file without the
+        lock, then copies the tensors in under it, so predictions are never dropped.
+
+        Returns:
+            The model version now served.
+        """
+        weights, header = read_weights(path, self.config)
+        with self._lock:
+            self.learner.model.load_state_dict(weights, strict=True)
+            self.learner.model_version = int(header["model_version"])
+        metrics.MODEL_VERSION.set(self.learner.model_version)
+        return self.learner.model_version
 
     def load(self, path: Path) -> dict[str, str]:
         """Replaces weights, optimiser state and version with a checkpoint's.

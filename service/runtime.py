@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -16,9 +17,12 @@ import torch
 from psp_core.learner import TrainingConfig
 from service.checkpoints import CheckpointStore
 from service.contexts import ContextService
+from service.control import ControlInbox, RedisRollback, RollbackTarget
 from service.model_host import ModelHost, resolve_device
+from service.model_sync import ModelFollower, ModelPublisher, redis_client
 from service.prediction import PredictionService
 from service.queue.base import TrainQueue
+from service.queue.keys import ShardKeys
 from service.queue.memory import InProcessQueue
 from service.registry.database import make_engine
 from service.registry.migrate import upgrade
@@ -38,8 +42,12 @@ def make_queue(settings: Settings) -> TrainQueue:
         return RedisStreamQueue(
             url=settings.redis_url,
             shard=settings.queue.shard,
+            # One writer per shard, under a stable name, so that after a restart (or a kill -9)
+            # it finds its own unacknowledged entries at once instead of waiting to claim them.
+            consumer=f"trainer-{settings.queue.shard}",
             max_pending_examples=settings.queue.max_pending_examples,
             retry_after_seconds=settings.queue.retry_after_seconds,
+            key_prefix=settings.key_prefix,
         )
     return InProcessQueue(
         max_pending_examples=settings.queue.max_pending_examples,
@@ -60,6 +68,9 @@ class Runtime:
     training: TrainingService
     prediction: PredictionService
     trainer: Trainer | None = None
+    rollback: RollbackTarget | None = None
+    follower: ModelFollower | None = None
+    _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -94,16 +105,10 @@ class Runtime:
             training=TrainingService(contexts, queue, settings),
             prediction=PredictionService(contexts, host, settings),
         )
-        if settings.role in ("all", "worker"):
-            runtime.trainer = Trainer(
-                host=host, queue=queue, store=store, registry=registry, settings=settings
-            )
-            await runtime.trainer.recover()
-            runtime._tasks.append(asyncio.create_task(runtime._train_forever()))
+        if settings.role == "api":
+            await runtime._follow_worker()
         else:
-            latest = store.latest()
-            if latest is not None:
-                await asyncio.to_thread(host.load, latest.path)
+            await runtime._start_trainer()
         log.info(
             "model on %s at version %d with %d contexts",
             device,
@@ -112,9 +117,46 @@ class Runtime:
         )
         return runtime
 
-    async def _train_forever(self) -> None:
-        assert self.trainer is not None
-        await self.trainer.run(self._stop)
+    @property
+    def keys(self) -> ShardKeys:
+        return ShardKeys(self.settings.key_prefix, self.settings.queue.shard)
+
+    async def _start_trainer(self) -> None:
+        """The writer: in `all` it serves rollbacks directly; as `worker` it announces its
+        checkpoints and takes rollbacks from the API through Redis."""
+        announce, control = None, None
+        if self.settings.role == "worker":
+            assert self.settings.redis_url is not None
+            publisher = ModelPublisher(self.settings.redis_url, self.keys)
+            control_client = redis_client(self.settings.redis_url)
+            announce, control = publisher.announce, ControlInbox(control_client, self.keys)
+            self._closers += [publisher.close, control_client.aclose]
+        self.trainer = Trainer(
+            host=self.host,
+            queue=self.queue,
+            store=self.store,
+            registry=self.registry,
+            settings=self.settings,
+            announce=announce,
+            control=control,
+        )
+        await self.trainer.recover()
+        self.rollback = self.trainer
+        self._tasks.append(asyncio.create_task(self.trainer.run(self._stop)))
+
+    async def _follow_worker(self) -> None:
+        """A read replica: serves the newest checkpoint and follows the worker's announcements."""
+        assert self.settings.redis_url is not None
+        latest = self.store.latest()
+        if latest is not None:
+            await asyncio.to_thread(self.host.swap_weights, latest.path)
+        self.follower = ModelFollower(self.settings.redis_url, self.keys, self.host, self.store)
+        if latest is not None:
+            self.follower.sequence = latest.sequence
+        control_client = redis_client(self.settings.redis_url)
+        self.rollback = RedisRollback(control_client, self.keys)
+        self._closers += [self.follower.close, control_client.aclose]
+        self._tasks.append(asyncio.create_task(self.follower.run(self._stop)))
 
     async def stop(self) -> None:
         """Stops the trainer (it drains the queue into a final checkpoint) and disconnects."""
@@ -122,5 +164,7 @@ class Runtime:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        for close in self._closers:
+            await close()
         await self.queue.close()
         self.registry.engine.dispose()

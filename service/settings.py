@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from psp_core.models import ModelConfig
@@ -103,6 +103,16 @@ class Settings(BaseSettings):
     device: str = "auto"
     registry_cache_seconds: float = Field(default=5.0, ge=0)
     role: Literal["all", "api", "worker"] = "all"
+    metrics_port: int = Field(default=9101, ge=1, le=65535)  # `psp worker`'s /metrics, /healthz
+    key_prefix: str = "psp:"  # of every Redis key, so deployments (and tests) can share a Redis
+
+    @model_validator(mode="after")
+    def _split_roles_need_redis(self) -> Settings:
+        if self.role != "all" and not self.redis_url:
+            raise ValueError(
+                f"PSP_ROLE={self.role} needs PSP_REDIS_URL: the API and the worker meet in Redis"
+            )
+        return self
 
     @field_validator("device")
     @classmethod

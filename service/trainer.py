@@ -16,13 +16,15 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from redis.exceptions import RedisError
 
 from service import metrics
-from service.checkpoints import CheckpointStore
+from service.checkpoints import CheckpointInfo, CheckpointStore
+from service.control import ControlInbox, RollbackFailed
 from service.model_host import ModelHost, TrainRows
 from service.queue.base import QueuedEntry, QueueUnavailable, TrainQueue, entry_id_key
 from service.registry.store import RegistryStore, RegistryUnavailable
@@ -51,12 +53,18 @@ class Trainer:
         store: CheckpointStore,
         registry: RegistryStore,
         settings: Settings,
+        announce: Callable[[CheckpointInfo], Awaitable[None]] | None = None,
+        control: ControlInbox | None = None,
     ) -> None:
         self.host = host
         self.queue = queue
         self.store = store
         self.registry = registry
         self.settings = settings
+        self.announce = announce
+        self.control = control
+        # Rollbacks arrive from the API while the loop runs; one thing changes the weights at once.
+        self._exclusive = asyncio.Lock()
         self.checkpointed_id: str | None = None
         self._progress = _Progress()
         # Checkpointed but not yet in the registry / not yet acknowledged (either store was down).
@@ -95,19 +103,46 @@ class Trainer:
         while not stop.is_set():
             try:
                 entries = await self.queue.read(max_entries=64, block_ms=100)
-                await self.apply(entries)
-                if self._checkpoint_due():
-                    await self.checkpoint()
+                async with self._exclusive:
+                    await self.apply(entries)
+                    if self._checkpoint_due():
+                        await self.checkpoint()
+                if self.control is not None:
+                    await self.control.serve_one(self)
                 await self._report_queue()
-            except (QueueUnavailable, RegistryUnavailable) as err:
+            except (QueueUnavailable, RegistryUnavailable, RedisError, OSError) as err:
                 log.warning("trainer waiting for its stores: %s", err)
                 await asyncio.sleep(0.5)
-        try:
-            while entries := await self.queue.read(max_entries=256, block_ms=0):
-                await self.apply(entries)
-        except QueueUnavailable as err:
-            log.warning("could not drain the queue before stopping: %s", err)
-        await self.checkpoint()
+        if not self.queue.durable:  # what a durable queue holds is simply trained next time
+            try:
+                while entries := await self.queue.read(max_entries=256, block_ms=0):
+                    await self.apply(entries)
+            except QueueUnavailable as err:
+                log.warning("could not drain the queue before stopping: %s", err)
+        async with self._exclusive:
+            await self.checkpoint()
+
+    async def rollback(self, version: int) -> int:
+        """Restores the weights and optimiser state of a kept checkpoint of `version`.
+
+        What was applied so far is checkpointed first, so its entries are acknowledged and
+        counted, not replayed; the restored state is then written as the newest checkpoint
+        (and announced), and training continues from it.
+
+        Raises:
+            RollbackFailed: No kept checkpoint has that version.
+        """
+        async with self._exclusive:
+            target = self.store.find_version(version)
+            if target is None:
+                kept = sorted({info.version for info in self.store.list()})
+                raise RollbackFailed(
+                    f"no kept checkpoint has model version {version}; kept versions: {kept}"
+                )
+            await self.checkpoint()
+            await asyncio.to_thread(self.host.load, target.path)
+            await self._write_checkpoint()
+            return self.host.model_version
 
     async def apply(self, entries: Sequence[QueuedEntry]) -> None:
         """Learns from entries in id order and tells waiting producers."""
@@ -190,19 +225,24 @@ class Trainer:
         self._unacked.extend(progress.entry_ids)
         if progress.entry_ids:
             self.checkpointed_id = max(progress.entry_ids, key=entry_id_key)
+        self._progress = _Progress()
+        await self._write_checkpoint()
+        await self._settle()
+
+    async def _write_checkpoint(self) -> None:
+        """Saves the current state with what the registry has not taken yet, and announces it."""
         metadata = {
             "last_entry_id": self.checkpointed_id or "",
             "counts": json.dumps({str(k): v for k, v in self._uncommitted_counts.items()}),
         }
         started = time.perf_counter()
-        path = self.store.next_path(self.host.model_version)
-        await asyncio.to_thread(self.host.save, path, metadata)
+        target = self.store.next(self.host.model_version)
+        await asyncio.to_thread(self.host.save, target.path, metadata)
         metrics.CHECKPOINT_SECONDS.observe(time.perf_counter() - started)
-        self._progress = _Progress()
         self._last_checkpoint_at = time.monotonic()
         self.store.prune()
-        await self._settle()
-        await self.on_checkpoint(path)
+        if self.announce is not None:
+            await self.announce(target)
 
     async def _settle(self) -> None:
         """Moves checkpointed counts into the registry and acknowledges checkpointed entries."""
@@ -225,9 +265,6 @@ class Trainer:
                 await self.queue.trim_below(self.checkpointed_id)
         except QueueUnavailable as err:
             log.warning("queue unavailable, acknowledgements retried later: %s", err)
-
-    async def on_checkpoint(self, path: object) -> None:
-        """A hook for publishing new weights; the embedded trainer has no readers to tell."""
 
     async def _report_queue(self) -> None:
         stats = await self.queue.stats()

@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.contexts import ContextNotFound
+from service.control import RollbackFailed
 from service.payloads import PayloadError, TooManyRows
 from service.queue.base import QueueFull, QueueUnavailable
 from service.registry.queries import ContextConflict, InvalidContextParameters
@@ -113,6 +114,14 @@ def install_error_handlers(app: FastAPI) -> None:
             "the context registry is unreachable; nothing was changed, retry later",
             {"Retry-After": "1"},
         )
+
+    @app.exception_handler(RollbackFailed)
+    async def no_such_version(request: Request, exc: RollbackFailed) -> JSONResponse:
+        return _problem(404, f"{exc}; send one of the kept versions listed by GET /model")
+
+    @app.exception_handler(TimeoutError)
+    async def timed_out(request: Request, exc: TimeoutError) -> JSONResponse:
+        return _problem(504, f"{exc}; retry later")
 
     @app.exception_handler(NotAppliedInTime)
     async def too_slow(request: Request, exc: NotAppliedInTime) -> JSONResponse:

@@ -110,6 +110,8 @@ class TrainQueue(abc.ABC):
 
     max_pending_examples: int
     retry_after_seconds: int
+    # Whether accepted entries survive a crash of this process (Redis: yes; in-process: no).
+    durable: bool = False
 
     @abc.abstractmethod
     async def put(self, entry: TrainEntry) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from service.api.deps import RuntimeDep
-from service.api.schemas import ModelInfo
+from service.api.schemas import ModelInfo, Problem, RollbackRequest
 
 router = APIRouter(tags=["model"])
 
@@ -24,3 +24,21 @@ async def model_info(runtime: RuntimeDep) -> ModelInfo:
         role=runtime.settings.role,
         checkpoints=[info.version for info in runtime.store.list()],
     )
+
+
+@router.post(
+    "/model/rollback",
+    responses={
+        404: {"model": Problem},
+        422: {"model": Problem},
+        503: {"model": Problem},
+        504: {"model": Problem},
+    },
+)
+async def rollback(body: RollbackRequest, runtime: RuntimeDep) -> ModelInfo:
+    """Restore a kept checkpoint version (admin); training continues from it."""
+    assert runtime.rollback is not None
+    await runtime.rollback.rollback(body.version)
+    if runtime.follower is not None:
+        await runtime.follower.catch_up()
+    return await model_info(runtime)

@@ -1,0 +1,138 @@
+"""Speed of the superposed layers, as ratios measured in one run.
+
+(a) Forward throughput of a batch whose rows use all-distinct contexts ÷ the same batch in one
+    context (goal ≥ 0.90), per kind; beside it, 1024 separate `nn.Module`s (one per row) ÷ one
+    module, the cost superposition avoids.
+(b) Forward+backward time of the superposed MLP ÷ a plain `nn.Linear` MLP of the same shape:
+    binary (goal ≤ 1.15), complex (goal ≤ 3.0), and the other kinds for reference.
+
+Run: `python benchmarks/core_speed.py [--device cuda] [--rows 1024] [--hidden 1024,1024]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from psp_core import ContextSpec, ModelConfig, build_model
+
+
+def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
+    """Median wall time of `fn` after warm-up, synchronising the GPU around each call."""
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def plain_mlp(widths: list[int], classes: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for fan_in, fan_out in zip(widths, widths[1:], strict=False):
+        layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
+    layers.append(nn.Linear(widths[-1], classes))
+    return nn.Sequential(*layers)
+
+
+def superposed(kind: str, inputs: int, hidden: tuple[int, ...], contexts: int,
+               device: torch.device) -> nn.Module:
+    model = build_model(ModelConfig(kind=kind, input_shape=(inputs,), hidden=hidden), device)
+    model.bank.extend(
+        [ContextSpec(power=float(i)) if kind == "onepower" else ContextSpec(seed=i)
+         for i in range(contexts)]
+    )
+    return model
+
+
+def mixed_context_ratios(args: argparse.Namespace, device: torch.device) -> None:
+    rows, inputs, hidden = args.rows, args.inputs, args.hidden
+    x = torch.randn(rows, inputs, device=device)
+    distinct = torch.arange(rows, device=device)
+    single = torch.zeros(rows, dtype=torch.long, device=device)
+    print(f"(a) forward, {rows} rows, MLP {inputs}-{'-'.join(map(str, hidden))}-10, {device}")
+    print(f"    {'kind':<10} {'one ctx rows/s':>15} {'distinct rows/s':>16} {'ratio':>7}")
+    kinds = ["binary", "complex", "onepower"] + (["rotation"] if args.rotation else [])
+    with torch.inference_mode():
+        for kind in kinds:
+            model = superposed(kind, inputs, hidden, rows, device)
+            t_one = median_seconds(lambda m=model: m(x, single), device, args.repeats)
+            t_mix = median_seconds(lambda m=model: m(x, distinct), device, args.repeats)
+            print(f"    {kind:<10} {rows / t_one:>15,.0f} {rows / t_mix:>16,.0f} "
+                  f"{t_one / t_mix:>7.3f}   (goal >= 0.90)")
+        one = plain_mlp([inputs, *hidden], 10).to(device)
+        separate = [plain_mlp([inputs, *hidden], 10).to(device) for _ in range(rows)]
+        t_one = median_seconds(lambda: one(x), device, args.repeats)
+        t_sep = median_seconds(
+            lambda: [m(x[i : i + 1]) for i, m in enumerate(separate)], device,
+            max(3, args.repeats // 5),
+        )
+        print(f"    {'separate':<10} {rows / t_one:>15,.0f} {rows / t_sep:>16,.0f} "
+              f"{t_one / t_sep:>7.3f}   ({rows} nn.Modules, one row each, ÷ one module)")
+
+
+def train_step_ratios(args: argparse.Namespace, device: torch.device) -> None:
+    batch, inputs, hidden = args.batch, args.inputs, args.hidden
+    x = torch.randn(batch, inputs, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    index = torch.arange(batch, device=device) % 64
+    loss_fn = nn.CrossEntropyLoss()
+    plain = plain_mlp([inputs, *hidden], 10).to(device)
+
+    def plain_step() -> None:
+        plain.zero_grad(set_to_none=True)
+        loss_fn(plain(x), y).backward()
+
+    print(f"(b) forward+backward, batch {batch}, mixed over 64 contexts, ÷ plain nn.Linear MLP")
+    kinds = ["binary", "complex", "onepower"] + (["rotation"] if args.rotation else [])
+    goals = {"binary": "(goal <= 1.15)", "complex": "(goal <= 3.0)"}
+    for kind in kinds:
+        model = superposed(kind, inputs, hidden, 64, device)
+
+        def psp_step(m: nn.Module = model) -> None:
+            m.zero_grad(set_to_none=True)
+            loss_fn(m(x, index), y).backward()
+
+        # Interleave the two measurements so drift in machine load hits both alike.
+        t_plain, t_psp = [], []
+        for _ in range(3):
+            t_plain.append(median_seconds(plain_step, device, args.repeats))
+            t_psp.append(median_seconds(psp_step, device, args.repeats))
+        ratio = statistics.median(t_psp) / statistics.median(t_plain)
+        print(f"    {kind:<10} plain {statistics.median(t_plain) * 1e3:8.2f} ms  "
+              f"psp {statistics.median(t_psp) * 1e3:8.2f} ms  ratio {ratio:6.3f}  "
+              f"{goals.get(kind, '')}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--rows", type=int, default=1024)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--inputs", type=int, default=784)
+    parser.add_argument("--hidden", type=lambda s: tuple(int(v) for v in s.split(",")),
+                        default=(1024, 1024))
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--rotation", action="store_true",
+                        help="also time rotation contexts (M x M per context: slow, memory-heavy)")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    mixed_context_ratios(args, device)
+    train_step_ratios(args, device)
+
+
+if __name__ == "__main__":
+    main()
