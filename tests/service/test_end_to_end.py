@@ -37,8 +37,10 @@ def test_each_context_learns_its_own_permutation(make_settings) -> None:
                 batch = rng.integers(0, len(x_train), 32)
                 response = client.post(
                     f"/train/{key}?wait=true",
-                    json={"inputs": x_train[batch][:, perm].tolist(),
-                          "labels": y_train[batch].tolist()},
+                    json={
+                        "inputs": x_train[batch][:, perm].tolist(),
+                        "labels": y_train[batch].tolist(),
+                    },
                 )
                 assert response.status_code == 200, response.text
         accuracy = np.array(

@@ -17,9 +17,13 @@ def test_restart_resumes_from_the_last_checkpoint(make_settings) -> None:
             client.post("/contexts", json={"key": key})
         for i in range(7):  # 7 steps: the last ones are only in the shutdown checkpoint
             key = "ab"[i % 2]
-            client.post(f"/train/{key}?wait=true", json={
-                "inputs": rng.random((32, 64)).tolist(), "labels": rng.integers(0, 10, 32).tolist()
-            })
+            client.post(
+                f"/train/{key}?wait=true",
+                json={
+                    "inputs": rng.random((32, 64)).tolist(),
+                    "labels": rng.integers(0, 10, 32).tolist(),
+                },
+            )
         before = {
             "model": client.get("/model").json(),
             "contexts": client.get("/contexts").json(),
@@ -43,6 +47,7 @@ def test_restart_resumes_from_the_last_checkpoint(make_settings) -> None:
         examples = [c["examples_seen"] for c in client.get("/contexts").json()["items"]]
         assert examples == [4 * 32, 3 * 32]
         # and training continues from there
-        response = client.post("/train/a?wait=true", json={"inputs": probe["inputs"],
-                                                         "labels": [1] * 5})
+        response = client.post(
+            "/train/a?wait=true", json={"inputs": probe["inputs"], "labels": [1] * 5}
+        )
         assert response.json()["model_version"] == 8

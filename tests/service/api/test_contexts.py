@@ -101,8 +101,9 @@ def test_bulk_registration(client: TestClient) -> None:
     assert result["created"] == 199 and len(result["items"]) == 200
     assert result["items"][0]["seed"] == 5
     assert client.get("/model").json()["contexts"] == 200
-    conflict = client.post("/contexts:batch", json={"contexts": [{"key": "new"},
-                                                                  {"key": "k0", "seed": 6}]})
+    conflict = client.post(
+        "/contexts:batch", json={"contexts": [{"key": "new"}, {"key": "k0", "seed": 6}]}
+    )
     assert conflict.status_code == 409
     assert client.get("/contexts/new").status_code == 404
 
@@ -119,7 +120,8 @@ def test_onepower_contexts_take_powers(make_settings) -> None:
         bad = client.post("/contexts", json={"key": "s", "seed": 3})
         assert bad.status_code == 422 and "power" in bad.json()["detail"]
         nan = client.post(
-            "/contexts", content=b'{"key": "n", "power": NaN}',
+            "/contexts",
+            content=b'{"key": "n", "power": NaN}',
             headers={"content-type": "application/json"},
         )
         assert nan.status_code == 422 and "finite" in nan.json()["detail"]

@@ -23,8 +23,10 @@ def test_contexts_answer_differently(client: TestClient) -> None:
     register(client, "a")
     register(client, "b")
     x = {"inputs": rows(1, value=0.9)}
-    assert (client.post("/predict/a", json=x).json()["probabilities"]
-            != client.post("/predict/b", json=x).json()["probabilities"])
+    assert (
+        client.post("/predict/a", json=x).json()["probabilities"]
+        != client.post("/predict/b", json=x).json()["probabilities"]
+    )
 
 
 def test_predict_unknown_is_404(client: TestClient) -> None:

@@ -32,8 +32,9 @@ def test_wait_true_answers_200_once_applied(client: TestClient) -> None:
 
 
 def test_nested_rows_are_accepted(make_settings) -> None:
-    settings = make_settings(model={"kind": "binary", "arch": "convnet",
-                                    "input_shape": [1, 8, 8], "hidden": [4]})
+    settings = make_settings(
+        model={"kind": "binary", "arch": "convnet", "input_shape": [1, 8, 8], "hidden": [4]}
+    )
     with TestClient(create_app(settings)) as client:
         register(client, "img")
         nested = [[[[0.1] * 8 for _ in range(8)]]]
@@ -84,8 +85,9 @@ def test_non_finite_inputs_are_422_and_change_nothing(client: TestClient, litera
     before = snapshot(client)
     row = json.dumps(rows(1)[0]).replace("0.5", literal, 1)
     body = f'{{"inputs": [{row}], "labels": [0]}}'.encode()
-    response = client.post("/train/t?wait=true", content=body,
-                           headers={"content-type": "application/json"})
+    response = client.post(
+        "/train/t?wait=true", content=body, headers={"content-type": "application/json"}
+    )
     assert response.status_code == 422
     assert "NaN or Infinity" in response.json()["detail"]
     assert snapshot(client) == before
@@ -94,8 +96,9 @@ def test_non_finite_inputs_are_422_and_change_nothing(client: TestClient, litera
 
 def test_malformed_json_is_422(client: TestClient) -> None:
     register(client, "t")
-    response = client.post("/train/t", content=b"{inputs: [",
-                           headers={"content-type": "application/json"})
+    response = client.post(
+        "/train/t", content=b"{inputs: [", headers={"content-type": "application/json"}
+    )
     assert response.status_code == 422
     assert "not valid JSON" in response.json()["detail"]
 
@@ -124,8 +127,9 @@ def test_body_over_the_size_limit_is_413(make_settings) -> None:
                 yield json.dumps(rows(1)[0]).encode() + b","
             yield b'[0.0]], "labels": [0]}'
 
-        streamed = client.post("/train/t", content=chunks(),
-                               headers={"content-type": "application/json"})
+        streamed = client.post(
+            "/train/t", content=chunks(), headers={"content-type": "application/json"}
+        )
         assert streamed.status_code == 413
         assert snapshot(client) == before
 

@@ -1,0 +1,54 @@
+"""RegistryStore: the async facade, and the exactly-once watermark of training counts."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import Engine
+
+from service.registry.database import make_engine
+from service.registry.store import RegistryStore, RegistryUnavailable
+
+
+async def test_commit_training_is_idempotent_per_watermark(registry_engine: Engine) -> None:
+    store = RegistryStore(registry_engine, "complex")
+    a, _ = await store.create("a", None, None)
+    b, _ = await store.create("b", None, None)
+    counts = {a.index: (32, 10), b.index: (8, 8)}
+    assert await store.commit_training(shard=0, last_entry_id="100-0", counts=counts) is True
+    # The same checkpoint again (a restart after a crash) adds nothing.
+    assert await store.commit_training(shard=0, last_entry_id="100-0", counts=counts) is False
+    assert await store.commit_training(shard=0, last_entry_id="99-5", counts=counts) is False
+    assert (
+        await store.commit_training(shard=0, last_entry_id="100-1", counts={a.index: (1, 1)})
+        is True
+    )
+    # Another shard has its own watermark.
+    assert (
+        await store.commit_training(shard=1, last_entry_id="50-0", counts={b.index: (2, 0)}) is True
+    )
+    row_a, row_b = await store.get("a"), await store.get("b")
+    assert row_a is not None and row_b is not None
+    assert (row_a.examples_seen, row_a.prequential_correct) == (33, 11)
+    assert (row_b.examples_seen, row_b.prequential_correct) == (10, 8)
+    assert row_a.prequential_accuracy == pytest.approx(11 / 33)
+
+
+async def test_context_definitions_include_retired_rows_in_index_order(
+    registry_engine: Engine,
+) -> None:
+    store = RegistryStore(registry_engine, "binary")
+    rows = [(await store.create(key, seed, None))[0] for key, seed in [("x", 5), ("y", 6)]]
+    assert await store.retire("x") is True
+    definitions = await store.context_definitions()
+    assert [(d.index, d.seed) for d in definitions] == [(rows[0].index, 5), (rows[1].index, 6)]
+    assert await store.context_definitions(after_index=rows[0].index) == definitions[1:]
+    assert await store.count_live() == 1
+
+
+async def test_unreachable_database_raises_registry_unavailable(tmp_path) -> None:
+    engine = make_engine("postgresql+psycopg://postgres@127.0.0.1:1/nothing")
+    store = RegistryStore(engine, "complex")
+    with pytest.raises(RegistryUnavailable):
+        await store.get("a")
+    assert await store.ping() is False
+    engine.dispose()
