@@ -12,6 +12,7 @@ Run: `python benchmarks/core_speed.py [--device cuda] [--rows 1024] [--hidden 10
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import time
 from collections.abc import Callable
@@ -40,18 +41,21 @@ def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int)
 
 def plain_mlp(widths: list[int], classes: int) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for fan_in, fan_out in zip(widths, widths[1:], strict=False):
+    for fan_in, fan_out in itertools.pairwise(widths):
         layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
     layers.append(nn.Linear(widths[-1], classes))
     return nn.Sequential(*layers)
 
 
-def superposed(kind: str, inputs: int, hidden: tuple[int, ...], contexts: int,
-               device: torch.device) -> nn.Module:
+def superposed(
+    kind: str, inputs: int, hidden: tuple[int, ...], contexts: int, device: torch.device
+) -> nn.Module:
     model = build_model(ModelConfig(kind=kind, input_shape=(inputs,), hidden=hidden), device)
     model.bank.extend(
-        [ContextSpec(power=float(i)) if kind == "onepower" else ContextSpec(seed=i)
-         for i in range(contexts)]
+        [
+            ContextSpec(power=float(i)) if kind == "onepower" else ContextSpec(seed=i)
+            for i in range(contexts)
+        ]
     )
     return model
 
@@ -69,17 +73,22 @@ def mixed_context_ratios(args: argparse.Namespace, device: torch.device) -> None
             model = superposed(kind, inputs, hidden, rows, device)
             t_one = median_seconds(lambda m=model: m(x, single), device, args.repeats)
             t_mix = median_seconds(lambda m=model: m(x, distinct), device, args.repeats)
-            print(f"    {kind:<10} {rows / t_one:>15,.0f} {rows / t_mix:>16,.0f} "
-                  f"{t_one / t_mix:>7.3f}   (goal >= 0.90)")
+            print(
+                f"    {kind:<10} {rows / t_one:>15,.0f} {rows / t_mix:>16,.0f} "
+                f"{t_one / t_mix:>7.3f}   (goal >= 0.90)"
+            )
         one = plain_mlp([inputs, *hidden], 10).to(device)
         separate = [plain_mlp([inputs, *hidden], 10).to(device) for _ in range(rows)]
         t_one = median_seconds(lambda: one(x), device, args.repeats)
         t_sep = median_seconds(
-            lambda: [m(x[i : i + 1]) for i, m in enumerate(separate)], device,
+            lambda: [m(x[i : i + 1]) for i, m in enumerate(separate)],
+            device,
             max(3, args.repeats // 5),
         )
-        print(f"    {'separate':<10} {rows / t_one:>15,.0f} {rows / t_sep:>16,.0f} "
-              f"{t_one / t_sep:>7.3f}   ({rows} nn.Modules, one row each, ÷ one module)")
+        print(
+            f"    {'separate':<10} {rows / t_one:>15,.0f} {rows / t_sep:>16,.0f} "
+            f"{t_one / t_sep:>7.3f}   ({rows} nn.Modules, one row each, ÷ one module)"
+        )
 
 
 def train_step_ratios(args: argparse.Namespace, device: torch.device) -> None:
@@ -110,9 +119,11 @@ def train_step_ratios(args: argparse.Namespace, device: torch.device) -> None:
             t_plain.append(median_seconds(plain_step, device, args.repeats))
             t_psp.append(median_seconds(psp_step, device, args.repeats))
         ratio = statistics.median(t_psp) / statistics.median(t_plain)
-        print(f"    {kind:<10} plain {statistics.median(t_plain) * 1e3:8.2f} ms  "
-              f"psp {statistics.median(t_psp) * 1e3:8.2f} ms  ratio {ratio:6.3f}  "
-              f"{goals.get(kind, '')}")
+        print(
+            f"    {kind:<10} plain {statistics.median(t_plain) * 1e3:8.2f} ms  "
+            f"psp {statistics.median(t_psp) * 1e3:8.2f} ms  ratio {ratio:6.3f}  "
+            f"{goals.get(kind, '')}"
+        )
 
 
 def main() -> None:
@@ -121,11 +132,15 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1024)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--inputs", type=int, default=784)
-    parser.add_argument("--hidden", type=lambda s: tuple(int(v) for v in s.split(",")),
-                        default=(1024, 1024))
+    parser.add_argument(
+        "--hidden", type=lambda s: tuple(int(v) for v in s.split(",")), default=(1024, 1024)
+    )
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--rotation", action="store_true",
-                        help="also time rotation contexts (M x M per context: slow, memory-heavy)")
+    parser.add_argument(
+        "--rotation",
+        action="store_true",
+        help="also time rotation contexts (M x M per context: slow, memory-heavy)",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)

@@ -33,7 +33,7 @@ from service.bench.methods import DEFAULT_METHODS, Method, parse_methods
 from service.bench.runners import Runner, in_process_runner
 from service.bench.streams import Stream, make_stream
 
-Progress = Callable[[int, int], None]
+StepProgress = Callable[[int, int], None]
 """Called with (steps done, total steps) while a method runs."""
 
 RunnerFactory = Callable[[Method, ModelConfig], Runner]
@@ -160,7 +160,7 @@ class ContinualResults:
     """A whole run: its configuration, the stream, and one result per method."""
 
     config: ContinualConfig
-    stream: dict[str, object]
+    stream: dict[str, Any]
     methods: list[MethodResult] = field(default_factory=list)
     environment: dict[str, object] = field(default_factory=dict)
 
@@ -185,7 +185,7 @@ def run_method(
     runner: Runner,
     *,
     eval_every: int,
-    progress: Progress | None = None,
+    progress: StepProgress | None = None,
 ) -> tuple[list[list[float]], list[int], list[float], float, int]:
     """Runs one method over the whole stream.
 
@@ -250,7 +250,7 @@ def run_continual(
     config: ContinualConfig,
     *,
     runner_factory: RunnerFactory | None = None,
-    progress: Callable[[Method], Progress | None] | None = None,
+    progress: Callable[[Method], StepProgress | None] | None = None,
     methods: Sequence[Method] | None = None,
 ) -> ContinualResults:
     """Runs every method of `config` on its stream.

@@ -23,6 +23,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,7 +42,7 @@ IDX_FILES = (
 )
 # Where torchvision keeps the same files below its root, so an existing cache can be reused.
 _TORCHVISION_FOLDERS = {"mnist": "MNIST/raw", "fashion-mnist": "FashionMNIST/raw"}
-_IDX_DTYPES = {
+_IDX_DTYPES: dict[int, np.dtype[Any]] = {
     0x08: np.dtype(np.uint8),
     0x09: np.dtype(np.int8),
     0x0B: np.dtype(">i2"),
@@ -330,7 +331,7 @@ class Stream(ABC):
     def _test_transform(self, task: int, x: torch.Tensor) -> torch.Tensor:
         """Task `task`'s view of inputs `x` of shape `(N, D)`."""
 
-    def describe(self) -> dict[str, object]:
+    def describe(self) -> dict[str, Any]:
         """The stream's configuration, for the results file."""
         return {
             "name": self.name,

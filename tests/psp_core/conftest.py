@@ -14,5 +14,9 @@ def digits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     x_train, x_test, y_train, y_test = train_test_split(
         (x / 16.0).astype(np.float32), y, test_size=0.25, random_state=0, stratify=y
     )
-    return (torch.tensor(x_train), torch.tensor(y_train), torch.tensor(x_test),
-            torch.tensor(y_test))
+    return (
+        torch.tensor(x_train),
+        torch.tensor(y_train),
+        torch.tensor(x_test),
+        torch.tensor(y_test),
+    )

@@ -26,8 +26,11 @@ def _trained(kind: str = "complex", optimizer: str = "adam") -> OnlineLearner:
     learner = OnlineLearner(model, TrainingConfig(optimizer=optimizer, lr=0.01))
     g = torch.Generator().manual_seed(0)
     for _ in range(5):
-        learner.step(torch.randn(8, 64, generator=g), torch.arange(8) % 4,
-                     torch.randint(0, 10, (8,), generator=g))
+        learner.step(
+            torch.randn(8, 64, generator=g),
+            torch.arange(8) % 4,
+            torch.randint(0, 10, (8,), generator=g),
+        )
     return learner
 
 

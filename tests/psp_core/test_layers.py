@@ -86,8 +86,9 @@ def test_complex_linear_is_real_part_of_complex_product() -> None:
     c = torch.complex(pair[:12], -pair[12:])
     w = torch.complex(layer.base_layer.weight.double(), layer.weight_imag.double())
     expected = (w @ (c * x).T).real.T + layer.base_layer.bias.double()
-    assert torch.allclose(layer(x.float(), torch.ones(3, dtype=torch.long)).double(), expected,
-                          atol=1e-5)
+    assert torch.allclose(
+        layer(x.float(), torch.ones(3, dtype=torch.long)).double(), expected, atol=1e-5
+    )
 
 
 def test_prop3_complex_gradient_is_context_rotated_model_gradient() -> None:
@@ -159,8 +160,9 @@ def test_superpose_replaces_every_linear_and_conv() -> None:
 
 def test_make_superposed_rejects_other_layers() -> None:
     with pytest.raises(TypeError, match="Linear or Conv2d"):
-        make_superposed(nn.LSTM(2, 2), ContextKind.BINARY, model_seed=0, layer_index=0,
-                        local_mix=False)
+        make_superposed(
+            nn.LSTM(2, 2), ContextKind.BINARY, model_seed=0, layer_index=0, local_mix=False
+        )
 
 
 def test_complex_weights_add_an_imaginary_part() -> None:

@@ -12,8 +12,10 @@ from psp_core.models import ModelConfig, build_model
 def _learner(kind: str = "complex", optimizer: str = "sgd") -> OnlineLearner:
     model = build_model(ModelConfig(kind=kind, hidden=(32,)))
     model.bank.extend(
-        [ContextSpec(power=float(i)) if kind == "onepower" else ContextSpec(seed=i)
-         for i in range(3)]
+        [
+            ContextSpec(power=float(i)) if kind == "onepower" else ContextSpec(seed=i)
+            for i in range(3)
+        ]
     )
     return OnlineLearner(model, TrainingConfig(optimizer=optimizer, lr=0.05))
 
@@ -91,8 +93,10 @@ def _average_accuracy(kind: str, digits, tasks: int = 5, steps: int = 200) -> fl
     perms = [torch.arange(64)] + [torch.tensor(rng.permutation(64)) for _ in range(tasks - 1)]
     model = build_model(ModelConfig(kind=kind, input_shape=(64,), hidden=(256, 256)))
     model.bank.extend(
-        [ContextSpec(power=float(t)) if kind == "onepower" else ContextSpec(seed=t)
-         for t in range(tasks)]
+        [
+            ContextSpec(power=float(t)) if kind == "onepower" else ContextSpec(seed=t)
+            for t in range(tasks)
+        ]
     )
     learner = OnlineLearner(model, TrainingConfig())
     g = torch.Generator().manual_seed(0)
@@ -101,8 +105,11 @@ def _average_accuracy(kind: str, digits, tasks: int = 5, steps: int = 200) -> fl
             batch = torch.randint(0, len(x_train), (32,), generator=g)
             learner.step(x_train[batch][:, perm], torch.full((32,), task), y_train[batch])
     accuracies = [
-        float((learner.predict(x_test[:, perm], torch.full((len(x_test),), task)).argmax(1)
-               == y_test).float().mean())
+        float(
+            (learner.predict(x_test[:, perm], torch.full((len(x_test),), task)).argmax(1) == y_test)
+            .float()
+            .mean()
+        )
         for task, perm in enumerate(perms)
     ]
     return float(np.mean(accuracies))

@@ -35,14 +35,14 @@ def test_build_is_deterministic_in_the_seed(arch: str) -> None:
     shape = (64,) if arch == "mlp" else (1, 8, 8)
     config = ModelConfig(kind="complex", arch=arch, input_shape=shape, hidden=(8, 8))
     a, b = build_model(config), build_model(config)
-    other = build_model(ModelConfig(kind="complex", arch=arch, input_shape=shape, hidden=(8, 8),
-                                    seed=1))
-    for (name, pa), (_, pb), (_, po) in zip(
-        a.state_dict().items(), b.state_dict().items(), other.state_dict().items(), strict=True
-    ):
+    other = build_model(
+        ModelConfig(kind="complex", arch=arch, input_shape=shape, hidden=(8, 8), seed=1)
+    )
+    for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.equal(pa, pb), name
-    assert not all(torch.equal(pa, po) for pa, po in zip(a.parameters(), other.parameters(),
-                                                         strict=True))
+    assert not all(
+        torch.equal(pa, po) for pa, po in zip(a.parameters(), other.parameters(), strict=True)
+    )
 
 
 def test_build_does_not_touch_the_global_rng() -> None:
@@ -55,8 +55,9 @@ def test_build_does_not_touch_the_global_rng() -> None:
 
 @pytest.mark.parametrize("kind", list(ContextKind), ids=str)
 def test_convnet_takes_flat_or_shaped_rows(kind: ContextKind) -> None:
-    model = build_model(ModelConfig(kind=kind.value, arch="convnet", input_shape=(1, 8, 8),
-                                    hidden=(4, 6)))
+    model = build_model(
+        ModelConfig(kind=kind.value, arch="convnet", input_shape=(1, 8, 8), hidden=(4, 6))
+    )
     model.bank.extend([ContextSpec(power=1.0) if kind.uses_power else ContextSpec(seed=1)])
     x = torch.randn(3, 1, 8, 8)
     index = torch.zeros(3, dtype=torch.long)
@@ -72,8 +73,9 @@ def test_none_is_the_plain_architecture() -> None:
 
 
 def test_config_round_trips_and_validates() -> None:
-    config = ModelConfig(kind="onepower", input_shape=(1, 8, 8), arch="convnet", hidden=(3,),
-                         local_mix=True)
+    config = ModelConfig(
+        kind="onepower", input_shape=(1, 8, 8), arch="convnet", hidden=(3,), local_mix=True
+    )
     assert ModelConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError):
         ModelConfig(kind="quantum")

@@ -32,7 +32,7 @@ def test_each_context_learns_its_own_permutation(make_settings) -> None:
         for key in TENANTS:
             assert client.post("/contexts", json={"key": key}).status_code == 201
         # Tenants stream their batches interleaved, as they would in production.
-        for step in range(150):
+        for _ in range(150):
             for key, perm in zip(TENANTS, perms, strict=True):
                 batch = rng.integers(0, len(x_train), 32)
                 response = client.post(
