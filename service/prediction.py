@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from service import metrics
+from service.batcher import PredictBatcher
 from service.contexts import ContextService
-from service.model_host import ModelHost
 from service.payloads import input_matrix
 from service.settings import Settings
 
@@ -25,11 +23,13 @@ class Prediction:
 
 
 class PredictionService:
-    """Validates inputs, resolves the context and runs the forward pass off the event loop."""
+    """Validates inputs, resolves the context and hands the rows to the batcher."""
 
-    def __init__(self, contexts: ContextService, host: ModelHost, settings: Settings) -> None:
+    def __init__(
+        self, contexts: ContextService, batcher: PredictBatcher, settings: Settings
+    ) -> None:
         self.contexts = contexts
-        self.host = host
+        self.batcher = batcher
         self.settings = settings
 
     async def predict(self, key: str, inputs: Sequence[Any]) -> Prediction:
@@ -37,7 +37,5 @@ class PredictionService:
         model = self.settings.model
         matrix = input_matrix(inputs, model.input_shape, self.settings.limits.max_rows)
         index = await self.contexts.resolve(key)
-        rows = self.host.bank_rows([index] * len(matrix))
-        metrics.PREDICT_BATCH_ROWS.observe(len(matrix))
-        probabilities, version = await asyncio.to_thread(self.host.predict, matrix, rows)
+        probabilities, version = await self.batcher.predict(matrix, index)
         return Prediction(probabilities, version)

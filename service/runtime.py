@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from psp_core.learner import TrainingConfig
+from service.batcher import PredictBatcher
 from service.checkpoints import CheckpointStore
 from service.contexts import ContextService
 from service.control import ControlInbox, RedisRollback, RollbackTarget
@@ -94,6 +95,9 @@ class Runtime:
         queue = make_queue(settings)
         store = CheckpointStore(settings.checkpoint_dir, settings.checkpoint.keep)
         contexts = ContextService(registry, host, settings.registry_cache_seconds)
+        batcher = PredictBatcher(
+            host, max_rows=settings.batcher.max_rows, max_delay_us=settings.batcher.max_delay_us
+        )
         await contexts.load_bank()
         runtime = cls(
             settings=settings,
@@ -103,8 +107,10 @@ class Runtime:
             store=store,
             contexts=contexts,
             training=TrainingService(contexts, queue, settings),
-            prediction=PredictionService(contexts, host, settings),
+            prediction=PredictionService(contexts, batcher, settings),
         )
+        batcher.start()
+        runtime._closers.append(batcher.stop)
         if settings.role == "api":
             await runtime._follow_worker()
         else:

@@ -1,0 +1,111 @@
+"""The predict batcher: concurrent requests for any mix of contexts share one forward pass.
+
+Superposition makes a batch whose rows belong to different contexts cost the same as one
+context: `Y = W (C[idx] ⊙ X)` is still one GEMM. The batcher exploits it. Requests wait in a
+queue; a collector takes the first, keeps gathering until `max_rows` rows are waiting or
+`max_delay_us` has passed, runs one forward pass off the event loop, and hands each caller its
+own rows. While a forward pass runs, the next batch fills up on its own, so under load the
+batches grow without any added delay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service import metrics
+from service.model_host import ModelHost
+
+
+@dataclass
+class _Request:
+    inputs: np.ndarray  # float32 (n, width)
+    index: int  # registry index of the context
+    enqueued: float = field(default_factory=time.perf_counter)
+    future: asyncio.Future[tuple[np.ndarray, int]] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class PredictBatcher:
+    """Gathers predict requests into mixed-context forward passes."""
+
+    def __init__(self, host: ModelHost, *, max_rows: int, max_delay_us: int) -> None:
+        self.host = host
+        self.max_rows = max_rows
+        self.max_delay = max_delay_us / 1e6
+        self._queue: asyncio.Queue[_Request] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._collect_forever())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def predict(self, inputs: np.ndarray, index: int) -> tuple[np.ndarray, int]:
+        """Probabilities `(n, num_classes)` for `inputs` under context `index`, and the model
+        version that produced them."""
+        request = _Request(inputs, index)
+        await self._queue.put(request)
+        return await request.future
+
+    async def _collect_forever(self) -> None:
+        carried: _Request | None = None  # a request that did not fit the previous batch
+        while True:
+            first = carried or await self._queue.get()
+            carried = None
+            batch, rows = [first], len(first.inputs)
+            # Counted from the first request's arrival: requests that queued up while the
+            # previous forward pass ran go at once.
+            deadline = first.enqueued + self.max_delay
+            while rows < self.max_rows:
+                request = await self._next(deadline)
+                if request is None:
+                    break
+                if rows + len(request.inputs) > self.max_rows:
+                    carried = request
+                    break
+                batch.append(request)
+                rows += len(request.inputs)
+            await self._run(batch)
+
+    async def _next(self, deadline: float) -> _Request | None:
+        if not self._queue.empty():
+            return self._queue.get_nowait()
+        remaining = deadline - time.perf_counter()
+        if remaining <= 0:
+            return None
+        try:
+            return await asyncio.wait_for(self._queue.get(), remaining)
+        except TimeoutError:
+            return None
+
+    async def _run(self, batch: list[_Request]) -> None:
+        started = time.perf_counter()
+        for request in batch:
+            metrics.PREDICT_QUEUE_WAIT.observe(started - request.enqueued)
+        inputs = np.concatenate([r.inputs for r in batch])
+        indices = np.concatenate([np.full(len(r.inputs), r.index, dtype=np.int64) for r in batch])
+        metrics.PREDICT_BATCH_ROWS.observe(len(inputs))
+        try:
+            rows = self.host.bank_rows(indices)
+            probabilities, version = await asyncio.to_thread(self.host.predict, inputs, rows)
+        except Exception as err:  # every caller learns what went wrong
+            for request in batch:
+                if not request.future.done():
+                    request.future.set_exception(err)
+            return
+        offset = 0
+        for request in batch:
+            n = len(request.inputs)
+            if not request.future.done():  # the caller may have gone away
+                request.future.set_result((probabilities[offset : offset + n], version))
+            offset += n

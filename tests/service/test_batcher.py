@@ -1,0 +1,90 @@
+"""The predict batcher changes no answer, and really batches concurrent requests."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY
+
+from psp_core.learner import TrainingConfig
+from psp_core.models import ModelConfig
+from service.app import create_app
+from service.batcher import PredictBatcher
+from service.model_host import ContextDefinition, ModelHost
+from tests.service.api.helpers import register
+
+
+def _forward_passes() -> float:
+    return REGISTRY.get_sample_value("psp_predict_batch_rows_count") or 0.0
+
+
+def _host(contexts: int) -> ModelHost:
+    host = ModelHost(
+        ModelConfig(kind="complex", hidden=(32,)), TrainingConfig(), torch.device("cpu")
+    )
+    host.add_contexts(ContextDefinition(i, i, None) for i in range(contexts))
+    return host
+
+
+async def test_concurrent_requests_share_forward_passes_and_keep_their_answers() -> None:
+    host = _host(20)
+    batcher = PredictBatcher(host, max_rows=4096, max_delay_us=5000)
+    batcher.start()
+    rng = np.random.default_rng(0)
+    requests = [
+        (rng.random((int(rng.integers(1, 5)), 64), dtype=np.float32), int(rng.integers(0, 20)))
+        for _ in range(100)
+    ]
+    before = _forward_passes()
+    results = await asyncio.gather(*(batcher.predict(x, i) for x, i in requests))
+    passes = _forward_passes() - before
+    await batcher.stop()
+    assert passes < 20  # 100 requests, a handful of forward passes
+    for (x, index), (probabilities, version) in zip(requests, results, strict=True):
+        alone, _ = host.predict(x, host.bank_rows([index] * len(x)))
+        assert probabilities.shape == alone.shape and version == 0
+        assert np.array_equal(probabilities.argmax(1), alone.argmax(1))
+        assert np.allclose(probabilities, alone, atol=1e-6)
+
+
+async def test_oversized_batches_are_split_at_max_rows() -> None:
+    host = _host(3)
+    batcher = PredictBatcher(host, max_rows=10, max_delay_us=20000)
+    batcher.start()
+    before = _forward_passes()
+    sizes = [6, 6, 6, 12]  # a request above max_rows still runs, alone
+    results = await asyncio.gather(
+        *(batcher.predict(np.ones((n, 64), np.float32), 1) for n in sizes)
+    )
+    await batcher.stop()
+    assert [len(p) for p, _ in results] == sizes
+    assert _forward_passes() - before == 4
+
+
+def test_answers_over_http_are_the_same_alone_or_among_100_concurrent(make_settings) -> None:
+    with TestClient(create_app(make_settings())) as client:
+        keys = [f"tenant-{i}" for i in range(10)]
+        for key in keys:
+            register(client, key)
+        rng = np.random.default_rng(1)
+        probe = {"inputs": rng.random((3, 64)).tolist()}
+        alone = client.post("/predict/tenant-0", json=probe).json()
+
+        def other(i: int) -> int:
+            body = {"inputs": rng.random((2, 64)).tolist()}
+            return client.post(f"/predict/{keys[i % 10]}", json=body).status_code
+
+        before = _forward_passes()
+        with ThreadPoolExecutor(16) as pool:
+            others = [pool.submit(other, i) for i in range(100)]
+            crowded = pool.submit(client.post, "/predict/tenant-0", json=probe)
+            statuses = [f.result() for f in others]
+            among = crowded.result().json()
+        assert statuses == [200] * 100
+        assert _forward_passes() - before < 101
+        assert among["predictions"] == alone["predictions"]
+        assert np.allclose(among["probabilities"], alone["probabilities"], atol=1e-6)
