@@ -13,6 +13,7 @@ from service import metrics
 from service.api.errors import install_error_handlers
 from service.api.limits import BodySizeLimit
 from service.api.routes import api_router, health
+from service.auth import Authenticator
 from service.runtime import Runtime
 from service.settings import Settings, get_settings
 
@@ -35,6 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
     )
+    app.state.authenticator = Authenticator(settings.api_keys)
     app.include_router(api_router)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.limits.max_body_bytes)

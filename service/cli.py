@@ -11,7 +11,9 @@ from service.settings import get_settings
 
 app = typer.Typer(help="Superposition continual-learning service.", no_args_is_help=True)
 db_app = typer.Typer(help="Registry database.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(keys_app, name="keys")
 
 
 @app.command()
@@ -42,6 +44,23 @@ def worker(
     uvicorn.run(
         create_worker_app(settings), host=host, port=settings.metrics_port, log_level=log_level
     )
+
+
+@keys_app.command("create")
+def keys_create(
+    scope: list[str] = typer.Option(..., help="predict, train or admin; repeat for several."),
+    prefix: str = typer.Option("", help="Limit the key to contexts whose keys start with this."),
+    name: str = typer.Option("", help="A label for people reading the settings."),
+) -> None:
+    """Issue an API key: prints the key once, and the entry to add to PSP_API_KEYS."""
+    from service.auth import ALL_SCOPES, issue_key
+
+    unknown = set(scope) - ALL_SCOPES
+    if unknown:
+        raise typer.BadParameter(f"unknown scopes {sorted(unknown)}; use predict, train, admin")
+    key, spec = issue_key(scope, prefix, name)  # type: ignore[arg-type]
+    typer.echo(f"key (shown only now): {key}")
+    typer.echo(f"PSP_API_KEYS entry:   {spec.model_dump_json()}")
 
 
 @db_app.command("upgrade")

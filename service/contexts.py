@@ -67,8 +67,10 @@ class ContextService:
         self._remember(row)
         return row
 
-    async def page(self, limit: int, offset: int) -> tuple[list[ContextRow], int]:
-        return await self.registry.page(limit, offset)
+    async def page(
+        self, limit: int, offset: int, key_prefix: str = ""
+    ) -> tuple[list[ContextRow], int]:
+        return await self.registry.page(limit, offset, key_prefix)
 
     async def delete(self, key: str) -> None:
         if not await self.registry.retire(key):

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from psp_core.models import ModelConfig
+from service.auth import ApiKeySpec
 
 
 class ModelSettings(BaseModel):
@@ -76,6 +77,7 @@ class LimitSettings(BaseModel):
 
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     max_rows: int = Field(default=4096, ge=1)
+    max_key_length: int = Field(default=128, ge=1, le=128)  # of context keys
     wait_seconds: float = Field(default=60.0, gt=0)  # how long `?wait=true` waits to be applied
 
 
@@ -104,6 +106,7 @@ class Settings(BaseSettings):
     registry_cache_seconds: float = Field(default=5.0, ge=0)
     role: Literal["all", "api", "worker"] = "all"
     metrics_port: int = Field(default=9101, ge=1, le=65535)  # `psp worker`'s /metrics, /healthz
+    api_keys: list[ApiKeySpec] = Field(default_factory=list)  # JSON; empty: the API is open
     key_prefix: str = "psp:"  # of every Redis key, so deployments (and tests) can share a Redis
 
     @model_validator(mode="after")

@@ -7,6 +7,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.auth import Forbidden, Unauthorized
 from service.contexts import ContextNotFound
 from service.control import RollbackFailed
 from service.payloads import PayloadError, TooManyRows
@@ -114,6 +115,14 @@ def install_error_handlers(app: FastAPI) -> None:
             "the context registry is unreachable; nothing was changed, retry later",
             {"Retry-After": "1"},
         )
+
+    @app.exception_handler(Unauthorized)
+    async def unauthorized(request: Request, exc: Unauthorized) -> JSONResponse:
+        return _problem(401, str(exc), {"WWW-Authenticate": "Bearer"})
+
+    @app.exception_handler(Forbidden)
+    async def forbidden(request: Request, exc: Forbidden) -> JSONResponse:
+        return _problem(403, str(exc))
 
     @app.exception_handler(RollbackFailed)
     async def no_such_version(request: Request, exc: RollbackFailed) -> JSONResponse:

@@ -434,27 +434,30 @@ def get_context(*, session: Session, key: str) -> ContextRow | None:
     ).one_or_none()
 
 
-def list_contexts(*, session: Session, limit: int, offset: int) -> tuple[list[ContextRow], int]:
+def list_contexts(
+    *, session: Session, limit: int, offset: int, key_prefix: str = ""
+) -> tuple[list[ContextRow], int]:
     """A page of live contexts in index order, and the number of live contexts.
 
     Args:
         session: The session to read with.
         limit: The most rows to return (non-negative).
         offset: How many rows of the ordering to skip (non-negative).
+        key_prefix: Only keys starting with this (a tenant's API key may be limited to one).
 
     Returns:
-        The rows of the page and the total count of live contexts.
+        The rows of the page and the total count of live contexts with the prefix.
     """
     if limit < 0 or offset < 0:
         raise ValueError("limit and offset must be non-negative")
+    live: list[ColumnElement[bool]] = [ContextRow.retired_at.is_(None)]
+    if key_prefix:
+        live.append(ContextRow.key.startswith(key_prefix, autoescape=True))
     rows = session.scalars(
-        select(ContextRow)
-        .where(ContextRow.retired_at.is_(None))
-        .order_by(ContextRow.index)
-        .limit(limit)
-        .offset(offset)
+        select(ContextRow).where(*live).order_by(ContextRow.index).limit(limit).offset(offset)
     ).all()
-    return list(rows), count_live_contexts(session=session)
+    total = session.scalar(select(func.count()).select_from(ContextRow).where(*live)) or 0
+    return list(rows), total
 
 
 def count_live_contexts(*, session: Session) -> int:

@@ -83,9 +83,13 @@ class RegistryStore:
 
         return await self._run(job)
 
-    async def page(self, limit: int, offset: int) -> tuple[list[ContextRow], int]:
+    async def page(
+        self, limit: int, offset: int, key_prefix: str = ""
+    ) -> tuple[list[ContextRow], int]:
         def job(session: Session) -> tuple[list[ContextRow], int]:
-            rows, total = queries.list_contexts(session=session, limit=limit, offset=offset)
+            rows, total = queries.list_contexts(
+                session=session, limit=limit, offset=offset, key_prefix=key_prefix
+            )
             session.expunge_all()
             return rows, total
 

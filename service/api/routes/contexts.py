@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response, status
 
-from service.api.deps import RuntimeDep
+from service.api.deps import Admin, Reader, RuntimeDep, check_key_lengths
 from service.api.schemas import (
     KEY_PATTERN,
     ContextBatchCreate,
@@ -42,9 +42,11 @@ def _out(row: ContextRow, kind: str) -> ContextOut:
     responses={200: {"model": ContextOut}, 409: {"model": Problem}, **ERRORS},
 )
 async def register_context(
-    body: ContextCreate, runtime: RuntimeDep, response: Response
+    body: ContextCreate, runtime: RuntimeDep, response: Response, caller: Admin
 ) -> ContextOut:
     """Register a context; 200 with the same body if the key already exists identically."""
+    check_key_lengths(runtime, [body.key])
+    caller.require("admin", [body.key])
     row, created = await runtime.contexts.register(body.key, body.seed, body.power)
     if not created:
         response.status_code = status.HTTP_200_OK
@@ -56,8 +58,13 @@ async def register_context(
     status_code=status.HTTP_200_OK,
     responses={409: {"model": Problem}, **ERRORS},
 )
-async def register_contexts(body: ContextBatchCreate, runtime: RuntimeDep) -> ContextBatchOut:
+async def register_contexts(
+    body: ContextBatchCreate, runtime: RuntimeDep, caller: Admin
+) -> ContextBatchOut:
     """Register up to 10 000 contexts in one transaction."""
+    keys = [c.key for c in body.contexts]
+    check_key_lengths(runtime, keys)
+    caller.require("admin", keys)
     items = [(c.key, c.seed, c.power) for c in body.contexts]
     results = await runtime.contexts.register_many(items)
     kind = runtime.settings.model.kind
@@ -70,17 +77,18 @@ async def register_contexts(body: ContextBatchCreate, runtime: RuntimeDep) -> Co
 @router.get("/contexts", responses=ERRORS)
 async def list_contexts(
     runtime: RuntimeDep,
+    caller: Reader,
     limit: Annotated[int, Query(ge=0, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> ContextPage:
     """List live contexts in registration order."""
-    rows, total = await runtime.contexts.page(limit, offset)
+    rows, total = await runtime.contexts.page(limit, offset, caller.key_prefix)
     kind = runtime.settings.model.kind
     return ContextPage(items=[_out(row, kind) for row in rows], total=total)
 
 
 @router.get("/contexts/{key}", responses={404: {"model": Problem}, **ERRORS})
-async def get_context(key: KeyPath, runtime: RuntimeDep) -> ContextOut:
+async def get_context(key: KeyPath, runtime: RuntimeDep, caller: Reader) -> ContextOut:
     """One context, with its examples seen and prequential accuracy."""
     return _out(await runtime.contexts.get(key), runtime.settings.model.kind)
 
@@ -90,7 +98,7 @@ async def get_context(key: KeyPath, runtime: RuntimeDep) -> ContextOut:
     status_code=status.HTTP_204_NO_CONTENT,
     responses={404: {"model": Problem}, **ERRORS},
 )
-async def delete_context(key: KeyPath, runtime: RuntimeDep) -> Response:
+async def delete_context(key: KeyPath, runtime: RuntimeDep, caller: Admin) -> Response:
     """Retire a context; its key stops answering and its index is never reused."""
     await runtime.contexts.delete(key)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

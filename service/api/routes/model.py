@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.api.deps import RuntimeDep
+from service.api.deps import Admin, Reader, RuntimeDep
 from service.api.schemas import ModelInfo, Problem, RollbackRequest
 
 router = APIRouter(tags=["model"])
 
 
 @router.get("/model")
-async def model_info(runtime: RuntimeDep) -> ModelInfo:
+async def model_info(runtime: RuntimeDep, caller: Reader) -> ModelInfo:
     """The model's config, version, number of contexts and parameters."""
     host = runtime.host
     return ModelInfo(
@@ -35,10 +35,10 @@ async def model_info(runtime: RuntimeDep) -> ModelInfo:
         504: {"model": Problem},
     },
 )
-async def rollback(body: RollbackRequest, runtime: RuntimeDep) -> ModelInfo:
+async def rollback(body: RollbackRequest, runtime: RuntimeDep, caller: Admin) -> ModelInfo:
     """Restore a kept checkpoint version (admin); training continues from it."""
     assert runtime.rollback is not None
     await runtime.rollback.rollback(body.version)
     if runtime.follower is not None:
         await runtime.follower.catch_up()
-    return await model_info(runtime)
+    return await model_info(runtime, caller)

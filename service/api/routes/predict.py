@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path
 
-from service.api.deps import RuntimeDep
+from service.api.deps import Predictor, RuntimeDep
 from service.api.schemas import KEY_PATTERN, PredictRequest, PredictResponse, Problem
 
 router = APIRouter(tags=["prediction"])
@@ -22,7 +22,10 @@ router = APIRouter(tags=["prediction"])
     },
 )
 async def predict(
-    key: Annotated[str, Path(pattern=KEY_PATTERN)], body: PredictRequest, runtime: RuntimeDep
+    key: Annotated[str, Path(pattern=KEY_PATTERN)],
+    body: PredictRequest,
+    runtime: RuntimeDep,
+    caller: Predictor,
 ) -> PredictResponse:
     """Predict classes and probabilities for rows under one context."""
     result = await runtime.prediction.predict(key, body.inputs)

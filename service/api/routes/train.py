@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response, status
 
-from service.api.deps import RuntimeDep
+from service.api.deps import RuntimeDep, Trainer
 from service.api.schemas import KEY_PATTERN, Problem, TrainAccepted, TrainApplied, TrainRequest
 
 router = APIRouter(tags=["training"])
@@ -31,6 +31,7 @@ async def train(
     body: TrainRequest,
     runtime: RuntimeDep,
     response: Response,
+    caller: Trainer,
     wait: Annotated[bool, Query(description="Answer only once the batch is applied.")] = False,
 ) -> TrainApplied | TrainAccepted:
     """Queue a labelled batch; 202 once durably queued, 200 once applied with wait=true."""

@@ -1,0 +1,122 @@
+"""API keys with scopes, optionally limited to a prefix of context keys.
+
+A key looks like `psp_<id>_<secret>`. Settings hold, per key, the id, a random salt and
+`sha256(salt + secret)`, never the key itself. A fast salted hash is enough here because the
+secrets are 256-bit random tokens, not passwords: there is nothing to brute-force, and the
+check stays cheap on the predict path. With no keys configured the service is open.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+Scope = Literal["predict", "train", "admin"]
+ALL_SCOPES: frozenset[Scope] = frozenset({"predict", "train", "admin"})
+
+
+class ApiKeySpec(BaseModel):
+    """One configured key, as it appears in `PSP_API_KEYS` (a JSON list of these)."""
+
+    id: str = Field(pattern=r"^[a-f0-9]{8,32}$")
+    salt: str = Field(pattern=r"^[a-f0-9]{32}$")
+    sha256: str = Field(pattern=r"^[a-f0-9]{64}$")
+    scopes: list[Scope] = Field(min_length=1)
+    key_prefix: str = ""  # the key may only touch contexts whose keys start with this
+    name: str = ""  # for people reading the settings; never a secret
+
+
+class Unauthorized(Exception):
+    """No key, or not a valid one."""
+
+
+class Forbidden(Exception):
+    """A valid key without the scope, or for a context outside its prefix."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the scopes and the context-key prefix of their key."""
+
+    name: str
+    scopes: frozenset[Scope]
+    key_prefix: str = ""
+
+    def require(self, scope: Scope | None, context_keys: Iterable[str] = ()) -> None:
+        """Raises Forbidden unless the principal has `scope` (None: any scope, for reading)
+        and owns every context key."""
+        if scope is not None and scope not in self.scopes:
+            raise Forbidden(
+                f"this API key lacks the {scope!r} scope (it has {sorted(self.scopes)}); "
+                f"use a key with the {scope!r} scope"
+            )
+        for key in context_keys:
+            if not key.startswith(self.key_prefix):
+                raise Forbidden(
+                    f"this API key may only use contexts whose keys start with "
+                    f"{self.key_prefix!r}; {key!r} does not"
+                )
+
+
+OPEN = Principal(name="open", scopes=ALL_SCOPES)
+
+
+def _digest(salt: str, secret: str) -> str:
+    return hashlib.sha256(bytes.fromhex(salt) + secret.encode()).hexdigest()
+
+
+class Authenticator:
+    """Checks presented keys against the configured specs."""
+
+    def __init__(self, specs: Iterable[ApiKeySpec]) -> None:
+        self._by_id = {spec.id: spec for spec in specs}
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._by_id)
+
+    def authenticate(self, presented: str | None) -> Principal:
+        """The principal of a presented key; everyone is `OPEN` when no keys are configured.
+
+        Raises:
+            Unauthorized: Keys are configured and none, or a wrong one, was presented.
+        """
+        if not self.enabled:
+            return OPEN
+        if not presented:
+            raise Unauthorized(
+                "this service requires an API key; send it as 'Authorization: Bearer <key>' "
+                "or 'X-API-Key: <key>'"
+            )
+        _, _, rest = presented.partition("psp_")
+        key_id, _, secret = rest.partition("_")
+        spec = self._by_id.get(key_id)
+        if spec is None or not hmac.compare_digest(_digest(spec.salt, secret), spec.sha256):
+            raise Unauthorized("the API key is not valid; send a key issued for this service")
+        return Principal(
+            name=spec.name or spec.id, scopes=frozenset(spec.scopes), key_prefix=spec.key_prefix
+        )
+
+
+def issue_key(
+    scopes: Iterable[Scope], key_prefix: str = "", name: str = ""
+) -> tuple[str, ApiKeySpec]:
+    """A new random key and the spec to put in `PSP_API_KEYS` (the key is shown only once)."""
+    key_id = secrets.token_hex(8)
+    secret = secrets.token_urlsafe(32)
+    salt = secrets.token_hex(16)
+    spec = ApiKeySpec(
+        id=key_id,
+        salt=salt,
+        sha256=_digest(salt, secret),
+        scopes=sorted(set(scopes)),
+        key_prefix=key_prefix,
+        name=name,
+    )
+    return f"psp_{key_id}_{secret}", spec

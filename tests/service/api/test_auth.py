@@ -1,0 +1,150 @@
+"""API keys: 401 without a valid key, 403 for a wrong scope or a context outside the prefix."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.auth import Authenticator, issue_key
+from tests.service.api.helpers import rows, snapshot
+
+PREDICT, PREDICT_SPEC = issue_key(["predict"], name="reader")
+TRAIN, TRAIN_SPEC = issue_key(["train"])
+ADMIN, ADMIN_SPEC = issue_key(["admin", "predict", "train"], name="operator")
+TENANT, TENANT_SPEC = issue_key(["admin", "predict", "train"], key_prefix="tenant-a:")
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture
+def secured(make_settings) -> Iterator[TestClient]:
+    settings = make_settings(
+        api_keys=[s.model_dump() for s in (PREDICT_SPEC, TRAIN_SPEC, ADMIN_SPEC, TENANT_SPEC)],
+        limits={"max_key_length": 24},
+    )
+    with TestClient(create_app(settings)) as client:
+        for key in ("shared", "tenant-a:one", "tenant-b:one"):
+            client.post("/contexts", json={"key": key}, headers=bearer(ADMIN))
+        yield client
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("post", "/predict/shared", {"inputs": rows(1)}),
+        ("post", "/train/shared", {"inputs": rows(1), "labels": [0]}),
+        ("post", "/contexts", {"key": "new"}),
+        ("get", "/contexts", None),
+        ("get", "/contexts/shared", None),
+        ("delete", "/contexts/shared", None),
+        ("get", "/model", None),
+        ("post", "/model/rollback", {"version": 0}),
+    ],
+)
+def test_missing_or_wrong_key_is_401(secured: TestClient, method, path, body) -> None:
+    before = snapshot_admin(secured)
+    for headers in ({}, bearer("psp_0000000000000000_nope"), {"X-API-Key": "garbage"}):
+        kwargs = {"json": body} if body is not None else {}
+        response = getattr(secured, method)(path, headers=headers, **kwargs)
+        assert response.status_code == 401
+        assert response.headers["WWW-Authenticate"] == "Bearer"
+        assert "API key" in response.json()["detail"]
+    assert snapshot_admin(secured) == before
+
+
+def snapshot_admin(client: TestClient):
+    client.headers["Authorization"] = f"Bearer {ADMIN}"
+    try:
+        return snapshot(client)
+    finally:
+        del client.headers["Authorization"]
+
+
+def test_scopes(secured: TestClient) -> None:
+    x = {"inputs": rows(2)}
+    xy = {"inputs": rows(2), "labels": [1, 2]}
+    assert secured.post("/predict/shared", json=x, headers=bearer(PREDICT)).status_code == 200
+    assert (
+        secured.post("/predict/shared", json=x, headers={"X-API-Key": PREDICT}).status_code == 200
+    )
+    before = snapshot_admin(secured)
+    refused = [
+        secured.post("/train/shared", json=xy, headers=bearer(PREDICT)),
+        secured.post("/contexts", json={"key": "x"}, headers=bearer(PREDICT)),
+        secured.delete("/contexts/shared", headers=bearer(TRAIN)),
+        secured.post("/model/rollback", json={"version": 0}, headers=bearer(TRAIN)),
+        secured.post("/predict/shared", json=x, headers=bearer(TRAIN)),
+    ]
+    assert [r.status_code for r in refused] == [403] * 5
+    assert "'train' scope" in refused[0].json()["detail"]
+    assert "'admin' scope" in refused[1].json()["detail"]
+    assert snapshot_admin(secured) == before
+    assert secured.post("/train/shared", json=xy, headers=bearer(TRAIN)).status_code == 202
+    assert secured.get("/contexts/shared", headers=bearer(PREDICT)).status_code == 200
+    assert secured.get("/model", headers=bearer(TRAIN)).status_code == 200
+    assert secured.delete("/contexts/shared", headers=bearer(ADMIN)).status_code == 204
+    rollback = secured.post("/model/rollback", json={"version": 99}, headers=bearer(ADMIN))
+    assert rollback.status_code == 404  # authorised; there is simply no such version
+
+
+def test_prefix_keeps_a_tenant_to_its_own_contexts(secured: TestClient) -> None:
+    mine = bearer(TENANT)
+    listed = secured.get("/contexts", headers=mine).json()
+    assert [item["key"] for item in listed["items"]] == ["tenant-a:one"] and listed["total"] == 1
+    assert secured.get("/contexts/tenant-a:one", headers=mine).status_code == 200
+    assert (
+        secured.post("/predict/tenant-a:one", json={"inputs": rows(1)}, headers=mine).status_code
+        == 200
+    )
+    before = snapshot_admin(secured)
+    foreign = [
+        secured.get("/contexts/tenant-b:one", headers=mine),
+        secured.post("/predict/tenant-b:one", json={"inputs": rows(1)}, headers=mine),
+        secured.post("/train/tenant-b:one", json={"inputs": rows(1), "labels": [0]}, headers=mine),
+        secured.delete("/contexts/tenant-b:one", headers=mine),
+        secured.post("/contexts", json={"key": "tenant-b:two"}, headers=mine),
+        secured.post(
+            "/contexts:batch",
+            json={"contexts": [{"key": "tenant-a:ok"}, {"key": "elsewhere"}]},
+            headers=mine,
+        ),
+    ]
+    assert [r.status_code for r in foreign] == [403] * 6
+    assert "start with 'tenant-a:'" in foreign[0].json()["detail"]
+    assert snapshot_admin(secured) == before
+    assert secured.post("/contexts", json={"key": "tenant-a:two"}, headers=mine).status_code == 201
+
+
+def test_key_length_limit_is_configurable(secured: TestClient) -> None:
+    long_key = "k" * 25
+    response = secured.post("/contexts", json={"key": long_key}, headers=bearer(ADMIN))
+    assert response.status_code == 422
+    assert "at most 24 characters" in response.json()["detail"]
+    assert secured.get(f"/contexts/{long_key}", headers=bearer(ADMIN)).status_code == 422
+
+
+def test_health_and_metrics_stay_open(secured: TestClient) -> None:
+    assert secured.get("/healthz").status_code == 200
+    assert secured.get("/readyz").status_code == 200
+    metrics = secured.get("/metrics")
+    assert metrics.status_code == 200 and "psp_model_version" in metrics.text
+
+
+def test_without_keys_the_service_is_open(client: TestClient) -> None:
+    assert client.post("/contexts", json={"key": "anyone"}).status_code == 201
+
+
+def test_keys_are_stored_as_salted_hashes() -> None:
+    key, spec = issue_key(["predict"])
+    _, other_spec = issue_key(["predict"])
+    secret = key.split("_", 2)[2]
+    assert secret not in spec.model_dump_json() and spec.salt != other_spec.salt
+    authenticator = Authenticator([spec])
+    assert authenticator.authenticate(key).scopes == frozenset({"predict"})
+    with pytest.raises(Exception, match="not valid"):
+        authenticator.authenticate(key[:-1] + ("A" if key[-1] != "A" else "B"))
