@@ -1,0 +1,322 @@
+"""The one contract every train queue keeps, run against the in-process queue and Redis Streams."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+from service.queue import (
+    QueuedEntry,
+    QueueFull,
+    QueueStats,
+    TrainEntry,
+    TrainQueue,
+    entry_id_key,
+)
+from service.queue.memory import InProcessQueue
+from service.queue.redis import RedisStreamQueue
+
+LIMIT = 20
+RETRY_AFTER = 2
+
+
+def make_entry(size: int = 2, context_index: int = 0, features: int = 3) -> TrainEntry:
+    """A batch whose values encode its shape, so round trips are checkable."""
+    inputs = np.arange(size * features, dtype=np.float32).reshape(size, features) / 7
+    labels = np.arange(size, dtype=np.int64) % 10
+    return TrainEntry(context_index, inputs, labels, enqueued_at=time.time())
+
+
+@dataclass
+class Backend:
+    """Opens queues on one backing store; `reopen` is what a restarted trainer would see."""
+
+    name: str
+    open: Callable[[], TrainQueue]
+    opened: list[TrainQueue] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.queue = self._open()
+
+    def _open(self) -> TrainQueue:
+        queue = self.open()
+        self.opened.append(queue)
+        return queue
+
+    async def reopen(self) -> TrainQueue:
+        """A new handle after a trainer restart; the in-process queue lives in the process."""
+        if self.name == "memory":
+            return self.queue
+        await self.queue.close()
+        self.queue = self._open()
+        return self.queue
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    if request.param == "memory":
+        memory = InProcessQueue(max_pending_examples=LIMIT, retry_after_seconds=RETRY_AFTER)
+        backend = Backend("memory", lambda: memory)
+    else:
+        url = request.getfixturevalue("redis_url")
+        prefix = request.getfixturevalue("key_prefix")
+        backend = Backend(
+            "redis",
+            lambda: RedisStreamQueue(
+                url=url,
+                consumer="trainer-1",
+                max_pending_examples=LIMIT,
+                retry_after_seconds=RETRY_AFTER,
+                key_prefix=prefix,
+            ),
+        )
+    yield backend
+    for queue in backend.opened:
+        await queue.close()
+
+
+@pytest.fixture
+def queue(backend: Backend) -> TrainQueue:
+    return backend.queue
+
+
+def ids_of(entries: list[QueuedEntry]) -> list[str]:
+    return [queued.entry_id for queued in entries]
+
+
+async def put_all(queue: TrainQueue, sizes: list[int]) -> list[str]:
+    return [await queue.put(make_entry(size)) for size in sizes]
+
+
+async def test_put_returns_increasing_stream_ids(queue: TrainQueue) -> None:
+    ids = await put_all(queue, [1, 1, 1, 1, 1])
+
+    assert all(re.fullmatch(r"\d+-\d+", entry_id) for entry_id in ids)
+    keys = [entry_id_key(entry_id) for entry_id in ids]
+    assert keys == sorted(keys)
+    assert len(set(keys)) == 5
+
+
+async def test_read_delivers_in_order_up_to_max_entries(queue: TrainQueue) -> None:
+    ids = await put_all(queue, [1, 1, 1, 1, 1])
+
+    first = await queue.read(max_entries=3, block_ms=100)
+    rest = await queue.read(max_entries=10, block_ms=100)
+
+    assert ids_of(first) == ids[:3]
+    assert ids_of(rest) == ids[3:]
+    assert await queue.read(max_entries=10, block_ms=50) == []
+
+
+async def test_read_returns_nothing_after_block_ms(queue: TrainQueue) -> None:
+    started = time.monotonic()
+    entries = await queue.read(max_entries=10, block_ms=300)
+    elapsed = time.monotonic() - started
+
+    assert entries == []
+    assert 0.25 <= elapsed < 2.0
+
+
+async def test_read_wakes_up_for_an_entry_put_while_blocked(queue: TrainQueue) -> None:
+    reader = asyncio.create_task(queue.read(max_entries=10, block_ms=5_000))
+    await asyncio.sleep(0.1)
+    started = time.monotonic()
+    entry_id = await queue.put(make_entry())
+
+    entries = await asyncio.wait_for(reader, timeout=5)
+
+    assert ids_of(entries) == [entry_id]
+    assert time.monotonic() - started < 2.0
+
+
+async def test_entry_round_trips_arrays_and_context(queue: TrainQueue) -> None:
+    sent = make_entry(size=4, context_index=1234, features=5)
+    entry_id = await queue.put(sent)
+
+    [received] = await queue.read(max_entries=1, block_ms=100)
+
+    assert received.entry_id == entry_id
+    assert received.entry.context_index == 1234
+    assert received.entry.size == 4
+    assert received.entry.inputs.dtype == np.float32
+    assert received.entry.labels.dtype == np.int64
+    np.testing.assert_array_equal(received.entry.inputs, sent.inputs)
+    np.testing.assert_array_equal(received.entry.labels, sent.labels)
+    assert received.entry.enqueued_at == sent.enqueued_at
+
+
+async def test_pending_returns_delivered_unacked_entries_after_restart(backend: Backend) -> None:
+    ids = await put_all(backend.queue, [1, 2, 3])
+    delivered = await backend.queue.read(max_entries=10, block_ms=100)
+    await backend.queue.ack([ids[0]])
+
+    restarted = await backend.reopen()
+    pending = await restarted.pending()
+
+    assert ids_of(pending) == ids[1:]
+    assert [queued.entry.size for queued in pending] == [2, 3]
+    for before, after in zip(delivered[1:], pending, strict=True):
+        np.testing.assert_array_equal(before.entry.inputs, after.entry.inputs)
+    # Pending entries are not handed out again as new ones.
+    assert await restarted.read(max_entries=10, block_ms=50) == []
+
+
+async def test_pending_leaves_out_undelivered_entries(queue: TrainQueue) -> None:
+    ids = await put_all(queue, [1, 1, 1])
+    await queue.read(max_entries=1, block_ms=100)
+
+    assert ids_of(await queue.pending()) == ids[:1]
+    assert ids_of(await queue.read(max_entries=10, block_ms=100)) == ids[1:]
+
+
+async def test_acked_entries_are_not_pending_after_restart(backend: Backend) -> None:
+    ids = await put_all(backend.queue, [1, 1])
+    await backend.queue.read(max_entries=10, block_ms=100)
+    await backend.queue.ack(ids)
+
+    restarted = await backend.reopen()
+
+    assert await restarted.pending() == []
+
+
+async def test_ack_releases_examples_exactly_once(queue: TrainQueue) -> None:
+    ids = await put_all(queue, [2, 3])
+    await queue.read(max_entries=10, block_ms=100)
+
+    await queue.ack([ids[0]])
+    await queue.ack([ids[0]])
+    once = await queue.stats()
+    await queue.ack(ids)
+    done = await queue.stats()
+
+    assert (once.pending_examples, once.entries) == (3, 1)
+    assert (done.pending_examples, done.entries) == (0, 0)
+
+
+async def test_ack_of_an_undelivered_entry_changes_nothing(queue: TrainQueue) -> None:
+    [entry_id] = await put_all(queue, [4])
+
+    await queue.ack([entry_id])
+
+    stats = await queue.stats()
+    assert (stats.pending_examples, stats.entries) == (4, 1)
+    assert ids_of(await queue.read(max_entries=10, block_ms=100)) == [entry_id]
+
+
+async def test_put_over_the_limit_raises_queue_full_until_acked(queue: TrainQueue) -> None:
+    first = await queue.put(make_entry(12))
+    await queue.put(make_entry(8))  # exactly at the limit of 20
+
+    with pytest.raises(QueueFull) as refused:
+        await queue.put(make_entry(1))
+
+    assert refused.value.retry_after == RETRY_AFTER
+    assert "20 pending examples" in str(refused.value)
+    assert (await queue.stats()).pending_examples == 20
+
+    await queue.read(max_entries=1, block_ms=100)
+    await queue.ack([first])
+    accepted = await queue.put(make_entry(12))
+
+    assert entry_id_key(accepted) > entry_id_key(first)
+    assert (await queue.stats()).pending_examples == 20
+
+
+async def test_stats_count_unacknowledged_entries_and_their_age(queue: TrainQueue) -> None:
+    assert await queue.stats() == QueueStats(0, 0, 0.0)
+    ids = await put_all(queue, [2, 3, 4])
+    await asyncio.sleep(0.25)
+
+    waiting = await queue.stats()
+    await queue.read(max_entries=2, block_ms=100)
+    delivered = await queue.stats()
+    await queue.ack(ids[:2])
+    acked = await queue.stats()
+
+    assert (waiting.pending_examples, waiting.entries) == (9, 3)
+    assert 0.2 <= waiting.oldest_age_seconds < 5.0
+    # Delivery alone changes nothing: entries count until acknowledged.
+    assert (delivered.pending_examples, delivered.entries) == (9, 3)
+    assert (acked.pending_examples, acked.entries) == (4, 1)
+    assert 0.2 <= acked.oldest_age_seconds < 5.0
+
+
+async def test_wait_applied_registered_before_publish(queue: TrainQueue) -> None:
+    entry_id = await queue.put(make_entry())
+    waiter = asyncio.create_task(queue.wait_applied(entry_id, timeout=5))
+    await asyncio.sleep(0.1)
+    assert not waiter.done()
+
+    await queue.publish_applied([entry_id], 7)
+
+    assert await asyncio.wait_for(waiter, timeout=5) == 7
+
+
+async def test_wait_applied_after_publish_returns_at_once(queue: TrainQueue) -> None:
+    older, newer = await put_all(queue, [1, 1])
+    await queue.publish_applied([newer, older], 3)
+
+    started = time.monotonic()
+    assert await queue.wait_applied(newer, timeout=5) == 3
+    assert await queue.wait_applied(older, timeout=5) == 3
+    assert time.monotonic() - started < 1.0
+
+
+async def test_wait_applied_times_out(queue: TrainQueue) -> None:
+    applied, waited = await put_all(queue, [1, 1])
+    await queue.publish_applied([applied], 1)
+
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        await queue.wait_applied(waited, timeout=0.3)
+
+    assert 0.25 <= time.monotonic() - started < 2.0
+
+
+async def test_fifty_concurrent_waiters_each_get_their_version(queue: TrainQueue) -> None:
+    # Waiting needs no queued entry, so plain ids keep this under the examples limit.
+    ids = [f"1700000000000-{sequence}" for sequence in range(50)]
+    waiters = [asyncio.create_task(queue.wait_applied(i, timeout=10)) for i in ids]
+    await asyncio.sleep(0.1)
+
+    await queue.publish_applied(ids[:25], 1)
+    done, _ = await asyncio.wait(waiters[:25], timeout=5)
+    late = waiters[25:]
+    assert len(done) == 25
+    assert not any(waiter.done() for waiter in late)
+    await queue.publish_applied(ids[25:], 2)
+    results = await asyncio.wait_for(asyncio.gather(*waiters), timeout=5)
+
+    assert results == [1] * 25 + [2] * 25
+
+
+async def test_trim_below_keeps_entries_from_the_given_id(queue: TrainQueue) -> None:
+    ids = await put_all(queue, [1, 1, 1, 1, 1])
+    await queue.read(max_entries=10, block_ms=100)
+    await queue.ack(ids[:3])
+
+    await queue.trim_below(ids[3])
+
+    assert ids_of(await queue.pending()) == ids[3:]
+    assert (await queue.stats()).entries == 2
+
+
+async def test_trim_below_never_drops_unacknowledged_entries(queue: TrainQueue) -> None:
+    ids = await put_all(queue, [1, 1, 1, 1])
+    await queue.read(max_entries=2, block_ms=100)
+
+    await queue.trim_below(ids[3])
+
+    assert ids_of(await queue.pending()) == ids[:2]
+    assert ids_of(await queue.read(max_entries=10, block_ms=100)) == ids[2:]
+    assert (await queue.stats()).entries == 4
+
+
+async def test_ping_answers_true(queue: TrainQueue) -> None:
+    assert await queue.ping() is True

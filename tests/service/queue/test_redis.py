@@ -1,0 +1,389 @@
+"""What only the Redis queue does: key layout, claiming, outages, restarts and lost replies."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from service.queue import QueueUnavailable, TrainEntry
+from service.queue import redis as redis_queue
+from service.queue.keys import ShardKeys
+from service.queue.redis import RedisStreamQueue
+
+
+def make_entry(size: int = 2) -> TrainEntry:
+    inputs = np.ones((size, 3), dtype=np.float32)
+    return TrainEntry(5, inputs, np.zeros(size, dtype=np.int64), enqueued_at=time.time())
+
+
+async def stored(client: aioredis.Redis, stream: str) -> list[tuple[str, dict[bytes, bytes]]]:
+    """What the stream holds: `(id, fields)` in id order."""
+    entries: Any = await client.xrange(stream)
+    return [(entry_id.decode(), fields) for entry_id, fields in entries]
+
+
+async def stored_ids(client: aioredis.Redis, stream: str) -> list[str]:
+    return [entry_id for entry_id, _ in await stored(client, stream)]
+
+
+@pytest.fixture
+async def open_queue(redis_url: str, key_prefix: str) -> AsyncIterator[Any]:
+    """Opens queues on this test's prefix and closes them all afterwards."""
+    opened: list[RedisStreamQueue] = []
+
+    def open_queue(**overrides: Any) -> RedisStreamQueue:
+        options: dict[str, Any] = {
+            "url": redis_url,
+            "key_prefix": key_prefix,
+            "consumer": "trainer-a",
+            "max_pending_examples": 1_000,
+        }
+        queue = RedisStreamQueue(**(options | overrides))
+        opened.append(queue)
+        return queue
+
+    yield open_queue
+    for queue in opened:
+        await queue.close()
+
+
+def test_shard_keys_layout() -> None:
+    keys = ShardKeys("psp:", 3)
+
+    assert keys.stream == "psp:train:3"
+    assert keys.group == "trainers"
+    assert keys.pending_examples == "psp:train:3:pending-examples"
+    assert keys.applied == "psp:train:3:applied"
+    assert keys.applied_channel == "psp:applied:3"
+    assert keys.model_channel == "psp:model:3"
+    assert keys.put_token("abc") == "psp:train:3:put:abc"
+
+
+async def test_put_writes_the_shard_stream_and_counter(
+    open_queue: Any, redis_client: aioredis.Redis, key_prefix: str
+) -> None:
+    queue = open_queue(shard=2)
+
+    entry_id = await queue.put(make_entry(3))
+
+    [(stored_id, fields)] = await stored(redis_client, f"{key_prefix}train:2")
+    assert stored_id == entry_id
+    assert fields[b"n"] == b"3"
+    assert TrainEntry.decode(fields[b"e"]).size == 3
+    assert await redis_client.get(f"{key_prefix}train:2:pending-examples") == b"3"
+    # The put token expires on its own.
+    [token] = [key async for key in redis_client.scan_iter(match=f"{key_prefix}train:2:put:*")]
+    assert 0 < await redis_client.ttl(token) <= redis_queue.PUT_TOKEN_TTL_S
+
+
+async def test_pending_claims_stale_entries_of_a_dead_consumer(
+    open_queue: Any, redis_client: aioredis.Redis, key_prefix: str
+) -> None:
+    dead = open_queue(consumer="trainer-a")
+    ids = [await dead.put(make_entry(size)) for size in (1, 2, 3)]
+    await dead.read(max_entries=10, block_ms=100)
+    await dead.close()
+
+    patient = open_queue(consumer="trainer-b", claim_idle_ms=60_000)
+    assert await patient.pending() == []
+
+    successor = open_queue(consumer="trainer-c", claim_idle_ms=0)
+    claimed = await successor.pending()
+
+    assert [queued.entry_id for queued in claimed] == ids
+    owners = await redis_client.xpending_range(
+        f"{key_prefix}train:0", "trainers", min="-", max="+", count=10
+    )
+    assert {owner["consumer"] for owner in owners} == {b"trainer-c"}
+    await successor.ack(ids)
+    stats = await successor.stats()
+    assert (stats.pending_examples, stats.entries) == (0, 0)
+
+
+async def test_ack_looks_up_sizes_of_entries_delivered_to_an_earlier_process(
+    open_queue: Any,
+) -> None:
+    first = open_queue()
+    ids = [await first.put(make_entry(size)) for size in (2, 5)]
+    await first.read(max_entries=10, block_ms=100)
+    await first.close()
+
+    # Same consumer name, as after a container restart, acking without reading pending first.
+    second = open_queue()
+    await second.ack([ids[1]])
+
+    stats = await second.stats()
+    assert (stats.pending_examples, stats.entries) == (2, 1)
+
+
+async def test_counter_never_goes_negative(
+    open_queue: Any, redis_client: aioredis.Redis, key_prefix: str
+) -> None:
+    queue = open_queue()
+    entry_id = await queue.put(make_entry(4))
+    await queue.read(max_entries=1, block_ms=100)
+    await redis_client.set(f"{key_prefix}train:0:pending-examples", 1)
+
+    await queue.ack([entry_id])
+
+    assert await redis_client.get(f"{key_prefix}train:0:pending-examples") == b"0"
+
+
+async def test_trim_below_removes_only_acknowledged_history(
+    open_queue: Any, redis_client: aioredis.Redis, key_prefix: str
+) -> None:
+    queue = open_queue()
+    stream = f"{key_prefix}train:0"
+    ids = [await queue.put(make_entry(1)) for _ in range(6)]
+    await queue.read(max_entries=4, block_ms=100)
+    await queue.ack(ids[:2])
+
+    await queue.trim_below(ids[3])  # ids[2] is still pending, so it stays
+    assert await stored_ids(redis_client, stream) == ids[2:]
+
+    await queue.ack(ids[2:4])
+    await queue.trim_below(ids[5])  # ids[4] was never delivered, so it stays
+    assert await stored_ids(redis_client, stream) == ids[4:]
+    assert await redis_client.xlen(stream) == 2
+
+
+async def test_a_retried_put_is_queued_once(
+    open_queue: Any, redis_client: aioredis.Redis, key_prefix: str
+) -> None:
+    queue = open_queue()
+    script = queue._put_script
+    calls = 0
+
+    async def reply_lost_once(**kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        result = await script(**kwargs)
+        if calls == 1:
+            raise RedisConnectionError("connection lost before the reply")
+        return result
+
+    queue._put_script = reply_lost_once
+    entry_id = await queue.put(make_entry(3))
+
+    assert calls == 2
+    assert await stored_ids(redis_client, f"{key_prefix}train:0") == [entry_id]
+    assert (await queue.stats()).pending_examples == 3
+
+
+async def test_entries_of_a_lost_read_reply_come_with_the_next_read(open_queue: Any) -> None:
+    queue = open_queue()
+    ids = [await queue.put(make_entry(1)) for _ in range(3)]
+    xreadgroup = queue._client.xreadgroup
+
+    async def reply_lost(*args: Any, **kwargs: Any) -> Any:
+        await xreadgroup(*args, **kwargs)
+        raise RedisConnectionError("connection lost before the reply")
+
+    queue._client.xreadgroup = reply_lost
+    with pytest.raises(QueueUnavailable):
+        await queue.read(max_entries=2, block_ms=100)
+    queue._client.xreadgroup = xreadgroup
+
+    recovered = [await queue.read(max_entries=1, block_ms=100) for _ in range(2)]
+    new = await queue.read(max_entries=10, block_ms=100)
+
+    # The failed read left ids[0] and ids[1] delivered in Redis; they come first, one per read
+    # as asked, and nothing is handed out twice.
+    assert [[q.entry_id for q in entries] for entries in recovered] == [ids[:1], ids[1:2]]
+    assert [q.entry_id for q in new] == ids[2:]
+    assert await queue.read(max_entries=10, block_ms=50) == []
+
+
+async def test_long_blocks_are_split_below_the_socket_timeout(
+    open_queue: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_queue, "BLOCK_SLICE_MS", 100)
+    queue = open_queue()
+
+    started = time.monotonic()
+    assert await queue.read(max_entries=10, block_ms=350) == []
+    assert 0.3 <= time.monotonic() - started < 2.0
+
+    reader = asyncio.create_task(queue.read(max_entries=10, block_ms=2_000))
+    await asyncio.sleep(0.25)
+    entry_id = await queue.put(make_entry())
+    assert [q.entry_id for q in await asyncio.wait_for(reader, 5)] == [entry_id]
+
+
+async def test_waiters_share_one_subscription(
+    open_queue: Any, redis_client: aioredis.Redis, key_prefix: str
+) -> None:
+    queue = open_queue()
+    ids = [f"1700000000000-{sequence}" for sequence in range(50)]
+    waiters = [asyncio.create_task(queue.wait_applied(i, timeout=10)) for i in ids]
+    await asyncio.sleep(0.2)
+
+    [(_, subscribers)] = await redis_client.pubsub_numsub(f"{key_prefix}applied:0")
+    await queue.publish_applied(ids, 4)
+
+    assert subscribers == 1
+    assert await asyncio.wait_for(asyncio.gather(*waiters), 5) == [4] * 50
+
+
+async def test_publish_applied_never_moves_backwards(
+    open_queue: Any, redis_client: aioredis.Redis, key_prefix: str
+) -> None:
+    queue = open_queue()
+
+    await queue.publish_applied(["1700000000000-5"], 3)
+    await queue.publish_applied(["1700000000000-2"], 2)
+
+    assert await redis_client.get(f"{key_prefix}train:0:applied") == b"1700000000000-5 3"
+    assert await queue.wait_applied("1700000000000-5", timeout=5) == 3
+
+
+async def test_unreachable_redis_raises_queue_unavailable(key_prefix: str) -> None:
+    queue = RedisStreamQueue(
+        url="redis://:secret@127.0.0.1:1/0", key_prefix=key_prefix, max_pending_examples=10
+    )
+    started = time.monotonic()
+    try:
+        with pytest.raises(QueueUnavailable, match=r"127\.0\.0\.1:1") as refused:
+            await queue.put(make_entry())
+        assert "secret" not in str(refused.value)
+        for call in (
+            queue.read(max_entries=1, block_ms=100),
+            queue.pending(),
+            queue.ack(["1-0"]),
+            queue.stats(),
+            queue.trim_below("1-0"),
+            queue.publish_applied(["1-0"], 1),
+            queue.wait_applied("1-0", timeout=5),
+        ):
+            with pytest.raises(QueueUnavailable):
+                await call
+        assert await queue.ping() is False
+    finally:
+        await queue.close()
+    assert time.monotonic() - started < 10
+
+
+class ThrowawayRedis:
+    """A redis-server of this test's own, to kill and restart without touching the shared one."""
+
+    def __init__(self, directory: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not on PATH; install Redis 7 to run this test")
+        self.binary = binary
+        self.directory = directory
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                self.binary,
+                *("--port", str(self.port), "--bind", "127.0.0.1"),
+                *("--save", "", "--appendonly", "no", "--daemonize", "no"),
+                *("--dir", str(self.directory)),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        with redis.Redis.from_url(self.url, socket_connect_timeout=0.5) as client:
+            while True:
+                try:
+                    client.ping()
+                    return
+                except redis.ConnectionError:
+                    if time.monotonic() > deadline:
+                        pytest.fail(f"redis-server did not start on port {self.port}")
+                    time.sleep(0.05)
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            self.process = None
+
+
+@pytest.fixture
+def throwaway_redis(tmp_path: Path) -> Iterator[ThrowawayRedis]:
+    server = ThrowawayRedis(tmp_path)
+    server.start()
+    yield server
+    server.kill()
+
+
+async def test_recovers_when_redis_comes_back_without_its_data(
+    throwaway_redis: ThrowawayRedis,
+) -> None:
+    queue = RedisStreamQueue(url=throwaway_redis.url, max_pending_examples=100)
+    try:
+        before = await queue.put(make_entry(2))
+        assert [q.entry_id for q in await queue.read(max_entries=10, block_ms=100)] == [before]
+        waiter = asyncio.create_task(queue.wait_applied(before, timeout=30))
+        await asyncio.sleep(0.2)
+
+        throwaway_redis.kill()
+        with pytest.raises(QueueUnavailable):
+            await queue.put(make_entry(2))
+        assert await queue.ping() is False
+        with pytest.raises(QueueUnavailable):
+            await queue.read(max_entries=10, block_ms=100)
+
+        throwaway_redis.start()
+        after = await queue.put(make_entry(3))
+        delivered = await queue.read(max_entries=10, block_ms=1_000)
+        stats = await queue.stats()
+        await queue.publish_applied([after], 9)
+
+        assert await queue.ping() is True
+        assert [q.entry_id for q in delivered] == [after]
+        assert (stats.pending_examples, stats.entries) == (3, 1)
+        # The waiter from before the outage is settled by the first state published after it.
+        assert await asyncio.wait_for(waiter, 10) == 9
+        assert await queue.wait_applied(after, timeout=5) == 9
+        await queue.ack([before, after])
+        assert (await queue.stats()).pending_examples == 0
+    finally:
+        await queue.close()
+
+
+async def test_a_restart_between_calls_goes_unnoticed(throwaway_redis: ThrowawayRedis) -> None:
+    queue = RedisStreamQueue(url=throwaway_redis.url, max_pending_examples=100)
+    try:
+        await queue.put(make_entry(1))
+        # Several pooled connections, all of which the restart below leaves dead.
+        await asyncio.gather(*(queue.stats() for _ in range(5)))
+
+        throwaway_redis.kill()
+        throwaway_redis.start()
+        # One call meets a dead connection and the lost group at once; concurrent callers each
+        # meet a dead connection of their own.
+        nothing = await queue.read(max_entries=10, block_ms=100)
+        counted = await asyncio.gather(*(queue.stats() for _ in range(5)))
+        entry_id = await queue.put(make_entry(2))
+        delivered = await queue.read(max_entries=10, block_ms=1_000)
+
+        assert nothing == []
+        assert [stats.entries for stats in counted] == [0] * 5
+        assert [q.entry_id for q in delivered] == [entry_id]
+        assert (await queue.stats()).pending_examples == 2
+    finally:
+        await queue.close()
