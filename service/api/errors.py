@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.auth import Forbidden, Unauthorized
@@ -72,9 +73,28 @@ def install_error_handlers(app: FastAPI) -> None:
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"there is no route {request.url.path}; see /docs for the API"
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 400 and detail == "There was an error parsing the body":
+            # Bodies that are not even text (invalid UTF-8) are malformed JSON like any other.
+            example = _example_for(request.url.path)
+            return _problem(
+                422, f"the request body is not valid JSON; send a JSON object such as {example}"
+            )
         if exc.status_code == 405:
-            detail = f"{request.method} is not allowed on {request.url.path}; see /docs"
-        return _problem(exc.status_code, detail, getattr(exc, "headers", None))
+            # Several routes may share a path (GET and POST /contexts); list all their methods.
+            allowed = sorted(
+                {
+                    method
+                    for route in request.app.router.routes
+                    if isinstance(route, APIRoute) and route.path_regex.match(request.url.path)
+                    for method in route.methods
+                }
+            )
+            detail = (
+                f"{request.method} is not allowed on {request.url.path}; use {', '.join(allowed)}"
+            )
+            headers = {"Allow": ", ".join(allowed)}
+        return _problem(exc.status_code, detail, headers)
 
     @app.exception_handler(PayloadError)
     async def bad_payload(request: Request, exc: PayloadError) -> JSONResponse:

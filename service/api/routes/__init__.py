@@ -1,9 +1,21 @@
 """One router per resource, collected in `api_router`."""
 
+from typing import Any
+
 from fastapi import APIRouter
 
 from service.api.routes import contexts, health, model, predict, train
+from service.api.schemas import Problem
+
+# Any route behind API keys can answer these; any route with a body can be too large.
+_GUARDED: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem, "description": "No valid API key."},
+    403: {"model": Problem, "description": "Wrong scope, or a context outside the key's prefix."},
+    413: {"model": Problem, "description": "The body is over the size limit."},
+    422: {"model": Problem, "description": "The request is invalid; the detail says why."},
+}
 
 api_router = APIRouter()
-for module in (contexts, train, predict, model, health):
-    api_router.include_router(module.router)
+for module in (contexts, train, predict, model):
+    api_router.include_router(module.router, responses=_GUARDED)
+api_router.include_router(health.router)
