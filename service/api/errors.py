@@ -87,7 +87,7 @@ def install_error_handlers(app: FastAPI) -> None:
                     method
                     for route in request.app.router.routes
                     if isinstance(route, APIRoute) and route.path_regex.match(request.url.path)
-                    for method in route.methods
+                    for method in route.methods or ()
                 }
             )
             detail = (
