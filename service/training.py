@@ -34,9 +34,18 @@ class TrainingService:
         self.settings = settings
 
     async def submit(
-        self, key: str, inputs: Sequence[Any], labels: Sequence[int], *, wait: bool
+        self,
+        key: str,
+        inputs: Sequence[Any],
+        labels: Sequence[int],
+        *,
+        wait: bool,
+        idempotency_key: str | None = None,
     ) -> Submission:
         """Queues one batch for `key`; with `wait`, returns once the trainer has applied it.
+
+        A retry with the same `idempotency_key` (for the same context) queues nothing new and
+        answers with the first attempt's batch id.
 
         Raises:
             PayloadError, ContextNotFound, RegistryUnavailable, QueueFull, QueueUnavailable,
@@ -46,7 +55,8 @@ class TrainingService:
         matrix = input_matrix(inputs, model.input_shape, self.settings.limits.max_rows)
         vector = label_vector(labels, len(matrix), model.num_classes)
         index = await self.contexts.resolve(key)
-        batch_id = await self.queue.put(TrainEntry(index, matrix, vector, time.time()))
+        token = f"{index}:{idempotency_key}" if idempotency_key else None
+        batch_id = await self.queue.put(TrainEntry(index, matrix, vector, time.time()), token)
         metrics.TRAIN_ACCEPTED.inc(len(vector))
         if not wait:
             return Submission(batch_id, len(vector))

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 import msgpack
 import numpy as np
 
+IDEMPOTENCY_SECONDS = 300
+"""How long a put's idempotency key is remembered."""
+
 
 class QueueFull(Exception):
     """The queue holds more pending examples than allowed; retry after `retry_after` seconds."""
@@ -114,8 +117,11 @@ class TrainQueue(abc.ABC):
     durable: bool = False
 
     @abc.abstractmethod
-    async def put(self, entry: TrainEntry) -> str:
+    async def put(self, entry: TrainEntry, idempotency_key: str | None = None) -> str:
         """Appends an entry durably and returns its id.
+
+        A put repeated with the same `idempotency_key` within `IDEMPOTENCY_SECONDS` returns the
+        first put's id and queues nothing, so a client may retry a request whose answer it lost.
 
         Raises:
             QueueFull: Accepting it would exceed the pending-examples limit.

@@ -12,6 +12,7 @@ from collections import OrderedDict, deque
 from collections.abc import Sequence
 
 from service.queue.base import (
+    IDEMPOTENCY_SECONDS,
     QueuedEntry,
     QueueFull,
     QueueStats,
@@ -34,6 +35,12 @@ class InProcessQueue(TrainQueue):
         self._last_id = (0, 0)
         self._applied: tuple[tuple[int, int], int] = ((0, 0), 0)
         self._changed = asyncio.Condition()
+        self._idempotency: OrderedDict[str, tuple[str, float]] = OrderedDict()
+
+    def _forget_old_idempotency_keys(self) -> None:
+        horizon = time.monotonic() - IDEMPOTENCY_SECONDS
+        while self._idempotency and next(iter(self._idempotency.values()))[1] < horizon:
+            self._idempotency.popitem(last=False)
 
     def _next_id(self) -> str:
         millis = int(time.time() * 1000)
@@ -41,7 +48,12 @@ class InProcessQueue(TrainQueue):
         self._last_id = (millis, 0) if millis > last_millis else (last_millis, last_seq + 1)
         return f"{self._last_id[0]}-{self._last_id[1]}"
 
-    async def put(self, entry: TrainEntry) -> str:
+    async def put(self, entry: TrainEntry, idempotency_key: str | None = None) -> str:
+        if idempotency_key is not None:
+            self._forget_old_idempotency_keys()
+            known = self._idempotency.get(idempotency_key)
+            if known is not None:
+                return known[0]
         if self._pending_examples + entry.size > self.max_pending_examples:
             raise QueueFull(
                 self.retry_after_seconds, self._pending_examples, self.max_pending_examples
@@ -50,6 +62,8 @@ class InProcessQueue(TrainQueue):
         self._entries[entry_id] = entry
         self._undelivered.append(entry_id)
         self._pending_examples += entry.size
+        if idempotency_key is not None:
+            self._idempotency[idempotency_key] = (entry_id, time.monotonic())
         async with self._changed:
             self._changed.notify_all()
         return entry_id

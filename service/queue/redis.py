@@ -43,6 +43,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.queue.base import (
+    IDEMPOTENCY_SECONDS,
     QueuedEntry,
     QueueFull,
     QueueStats,
@@ -75,8 +76,6 @@ ATTEMPTS = 2
 PAGE = 256
 """Entries per XREADGROUP / XAUTOCLAIM page when listing pending entries."""
 
-PUT_TOKEN_TTL_S = 300
-"""How long a put remembers its id, far longer than any retry of that put."""
 
 _CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 _LISTENER_BACKOFF_S = (0.05, 1.0)
@@ -446,13 +445,13 @@ class RedisStreamQueue(TrainQueue):
         self._unseen_deliveries = False
         self._watch = _AppliedWatch(self._client, self.keys, self._where)
 
-    async def put(self, entry: TrainEntry) -> str:
-        token = self.keys.put_token(uuid.uuid4().hex)
+    async def put(self, entry: TrainEntry, idempotency_key: str | None = None) -> str:
+        token = self.keys.put_token(idempotency_key or uuid.uuid4().hex)
         queued, value = await self._call(
             partial(
                 self._put_script,
                 keys=[self.keys.stream, self.keys.pending_examples, token],
-                args=[self.max_pending_examples, entry.size, entry.encode(), PUT_TOKEN_TTL_S],
+                args=[self.max_pending_examples, entry.size, entry.encode(), IDEMPOTENCY_SECONDS],
             ),
             "queue a train batch",
         )

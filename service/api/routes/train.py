@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Response, status
+from fastapi import APIRouter, Header, Path, Query, Response, status
 
 from service.api.deps import RuntimeDep, Trainer
 from service.api.schemas import KEY_PATTERN, Problem, TrainAccepted, TrainApplied, TrainRequest
@@ -33,9 +33,18 @@ async def train(
     response: Response,
     caller: Trainer,
     wait: Annotated[bool, Query(description="Answer only once the batch is applied.")] = False,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            pattern=r"^[A-Za-z0-9._:-]{1,128}$",
+            description="Retrying with the same key within 5 minutes queues the batch once.",
+        ),
+    ] = None,
 ) -> TrainApplied | TrainAccepted:
     """Queue a labelled batch; 202 once durably queued, 200 once applied with wait=true."""
-    done = await runtime.training.submit(key, body.inputs, body.labels, wait=wait)
+    done = await runtime.training.submit(
+        key, body.inputs, body.labels, wait=wait, idempotency_key=idempotency_key
+    )
     if done.model_version is None:
         return TrainAccepted(batch_id=done.batch_id, accepted=done.accepted)
     response.status_code = status.HTTP_200_OK

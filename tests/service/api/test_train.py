@@ -146,3 +146,18 @@ def test_full_queue_is_429_with_retry_after(make_settings) -> None:
         assert snapshot(client) == before
         ok = client.post("/train/t?wait=true", json={"inputs": rows(5), "labels": [0] * 5})
         assert ok.status_code == 200
+
+
+def test_idempotency_key_queues_a_retried_batch_once(client: TestClient) -> None:
+    register(client, "t")
+    body = {"inputs": rows(3), "labels": [1, 2, 3]}
+    headers = {"Idempotency-Key": "batch-0001"}
+    first = client.post("/train/t", json=body, headers=headers).json()
+    retry = client.post("/train/t", json=body, headers=headers).json()
+    assert retry == first
+    applied = client.post("/train/t?wait=true", json=body).json()
+    client.portal.call(client.app.state.runtime.trainer.checkpoint)  # type: ignore[attr-defined]
+    assert client.get("/contexts/t").json()["examples_seen"] == 6
+    assert applied["model_version"] == 2
+    bad = client.post("/train/t", json=body, headers={"Idempotency-Key": "no spaces"})
+    assert bad.status_code == 422

@@ -103,6 +103,16 @@ async def test_put_returns_increasing_stream_ids(queue: TrainQueue) -> None:
     assert len(set(keys)) == 5
 
 
+async def test_a_repeated_idempotency_key_queues_once(queue: TrainQueue) -> None:
+    first = await queue.put(make_entry(3), idempotency_key="client-batch-1")
+    again = await queue.put(make_entry(3), idempotency_key="client-batch-1")
+    other = await queue.put(make_entry(2), idempotency_key="client-batch-2")
+
+    assert again == first and other != first
+    assert (await queue.stats()).pending_examples == 5
+    assert ids_of(await queue.read(max_entries=10, block_ms=10)) == [first, other]
+
+
 async def test_read_delivers_in_order_up_to_max_entries(queue: TrainQueue) -> None:
     ids = await put_all(queue, [1, 1, 1, 1, 1])
 

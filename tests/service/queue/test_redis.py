@@ -19,6 +19,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from service.queue import QueueUnavailable, TrainEntry
 from service.queue import redis as redis_queue
+from service.queue.base import IDEMPOTENCY_SECONDS
 from service.queue.keys import ShardKeys
 from service.queue.redis import RedisStreamQueue
 
@@ -85,7 +86,7 @@ async def test_put_writes_the_shard_stream_and_counter(
     assert await redis_client.get(f"{key_prefix}train:2:pending-examples") == b"3"
     # The put token expires on its own.
     [token] = [key async for key in redis_client.scan_iter(match=f"{key_prefix}train:2:put:*")]
-    assert 0 < await redis_client.ttl(token) <= redis_queue.PUT_TOKEN_TTL_S
+    assert 0 < await redis_client.ttl(token) <= IDEMPOTENCY_SECONDS
 
 
 async def test_pending_claims_stale_entries_of_a_dead_consumer(

@@ -1,0 +1,225 @@
+"""`psp bench continual`: the continual-learning benchmark on the command line.
+
+Mounted by the main CLI as `psp bench`; also runs alone as `python -m service.bench.cli`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from psp_core import ModelConfig
+from service.bench.continual import (
+    ContinualConfig,
+    ContinualResults,
+    RunnerFactory,
+    StepProgress,
+    run_continual,
+)
+from service.bench.http_runner import BenchHTTPError, HttpRunner
+from service.bench.methods import DEFAULT_METHODS, Method, parse_methods
+from service.bench.plots import plot_all
+from service.bench.runners import Runner
+from service.bench.streams import ROTATING_STREAMS, STREAMS, StreamError
+
+bench_app = typer.Typer(help="Benchmarks of the superposition service.", no_args_is_help=True)
+
+
+def _console() -> Console:
+    # Off a terminal (CI logs, pipes) rich would wrap the results table at 80 columns.
+    probe = Console()
+    return probe if probe.is_terminal else Console(width=160)
+
+
+@bench_app.callback()
+def bench() -> None:
+    """Benchmarks of the superposition service."""
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError as exc:
+        raise typer.BadParameter(f"--hidden takes comma-separated integers, not {text!r}") from exc
+    if not widths or min(widths) < 1:
+        raise typer.BadParameter("--hidden needs at least one positive width, e.g. 256,256")
+    return widths
+
+
+def _http_factory(url: str) -> tuple[list[str], RunnerFactory]:
+    """A factory of HTTP runners, and the warnings it collects while building them."""
+    warnings: list[str] = []
+
+    def factory(method: Method, architecture: ModelConfig) -> Runner:
+        runner = HttpRunner(url, expected_kind=method.kind)
+        version = runner.model_version()
+        if version:
+            warnings.append(
+                f"{method.name}: the service had already applied {version} steps; "
+                "compare runs on a freshly started service"
+            )
+        return runner
+
+    return warnings, factory
+
+
+def results_table(results: ContinualResults) -> Table:
+    """The summary table printed at the end of a run."""
+    rotating = results.stream["family"] == "rotating"
+    table = Table(title=f"{results.stream['name']}: {results.stream['tasks']} tasks")
+    for column in ("method", "avg acc", "forgetting", "BWT", "prequential"):
+        table.add_column(column, justify="left" if column == "method" else "right")
+    if rotating:
+        table.add_column("angle 0° min / mean (last cycle)", justify="right")
+    for column in ("parameters", "bytes/context", "total MB", "seconds"):
+        table.add_column(column, justify="right")
+    for result in results.methods:
+        cells = [
+            result.method,
+            f"{result.average_accuracy:.3f}",
+            f"{result.forgetting:.3f}",
+            f"{result.backward_transfer:+.3f}",
+            f"{result.prequential_accuracy:.3f}",
+        ]
+        if rotating and result.last_cycle is not None:
+            cells.append(f"{result.last_cycle['min']:.3f} / {result.last_cycle['mean']:.3f}")
+        footprint = result.footprint
+        cells += [
+            f"{footprint.parameters:,}",
+            f"{footprint.bytes_per_context:,}",
+            f"{footprint.total_bytes / 2**20:.2f}",
+            f"{result.seconds:.1f}",
+        ]
+        table.add_row(*cells)
+    return table
+
+
+@bench_app.command()
+def continual(
+    stream: Annotated[
+        str, typer.Option(help=f"Data stream: {', '.join(STREAMS)}.")
+    ] = "permuted-digits",
+    tasks: Annotated[int, typer.Option(min=1, help="Tasks (per cycle).")] = 10,
+    steps_per_task: Annotated[int, typer.Option(min=1, help="Steps per task (context).")] = 500,
+    kinds: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated methods: none, binary, complex, rotation, onepower, separate, "
+            "ewc; -local (complex, onepower) and -continuous (onepower) variants.",
+        ),
+    ] = ",".join(DEFAULT_METHODS),
+    hidden: Annotated[str, typer.Option(help="Hidden widths of the MLP.")] = "256,256",
+    out: Annotated[Path, typer.Option(help="Folder for results.json and the plots.")] = Path(
+        "bench-out/continual"
+    ),
+    via_http: Annotated[
+        str | None, typer.Option(help="Drive a running service at this URL instead.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Weights, split, permutations, batch order.")] = 0,
+    cycles: Annotated[
+        int | None,
+        typer.Option(min=1, help="Passes over the tasks; default 1, or 5 for rotating streams."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    optimizer: Annotated[str, typer.Option(help="sgd, adam or rmsprop.")] = "sgd",
+    lr: Annotated[float, typer.Option(min=0.0)] = 0.05,
+    momentum: Annotated[float, typer.Option(min=0.0, max=0.999)] = 0.9,
+    ewc_lambda: Annotated[float, typer.Option(min=0.0, help="Online EWC strength λ.")] = 100.0,
+    ewc_gamma: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Online EWC Fisher decay γ.")
+    ] = 1.0,
+    ewc_samples: Annotated[int, typer.Option(min=1, help="Inputs per EWC Fisher.")] = 256,
+    eval_every: Annotated[
+        int, typer.Option(min=0, help="Steps between task-0 evaluations; 0: steps-per-task/10.")
+    ] = 0,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Folder of the MNIST / Fashion-MNIST IDX files.")
+    ] = None,
+    test_limit: Annotated[int, typer.Option(min=1, help="Test rows per task, at most.")] = 1000,
+    threads: Annotated[int, typer.Option(min=1, help="torch CPU threads.")] = 1,
+) -> None:
+    """Continual learning over a task stream: PSP kinds against no contexts, one network per
+    task and online EWC (paper §7)."""
+    console = _console()
+    try:
+        methods = parse_methods(kinds)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--kinds") from exc
+    if via_http and any(method.family != "psp" for method in methods):
+        raise typer.BadParameter(
+            "--via-http measures the service's own kind; separate and ewc run in-process only",
+            param_hint="--kinds",
+        )
+    config = ContinualConfig(
+        stream=stream,
+        tasks=tasks,
+        steps_per_task=steps_per_task,
+        cycles=cycles if cycles is not None else (5 if stream in ROTATING_STREAMS else 1),
+        methods=tuple(method.name for method in methods),
+        hidden=_widths(hidden),
+        batch_size=batch_size,
+        optimizer=optimizer,
+        lr=lr,
+        momentum=momentum,
+        ewc_lambda=ewc_lambda,
+        ewc_gamma=ewc_gamma,
+        ewc_samples=ewc_samples,
+        eval_every=eval_every,
+        seed=seed,
+        data_dir=str(data_dir) if data_dir else None,
+        test_limit=test_limit,
+        via_http=via_http,
+        threads=threads,
+    )
+    warnings: list[str] = []
+    factory: RunnerFactory | None = None
+    if via_http:
+        warnings, factory = _http_factory(via_http)
+    total = config.cycles * tasks * steps_per_task
+    columns = (
+        TextColumn("{task.description:<26}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    try:
+        with Progress(*columns, console=console) as progress:
+            bars = {m.name: progress.add_task(m.name, total=total, start=False) for m in methods}
+
+            def bar(method: Method) -> StepProgress:
+                task = bars[method.name]
+                progress.start_task(task)
+                return lambda done, _total: progress.update(task, completed=done)
+
+            results = run_continual(config, runner_factory=factory, progress=bar, methods=methods)
+    except StreamError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    except BenchHTTPError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    for warning in warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results.to_dict(), indent=1) + "\n")
+    figures = plot_all(results, out)
+    console.print(results_table(results))
+    console.print(f"wrote {out / 'results.json'} and {', '.join(p.name for p in figures)}")
+
+
+if __name__ == "__main__":
+    bench_app()
