@@ -68,6 +68,7 @@ class ModelHost:
         self.config = model_config
         self.device = device
         self._rows: dict[int, int] = {}
+        self._max_index = -1
         self._lock = threading.Lock()
         metrics.MODEL_VERSION.set(0)
 
@@ -86,6 +87,11 @@ class ModelHost:
     def has_context(self, index: int) -> bool:
         return index in self._rows
 
+    @property
+    def max_index(self) -> int:
+        """The highest registry index in the bank, -1 when empty."""
+        return self._max_index
+
     def add_contexts(self, definitions: Iterable[ContextDefinition]) -> None:
         """Adds the contexts the bank does not hold yet, in the order given."""
         new = [d for d in definitions if d.index not in self._rows]
@@ -95,6 +101,7 @@ class ModelHost:
         with self._lock:
             rows = self.learner.model.bank.extend(specs)
             self._rows.update({d.index: row for d, row in zip(new, rows, strict=True)})
+            self._max_index = max(self._max_index, *(d.index for d in new))
         metrics.CONTEXTS.set(len(self._rows))
 
     def bank_rows(self, indices: Sequence[int] | np.ndarray) -> torch.Tensor:

@@ -192,9 +192,16 @@ class Trainer:
         return batches
 
     async def _learn_unknown_contexts(self, entries: Sequence[QueuedEntry]) -> None:
-        if all(self.host.has_context(e.entry.context_index) for e in entries):
+        """Adds contexts that other processes registered since this one last looked."""
+        wanted = {e.entry.context_index for e in entries}
+        if all(self.host.has_context(index) for index in wanted):
             return
-        self.host.add_contexts(await self.registry.context_definitions())
+        self.host.add_contexts(
+            await self.registry.context_definitions(after_index=self.host.max_index)
+        )
+        if not all(self.host.has_context(index) for index in wanted):
+            # A registration with a lower index may have committed after a higher one.
+            self.host.add_contexts(await self.registry.context_definitions())
 
     # Checkpoints ----------------------------------------------------------------------------
 
