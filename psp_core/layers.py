@@ -7,7 +7,8 @@ Following the adapter pattern of peft, `SuperposedLayer` is a mixin holding the 
 
 Complex kinds keep complex weights `W = A + iB`, where `A` is the wrapped layer's weight and `B`
 is `weight_imag`. Inputs are real, and every layer returns the real part
-`Re(W (c ⊙ x)) = A (cos φ ⊙ x) - B (sin φ ⊙ x)`, i.e. two real GEMMs. The hidden activation of a
+`Re(W (c ⊙ x)) = A (cos φ ⊙ x) - B (sin φ ⊙ x)`, i.e. one real GEMM with `[A B]` of twice the
+inner width. The hidden activation of a
 complex network is therefore `ReLU(Re(·))`, and the logits are the real part of the last layer.
 """
 
@@ -184,26 +185,36 @@ class SuperposedLayer:
             nn.init.uniform_(imag, -bound, bound)
             self.weight_imag = nn.Parameter(imag)
 
-    def bind(self, flat: torch.Tensor, context: torch.Tensor) -> list[torch.Tensor]:
-        """Applies the gathered context to flattened inputs, returning one tensor per GEMM.
+    def bind(self, flat: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Applies the gathered context to flattened inputs.
 
         Args:
             flat: real inputs `(B, M)` or im2col columns `(B, M, L)`.
             context: what `LayerContexts.gather` returned for this batch.
 
         Returns:
-            `[c ⊙ x]` for binary, `[C x]` for rotation, `[cos φ ⊙ x, -sin φ ⊙ x]` for complex.
+            `c ⊙ x` for binary and `C x` for rotation, `(B, M[, L])`; for complex kinds
+            `[cos φ ⊙ x ; -sin φ ⊙ x]`, `(B, 2M[, L])`, to multiply with `weight_matrix()`.
         """
         columns = flat.dim() == 3
         if self.kind is ContextKind.ROTATION:
             bound = torch.bmm(context, flat if columns else flat.unsqueeze(2))
-            return [bound if columns else bound.squeeze(2)]
+            return bound if columns else bound.squeeze(2)
         if columns:
             context = context.unsqueeze(2)
         if self.kind is ContextKind.BINARY:
-            return [flat * context]
-        m = self.context_dim
-        return [flat * context[:, :m], flat * context[:, m:]]
+            return flat * context
+        return flat.repeat(1, 2, 1) * context if columns else flat.repeat(1, 2) * context
+
+    def weight_matrix(self) -> torch.Tensor:
+        """`W` as the matrix `bind`'s output multiplies: `(N, M)`, or `[A  B]` `(N, 2M)` for
+        complex kinds, so that `[A B] [cos φ ⊙ x ; -sin φ ⊙ x] = Re(W (c ⊙ x))` is one GEMM."""
+        base_weight = self.base_layer.weight
+        assert isinstance(base_weight, torch.Tensor)
+        weight = base_weight.flatten(1)
+        if self.weight_imag is None:
+            return weight
+        return torch.cat([weight, self.weight_imag.flatten(1)], dim=1)
 
 
 class SuperposedLinear(nn.Module, SuperposedLayer):
@@ -242,10 +253,7 @@ class SuperposedLinear(nn.Module, SuperposedLayer):
         if self.kind is ContextKind.NONE:
             return base(x)
         bound = self.bind(x, self.contexts.gather(context_index))
-        out = F.linear(bound[0], base.weight, base.bias)
-        if self.weight_imag is not None:
-            out = out + F.linear(bound[1], self.weight_imag)
-        return out
+        return F.linear(bound, self.weight_matrix(), base.bias)
 
 
 class SuperposedConv2d(nn.Module, SuperposedLayer):
@@ -296,9 +304,7 @@ class SuperposedConv2d(nn.Module, SuperposedLayer):
         padding = (int(conv.padding[0]), int(conv.padding[1]))
         cols = F.unfold(x, conv.kernel_size, conv.dilation, padding, conv.stride)  # (B, D, L)
         bound = self.bind(cols, self.contexts.gather(context_index))
-        weights = [conv.weight, self.weight_imag] if self.weight_imag is not None else [conv.weight]
-        out = sum(torch.matmul(w.flatten(1), b) for w, b in zip(weights, bound, strict=True))
-        assert isinstance(out, torch.Tensor)
+        out = torch.matmul(self.weight_matrix(), bound)  # (N, D) @ (B, D, L) -> (B, N, L)
         if conv.bias is not None:
             out = out + conv.bias[:, None]
         out_h, out_w = (
