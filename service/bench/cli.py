@@ -137,7 +137,7 @@ def continual(
     optimizer: Annotated[str, typer.Option(help="sgd, adam or rmsprop.")] = "sgd",
     lr: Annotated[float, typer.Option(min=0.0)] = 0.05,
     momentum: Annotated[float, typer.Option(min=0.0, max=0.999)] = 0.9,
-    ewc_lambda: Annotated[float, typer.Option(min=0.0, help="Online EWC strength λ.")] = 100.0,
+    ewc_lambda: Annotated[float, typer.Option(min=0.0, help="Online EWC strength λ.")] = 10.0,
     ewc_gamma: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="Online EWC Fisher decay γ.")
     ] = 1.0,

@@ -54,7 +54,7 @@ class ContinualConfig:
     optimizer: str = "sgd"  # sgd, adam or rmsprop
     lr: float = 0.05  # step size
     momentum: float = 0.9  # sgd and rmsprop momentum
-    ewc_lambda: float = 100.0  # strength of the online EWC penalty
+    ewc_lambda: float = 10.0  # online EWC strength λ (stable over 50 tasks at lr 0.05)
     ewc_gamma: float = 1.0  # decay of the running Fisher at each consolidation
     ewc_samples: int = 256  # recent inputs of a finished task used for its Fisher
     eval_every: int = 0  # steps between task-0 evaluations; 0 gives steps_per_task // 10
@@ -179,6 +179,25 @@ def accuracy(runner: Runner, key: str, x: torch.Tensor, y: torch.Tensor) -> floa
     return float((runner.predict(key, x) == y).float().mean())
 
 
+@dataclass
+class Trace:
+    """What the loop measured for one method.
+
+    Attributes:
+        matrix: `R[i][j]` over the last cycle, NaN where task `j` had not been trained yet.
+        curve_steps: Steps at which task 0 was evaluated (0 is before training).
+        curve_accuracy: Accuracy on task 0 at those steps.
+        prequential_accuracy: Test-then-train accuracy over every training example.
+        contexts: Contexts registered (for `separate`, networks created).
+    """
+
+    matrix: list[list[float]]
+    curve_steps: list[int]
+    curve_accuracy: list[float]
+    prequential_accuracy: float
+    contexts: int
+
+
 def run_method(
     stream: Stream,
     method: Method,
@@ -186,13 +205,8 @@ def run_method(
     *,
     eval_every: int,
     progress: StepProgress | None = None,
-) -> tuple[list[list[float]], list[int], list[float], float, int]:
-    """Runs one method over the whole stream.
-
-    Returns:
-        The accuracy matrix, the task-0 curve (steps, accuracies), the prequential accuracy and
-        the number of contexts registered.
-    """
+) -> Trace:
+    """Runs one method over the whole stream through `runner`."""
     registered: set[str] = set()
 
     def context(task: int, position: float) -> str:
@@ -226,13 +240,12 @@ def run_method(
             matrix.append([evaluate(j) if j in trained else math.nan for j in range(tasks)])
         if progress is not None and (done % 50 == 0 or done == total):
             progress(done, total)
-    seen = total * stream.batch_size
-    return (
-        matrix,
-        curve_steps,
-        curve_accuracy,
-        metrics.prequential_accuracy(correct, seen),
-        len(registered),
+    return Trace(
+        matrix=matrix,
+        curve_steps=curve_steps,
+        curve_accuracy=curve_accuracy,
+        prequential_accuracy=metrics.prequential_accuracy(correct, total * stream.batch_size),
+        contexts=len(registered),
     )
 
 
@@ -285,7 +298,7 @@ def run_continual(
         runner = factory(method, model_config)
         started = time.perf_counter()
         try:
-            matrix, steps, curve, prequential, contexts = run_method(
+            trace = run_method(
                 stream,
                 method,
                 runner,
@@ -298,17 +311,21 @@ def run_continual(
         last_cycle = None
         if stream.rotating:
             start = stream.total_steps - stream.period
-            window = [a for s, a in zip(steps, curve, strict=True) if s >= start]
+            window = [
+                value
+                for step, value in zip(trace.curve_steps, trace.curve_accuracy, strict=True)
+                if step >= start
+            ]
             last_cycle = metrics.window_summary(window)
         results.methods.append(
             MethodResult(
                 method=method.name,
-                matrix=matrix,
-                curve_steps=steps,
-                curve_accuracy=curve,
-                prequential_accuracy=prequential,
+                matrix=trace.matrix,
+                curve_steps=trace.curve_steps,
+                curve_accuracy=trace.curve_accuracy,
+                prequential_accuracy=trace.prequential_accuracy,
                 refused_steps=refused,
-                footprint=footprint(method, model_config, contexts),
+                footprint=footprint(method, model_config, trace.contexts),
                 seconds=time.perf_counter() - started,
                 last_cycle=last_cycle,
             )

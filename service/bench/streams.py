@@ -313,9 +313,13 @@ class Stream(ABC):
         drifts continuously (one-power contexts can follow it, paper §7.3)."""
         return float(self.task_at(step))
 
+    def rows_at(self, step: int) -> torch.Tensor:
+        """`(B,)` indices into the training set drawn for `step`."""
+        return self._batches[step]
+
     def train_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The minibatch of `step`: `(B, D)` float32 inputs and `(B,)` int64 labels."""
-        rows = self._batches[step]
+        rows = self.rows_at(step)
         return self._train_transform(step, self.dataset.x_train[rows]), self.dataset.y_train[rows]
 
     def test_set(self, task: int) -> tuple[torch.Tensor, torch.Tensor]:
