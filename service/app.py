@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
@@ -18,9 +18,10 @@ from service.runtime import Runtime
 from service.settings import Settings, get_settings
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Builds the app; resources are opened in the lifespan, never at import time."""
-    settings = settings or get_settings()
+def _runtime_lifespan(
+    settings: Settings,
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """Opens the process's resources (`Runtime`) when the app starts and closes them after."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -30,11 +31,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await app.state.runtime.stop()
 
+    return lifespan
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Builds the app; resources are opened in the lifespan, never at import time."""
+    settings = settings or get_settings()
     app = FastAPI(
         title="Superposition continual-learning service",
         description="Thousands of models learning online from one set of superposed weights.",
         version="0.1.0",
-        lifespan=lifespan,
+        lifespan=_runtime_lifespan(settings),
     )
     app.state.authenticator = Authenticator(settings.api_keys)
     app.include_router(api_router)
@@ -47,16 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def create_worker_app(settings: Settings) -> FastAPI:
     """The training worker: the trainer in the lifespan, and only health and metrics routes."""
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.runtime = await Runtime.start(settings)
-        try:
-            yield
-        finally:
-            await app.state.runtime.stop()
-
-    app = FastAPI(title="psp worker", lifespan=lifespan, openapi_url=None)
+    app = FastAPI(title="psp worker", lifespan=_runtime_lifespan(settings), openapi_url=None)
     app.include_router(health.router)
     install_error_handlers(app)
 

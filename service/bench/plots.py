@@ -100,8 +100,8 @@ def plot_accuracy_matrices(results: ContinualResults, path: Path) -> Path:
         matrix = np.ma.masked_invalid(np.asarray(result.matrix, dtype=np.float64))
         image = axes.imshow(matrix, vmin=0.0, vmax=1.0, cmap="viridis", interpolation="nearest")
         axes.set_title(f"{result.method}: {result.average_accuracy:.3f}", fontsize="medium")
-        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axes.yaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
+        axes.yaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
         if index // columns == rows - 1 or index + columns >= count:
             axes.set_xlabel("task j")
         if index % columns == 0:
