@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+from pathlib import Path
 
 import typer
 import uvicorn
@@ -20,13 +23,36 @@ app.add_typer(keys_app, name="keys")
 def serve(
     host: str = typer.Option("127.0.0.1", help="Address to bind."),
     port: int = typer.Option(8000, help="Port to bind."),
+    workers: int = typer.Option(1, min=1, help="API processes (PSP_ROLE=api only)."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
 ) -> None:
     """Start the HTTP API (and, with PSP_ROLE=all, the trainer in the same process)."""
-    from service.app import create_app
-
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
-    uvicorn.run(create_app(get_settings()), host=host, port=port, log_level=log_level)
+    settings = get_settings()
+    if workers == 1:
+        from service.app import create_app
+
+        uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+        return
+    if settings.role != "api":
+        raise typer.BadParameter(
+            "several processes may only serve with PSP_ROLE=api: there is one writer per shard",
+            param_hint="--workers",
+        )
+    # Each process keeps its metrics in files here; /metrics adds them up.
+    metrics_dir = Path(
+        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(settings.data_dir / "prometheus"))
+    )
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    uvicorn.run(
+        "service.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level,
+    )
 
 
 @app.command()
