@@ -111,7 +111,8 @@ class InProcessQueue(TrainQueue):
             return
         newest = max(entry_id_key(i) for i in entry_ids)
         async with self._changed:
-            self._applied = (max(newest, self._applied[0]), model_version)
+            if newest > self._applied[0]:  # the version goes with the newest applied id
+                self._applied = (newest, model_version)
             self._changed.notify_all()
 
     async def wait_applied(self, entry_id: str, timeout: float) -> int:

@@ -200,11 +200,8 @@ local id, version = ARGV[1], ARGV[2]
 local current = redis.call('GET', KEYS[1])
 local current_id, current_version
 if current then current_id, current_version = string.match(current, '^(%S+) (%d+)$') end
-if current_id then
-  if not id_less(current_id, id) then id = current_id end
-  if tonumber(current_version) > tonumber(version) then version = current_version end
-  if id .. ' ' .. version == current then return 0 end
-end
+-- The version goes with the newest applied id: after a rollback it may be lower than before.
+if current_id and not id_less(current_id, id) then return 0 end
 local state = id .. ' ' .. version
 redis.call('SET', KEYS[1], state)
 redis.call('PUBLISH', ARGV[3], state)
@@ -327,9 +324,8 @@ class _AppliedWatch:
 
     def _advance(self, state: bytes | str | None) -> None:
         parsed = _parse_applied(state)
-        if parsed is not None:
-            self._applied_id = max(self._applied_id, parsed[0])
-            self._version = max(self._version, parsed[1])
+        if parsed is not None and parsed[0] > self._applied_id:
+            self._applied_id, self._version = parsed
         while self._waiters and self._waiters[0][0] <= self._applied_id:
             future = heapq.heappop(self._waiters)[2]
             if not future.done():

@@ -248,6 +248,10 @@ async def test_publish_applied_never_moves_backwards(
 
     assert await redis_client.get(f"{key_prefix}train:0:applied") == b"1700000000000-5 3"
     assert await queue.wait_applied("1700000000000-5", timeout=5) == 3
+    # After a rollback a newer entry may carry a lower version; it still wins.
+    await queue.publish_applied(["1700000000000-6"], 2)
+    assert await redis_client.get(f"{key_prefix}train:0:applied") == b"1700000000000-6 2"
+    assert await queue.wait_applied("1700000000000-6", timeout=5) == 2
 
 
 async def test_unreachable_redis_raises_queue_unavailable(key_prefix: str) -> None:
