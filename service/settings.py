@@ -60,7 +60,7 @@ class CheckpointSettings(BaseModel):
     """When checkpoints are written and how many are kept."""
 
     every_steps: int = Field(default=200, ge=1)
-    every_seconds: float = Field(default=30.0, gt=0)
+    every_seconds: float = Field(default=5.0, gt=0)
     keep: int = Field(default=5, ge=1)
 
 
