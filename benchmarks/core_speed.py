@@ -16,6 +16,7 @@ import itertools
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch import nn
@@ -71,8 +72,8 @@ def mixed_context_ratios(args: argparse.Namespace, device: torch.device) -> None
     with torch.inference_mode():
         for kind in kinds:
             model = superposed(kind, inputs, hidden, rows, device)
-            t_one = median_seconds(lambda m=model: m(x, single), device, args.repeats)
-            t_mix = median_seconds(lambda m=model: m(x, distinct), device, args.repeats)
+            t_one = median_seconds(partial(model, x, single), device, args.repeats)
+            t_mix = median_seconds(partial(model, x, distinct), device, args.repeats)
             print(
                 f"    {kind:<10} {rows / t_one:>15,.0f} {rows / t_mix:>16,.0f} "
                 f"{t_one / t_mix:>7.3f}   (goal >= 0.90)"

@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 import uvicorn
 
+from service.bench.cli import bench_app
 from service.settings import get_settings
 
 app = typer.Typer(help="Superposition continual-learning service.", no_args_is_help=True)
@@ -17,6 +18,7 @@ db_app = typer.Typer(help="Registry database.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
+app.add_typer(bench_app, name="bench")
 
 
 @app.command()

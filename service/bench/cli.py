@@ -6,6 +6,7 @@ Mounted by the main CLI as `psp bench`; also runs alone as `python -m service.be
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -31,7 +32,6 @@ from service.bench.continual import (
 )
 from service.bench.http_runner import BenchHTTPError, HttpRunner
 from service.bench.methods import DEFAULT_METHODS, Method, parse_methods
-from service.bench.plots import plot_all
 from service.bench.runners import Runner
 from service.bench.streams import ROTATING_STREAMS, STREAMS, StreamError
 
@@ -59,18 +59,14 @@ def _widths(text: str) -> tuple[int, ...]:
     return widths
 
 
-def _http_factory(url: str) -> tuple[list[str], RunnerFactory]:
+def _http_factory(url: str, api_key: str | None) -> tuple[list[str], RunnerFactory]:
     """A factory of HTTP runners, and the warnings it collects while building them."""
     warnings: list[str] = []
 
     def factory(method: Method, architecture: ModelConfig) -> Runner:
-        runner = HttpRunner(url, expected_kind=method.kind)
-        version = runner.model_version()
-        if version:
-            warnings.append(
-                f"{method.name}: the service had already applied {version} steps; "
-                "compare runs on a freshly started service"
-            )
+        runner = HttpRunner(url, expected_kind=method.kind, api_key=api_key)
+        expected = replace(architecture, kind=method.kind, local_mix=method.local_mix)
+        warnings.extend(f"{method.name}: {text}" for text in runner.check_model(expected))
         return runner
 
     return warnings, factory
@@ -128,6 +124,10 @@ def continual(
     via_http: Annotated[
         str | None, typer.Option(help="Drive a running service at this URL instead.")
     ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="PSP_API_KEY", help="API key (train, predict) for --via-http."),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Weights, split, permutations, batch order.")] = 0,
     cycles: Annotated[
         int | None,
@@ -184,10 +184,14 @@ def continual(
         via_http=via_http,
         threads=threads,
     )
+    try:
+        config.training_config()
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--optimizer") from exc
     warnings: list[str] = []
     factory: RunnerFactory | None = None
     if via_http:
-        warnings, factory = _http_factory(via_http)
+        warnings, factory = _http_factory(via_http, api_key)
     total = config.cycles * tasks * steps_per_task
     columns = (
         TextColumn("{task.description:<26}"),
@@ -216,6 +220,8 @@ def continual(
         console.print(f"[yellow]warning:[/yellow] {warning}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results.to_dict(), indent=1) + "\n")
+    from service.bench.plots import plot_all  # matplotlib loads only when a run ends
+
     figures = plot_all(results, out)
     console.print(results_table(results))
     console.print(f"wrote {out / 'results.json'} and {', '.join(p.name for p in figures)}")

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import torch
 
-from psp_core import ContextSpec
+from psp_core import ContextSpec, ModelConfig
 
 # Rows per predict request: well under the service's default row and body limits.
 PREDICT_CHUNK = 512
@@ -38,6 +38,7 @@ class HttpRunner:
         base_url: The service, e.g. `http://127.0.0.1:8000`.
         expected_kind: The context kind the method needs; the service's kind must match.
         key_prefix: Prefix of every context key; a random one when None.
+        api_key: Sent as a bearer token when the service requires API keys.
         timeout: Seconds to wait for one answer (training waits for the step to apply).
         transport: An httpx transport, to run against an in-process app in tests.
     """
@@ -48,10 +49,14 @@ class HttpRunner:
         *,
         expected_kind: str,
         key_prefix: str | None = None,
+        api_key: str | None = None,
         timeout: float = 120.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self.client = httpx.Client(base_url=base_url, timeout=timeout, transport=transport)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.client = httpx.Client(
+            base_url=base_url, headers=headers, timeout=timeout, transport=transport
+        )
         self.expected_kind = expected_kind
         self.key_prefix = key_prefix if key_prefix is not None else f"bench-{secrets.token_hex(4)}-"
         self.registered: set[str] = set()
@@ -59,7 +64,13 @@ class HttpRunner:
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         for _ in range(MAX_RETRIES):
-            response = self.client.request(method, path, **kwargs)
+            try:
+                response = self.client.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                raise BenchHTTPError(
+                    f"cannot reach the service at {self.client.base_url}: {exc}; start it with "
+                    "`psp serve` or fix --via-http"
+                ) from exc
             if response.status_code != 429:
                 break
             time.sleep(float(response.headers.get("Retry-After", "1")))
@@ -74,10 +85,42 @@ class HttpRunner:
     def _key(self, key: str) -> str:
         return f"{self.key_prefix}{key}"
 
-    def model_version(self) -> int | None:
-        """The service's `model_version` from `GET /model`, or None when it does not say."""
-        version = self._request("GET", "/model").json().get("model_version")
-        return int(version) if version is not None else None
+    def check_model(self, expected: ModelConfig) -> list[str]:
+        """Compares the service's model (`GET /model`) with the one the run assumes.
+
+        Returns:
+            Warnings: the service has trained before, or its weights start from another seed.
+
+        Raises:
+            BenchHTTPError: The architecture differs, so the results would not be comparable.
+        """
+        info = self._request("GET", "/model").json()
+        warnings = []
+        if info.get("model_version"):
+            warnings.append(
+                f"the service had already applied {info['model_version']} steps; "
+                "compare runs on a freshly started service"
+            )
+        config = info.get("config")
+        if not isinstance(config, dict):
+            return warnings
+        wanted = expected.to_dict()
+        different = [
+            f"{name}={config.get(name)!r} (the run needs {wanted[name]!r})"
+            for name in ("kind", "arch", "input_shape", "hidden", "num_classes", "local_mix")
+            if name in config and config[name] != wanted[name]
+        ]
+        if different:
+            raise BenchHTTPError(
+                f"the service's model differs from this run's: {', '.join(different)}; "
+                "set the service's PSP_MODEL__* variables or the run's options to match"
+            )
+        if "seed" in config and config["seed"] != expected.seed:
+            warnings.append(
+                f"the service's model seed is {config['seed']} and --seed is {expected.seed}: "
+                "initial weights differ"
+            )
+        return warnings
 
     def register(self, key: str, spec: ContextSpec) -> None:
         if key in self.registered:

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+from PIL import Image
 
 from service.bench.continual import ContinualResults
 
@@ -26,7 +28,12 @@ def _colour(index: int) -> str:
 
 
 def _save(figure: Figure, path: Path) -> Path:
-    figure.savefig(path, dpi=DPI)
+    # A 256-colour palette looks the same for these flat plots and makes files ~2.5x smaller.
+    buffer = io.BytesIO()
+    figure.savefig(buffer, dpi=DPI, format="png")
+    buffer.seek(0)
+    with Image.open(buffer) as image:
+        image.convert("RGB").quantize(colors=256).save(path, optimize=True)
     return path
 
 

@@ -357,6 +357,8 @@ class PermutedStream(Stream):
 
     def __init__(self, name: str, dataset: Dataset, *, seed: int, **schedule: int) -> None:
         super().__init__(name, dataset, seed=seed, **schedule)
+        # A generator apart from the batch order's, so the permutations do not depend on the
+        # number of steps.
         generator = torch.Generator().manual_seed(seed + 1)
         size = dataset.input_size
         self.permutations = [torch.arange(size)] + [
