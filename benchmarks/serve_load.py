@@ -105,10 +105,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="PSP_BATCHER__MAX_DELAY_US for the service (default: the service's own)",
     )
     parser.add_argument(
-        "--registry-cache-seconds",
+        "--registry-poll-seconds",
         type=float,
         default=None,
-        help="PSP_REGISTRY_CACHE_SECONDS for the service (default: the service's own)",
+        help="PSP_REGISTRY_POLL_SECONDS for the service (default: the service's own)",
     )
     parser.add_argument(
         "--torch-threads",
@@ -138,8 +138,8 @@ def service_env(args: argparse.Namespace, data_dir: Path) -> dict[str, str]:
     }
     if args.max_delay_us is not None:
         env["PSP_BATCHER__MAX_DELAY_US"] = str(args.max_delay_us)
-    if args.registry_cache_seconds is not None:
-        env["PSP_REGISTRY_CACHE_SECONDS"] = str(args.registry_cache_seconds)
+    if args.registry_poll_seconds is not None:
+        env["PSP_REGISTRY_POLL_SECONDS"] = str(args.registry_poll_seconds)
     return {**env, **thread_env(args)}
 
 
@@ -746,11 +746,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     parts = set(args.parts.split(","))
     delay = "default" if args.max_delay_us is None else args.max_delay_us
-    cache = "default" if args.registry_cache_seconds is None else args.registry_cache_seconds
+    poll = "default" if args.registry_poll_seconds is None else args.registry_poll_seconds
     print(f"serve_load: {machine_line()}")
     print(
         f"model {args.kind} {args.input}-{'-'.join(map(str, args.hidden))}-10 on cpu; "
-        f"PSP_BATCHER__MAX_DELAY_US={delay}; PSP_REGISTRY_CACHE_SECONDS={cache}; "
+        f"PSP_BATCHER__MAX_DELAY_US={delay}; PSP_REGISTRY_POLL_SECONDS={poll}; "
         f"OMP_NUM_THREADS={args.torch_threads or 'default'}; "
         "the load generator runs in this process and shares the cores"
     )

@@ -96,8 +96,7 @@ class OnlineLearner:
         loss_value = float(loss.detach())
         if torch.isfinite(loss.detach()):
             loss.backward()
-            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-            if all(bool(ok) for ok in torch.stack([g.isfinite().all() for g in grads]).cpu()):
+            if _all_finite([p.grad for p in self.model.parameters() if p.grad is not None]):
                 self.optimizer.step()
                 self.model_version += 1
                 return StepResult(True, loss_value, correct, self.model_version)
@@ -118,3 +117,14 @@ class OnlineLearner:
         """
         self.model.eval()
         return torch.softmax(self.model(x, context_index), dim=1)
+
+
+def _all_finite(tensors: list[torch.Tensor]) -> bool:
+    """Whether every element of every tensor is finite, with one host sync.
+
+    The largest magnitude of a tensor is NaN or inf exactly when one of its elements is, and
+    `abs().amax()` is several times cheaper than materialising `isfinite()` masks.
+    """
+    if not tensors:
+        return True
+    return bool(torch.stack([t.abs().amax() for t in tensors]).isfinite().all())

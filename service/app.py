@@ -6,12 +6,12 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import FastAPI, Response
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
-from prometheus_fastapi_instrumentator import Instrumentator
 
 from service import metrics
 from service.api.errors import install_error_handlers
+from service.api.http_metrics import HttpMetrics
 from service.api.limits import BodySizeLimit
+from service.api.openapi import install_openapi
 from service.api.routes import api_router, health
 from service.auth import Authenticator
 from service.runtime import Runtime
@@ -45,10 +45,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.authenticator = Authenticator(settings.api_keys)
     app.include_router(api_router)
+    install_openapi(app)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.limits.max_body_bytes)
-    instrumentator = Instrumentator(excluded_handlers=["/metrics"], should_group_status_codes=False)
-    instrumentator.add(metrics.HTTP_REQUESTS).instrument(app).expose(app, include_in_schema=False)
+    app.add_middleware(HttpMetrics)  # outermost: it times the 413s of the size limit too
+    _expose_metrics(app)
     return app
 
 
@@ -57,9 +58,12 @@ def create_worker_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="psp worker", lifespan=_runtime_lifespan(settings), openapi_url=None)
     app.include_router(health.router)
     install_error_handlers(app)
-
-    @app.get("/metrics", include_in_schema=False)
-    def worker_metrics() -> Response:
-        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
-
+    _expose_metrics(app)
     return app
+
+
+def _expose_metrics(app: FastAPI) -> None:
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus_metrics() -> Response:
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
-import time
+import asyncio
+import contextlib
+import logging
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 
 from service.model_host import ContextDefinition, ModelHost
 from service.registry.models import ContextRow
 from service.registry.queries import ContextItem
 from service.registry.store import RegistryStore, RegistryUnavailable
+
+log = logging.getLogger(__name__)
+
+RETIREMENT_OVERLAP = timedelta(seconds=60)
+"""How far back each poll for retirements reaches before the previous one. Another host's
+clock may lag ours, and a retirement's time is set before its transaction commits; re-reading
+a minute of retirements costs one small index scan and keeps a delete from slipping between
+two polls."""
 
 
 class ContextNotFound(LookupError):
@@ -22,26 +33,32 @@ class ContextNotFound(LookupError):
 
 
 class ContextService:
-    """The registry plus a short-lived key -> index cache that predict can fall back on.
+    """The registry, plus this process's map of every live key to its bank index.
 
-    The cache is what lets predict keep answering for known contexts while the database is
-    unreachable; entries are re-checked after `cache_seconds` so that a delete made by another
-    process takes effect.
+    Predict resolves keys from the map, so its latency does not depend on the number of
+    contexts or on a database round trip, and it keeps answering for known contexts while the
+    database is unreachable. The map is loaded at start-up and follows this process's own
+    registrations and deletes at once. Keys registered through another process are looked up
+    on first use. Keys deleted through another process are found by `forget_retired`, which
+    the runtime calls every `PSP_REGISTRY_POLL_SECONDS`.
     """
 
-    def __init__(self, registry: RegistryStore, host: ModelHost, cache_seconds: float) -> None:
+    def __init__(self, registry: RegistryStore, host: ModelHost) -> None:
         self.registry = registry
         self.host = host
-        self.cache_seconds = cache_seconds
-        self._cache: dict[str, tuple[int, float]] = {}
+        self._live: dict[str, int] = {}
+        self._retirements_checked: datetime | None = None
 
     async def load_bank(self) -> None:
-        """Puts every registered context into the model's bank (at start-up)."""
+        """Puts every registered context into the model's bank and maps the live keys (at
+        start-up)."""
+        self._retirements_checked = datetime.now(UTC)
         self.host.add_contexts(await self.registry.context_definitions())
+        self._live = dict(await self.registry.live_keys())
 
     def _remember(self, row: ContextRow) -> None:
         self.host.add_contexts([ContextDefinition(row.index, row.seed, row.power)])
-        self._cache[row.key] = (row.index, time.monotonic())
+        self._live[row.key] = row.index
 
     async def register(
         self, key: str, seed: int | None, power: float | None
@@ -55,14 +72,13 @@ class ContextService:
         self.host.add_contexts(
             ContextDefinition(row.index, row.seed, row.power) for row, _ in results
         )
-        now = time.monotonic()
-        self._cache.update({row.key: (row.index, now) for row, _ in results})
+        self._live.update({row.key: row.index for row, _ in results})
         return results
 
     async def get(self, key: str) -> ContextRow:
         row = await self.registry.get(key)
         if row is None:
-            self._cache.pop(key, None)
+            self._live.pop(key, None)
             raise ContextNotFound(key)
         self._remember(row)
         return row
@@ -73,23 +89,49 @@ class ContextService:
         return await self.registry.page(limit, offset, key_prefix)
 
     async def delete(self, key: str) -> None:
-        if not await self.registry.retire(key):
+        retired = await self.registry.retire(key)
+        self._live.pop(key, None)
+        if not retired:
             raise ContextNotFound(key)
-        self._cache.pop(key, None)
 
     async def resolve(self, key: str) -> int:
-        """The registry index of a live key, from the cache while it is fresh.
+        """The bank index of a live key.
 
         Raises:
             ContextNotFound: No live context has the key.
-            RegistryUnavailable: The database is down and the key is not cached.
+            RegistryUnavailable: The key is not mapped here and the database is down.
         """
-        cached = self._cache.get(key)
-        if cached and time.monotonic() - cached[1] < self.cache_seconds:
-            return cached[0]
-        try:
-            return (await self.get(key)).index
-        except RegistryUnavailable:
-            if cached:
-                return cached[0]
-            raise
+        index = self._live.get(key)
+        if index is not None:
+            return index
+        return (await self.get(key)).index
+
+    async def forget_retired(self) -> int:
+        """Unmaps keys that another process deleted since the last call.
+
+        Returns:
+            How many keys stopped answering here.
+        """
+        started = datetime.now(UTC)
+        since = (self._retirements_checked or started) - RETIREMENT_OVERLAP
+        forgotten = 0
+        for key, index in await self.registry.retired_since(since):
+            # A key deleted and registered again maps to its new index: keep that one.
+            if self._live.get(key) == index:
+                del self._live[key]
+                forgotten += 1
+        self._retirements_checked = started
+        return forgotten
+
+    async def poll_retirements(self, every_seconds: float, stop: asyncio.Event) -> None:
+        """Calls `forget_retired` every `every_seconds` until `stop` is set; an unreachable
+        database only delays the next look."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every_seconds)
+            if stop.is_set():
+                return
+            try:
+                await self.forget_retired()
+            except RegistryUnavailable as err:
+                log.warning("cannot check for deleted contexts, will retry: %s", err)

@@ -1,21 +1,36 @@
 """Every `psp_` metric, defined once. Context keys are never labels (unbounded cardinality).
 
-Per-route HTTP latency and counts come from prometheus-fastapi-instrumentator (named
-`psp_http_*`); the metrics below are the model's, the queue's and the trainer's. When several
-processes serve (`PROMETHEUS_MULTIPROC_DIR` set), prometheus-client aggregates them; the gauges
-say how.
+Per-route HTTP latency and counts (`psp_http_*`) are recorded by `service.api.http_metrics`;
+the rest are the model's, the queue's and the trainer's. When several processes serve
+(`PROMETHEUS_MULTIPROC_DIR` set), prometheus-client aggregates them; the gauges say how.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
-from prometheus_fastapi_instrumentator import metrics as http_metrics
+import os
 
-# Created once per process so that every app instance (tests build many) records into the
-# same collectors: `psp_http_requests_total` and `psp_http_request_duration_seconds` per route.
-HTTP_REQUESTS = http_metrics.default(
-    metric_namespace="psp",
-    latency_lowr_buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+# Labelled by the route's path template (`/predict/{key}`), never by the path itself.
+HTTP_REQUESTS = Counter(
+    "psp_http_requests_total",
+    "HTTP requests answered, by route template, method and status code.",
+    ["handler", "method", "status"],
+)
+HTTP_LATENCY = Histogram(
+    "psp_http_request_duration_seconds",
+    "Time from a request's arrival to the end of its response, by route template and method.",
+    ["handler", "method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
 )
 
 _ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
@@ -88,3 +103,13 @@ def record_prequential(correct: int, examples: int) -> None:
     _prequential_totals["examples"] += examples
     if _prequential_totals["examples"]:
         PREQUENTIAL_ACCURACY.set(_prequential_totals["correct"] / _prequential_totals["examples"])
+
+
+def exposition() -> tuple[bytes, str]:
+    """The text format of every metric and its content type; summed over the serving
+    processes when `PROMETHEUS_MULTIPROC_DIR` is set."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

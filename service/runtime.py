@@ -94,7 +94,7 @@ class Runtime:
         host = ModelHost(settings.model.to_config(), training_config, device)
         queue = make_queue(settings)
         store = CheckpointStore(settings.checkpoint_dir, settings.checkpoint.keep)
-        contexts = ContextService(registry, host, settings.registry_cache_seconds)
+        contexts = ContextService(registry, host)
         batcher = PredictBatcher(
             host, max_rows=settings.batcher.max_rows, max_delay_us=settings.batcher.max_delay_us
         )
@@ -115,6 +115,12 @@ class Runtime:
             await runtime._follow_worker()
         else:
             await runtime._start_trainer()
+        if settings.role != "worker":  # the worker answers no predict requests
+            runtime._tasks.append(
+                asyncio.create_task(
+                    contexts.poll_retirements(settings.registry_poll_seconds, runtime._stop)
+                )
+            )
         log.info(
             "model on %s at version %d with %d contexts",
             device,

@@ -103,7 +103,7 @@ class Settings(BaseSettings):
     database_url: str | None = None
     redis_url: str | None = None
     device: str = "auto"
-    registry_cache_seconds: float = Field(default=5.0, ge=0)
+    registry_poll_seconds: float = Field(default=5.0, gt=0)  # for keys deleted elsewhere
     role: Literal["all", "api", "worker"] = "all"
     metrics_port: int = Field(default=9101, ge=1, le=65535)  # `psp worker`'s /metrics, /healthz
     api_keys: list[ApiKeySpec] = Field(default_factory=list)  # JSON; empty: the API is open

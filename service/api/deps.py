@@ -5,18 +5,14 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import Depends, Request, Security
-from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import Depends, Request
 
 from service.auth import Authenticator, Principal, Scope
 from service.payloads import PayloadError
 from service.runtime import Runtime
 
-_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
-_bearer = HTTPBearer(auto_error=False)
 
-
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
 
@@ -35,21 +31,30 @@ def check_key_lengths(runtime: Runtime, keys: list[str]) -> None:
             )
 
 
+def presented_key(request: Request) -> str | None:
+    """The API key from `X-API-Key`, or else from `Authorization: Bearer <key>`.
+
+    The OpenAPI document declares both schemes (`service.api.openapi`).
+    """
+    api_key = request.headers.get("x-api-key")
+    if api_key:
+        return api_key
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    return None
+
+
 def _principal(scope: Scope | None) -> Callable[..., Awaitable[Principal]]:
     """A dependency that authenticates the caller and checks `scope` (None: any scope) and the
     path's context key against the caller's key prefix."""
 
-    async def dependency(
-        request: Request,
-        runtime: RuntimeDep,
-        api_key: Annotated[str | None, Security(_api_key_header)] = None,
-        bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None,
-    ) -> Principal:
+    async def dependency(request: Request) -> Principal:
         authenticator: Authenticator = request.app.state.authenticator
-        principal = authenticator.authenticate(api_key or (bearer.credentials if bearer else None))
+        principal = authenticator.authenticate(presented_key(request))
         key = request.path_params.get("key")
         keys = [key] if isinstance(key, str) else []
-        check_key_lengths(runtime, keys)
+        check_key_lengths(request.app.state.runtime, keys)
         principal.require(scope, keys)
         return principal
 

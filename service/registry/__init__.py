@@ -23,8 +23,9 @@ from service.registry.queries import (
     create_contexts,
     get_context,
     list_contexts,
-    live_contexts,
+    live_keys,
     retire_context,
+    retired_since,
 )
 
 __all__ = [
@@ -46,11 +47,12 @@ __all__ = [
     "downgrade",
     "get_context",
     "list_contexts",
-    "live_contexts",
+    "live_keys",
     "make_engine",
     "make_session_factory",
     "normalize_database_url",
     "ping",
     "retire_context",
+    "retired_since",
     "upgrade",
 ]

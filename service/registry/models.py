@@ -2,8 +2,9 @@
 
 One row per registered context. A context is defined by one number (an integer seed, or a real
 exponent for one-power), so a row stays small: the table is expected to hold hundreds of
-thousands of tenants. Only the primary key and the partial unique index on live keys exist;
-every further index would cost bytes on every row.
+thousands of tenants. Only the primary key, the partial unique index on live keys and a partial
+index on retirement times (which holds retired rows only) exist; every further index would cost
+bytes on every row.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ KEY_MAX_LENGTH = 128
 
 LIVE_KEY_INDEX = "uq_contexts_key_live"
 """Name of the partial unique index that keeps keys unique among live (unretired) contexts."""
+
+RETIRED_AT_INDEX = "ix_contexts_retired_at"
+"""Name of the partial index over retired rows that serving processes poll for deletions."""
 
 
 def utcnow() -> datetime:
@@ -115,6 +119,12 @@ class ContextRow(Base):
             unique=True,
             sqlite_where=text("retired_at IS NULL"),
             postgresql_where=text("retired_at IS NULL"),
+        ),
+        Index(
+            RETIRED_AT_INDEX,
+            "retired_at",
+            sqlite_where=text("retired_at IS NOT NULL"),
+            postgresql_where=text("retired_at IS NOT NULL"),
         ),
         {"sqlite_autoincrement": True},
     )

@@ -470,19 +470,22 @@ def count_live_contexts(*, session: Session) -> int:
     )
 
 
-def live_contexts(*, session: Session, after_index: int = -1) -> list[ContextRow]:
-    """Live contexts with an index above `after_index`, in index order.
+def live_keys(*, session: Session) -> list[tuple[str, int]]:
+    """Every live context as `(key, index)`: what a serving process resolves keys with."""
+    rows = session.execute(
+        select(ContextRow.key, ContextRow.index).where(ContextRow.retired_at.is_(None))
+    )
+    return [(key, index) for key, index in rows]
 
-    Used to build the model's context bank at start-up and then, with the highest index seen so
-    far, to pick up contexts that other processes registered.
-    """
-    return list(
-        session.scalars(
-            select(ContextRow)
-            .where(ContextRow.retired_at.is_(None), ContextRow.index > after_index)
-            .order_by(ContextRow.index)
+
+def retired_since(*, session: Session, since: datetime) -> list[tuple[str, int]]:
+    """Contexts retired at or after `since`, as `(key, index)` (served by a partial index)."""
+    rows = session.execute(
+        select(ContextRow.key, ContextRow.index).where(
+            ContextRow.retired_at.is_not(None), ContextRow.retired_at >= since
         )
     )
+    return [(key, index) for key, index in rows]
 
 
 def retire_context(*, session: Session, key: str) -> bool:

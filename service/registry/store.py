@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from typing import TypeVar
 
 from sqlalchemy import select
@@ -97,6 +98,12 @@ class RegistryStore:
 
     async def retire(self, key: str) -> bool:
         return await self._run(lambda s: queries.retire_context(session=s, key=key))
+
+    async def live_keys(self) -> list[tuple[str, int]]:
+        return await self._run(lambda s: queries.live_keys(session=s))
+
+    async def retired_since(self, since: datetime) -> list[tuple[str, int]]:
+        return await self._run(lambda s: queries.retired_since(session=s, since=since))
 
     async def count_live(self) -> int:
         return await self._run(lambda s: queries.count_live_contexts(session=s))

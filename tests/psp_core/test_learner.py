@@ -56,7 +56,13 @@ def test_steps_reduce_the_loss(optimizer: str) -> None:
     assert last < first / 2
 
 
-@pytest.mark.parametrize("poison", ["nan_input", "inf_input", "nan_gradient"])
+def _one_element_infinite(grad: torch.Tensor) -> torch.Tensor:
+    poisoned = grad.clone()
+    poisoned.view(-1)[-1] = float("-inf")
+    return poisoned
+
+
+@pytest.mark.parametrize("poison", ["nan_input", "inf_input", "nan_gradient", "inf_gradient"])
 def test_non_finite_step_leaves_everything_byte_identical(poison: str) -> None:
     learner = _learner(optimizer="adam")
     learner.step(torch.randn(8, 64), torch.zeros(8, dtype=torch.long), torch.zeros(8).long())
@@ -65,6 +71,9 @@ def test_non_finite_step_leaves_everything_byte_identical(poison: str) -> None:
     if poison == "nan_gradient":  # a finite loss whose gradient is not finite
         first = next(learner.model.parameters())
         first.register_hook(lambda grad: grad * float("nan"))
+    elif poison == "inf_gradient":  # one element of the last parameter's gradient
+        last = list(learner.model.parameters())[-1]
+        last.register_hook(_one_element_infinite)
     else:
         x[0, 0] = float("nan") if poison == "nan_input" else float("inf")
     result = learner.step(x, torch.zeros(8, dtype=torch.long), torch.zeros(8).long())

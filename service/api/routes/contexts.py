@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Response, status
 
 from service.api.deps import Admin, Reader, RuntimeDep, check_key_lengths
+from service.api.json_route import OrjsonRoute
 from service.api.schemas import (
     KEY_PATTERN,
     ContextBatchCreate,
@@ -18,7 +19,7 @@ from service.api.schemas import (
 )
 from service.registry.models import ContextRow
 
-router = APIRouter(tags=["contexts"])
+router = APIRouter(tags=["contexts"], route_class=OrjsonRoute)
 KeyPath = Annotated[str, Path(pattern=KEY_PATTERN)]
 ERRORS: dict[int | str, dict[str, Any]] = {422: {"model": Problem}, 503: {"model": Problem}}
 

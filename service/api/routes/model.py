@@ -5,9 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from service.api.deps import Admin, Reader, RuntimeDep
+from service.api.json_route import OrjsonRoute
 from service.api.schemas import ModelInfo, Problem, RollbackRequest
 
-router = APIRouter(tags=["model"])
+router = APIRouter(tags=["model"], route_class=OrjsonRoute)
 
 
 @router.get("/model")

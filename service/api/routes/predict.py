@@ -7,9 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Path
 
 from service.api.deps import Predictor, RuntimeDep
+from service.api.json_route import OrjsonRoute
 from service.api.schemas import KEY_PATTERN, PredictRequest, PredictResponse, Problem
 
-router = APIRouter(tags=["prediction"])
+router = APIRouter(tags=["prediction"], route_class=OrjsonRoute)
 
 
 @router.post(

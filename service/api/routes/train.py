@@ -7,9 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Path, Query, Response, status
 
 from service.api.deps import RuntimeDep, Trainer
+from service.api.json_route import OrjsonRoute
 from service.api.schemas import KEY_PATTERN, Problem, TrainAccepted, TrainApplied, TrainRequest
 
-router = APIRouter(tags=["training"])
+router = APIRouter(tags=["training"], route_class=OrjsonRoute)
 
 
 @router.post(

@@ -26,7 +26,7 @@ def base_env(
         "PSP_MODEL__KIND": "binary",
         "PSP_MODEL__HIDDEN": "[32]",
         "PSP_MODEL__INPUT_SHAPE": "[64]",
-        "PSP_REGISTRY_CACHE_SECONDS": "1",
+        "PSP_REGISTRY_POLL_SECONDS": "1",
         # One thread: the replay in the test must sum in the same order as the worker.
         "OMP_NUM_THREADS": "1",
     }

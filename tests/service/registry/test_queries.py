@@ -27,8 +27,9 @@ from service.registry.queries import (
     create_contexts,
     get_context,
     list_contexts,
-    live_contexts,
+    live_keys,
     retire_context,
+    retired_since,
 )
 
 T = TypeVar("T")
@@ -359,27 +360,42 @@ def test_retired_key_stops_answering_and_can_be_registered_again(
     ]
 
 
-def test_live_contexts_lists_live_rows_after_an_index(registry_session: Session) -> None:
+def test_live_keys_maps_each_live_key_to_its_index(registry_session: Session) -> None:
     rows = [
-        create_context(session=registry_session, key=f"k{i}", kind="complex")[0] for i in range(6)
+        create_context(session=registry_session, key=f"k{i}", kind="complex")[0] for i in range(4)
     ]
     retire_context(session=registry_session, key="k2")
+    again, _ = create_context(session=registry_session, key="k2", kind="complex")
     registry_session.commit()
 
-    assert [row.key for row in live_contexts(session=registry_session)] == [
-        "k0",
-        "k1",
-        "k3",
-        "k4",
-        "k5",
+    assert sorted(live_keys(session=registry_session)) == [
+        ("k0", rows[0].index),
+        ("k1", rows[1].index),
+        ("k2", again.index),
+        ("k3", rows[3].index),
     ]
-    assert [
-        row.key for row in live_contexts(session=registry_session, after_index=rows[3].index)
-    ] == [
-        "k4",
-        "k5",
+    assert again.index > rows[3].index
+
+
+def test_retired_since_lists_only_retirements_from_that_time_on(
+    registry_session: Session,
+) -> None:
+    rows = [
+        create_context(session=registry_session, key=f"k{i}", kind="complex")[0] for i in range(3)
     ]
-    assert live_contexts(session=registry_session, after_index=rows[5].index) == []
+    retire_context(session=registry_session, key="k0")
+    registry_session.commit()
+    between = datetime.now(UTC)
+    time.sleep(0.01)
+    retire_context(session=registry_session, key="k1")
+    registry_session.commit()
+
+    assert retired_since(session=registry_session, since=between) == [("k1", rows[1].index)]
+    assert sorted(retired_since(session=registry_session, since=between - timedelta(hours=1))) == [
+        ("k0", rows[0].index),
+        ("k1", rows[1].index),
+    ]
+    assert retired_since(session=registry_session, since=datetime.now(UTC)) == []
 
 
 def test_list_contexts_pages_in_index_order_with_total(registry_session: Session) -> None:

@@ -1,0 +1,141 @@
+"""ContextService: every live key resolved from memory, and deletes made elsewhere followed."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+from sqlalchemy import Engine
+
+from psp_core.learner import TrainingConfig
+from psp_core.models import ModelConfig
+from service.contexts import ContextNotFound, ContextService
+from service.model_host import ModelHost
+from service.registry.database import make_engine
+from service.registry.models import ContextRow
+from service.registry.store import RegistryStore, RegistryUnavailable
+
+
+def _process(engine: Engine) -> ContextService:
+    """One serving process's view of the registry: its own model host and key map."""
+    host = ModelHost(
+        ModelConfig(kind="complex", input_shape=(8,), hidden=(4,)),
+        TrainingConfig(),
+        torch.device("cpu"),
+    )
+    return ContextService(RegistryStore(engine, "complex"), host)
+
+
+class _CountingStore(RegistryStore):
+    """A registry store that counts single-key lookups."""
+
+    lookups = 0
+
+    async def get(self, key: str) -> ContextRow | None:
+        self.lookups += 1
+        return await super().get(key)
+
+
+async def test_known_keys_resolve_without_the_database(registry_engine: Engine) -> None:
+    writer = _process(registry_engine)
+    await writer.load_bank()
+    rows = await writer.register_many([(f"k{i}", None, None) for i in range(50)])
+
+    reader = _process(registry_engine)
+    reader.registry = store = _CountingStore(registry_engine, "complex")
+    await reader.load_bank()  # start-up maps every live key
+
+    resolved = [await reader.resolve(f"k{i}") for i in range(50)]
+    assert resolved == [row.index for row, _ in rows]
+    assert store.lookups == 0
+    assert reader.host.context_count == 50
+
+
+async def test_a_key_registered_elsewhere_is_looked_up_once(registry_engine: Engine) -> None:
+    reader = _process(registry_engine)
+    reader.registry = store = _CountingStore(registry_engine, "complex")
+    await reader.load_bank()
+    writer = _process(registry_engine)
+    await writer.load_bank()
+    row, _ = await writer.register("late", None, None)
+
+    assert [await reader.resolve("late") for _ in range(3)] == [row.index] * 3
+    assert store.lookups == 1
+    # The model's bank holds the context's row too, so the key can be predicted at once.
+    assert reader.host.bank_rows([row.index]).tolist() == [0]
+
+
+async def test_a_delete_elsewhere_takes_effect_at_the_next_poll(registry_engine: Engine) -> None:
+    writer, reader = _process(registry_engine), _process(registry_engine)
+    await writer.load_bank()
+    first, _ = await writer.register("tenant", None, None)
+    await writer.register("other", None, None)
+    await reader.load_bank()
+    assert await reader.resolve("tenant") == first.index
+
+    await writer.delete("tenant")
+    assert await reader.resolve("tenant") == first.index  # until the reader polls
+    assert await reader.forget_retired() == 1
+    with pytest.raises(ContextNotFound):
+        await reader.resolve("tenant")
+    assert await reader.resolve("other") > first.index
+
+    # Registered again elsewhere, the key answers with its new index; later polls, which
+    # re-read the last minute of retirements, do not unmap it.
+    again, _ = await writer.register("tenant", None, None)
+    assert await reader.resolve("tenant") == again.index != first.index
+    assert await reader.forget_retired() == 0
+    assert await reader.resolve("tenant") == again.index
+
+
+async def test_a_local_delete_answers_not_found_at_once(registry_engine: Engine) -> None:
+    service = _process(registry_engine)
+    await service.load_bank()
+    await service.register("gone", None, None)
+    await service.delete("gone")
+    with pytest.raises(ContextNotFound):
+        await service.resolve("gone")
+    with pytest.raises(ContextNotFound):
+        await service.delete("gone")
+
+
+async def test_poll_retirements_runs_until_stopped(registry_engine: Engine) -> None:
+    writer, reader = _process(registry_engine), _process(registry_engine)
+    await writer.load_bank()
+    await writer.register("tenant", None, None)
+    await reader.load_bank()
+    stop = asyncio.Event()
+    polling = asyncio.create_task(reader.poll_retirements(0.05, stop))
+    await writer.delete("tenant")
+
+    async def still_answers() -> bool:
+        try:
+            await reader.resolve("tenant")
+        except ContextNotFound:
+            return False
+        return True
+
+    for _ in range(100):
+        await asyncio.sleep(0.05)
+        if not await still_answers():
+            break
+    assert not await still_answers()
+    stop.set()
+    await asyncio.wait_for(polling, 5)
+    assert polling.done() and polling.exception() is None
+
+
+async def test_known_keys_answer_while_the_database_is_down(registry_engine: Engine) -> None:
+    service = _process(registry_engine)
+    await service.load_bank()
+    row, _ = await service.register("known", None, None)
+    service.registry = RegistryStore(
+        make_engine("postgresql+psycopg://postgres@127.0.0.1:1/nothing"), "complex"
+    )
+    assert await service.resolve("known") == row.index
+    with pytest.raises(RegistryUnavailable):
+        await service.resolve("unknown")
+    with pytest.raises(RegistryUnavailable):
+        await service.forget_retired()
+    service.registry.engine.dispose()
