@@ -9,7 +9,8 @@ P4  Predict throughput: `--clients` concurrent clients, one row per request, key
 P5  Training throughput end to end: `--train-clients` clients POST /train (wait=false) batches
     of `--train-rows` rows to random contexts; the figure is the trainer's applied rate,
     d(psp_trainer_examples_total)/dt from /metrics over the measured window, for the
-    in-process queue and for Redis (role all, both), ÷ the raw psp_core loop
+    in-process queue and Redis (role all), and for Redis with the roles split (`psp serve`
+    with PSP_ROLE=api beside `psp worker`), ÷ the raw psp_core loop
     (`OnlineLearner.step` on minibatches of the trainer's size, in this process, no HTTP).
     Goal >= 0.7.
 P6  Scale of the registry: `--big-contexts` contexts registered in PostgreSQL through
@@ -60,6 +61,7 @@ from _harness import (
     postgres_dsn,
     print_table,
     psp_serve,
+    psp_worker,
     register_contexts,
     run_async,
     running,
@@ -454,14 +456,22 @@ class TrainFigures:
     others: str = ""
 
 
-async def _counters(client: httpx.AsyncClient) -> tuple[float, float, float]:
-    """(perf_counter, examples applied, examples accepted) from the server's /metrics."""
-    text = (await client.get("/metrics")).text
-    values = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+async def _counters(
+    client: httpx.AsyncClient, trainer_metrics_url: str
+) -> tuple[float, float, float]:
+    """(perf_counter, examples applied, examples accepted): accepted from the API's /metrics,
+    applied from the trainer's (the same process unless the roles are split)."""
+
+    async def values(url: str) -> dict[str, float]:
+        text = (await client.get(url)).text
+        return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+
+    api = await values("/metrics")
+    trainer = api if trainer_metrics_url == "/metrics" else await values(trainer_metrics_url)
     return (
         time.perf_counter(),
-        values.get("psp_trainer_examples_total", 0.0),
-        values.get("psp_train_accepted_examples_total", 0.0),
+        trainer.get("psp_trainer_examples_total", 0.0),
+        api.get("psp_train_accepted_examples_total", 0.0),
     )
 
 
@@ -471,6 +481,7 @@ async def _train_phase(
     bodies: list[bytes],
     args: argparse.Namespace,
     cpu_pids: list[int],
+    trainer_metrics_url: str = "/metrics",
 ) -> TrainFigures:
     """Streams train requests for warm-up + measured seconds, reads the trainer's counters at
     the start and the end of the measured window, then waits for the queue to drain."""
@@ -493,7 +504,7 @@ async def _train_phase(
     bound = int(total * MAX_REQUESTS_PER_SECOND) + 1
     cpu_before = sum(cpu_seconds(pid) for pid in cpu_pids)
     async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as client:
-        first = await _counters(client)
+        first = await _counters(client, trainer_metrics_url)
         load = asyncio.create_task(
             drive(
                 server.base_url,
@@ -504,16 +515,16 @@ async def _train_phase(
             )
         )
         await asyncio.sleep(args.warmup)
-        start = await _counters(client)
+        start = await _counters(client, trainer_metrics_url)
         latencies_before = len(recorder.latencies["train"])
         await asyncio.sleep(args.seconds)
-        end = await _counters(client)
+        end = await _counters(client, trainer_metrics_url)
         await load
-        done = await _counters(client)
+        done = await _counters(client, trainer_metrics_url)
         load_end = done[0]
         while done[1] < done[2] and done[0] - load_end < DRAIN_TIMEOUT_S:
             await asyncio.sleep(0.05)
-            done = await _counters(client)
+            done = await _counters(client, trainer_metrics_url)
     cpu_used = sum(cpu_seconds(pid) for pid in cpu_pids) - cpu_before
     window = end[0] - start[0]
     examples = done[2] - first[2]
@@ -533,18 +544,27 @@ async def _train_phase(
 
 
 def service_training_rate(
-    args: argparse.Namespace, workdir: Path, name: str, extra_env: dict[str, str]
+    args: argparse.Namespace,
+    workdir: Path,
+    name: str,
+    extra_env: dict[str, str],
+    split_roles: bool = False,
 ) -> TrainFigures:
-    """Starts one `psp serve` (role all), registers the contexts and measures training."""
+    """Starts `psp serve` (role all; or role api beside a `psp worker` when `split_roles`),
+    registers the contexts and measures training."""
     keys = [context_key(n) for n in range(args.contexts)]
     bodies = train_bodies(np.random.default_rng(1), 64, args.train_rows, args.input)
-    env = {**service_env(args, workdir / f"{name}-data"), "PSP_ROLE": "all", **extra_env}
-    server = psp_serve(name, env, workdir)
-    with running(server):
+    env = {**service_env(args, workdir / f"{name}-data"), **extra_env}
+    server = psp_serve(name, {**env, "PSP_ROLE": "api" if split_roles else "all"}, workdir)
+    processes = [psp_worker(f"{name}-worker", env, workdir), server] if split_roles else [server]
+    with running(*processes):
         register_contexts(server.base_url, keys)
-        cpu_pids = [server.pid] + (find_pids("redis-server") if "PSP_REDIS_URL" in env else [])
+        cpu_pids = [p.pid for p in processes]
+        if "PSP_REDIS_URL" in env:
+            cpu_pids += find_pids("redis-server")
+        trainer_metrics = f"{processes[0].base_url}/metrics" if split_roles else "/metrics"
         watch = CpuWatch(cpu_pids)
-        figures = run_async(_train_phase(server, keys, bodies, args, cpu_pids))
+        figures = run_async(_train_phase(server, keys, bodies, args, cpu_pids, trainer_metrics))
         figures.others = watch.line()
         return figures
 
@@ -564,6 +584,9 @@ def p5_training_throughput(args: argparse.Namespace, workdir: Path) -> dict[str,
     with throwaway_redis_prefix() as prefix:
         redis_env = {"PSP_REDIS_URL": REDIS_URL, "PSP_KEY_PREFIX": prefix}
         via_redis = service_training_rate(args, workdir, "psp-redis", redis_env)
+    with throwaway_redis_prefix() as prefix:
+        redis_env = {"PSP_REDIS_URL": REDIS_URL, "PSP_KEY_PREFIX": prefix}
+        split = service_training_rate(args, workdir, "psp-split", redis_env, split_roles=True)
     watch = CpuWatch()
     raw.append(raw_training_rate(args, args.seconds / 2))
     raw_others.append(watch.line())
@@ -572,7 +595,12 @@ def p5_training_throughput(args: argparse.Namespace, workdir: Path) -> dict[str,
     rows = [
         ["raw psp_core loop", f"{raw_rate:,.0f}", "", "", f"{raw_cpu:.0f}", "", "", "1.00", "1.00"]
     ]
-    for label, fig in (("in-process queue", in_process), ("Redis queue", via_redis)):
+    paths = (
+        ("in-process queue", in_process),
+        ("Redis queue", via_redis),
+        ("Redis, api + worker", split),
+    )
+    for label, fig in paths:
         rows.append(
             [
                 label,
@@ -602,19 +630,21 @@ def p5_training_throughput(args: argparse.Namespace, workdir: Path) -> dict[str,
     )
     blocks = ", ".join(f"{r.rate:,.0f}" for r in raw)
     print(f"  raw loop blocks (before, after): {blocks} examples/s")
-    for label, fig in (("in-process", in_process), ("Redis", via_redis)):
+    for label, fig in paths:
         print(
             f"  {label}: {fig.examples:,.0f} examples; the queue drained {fig.drain_seconds:.1f} s "
             f"after the load stopped"
         )
     print(
         f"  applied ÷ raw: in-process {in_process.applied_rate / raw_rate:.2f}, Redis "
-        f"{via_redis.applied_rate / raw_rate:.2f}   goal >= 0.7"
+        f"{via_redis.applied_rate / raw_rate:.2f}, Redis api + worker "
+        f"{split.applied_rate / raw_rate:.2f}   goal >= 0.7"
     )
     print(f"  load average at start {load}; while measuring:")
     print(f"    raw loop before: {raw_others[0]}")
     print(f"    in-process queue: {in_process.others}")
     print(f"    Redis queue: {via_redis.others}")
+    print(f"    Redis, api + worker: {split.others}")
     print(f"    raw loop after: {raw_others[1]}")
     return {
         "load_average": load,
@@ -624,10 +654,13 @@ def p5_training_throughput(args: argparse.Namespace, workdir: Path) -> dict[str,
         "raw_blocks": [r.__dict__ for r in raw],
         "in_process": in_process.__dict__,
         "redis": via_redis.__dict__,
+        "redis_split_roles": split.__dict__,
         "ratio_in_process": in_process.applied_rate / raw_rate,
         "ratio_redis": via_redis.applied_rate / raw_rate,
+        "ratio_redis_split_roles": split.applied_rate / raw_rate,
         "cpu_ratio_in_process": raw_cpu / in_process.server_cpu_ms_per_1000,
         "cpu_ratio_redis": raw_cpu / via_redis.server_cpu_ms_per_1000,
+        "cpu_ratio_redis_split_roles": raw_cpu / split.server_cpu_ms_per_1000,
     }
 
 
