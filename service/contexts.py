@@ -53,8 +53,11 @@ class ContextService:
         """Puts every registered context into the model's bank and maps the live keys (at
         start-up)."""
         self._retirements_checked = datetime.now(UTC)
+        # Keys first: a context registered elsewhere in between then still gets its bank row,
+        # since the definitions read second include every index the keys name.
+        live = dict(await self.registry.live_keys())
         self.host.add_contexts(await self.registry.context_definitions())
-        self._live = dict(await self.registry.live_keys())
+        self._live = live
 
     def _remember(self, row: ContextRow) -> None:
         self.host.add_contexts([ContextDefinition(row.index, row.seed, row.power)])
