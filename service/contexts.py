@@ -47,15 +47,15 @@ class ContextService:
         self.registry = registry
         self.host = host
         self._live: dict[str, int] = {}
-        self._retirements_checked: datetime | None = None
+        self._retirements_checked = datetime.now(UTC)
 
-    async def load_bank(self) -> None:
-        """Puts every registered context into the model's bank and maps the live keys (at
-        start-up)."""
+    async def load_bank(self, *, map_keys: bool) -> None:
+        """Puts every registered context into the model's bank (at start-up) and, in a process
+        that answers predict (`map_keys`), maps the live keys."""
         self._retirements_checked = datetime.now(UTC)
         # Keys first: a context registered elsewhere in between then still gets its bank row,
         # since the definitions read second include every index the keys name.
-        live = dict(await self.registry.live_keys())
+        live = dict(await self.registry.live_keys()) if map_keys else {}
         self.host.add_contexts(await self.registry.context_definitions())
         self._live = live
 
@@ -116,7 +116,7 @@ class ContextService:
             How many keys stopped answering here.
         """
         started = datetime.now(UTC)
-        since = (self._retirements_checked or started) - RETIREMENT_OVERLAP
+        since = self._retirements_checked - RETIREMENT_OVERLAP
         forgotten = 0
         for key, index in await self.registry.retired_since(since):
             # A key deleted and registered again maps to its new index: keep that one.

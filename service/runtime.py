@@ -98,7 +98,8 @@ class Runtime:
         batcher = PredictBatcher(
             host, max_rows=settings.batcher.max_rows, max_delay_us=settings.batcher.max_delay_us
         )
-        await contexts.load_bank()
+        serves_predict = settings.role != "worker"
+        await contexts.load_bank(map_keys=serves_predict)
         runtime = cls(
             settings=settings,
             registry=registry,
@@ -115,7 +116,7 @@ class Runtime:
             await runtime._follow_worker()
         else:
             await runtime._start_trainer()
-        if settings.role != "worker":  # the worker answers no predict requests
+        if serves_predict:
             runtime._tasks.append(
                 asyncio.create_task(
                     contexts.poll_retirements(settings.registry_poll_seconds, runtime._stop)

@@ -39,12 +39,12 @@ class _CountingStore(RegistryStore):
 
 async def test_known_keys_resolve_without_the_database(registry_engine: Engine) -> None:
     writer = _process(registry_engine)
-    await writer.load_bank()
+    await writer.load_bank(map_keys=True)
     rows = await writer.register_many([(f"k{i}", None, None) for i in range(50)])
 
     reader = _process(registry_engine)
     reader.registry = store = _CountingStore(registry_engine, "complex")
-    await reader.load_bank()  # start-up maps every live key
+    await reader.load_bank(map_keys=True)  # start-up maps every live key
 
     resolved = [await reader.resolve(f"k{i}") for i in range(50)]
     assert resolved == [row.index for row, _ in rows]
@@ -55,9 +55,9 @@ async def test_known_keys_resolve_without_the_database(registry_engine: Engine) 
 async def test_a_key_registered_elsewhere_is_looked_up_once(registry_engine: Engine) -> None:
     reader = _process(registry_engine)
     reader.registry = store = _CountingStore(registry_engine, "complex")
-    await reader.load_bank()
+    await reader.load_bank(map_keys=True)
     writer = _process(registry_engine)
-    await writer.load_bank()
+    await writer.load_bank(map_keys=True)
     row, _ = await writer.register("late", None, None)
 
     assert [await reader.resolve("late") for _ in range(3)] == [row.index] * 3
@@ -68,10 +68,10 @@ async def test_a_key_registered_elsewhere_is_looked_up_once(registry_engine: Eng
 
 async def test_a_delete_elsewhere_takes_effect_at_the_next_poll(registry_engine: Engine) -> None:
     writer, reader = _process(registry_engine), _process(registry_engine)
-    await writer.load_bank()
+    await writer.load_bank(map_keys=True)
     first, _ = await writer.register("tenant", None, None)
     await writer.register("other", None, None)
-    await reader.load_bank()
+    await reader.load_bank(map_keys=True)
     assert await reader.resolve("tenant") == first.index
 
     await writer.delete("tenant")
@@ -91,7 +91,7 @@ async def test_a_delete_elsewhere_takes_effect_at_the_next_poll(registry_engine:
 
 async def test_a_local_delete_answers_not_found_at_once(registry_engine: Engine) -> None:
     service = _process(registry_engine)
-    await service.load_bank()
+    await service.load_bank(map_keys=True)
     await service.register("gone", None, None)
     await service.delete("gone")
     with pytest.raises(ContextNotFound):
@@ -102,9 +102,9 @@ async def test_a_local_delete_answers_not_found_at_once(registry_engine: Engine)
 
 async def test_poll_retirements_runs_until_stopped(registry_engine: Engine) -> None:
     writer, reader = _process(registry_engine), _process(registry_engine)
-    await writer.load_bank()
+    await writer.load_bank(map_keys=True)
     await writer.register("tenant", None, None)
-    await reader.load_bank()
+    await reader.load_bank(map_keys=True)
     stop = asyncio.Event()
     polling = asyncio.create_task(reader.poll_retirements(0.05, stop))
     await writer.delete("tenant")
@@ -128,7 +128,7 @@ async def test_poll_retirements_runs_until_stopped(registry_engine: Engine) -> N
 
 async def test_known_keys_answer_while_the_database_is_down(registry_engine: Engine) -> None:
     service = _process(registry_engine)
-    await service.load_bank()
+    await service.load_bank(map_keys=True)
     row, _ = await service.register("known", None, None)
     service.registry = RegistryStore(
         make_engine("postgresql+psycopg://postgres@127.0.0.1:1/nothing"), "complex"
@@ -139,3 +139,16 @@ async def test_known_keys_answer_while_the_database_is_down(registry_engine: Eng
     with pytest.raises(RegistryUnavailable):
         await service.forget_retired()
     service.registry.engine.dispose()
+
+
+async def test_a_worker_loads_the_bank_without_mapping_keys(registry_engine: Engine) -> None:
+    writer = _process(registry_engine)
+    await writer.load_bank(map_keys=True)
+    row, _ = await writer.register("tenant", None, None)
+
+    worker = _process(registry_engine)
+    worker.registry = store = _CountingStore(registry_engine, "complex")
+    await worker.load_bank(map_keys=False)
+    assert worker.host.bank_rows([row.index]).tolist() == [0]
+    assert await worker.resolve("tenant") == row.index
+    assert store.lookups == 1
