@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as load_tensors
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_tensors
 
 from psp_core.contexts import ContextSpec
 from psp_core.learner import OnlineLearner, TrainingConfig
 from psp_core.models import ModelConfig, build_model
+from psp_core.replay import ReplayBuffer
 
 FORMAT = "psp-checkpoint/1"
 
@@ -38,6 +38,10 @@ def _tensors_of(learner: OnlineLearner) -> tuple[dict[str, torch.Tensor], dict[s
         for name, value in state.items():
             if isinstance(value, torch.Tensor):
                 tensors[f"optim.{param_id}.{name}"] = value.detach().contiguous().cpu()
+    replay_header = None
+    if learner.replay is not None:
+        replay_tensors, replay_header = learner.replay.state_tensors()
+        tensors.update({f"replay.{name}": t for name, t in replay_tensors.items()})
     specs = learner.model.bank.specs
     if learner.model.config.context_kind.uses_power:
         tensors["bank.power"] = torch.tensor([s.power for s in specs], dtype=torch.float64)
@@ -49,6 +53,7 @@ def _tensors_of(learner: OnlineLearner) -> tuple[dict[str, torch.Tensor], dict[s
         "training_config": learner.config.to_dict(),
         "model_version": learner.model_version,
         "optim_param_groups": optim_state["param_groups"],
+        "replay": replay_header,
     }
     return tensors, header
 
@@ -80,25 +85,31 @@ def save_checkpoint(
         os.close(dir_fd)
 
 
-def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _read(
+    path: Path, prefixes: tuple[str, ...] | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The checkpoint's tensors whose names start with one of `prefixes` (all when None), and
+    its header. Only the requested tensors are read from disk."""
     try:
-        blob = path.read_bytes()
+        # safetensors checks the header's offsets against the file's size, so a torn file fails.
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+            if "psp" not in meta:
+                raise CheckpointError(f"{path} is a safetensors file but not a psp checkpoint")
+            header = json.loads(meta["psp"])
+            if header.get("format") != FORMAT:
+                raise CheckpointError(
+                    f"{path} has format {header.get('format')!r}, expected {FORMAT!r}"
+                )
+            stored: list[str] = handle.keys()
+            names = [n for n in stored if prefixes is None or n.startswith(prefixes)]
+            tensors = {name: handle.get_tensor(name) for name in names}
     except OSError as err:
         raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
-    try:
-        # safetensors checks every tensor's offsets against the header, so a torn file fails.
-        tensors = load_tensors(blob)
-        raw_header = json.loads(blob[8 : 8 + int.from_bytes(blob[:8], "little")])
     except (SafetensorError, ValueError, json.JSONDecodeError) as err:
         raise CheckpointError(
             f"checkpoint {path} is torn or not a safetensors file: {err}"
         ) from err
-    meta = raw_header.get("__metadata__", {})
-    if "psp" not in meta:
-        raise CheckpointError(f"{path} is a safetensors file but not a psp checkpoint")
-    header = json.loads(meta["psp"])
-    if header.get("format") != FORMAT:
-        raise CheckpointError(f"{path} has format {header.get('format')!r}, expected {FORMAT!r}")
     return tensors, header
 
 
@@ -171,6 +182,15 @@ def _apply(
         group.update({k: v for k, v in fresh.items() if k != "params"})
     learner.optimizer = optimizer
     learner.model_version = int(header["model_version"])
+    if learner.replay is not None:
+        # Rows learned after this checkpoint will be learned (and kept) again on replay.
+        saved = {
+            k.removeprefix("replay."): v for k, v in tensors.items() if k.startswith("replay.")
+        }
+        if saved and header.get("replay"):
+            learner.replay.load_state_tensors(saved, header["replay"])
+        else:
+            learner.replay.clear()
     return dict(header.get("user", {}))
 
 
@@ -187,7 +207,10 @@ def load_checkpoint(
     config = ModelConfig.from_dict(header["model_config"])
     model = build_model(config, device)
     model.bank.extend(_specs(tensors))
-    learner = OnlineLearner(model, TrainingConfig(**header["training_config"]))
+    replay = None
+    if header.get("replay"):
+        replay = ReplayBuffer(int(header["replay"]["capacity"]), config.input_size)
+    learner = OnlineLearner(model, TrainingConfig(**header["training_config"]), replay=replay)
     return learner, _apply(Path(path), tensors, header, learner)
 
 
@@ -205,7 +228,7 @@ def read_weights(
     Raises:
         CheckpointError: The file is torn, not a psp checkpoint, or for another config.
     """
-    tensors, header = _read(Path(path))
+    tensors, header = _read(Path(path), prefixes=("model.",))
     stored = ModelConfig.from_dict(header["model_config"])
     if stored != config:
         raise CheckpointError(f"checkpoint {path} was written for {stored}, not {config}")
@@ -215,5 +238,5 @@ def read_weights(
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """The checkpoint's header (config, version, caller metadata) without building a model."""
-    _, header = _read(Path(path))
+    _, header = _read(Path(path), prefixes=())
     return header

@@ -6,10 +6,18 @@ Following the adapter pattern of peft, `SuperposedLayer` is a mixin holding the 
 `nn.Linear` and `nn.Conv2d` of a plain architecture into its superposed twin.
 
 Complex kinds keep complex weights `W = A + iB`, where `A` is the wrapped layer's weight and `B`
-is `weight_imag`. Inputs are real, and every layer returns the real part
-`Re(W (c ⊙ x)) = A (cos φ ⊙ x) - B (sin φ ⊙ x)`, i.e. one real GEMM with `[A B]` of twice the
-inner width. The hidden activation of a
-complex network is therefore `ReLU(Re(·))`, and the logits are the real part of the last layer.
+is `weight_imag`, and compute in real arithmetic in one of two ways:
+
+- complex activations (`complex_activations`, the default of `ModelConfig`): a hidden layer
+  returns its complex output as the real tensor `[Re ; Im]` of twice the width, so the next
+  layer multiplies a complex input by its context, ReLU acts on the real and the imaginary parts
+  separately, and the logits are the real part of the last layer. With `u = c ⊙ h`, a hidden
+  layer is the GEMM `[[A, -B], [B, A]] [Re u ; Im u]`, four real products per weight.
+- real part only: every layer returns `Re(W (c ⊙ x)) = A (cos φ ⊙ x) - B (sin φ ⊙ x)`, one real
+  GEMM with `[A B]` of twice the inner width; the hidden activations are `ReLU(Re(·))`.
+
+A layer learns which of its sides are complex from `set_complex_sides`, which the model calls:
+the first layer's input and the last layer's output are always real.
 """
 
 from __future__ import annotations
@@ -154,6 +162,8 @@ class SuperposedLayer:
     context_dim: int
     contexts: LayerContexts
     weight_imag: nn.Parameter | None
+    complex_input: bool
+    complex_output: bool
 
     def _init_superposition(
         self,
@@ -177,6 +187,7 @@ class SuperposedLayer:
             local_mix=local_mix,
         )
         self.weight_imag = None
+        self.complex_input = self.complex_output = False
         if kind.is_complex:
             # Draw the imaginary part like the real part (PyTorch's default U(±1/√fan_in)): the
             # output variance then matches the plain layer, since E[cos²] = E[sin²] = 1/2.
@@ -184,6 +195,21 @@ class SuperposedLayer:
             bound = 1.0 / math.sqrt(context_dim)
             nn.init.uniform_(imag, -bound, bound)
             self.weight_imag = nn.Parameter(imag)
+
+    def set_complex_sides(self, *, complex_input: bool, complex_output: bool) -> None:
+        """Whether this layer receives and returns complex activations as `[Re ; Im]`.
+
+        Raises:
+            ValueError: The layer's kind has real contexts.
+        """
+        if (complex_input or complex_output) and not self.kind.is_complex:
+            raise ValueError(f"{self.kind.value} layers have no complex activations")
+        self.complex_input, self.complex_output = complex_input, complex_output
+
+    @property
+    def carries_complex(self) -> bool:
+        """Whether either side of this layer is complex."""
+        return self.complex_input or self.complex_output
 
     def bind(self, flat: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """Applies the gathered context to flattened inputs.
@@ -205,6 +231,43 @@ class SuperposedLayer:
         if self.kind is ContextKind.BINARY:
             return flat * context
         return flat.repeat(1, 2, 1) * context if columns else flat.repeat(1, 2) * context
+
+    def bind_complex(self, flat: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """`u = c ⊙ h` for a complex kind, as `[Re u ; Im u]`.
+
+        Args:
+            flat: `(B, M[, L])` real inputs, or `(B, 2M[, L])` `[Re h ; Im h]` when
+                `complex_input`.
+            context: `(B, 2M)` `(cos φ, -sin φ)` from `LayerContexts.gather`.
+
+        Returns:
+            `(B, 2M[, L])`.
+        """
+        cos, neg_sin = context.chunk(2, dim=1)
+        if flat.dim() == 3:
+            cos, neg_sin = cos.unsqueeze(2), neg_sin.unsqueeze(2)
+        if not self.complex_input:
+            return torch.cat([cos * flat, -neg_sin * flat], dim=1)
+        real, imag = flat.chunk(2, dim=1)
+        return torch.cat([cos * real + neg_sin * imag, cos * imag - neg_sin * real], dim=1)
+
+    def complex_weight_matrix(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The real matrix that `bind_complex`'s output multiplies, and its bias.
+
+        `[[A, -B], [B, A]]` `(2N, 2M)` gives `[Re ; Im]` of `W u`, or `[A, -B]` `(N, 2M)` its
+        real part when the output is real. The bias is added to the real part.
+        """
+        real_part = self.base_layer.weight
+        assert isinstance(real_part, torch.Tensor) and self.weight_imag is not None
+        a, b = real_part.flatten(1), self.weight_imag.flatten(1)
+        top = torch.cat([a, -b], dim=1)
+        bias = self.base_layer.bias
+        assert bias is None or isinstance(bias, torch.Tensor)
+        if not self.complex_output:
+            return top, bias
+        if bias is not None:
+            bias = torch.cat([bias, torch.zeros_like(bias)])
+        return torch.cat([top, torch.cat([b, a], dim=1)]), bias
 
     def weight_matrix(self) -> torch.Tensor:
         """`W` as the matrix `bind`'s output multiplies: `(N, M)`, or `[A  B]` `(N, 2M)` for
@@ -242,18 +305,21 @@ class SuperposedLinear(nn.Module, SuperposedLayer):
 
     def forward(self, x: torch.Tensor, context_index: torch.Tensor) -> torch.Tensor:
         """Args:
-            x: `(B, M)` real inputs.
+            x: `(B, M)` real inputs, or `(B, 2M)` `[Re ; Im]` when `complex_input`.
             context_index: `(B,)` int64 row indices into the context table.
 
         Returns:
-            `(B, N)` real outputs.
+            `(B, N)` real outputs, or `(B, 2N)` `[Re ; Im]` when `complex_output`.
         """
         base = self.base_layer
         assert isinstance(base, nn.Linear)
         if self.kind is ContextKind.NONE:
             return base(x)
-        bound = self.bind(x, self.contexts.gather(context_index))
-        return F.linear(bound, self.weight_matrix(), base.bias)
+        context = self.contexts.gather(context_index)
+        if self.carries_complex:
+            weight, bias = self.complex_weight_matrix()
+            return F.linear(self.bind_complex(x, context), weight, bias)
+        return F.linear(self.bind(x, context), self.weight_matrix(), base.bias)
 
 
 class SuperposedConv2d(nn.Module, SuperposedLayer):
@@ -290,11 +356,12 @@ class SuperposedConv2d(nn.Module, SuperposedLayer):
 
     def forward(self, x: torch.Tensor, context_index: torch.Tensor) -> torch.Tensor:
         """Args:
-            x: `(B, C, H, W)` real inputs.
+            x: `(B, C, H, W)` real inputs, or `(B, 2C, H, W)` (real channels, then imaginary
+                ones) when `complex_input`.
             context_index: `(B,)` int64 row indices into the context table.
 
         Returns:
-            `(B, N, H', W')` real outputs.
+            `(B, N, H', W')` real outputs, or `(B, 2N, H', W')` when `complex_output`.
         """
         conv = self.base_layer
         assert isinstance(conv, nn.Conv2d)
@@ -302,11 +369,18 @@ class SuperposedConv2d(nn.Module, SuperposedLayer):
             return conv(x)
         batch, _, height, width = x.shape
         padding = (int(conv.padding[0]), int(conv.padding[1]))
-        cols = F.unfold(x, conv.kernel_size, conv.dilation, padding, conv.stride)  # (B, D, L)
-        bound = self.bind(cols, self.contexts.gather(context_index))
-        out = torch.matmul(self.weight_matrix(), bound)  # (N, D) @ (B, D, L) -> (B, N, L)
-        if conv.bias is not None:
-            out = out + conv.bias[:, None]
+        # (B, D, L), or (B, 2D, L) real patches then imaginary ones: unfold is channel-major
+        cols = F.unfold(x, conv.kernel_size, conv.dilation, padding, conv.stride)
+        context = self.contexts.gather(context_index)
+        if self.carries_complex:
+            weight, bias = self.complex_weight_matrix()
+            bound = self.bind_complex(cols, context)
+        else:
+            weight, bias = self.weight_matrix(), conv.bias
+            bound = self.bind(cols, context)
+        out = torch.matmul(weight, bound)  # (N, D) @ (B, D, L) -> (B, N, L)
+        if bias is not None:
+            out = out + bias[:, None]
         out_h, out_w = (
             (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
             for size, pad, dil, k, stride in zip(

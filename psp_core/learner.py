@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from psp_core.models import SuperposedModel
+from psp_core.replay import ReplayBuffer
 
 
 @dataclass(frozen=True)
@@ -18,10 +21,16 @@ class TrainingConfig:
     optimizer: str = "sgd"  # sgd, adam or rmsprop
     lr: float = 0.05  # step size of every optimiser
     momentum: float = 0.9  # sgd and rmsprop momentum; adam uses its default betas
+    clip_norm: float | None = 1.0  # gradients are scaled down to this global norm; None: off
+    replay_per_step: int = 32  # past rows mixed into each step, when the learner has a buffer
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adam", "rmsprop"):
             raise ValueError(f"optimizer must be sgd, adam or rmsprop, not {self.optimizer!r}")
+        if self.clip_norm is not None and not self.clip_norm > 0:
+            raise ValueError("clip_norm must be a positive number, or None to turn clipping off")
+        if self.replay_per_step < 0:
+            raise ValueError("replay_per_step must be zero or more")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -40,9 +49,10 @@ class StepResult:
 
     Attributes:
         applied: False when the step was refused because the loss or a gradient was non-finite.
-        loss: The mean cross-entropy of the minibatch before the update.
+        loss: The mean cross-entropy of the minibatch (replayed rows included) before the update.
         correct: `(B,)` bool on the CPU: the model's prediction before the update was right
-            (the prequential, test-then-train score of each example).
+            (the prequential, test-then-train score of each new example; replayed rows are
+            never scored).
         model_version: The version after this step.
     """
 
@@ -57,52 +67,129 @@ class StepResult:
         return float(self.correct.float().mean()) if self.correct.numel() else 0.0
 
 
+ContextRows = Callable[[np.ndarray], torch.Tensor]
+"""Maps the context ids kept in a replay buffer to bank rows on the model's device."""
+
+
 class OnlineLearner:
-    """Owns a superposed model, its optimiser and the version counter.
+    """Owns a superposed model, its optimiser, an optional replay buffer and the version.
 
     The version counts applied steps. The model and the optimiser state live on the model's
-    device. The learner is not thread-safe: a service gives it a single writer.
+    device, the replay buffer in host memory. The learner is not thread-safe: a service gives
+    it a single writer.
+
+    Args:
+        model: The superposed model.
+        config: The optimiser, clipping and replay settings.
+        model_version: The version to start from.
+        replay: Past rows to rehearse; every step mixes `config.replay_per_step` of them in.
+        rows_of: Turns the buffer's context ids into bank rows. By default the ids are the bank
+            rows; a caller whose bank rows can change between processes stores stable ids.
     """
 
     def __init__(
-        self, model: SuperposedModel, config: TrainingConfig, *, model_version: int = 0
+        self,
+        model: SuperposedModel,
+        config: TrainingConfig,
+        *,
+        model_version: int = 0,
+        replay: ReplayBuffer | None = None,
+        rows_of: ContextRows | None = None,
     ) -> None:
         self.model = model
         self.config = config
         self.optimizer = config.build(model.parameters())
         self.model_version = model_version
         self.refused_steps = 0
+        self.replay = replay
+        self.rows_of = rows_of or self._bank_rows
 
     @property
     def device(self) -> torch.device:
         return self.model.device
 
-    def step(self, x: torch.Tensor, context_index: torch.Tensor, y: torch.Tensor) -> StepResult:
-        """Scores the minibatch with the current weights, then learns from it.
+    def _bank_rows(self, ids: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(ids).to(self.device)
 
-        A non-finite loss or gradient refuses the step: the weights, the optimiser state and the
-        version stay exactly as they were.
+    def step(
+        self,
+        x: torch.Tensor,
+        context_index: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        context_ids: np.ndarray | None = None,
+    ) -> StepResult:
+        """Scores the minibatch with the current weights, then learns from it and from rows
+        replayed from the buffer, which then keeps some of the new rows.
+
+        A non-finite loss or gradient refuses the step: the weights, the optimiser state, the
+        buffer and the version stay exactly as they were.
 
         Args:
             x: `(B, *input_shape)` or `(B, prod(input_shape))` float inputs.
             context_index: `(B,)` int64 bank rows.
             y: `(B,)` int64 class labels.
+            context_ids: `(B,)` int64 ids the buffer keeps the rows under; the bank rows when
+                None.
         """
+        fresh = len(y)
+        x = x.reshape(fresh, -1)
+        replayed = self._replayed_rows()
+        if replayed is not None:
+            x = torch.cat([x, replayed[0]])
+            context_index = torch.cat([context_index, replayed[1]])
+            y_all = torch.cat([y, replayed[2]])
+        else:
+            y_all = y
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         logits = self.model(x, context_index)
-        correct = (logits.detach().argmax(dim=1) == y).cpu()
-        loss = F.cross_entropy(logits, y)
+        correct = (logits[:fresh].detach().argmax(dim=1) == y).cpu()
+        loss = F.cross_entropy(logits, y_all)
         loss_value = float(loss.detach())
         if torch.isfinite(loss.detach()):
             loss.backward()
-            if _all_finite([p.grad for p in self.model.parameters() if p.grad is not None]):
+            if self._finite_gradients_clipped():
                 self.optimizer.step()
                 self.model_version += 1
+                self._remember(x[:fresh], context_index[:fresh], y, context_ids)
                 return StepResult(True, loss_value, correct, self.model_version)
         self.optimizer.zero_grad(set_to_none=True)
         self.refused_steps += 1
         return StepResult(False, loss_value, correct, self.model_version)
+
+    def _replayed_rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """`config.replay_per_step` rows drawn from the buffer, on the model's device."""
+        if self.replay is None or not len(self.replay) or not self.config.replay_per_step:
+            return None
+        inputs, ids, labels = self.replay.sample(self.config.replay_per_step)
+        device = self.device
+        return (
+            torch.from_numpy(inputs).to(device),
+            self.rows_of(ids),
+            torch.from_numpy(labels).to(device),
+        )
+
+    def _finite_gradients_clipped(self) -> bool:
+        """Whether every gradient is finite, after clipping them to `config.clip_norm`."""
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if self.config.clip_norm is None:
+            return _all_finite(grads)
+        # The global norm is non-finite exactly when a gradient element is, so it is the check.
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_norm)
+        return bool(torch.isfinite(norm))
+
+    def _remember(
+        self,
+        x: torch.Tensor,
+        context_index: torch.Tensor,
+        y: torch.Tensor,
+        context_ids: np.ndarray | None,
+    ) -> None:
+        if self.replay is None:
+            return
+        ids = context_ids if context_ids is not None else context_index.cpu().numpy()
+        self.replay.add(x.detach().cpu().numpy(), ids, y.cpu().numpy())
 
     @torch.inference_mode()
     def predict(self, x: torch.Tensor, context_index: torch.Tensor) -> torch.Tensor:

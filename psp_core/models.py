@@ -30,6 +30,9 @@ class ModelConfig:
     num_classes: int = 10  # width of the output layer
     seed: int = 0  # weight initialisation and the one-power base phases
     local_mix: bool = False  # paper eq. 7: average each context's phases with its neighbours'
+    # Complex and one-power kinds carry complex activations between layers (ReLU on the real and
+    # imaginary parts) instead of keeping each layer's real part; the real kinds have none.
+    complex_activations: bool = True
 
     def __post_init__(self) -> None:
         ContextKind(self.kind)
@@ -43,6 +46,11 @@ class ModelConfig:
     @property
     def context_kind(self) -> ContextKind:
         return ContextKind(self.kind)
+
+    @property
+    def carries_complex(self) -> bool:
+        """Whether the hidden activations are complex (see `complex_activations`)."""
+        return self.complex_activations and self.context_kind.is_complex
 
     @property
     def input_size(self) -> int:
@@ -65,6 +73,8 @@ class ModelConfig:
             num_classes=int(data["num_classes"]),
             seed=int(data["seed"]),
             local_mix=bool(data.get("local_mix", False)),
+            # Checkpoints from before the option kept each layer's real part.
+            complex_activations=bool(data.get("complex_activations", False)),
         )
 
 
@@ -84,6 +94,11 @@ class SuperposedModel(nn.Module):
             body, config.context_kind, model_seed=config.seed, local_mix=config.local_mix
         )
         self.bank = ContextBank(config.context_kind, [layer.contexts for layer in layers])
+        if config.carries_complex:
+            for position, layer in enumerate(layers):
+                layer.set_complex_sides(
+                    complex_input=position > 0, complex_output=position < len(layers) - 1
+                )
 
     def forward(self, x: torch.Tensor, context_index: torch.Tensor) -> torch.Tensor:
         """Args:

@@ -79,6 +79,9 @@ MODEL_VERSION = Gauge(
     "Version (applied steps) of the weights this process serves.",
     multiprocess_mode="max",
 )
+REPLAY_ROWS = Gauge(
+    "psp_replay_rows", "Rows held in the trainer's replay buffer.", multiprocess_mode="max"
+)
 CONTEXTS = Gauge("psp_contexts", "Contexts in this process's bank.", multiprocess_mode="max")
 CHECKPOINT_SECONDS = Histogram(
     "psp_checkpoint_duration_seconds",

@@ -19,6 +19,7 @@ from psp_core.checkpoint import read_weights, restore_checkpoint, save_checkpoin
 from psp_core.contexts import ContextSpec
 from psp_core.learner import OnlineLearner, StepResult, TrainingConfig
 from psp_core.models import ModelConfig, build_model, parameter_count
+from psp_core.replay import ReplayBuffer
 from service import metrics
 
 
@@ -61,10 +62,22 @@ class ModelHost:
     """Owns the learner; thread-safe for one writer and many readers."""
 
     def __init__(
-        self, model_config: ModelConfig, training: TrainingConfig, device: torch.device
+        self,
+        model_config: ModelConfig,
+        training: TrainingConfig,
+        device: torch.device,
+        *,
+        replay_rows: int = 0,
     ) -> None:
         model = build_model(model_config, device)
-        self.learner = OnlineLearner(model, training)
+        replay = (
+            ReplayBuffer(replay_rows, model_config.input_size, seed=model_config.seed)
+            if replay_rows
+            else None
+        )
+        # The buffer keeps registry indices, which mean the same in every process and restart;
+        # bank rows depend on the order in which a process learned of its contexts.
+        self.learner = OnlineLearner(model, training, replay=replay, rows_of=self.bank_rows)
         self.config = model_config
         self.device = device
         self._rows: dict[int, int] = {}
@@ -134,7 +147,9 @@ class ModelHost:
         x = torch.from_numpy(np.ascontiguousarray(batch.inputs)).to(self.device)
         y = torch.from_numpy(np.ascontiguousarray(batch.labels)).to(self.device)
         with self._lock:
-            result = self.learner.step(x, rows, y)
+            result = self.learner.step(x, rows, y, context_ids=batch.indices)
+            replay_rows = len(self.learner.replay) if self.learner.replay is not None else 0
+        metrics.REPLAY_ROWS.set(replay_rows)
         if result.applied:
             metrics.TRAIN_STEPS.inc()
             metrics.TRAINED_EXAMPLES.inc(len(batch.labels))
@@ -142,6 +157,30 @@ class ModelHost:
         else:
             metrics.REFUSED_STEPS.inc()
         return result
+
+    @property
+    def replays(self) -> bool:
+        """Whether this host keeps a replay buffer (the writer, with replay on)."""
+        return self.learner.replay is not None
+
+    def replayed_contexts(self) -> set[int]:
+        """Registry indices that have rows in the replay buffer."""
+        replay = self.learner.replay
+        return replay.contexts() if replay is not None else set()
+
+    def forget_contexts(self, indices: Iterable[int]) -> int:
+        """Drops the replay rows of deleted contexts, and refuses their rows from now on.
+
+        Returns:
+            How many rows were dropped.
+        """
+        replay = self.learner.replay
+        if replay is None:
+            return 0
+        with self._lock:
+            dropped = replay.purge(set(indices))
+            metrics.REPLAY_ROWS.set(len(replay))
+        return dropped
 
     def save(self, path: Path, metadata: dict[str, str]) -> None:
         """Writes a checkpoint of the current state."""

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from psp_core.learner import TrainingConfig
 from service.batcher import PredictBatcher
 from service.checkpoints import CheckpointStore
 from service.contexts import ContextService
@@ -86,12 +85,13 @@ class Runtime:
         await asyncio.to_thread(upgrade, url)
         registry = RegistryStore(make_engine(url), settings.model.kind)
         device = resolve_device(settings.device)
-        training_config = TrainingConfig(
-            optimizer=settings.training.optimizer,
-            lr=settings.training.lr,
-            momentum=settings.training.momentum,
+        host = ModelHost(
+            settings.model.to_config(),
+            settings.training.to_config(settings.replay),
+            device,
+            # Read replicas never train, so they keep no rows to rehearse.
+            replay_rows=settings.replay.rows if settings.role != "api" else 0,
         )
-        host = ModelHost(settings.model.to_config(), training_config, device)
         queue = make_queue(settings)
         store = CheckpointStore(settings.checkpoint_dir, settings.checkpoint.keep)
         contexts = ContextService(registry, host)

@@ -9,8 +9,14 @@ from typing import Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from psp_core.learner import TrainingConfig
 from psp_core.models import ModelConfig
+from psp_core.replay import DEFAULT_REPLAY_ROWS
 from service.auth import ApiKeySpec
+
+# The learning defaults live in psp_core, where the sweep in docs/benchmarks.md chose them.
+_TRAINING = TrainingConfig()
+_MODEL = ModelConfig()
 
 
 class ModelSettings(BaseModel):
@@ -23,6 +29,8 @@ class ModelSettings(BaseModel):
     num_classes: int = Field(default=10, ge=2)
     seed: int = 0
     local_mix: bool = False
+    # complex and onepower: carry complex activations between layers (see psp_core.layers)
+    complex_activations: bool = _MODEL.complex_activations
 
     @field_validator("input_shape", "hidden")
     @classmethod
@@ -40,20 +48,45 @@ class ModelSettings(BaseModel):
             num_classes=self.num_classes,
             seed=self.seed,
             local_mix=self.local_mix,
+            complex_activations=self.complex_activations,
         )
 
 
 class TrainingSettings(BaseModel):
     """How the single writer learns from queued batches."""
 
-    optimizer: Literal["sgd", "adam", "rmsprop"] = "sgd"
-    lr: float = Field(default=0.05, gt=0)
-    momentum: float = Field(default=0.9, ge=0, lt=1)
+    optimizer: Literal["sgd", "adam", "rmsprop"] = _TRAINING.optimizer  # type: ignore[assignment]
+    lr: float = Field(default=_TRAINING.lr, gt=0)
+    momentum: float = Field(default=_TRAINING.momentum, ge=0, lt=1)
+    # Each step's gradients are scaled down to this global norm; raw-scale inputs (pixels in
+    # 0-255) then still learn. Empty (null) turns clipping off.
+    clip_norm: float | None = Field(default=_TRAINING.clip_norm, gt=0)
     batch_size: int = Field(default=32, ge=1)
     # Coalescing mixes entries of many contexts into one minibatch; off gives one step per entry,
     # which makes a replay bit-exact (the exactly-once tests rely on it).
     coalesce: bool = True
     deterministic: bool = False
+
+    def to_config(self, replay: ReplaySettings) -> TrainingConfig:
+        return TrainingConfig(
+            optimizer=self.optimizer,
+            lr=self.lr,
+            momentum=self.momentum,
+            clip_norm=self.clip_norm,
+            replay_per_step=replay.per_step,
+        )
+
+
+class ReplaySettings(BaseModel):
+    """Rehearsal: the trainer keeps past rows and mixes some into every step.
+
+    The buffer holds up to `rows` rows shared about equally by the contexts, in the writer's
+    memory and in every checkpoint: `rows * (4 * input width + 16)` bytes, 27 MB at the default
+    100,000 rows of 64 inputs. `rows=0` keeps no rows at all.
+    """
+
+    rows: int = Field(default=DEFAULT_REPLAY_ROWS, ge=0)
+    per_step: int = Field(default=_TRAINING.replay_per_step, ge=0)
 
 
 class CheckpointSettings(BaseModel):
@@ -95,6 +128,7 @@ class Settings(BaseSettings):
 
     model: ModelSettings = Field(default_factory=ModelSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
+    replay: ReplaySettings = Field(default_factory=ReplaySettings)
     checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)
     queue: QueueSettings = Field(default_factory=QueueSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
@@ -130,6 +164,20 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'psp.db').resolve()}"
+
+    def learning_summary(self) -> dict[str, object]:
+        """The settings that decide what the writer learns, as `GET /model` shows them."""
+        training = self.training
+        return {
+            "optimizer": training.optimizer,
+            "lr": training.lr,
+            "momentum": training.momentum,
+            "clip_norm": training.clip_norm,
+            "batch_size": training.batch_size,
+            "coalesce": training.coalesce,
+            "replay_rows": self.replay.rows,
+            "replay_per_step": self.replay.per_step,
+        }
 
     @property
     def checkpoint_dir(self) -> Path:

@@ -18,12 +18,15 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import numpy as np
 from redis.exceptions import RedisError
 
+from psp_core.contexts import derive_seed
 from service import metrics
 from service.checkpoints import CheckpointInfo, CheckpointStore
+from service.contexts import RETIREMENT_OVERLAP
 from service.control import ControlInbox, RollbackFailed
 from service.model_host import ModelHost, TrainRows
 from service.queue.base import QueuedEntry, QueueUnavailable, TrainQueue, entry_id_key
@@ -71,6 +74,7 @@ class Trainer:
         self._uncommitted_counts: dict[int, list[int]] = defaultdict(lambda: [0, 0])
         self._unacked: list[str] = []
         self._last_checkpoint_at = time.monotonic()
+        self._retirements_checked = datetime.now(UTC)
 
     # Start-up -------------------------------------------------------------------------------
 
@@ -83,6 +87,7 @@ class Trainer:
             for index, counts in _decode_counts(metadata.get("counts", "{}")).items():
                 self._uncommitted_counts[index] = list(counts)
             await self._settle()  # finishes the registry update if a crash came before it
+        await self._forget_deleted_contexts()
         pending = await self.queue.pending()
         done = [p.entry_id for p in pending if self._is_checkpointed(p.entry_id)]
         await self.queue.ack(done)
@@ -173,10 +178,17 @@ class Trainer:
         await self.queue.publish_applied([e.entry_id for e in fresh], self.host.model_version)
 
     def _minibatches(self, entries: Sequence[QueuedEntry]) -> list[TrainRows]:
-        """Coalesces entries of many contexts into `batch_size` minibatches, or, in per-entry
-        mode, splits each entry on its own so that replaying the same entries is bit-exact."""
+        """Cuts entries into `batch_size` minibatches.
+
+        Coalescing shuffles the rows of all the entries read together before cutting, so that
+        a step mixes the contexts that were queued instead of holding one client's block. The
+        shuffle is seeded by the model seed and the first entry's id, so the same read gives
+        the same minibatches. Per-entry mode cuts each entry in order on its own, so that
+        replaying the same entries is bit-exact.
+        """
         size = self.settings.training.batch_size
-        groups = [entries] if self.settings.training.coalesce else [[e] for e in entries]
+        coalesce = self.settings.training.coalesce
+        groups = [entries] if coalesce else [[e] for e in entries]
         batches = []
         for group in groups:
             if not group:
@@ -186,6 +198,10 @@ class Trainer:
             )
             inputs = np.concatenate([e.entry.inputs for e in group])
             labels = np.concatenate([e.entry.labels for e in group])
+            if coalesce and len(group) > 1:
+                seed = derive_seed("shuffle", self.settings.model.seed, group[0].entry_id)
+                order = np.random.default_rng(seed).permutation(len(labels))
+                indices, inputs, labels = indices[order], inputs[order], labels[order]
             for start in range(0, len(labels), size):
                 window = slice(start, start + size)
                 batches.append(TrainRows(indices[window], inputs[window], labels[window]))
@@ -202,6 +218,29 @@ class Trainer:
         if not all(self.host.has_context(index) for index in wanted):
             # A registration with a lower index may have committed after a higher one.
             self.host.add_contexts(await self.registry.context_definitions())
+
+    async def _forget_deleted_contexts(self) -> None:
+        """Drops the replay rows of every context that is no longer live (at start-up)."""
+        buffered = self.host.replayed_contexts()
+        if not buffered:
+            return
+        live = {index for _, index in await self.registry.live_keys()}
+        self.host.forget_contexts(buffered - live)
+
+    async def _forget_retired_contexts(self) -> None:
+        """Drops the replay rows of contexts deleted since the last look (any process may
+        delete). Indices are never reused, so forgetting one twice is harmless."""
+        if not self.host.replays:
+            return
+        started = datetime.now(UTC)
+        since = self._retirements_checked - RETIREMENT_OVERLAP
+        try:
+            retired = await self.registry.retired_since(since)
+        except RegistryUnavailable as err:
+            log.warning("cannot check for deleted contexts, will retry: %s", err)
+            return
+        self.host.forget_contexts(index for _, index in retired)
+        self._retirements_checked = started
 
     # Checkpoints ----------------------------------------------------------------------------
 
@@ -220,6 +259,7 @@ class Trainer:
         or the queue is down now, a later checkpoint (or the next start-up) still delivers
         them exactly once.
         """
+        await self._forget_retired_contexts()
         progress = self._progress
         if not progress.entry_ids and self.store.latest() is not None:
             self._last_checkpoint_at = time.monotonic()

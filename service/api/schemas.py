@@ -96,6 +96,10 @@ class ModelInfo(BaseModel):
     device: str
     role: str
     checkpoints: list[int] = Field(description="Model versions of the kept checkpoints.")
+    training: dict[str, Any] = Field(
+        description="How the writer learns: optimiser, learning rate, gradient clipping, "
+        "minibatch size, and the replay buffer's rows and rows replayed per step."
+    )
 
 
 class RollbackRequest(BaseModel):

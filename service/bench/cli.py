@@ -6,7 +6,6 @@ Mounted by the main CLI as `psp bench`; also runs alone as `python -m service.be
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -24,6 +23,7 @@ from rich.table import Table
 
 from psp_core import ModelConfig
 from service.bench.continual import (
+    DEFAULTS,
     ContinualConfig,
     ContinualResults,
     RunnerFactory,
@@ -31,7 +31,7 @@ from service.bench.continual import (
     run_continual,
 )
 from service.bench.http_runner import BenchHTTPError, HttpRunner
-from service.bench.methods import DEFAULT_METHODS, Method, parse_methods
+from service.bench.methods import DEFAULT_METHODS, TENANTS_METHODS, Method, parse_methods
 from service.bench.runners import Runner
 from service.bench.streams import ROTATING_STREAMS, STREAMS, StreamError
 
@@ -65,8 +65,9 @@ def _http_factory(url: str, api_key: str | None) -> tuple[list[str], RunnerFacto
 
     def factory(method: Method, architecture: ModelConfig) -> Runner:
         runner = HttpRunner(url, expected_kind=method.kind, api_key=api_key)
-        expected = replace(architecture, kind=method.kind, local_mix=method.local_mix)
-        warnings.extend(f"{method.name}: {text}" for text in runner.check_model(expected))
+        expected = method.architecture(architecture)
+        checked = runner.check_model(expected, replay=method.replay)
+        warnings.extend(f"{method.name}: {text}" for text in checked)
         return runner
 
     return warnings, factory
@@ -75,21 +76,39 @@ def _http_factory(url: str, api_key: str | None) -> tuple[list[str], RunnerFacto
 def results_table(results: ContinualResults) -> Table:
     """The summary table printed at the end of a run."""
     rotating = results.stream["family"] == "rotating"
-    table = Table(title=f"{results.stream['name']}: {results.stream['tasks']} tasks")
-    for column in ("method", "avg acc", "forgetting", "BWT", "prequential"):
+    tenants = results.stream["family"] == "tenants"
+    if tenants:
+        title = (
+            f"tenants: {results.stream['tenants']} tenants x {results.stream['rows_per_tenant']}"
+            f" rows, blocks of {results.stream['block_rows']}"
+        )
+        accuracy_columns: tuple[str, ...] = ("mean acc", "min acc", "prequential")
+    else:
+        title = f"{results.stream['name']}: {results.stream['tasks']} tasks"
+        accuracy_columns = ("avg acc", "forgetting", "BWT", "prequential")
+    table = Table(title=title)
+    for column in ("method", *accuracy_columns):
         table.add_column(column, justify="left" if column == "method" else "right")
     if rotating:
         table.add_column("angle 0° min / mean (last cycle)", justify="right")
     for column in ("parameters", "bytes/context", "total MB", "seconds"):
         table.add_column(column, justify="right")
     for result in results.methods:
-        cells = [
-            result.method,
-            f"{result.average_accuracy:.3f}",
-            f"{result.forgetting:.3f}",
-            f"{result.backward_transfer:+.3f}",
-            f"{result.prequential_accuracy:.3f}",
-        ]
+        if tenants:
+            cells = [
+                result.method,
+                f"{result.average_accuracy:.3f}",
+                f"{result.minimum_accuracy:.3f}",
+                f"{result.prequential_accuracy:.3f}",
+            ]
+        else:
+            cells = [
+                result.method,
+                f"{result.average_accuracy:.3f}",
+                f"{result.forgetting:.3f}",
+                f"{result.backward_transfer:+.3f}",
+                f"{result.prequential_accuracy:.3f}",
+            ]
         if rotating and result.last_cycle is not None:
             cells.append(f"{result.last_cycle['min']:.3f} / {result.last_cycle['mean']:.3f}")
         footprint = result.footprint
@@ -106,17 +125,18 @@ def results_table(results: ContinualResults) -> Table:
 @bench_app.command()
 def continual(
     stream: Annotated[
-        str, typer.Option(help=f"Data stream: {', '.join(STREAMS)}.")
+        str, typer.Option(help=f"Data stream: {', '.join(STREAMS)}, or tenants.")
     ] = "permuted-digits",
     tasks: Annotated[int, typer.Option(min=1, help="Tasks (per cycle).")] = 10,
     steps_per_task: Annotated[int, typer.Option(min=1, help="Steps per task (context).")] = 500,
     kinds: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="Comma-separated methods: none, binary, complex, rotation, onepower, separate, "
-            "ewc; -local (complex, onepower) and -continuous (onepower) variants.",
+            "ewc; -local (complex, onepower), -continuous (onepower) and -replay (rehearsal) "
+            "variants. Default: every method, with and without replay.",
         ),
-    ] = ",".join(DEFAULT_METHODS),
+    ] = None,
     hidden: Annotated[str, typer.Option(help="Hidden widths of the MLP.")] = "256,256",
     out: Annotated[Path, typer.Option(help="Folder for results.json and the plots.")] = Path(
         "bench-out/continual"
@@ -137,6 +157,20 @@ def continual(
     optimizer: Annotated[str, typer.Option(help="sgd, adam or rmsprop.")] = "sgd",
     lr: Annotated[float, typer.Option(min=0.0)] = 0.05,
     momentum: Annotated[float, typer.Option(min=0.0, max=0.999)] = 0.9,
+    clip_norm: Annotated[
+        float, typer.Option(min=0.0, help="Global gradient-norm clip; 0 turns it off.")
+    ] = DEFAULTS.clip_norm or 0.0,
+    replay_rows: Annotated[
+        int, typer.Option(min=1, help="Replay buffer rows of the -replay methods.")
+    ] = DEFAULTS.replay_rows,
+    replay_per_step: Annotated[
+        int, typer.Option(min=0, help="Rows a -replay method rehearses per step.")
+    ] = DEFAULTS.replay_per_step,
+    tenants: Annotated[int, typer.Option(min=1, help="Tenants stream: tenants.")] = 256,
+    rows_per_tenant: Annotated[
+        int, typer.Option(min=1, help="Tenants stream: training rows per tenant.")
+    ] = 1000,
+    block_rows: Annotated[int, typer.Option(min=1, help="Tenants stream: rows per request.")] = 50,
     ewc_lambda: Annotated[float, typer.Option(min=0.0, help="Online EWC strength λ.")] = 10.0,
     ewc_gamma: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="Online EWC Fisher decay γ.")
@@ -154,10 +188,17 @@ def continual(
     """Continual learning over a task stream: PSP kinds against no contexts, one network per
     task and online EWC (paper §7)."""
     console = _console()
+    if kinds is None:
+        kinds = ",".join(TENANTS_METHODS if stream == "tenants" else DEFAULT_METHODS)
     try:
         methods = parse_methods(kinds)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--kinds") from exc
+    if stream not in (*STREAMS, "tenants"):
+        raise typer.BadParameter(
+            f"unknown stream {stream!r}; choose one of {', '.join(STREAMS)}, tenants",
+            param_hint="--stream",
+        )
     if via_http and any(method.family != "psp" for method in methods):
         raise typer.BadParameter(
             "--via-http measures the service's own kind; separate and ewc run in-process only",
@@ -174,6 +215,12 @@ def continual(
         optimizer=optimizer,
         lr=lr,
         momentum=momentum,
+        clip_norm=clip_norm or None,
+        replay_rows=replay_rows,
+        replay_per_step=replay_per_step,
+        tenants=tenants,
+        rows_per_tenant=rows_per_tenant,
+        block_rows=block_rows,
         ewc_lambda=ewc_lambda,
         ewc_gamma=ewc_gamma,
         ewc_samples=ewc_samples,
@@ -192,7 +239,11 @@ def continual(
     factory: RunnerFactory | None = None
     if via_http:
         warnings, factory = _http_factory(via_http, api_key)
-    total = config.cycles * tasks * steps_per_task
+    total = (
+        len(range(0, rows_per_tenant, block_rows)) * tenants
+        if stream == "tenants"
+        else config.cycles * tasks * steps_per_task
+    )
     columns = (
         TextColumn("{task.description:<26}"),
         BarColumn(),
@@ -220,10 +271,13 @@ def continual(
         console.print(f"[yellow]warning:[/yellow] {warning}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results.to_dict(), indent=1) + "\n")
+    console.print(results_table(results))
+    if stream == "tenants":
+        console.print(f"wrote {out / 'results.json'}")
+        return
     from service.bench.plots import plot_all  # matplotlib loads only when a run ends
 
     figures = plot_all(results, out)
-    console.print(results_table(results))
     console.print(f"wrote {out / 'results.json'} and {', '.join(p.name for p in figures)}")
 
 

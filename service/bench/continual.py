@@ -26,12 +26,14 @@ from typing import Any
 import torch
 
 from psp_core import ModelConfig, TrainingConfig
+from psp_core.replay import DEFAULT_REPLAY_ROWS
 from service.bench import metrics
 from service.bench.baselines import EWCConfig
 from service.bench.footprint import Footprint, footprint
 from service.bench.methods import DEFAULT_METHODS, Method, parse_methods
 from service.bench.runners import Runner, in_process_runner
-from service.bench.streams import Stream, make_stream
+from service.bench.streams import Dataset, Stream, make_stream
+from service.bench.tenants import TenantsStream, run_tenants_method
 
 StepProgress = Callable[[int, int], None]
 """Called with (steps done, total steps) while a method runs."""
@@ -44,7 +46,7 @@ RunnerFactory = Callable[[Method, ModelConfig], Runner]
 class ContinualConfig:
     """Everything that defines a run; saved beside its results."""
 
-    stream: str = "permuted-digits"  # one of streams.STREAMS
+    stream: str = "permuted-digits"  # one of streams.STREAMS, or "tenants"
     tasks: int = 10  # tasks per cycle (permutations, or slices of a revolution)
     steps_per_task: int = 500  # steps before the next task (or context) begins
     cycles: int = 1  # passes over all tasks; a rotating stream turns once per cycle
@@ -54,6 +56,9 @@ class ContinualConfig:
     optimizer: str = "sgd"  # sgd, adam or rmsprop
     lr: float = 0.05  # step size
     momentum: float = 0.9  # sgd and rmsprop momentum
+    clip_norm: float | None = TrainingConfig.clip_norm  # global gradient norm; None: off
+    replay_rows: int = DEFAULT_REPLAY_ROWS  # buffer of the -replay methods
+    replay_per_step: int = TrainingConfig.replay_per_step  # rows a -replay method rehearses
     ewc_lambda: float = 10.0  # online EWC strength λ (stable over 50 tasks at lr 0.05)
     ewc_gamma: float = 1.0  # decay of the running Fisher at each consolidation
     ewc_samples: int = 256  # recent inputs of a finished task used for its Fisher
@@ -63,23 +68,32 @@ class ContinualConfig:
     test_limit: int | None = 1000  # at most this many test rows per task
     via_http: str | None = None  # drive this service URL instead of in-process models
     threads: int = 1  # torch CPU threads
+    tenants: int = 256  # tenants stream: how many tenants
+    rows_per_tenant: int = 1000  # tenants stream: training rows each tenant sends
+    block_rows: int = 50  # tenants stream: rows per request
 
     @property
     def resolved_eval_every(self) -> int:
         return self.eval_every if self.eval_every > 0 else max(1, self.steps_per_task // 10)
 
-    def model_config(self, stream: Stream) -> ModelConfig:
-        """The shared architecture; each method sets its kind."""
+    def model_config(self, dataset: Dataset) -> ModelConfig:
+        """The shared architecture for `dataset`; each method sets its kind."""
         return ModelConfig(
             kind="none",
-            input_shape=(stream.dataset.input_size,),
+            input_shape=(dataset.input_size,),
             hidden=self.hidden,
-            num_classes=stream.dataset.num_classes,
+            num_classes=dataset.num_classes,
             seed=self.seed,
         )
 
     def training_config(self) -> TrainingConfig:
-        return TrainingConfig(optimizer=self.optimizer, lr=self.lr, momentum=self.momentum)
+        return TrainingConfig(
+            optimizer=self.optimizer,
+            lr=self.lr,
+            momentum=self.momentum,
+            clip_norm=self.clip_norm,
+            replay_per_step=self.replay_per_step,
+        )
 
     def ewc_config(self) -> EWCConfig:
         return EWCConfig(lam=self.ewc_lambda, gamma=self.ewc_gamma, samples=self.ewc_samples)
@@ -88,6 +102,9 @@ class ContinualConfig:
         data = asdict(self)
         data["methods"], data["hidden"] = list(self.methods), list(self.hidden)
         return data
+
+
+DEFAULTS = ContinualConfig()
 
 
 @dataclass
@@ -106,6 +123,8 @@ class MethodResult:
         seconds: Wall time of the method's run.
         last_cycle: Minimum and mean of the task-0 curve over the last cycle (rotating streams:
             the accuracy at angle 0°), else None.
+        tenant_accuracy: The tenants stream's final accuracy of each tenant (the matrix and
+            the curve are then empty), else None.
     """
 
     method: str
@@ -117,22 +136,32 @@ class MethodResult:
     footprint: Footprint
     seconds: float
     last_cycle: dict[str, float] | None = None
+    tenant_accuracy: list[float] | None = None
 
     @property
     def final_accuracy(self) -> list[float]:
-        """Accuracy on each task at the end of the run."""
-        return self.matrix[-1]
+        """Accuracy on each task (or tenant) at the end of the run."""
+        return self.tenant_accuracy if self.tenant_accuracy is not None else self.matrix[-1]
 
     @property
     def average_accuracy(self) -> float:
+        if self.tenant_accuracy is not None:
+            return sum(self.tenant_accuracy) / len(self.tenant_accuracy)
         return metrics.average_accuracy(self.matrix)
 
     @property
+    def minimum_accuracy(self) -> float:
+        """The worst task's (or tenant's) accuracy at the end of the run."""
+        return min(self.final_accuracy)
+
+    @property
     def forgetting(self) -> float:
-        return metrics.forgetting(self.matrix)
+        return math.nan if self.tenant_accuracy is not None else metrics.forgetting(self.matrix)
 
     @property
     def backward_transfer(self) -> float:
+        if self.tenant_accuracy is not None:
+            return math.nan
         return metrics.backward_transfer(self.matrix)
 
     def to_dict(self) -> dict[str, Any]:
@@ -142,9 +171,10 @@ class MethodResult:
         return {
             "method": self.method,
             "average_accuracy": self.average_accuracy,
-            "forgetting": self.forgetting,
-            "backward_transfer": self.backward_transfer,
-            "prequential_accuracy": self.prequential_accuracy,
+            "minimum_accuracy": self.minimum_accuracy,
+            "forgetting": finite(self.forgetting),
+            "backward_transfer": finite(self.backward_transfer),
+            "prequential_accuracy": finite(self.prequential_accuracy),
             "final_accuracy": self.final_accuracy,
             "task0_last_cycle": self.last_cycle,
             "refused_steps": self.refused_steps,
@@ -275,6 +305,10 @@ def run_continual(
         methods: Parsed methods; parsed from `config.methods` when None.
     """
     torch.set_num_threads(config.threads)
+    if config.stream == "tenants":
+        return _run_tenants(
+            config, runner_factory=runner_factory, progress=progress, methods=methods
+        )
     stream = make_stream(
         config.stream,
         tasks=config.tasks,
@@ -285,11 +319,11 @@ def run_continual(
         data_dir=Path(config.data_dir) if config.data_dir else None,
         test_limit=config.test_limit,
     )
-    model_config = config.model_config(stream)
+    model_config = config.model_config(stream.dataset)
     training, ewc = config.training_config(), config.ewc_config()
 
     def in_process(method: Method, architecture: ModelConfig) -> Runner:
-        return in_process_runner(method, architecture, training, ewc)
+        return in_process_runner(method, architecture, training, ewc, config.replay_rows)
 
     factory = runner_factory or in_process
     parsed = list(methods) if methods is not None else parse_methods(",".join(config.methods))
@@ -328,6 +362,63 @@ def run_continual(
                 footprint=footprint(method, model_config, trace.contexts),
                 seconds=time.perf_counter() - started,
                 last_cycle=last_cycle,
+            )
+        )
+    return results
+
+
+def _run_tenants(
+    config: ContinualConfig,
+    *,
+    runner_factory: RunnerFactory | None,
+    progress: Callable[[Method], StepProgress | None] | None,
+    methods: Sequence[Method] | None,
+) -> ContinualResults:
+    """`run_continual` for the tenants stream."""
+    stream = TenantsStream(
+        tenants=config.tenants,
+        rows_per_tenant=config.rows_per_tenant,
+        block_rows=config.block_rows,
+        seed=config.seed,
+    )
+    model_config = config.model_config(stream.dataset)
+    training, ewc = config.training_config(), config.ewc_config()
+
+    def in_process(method: Method, architecture: ModelConfig) -> Runner:
+        return in_process_runner(method, architecture, training, ewc, config.replay_rows)
+
+    factory = runner_factory or in_process
+    parsed = list(methods) if methods is not None else parse_methods(",".join(config.methods))
+    results = ContinualResults(config, stream.describe(), environment=_environment(config))
+    for method in parsed:
+        runner = factory(method, model_config)
+        started = time.perf_counter()
+        try:
+            trace = run_tenants_method(
+                stream,
+                method,
+                runner,
+                batch_size=config.batch_size,
+                progress=progress(method) if progress is not None else None,
+            )
+            refused = runner.refused_steps
+        finally:
+            runner.close()
+        results.methods.append(
+            MethodResult(
+                method=method.name,
+                matrix=[],
+                curve_steps=[],
+                curve_accuracy=[],
+                prequential_accuracy=(
+                    trace.prequential_accuracy
+                    if trace.prequential_accuracy is not None
+                    else math.nan
+                ),
+                refused_steps=refused,
+                footprint=footprint(method, model_config, trace.contexts),
+                seconds=time.perf_counter() - started,
+                tenant_accuracy=trace.accuracies,
             )
         )
     return results

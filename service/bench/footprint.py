@@ -37,7 +37,7 @@ class Footprint:
 def footprint(method: Method, config: ModelConfig, contexts: int) -> Footprint:
     """The footprint of `method` on architecture `config` after creating `contexts` contexts."""
     if method.family == "psp":
-        model = build_model(replace(config, kind=method.kind, local_mix=method.local_mix))
+        model = build_model(method.architecture(config))
         params = parameter_count(model)
         per_context = model.bank.bytes_per_context()
         return Footprint(

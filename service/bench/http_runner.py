@@ -85,14 +85,19 @@ class HttpRunner:
     def _key(self, key: str) -> str:
         return f"{self.key_prefix}{key}"
 
-    def check_model(self, expected: ModelConfig) -> list[str]:
+    def check_model(self, expected: ModelConfig, replay: bool | None = None) -> list[str]:
         """Compares the service's model (`GET /model`) with the one the run assumes.
+
+        Args:
+            expected: The architecture of the run's method.
+            replay: Whether the method rehearses; None does not check.
 
         Returns:
             Warnings: the service has trained before, or its weights start from another seed.
 
         Raises:
-            BenchHTTPError: The architecture differs, so the results would not be comparable.
+            BenchHTTPError: The architecture, or replay on or off, differs, so the results would
+                not be comparable.
         """
         info = self._request("GET", "/model").json()
         warnings = []
@@ -107,7 +112,15 @@ class HttpRunner:
         wanted = expected.to_dict()
         different = [
             f"{name}={config.get(name)!r} (the run needs {wanted[name]!r})"
-            for name in ("kind", "arch", "input_shape", "hidden", "num_classes", "local_mix")
+            for name in (
+                "kind",
+                "arch",
+                "input_shape",
+                "hidden",
+                "num_classes",
+                "local_mix",
+                "complex_activations",
+            )
             if name in config and config[name] != wanted[name]
         ]
         if different:
@@ -115,6 +128,15 @@ class HttpRunner:
                 f"the service's model differs from this run's: {', '.join(different)}; "
                 "set the service's PSP_MODEL__* variables or the run's options to match"
             )
+        training = info.get("training")
+        if isinstance(training, dict) and replay is not None:
+            replays = bool(training.get("replay_rows")) and bool(training.get("replay_per_step"))
+            if replays != replay:
+                raise BenchHTTPError(
+                    f"the service {'replays' if replays else 'does not replay'} past rows and "
+                    f"this method {'does' if replay else 'does not'}; name the method with "
+                    f"{'a' if replays else 'no'} -replay suffix, or set PSP_REPLAY__ROWS"
+                )
         if "seed" in config and config["seed"] != expected.seed:
             warnings.append(
                 f"the service's model seed is {config['seed']} and --seed is {expected.seed}: "
@@ -141,6 +163,18 @@ class HttpRunner:
         if not answer.get("applied", False):
             self.refused += 1
         return before == y.cpu()
+
+    def send(
+        self, key: str, x: torch.Tensor, y: torch.Tensor, *, batch_size: int, wait: bool
+    ) -> None:
+        """One `POST /train/{key}`; the service forms the minibatches (`batch_size` is its
+        setting, not the run's). The queue is first in, first out, so waiting for a block
+        waits for every block sent before it."""
+        body = {"inputs": x.tolist(), "labels": y.tolist()}
+        path = f"/train/{self._key(key)}" + ("?wait=true" if wait else "")
+        answer = self._request("POST", path, json=body).json()
+        if wait and not answer.get("applied", False):
+            self.refused += 1
 
     def predict(self, key: str, x: torch.Tensor) -> torch.Tensor:
         classes: list[int] = []

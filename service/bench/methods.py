@@ -8,19 +8,25 @@
 
 Suffixes, in any order: `-local` mixes each context with its neighbours (paper eq. 7; complex
 and one-power only); `-continuous` lets a one-power context follow the stream's position through
-a fractional power, so a rotating input gets a new context at every step (paper §7.3).
+a fractional power, so a rotating input gets a new context at every step (paper §7.3);
+`-real` keeps each layer's real part instead of carrying complex activations between layers
+(complex and one-power only; see `psp_core.layers`); `-replay` rehearses: every step mixes in
+rows drawn from a bounded buffer of past rows, as the service does by default (any kind, `none`
+included, so that what superposition adds on top of rehearsal is measured).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from psp_core import ContextSpec
+from psp_core import ContextSpec, ModelConfig
 
 PSP_KINDS = ("none", "binary", "complex", "rotation", "onepower")
 BASELINES = ("separate", "ewc")
-DEFAULT_METHODS = (*PSP_KINDS, *BASELINES)
-_FLAGS = ("local", "continuous")
+DEFAULT_METHODS = (*PSP_KINDS, *(f"{kind}-replay" for kind in PSP_KINDS), *BASELINES)
+# Online EWC consolidates when the task changes, which an interleaved stream does at every block.
+TENANTS_METHODS = (*PSP_KINDS, *(f"{kind}-replay" for kind in PSP_KINDS), "separate")
+_FLAGS = ("local", "continuous", "real", "replay")
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,8 @@ class Method:
         kind: The `psp_core` context kind; `none` for the two baselines.
         local_mix: Mix each context with its neighbours (paper eq. 7).
         continuous: Follow the stream's fractional position with a fractional power.
+        real_part: Keep each layer's real part (complex kinds), not complex activations.
+        replay: Mix rows of a replay buffer into every step.
     """
 
     name: str
@@ -40,6 +48,8 @@ class Method:
     kind: str
     local_mix: bool = False
     continuous: bool = False
+    replay: bool = False
+    real_part: bool = False
 
     @classmethod
     def parse(cls, name: str) -> Method:
@@ -55,16 +65,22 @@ class Method:
         unknown = [flag for flag in flags if flag not in _FLAGS]
         if unknown or len(set(flags)) != len(flags):
             raise ValueError(
-                f"method {name!r}: suffixes are -local and -continuous, each at most once"
+                f"method {name!r}: suffixes are -local, -continuous, -real and -replay, each at "
+                "most once"
             )
-        local_mix, continuous = "local" in flags, "continuous" in flags
+        local_mix, continuous, replay = "local" in flags, "continuous" in flags, "replay" in flags
         if local_mix and base not in ("complex", "onepower"):
             raise ValueError(f"method {name!r}: -local applies to complex and onepower only")
         if continuous and base != "onepower":
             raise ValueError(f"method {name!r}: -continuous applies to onepower only")
+        real_part = "real" in flags
+        if real_part and base not in ("complex", "onepower"):
+            raise ValueError(f"method {name!r}: -real applies to complex and onepower only")
+        if replay and base in BASELINES:
+            raise ValueError(f"method {name!r}: -replay applies to the superposed kinds and none")
         family = base if base in BASELINES else "psp"
         kind = "none" if base in BASELINES else base
-        return cls(name.strip(), family, kind, local_mix, continuous)
+        return cls(name.strip(), family, kind, local_mix, continuous, replay, real_part)
 
     def context(self, task: int, position: float) -> tuple[str, ContextSpec]:
         """The context key and spec for a batch of task `task` at stream position `position`.
@@ -77,6 +93,15 @@ class Method:
         if self.kind == "onepower":
             return f"task-{task}", ContextSpec(power=float(task))
         return f"task-{task}", ContextSpec(seed=task)
+
+    def architecture(self, config: ModelConfig) -> ModelConfig:
+        """The network this method trains, from the run's shared architecture."""
+        return replace(
+            config,
+            kind=self.kind,
+            local_mix=self.local_mix,
+            complex_activations=not self.real_part,
+        )
 
 
 def parse_methods(names: str) -> tuple[Method, ...]:

@@ -7,6 +7,7 @@ running service (`http_runner.HttpRunner`) with the same numbers.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
@@ -15,6 +16,7 @@ from typing import Protocol
 import torch
 
 from psp_core import ContextSpec, ModelConfig, OnlineLearner, TrainingConfig, build_model
+from psp_core.replay import ReplayBuffer
 from service.bench.baselines import EWCConfig, OnlineEWC, SeparateModels
 from service.bench.methods import Method
 
@@ -46,6 +48,23 @@ class Runner(Protocol):
         """`(B,)` int64 predicted classes for `(B, D)` inputs under context `key`."""
         ...
 
+    def send(
+        self, key: str, x: torch.Tensor, y: torch.Tensor, *, batch_size: int, wait: bool
+    ) -> torch.Tensor | None:
+        """Learns a block of rows the way a client's request is learned.
+
+        Args:
+            key: A registered context.
+            x: `(b, D)` float32 inputs.
+            y: `(b,)` int64 labels.
+            batch_size: Rows per minibatch where the runner forms them itself.
+            wait: Return only once the block is learned.
+
+        Returns:
+            `(b,)` bool prequential scores, or None where the runner cannot tell them.
+        """
+        ...
+
     @property
     def refused_steps(self) -> int:
         """Training steps refused because their loss or gradient was not finite."""
@@ -53,6 +72,25 @@ class Runner(Protocol):
 
     def close(self) -> None:
         """Releases what the runner holds (connections)."""
+
+
+class InProcessRunner(ABC):
+    """What the in-process runners share: a block is learned as consecutive minibatches."""
+
+    @abstractmethod
+    def train(self, key: str, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """See `Runner.train`."""
+
+    def send(
+        self, key: str, x: torch.Tensor, y: torch.Tensor, *, batch_size: int, wait: bool
+    ) -> torch.Tensor:
+        """Cuts the block into minibatches in order, as a trainer that keeps up with its
+        clients does; in-process learning is always finished on return."""
+        parts = [
+            self.train(key, x[start : start + batch_size], y[start : start + batch_size])
+            for start in range(0, len(y), batch_size)
+        ]
+        return torch.cat(parts)
 
 
 def _rows(row: int, batch: int) -> torch.Tensor:
@@ -67,11 +105,20 @@ def _predict_in_chunks(
     return torch.cat([part.argmax(dim=1) for part in parts]).cpu()
 
 
-class PSPRunner:
-    """One superposed network (or the plain one, kind `none`) with a context per key."""
+class PSPRunner(InProcessRunner):
+    """One superposed network (or the plain one, kind `none`) with a context per key.
 
-    def __init__(self, config: ModelConfig, training: TrainingConfig) -> None:
-        self.learner = OnlineLearner(build_model(config), training)
+    Args:
+        config: The architecture and kind.
+        training: The optimiser, clipping and rows replayed per step.
+        replay_rows: Capacity of the replay buffer; 0 trains without one.
+    """
+
+    def __init__(self, config: ModelConfig, training: TrainingConfig, replay_rows: int = 0) -> None:
+        replay = (
+            ReplayBuffer(replay_rows, config.input_size, seed=config.seed) if replay_rows else None
+        )
+        self.learner = OnlineLearner(build_model(config), training, replay=replay)
         self.rows: dict[str, int] = {}
 
     def register(self, key: str, spec: ContextSpec) -> None:
@@ -93,7 +140,7 @@ class PSPRunner:
         """Nothing to release."""
 
 
-class SeparateRunner:
+class SeparateRunner(InProcessRunner):
     """An independent plain network per key (`baselines.SeparateModels`)."""
 
     def __init__(self, config: ModelConfig, training: TrainingConfig) -> None:
@@ -117,7 +164,7 @@ class SeparateRunner:
         """Nothing to release."""
 
 
-class EWCRunner:
+class EWCRunner(InProcessRunner):
     """One plain network with online EWC; a task ends when training moves to another key.
 
     The runner keeps the most recent `EWCConfig.samples` training inputs of the current key, and
@@ -163,11 +210,17 @@ class EWCRunner:
 
 
 def in_process_runner(
-    method: Method, config: ModelConfig, training: TrainingConfig, ewc: EWCConfig
+    method: Method,
+    config: ModelConfig,
+    training: TrainingConfig,
+    ewc: EWCConfig,
+    replay_rows: int = 0,
 ) -> Runner:
-    """The in-process runner of `method` on the architecture `config` (its kind is replaced)."""
+    """The in-process runner of `method` on the architecture `config` (its kind is replaced);
+    a `-replay` method gets a buffer of `replay_rows` rows."""
     if method.family == "separate":
         return SeparateRunner(config, training)
     if method.family == "ewc":
         return EWCRunner(config, training, ewc)
-    return PSPRunner(replace(config, kind=method.kind, local_mix=method.local_mix), training)
+    architecture = method.architecture(config)
+    return PSPRunner(architecture, training, replay_rows if method.replay else 0)

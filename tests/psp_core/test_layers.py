@@ -169,3 +169,49 @@ def test_complex_weights_add_an_imaginary_part() -> None:
     layer = _linear(ContextKind.COMPLEX)
     assert layer.weight_imag is not None and layer.weight_imag.shape == (5, 12)
     assert _linear(ContextKind.BINARY).weight_imag is None
+
+
+def _complex_pair(layer: SuperposedLinear | SuperposedConv2d, row: int) -> torch.Tensor:
+    """The context of `row` as complex numbers `e^{iφ}` (the table stores `(cos φ, -sin φ)`)."""
+    pair = layer.contexts.table[row].double()
+    half = len(pair) // 2
+    return torch.complex(pair[:half], -pair[half:])
+
+
+@pytest.mark.parametrize(
+    ("complex_input", "complex_output"), [(False, True), (True, True), (True, False)]
+)
+def test_complex_activations_are_the_complex_product(complex_input, complex_output) -> None:
+    layer = _linear(ContextKind.COMPLEX)
+    layer.set_complex_sides(complex_input=complex_input, complex_output=complex_output)
+    real, imag = torch.randn(3, 12, dtype=torch.float64), torch.randn(3, 12, dtype=torch.float64)
+    h = torch.complex(real, imag if complex_input else torch.zeros_like(imag))
+    w = torch.complex(layer.base_layer.weight.double(), layer.weight_imag.double())
+    out = (w @ (_complex_pair(layer, 2) * h).T).T + layer.base_layer.bias.double()
+    given = torch.cat([real, imag], dim=1) if complex_input else real
+    expected = torch.cat([out.real, out.imag], dim=1) if complex_output else out.real
+    got = layer(given.float(), torch.full((3,), 2)).double()
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_complex_conv_binds_the_context_to_a_complex_kernel() -> None:
+    layer = _conv(ContextKind.COMPLEX)
+    layer.set_complex_sides(complex_input=True, complex_output=True)
+    x = torch.randn(2, 6, 9, 7, dtype=torch.float64)  # 3 real channels, then 3 imaginary ones
+    c = _complex_pair(layer, 4).view(3, 3, 3)
+    conv = layer.base_layer
+    kernel = torch.complex(conv.weight.double(), layer.weight_imag.double()) * c
+    x_complex = torch.complex(x[:, :3], x[:, 3:])
+
+    def conv2d(inputs: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return nn.functional.conv2d(inputs, weight, stride=2, padding=1)
+
+    out_real = conv2d(x_complex.real, kernel.real) - conv2d(x_complex.imag, kernel.imag)
+    out_imag = conv2d(x_complex.real, kernel.imag) + conv2d(x_complex.imag, kernel.real)
+    expected = torch.cat([out_real + conv.bias.double()[:, None, None], out_imag], dim=1)
+    assert torch.allclose(layer(x.float(), torch.full((2,), 4)).double(), expected, atol=1e-5)
+
+
+def test_real_kinds_have_no_complex_activations() -> None:
+    with pytest.raises(ValueError, match="no complex activations"):
+        _linear(ContextKind.BINARY).set_complex_sides(complex_input=True, complex_output=False)

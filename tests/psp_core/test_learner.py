@@ -7,6 +7,7 @@ import torch
 from psp_core.contexts import ContextSpec
 from psp_core.learner import OnlineLearner, TrainingConfig
 from psp_core.models import ModelConfig, build_model
+from psp_core.replay import ReplayBuffer
 
 
 def _learner(kind: str = "complex", optimizer: str = "sgd") -> OnlineLearner:
@@ -128,3 +129,76 @@ def test_superposition_remembers_permuted_digits_far_better_than_none(digits) ->
     baseline = _average_accuracy("none", digits)
     best_psp = max(_average_accuracy(kind, digits) for kind in ("binary", "onepower"))
     assert best_psp >= baseline + 0.25, (best_psp, baseline)
+
+
+def _replaying_learner(capacity: int = 100, per_step: int = 8) -> OnlineLearner:
+    model = build_model(ModelConfig(kind="complex", hidden=(32,)))
+    model.bank.extend([ContextSpec(seed=i) for i in range(3)])
+    return OnlineLearner(
+        model,
+        TrainingConfig(replay_per_step=per_step),
+        replay=ReplayBuffer(capacity, 64, seed=0),
+    )
+
+
+def test_replayed_rows_are_learned_but_never_scored() -> None:
+    learner = _replaying_learner()
+    x, y = torch.randn(4, 64), torch.randint(0, 10, (4,))
+    first = learner.step(x, torch.zeros(4, dtype=torch.long), y)
+    assert first.correct.shape == (4,) and learner.replay is not None and len(learner.replay) == 4
+    second = learner.step(x[:2], torch.ones(2, dtype=torch.long), y[:2])
+    assert second.correct.shape == (2,)  # the 8 replayed rows are not scored
+    assert len(learner.replay) == 6 and learner.replay.contexts() == {0, 1}
+
+
+def test_replay_changes_what_a_step_learns() -> None:
+    plain, replaying = _learner(), _replaying_learner()
+    replaying.model.load_state_dict(plain.model.state_dict())
+    x, y = torch.randn(8, 64), torch.randint(0, 10, (8,))
+    index = torch.zeros(8, dtype=torch.long)
+    for learner in (plain, replaying):
+        learner.step(x, index, y)  # the buffer is empty: the same step
+    assert torch.equal(
+        plain.model.body[1].base_layer.weight, replaying.model.body[1].base_layer.weight
+    )
+    for learner in (plain, replaying):
+        learner.step(x, index + 1, (y + 1) % 10)
+    assert not torch.equal(
+        plain.model.body[1].base_layer.weight, replaying.model.body[1].base_layer.weight
+    )
+
+
+def test_a_refused_step_keeps_its_rows_out_of_the_buffer() -> None:
+    learner = _replaying_learner()
+    learner.step(
+        torch.randn(4, 64), torch.zeros(4, dtype=torch.long), torch.zeros(4, dtype=torch.long)
+    )
+    poisoned = torch.full((4, 64), float("nan"))
+    result = learner.step(
+        poisoned, torch.ones(4, dtype=torch.long), torch.zeros(4, dtype=torch.long)
+    )
+    assert not result.applied
+    assert learner.replay is not None and learner.replay.contexts() == {0}
+
+
+def test_gradients_are_clipped_to_the_configured_norm() -> None:
+    learner = _learner()
+    learner.config = TrainingConfig(lr=1.0, momentum=0.0, clip_norm=0.5)
+    learner.optimizer = learner.config.build(learner.model.parameters())
+    before = [p.detach().clone() for p in learner.model.parameters()]
+    x = torch.randn(16, 64) * 255  # raw-scale inputs give huge gradients
+    learner.step(x, torch.zeros(16, dtype=torch.long), torch.randint(0, 10, (16,)))
+    moved = torch.cat(
+        [
+            (p.detach() - b).flatten()
+            for p, b in zip(learner.model.parameters(), before, strict=True)
+        ]
+    )
+    assert float(moved.norm()) == pytest.approx(0.5, rel=1e-4)  # lr 1, no momentum: the update
+
+
+def test_clipping_and_replay_settings_validate() -> None:
+    with pytest.raises(ValueError, match="clip_norm"):
+        TrainingConfig(clip_norm=0.0)
+    with pytest.raises(ValueError, match="replay_per_step"):
+        TrainingConfig(replay_per_step=-1)

@@ -24,6 +24,7 @@ async def model_info(runtime: RuntimeDep, caller: Reader) -> ModelInfo:
         device=str(host.device),
         role=runtime.settings.role,
         checkpoints=[info.version for info in runtime.store.list()],
+        training=runtime.settings.learning_summary(),
     )
 
 

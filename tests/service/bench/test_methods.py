@@ -8,18 +8,17 @@ from service.bench.methods import DEFAULT_METHODS, Method, parse_methods
 
 def test_names_parse_into_families_and_kinds() -> None:
     methods = parse_methods(",".join(DEFAULT_METHODS))
-    assert [(m.family, m.kind) for m in methods] == [
-        ("psp", "none"),
-        ("psp", "binary"),
-        ("psp", "complex"),
-        ("psp", "rotation"),
-        ("psp", "onepower"),
-        ("separate", "none"),
-        ("ewc", "none"),
+    kinds = ["none", "binary", "complex", "rotation", "onepower"]
+    assert [(m.family, m.kind, m.replay) for m in methods] == [
+        *(("psp", kind, False) for kind in kinds),
+        *(("psp", kind, True) for kind in kinds),
+        ("separate", "none", False),
+        ("ewc", "none", False),
     ]
     assert Method.parse("onepower-continuous-local") == Method(
         "onepower-continuous-local", "psp", "onepower", local_mix=True, continuous=True
     )
+    assert Method.parse("none-replay") == Method("none-replay", "psp", "none", replay=True)
 
 
 @pytest.mark.parametrize(
@@ -30,6 +29,7 @@ def test_names_parse_into_families_and_kinds() -> None:
         ("complex-local-local", "suffixes"),
         ("binary-local", "complex and onepower only"),
         ("complex-continuous", "onepower only"),
+        ("separate-replay", "superposed kinds and none"),
     ],
 )
 def test_bad_names_are_refused(name: str, message: str) -> None:

@@ -15,6 +15,7 @@ from psp_core.checkpoint import read_weights
 from psp_core.contexts import ContextSpec
 from psp_core.learner import OnlineLearner, TrainingConfig
 from psp_core.models import ModelConfig, build_model
+from psp_core.replay import DEFAULT_REPLAY_ROWS, ReplayBuffer
 from service.checkpoints import CheckpointStore
 from tests.service.faults.processes import wait_until
 
@@ -84,13 +85,14 @@ def _expected(accepted: list[Accepted]) -> dict[str, int]:
     return {key: sum(len(a.labels) for a in accepted if a.key == key) for key in KEYS}
 
 
-def _register(base: str) -> dict[str, int]:
-    seeds = {}
+def _register(base: str) -> dict[str, tuple[int, int]]:
+    """Registers `KEYS`; returns each key's (seed, registry index)."""
+    contexts = {}
     for key in KEYS:
         response = httpx.post(f"{base}/contexts", json={"key": key}, timeout=10)
         assert response.status_code == 201
-        seeds[key] = response.json()["seed"]
-    return seeds
+        contexts[key] = (response.json()["seed"], response.json()["index"])
+    return contexts
 
 
 def test_split_roles_apply_every_accepted_example_once_and_replay_exactly(
@@ -107,7 +109,7 @@ def test_split_roles_apply_every_accepted_example_once_and_replay_exactly(
     api = spawn("serve", {**env, "PSP_ROLE": "api"})
     worker = spawn("worker", {**env, "PSP_ROLE": "worker"})
     base = f"http://127.0.0.1:{api.port}"
-    seeds = _register(base)
+    contexts = _register(base)
 
     accepted: list[Accepted] = []
     stream = threading.Thread(target=_stream, args=(base, 90, 7, accepted))
@@ -120,13 +122,19 @@ def test_split_roles_apply_every_accepted_example_once_and_replay_exactly(
     time.sleep(1.0)  # nothing may be counted twice later either
     assert _examples_seen(base) == expected
 
-    # Replaying the accepted entries in id order without interruption gives the same weights.
+    # Replaying the accepted entries in id order without interruption gives the same weights,
+    # with the service's default rehearsal: its buffer (and its random state) survived the kills.
     config = ModelConfig(kind="binary", input_shape=(64,), hidden=(32,))
     model = build_model(config)
-    rows = dict(
-        zip(KEYS, model.bank.extend([ContextSpec(seed=seeds[k]) for k in KEYS]), strict=True)
+    banked = model.bank.extend([ContextSpec(seed=contexts[k][0]) for k in KEYS])
+    rows = dict(zip(KEYS, banked, strict=True))
+    row_of_index = {contexts[k][1]: rows[k] for k in KEYS}
+    learner = OnlineLearner(
+        model,
+        TrainingConfig(),
+        replay=ReplayBuffer(DEFAULT_REPLAY_ROWS, 64, seed=config.seed),
+        rows_of=lambda ids: torch.tensor([row_of_index[int(i)] for i in ids]),
     )
-    learner = OnlineLearner(model, TrainingConfig())
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -135,13 +143,20 @@ def test_split_roles_apply_every_accepted_example_once_and_replay_exactly(
             y = torch.tensor(entry.labels)
             for start in range(0, len(y), 32):
                 chunk = slice(start, start + 32)
-                learner.step(x[chunk], torch.full((len(y[chunk]),), rows[entry.key]), y[chunk])
+                count = len(y[chunk])
+                learner.step(
+                    x[chunk],
+                    torch.full((count,), rows[entry.key]),
+                    y[chunk],
+                    context_ids=np.full(count, contexts[entry.key][1], dtype=np.int64),
+                )
     finally:
         torch.set_num_threads(threads)
     latest = CheckpointStore(tmp_path / "data" / "checkpoints", keep=50).latest()
     assert latest is not None
     weights, header = read_weights(latest.path, config)
     assert header["model_version"] == learner.model_version
+    assert learner.replay is not None and len(learner.replay) == sum(expected.values())
     for name, tensor in learner.model.state_dict().items():
         assert torch.equal(weights[name], tensor), name
 

@@ -1,0 +1,156 @@
+"""The tenants stream: many tenants share the inputs but not the labels, and arrive in blocks.
+
+Each tenant maps the 8x8 digits to classes through its own fixed permutation of the ten labels,
+so a model that cannot tell tenants apart cannot serve them all. The training rows arrive the
+way HTTP clients send them: one tenant's block of `block_rows` rows at a time, with the tenants'
+blocks interleaved in a random order.
+
+Runners learn each block as it arrives (`Runner.send`): in-process, the block is cut into
+minibatches of `batch_size` rows in order, as a trainer that keeps up with its clients would
+(the worst case for mixing tenants); over HTTP, the block is one `POST /train/{key}` without
+waiting, and the service forms its own minibatches. At the end every tenant is scored on the
+held-out digits under its own labels.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from service.bench.methods import Method
+from service.bench.runners import Runner
+from service.bench.streams import Dataset, load_digits_dataset
+
+
+class TenantsStream:
+    """Label-permuted digits for `tenants` tenants, as interleaved per-tenant blocks.
+
+    Args:
+        tenants: How many tenants.
+        rows_per_tenant: Training rows each tenant sends, drawn with replacement.
+        block_rows: Rows per block (per request).
+        seed: Fixes the test split, the label maps, the rows and the order of the blocks.
+        dataset: The data; scikit-learn's digits when None.
+    """
+
+    def __init__(
+        self,
+        *,
+        tenants: int,
+        rows_per_tenant: int,
+        block_rows: int,
+        seed: int,
+        dataset: Dataset | None = None,
+    ) -> None:
+        if min(tenants, rows_per_tenant, block_rows) < 1:
+            raise ValueError("tenants, rows per tenant and block rows must all be >= 1")
+        self.dataset = dataset or load_digits_dataset(seed)
+        self.tenants = tenants
+        self.rows_per_tenant = rows_per_tenant
+        self.block_rows = block_rows
+        generator = torch.Generator().manual_seed(seed)
+        classes = self.dataset.num_classes
+        self.label_maps = torch.stack(
+            [torch.randperm(classes, generator=generator) for _ in range(tenants)]
+        )  # (K, C): tenant t calls class c `label_maps[t, c]`
+        rows = torch.randint(
+            0, len(self.dataset.y_train), (tenants, rows_per_tenant), generator=generator
+        )
+        blocks = [
+            (tenant, rows[tenant, start : start + block_rows])
+            for tenant in range(tenants)
+            for start in range(0, rows_per_tenant, block_rows)
+        ]
+        order = torch.randperm(len(blocks), generator=generator).tolist()
+        self.blocks = [blocks[i] for i in order]
+
+    def block(self, position: int) -> tuple[int, torch.Tensor, torch.Tensor]:
+        """The tenant, `(b, D)` inputs and `(b,)` labels of the block sent at `position`."""
+        tenant, rows = self.blocks[position]
+        labels = self.label_maps[tenant][self.dataset.y_train[rows]]
+        return tenant, self.dataset.x_train[rows], labels
+
+    def test_set(self, tenant: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The held-out inputs `(N_test, D)` and the tenant's labels for them `(N_test,)`."""
+        return self.dataset.x_test, self.label_maps[tenant][self.dataset.y_test]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": "tenants",
+            "data": self.dataset.name,
+            "family": "tenants",
+            "tenants": self.tenants,
+            "rows_per_tenant": self.rows_per_tenant,
+            "block_rows": self.block_rows,
+            "blocks": len(self.blocks),
+            "test_rows": len(self.dataset.y_test),
+            "input_size": self.dataset.input_size,
+        }
+
+
+@dataclass(frozen=True)
+class TenantsTrace:
+    """What the loop measured for one method.
+
+    Attributes:
+        accuracies: Final test accuracy of each tenant, in tenant order.
+        prequential_accuracy: Test-then-train accuracy over every row, or None where the
+            runner does not report it (over HTTP, blocks are sent without waiting).
+        contexts: Contexts registered (for `separate`, networks created).
+    """
+
+    accuracies: list[float]
+    prequential_accuracy: float | None
+    contexts: int
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.accuracies)
+
+    @property
+    def minimum(self) -> float:
+        return min(self.accuracies)
+
+
+def run_tenants_method(
+    stream: TenantsStream,
+    method: Method,
+    runner: Runner,
+    *,
+    batch_size: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> TenantsTrace:
+    """Sends every block through `runner`, then scores every tenant."""
+    keys: dict[int, str] = {}
+
+    def key_of(tenant: int) -> str:
+        if tenant not in keys:
+            key, spec = method.context(tenant, float(tenant))
+            runner.register(key, spec)
+            keys[tenant] = key
+        return keys[tenant]
+
+    total = len(stream.blocks)
+    correct, scored = 0, 0
+    for position in range(total):
+        tenant, x, y = stream.block(position)
+        last = position == total - 1
+        outcome = runner.send(key_of(tenant), x, y, batch_size=batch_size, wait=last)
+        if outcome is not None:
+            correct += int(outcome.sum())
+            scored += len(outcome)
+        if progress is not None and (position % 50 == 0 or last):
+            progress(position + 1, total)
+    accuracies = []
+    for tenant in range(stream.tenants):
+        x, y = stream.test_set(tenant)
+        accuracies.append(float((runner.predict(key_of(tenant), x) == y).float().mean()))
+    return TenantsTrace(
+        accuracies=accuracies,
+        prequential_accuracy=correct / scored if scored else None,
+        contexts=len(keys),
+    )
