@@ -195,37 +195,44 @@ def test_the_follower_serves_the_newest_checkpoint_when_the_announced_one_was_pr
     redis_port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
     proxy = TcpProxy(redis_port)
     proxy.open()
-    env = {**base_env, "PSP_CHECKPOINT__EVERY_STEPS": "1", "PSP_CHECKPOINT__KEEP": "2"}
+    env = {
+        **base_env,
+        "PSP_CHECKPOINT__EVERY_STEPS": "1",
+        "PSP_CHECKPOINT__KEEP": "2",
+        "PSP_TRAINING__COALESCE": "false",  # one step, one version, one checkpoint per entry
+    }
     proxied = redis_url.replace(f":{redis_port}/", f":{proxy.port}/")
     api = spawn("serve", {**env, "PSP_ROLE": "api", "PSP_REDIS_URL": proxied})
     worker = spawn("worker", {**env, "PSP_ROLE": "worker"})
     base = f"http://127.0.0.1:{api.port}"
     _register(base)
+    index = httpx.get(f"{base}/contexts/t", timeout=10).json()["index"]
     assert _train(base, wait=True).json()["model_version"] == 1
     wait_until(lambda: httpx.get(f"{base}/model", timeout=5).json()["model_version"] == 1, 20)
 
     proxy.cut()  # the API hears nothing while the worker moves on and prunes
-    queue = RedisStreamQueue(url=redis_url, key_prefix=key_prefix, max_pending_examples=1000)
     client = redis.Redis.from_url(redis_url)
     keys = ShardKeys(key_prefix, 0)
+    worker_metrics = f"http://127.0.0.1:{worker.port}"
 
-    async def put_entries() -> None:
-        for _ in range(4):
-            entry = TrainEntry(0, np.full((1, 64), 0.25, np.float32), np.array([1]), time.time())
-            await queue.put(entry)
+    async def put_entry() -> None:
+        queue = RedisStreamQueue(url=redis_url, key_prefix=key_prefix, max_pending_examples=1000)
+        entry = TrainEntry(index, np.full((1, 64), 0.25, np.float32), np.array([1]), time.time())
+        await queue.put(entry)
         await queue.close()
 
-    asyncio.run(put_entries())
-    worker_metrics = f"http://127.0.0.1:{worker.port}"
-    wait_until(lambda: _metric(worker_metrics, "psp_model_version") == 5, 30)
-    wait_until(lambda: len(list((Path(env["PSP_DATA_DIR"]) / "checkpoints").iterdir())) == 2, 30)
+    for version in range(2, 6):  # one checkpoint per version; only the last two are kept
+        asyncio.run(put_entry())
+        wait_until(lambda v=version: _metric(worker_metrics, "psp_model_version") == v, 30)
+        time.sleep(0.3)
+    checkpoints = Path(env["PSP_DATA_DIR"]) / "checkpoints"
+    wait_until(lambda: len(list(checkpoints.iterdir())) == 2, 30)
     newest = ModelAnnouncement.decode(client.get(keys.model_latest))
     assert newest is not None
     # Announce, as the newest, a checkpoint that the worker has already pruned.
-    pruned = ModelAnnouncement(
-        newest.sequence - 2, 3, f"ckpt-{newest.sequence - 2:010d}-v3.safetensors", time.time()
-    )
-    assert not (Path(env["PSP_DATA_DIR"]) / "checkpoints" / pruned.file).exists()
+    sequence = newest.sequence - 2
+    pruned = ModelAnnouncement(sequence, 3, f"ckpt-{sequence:010d}-v3.safetensors", time.time())
+    assert not (checkpoints / pruned.file).exists()
     client.set(keys.model_latest, pruned.encode())
 
     proxy.open()
