@@ -243,8 +243,9 @@ def test_the_follower_serves_the_newest_checkpoint_when_the_announced_one_was_pr
     )
     assert "is not on the volume; serving the newest" in api.log.read_text()
     client.set(keys.model_latest, newest.encode())
-    # It keeps following the worker afterwards.
-    assert _train(base, wait=True).json()["model_version"] == 6
+    # It keeps following the worker afterwards, once its own Redis connections are back.
+    wait_until(lambda: httpx.get(f"{base}/readyz", timeout=10).status_code == 200, 30)
+    assert _train(base).status_code == 202
     wait_until(lambda: httpx.get(f"{base}/model", timeout=5).json()["model_version"] == 6, 20)
     _predict_ok(base)
     client.close()
