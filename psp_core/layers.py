@@ -108,9 +108,19 @@ class LayerContexts(nn.Module):
 
     def append(self, specs: Sequence[ContextSpec]) -> None:
         """Adds one row per spec, growing the table in place."""
+        self.append_rows(self.make_rows(specs))
+
+    def make_rows(self, specs: Sequence[ContextSpec]) -> torch.Tensor:
+        """The stacked rows of several contexts, generated on the CPU (see `make_row`)."""
         if not specs:
+            return torch.zeros((0, *self.table.shape[1:]), dtype=self.table.dtype)
+        return torch.stack([self.make_row(s) for s in specs]).to(self.table.dtype)
+
+    def append_rows(self, rows: torch.Tensor) -> None:
+        """Appends rows made by `make_rows`, growing the table by doubling."""
+        if not len(rows):
             return
-        rows = torch.stack([self.make_row(s) for s in specs]).to(self.table.device)
+        rows = rows.to(self.table.device)
         needed = self.count + len(rows)
         if needed > self.table.shape[0]:
             capacity = max(needed, 2 * self.table.shape[0], 8)

@@ -107,7 +107,12 @@ class SuperposedModel(nn.Module):
 
         Returns:
             `(B, num_classes)` real logits.
+
+        Raises:
+            IndexError: A row of `context_index` names no registered context.
         """
+        if self.config.context_kind is not ContextKind.NONE:  # a plain network has no rows
+            self.bank.check_index(context_index)
         x = x.reshape(x.shape[0], *self.config.input_shape)
         for module in self.body:
             x = module(x, context_index) if isinstance(module, SuperposedLayer) else module(x)

@@ -19,6 +19,7 @@ import numpy as np
 
 from service import metrics
 from service.model_host import ModelHost
+from service.supervisor import Supervisor
 
 
 @dataclass
@@ -41,8 +42,9 @@ class PredictBatcher:
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._collect_forever())
+    def start(self, supervisor: Supervisor) -> None:
+        """Runs the collector under `supervisor` until `stop`."""
+        self._task = supervisor.spawn("batcher", self._collect_forever, asyncio.Event())
 
     async def stop(self) -> None:
         if self._task is not None:

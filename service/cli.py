@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 from pathlib import Path
+from typing import Any, NoReturn
 
 import typer
 import uvicorn
 
 from service.bench.cli import bench_app
-from service.settings import get_settings
+from service.settings import Settings, get_settings
 
 app = typer.Typer(help="Superposition continual-learning service.", no_args_is_help=True)
 db_app = typer.Typer(help="Registry database.", no_args_is_help=True)
@@ -19,6 +21,29 @@ keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
 app.add_typer(bench_app, name="bench")
+
+
+def _fail(message: str) -> NoReturn:
+    """Ends a command with one line on stderr and exit status 2."""
+    typer.echo(f"psp: {message}", err=True)
+    sys.exit(2)
+
+
+def _settings_or_exit(**overrides: Any) -> Settings:
+    """The settings, checked against the newest checkpoint; a mistake ends the command with one
+    line naming the setting."""
+    from pydantic import ValidationError
+
+    from service.startup import StartupError, check_checkpoint_fits, describe_settings_error
+
+    try:
+        settings = Settings(**overrides) if overrides else get_settings()
+        check_checkpoint_fits(settings)
+    except ValidationError as err:
+        _fail(f"invalid settings: {describe_settings_error(err)}")
+    except StartupError as err:
+        _fail(str(err))
+    return settings
 
 
 @app.command()
@@ -29,8 +54,8 @@ def serve(
     log_level: str = typer.Option("info", help="uvicorn log level."),
 ) -> None:
     """Start the HTTP API (and, with PSP_ROLE=all, the trainer in the same process)."""
+    settings = _settings_or_exit()
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
-    settings = get_settings()
     if workers == 1:
         from service.app import create_app
 
@@ -65,10 +90,9 @@ def worker(
     """Start the single training writer (PSP_ROLE=worker); /metrics and /healthz listen on
     PSP_METRICS_PORT."""
     from service.app import create_worker_app
-    from service.settings import Settings
 
+    settings = _settings_or_exit(role="worker")
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
-    settings = Settings(role="worker")
     uvicorn.run(
         create_worker_app(settings), host=host, port=settings.metrics_port, log_level=log_level
     )

@@ -56,24 +56,29 @@ class ContextService:
         # Keys first: a context registered elsewhere in between then still gets its bank row,
         # since the definitions read second include every index the keys name.
         live = dict(await self.registry.live_keys()) if map_keys else {}
-        self.host.add_contexts(await self.registry.context_definitions())
+        await self._add_to_bank(await self.registry.context_definitions())
         self._live = live
 
-    def _remember(self, row: ContextRow) -> None:
-        self.host.add_contexts([ContextDefinition(row.index, row.seed, row.power)])
+    async def _add_to_bank(self, definitions: Sequence[ContextDefinition]) -> None:
+        """Generates the contexts' vectors off the event loop, so predictions go on."""
+        if any(not self.host.has_context(d.index) for d in definitions):
+            await asyncio.to_thread(self.host.add_contexts, definitions)
+
+    async def _remember(self, row: ContextRow) -> None:
+        await self._add_to_bank([ContextDefinition(row.index, row.seed, row.power)])
         self._live[row.key] = row.index
 
     async def register(
         self, key: str, seed: int | None, power: float | None
     ) -> tuple[ContextRow, bool]:
         row, created = await self.registry.create(key, seed, power)
-        self._remember(row)
+        await self._remember(row)
         return row, created
 
     async def register_many(self, items: Sequence[ContextItem]) -> list[tuple[ContextRow, bool]]:
         results = await self.registry.create_many(items)
-        self.host.add_contexts(
-            ContextDefinition(row.index, row.seed, row.power) for row, _ in results
+        await self._add_to_bank(
+            [ContextDefinition(row.index, row.seed, row.power) for row, _ in results]
         )
         self._live.update({row.key: row.index for row, _ in results})
         return results
@@ -83,7 +88,7 @@ class ContextService:
         if row is None:
             self._live.pop(key, None)
             raise ContextNotFound(key)
-        self._remember(row)
+        await self._remember(row)
         return row
 
     async def page(

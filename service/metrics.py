@@ -63,6 +63,24 @@ REFUSED_STEPS = Counter(
     "psp_trainer_refused_steps_total",
     "Steps refused because the loss or a gradient was not finite.",
 )
+DIVERGENCES = Counter(
+    "psp_trainer_divergences_total",
+    "Times the weights went non-finite or the loss ran away, and the last healthy checkpoint "
+    "was restored.",
+)
+DEAD_LETTERED_ENTRIES = Counter(
+    "psp_dead_lettered_entries_total",
+    "Train entries set aside as poison (undecodable, diverging, or failing repeatedly).",
+)
+DEAD_LETTERED_EXAMPLES = Counter(
+    "psp_dead_lettered_examples_total",
+    "Examples of the train entries set aside as poison; they count as rejected, not lost.",
+)
+BACKGROUND_RESTARTS = Counter(
+    "psp_background_restarts_total",
+    "Restarts of a crashed background task, by task.",
+    ["task"],
+)
 PREQUENTIAL_CORRECT = Counter(
     "psp_prequential_correct_total", "Examples the model got right just before learning them."
 )

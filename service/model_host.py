@@ -11,6 +11,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -58,6 +59,20 @@ class UnknownContext(KeyError):
     """A registry index the host has no bank row for."""
 
 
+class ModelUnhealthy(RuntimeError):
+    """The served weights cannot give finite answers right now; the message is the sentence
+    a client sees."""
+
+
+class StepWatcher(Protocol):
+    """Code that runs around every training step, under the model lock, so that no forward
+    pass sees weights between the step and the watcher's verdict."""
+
+    def before_step(self, learner: OnlineLearner) -> None: ...
+
+    def after_step(self, learner: OnlineLearner, result: StepResult) -> None: ...
+
+
 class ModelHost:
     """Owns the learner; thread-safe for one writer and many readers."""
 
@@ -83,6 +98,11 @@ class ModelHost:
         self._rows: dict[int, int] = {}
         self._max_index = -1
         self._lock = threading.Lock()
+        # Serialises context generation, which runs without `_lock` so predictions go on.
+        self._adding = threading.Lock()
+        self.step_watchers: list[StepWatcher] = []
+        # False from a failed health check of the weights until a checkpoint is restored.
+        self.healthy = True
         metrics.MODEL_VERSION.set(0)
 
     @property
@@ -106,15 +126,21 @@ class ModelHost:
         return self._max_index
 
     def add_contexts(self, definitions: Iterable[ContextDefinition]) -> None:
-        """Adds the contexts the bank does not hold yet, in the order given."""
-        new = [d for d in definitions if d.index not in self._rows]
-        if not new:
-            return
-        specs = [ContextSpec(seed=d.seed, power=d.power) for d in new]
-        with self._lock:
-            rows = self.learner.model.bank.extend(specs)
-            self._rows.update({d.index: row for d, row in zip(new, rows, strict=True)})
-            self._max_index = max(self._max_index, *(d.index for d in new))
+        """Adds the contexts the bank does not hold yet, in the order given.
+
+        The rows are generated without the model lock (10,000 complex contexts take about
+        2 s), so callers on the event loop run this in a thread and predictions go on.
+        """
+        with self._adding:
+            new = [d for d in definitions if d.index not in self._rows]
+            if not new:
+                return
+            bank = self.learner.model.bank
+            prepared = bank.prepare([ContextSpec(seed=d.seed, power=d.power) for d in new])
+            with self._lock:
+                rows = bank.append_prepared(prepared)
+                self._rows.update({d.index: row for d, row in zip(new, rows, strict=True)})
+                self._max_index = max(self._max_index, *(d.index for d in new))
         metrics.CONTEXTS.set(len(self._rows))
 
     def bank_rows(self, indices: Sequence[int] | np.ndarray) -> torch.Tensor:
@@ -134,20 +160,41 @@ class ModelHost:
 
         Returns:
             float32 `(n, num_classes)` probabilities and the version that produced them.
+
+        Raises:
+            ModelUnhealthy: The weights are being restored, or gave a non-finite probability.
         """
         x = torch.from_numpy(inputs).to(self.device, non_blocking=True)
         with self._lock:
+            if not self.healthy:
+                raise ModelUnhealthy(
+                    "the model's weights went bad and the last healthy checkpoint is being "
+                    "restored; nothing was predicted, retry in a moment"
+                )
             probabilities = self.learner.predict(x, rows)
             version = self.learner.model_version
-        return probabilities.cpu().numpy(), version
+        answer = probabilities.cpu().numpy()
+        if not np.isfinite(answer).all():
+            raise ModelUnhealthy(
+                f"model version {version} gave a non-finite probability for these inputs; "
+                "nothing was predicted, retry later"
+            )
+        return answer, version
 
     def train_step(self, batch: TrainRows) -> StepResult:
-        """One test-then-train step; refused (and counted) when it is not finite."""
+        """One test-then-train step; refused (and counted) when it is not finite.
+
+        The step watchers run under the same lock; one may raise to reject the new weights.
+        """
         rows = self.bank_rows(batch.indices)
         x = torch.from_numpy(np.ascontiguousarray(batch.inputs)).to(self.device)
         y = torch.from_numpy(np.ascontiguousarray(batch.labels)).to(self.device)
         with self._lock:
+            for watcher in self.step_watchers:
+                watcher.before_step(self.learner)
             result = self.learner.step(x, rows, y, context_ids=batch.indices)
+            for watcher in self.step_watchers:
+                watcher.after_step(self.learner, result)
             replay_rows = len(self.learner.replay) if self.learner.replay is not None else 0
         metrics.REPLAY_ROWS.set(replay_rows)
         if result.applied:
@@ -198,6 +245,7 @@ class ModelHost:
         with self._lock:
             self.learner.model.load_state_dict(weights, strict=True)
             self.learner.model_version = int(header["model_version"])
+            self.healthy = True
         metrics.MODEL_VERSION.set(self.learner.model_version)
         return self.learner.model_version
 
@@ -209,5 +257,6 @@ class ModelHost:
         """
         with self._lock:
             metadata = restore_checkpoint(path, self.learner, verify_contexts=False)
+            self.healthy = True
         metrics.MODEL_VERSION.set(self.learner.model_version)
         return metadata

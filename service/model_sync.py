@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from psp_core.checkpoint import CheckpointError
 from service import metrics
 from service.checkpoints import CheckpointInfo, CheckpointStore
 from service.model_host import ModelHost
@@ -135,14 +136,21 @@ class ModelFollower:
             await self.serve(announcement)
 
     async def serve(self, announcement: ModelAnnouncement) -> None:
-        """Swaps in the announced checkpoint if it is newer than what is served."""
+        """Swaps in the announced checkpoint if it is newer than what is served.
+
+        When the announced file was pruned before it could be read (the worker keeps only the
+        newest few), the newest checkpoint on the volume is served instead.
+        """
         if announcement.sequence <= self.sequence:
             return
         info = self.store.info(announcement.file)
-        if info is None:
-            log.warning("announced checkpoint %s is not on the volume", announcement.file)
+        try:
+            if info is None:
+                raise CheckpointError(f"checkpoint {announcement.file} is not on the volume")
+            version = await asyncio.to_thread(self.host.swap_weights, info.path)
+        except CheckpointError as err:
+            await self._serve_newest(err)
             return
-        version = await asyncio.to_thread(self.host.swap_weights, info.path)
         self.sequence = announcement.sequence
         staleness = max(0.0, time.time() - announcement.written_at)
         self.last_staleness = staleness
@@ -151,3 +159,12 @@ class ModelFollower:
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+    async def _serve_newest(self, missed: CheckpointError) -> None:
+        newest = self.store.latest()
+        if newest is None or newest.sequence <= self.sequence:
+            log.warning("%s, and no newer checkpoint is on the volume; waiting", missed)
+            return
+        version = await asyncio.to_thread(self.host.swap_weights, newest.path)
+        self.sequence = newest.sequence
+        log.warning("%s; serving the newest, %s (version %d)", missed, newest.path.name, version)

@@ -18,6 +18,7 @@ from service.batcher import PredictBatcher
 from service.checkpoints import CheckpointStore
 from service.contexts import ContextService
 from service.control import ControlInbox, RedisRollback, RollbackTarget
+from service.faults import FaultInjector
 from service.model_host import ModelHost, resolve_device
 from service.model_sync import ModelFollower, ModelPublisher, redis_client
 from service.prediction import PredictionService
@@ -28,6 +29,8 @@ from service.registry.database import make_engine
 from service.registry.migrate import upgrade
 from service.registry.store import RegistryStore
 from service.settings import Settings
+from service.startup import check_checkpoint_fits
+from service.supervisor import Supervisor
 from service.trainer import Trainer
 from service.training import TrainingService
 
@@ -70,6 +73,7 @@ class Runtime:
     trainer: Trainer | None = None
     rollback: RollbackTarget | None = None
     follower: ModelFollower | None = None
+    supervisor: Supervisor = field(default_factory=Supervisor)
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -81,6 +85,7 @@ class Runtime:
         if settings.training.deterministic:
             torch.use_deterministic_algorithms(True)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        check_checkpoint_fits(settings)
         url = settings.resolved_database_url
         await asyncio.to_thread(upgrade, url)
         registry = RegistryStore(make_engine(url), settings.model.kind)
@@ -92,6 +97,9 @@ class Runtime:
             # Read replicas never train, so they keep no rows to rehearse.
             replay_rows=settings.replay.rows if settings.role != "api" else 0,
         )
+        if settings.faults.any:
+            log.warning("fault injection is on (PSP_FAULTS__*): %s", settings.faults)
+            host.step_watchers.append(FaultInjector(settings.faults))
         queue = make_queue(settings)
         store = CheckpointStore(settings.checkpoint_dir, settings.checkpoint.keep)
         contexts = ContextService(registry, host)
@@ -110,17 +118,16 @@ class Runtime:
             training=TrainingService(contexts, queue, settings),
             prediction=PredictionService(contexts, batcher, settings),
         )
-        batcher.start()
+        batcher.start(runtime.supervisor)
         runtime._closers.append(batcher.stop)
         if settings.role == "api":
             await runtime._follow_worker()
         else:
             await runtime._start_trainer()
         if serves_predict:
-            runtime._tasks.append(
-                asyncio.create_task(
-                    contexts.poll_retirements(settings.registry_poll_seconds, runtime._stop)
-                )
+            runtime._supervise(
+                "registry-poller",
+                lambda: contexts.poll_retirements(settings.registry_poll_seconds, runtime._stop),
             )
         log.info(
             "model on %s at version %d with %d contexts",
@@ -129,6 +136,16 @@ class Runtime:
             host.context_count,
         )
         return runtime
+
+    def _supervise(
+        self,
+        name: str,
+        run: Callable[[], Awaitable[None]],
+        before_restart: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self._tasks.append(
+            self.supervisor.spawn(name, run, self._stop, before_restart=before_restart)
+        )
 
     @property
     def keys(self) -> ShardKeys:
@@ -153,9 +170,13 @@ class Runtime:
             announce=announce,
             control=control,
         )
-        await self.trainer.recover()
-        self.rollback = self.trainer
-        self._tasks.append(asyncio.create_task(self.trainer.run(self._stop)))
+        trainer = self.trainer
+        await trainer.recover()
+        self.rollback = trainer
+        self._supervise(
+            "trainer", lambda: trainer.run(self._stop), before_restart=trainer.rewind_after_crash
+        )
+        self._supervise("checkpoint-writer", lambda: trainer.write_checkpoints(self._stop))
 
     async def _follow_worker(self) -> None:
         """A read replica: serves the newest checkpoint and follows the worker's announcements."""
@@ -163,13 +184,14 @@ class Runtime:
         latest = self.store.latest()
         if latest is not None:
             await asyncio.to_thread(self.host.swap_weights, latest.path)
-        self.follower = ModelFollower(self.settings.redis_url, self.keys, self.host, self.store)
+        follower = ModelFollower(self.settings.redis_url, self.keys, self.host, self.store)
+        self.follower = follower
         if latest is not None:
-            self.follower.sequence = latest.sequence
+            follower.sequence = latest.sequence
         control_client = redis_client(self.settings.redis_url)
         self.rollback = RedisRollback(control_client, self.keys)
-        self._closers += [self.follower.close, control_client.aclose]
-        self._tasks.append(asyncio.create_task(self.follower.run(self._stop)))
+        self._closers += [follower.close, control_client.aclose]
+        self._supervise("follower", lambda: follower.run(self._stop))
 
     async def stop(self) -> None:
         """Stops the trainer (it drains the queue into a final checkpoint) and disconnects."""

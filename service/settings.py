@@ -13,6 +13,7 @@ from psp_core.learner import TrainingConfig
 from psp_core.models import ModelConfig
 from psp_core.replay import DEFAULT_REPLAY_ROWS
 from service.auth import ApiKeySpec
+from service.faults import FaultSettings
 
 # The learning defaults live in psp_core, where the sweep in docs/benchmarks.md chose them.
 _TRAINING = TrainingConfig()
@@ -89,6 +90,20 @@ class ReplaySettings(BaseModel):
     per_step: int = Field(default=_TRAINING.replay_per_step, ge=0)
 
 
+class GuardSettings(BaseModel):
+    """When the trainer judges that a step has broken the weights, and what it does then."""
+
+    # Far above anything a healthy model reaches, far below float32 overflow.
+    max_abs_weight: float = Field(default=1e6, gt=0)
+    # A loss above both `runaway_factor` times its recent mean and `runaway_min_loss` has run
+    # away; new tasks raise the loss a lot, so both bounds are generous.
+    runaway_factor: float = Field(default=100.0, gt=1)
+    runaway_min_loss: float = Field(default=100.0, gt=0)
+    warmup_steps: int = Field(default=20, ge=0)
+    # An entry whose step raises this many times is set aside as poison.
+    poison_attempts: int = Field(default=3, ge=1)
+
+
 class CheckpointSettings(BaseModel):
     """When checkpoints are written and how many are kept."""
 
@@ -129,6 +144,7 @@ class Settings(BaseSettings):
     model: ModelSettings = Field(default_factory=ModelSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     replay: ReplaySettings = Field(default_factory=ReplaySettings)
+    guard: GuardSettings = Field(default_factory=GuardSettings)
     checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)
     queue: QueueSettings = Field(default_factory=QueueSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
@@ -142,12 +158,15 @@ class Settings(BaseSettings):
     metrics_port: int = Field(default=9101, ge=1, le=65535)  # `psp worker`'s /metrics, /healthz
     api_keys: list[ApiKeySpec] = Field(default_factory=list)  # JSON; empty: the API is open
     key_prefix: str = "psp:"  # of every Redis key, so deployments (and tests) can share a Redis
+    faults: FaultSettings = Field(default_factory=FaultSettings)  # tests only; see service.faults
 
     @model_validator(mode="after")
     def _split_roles_need_redis(self) -> Settings:
         if self.role != "all" and not self.redis_url:
             raise ValueError(
-                f"PSP_ROLE={self.role} needs PSP_REDIS_URL: the API and the worker meet in Redis"
+                f"PSP_ROLE={self.role} needs PSP_REDIS_URL, since the API and the worker meet in "
+                "Redis; set PSP_REDIS_URL=redis://<host>:6379/0, or run `psp serve` with "
+                "PSP_ROLE=all for one process without Redis"
             )
         return self
 

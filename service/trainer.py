@@ -7,11 +7,18 @@ that checkpoint in one transaction guarded by the same id, so a crash at any poi
 loses nor doubles an example. On start-up the trainer loads the newest checkpoint, finishes
 its registry update if the crash came before it, skips pending entries already inside it and
 applies the rest.
+
+Self-protection: a divergence guard checks the weights after every step. When a step breaks
+them, or raises, the trainer rewinds the way a restart would (newest checkpoint, then the
+pending entries again), except that the entries of the failed apply are replayed one at a time:
+an entry that breaks the weights on its own, or raises `PSP_GUARD__POISON_ATTEMPTS` times, goes
+to the dead-letter store with its reason, and the queue moves on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -28,12 +35,15 @@ from service import metrics
 from service.checkpoints import CheckpointInfo, CheckpointStore
 from service.contexts import RETIREMENT_OVERLAP
 from service.control import ControlInbox, RollbackFailed
+from service.divergence import Diverged, DivergenceGuard
 from service.model_host import ModelHost, TrainRows
 from service.queue.base import QueuedEntry, QueueUnavailable, TrainQueue, entry_id_key
 from service.registry.store import RegistryStore, RegistryUnavailable
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
+
+_STORE_ERRORS = (QueueUnavailable, RegistryUnavailable, RedisError, OSError)
 
 
 @dataclass
@@ -75,23 +85,114 @@ class Trainer:
         self._unacked: list[str] = []
         self._last_checkpoint_at = time.monotonic()
         self._retirements_checked = datetime.now(UTC)
+        self.guard = DivergenceGuard(settings.guard, host)
+        host.step_watchers.append(self.guard)
+        # The entries of the apply under way, and why it failed if it did.
+        self._in_flight: list[QueuedEntry] = []
+        self._failure: str = ""
+        # Set when an apply failed part-way: the weights hold effects no entry accounts for,
+        # so nothing may be checkpointed until the trainer has rewound.
+        self._needs_rewind = False
+        self._suspects: set[str] = set()  # replayed one at a time after a failed apply
+        self._attempts: dict[str, int] = defaultdict(int)  # failed single-entry applies
+        self._checkpoint_wanted = asyncio.Event()
+        self._checkpoint_written = asyncio.Event()
 
     # Start-up -------------------------------------------------------------------------------
 
     async def recover(self) -> None:
-        """Loads the newest checkpoint and re-applies what it does not hold yet."""
+        """Loads the newest checkpoint and re-applies what it does not hold yet.
+
+        A replayed entry that breaks the weights is set aside and the recovery starts over.
+        """
+        while True:
+            try:
+                await self._recover_once()
+                return
+            except Diverged as err:
+                await self._set_aside_after(f"training on it {err}", poison_now=True)
+                self._forget_unsaved()
+
+    async def _recover_once(self) -> None:
         latest = self.store.latest()
-        if latest is not None:
+        if latest is None:
+            # Version 0 on disk is the healthy state a divergence before the first checkpoint
+            # goes back to.
+            await self._write_checkpoint()
+        else:
             metadata = await asyncio.to_thread(self.host.load, latest.path)
             self.checkpointed_id = metadata.get("last_entry_id") or None
             for index, counts in _decode_counts(metadata.get("counts", "{}")).items():
                 self._uncommitted_counts[index] = list(counts)
             await self._settle()  # finishes the registry update if a crash came before it
         await self._forget_deleted_contexts()
+        self._needs_rewind = False
         pending = await self.queue.pending()
         done = [p.entry_id for p in pending if self._is_checkpointed(p.entry_id)]
         await self.queue.ack(done)
-        await self.apply([p for p in pending if not self._is_checkpointed(p.entry_id)])
+        todo = [p for p in pending if not self._is_checkpointed(p.entry_id)]
+        for group in self._isolating_suspects(todo):
+            await self.apply(group)
+
+    def _isolating_suspects(self, entries: Sequence[QueuedEntry]) -> list[list[QueuedEntry]]:
+        """Splits entries, in id order, so that each suspect is applied alone."""
+        groups: list[list[QueuedEntry]] = [[]]
+        for queued in entries:
+            if queued.entry_id in self._suspects:
+                groups += [[queued], []]
+            else:
+                groups[-1].append(queued)
+        return [group for group in groups if group]
+
+    async def rewind_after_crash(self) -> None:
+        """Brings the trainer back to its newest checkpoint after its loop crashed (called by
+        the supervisor before restarting `run`)."""
+        async with self._exclusive:
+            reason = self._failure or "its training step failed"
+            await self._set_aside_after(reason, poison_now=False)
+            self._forget_unsaved()
+            await self.recover()
+
+    async def _rewind_after_divergence(self, err: Diverged) -> None:
+        latest = self.store.latest()
+        log.error(
+            "training diverged (%s); restoring checkpoint %s and replaying %d entries alone",
+            err,
+            latest.path.name if latest else "none",
+            len(self._in_flight),
+        )
+        metrics.DIVERGENCES.inc()
+        await self._set_aside_after(f"training on it {err}", poison_now=True)
+        self._forget_unsaved()
+        await self.recover()
+
+    async def _set_aside_after(self, reason: str, *, poison_now: bool) -> None:
+        """Judges the entries of the failed apply: several become suspects, to be replayed one
+        at a time; one alone is poison now (`poison_now`) or after `poison_attempts` failures."""
+        culprits, self._in_flight = self._in_flight, []
+        if len(culprits) != 1:
+            self._suspects.update(queued.entry_id for queued in culprits)
+            return
+        queued = culprits[0]
+        self._attempts[queued.entry_id] += 1
+        attempts = self._attempts[queued.entry_id]
+        if not poison_now and attempts < self.settings.guard.poison_attempts:
+            return
+        if not poison_now:
+            reason = f"its training step failed {attempts} times, last with {reason}"
+        log.error("setting aside train entry %s: %s", queued.entry_id, reason)
+        await self.queue.dead_letter([(queued, reason)])
+        metrics.DEAD_LETTERED_ENTRIES.inc()
+        metrics.DEAD_LETTERED_EXAMPLES.inc(queued.entry.size)
+        self._suspects.discard(queued.entry_id)
+        del self._attempts[queued.entry_id]
+
+    def _forget_unsaved(self) -> None:
+        """Drops what was applied since the newest checkpoint; `recover` re-applies it."""
+        self._progress = _Progress()
+        self._uncommitted_counts.clear()
+        self._unacked = []
+        self.checkpointed_id = None
 
     def _is_checkpointed(self, entry_id: str) -> bool:
         return self.checkpointed_id is not None and entry_id_key(entry_id) <= entry_id_key(
@@ -109,13 +210,18 @@ class Trainer:
             try:
                 entries = await self.queue.read(max_entries=64, block_ms=100)
                 async with self._exclusive:
-                    await self.apply(entries)
-                    if self._checkpoint_due():
-                        await self.checkpoint()
+                    try:
+                        await self.apply(entries)
+                    except Diverged as err:
+                        await self._rewind_after_divergence(err)
+                if self._checkpoint_due():
+                    await self._hand_to_checkpoint_writer()
                 if self.control is not None:
                     await self.control.serve_one(self)
                 await self._report_queue()
-            except (QueueUnavailable, RegistryUnavailable, RedisError, OSError) as err:
+            except _STORE_ERRORS as err:
+                if self._needs_rewind:
+                    raise  # the supervisor rewinds once the stores answer again
                 log.warning("trainer waiting for its stores: %s", err)
                 await asyncio.sleep(0.5)
         if not self.queue.durable:  # what a durable queue holds is simply trained next time
@@ -126,6 +232,26 @@ class Trainer:
                 log.warning("could not drain the queue before stopping: %s", err)
         async with self._exclusive:
             await self.checkpoint()
+
+    async def write_checkpoints(self, stop: asyncio.Event) -> None:
+        """The checkpoint writer: checkpoints whenever one is due, until `stop` is set (the
+        trainer's `run` writes the final one)."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._checkpoint_wanted.wait(), 0.1)
+            self._checkpoint_wanted.clear()
+            async with self._exclusive:
+                if self._checkpoint_due() and not self._needs_rewind:
+                    await self.checkpoint()
+            self._checkpoint_written.set()
+
+    async def _hand_to_checkpoint_writer(self) -> None:
+        """Asks the writer for a checkpoint and waits for it (a while at most: the writer may
+        be restarting), so that checkpoints follow the step cadence."""
+        self._checkpoint_written.clear()
+        self._checkpoint_wanted.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._checkpoint_written.wait(), 5)
 
     async def rollback(self, version: int) -> int:
         """Restores the weights and optimiser state of a kept checkpoint of `version`.
@@ -154,6 +280,21 @@ class Trainer:
         fresh = [e for e in entries if not self._is_checkpointed(e.entry_id)]
         if not fresh:
             return
+        self._in_flight = list(fresh)
+        try:
+            await self._apply_fresh(fresh)
+        except Exception as err:
+            self._needs_rewind = True
+            self._failure = f"{type(err).__name__}: {err}"
+            if isinstance(err, _STORE_ERRORS):  # an outage is no entry's fault
+                self._in_flight = []
+            raise
+        self._in_flight = []
+        self._suspects.difference_update(e.entry_id for e in fresh)
+        for queued in fresh:
+            self._attempts.pop(queued.entry_id, None)
+
+    async def _apply_fresh(self, fresh: Sequence[QueuedEntry]) -> None:
         await self._learn_unknown_contexts(fresh)
         known = [e for e in fresh if self.host.has_context(e.entry.context_index)]
         for entry in fresh:
@@ -212,12 +353,12 @@ class Trainer:
         wanted = {e.entry.context_index for e in entries}
         if all(self.host.has_context(index) for index in wanted):
             return
-        self.host.add_contexts(
-            await self.registry.context_definitions(after_index=self.host.max_index)
-        )
+        newer = await self.registry.context_definitions(after_index=self.host.max_index)
+        await asyncio.to_thread(self.host.add_contexts, newer)
         if not all(self.host.has_context(index) for index in wanted):
             # A registration with a lower index may have committed after a higher one.
-            self.host.add_contexts(await self.registry.context_definitions())
+            every = await self.registry.context_definitions()
+            await asyncio.to_thread(self.host.add_contexts, every)
 
     async def _forget_deleted_contexts(self) -> None:
         """Drops the replay rows of every context that is no longer live (at start-up)."""
@@ -278,6 +419,8 @@ class Trainer:
 
     async def _write_checkpoint(self) -> None:
         """Saves the current state with what the registry has not taken yet, and announces it."""
+        if not self.host.healthy:
+            raise RuntimeError("refusing to checkpoint weights that failed their health check")
         metadata = {
             "last_entry_id": self.checkpointed_id or "",
             "counts": json.dumps({str(k): v for k, v in self._uncommitted_counts.items()}),

@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from service.auth import Forbidden, Unauthorized
 from service.contexts import ContextNotFound
 from service.control import RollbackFailed
+from service.model_host import ModelUnhealthy
 from service.payloads import PayloadError, TooManyRows
 from service.queue.base import QueueFull, QueueUnavailable
 from service.registry.queries import ContextConflict, InvalidContextParameters
@@ -135,6 +136,10 @@ def install_error_handlers(app: FastAPI) -> None:
             "the context registry is unreachable; nothing was changed, retry later",
             {"Retry-After": "1"},
         )
+
+    @app.exception_handler(ModelUnhealthy)
+    async def model_unhealthy(request: Request, exc: ModelUnhealthy) -> JSONResponse:
+        return _problem(503, str(exc), {"Retry-After": "1"})
 
     @app.exception_handler(Unauthorized)
     async def unauthorized(request: Request, exc: Unauthorized) -> JSONResponse:

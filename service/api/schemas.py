@@ -102,6 +102,23 @@ class ModelInfo(BaseModel):
     )
 
 
+class DeadLetterOut(BaseModel):
+    """A train entry set aside as poison: never learned, counted as rejected."""
+
+    entry_id: str
+    reason: str
+    context_index: int | None
+    examples: int
+    dead_lettered_at: float
+
+
+class DeadLetterPage(BaseModel):
+    """The newest dead-lettered entries first, and how many are kept."""
+
+    items: list[DeadLetterOut]
+    total: int
+
+
 class RollbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -89,6 +89,29 @@ class QueuedEntry:
 
 
 @dataclass(frozen=True)
+class DeadLetter:
+    """An entry set aside as poison: it left the queue unlearned and counts as rejected.
+
+    Attributes:
+        entry_id: The entry's queue id.
+        reason: Why it was set aside, as a sentence.
+        context_index: The entry's context, or None when the entry could not be decoded.
+        examples: How many examples it carried (0 when unknown).
+        dead_lettered_at: Unix time it was set aside.
+    """
+
+    entry_id: str
+    reason: str
+    context_index: int | None
+    examples: int
+    dead_lettered_at: float
+
+
+DEAD_LETTERS_KEPT = 10_000
+"""How many dead-lettered entries are kept for inspection (the oldest are dropped first)."""
+
+
+@dataclass(frozen=True)
 class QueueStats:
     """Depth and lag of the queue.
 
@@ -139,6 +162,15 @@ class TrainQueue(abc.ABC):
     @abc.abstractmethod
     async def ack(self, entry_ids: Sequence[str]) -> None:
         """Marks entries done; only called once their effect is in a durable checkpoint."""
+
+    @abc.abstractmethod
+    async def dead_letter(self, entries: Sequence[tuple[QueuedEntry, str]]) -> None:
+        """Moves delivered entries, each with its reason, out of the queue into the dead-letter
+        store, acknowledging them: they are never learned, and the queue moves on."""
+
+    @abc.abstractmethod
+    async def dead_letters(self, limit: int) -> tuple[list[DeadLetter], int]:
+        """The newest `limit` dead-lettered entries, newest first, and how many are kept."""
 
     @abc.abstractmethod
     async def trim_below(self, entry_id: str) -> None:

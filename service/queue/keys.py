@@ -44,6 +44,11 @@ class ShardKeys:
         return f"{self.stream}:pending-examples"
 
     @property
+    def dead_letters(self) -> str:
+        """Stream of entries set aside as poison, each with its reason (newest last)."""
+        return f"{self.stream}:dead"
+
+    @property
     def applied(self) -> str:
         """`"<newest applied entry id> <model version>"`, for waiters that subscribe late."""
         return f"{self.stream}:applied"

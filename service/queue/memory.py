@@ -12,7 +12,9 @@ from collections import OrderedDict, deque
 from collections.abc import Sequence
 
 from service.queue.base import (
+    DEAD_LETTERS_KEPT,
     IDEMPOTENCY_SECONDS,
+    DeadLetter,
     QueuedEntry,
     QueueFull,
     QueueStats,
@@ -36,6 +38,8 @@ class InProcessQueue(TrainQueue):
         self._applied: tuple[tuple[int, int], int] = ((0, 0), 0)
         self._changed = asyncio.Condition()
         self._idempotency: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        # Like the queue itself, the dead letters live as long as the process.
+        self._dead: deque[DeadLetter] = deque(maxlen=DEAD_LETTERS_KEPT)
 
     def _forget_old_idempotency_keys(self) -> None:
         horizon = time.monotonic() - IDEMPOTENCY_SECONDS
@@ -93,6 +97,20 @@ class InProcessQueue(TrainQueue):
                 continue
             self._delivered.discard(entry_id)
             self._pending_examples -= self._entries.pop(entry_id).size
+
+    async def dead_letter(self, entries: Sequence[tuple[QueuedEntry, str]]) -> None:
+        for queued, reason in entries:
+            if queued.entry_id not in self._delivered:
+                continue  # already acknowledged or set aside
+            self._delivered.discard(queued.entry_id)
+            entry = self._entries.pop(queued.entry_id)
+            self._pending_examples -= entry.size
+            self._dead.append(
+                DeadLetter(queued.entry_id, reason, entry.context_index, entry.size, time.time())
+            )
+
+    async def dead_letters(self, limit: int) -> tuple[list[DeadLetter], int]:
+        return list(reversed(self._dead))[:limit], len(self._dead)
 
     async def trim_below(self, entry_id: str) -> None:
         # Acknowledged entries are already gone from memory; nothing older is kept.

@@ -43,7 +43,9 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.queue.base import (
+    DEAD_LETTERS_KEPT,
     IDEMPOTENCY_SECONDS,
+    DeadLetter,
     QueuedEntry,
     QueueFull,
     QueueStats,
@@ -139,6 +141,28 @@ if released > 0 and redis.call('DECRBY', KEYS[2], released) < 0 then
   redis.call('SET', KEYS[2], 0)
 end
 return released
+"""
+
+# KEYS: stream, counter, dead-letter stream. ARGV: group, id, reason, context index or '', kept.
+# Copies a pending entry (its payload too) to the dead-letter stream with its reason, then
+# acknowledges it and releases its examples; an entry no longer pending is left alone.
+_DEAD_LETTER = """
+local found = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
+local examples, payload = 0, ''
+if found[1] then
+  local fields = found[1][2]
+  for j = 1, #fields, 2 do
+    if fields[j] == 'n' then examples = tonumber(fields[j + 1]) or 0 end
+    if fields[j] == 'e' then payload = fields[j + 1] end
+  end
+end
+if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*',
+  'id', ARGV[2], 'reason', ARGV[3], 'c', ARGV[4], 'n', examples, 'e', payload)
+if examples > 0 and redis.call('DECRBY', KEYS[2], examples) < 0 then
+  redis.call('SET', KEYS[2], 0)
+end
+return 1
 """
 
 # KEYS: stream. ARGV: group, wanted min id. Trims below the wanted id, but never past the oldest
@@ -434,6 +458,9 @@ class RedisStreamQueue(TrainQueue):
         self._trim_script = self._client.register_script(_TRIM)
         self._stats_script = self._client.register_script(_STATS)
         self._publish_script = self._client.register_script(_PUBLISH_APPLIED)
+        self._dead_letter_script = self._client.register_script(_DEAD_LETTER)
+        # Entries that could not be decoded while reading, set aside after the read.
+        self._undecodable: dict[str, str] = {}
         self._group_ready = False
         # Examples per entry handed to the trainer and not yet acked: `ack` gets ids only.
         self._sizes: dict[str, int] = {}
@@ -464,11 +491,13 @@ class RedisStreamQueue(TrainQueue):
             entries = await self._call(
                 partial(self._read_once, max_entries, block), "read train entries"
             )
+            await self._bury_undecodable()
             if entries or left_ms <= BLOCK_SLICE_MS:
                 return entries
 
     async def pending(self) -> list[QueuedEntry]:
         own, stale = await self._call(self._pending_once, "list pending train entries")
+        await self._bury_undecodable()
         by_id = {queued.entry_id: queued for queued in [*own, *stale]}
         entries = sorted(by_id.values(), key=lambda queued: entry_id_key(queued.entry_id))
         self._remember(entries)
@@ -490,6 +519,57 @@ class RedisStreamQueue(TrainQueue):
         )
         for entry_id in entry_ids:
             self._sizes.pop(entry_id, None)
+
+    async def dead_letter(self, entries: Sequence[tuple[QueuedEntry, str]]) -> None:
+        for queued, reason in entries:
+            await self._dead_letter_one(queued.entry_id, reason, queued.entry.context_index)
+
+    async def _dead_letter_one(self, entry_id: str, reason: str, context: int | None) -> None:
+        await self._call(
+            partial(
+                self._dead_letter_script,
+                keys=[self.keys.stream, self.keys.pending_examples, self.keys.dead_letters],
+                args=[
+                    self.keys.group,
+                    entry_id,
+                    reason,
+                    "" if context is None else context,
+                    DEAD_LETTERS_KEPT,
+                ],
+            ),
+            "set a train entry aside",
+        )
+        self._sizes.pop(entry_id, None)
+
+    async def _bury_undecodable(self) -> None:
+        """Sets aside the entries the last read could not decode, so the queue moves on."""
+        while self._undecodable:
+            entry_id, reason = next(iter(self._undecodable.items()))
+            logger.warning("setting aside train entry %s: %s", entry_id, reason)
+            await self._dead_letter_one(entry_id, reason, None)
+            del self._undecodable[entry_id]
+
+    async def dead_letters(self, limit: int) -> tuple[list[DeadLetter], int]:
+        async def newest() -> tuple[list[Any], int]:
+            page: list[Any] = list(
+                await self._client.xrevrange(self.keys.dead_letters, count=limit) or []
+            )
+            return page, int(await self._client.xlen(self.keys.dead_letters))
+
+        page, total = await self._call(newest, "list dead-lettered entries", needs_group=False)
+        letters = []
+        for stream_id, fields in page:
+            context = _text(fields.get(b"c", b""))
+            letters.append(
+                DeadLetter(
+                    entry_id=_text(fields[b"id"]),
+                    reason=_text(fields[b"reason"]),
+                    context_index=int(context) if context else None,
+                    examples=int(fields.get(b"n", 0)),
+                    dead_lettered_at=entry_id_key(_text(stream_id))[0] / 1000,
+                )
+            )
+        return letters, total
 
     async def trim_below(self, entry_id: str) -> None:
         """Drops entries with ids below `entry_id`; never `entry_id` itself or anything newer.
@@ -603,7 +683,7 @@ class RedisStreamQueue(TrainQueue):
             # dropped it); they sit in our pending list, and the next read returns them.
             self._unseen_deliveries = True
             raise
-        entries = [self._queued(i, f) for i, f in _stream_page(response) if f]
+        entries = self._decoded(_stream_page(response))
         self._remember(entries)
         return entries
 
@@ -621,11 +701,8 @@ class RedisStreamQueue(TrainQueue):
             page = _stream_page(response)
             if not page:
                 return found
-            for entry_id, fields in page:
-                after = entry_id
-                # A pending entry deleted from the stream comes back without fields.
-                if fields:
-                    found.append(self._queued(entry_id, fields))
+            after = page[-1][0]
+            found += self._decoded(page)
 
     async def _claim_stale(self) -> list[QueuedEntry]:
         """Takes over entries other consumers have left unacknowledged for `claim_idle_ms`."""
@@ -641,7 +718,7 @@ class RedisStreamQueue(TrainQueue):
                 start,
                 count=PAGE,
             )
-            found += [self._queued(i, f) for i, f in claimed if f]
+            found += self._decoded(claimed)
             if _text(start) == "0-0":
                 return found
 
@@ -649,6 +726,20 @@ class RedisStreamQueue(TrainQueue):
         for queued in entries:
             self._sizes[queued.entry_id] = queued.entry.size
 
-    @staticmethod
-    def _queued(entry_id: bytes | str, fields: dict[Any, Any]) -> QueuedEntry:
-        return QueuedEntry(_text(entry_id), TrainEntry.decode(fields[b"e"]))
+    def _decoded(self, page: Sequence[tuple[Any, Any]]) -> list[QueuedEntry]:
+        """The entries of a page that decode; the others are noted for `_bury_undecodable`.
+
+        A pending entry deleted from the stream comes back without fields and is skipped.
+        """
+        entries = []
+        for raw_id, fields in page:
+            if not fields:
+                continue
+            entry_id = _text(raw_id)
+            try:
+                entries.append(QueuedEntry(entry_id, TrainEntry.decode(fields[b"e"])))
+            except Exception as error:  # any malformed payload: msgpack, keys, array sizes
+                self._undecodable[entry_id] = (
+                    f"the entry cannot be decoded ({type(error).__name__}: {error})"
+                )
+        return entries

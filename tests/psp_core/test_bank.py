@@ -42,3 +42,26 @@ def test_kind_mismatch_and_bad_rows_are_rejected() -> None:
     with pytest.raises(IndexError, match=r"\[0, 1\)"):
         model.bank.check_index(torch.tensor([0, 1]))
     model.bank.check_index(torch.tensor([0, 0]))
+
+
+def test_forward_refuses_a_row_past_the_last_context() -> None:
+    model = build_model(ModelConfig(kind="complex", input_shape=(4,), hidden=(8,)))
+    model.bank.extend([ContextSpec(seed=1), ContextSpec(seed=2)])  # the table has room for 8
+    with pytest.raises(IndexError, match=r"context row 5 is out of range: the bank holds 2"):
+        model(torch.zeros(2, 4), torch.tensor([0, 5]))
+    with pytest.raises(IndexError, match=r"context row -1 is out of range"):
+        model(torch.zeros(1, 4), torch.tensor([-1]))
+    assert model(torch.zeros(2, 4), torch.tensor([0, 1])).shape == (2, 10)
+
+
+def test_prepared_contexts_match_contexts_extended_directly() -> None:
+    config = ModelConfig(kind="complex", input_shape=(4,), hidden=(8,))
+    direct, prepared = build_model(config), build_model(config)
+    specs = [ContextSpec(seed=s) for s in (3, 9, 27)]
+    direct.bank.extend(specs)
+    ready = prepared.bank.prepare(specs)
+    assert len(prepared.bank) == 0  # preparing changes nothing
+    assert list(prepared.bank.append_prepared(ready)) == [0, 1, 2]
+    x = torch.randn(3, 4)
+    rows = torch.tensor([0, 1, 2])
+    assert torch.equal(direct(x, rows), prepared(x, rows))

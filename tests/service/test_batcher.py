@@ -15,6 +15,7 @@ from psp_core.models import ModelConfig
 from service.app import create_app
 from service.batcher import PredictBatcher
 from service.model_host import ContextDefinition, ModelHost
+from service.supervisor import Supervisor
 from tests.service.api.helpers import register
 
 
@@ -33,7 +34,7 @@ def _host(contexts: int) -> ModelHost:
 async def test_concurrent_requests_share_forward_passes_and_keep_their_answers() -> None:
     host = _host(20)
     batcher = PredictBatcher(host, max_rows=4096, max_delay_us=5000)
-    batcher.start()
+    batcher.start(Supervisor())
     rng = np.random.default_rng(0)
     requests = [
         (rng.random((int(rng.integers(1, 5)), 64), dtype=np.float32), int(rng.integers(0, 20)))
@@ -54,7 +55,7 @@ async def test_concurrent_requests_share_forward_passes_and_keep_their_answers()
 async def test_oversized_batches_are_split_at_max_rows() -> None:
     host = _host(3)
     batcher = PredictBatcher(host, max_rows=10, max_delay_us=20000)
-    batcher.start()
+    batcher.start(Supervisor())
     before = _forward_passes()
     sizes = [6, 6, 6, 12]  # a request above max_rows still runs, alone
     results = await asyncio.gather(

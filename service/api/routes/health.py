@@ -18,16 +18,30 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", responses={503: {"description": "Something the service needs is down."}})
 async def readyz(runtime: RuntimeDep) -> JSONResponse:
-    """200 when the model is loaded and the registry and the queue answer, else 503."""
+    """200 when the weights are healthy, the registry and the queue answer and every
+    background task runs, else 503 naming what is down."""
     checks = {
-        "model": True,
+        "model": runtime.host.healthy,
         "registry": await runtime.registry.ping(),
         "queue": await runtime.queue.ping(),
     }
-    down = [name for name, ok in checks.items() if not ok]
-    if down:
+    tasks_down = runtime.supervisor.down()
+    checks["background_tasks"] = not tasks_down
+    problems = []
+    if not checks["model"]:
+        problems.append("the model's weights failed their health check and are being restored")
+    unreachable = [name for name in ("registry", "queue") if not checks[name]]
+    if unreachable:
+        problems.append(f"{' and '.join(unreachable)} unreachable")
+    if tasks_down:
+        problems.append(f"background task {', '.join(tasks_down)} crashed and is restarting")
+    if problems:
         return JSONResponse(
-            {"detail": f"not ready: {', '.join(down)} unreachable; retry later", "checks": checks},
+            {
+                "detail": f"not ready: {'; '.join(problems)}; retry later",
+                "checks": checks,
+                "tasks_down": tasks_down,
+            },
             status_code=503,
         )
     return JSONResponse({"status": "ready", "checks": checks})

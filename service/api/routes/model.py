@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Query
 
 from service.api.deps import Admin, Reader, RuntimeDep
 from service.api.json_route import OrjsonRoute
-from service.api.schemas import ModelInfo, Problem, RollbackRequest
+from service.api.schemas import (
+    DeadLetterOut,
+    DeadLetterPage,
+    ModelInfo,
+    Problem,
+    RollbackRequest,
+)
 
 router = APIRouter(tags=["model"], route_class=OrjsonRoute)
 
@@ -44,3 +52,24 @@ async def rollback(body: RollbackRequest, runtime: RuntimeDep, caller: Admin) ->
     if runtime.follower is not None:
         await runtime.follower.catch_up()
     return await model_info(runtime, caller)
+
+
+@router.get("/model/dead-letters", responses={422: {"model": Problem}, 503: {"model": Problem}})
+async def dead_letters(
+    runtime: RuntimeDep, caller: Admin, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> DeadLetterPage:
+    """Train entries set aside as poison, newest first (admin), each with its reason."""
+    letters, total = await runtime.queue.dead_letters(limit)
+    return DeadLetterPage(
+        items=[
+            DeadLetterOut(
+                entry_id=letter.entry_id,
+                reason=letter.reason,
+                context_index=letter.context_index,
+                examples=letter.examples,
+                dead_lettered_at=letter.dead_lettered_at,
+            )
+            for letter in letters
+        ],
+        total=total,
+    )

@@ -330,3 +330,21 @@ async def test_trim_below_never_drops_unacknowledged_entries(queue: TrainQueue) 
 
 async def test_ping_answers_true(queue: TrainQueue) -> None:
     assert await queue.ping() is True
+
+
+async def test_dead_lettered_entries_leave_the_queue_with_their_reason(
+    backend: Backend, queue: TrainQueue
+) -> None:
+    ids = await put_all(queue, [2, 3, 4])
+    delivered = await queue.read(max_entries=10, block_ms=100)
+    await queue.dead_letter([(delivered[1], "training on it made the weights non-finite")])
+    await queue.dead_letter([(delivered[1], "a second time changes nothing")])
+
+    assert (await queue.stats()).pending_examples == 6
+    letters, total = await queue.dead_letters(limit=10)
+    assert total == 1
+    assert letters[0].entry_id == ids[1]
+    assert letters[0].reason == "training on it made the weights non-finite"
+    assert (letters[0].context_index, letters[0].examples) == (0, 3)
+    again = await backend.reopen()  # a restarted trainer never sees it again
+    assert ids_of(await again.pending()) == [ids[0], ids[2]]
