@@ -84,7 +84,9 @@ class Runtime:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         url = settings.resolved_database_url
         await asyncio.to_thread(upgrade, url)
-        registry = RegistryStore(make_engine(url), settings.model.kind)
+        registry = RegistryStore(
+            make_engine(url), settings.model.kind, settings.contexts.min_power_gap
+        )
         device = resolve_device(settings.device)
         training_config = TrainingConfig(
             optimizer=settings.training.optimizer,

@@ -13,7 +13,11 @@ from service.contexts import ContextNotFound
 from service.control import RollbackFailed
 from service.payloads import PayloadError, TooManyRows
 from service.queue.base import QueueFull, QueueUnavailable
-from service.registry.queries import ContextConflict, InvalidContextParameters
+from service.registry.queries import (
+    ContextConflict,
+    ContextParameterTaken,
+    InvalidContextParameters,
+)
 from service.registry.store import RegistryUnavailable
 from service.training import NotAppliedInTime
 
@@ -110,6 +114,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ContextConflict)
     async def conflict(request: Request, exc: ContextConflict) -> JSONResponse:
+        return _problem(409, str(exc))
+
+    @app.exception_handler(ContextParameterTaken)
+    async def parameter_taken(request: Request, exc: ContextParameterTaken) -> JSONResponse:
         return _problem(409, str(exc))
 
     @app.exception_handler(QueueFull)

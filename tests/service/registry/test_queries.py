@@ -205,7 +205,7 @@ def test_onepower_chooses_the_smallest_unused_integer_power(registry_session: Se
     assert [auto("a"), auto("b"), auto("c")] == [0.0, 1.0, 2.0]
     assert all(isinstance(value, float) for value in (auto("d"),))  # 3.0
     create_context(session=registry_session, key="five", kind="onepower", power=5.0)
-    create_context(session=registry_session, key="half", kind="onepower", power=0.5)
+    create_context(session=registry_session, key="half", kind="onepower", power=8.5)
     create_context(session=registry_session, key="neg", kind="onepower", power=-1.0)
     create_context(session=registry_session, key="huge", kind="onepower", power=1e300)
     registry_session.commit()
@@ -230,10 +230,10 @@ def test_bulk_onepower_avoids_explicit_powers_of_the_batch(registry_session: Ses
     results = create_contexts(
         session=registry_session,
         kind="onepower",
-        items=[("a", None, None), ("b", None, 2.0), ("c", None, None), ("d", None, 1.5)],
+        items=[("a", None, None), ("b", None, 2.0), ("c", None, None), ("d", None, 5.5)],
     )
     registry_session.commit()
-    assert [row.power for row, _ in results] == [1.0, 2.0, 3.0, 1.5]
+    assert [row.power for row, _ in results] == [1.0, 2.0, 3.0, 5.5]
     assert all(created for _, created in results)
 
 
