@@ -353,14 +353,12 @@ def _assign_seeds(session: Session, pending: Sequence[_Pending]) -> None:
     while drawing:
         for item in drawing:
             item.seed = secrets.randbits(63)
-        drawn = [item.seed for item in drawing if item.seed is not None]
-        clashes = _seeds_in_use(session, drawn) | {
-            seed for seed in drawn if seed in taken or drawn.count(seed) > 1
-        }
-        taken.update(seed for seed in drawn if seed not in clashes)
+        in_use = _seeds_in_use(session, [item.seed for item in drawing if item.seed is not None])
         for item in drawing:
-            if item.seed in clashes:
+            if item.seed in in_use or item.seed in taken:
                 item.seed = None
+            else:
+                taken.add(item.seed)
         drawing = [item for item in drawing if item.seed is None]
 
 
