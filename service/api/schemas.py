@@ -40,7 +40,11 @@ class ContextOut(BaseModel):
     seed: int | None
     power: float | None
     created_at: datetime
-    examples_seen: int
+    examples_seen: int = Field(description="Examples learned under this context.")
+    refused: int = Field(
+        description="Examples the trainer refused to learn (a non-finite loss or gradient); "
+        "they are not in examples_seen."
+    )
     prequential_accuracy: float | None = Field(
         description="Share of examples the model got right just before learning them."
     )

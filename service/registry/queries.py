@@ -29,6 +29,7 @@ import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import pairwise
 from typing import Any, Final, NoReturn
 from typing import cast as type_cast
 
@@ -297,7 +298,7 @@ def _check_powers(session: Session, pending: Iterable[_Pending], gap: float) -> 
         ContextParameterTaken: A power is too close to a registered context's.
     """
     explicit = sorted(item.power for item in pending if item.power is not None)
-    for low, high in zip(explicit, explicit[1:], strict=False):
+    for low, high in pairwise(explicit):
         if high - low < gap:
             raise InvalidContextParameters(
                 f"powers {low!r} and {high!r} of the batch lie closer than {gap:g}; send powers "

@@ -16,9 +16,10 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.auth import ApiKeySpec
 from service.model_host import ContextDefinition
 from service.queue.base import entry_id_key
-from service.registry import queries
+from service.registry import api_keys, queries
 from service.registry.database import make_session_factory, ping
 from service.registry.models import ContextRow, TrainerState
 
@@ -131,6 +132,10 @@ class RegistryStore:
 
     async def count_live(self) -> int:
         return await self._run(lambda s: queries.count_live_contexts(session=s))
+
+    async def valid_api_keys(self) -> list[ApiKeySpec]:
+        """The stored API keys that are not revoked."""
+        return await self._run(lambda s: api_keys.valid_api_keys(session=s))
 
     async def context_definitions(self, after_index: int = -1) -> list[ContextDefinition]:
         """Every context, live or retired, in index order: what the model's bank holds."""

@@ -37,7 +37,8 @@ async def model_info(runtime: RuntimeDep, caller: Reader) -> ModelInfo:
     },
 )
 async def rollback(body: RollbackRequest, runtime: RuntimeDep, caller: Admin) -> ModelInfo:
-    """Restore a kept checkpoint version (admin); training continues from it."""
+    """Restore a kept checkpoint as a new version (admin without a key prefix)."""
+    caller.require_whole_model("admin")
     assert runtime.rollback is not None
     await runtime.rollback.rollback(body.version)
     if runtime.follower is not None:
