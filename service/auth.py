@@ -68,7 +68,6 @@ class Principal:
                     f"{self.key_prefix!r}; {key!r} does not"
                 )
 
-
     def require_whole_model(self, scope: Scope) -> None:
         """Raises Forbidden unless the principal has `scope` for every context: operations
         without a context key (a rollback) change every tenant's model."""

@@ -78,9 +78,7 @@ class Runtime:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
-    async def start(
-        cls, settings: Settings, authenticator: Authenticator | None = None
-    ) -> Runtime:
+    async def start(cls, settings: Settings, authenticator: Authenticator | None = None) -> Runtime:
         """Migrates the registry, builds the model from it and the newest checkpoint, and
         starts the trainer when this process is the writer. A process that answers requests
         passes its `authenticator`, which then follows the keys stored in the registry."""

@@ -12,7 +12,7 @@ from service.auth import Forbidden, Unauthorized
 from service.contexts import ContextNotFound
 from service.control import RollbackFailed
 from service.payloads import PayloadError, TooManyRows
-from service.queue.base import QueueFull, QueueUnavailable
+from service.queue.base import IdempotencyConflict, QueueFull, QueueUnavailable
 from service.registry.queries import (
     ContextConflict,
     ContextParameterTaken,
@@ -119,6 +119,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ContextParameterTaken)
     async def parameter_taken(request: Request, exc: ContextParameterTaken) -> JSONResponse:
         return _problem(409, str(exc))
+
+    @app.exception_handler(IdempotencyConflict)
+    async def idempotency_conflict(request: Request, exc: IdempotencyConflict) -> JSONResponse:
+        return _problem(422, str(exc))
 
     @app.exception_handler(QueueFull)
     async def queue_full(request: Request, exc: QueueFull) -> JSONResponse:

@@ -68,6 +68,10 @@ class ShardKeys:
         """List of admin commands (rollback) for the shard's worker."""
         return f"{self.prefix}control:{self.shard}"
 
+    def refusal(self, entry_id: str) -> str:
+        """Why the trainer refused an entry, kept a while for producers waiting on it."""
+        return f"{self.stream}:refused:{entry_id}"
+
     def put_token(self, token: str) -> str:
         """Short-lived marker of one `put`, so a retried put does not queue its batch twice."""
         return f"{self.stream}:put:{token}"
