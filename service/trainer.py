@@ -1,6 +1,6 @@
 """The single writer: queue entries -> minibatches -> psp_core steps -> checkpoints -> acks.
 
-Exactly-once (DESIGN.md): an entry is acknowledged only after a durable checkpoint holds its
+Exactly-once (docs/design.md): an entry is acknowledged only after a durable checkpoint holds its
 effect. Each checkpoint records the id of the last entry it contains and the per-context
 counts added since the previous checkpoint; the registry's counters are then advanced from
 that checkpoint in one transaction guarded by the same id, so a crash at any point neither

@@ -1,4 +1,4 @@
-"""Request and response bodies of the HTTP contract (DESIGN.md)."""
+"""Request and response bodies of the HTTP contract (docs/design.md)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Entry ids have the Redis Streams form `"<milliseconds>-<sequence>"` in both implementations, so
 the trainer compares them the same way (see `entry_id_key`). An entry is delivered to the
 trainer by `read`, stays pending until `ack`, and is handed out again by `pending` after a
-restart, which is what makes exactly-once possible (DESIGN.md, "Exactly-once").
+restart, which is what makes exactly-once possible (docs/design.md, "Exactly-once training").
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Every Redis key, stream, consumer group and channel name the service uses, in one place.
 
 Names are built from a key prefix (so test runs and deployments can share one Redis) and the
-shard (DESIGN.md, "Scale-out": each shard owns one stream). All of a shard's train-queue keys
+shard (each shard owns one stream). All of a shard's train-queue keys
 share the stem `{prefix}train:{shard}`, so one `SCAN MATCH` finds them.
 """
 
