@@ -31,7 +31,7 @@ _EXAMPLES = {
 
 _PARAMETER_HINTS = {
     ("query", "limit"): "an integer from 0 to 1000 as ?limit=",
-    ("query", "offset"): "a non-negative integer as ?offset=",
+    ("query", "offset"): "an integer from 0 to 2**63 - 1 as ?offset=",
     (
         "query",
         "prefix",

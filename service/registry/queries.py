@@ -352,14 +352,12 @@ def _assign_seeds(session: Session, pending: Sequence[_Pending]) -> None:
     drawing = [item for item in pending if item.seed is None]
     taken = set(requested)
     while drawing:
-        for item in drawing:
-            item.seed = secrets.randbits(63)
-        in_use = _seeds_in_use(session, [item.seed for item in drawing if item.seed is not None])
-        for item in drawing:
-            if item.seed in in_use or item.seed in taken:
-                item.seed = None
-            else:
-                taken.add(item.seed)
+        draws = [secrets.randbits(63) for _ in drawing]
+        in_use = _seeds_in_use(session, draws)
+        for item, seed in zip(drawing, draws, strict=True):
+            if seed not in in_use and seed not in taken:
+                item.seed = seed
+                taken.add(seed)
         drawing = [item for item in drawing if item.seed is None]
 
 

@@ -81,7 +81,7 @@ async def list_contexts(
     runtime: RuntimeDep,
     caller: Reader,
     limit: Annotated[int, Query(ge=0, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, lt=2**63)] = 0,
     prefix: Annotated[
         str,
         Query(
