@@ -314,17 +314,23 @@ def _check_powers(session: Session, pending: Iterable[_Pending], gap: float) -> 
             )
 
 
-def _seeds_in_use(session: Session, seeds: Sequence[int]) -> set[int]:
-    """Which of `seeds` a row, live or retired, already has."""
-    used: set[int] = set()
+def _seed_holders(session: Session, seeds: Sequence[int]) -> dict[int, str | None]:
+    """Which of `seeds` a row, live or retired, already has: seed -> the key of the live row
+    that holds it, or None when a retired row does."""
+    held: dict[int, str | None] = {}
     for start in range(0, len(seeds), _IN_CHUNK):
         chunk = seeds[start : start + _IN_CHUNK]
-        used.update(
-            seed
-            for seed in session.scalars(select(ContextRow.seed).where(ContextRow.seed.in_(chunk)))
+        rows = session.execute(
+            select(ContextRow.seed, ContextRow.key, ContextRow.retired_at).where(
+                ContextRow.seed.in_(chunk)
+            )
+        )
+        held.update(
+            (seed, key if retired_at is None else None)
+            for seed, key, retired_at in rows
             if seed is not None
         )
-    return used
+    return held
 
 
 def _assign_seeds(session: Session, pending: Sequence[_Pending]) -> None:
@@ -343,7 +349,14 @@ def _assign_seeds(session: Session, pending: Sequence[_Pending]) -> None:
             "two keys of the batch ask for the same seed, which would make them one model; "
             "send a different seed for each key, or omit the seeds to let the server draw them"
         )
-    used = sorted(_seeds_in_use(session, requested))
+    holders = _seed_holders(session, requested)
+    # A live row of the same key holding the seed was registered meanwhile by a concurrent
+    # identical request; the insert then loses the race and the retry returns that row.
+    used = sorted(
+        item.seed
+        for item in pending
+        if item.seed is not None and item.seed in holders and holders[item.seed] != item.key
+    )
     if used:
         raise ContextParameterTaken(
             f"seed {used[0]} belongs to another context (live or deleted), and a seed names one "
@@ -353,7 +366,7 @@ def _assign_seeds(session: Session, pending: Sequence[_Pending]) -> None:
     taken = set(requested)
     while drawing:
         draws = [secrets.randbits(63) for _ in drawing]
-        in_use = _seeds_in_use(session, draws)
+        in_use = _seed_holders(session, draws)
         for item, seed in zip(drawing, draws, strict=True):
             if seed not in in_use and seed not in taken:
                 item.seed = seed
