@@ -25,7 +25,8 @@ def _runtime_lifespan(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.runtime = await Runtime.start(settings)
+        authenticator = getattr(app.state, "authenticator", None)
+        app.state.runtime = await Runtime.start(settings, authenticator)
         try:
             yield
         finally:

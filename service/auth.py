@@ -1,9 +1,13 @@
 """API keys with scopes, optionally limited to a prefix of context keys.
 
-A key looks like `psp_<id>_<secret>`. Settings hold, per key, the id, a random salt and
+A key looks like `psp_<id>_<secret>`. Keys come from two places: `PSP_API_KEYS` (fixed for the
+life of the process) and the registry database (`psp keys create`, revocable at run time, and
+reread every `PSP_REGISTRY_POLL_SECONDS`). Both hold, per key, the id, a random salt and
 `sha256(salt + secret)`, never the key itself. A fast salted hash is enough here because the
 secrets are 256-bit random tokens, not passwords: there is nothing to brute-force, and the
-check stays cheap on the predict path. With no keys configured the service is open.
+check stays cheap on the predict path. With no keys in either place the service is open.
+
+Neither a key nor its secret is ever logged; messages name keys by their id at most.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ class Principal:
     name: str
     scopes: frozenset[Scope]
     key_prefix: str = ""
+    key_id: str = ""  # the public id of the presented key; empty for the open service
 
     def require(self, scope: Scope | None, context_keys: Iterable[str] = ()) -> None:
         """Raises Forbidden unless the principal has `scope` (None: any scope, for reading)
@@ -63,6 +68,32 @@ class Principal:
                     f"{self.key_prefix!r}; {key!r} does not"
                 )
 
+    def require_whole_model(self, scope: Scope) -> None:
+        """Raises Forbidden unless the principal has `scope` for every context: operations
+        without a context key (a rollback) change every tenant's model."""
+        self.require(scope)
+        if self.key_prefix:
+            raise Forbidden(
+                f"this API key may only use contexts whose keys start with {self.key_prefix!r}, "
+                "and this operation changes the model of every context; use an admin key "
+                "without a key prefix"
+            )
+
+    def listing_prefix(self, requested: str) -> str:
+        """The key prefix to list contexts with: `requested`, narrowed to the principal's own.
+
+        Raises:
+            Forbidden: `requested` names contexts outside the principal's prefix.
+        """
+        if requested.startswith(self.key_prefix):
+            return requested
+        if self.key_prefix.startswith(requested):
+            return self.key_prefix
+        raise Forbidden(
+            f"this API key may only list contexts whose keys start with {self.key_prefix!r}; "
+            f"send a prefix that starts with {self.key_prefix!r}, or none"
+        )
+
 
 OPEN = Principal(name="open", scopes=ALL_SCOPES)
 
@@ -72,14 +103,20 @@ def _digest(salt: str, secret: str) -> str:
 
 
 class Authenticator:
-    """Checks presented keys against the configured specs."""
+    """Checks presented keys against the configured specs and the stored ones."""
 
     def __init__(self, specs: Iterable[ApiKeySpec]) -> None:
-        self._by_id = {spec.id: spec for spec in specs}
+        self._configured = {spec.id: spec for spec in specs}
+        self._by_id = dict(self._configured)
 
     @property
     def enabled(self) -> bool:
         return bool(self._by_id)
+
+    def use_stored(self, specs: Iterable[ApiKeySpec]) -> None:
+        """Replaces the keys read from the registry (the valid, unrevoked ones); a revoked key
+        stops working here from this call on. `PSP_API_KEYS` entries always stay."""
+        self._by_id = {spec.id: spec for spec in specs} | self._configured
 
     def authenticate(self, presented: str | None) -> Principal:
         """The principal of a presented key; everyone is `OPEN` when no keys are configured.
@@ -100,14 +137,18 @@ class Authenticator:
         if spec is None or not hmac.compare_digest(_digest(spec.salt, secret), spec.sha256):
             raise Unauthorized("the API key is not valid; send a key issued for this service")
         return Principal(
-            name=spec.name or spec.id, scopes=frozenset(spec.scopes), key_prefix=spec.key_prefix
+            name=spec.name or spec.id,
+            scopes=frozenset(spec.scopes),
+            key_prefix=spec.key_prefix,
+            key_id=spec.id,
         )
 
 
 def issue_key(
     scopes: Iterable[Scope], key_prefix: str = "", name: str = ""
 ) -> tuple[str, ApiKeySpec]:
-    """A new random key and the spec to put in `PSP_API_KEYS` (the key is shown only once)."""
+    """A new random key and its spec, for `PSP_API_KEYS` or the registry (the key is shown
+    only once)."""
     key_id = secrets.token_hex(8)
     secret = secrets.token_urlsafe(32)
     salt = secrets.token_hex(16)

@@ -1,4 +1,4 @@
-"""The `psp` command line: serve, worker, db upgrade and benchmarks."""
+"""The `psp` command line: serve, worker, db upgrade, API keys and benchmarks."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 
 import typer
 import uvicorn
+from sqlalchemy.orm import Session, sessionmaker
 
 from service.bench.cli import bench_app
 from service.settings import Settings, get_settings
@@ -98,21 +99,82 @@ def worker(
     )
 
 
+def _registry_sessions() -> sessionmaker[Session]:
+    """Sessions on the migrated registry database of the current settings."""
+    from service.registry.database import make_engine, make_session_factory
+    from service.registry.migrate import upgrade
+
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.resolved_database_url)
+    return make_session_factory(make_engine(settings.resolved_database_url))
+
+
 @keys_app.command("create")
 def keys_create(
     scope: list[str] = typer.Option(..., help="predict, train or admin; repeat for several."),
     prefix: str = typer.Option("", help="Limit the key to contexts whose keys start with this."),
-    name: str = typer.Option("", help="A label for people reading the settings."),
+    name: str = typer.Option("", help="A label for people reading the key list."),
+    env: bool = typer.Option(
+        False, "--env", help="Store nothing; print an entry for PSP_API_KEYS instead."
+    ),
 ) -> None:
-    """Issue an API key: prints the key once, and the entry to add to PSP_API_KEYS."""
+    """Issue an API key and store its salted hash in the registry; prints the key once.
+
+    Serving processes accept it within PSP_REGISTRY_POLL_SECONDS.
+    """
     from service.auth import ALL_SCOPES, issue_key
+    from service.registry.api_keys import store_api_key
 
     unknown = set(scope) - ALL_SCOPES
     if unknown:
         raise typer.BadParameter(f"unknown scopes {sorted(unknown)}; use predict, train, admin")
     key, spec = issue_key(scope, prefix, name)  # type: ignore[arg-type]
+    if env:
+        typer.echo(f"key (shown only now): {key}")
+        typer.echo(f"PSP_API_KEYS entry:   {spec.model_dump_json()}")
+        return
+    with _registry_sessions().begin() as session:
+        store_api_key(session=session, spec=spec)
     typer.echo(f"key (shown only now): {key}")
-    typer.echo(f"PSP_API_KEYS entry:   {spec.model_dump_json()}")
+    typer.echo(f"stored as id {spec.id}; revoke with: psp keys revoke {spec.id}")
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List the API keys (ids, never secrets): those in PSP_API_KEYS and the stored ones."""
+    from service.registry.api_keys import list_api_keys
+
+    for spec in get_settings().api_keys:
+        scopes = ",".join(spec.scopes)
+        typer.echo(
+            f"{spec.id}  {scopes:<20} prefix={spec.key_prefix!r:<14} PSP_API_KEYS  {spec.name}"
+        )
+    with _registry_sessions()() as session:
+        for row in list_api_keys(session=session):
+            state = f"revoked {row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "valid"
+            typer.echo(
+                f"{row.id}  {row.scopes:<20} prefix={row.key_prefix!r:<14} {state}  {row.name}"
+            )
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str = typer.Argument(..., help="The id shown by `psp keys list`.")) -> None:
+    """Revoke a stored key; every serving process refuses it within PSP_REGISTRY_POLL_SECONDS."""
+    from service.registry.api_keys import revoke_api_key
+
+    if any(spec.id == key_id for spec in get_settings().api_keys):
+        raise typer.BadParameter(
+            f"key {key_id} comes from PSP_API_KEYS; remove it there and restart the service",
+            param_hint="KEY_ID",
+        )
+    with _registry_sessions().begin() as session:
+        revoked = revoke_api_key(session=session, key_id=key_id)
+    if not revoked:
+        raise typer.BadParameter(
+            f"no valid stored key has the id {key_id}; see `psp keys list`", param_hint="KEY_ID"
+        )
+    typer.echo(f"revoked {key_id}")
 
 
 @db_app.command("upgrade")

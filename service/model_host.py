@@ -48,11 +48,15 @@ class TrainRows:
         indices: int64 `(n,)` registry indices.
         inputs: float32 `(n, prod(input_shape))`.
         labels: int64 `(n,)`.
+        entry_positions: int64 `(n,)`: the position of each row's queue entry among the
+            entries being applied, so a refused step can be traced to its entries; None for
+            rows that come from no entry.
     """
 
     indices: np.ndarray
     inputs: np.ndarray
     labels: np.ndarray
+    entry_positions: np.ndarray | None = None
 
 
 class UnknownContext(KeyError):
@@ -259,4 +263,13 @@ class ModelHost:
             metadata = restore_checkpoint(path, self.learner, verify_contexts=False)
             self.healthy = True
         metrics.MODEL_VERSION.set(self.learner.model_version)
+        return metadata
+
+    def restore_as(self, path: Path, version: int) -> dict[str, str]:
+        """`load`s a checkpoint, then names its state `version`: a restored state is a new
+        version, so a version always names exactly one set of weights."""
+        with self._lock:
+            metadata = restore_checkpoint(path, self.learner, verify_contexts=False)
+            self.learner.model_version = version
+        metrics.MODEL_VERSION.set(version)
         return metadata

@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from service.auth import Authenticator
 from service.batcher import PredictBatcher
 from service.checkpoints import CheckpointStore
 from service.contexts import ContextService
 from service.control import ControlInbox, RedisRollback, RollbackTarget
 from service.faults import FaultInjector
+from service.key_sync import follow_stored_keys, load_stored_keys
 from service.model_host import ModelHost, resolve_device
 from service.model_sync import ModelFollower, ModelPublisher, redis_client
 from service.prediction import PredictionService
@@ -79,16 +81,19 @@ class Runtime:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
-    async def start(cls, settings: Settings) -> Runtime:
+    async def start(cls, settings: Settings, authenticator: Authenticator | None = None) -> Runtime:
         """Migrates the registry, builds the model from it and the newest checkpoint, and
-        starts the trainer when this process is the writer."""
+        starts the trainer when this process is the writer. A process that answers requests
+        passes its `authenticator`, which then follows the keys stored in the registry."""
         if settings.training.deterministic:
             torch.use_deterministic_algorithms(True)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         check_checkpoint_fits(settings)
         url = settings.resolved_database_url
         await asyncio.to_thread(upgrade, url)
-        registry = RegistryStore(make_engine(url), settings.model.kind)
+        registry = RegistryStore(
+            make_engine(url), settings.model.kind, settings.contexts.min_power_gap
+        )
         device = resolve_device(settings.device)
         host = ModelHost(
             settings.model.to_config(),
@@ -128,6 +133,15 @@ class Runtime:
             runtime._supervise(
                 "registry-poller",
                 lambda: contexts.poll_retirements(settings.registry_poll_seconds, runtime._stop),
+            )
+        if authenticator is not None:
+            await load_stored_keys(registry, authenticator)
+            runtime._tasks.append(
+                asyncio.create_task(
+                    follow_stored_keys(
+                        registry, authenticator, settings.registry_poll_seconds, runtime._stop
+                    )
+                )
             )
         log.info(
             "model on %s at version %d with %d contexts",

@@ -136,6 +136,13 @@ class BatcherSettings(BaseModel):
     max_rows: int = Field(default=4096, ge=1)
 
 
+class ContextSettings(BaseModel):
+    """Rules for registering contexts."""
+
+    # Nearby one-power exponents recall nearly the same model, so new ones keep this distance.
+    min_power_gap: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+
+
 class Settings(BaseSettings):
     """Everything configurable, with the defaults of the embedded mode."""
 
@@ -158,6 +165,7 @@ class Settings(BaseSettings):
     metrics_port: int = Field(default=9101, ge=1, le=65535)  # `psp worker`'s /metrics, /healthz
     api_keys: list[ApiKeySpec] = Field(default_factory=list)  # JSON; empty: the API is open
     key_prefix: str = "psp:"  # of every Redis key, so deployments (and tests) can share a Redis
+    contexts: ContextSettings = Field(default_factory=ContextSettings)
     faults: FaultSettings = Field(default_factory=FaultSettings)  # tests only; see service.faults
 
     @model_validator(mode="after")

@@ -1,6 +1,6 @@
 """The single writer: queue entries -> minibatches -> psp_core steps -> checkpoints -> acks.
 
-Exactly-once (DESIGN.md): an entry is acknowledged only after a durable checkpoint holds its
+Exactly-once (docs/design.md): an entry is acknowledged only after a durable checkpoint holds its
 effect. Each checkpoint records the id of the last entry it contains and the per-context
 counts added since the previous checkpoint; the registry's counters are then advanced from
 that checkpoint in one transaction guarded by the same id, so a crash at any point neither
@@ -46,12 +46,23 @@ log = logging.getLogger(__name__)
 _STORE_ERRORS = (QueueUnavailable, RegistryUnavailable, RedisError, OSError)
 
 
+REFUSED_STEP = (
+    "the trainer refused to learn this batch: the loss or a gradient of its step was not finite "
+    "(loss {loss:g}); the weights did not change, so check the rows for extreme values"
+)
+
+
+def _new_counts() -> list[int]:
+    """Per context: [examples learned, of those right before learning, examples refused]."""
+    return [0, 0, 0]
+
+
 @dataclass
 class _Progress:
     """What has been applied since the last checkpoint."""
 
     entry_ids: list[str] = field(default_factory=list)
-    counts: dict[int, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
+    counts: dict[int, list[int]] = field(default_factory=lambda: defaultdict(_new_counts))
     steps: int = 0
 
 
@@ -81,7 +92,7 @@ class Trainer:
         self.checkpointed_id: str | None = None
         self._progress = _Progress()
         # Checkpointed but not yet in the registry / not yet acknowledged (either store was down).
-        self._uncommitted_counts: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+        self._uncommitted_counts: dict[int, list[int]] = defaultdict(_new_counts)
         self._unacked: list[str] = []
         self._last_checkpoint_at = time.monotonic()
         self._retirements_checked = datetime.now(UTC)
@@ -123,7 +134,7 @@ class Trainer:
             metadata = await asyncio.to_thread(self.host.load, latest.path)
             self.checkpointed_id = metadata.get("last_entry_id") or None
             for index, counts in _decode_counts(metadata.get("counts", "{}")).items():
-                self._uncommitted_counts[index] = list(counts)
+                self._uncommitted_counts[index] = counts
             await self._settle()  # finishes the registry update if a crash came before it
         await self._forget_deleted_contexts()
         self._needs_rewind = False
@@ -254,11 +265,13 @@ class Trainer:
             await asyncio.wait_for(self._checkpoint_written.wait(), 5)
 
     async def rollback(self, version: int) -> int:
-        """Restores the weights and optimiser state of a kept checkpoint of `version`.
+        """Restores the weights and optimiser state of a kept checkpoint of `version`, as a new
+        version above every one so far: versions only grow, so each names one set of weights.
 
         What was applied so far is checkpointed first, so its entries are acknowledged and
-        counted, not replayed; the restored state is then written as the newest checkpoint
-        (and announced), and training continues from it.
+        counted, not replayed; the restored state is then written as the newest checkpoint,
+        with `restored_from: version` in its metadata (and announced), and training continues
+        from it.
 
         Raises:
             RollbackFailed: No kept checkpoint has that version.
@@ -271,8 +284,9 @@ class Trainer:
                     f"no kept checkpoint has model version {version}; kept versions: {kept}"
                 )
             await self.checkpoint()
-            await asyncio.to_thread(self.host.load, target.path)
-            await self._write_checkpoint()
+            newest = max([self.host.model_version, *(i.version for i in self.store.list())])
+            await asyncio.to_thread(self.host.restore_as, target.path, newest + 1)
+            await self._write_checkpoint({"restored_from": str(version)})
             return self.host.model_version
 
     async def apply(self, entries: Sequence[QueuedEntry]) -> None:
@@ -306,7 +320,14 @@ class Trainer:
                 )
         batches = self._minibatches(known)
         results = await asyncio.to_thread(lambda: [self.host.train_step(b) for b in batches])
+        refused: dict[str, str] = {}
         for batch, result in zip(batches, results, strict=True):
+            if not result.applied:
+                self._count_refused(batch)
+                reason = REFUSED_STEP.format(loss=result.loss)
+                positions = () if batch.entry_positions is None else batch.entry_positions
+                refused.update((known[int(p)].entry_id, reason) for p in np.unique(positions))
+                continue
             correct = result.correct.numpy()
             for index in np.unique(batch.indices):
                 mine = batch.indices == index
@@ -316,7 +337,15 @@ class Trainer:
             metrics.record_prequential(int(correct.sum()), len(correct))
             self._progress.steps += 1
         self._progress.entry_ids.extend(e.entry_id for e in fresh)
-        await self.queue.publish_applied([e.entry_id for e in fresh], self.host.model_version)
+        await self.queue.publish_applied(
+            [e.entry_id for e in fresh], self.host.model_version, refused
+        )
+
+    def _count_refused(self, batch: TrainRows) -> None:
+        """Counts a refused step's rows as refused, never as seen, per context."""
+        indices, per_context = np.unique(batch.indices, return_counts=True)
+        for index, rows in zip(indices, per_context, strict=True):
+            self._progress.counts[int(index)][2] += int(rows)
 
     def _minibatches(self, entries: Sequence[QueuedEntry]) -> list[TrainRows]:
         """Cuts entries into `batch_size` minibatches.
@@ -329,23 +358,30 @@ class Trainer:
         """
         size = self.settings.training.batch_size
         coalesce = self.settings.training.coalesce
-        groups = [entries] if coalesce else [[e] for e in entries]
+        numbered = list(enumerate(entries))
+        groups = [numbered] if coalesce else [[n] for n in numbered]
         batches = []
         for group in groups:
             if not group:
                 continue
             indices = np.concatenate(
-                [np.full(e.entry.size, e.entry.context_index, dtype=np.int64) for e in group]
+                [np.full(e.entry.size, e.entry.context_index, dtype=np.int64) for _, e in group]
             )
-            inputs = np.concatenate([e.entry.inputs for e in group])
-            labels = np.concatenate([e.entry.labels for e in group])
+            positions = np.concatenate(
+                [np.full(e.entry.size, position, dtype=np.int64) for position, e in group]
+            )
+            inputs = np.concatenate([e.entry.inputs for _, e in group])
+            labels = np.concatenate([e.entry.labels for _, e in group])
             if coalesce and len(group) > 1:
-                seed = derive_seed("shuffle", self.settings.model.seed, group[0].entry_id)
+                seed = derive_seed("shuffle", self.settings.model.seed, group[0][1].entry_id)
                 order = np.random.default_rng(seed).permutation(len(labels))
                 indices, inputs, labels = indices[order], inputs[order], labels[order]
+                positions = positions[order]
             for start in range(0, len(labels), size):
                 window = slice(start, start + size)
-                batches.append(TrainRows(indices[window], inputs[window], labels[window]))
+                batches.append(
+                    TrainRows(indices[window], inputs[window], labels[window], positions[window])
+                )
         return batches
 
     async def _learn_unknown_contexts(self, entries: Sequence[QueuedEntry]) -> None:
@@ -406,10 +442,10 @@ class Trainer:
             self._last_checkpoint_at = time.monotonic()
             await self._settle()
             return
-        for index, (examples, correct) in progress.counts.items():
+        for index, counts in progress.counts.items():
             totals = self._uncommitted_counts[index]
-            totals[0] += examples
-            totals[1] += correct
+            for field_at, count in enumerate(counts):
+                totals[field_at] += count
         self._unacked.extend(progress.entry_ids)
         if progress.entry_ids:
             self.checkpointed_id = max(progress.entry_ids, key=entry_id_key)
@@ -417,13 +453,15 @@ class Trainer:
         await self._write_checkpoint()
         await self._settle()
 
-    async def _write_checkpoint(self) -> None:
-        """Saves the current state with what the registry has not taken yet, and announces it."""
+    async def _write_checkpoint(self, extra: dict[str, str] | None = None) -> None:
+        """Saves the current state with what the registry has not taken yet (and `extra`
+        metadata), and announces it."""
         if not self.host.healthy:
             raise RuntimeError("refusing to checkpoint weights that failed their health check")
         metadata = {
             "last_entry_id": self.checkpointed_id or "",
             "counts": json.dumps({str(k): v for k, v in self._uncommitted_counts.items()}),
+            **(extra or {}),
         }
         started = time.perf_counter()
         target = self.store.next(self.host.model_version)
@@ -443,7 +481,7 @@ class Trainer:
                 await self.registry.commit_training(
                     shard=self.settings.queue.shard,
                     last_entry_id=self.checkpointed_id,
-                    counts={k: (v[0], v[1]) for k, v in self._uncommitted_counts.items()},
+                    counts={k: (v[0], v[1], v[2]) for k, v in self._uncommitted_counts.items()},
                 )
                 self._uncommitted_counts.clear()
         except RegistryUnavailable as err:
@@ -462,5 +500,6 @@ class Trainer:
         metrics.QUEUE_LAG.set(stats.oldest_age_seconds)
 
 
-def _decode_counts(text: str) -> dict[int, tuple[int, int]]:
-    return {int(k): (int(v[0]), int(v[1])) for k, v in json.loads(text).items()}
+def _decode_counts(text: str) -> dict[int, list[int]]:
+    """A checkpoint's counts; those written before refusals were counted have two fields."""
+    return {int(k): [*map(int, v), 0][:3] for k, v in json.loads(text).items()}

@@ -20,9 +20,19 @@ class NotAppliedInTime(TimeoutError):
 
 @dataclass(frozen=True)
 class Submission:
+    """What became of a submitted batch.
+
+    Attributes:
+        batch_id: The queue entry id (the first one's, for a repeated idempotency key).
+        accepted: Rows accepted.
+        model_version: With `wait`, the version once the trainer was done with the batch.
+        refused: With `wait`, why the trainer refused to learn the batch; None if it learned it.
+    """
+
     batch_id: str
     accepted: int
     model_version: int | None = None
+    refused: str | None = None
 
 
 class TrainingService:
@@ -41,23 +51,27 @@ class TrainingService:
         *,
         wait: bool,
         idempotency_key: str | None = None,
+        client: str = "",
     ) -> Submission:
-        """Queues one batch for `key`; with `wait`, returns once the trainer has applied it.
+        """Queues one batch for `key`; with `wait`, returns once the trainer is done with it.
 
-        A retry with the same `idempotency_key` (for the same context) queues nothing new and
-        answers with the first attempt's batch id.
+        A retry with the same `idempotency_key`, context and rows queues nothing new, is not
+        counted again, and answers with the first attempt's batch id. Idempotency keys are
+        scoped to the `client` (the API key's id), so tenants cannot collide.
 
         Raises:
             PayloadError, ContextNotFound, RegistryUnavailable, QueueFull, QueueUnavailable,
-            NotAppliedInTime.
+            IdempotencyConflict, NotAppliedInTime.
         """
         model = self.settings.model
         matrix = input_matrix(inputs, model.input_shape, self.settings.limits.max_rows)
         vector = label_vector(labels, len(matrix), model.num_classes)
         index = await self.contexts.resolve(key)
-        token = f"{index}:{idempotency_key}" if idempotency_key else None
-        batch_id = await self.queue.put(TrainEntry(index, matrix, vector, time.time()), token)
-        metrics.TRAIN_ACCEPTED.inc(len(vector))
+        token = f"{client}:{idempotency_key}" if idempotency_key else None
+        queued = await self.queue.enqueue(TrainEntry(index, matrix, vector, time.time()), token)
+        batch_id = queued.entry_id
+        if not queued.repeated:
+            metrics.TRAIN_ACCEPTED.inc(len(vector))
         if not wait:
             return Submission(batch_id, len(vector))
         timeout = self.settings.limits.wait_seconds
@@ -68,4 +82,4 @@ class TrainingService:
                 f"batch {batch_id} is queued but was not applied within {timeout:g} s; "
                 "it will still be applied, so send it without wait=true or retry later"
             ) from None
-        return Submission(batch_id, len(vector), version)
+        return Submission(batch_id, len(vector), version, await self.queue.refusal(batch_id))

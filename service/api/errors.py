@@ -5,16 +5,20 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from service.auth import Forbidden, Unauthorized
 from service.contexts import ContextNotFound
 from service.control import RollbackFailed
 from service.model_host import ModelUnhealthy
 from service.payloads import PayloadError, TooManyRows
-from service.queue.base import QueueFull, QueueUnavailable
-from service.registry.queries import ContextConflict, InvalidContextParameters
+from service.queue.base import IdempotencyConflict, QueueFull, QueueUnavailable
+from service.registry.queries import (
+    ContextConflict,
+    ContextParameterTaken,
+    InvalidContextParameters,
+)
 from service.registry.store import RegistryUnavailable
 from service.training import NotAppliedInTime
 
@@ -26,6 +30,24 @@ _EXAMPLES = {
     "/model/rollback": '{"version": 120}',
 }
 
+_PARAMETER_HINTS = {
+    ("query", "limit"): "an integer from 0 to 1000 as ?limit=",
+    ("query", "offset"): "an integer from 0 to 2**63 - 1 as ?offset=",
+    (
+        "query",
+        "prefix",
+    ): "up to 128 characters from A-Z, a-z, 0-9, '.', '_', ':' and '-' as ?prefix=",
+    ("query", "wait"): "true or false as ?wait=",
+    ("header", "idempotency-key"): (
+        "an Idempotency-Key header of 1 to 128 characters from A-Z, a-z, 0-9, '.', '_', ':' and '-'"
+    ),
+    (
+        "path",
+        "key",
+    ): "a context key of 1 to 128 characters from A-Z, a-z, 0-9, '.', '_', ':' and '-'",
+}
+"""What to send instead, for the query parameters, headers and path parts the API reads."""
+
 
 def _example_for(path: str) -> str:
     for prefix, example in _EXAMPLES.items():
@@ -34,7 +56,19 @@ def _example_for(path: str) -> str:
     return "a JSON body as described at /docs"
 
 
+def _hint_for(request: Request, loc: tuple[int | str, ...]) -> str:
+    """What to send instead, chosen by what failed: the body, a query parameter, a header or
+    the path."""
+    where = str(loc[0]) if loc else "body"
+    if where == "body":
+        return _example_for(request.url.path)
+    name = str(loc[1]).lower() if len(loc) > 1 else ""
+    return _PARAMETER_HINTS.get((where, name), f"a valid {where} value as described at /docs")
+
+
 def _location(loc: tuple[int | str, ...]) -> str:
+    if loc and loc[0] in ("query", "header", "path"):
+        return f"{loc[0]} parameter {'.'.join(str(p) for p in loc[1:])}"
     parts = [str(p) for p in loc if p != "body"]
     text = ""
     for part in parts:
@@ -49,13 +83,33 @@ def _validation_sentence(request: Request, exc: RequestValidationError) -> str:
         return f"the request body is not valid JSON; send a JSON object such as {example}"
     if first.get("type") == "missing" and tuple(first.get("loc", ())) == ("body",):
         return f"the request has no body; send a JSON object such as {example}"
-    location = _location(tuple(first.get("loc", ())))
+    loc = tuple(first.get("loc", ()))
+    location = _location(loc)
     message = str(first.get("msg", "is invalid")).rstrip(".")
     if first.get("type") == "finite_number":
         message = "must be a finite number, not NaN or Infinity"
     count = len(exc.errors())
     more = f" (and {count - 1} more problems)" if count > 1 else ""
-    return f"{location}: {message}{more}; send {example}"
+    return f"{location}: {message}{more}; send {_hint_for(request, loc)}"
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """The methods some route answers on this path.
+
+    Each method is tried against the app's routes as the router itself would match it, so
+    routes inside included routers count too (FastAPI may keep them behind one router entry).
+    """
+    return [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL
+            for route in request.app.router.routes
+        )
+    ]
 
 
 def _problem(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -82,15 +136,7 @@ def install_error_handlers(app: FastAPI) -> None:
                 422, f"the request body is not valid JSON; send a JSON object such as {example}"
             )
         if exc.status_code == 405:
-            # Several routes may share a path (GET and POST /contexts); list all their methods.
-            allowed = sorted(
-                {
-                    method
-                    for route in request.app.router.routes
-                    if isinstance(route, APIRoute) and route.path_regex.match(request.url.path)
-                    for method in route.methods or ()
-                }
-            )
+            allowed = _allowed_methods(request)
             detail = (
                 f"{request.method} is not allowed on {request.url.path}; use {', '.join(allowed)}"
             )
@@ -112,6 +158,14 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ContextConflict)
     async def conflict(request: Request, exc: ContextConflict) -> JSONResponse:
         return _problem(409, str(exc))
+
+    @app.exception_handler(ContextParameterTaken)
+    async def parameter_taken(request: Request, exc: ContextParameterTaken) -> JSONResponse:
+        return _problem(409, str(exc))
+
+    @app.exception_handler(IdempotencyConflict)
+    async def idempotency_conflict(request: Request, exc: IdempotencyConflict) -> JSONResponse:
+        return _problem(422, str(exc))
 
     @app.exception_handler(QueueFull)
     async def queue_full(request: Request, exc: QueueFull) -> JSONResponse:

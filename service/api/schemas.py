@@ -1,4 +1,4 @@
-"""Request and response bodies of the HTTP contract (DESIGN.md)."""
+"""Request and response bodies of the HTTP contract (docs/design.md)."""
 
 from __future__ import annotations
 
@@ -40,7 +40,11 @@ class ContextOut(BaseModel):
     seed: int | None
     power: float | None
     created_at: datetime
-    examples_seen: int
+    examples_seen: int = Field(description="Examples learned under this context.")
+    refused: int = Field(
+        description="Examples the trainer refused to learn (a non-finite loss or gradient); "
+        "they are not in examples_seen."
+    )
     prequential_accuracy: float | None = Field(
         description="Share of examples the model got right just before learning them."
     )
@@ -71,8 +75,11 @@ class TrainAccepted(BaseModel):
 
 
 class TrainApplied(TrainAccepted):
-    applied: bool
+    applied: bool = Field(description="False when the trainer refused to learn the batch.")
     model_version: int
+    reason: str | None = Field(
+        default=None, description="Why the trainer refused the batch; null when applied."
+    )
 
 
 class PredictRequest(BaseModel):
@@ -90,15 +97,29 @@ class PredictResponse(BaseModel):
 class ModelInfo(BaseModel):
     config: dict[str, Any]
     model_version: int
-    contexts: int
+    contexts: int = Field(description="Live contexts (deleted ones are not counted).")
+    bank_rows: int = Field(
+        description="Contexts held in this process's memory; a deleted context keeps its row, "
+        "since its seed is never issued again."
+    )
     parameters: int
-    bytes_per_context: int
+    bytes_per_context: int = Field(
+        description="Memory one more context adds to the model's bank (its per-layer keys)."
+    )
+    stored_bytes_per_context: int = Field(
+        description="What defines a context in the registry: one 8-byte seed or exponent; the "
+        "in-memory keys are derived from it."
+    )
     device: str
     role: str
-    checkpoints: list[int] = Field(description="Model versions of the kept checkpoints.")
+    checkpoints: list[int] = Field(description="Model versions of the kept checkpoints, unique.")
     training: dict[str, Any] = Field(
         description="How the writer learns: optimiser, learning rate, gradient clipping, "
         "minibatch size, and the replay buffer's rows and rows replayed per step."
+    )
+    restored_from: int | None = Field(
+        default=None,
+        description="In a rollback's answer: the version whose weights the new version holds.",
     )
 
 

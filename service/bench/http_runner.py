@@ -1,4 +1,4 @@
-"""A runner that drives a running service through the public HTTP contract (docs/DESIGN.md).
+"""A runner that drives a running service through the public HTTP contract (docs/design.md).
 
 It uses only `POST /contexts`, `POST /train/{key}?wait=true`, `POST /predict/{key}` and
 `GET /model`, so it measures what a user of the service gets. The training answer carries no

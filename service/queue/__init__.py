@@ -1,6 +1,8 @@
 """The train queue: the in-process embedded default and Redis Streams, behind one interface."""
 
 from service.queue.base import (
+    Enqueued,
+    IdempotencyConflict,
     QueuedEntry,
     QueueFull,
     QueueStats,
@@ -11,6 +13,8 @@ from service.queue.base import (
 )
 
 __all__ = [
+    "Enqueued",
+    "IdempotencyConflict",
     "QueueFull",
     "QueueStats",
     "QueueUnavailable",

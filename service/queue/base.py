@@ -3,13 +3,14 @@
 Entry ids have the Redis Streams form `"<milliseconds>-<sequence>"` in both implementations, so
 the trainer compares them the same way (see `entry_id_key`). An entry is delivered to the
 trainer by `read`, stays pending until `ack`, and is handed out again by `pending` after a
-restart, which is what makes exactly-once possible (DESIGN.md, "Exactly-once").
+restart, which is what makes exactly-once possible (docs/design.md, "Exactly-once training").
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import msgpack
@@ -17,6 +18,9 @@ import numpy as np
 
 IDEMPOTENCY_SECONDS = 300
 """How long a put's idempotency key is remembered."""
+
+REFUSALS_KEPT_SECONDS = 600
+"""How long the reason of a refused entry is kept for producers waiting on it."""
 
 
 class QueueFull(Exception):
@@ -31,6 +35,31 @@ class QueueFull(Exception):
 
 class QueueUnavailable(Exception):
     """The queue's backing store cannot be reached."""
+
+
+class IdempotencyConflict(Exception):
+    """An idempotency key came back with a different batch than the one it first queued."""
+
+    def __init__(self, idempotency_key: str) -> None:
+        super().__init__(
+            "this Idempotency-Key was first used with a different batch (another context or "
+            "other rows); send a new key for a new batch, or resend the first batch unchanged"
+        )
+        self.idempotency_key = idempotency_key
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    """What a put did.
+
+    Attributes:
+        entry_id: The id of the queued entry.
+        repeated: True when an earlier put with the same idempotency key queued it, and this
+            one queued nothing.
+    """
+
+    entry_id: str
+    repeated: bool = False
 
 
 def entry_id_key(entry_id: str) -> tuple[int, int]:
@@ -70,6 +99,14 @@ class TrainEntry:
                 "t": self.enqueued_at,
             }
         )
+
+    def fingerprint(self) -> str:
+        """A digest of the context and the rows (not the time), to tell a retry of this batch
+        from a different batch sent with the same idempotency key."""
+        digest = hashlib.sha256(str(self.context_index).encode())
+        digest.update(np.ascontiguousarray(self.inputs, dtype="<f4").tobytes())
+        digest.update(np.ascontiguousarray(self.labels, dtype="<i8").tobytes())
+        return digest.hexdigest()
 
     @classmethod
     def decode(cls, payload: bytes) -> TrainEntry:
@@ -140,16 +177,22 @@ class TrainQueue(abc.ABC):
     durable: bool = False
 
     @abc.abstractmethod
-    async def put(self, entry: TrainEntry, idempotency_key: str | None = None) -> str:
-        """Appends an entry durably and returns its id.
+    async def enqueue(self, entry: TrainEntry, idempotency_key: str | None = None) -> Enqueued:
+        """Appends an entry durably.
 
-        A put repeated with the same `idempotency_key` within `IDEMPOTENCY_SECONDS` returns the
-        first put's id and queues nothing, so a client may retry a request whose answer it lost.
+        A put repeated with the same `idempotency_key` and the same entry (context and rows)
+        within `IDEMPOTENCY_SECONDS` answers with the first put's id and queues nothing, so a
+        client may retry a request whose answer it lost.
 
         Raises:
+            IdempotencyConflict: The key was first used with a different entry.
             QueueFull: Accepting it would exceed the pending-examples limit.
             QueueUnavailable: The backing store cannot be reached.
         """
+
+    async def put(self, entry: TrainEntry, idempotency_key: str | None = None) -> str:
+        """`enqueue`, answering only the entry's id."""
+        return (await self.enqueue(entry, idempotency_key)).entry_id
 
     @abc.abstractmethod
     async def read(self, max_entries: int, block_ms: int) -> list[QueuedEntry]:
@@ -185,12 +228,29 @@ class TrainQueue(abc.ABC):
         """True when the backing store answers."""
 
     @abc.abstractmethod
-    async def publish_applied(self, entry_ids: Sequence[str], model_version: int) -> None:
-        """Tells waiting producers that these entries are now in the weights."""
+    async def publish_applied(
+        self,
+        entry_ids: Sequence[str],
+        model_version: int,
+        refused: Mapping[str, str] | None = None,
+    ) -> None:
+        """Tells waiting producers that the trainer is done with these entries.
+
+        Args:
+            entry_ids: The entries the trainer took.
+            model_version: The version that holds them.
+            refused: Entry id -> why the trainer refused a step holding its rows; such an
+                entry is not in the weights. Kept for `REFUSALS_KEPT_SECONDS`.
+        """
+
+    @abc.abstractmethod
+    async def refusal(self, entry_id: str) -> str | None:
+        """Why the trainer refused `entry_id` (see `publish_applied`), or None if it did not."""
 
     @abc.abstractmethod
     async def wait_applied(self, entry_id: str, timeout: float) -> int:
-        """Waits until `entry_id` is applied and returns the model version that holds it.
+        """Waits until the trainer is done with `entry_id` and returns the model version then;
+        `refusal` tells whether the entry made it into the weights.
 
         Raises:
             TimeoutError: Not applied within `timeout` seconds.

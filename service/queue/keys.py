@@ -1,7 +1,7 @@
 """Every Redis key, stream, consumer group and channel name the service uses, in one place.
 
 Names are built from a key prefix (so test runs and deployments can share one Redis) and the
-shard (DESIGN.md, "Scale-out": each shard owns one stream). All of a shard's train-queue keys
+shard (each shard owns one stream). All of a shard's train-queue keys
 share the stem `{prefix}train:{shard}`, so one `SCAN MATCH` finds them.
 """
 
@@ -72,6 +72,10 @@ class ShardKeys:
     def control(self) -> str:
         """List of admin commands (rollback) for the shard's worker."""
         return f"{self.prefix}control:{self.shard}"
+
+    def refusal(self, entry_id: str) -> str:
+        """Why the trainer refused an entry, kept a while for producers waiting on it."""
+        return f"{self.stream}:refused:{entry_id}"
 
     def put_token(self, token: str) -> str:
         """Short-lived marker of one `put`, so a retried put does not queue its batch twice."""

@@ -9,12 +9,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from service.queue.base import (
     DEAD_LETTERS_KEPT,
     IDEMPOTENCY_SECONDS,
     DeadLetter,
+    REFUSALS_KEPT_SECONDS,
+    Enqueued,
+    IdempotencyConflict,
     QueuedEntry,
     QueueFull,
     QueueStats,
@@ -37,13 +40,16 @@ class InProcessQueue(TrainQueue):
         self._last_id = (0, 0)
         self._applied: tuple[tuple[int, int], int] = ((0, 0), 0)
         self._changed = asyncio.Condition()
-        self._idempotency: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        # Idempotency key -> (entry id, entry fingerprint, when).
+        self._idempotency: OrderedDict[str, tuple[str, str, float]] = OrderedDict()
+        # Refused entry id -> (reason, when).
+        self._refusals: OrderedDict[str, tuple[str, float]] = OrderedDict()
         # Like the queue itself, the dead letters live as long as the process.
         self._dead: deque[DeadLetter] = deque(maxlen=DEAD_LETTERS_KEPT)
 
     def _forget_old_idempotency_keys(self) -> None:
         horizon = time.monotonic() - IDEMPOTENCY_SECONDS
-        while self._idempotency and next(iter(self._idempotency.values()))[1] < horizon:
+        while self._idempotency and next(iter(self._idempotency.values()))[2] < horizon:
             self._idempotency.popitem(last=False)
 
     def _next_id(self) -> str:
@@ -52,12 +58,15 @@ class InProcessQueue(TrainQueue):
         self._last_id = (millis, 0) if millis > last_millis else (last_millis, last_seq + 1)
         return f"{self._last_id[0]}-{self._last_id[1]}"
 
-    async def put(self, entry: TrainEntry, idempotency_key: str | None = None) -> str:
+    async def enqueue(self, entry: TrainEntry, idempotency_key: str | None = None) -> Enqueued:
+        fingerprint = entry.fingerprint() if idempotency_key is not None else ""
         if idempotency_key is not None:
             self._forget_old_idempotency_keys()
             known = self._idempotency.get(idempotency_key)
             if known is not None:
-                return known[0]
+                if known[1] != fingerprint:
+                    raise IdempotencyConflict(idempotency_key)
+                return Enqueued(known[0], repeated=True)
         if self._pending_examples + entry.size > self.max_pending_examples:
             raise QueueFull(
                 self.retry_after_seconds, self._pending_examples, self.max_pending_examples
@@ -67,10 +76,10 @@ class InProcessQueue(TrainQueue):
         self._undelivered.append(entry_id)
         self._pending_examples += entry.size
         if idempotency_key is not None:
-            self._idempotency[idempotency_key] = (entry_id, time.monotonic())
+            self._idempotency[idempotency_key] = (entry_id, fingerprint, time.monotonic())
         async with self._changed:
             self._changed.notify_all()
-        return entry_id
+        return Enqueued(entry_id)
 
     async def read(self, max_entries: int, block_ms: int) -> list[QueuedEntry]:
         async with self._changed:
@@ -124,14 +133,31 @@ class InProcessQueue(TrainQueue):
     async def ping(self) -> bool:
         return True
 
-    async def publish_applied(self, entry_ids: Sequence[str], model_version: int) -> None:
+    async def publish_applied(
+        self,
+        entry_ids: Sequence[str],
+        model_version: int,
+        refused: Mapping[str, str] | None = None,
+    ) -> None:
         if not entry_ids:
             return
+        now = time.monotonic()
+        self._refusals.update(
+            (entry_id, (reason, now)) for entry_id, reason in (refused or {}).items()
+        )
+        while (
+            self._refusals and next(iter(self._refusals.values()))[1] < now - REFUSALS_KEPT_SECONDS
+        ):
+            self._refusals.popitem(last=False)
         newest = max(entry_id_key(i) for i in entry_ids)
         async with self._changed:
             if newest > self._applied[0]:  # the version goes with the newest applied id
                 self._applied = (newest, model_version)
             self._changed.notify_all()
+
+    async def refusal(self, entry_id: str) -> str | None:
+        known = self._refusals.get(entry_id)
+        return known[0] if known else None
 
     async def wait_applied(self, entry_id: str, timeout: float) -> int:
         wanted = entry_id_key(entry_id)

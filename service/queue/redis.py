@@ -28,7 +28,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import suppress
 from functools import partial
 from typing import Any, TypeVar
@@ -46,6 +46,9 @@ from service.queue.base import (
     DEAD_LETTERS_KEPT,
     IDEMPOTENCY_SECONDS,
     DeadLetter,
+    REFUSALS_KEPT_SECONDS,
+    Enqueued,
+    IdempotencyConflict,
     QueuedEntry,
     QueueFull,
     QueueStats,
@@ -102,17 +105,22 @@ local function group_info(stream, group)
 end
 """
 
-# KEYS: stream, counter, put token. ARGV: limit, examples, payload, token ttl.
-# Returns {1, id} when queued (now or by an earlier try of the same put), {0, pending} when full.
+# KEYS: stream, counter, put token. ARGV: limit, examples, payload, token ttl, fingerprint.
+# Returns {1, id} when queued now, {3, id} when an earlier put with the token queued the same
+# entry, {2, ''} when it queued a different one, {0, pending} when full.
 _PUT = """
 local seen = redis.call('GET', KEYS[3])
-if seen then return {1, seen} end
+if seen then
+  local id, fingerprint = string.match(seen, '^(%S+) (%S*)$')
+  if fingerprint == ARGV[5] then return {3, id} end
+  return {2, ''}
+end
 local pending = tonumber(redis.call('GET', KEYS[2]) or '0')
 local examples = tonumber(ARGV[2])
 if pending + examples > tonumber(ARGV[1]) then return {0, pending} end
 local id = redis.call('XADD', KEYS[1], '*', 'e', ARGV[3], 'n', ARGV[2])
 redis.call('INCRBY', KEYS[2], examples)
-redis.call('SET', KEYS[3], id, 'EX', ARGV[4])
+redis.call('SET', KEYS[3], id .. ' ' .. ARGV[5], 'EX', ARGV[4])
 return {1, id}
 """
 
@@ -214,17 +222,21 @@ return {examples, summary[1] + lag, oldest, now_ms}
 """
 )
 
-# KEYS: applied state. ARGV: newest applied id, model version, channel.
-# Keeps the newest id and the highest version, and announces the state only when it changed, so
-# a repeated or out-of-order publish never moves waiters backwards.
+# KEYS: applied state, then one refusal key per refused entry. ARGV: newest applied id, model
+# version, channel, refusal ttl, then one reason per refusal key.
+# Records the refusals first, so a waiter woken by the announcement finds its entry's. Keeps the
+# newest id, and announces the state only when it changed, so a repeated or out-of-order
+# publish never moves waiters backwards.
 _PUBLISH_APPLIED = (
     _LUA_IDS
     + """
+for i = 2, #KEYS do
+  redis.call('SET', KEYS[i], ARGV[i + 3], 'EX', ARGV[4])
+end
 local id, version = ARGV[1], ARGV[2]
 local current = redis.call('GET', KEYS[1])
 local current_id, current_version
 if current then current_id, current_version = string.match(current, '^(%S+) (%d+)$') end
--- The version goes with the newest applied id: after a rollback it may be lower than before.
 if current_id and not id_less(current_id, id) then return 0 end
 local state = id .. ' ' .. version
 redis.call('SET', KEYS[1], state)
@@ -468,19 +480,28 @@ class RedisStreamQueue(TrainQueue):
         self._unseen_deliveries = False
         self._watch = _AppliedWatch(self._client, self.keys, self._where)
 
-    async def put(self, entry: TrainEntry, idempotency_key: str | None = None) -> str:
+    async def enqueue(self, entry: TrainEntry, idempotency_key: str | None = None) -> Enqueued:
         token = self.keys.put_token(idempotency_key or uuid.uuid4().hex)
-        queued, value = await self._call(
+        outcome, value = await self._call(
             partial(
                 self._put_script,
                 keys=[self.keys.stream, self.keys.pending_examples, token],
-                args=[self.max_pending_examples, entry.size, entry.encode(), IDEMPOTENCY_SECONDS],
+                args=[
+                    self.max_pending_examples,
+                    entry.size,
+                    entry.encode(),
+                    IDEMPOTENCY_SECONDS,
+                    entry.fingerprint(),
+                ],
             ),
             "queue a train batch",
         )
-        if not queued:
+        if outcome == 0:
             raise QueueFull(self.retry_after_seconds, int(value), self.max_pending_examples)
-        return _text(value)
+        if outcome == 2:
+            raise IdempotencyConflict(idempotency_key or "")
+        # A one-off token seen again is this very put, retried after a lost reply.
+        return Enqueued(_text(value), repeated=outcome == 3 and idempotency_key is not None)
 
     async def read(self, max_entries: int, block_ms: int) -> list[QueuedEntry]:
         loop = asyncio.get_running_loop()
@@ -601,19 +622,39 @@ class RedisStreamQueue(TrainQueue):
         except (QueueUnavailable, RedisError):
             return False
 
-    async def publish_applied(self, entry_ids: Sequence[str], model_version: int) -> None:
+    async def publish_applied(
+        self,
+        entry_ids: Sequence[str],
+        model_version: int,
+        refused: Mapping[str, str] | None = None,
+    ) -> None:
         if not entry_ids:
             return
         newest = max(entry_ids, key=entry_id_key)
+        refused = refused or {}
         await self._call(
             partial(
                 self._publish_script,
-                keys=[self.keys.applied],
-                args=[newest, model_version, self.keys.applied_channel],
+                keys=[self.keys.applied, *(self.keys.refusal(i) for i in refused)],
+                args=[
+                    newest,
+                    model_version,
+                    self.keys.applied_channel,
+                    REFUSALS_KEPT_SECONDS,
+                    *refused.values(),
+                ],
             ),
             "publish applied entries",
             needs_group=False,
         )
+
+    async def refusal(self, entry_id: str) -> str | None:
+        reason = await self._call(
+            partial(self._client.get, self.keys.refusal(entry_id)),
+            "read why an entry was refused",
+            needs_group=False,
+        )
+        return None if reason is None else _text(reason)
 
     async def wait_applied(self, entry_id: str, timeout: float) -> int:
         return await self._watch.wait(entry_id, timeout)

@@ -2,9 +2,12 @@
 
 One row per registered context. A context is defined by one number (an integer seed, or a real
 exponent for one-power), so a row stays small: the table is expected to hold hundreds of
-thousands of tenants. Only the primary key, the partial unique index on live keys and a partial
-index on retirement times (which holds retired rows only) exist; every further index would cost
-bytes on every row.
+thousands of tenants. Besides the primary key there are: a partial unique index on live keys, a
+partial index on retirement times (which holds retired rows only), and unique indices on seed
+and on power. The last two cost bytes on every row and are worth it: a seed names a model in the
+shared weights, so it must never be issued twice, not even after its context was deleted.
+
+A second table holds the API keys created at run time (`psp keys create`), as salted hashes.
 """
 
 from __future__ import annotations
@@ -33,6 +36,12 @@ LIVE_KEY_INDEX = "uq_contexts_key_live"
 
 RETIRED_AT_INDEX = "ix_contexts_retired_at"
 """Name of the partial index over retired rows that serving processes poll for deletions."""
+
+SEED_INDEX = "uq_contexts_seed"
+"""Name of the unique index that keeps a seed to one context, live or retired, for good."""
+
+POWER_INDEX = "uq_contexts_power"
+"""Name of the unique index that keeps a one-power exponent to one context, for good."""
 
 
 def utcnow() -> datetime:
@@ -109,6 +118,8 @@ class ContextRow(Base):
         prequential_seen: Examples scored before learning them (test-then-train).
         shard: The model process that owns the context when contexts are sharded.
         key: The client's name for the context, unique among live contexts.
+        refused: Examples the trainer refused to learn (a non-finite loss or gradient); they
+            are not in `examples_seen`. None until the first refusal.
     """
 
     __tablename__ = "contexts"
@@ -125,6 +136,21 @@ class ContextRow(Base):
             "retired_at",
             sqlite_where=text("retired_at IS NOT NULL"),
             postgresql_where=text("retired_at IS NOT NULL"),
+        ),
+        # Partial, so the rows of the other kinds (whose seed or power is NULL) cost nothing.
+        Index(
+            SEED_INDEX,
+            "seed",
+            unique=True,
+            sqlite_where=text("seed IS NOT NULL"),
+            postgresql_where=text("seed IS NOT NULL"),
+        ),
+        Index(
+            POWER_INDEX,
+            "power",
+            unique=True,
+            sqlite_where=text("power IS NOT NULL"),
+            postgresql_where=text("power IS NOT NULL"),
         ),
         {"sqlite_autoincrement": True},
     )
@@ -144,6 +170,8 @@ class ContextRow(Base):
     prequential_seen: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     shard: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     key: Mapped[str] = mapped_column(String(KEY_MAX_LENGTH))
+    # NULL stands for none refused, so rows that never had a step refused pay no heap bytes.
+    refused: Mapped[int | None] = mapped_column(BigInteger)
 
     @property
     def is_live(self) -> bool:
@@ -177,3 +205,29 @@ class TrainerState(Base):
     shard: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     last_entry_id: Mapped[str] = mapped_column(String(64))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class ApiKeyRow(Base):
+    """An API key created at run time; only its salted hash is kept (see `service.auth`).
+
+    Attributes:
+        id: The public part of the key (`psp_<id>_<secret>`).
+        salt: Random hex salt of the hash.
+        sha256: `sha256(salt + secret)` in hex.
+        scopes: Comma-separated scopes (`predict`, `train`, `admin`).
+        key_prefix: The context-key prefix the key is limited to; empty for every context.
+        name: A label for people; never a secret.
+        created_at: When the key was created (UTC).
+        revoked_at: When the key was revoked (UTC); None while it is valid.
+    """
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    salt: Mapped[str] = mapped_column(String(32))
+    sha256: Mapped[str] = mapped_column(String(64))
+    scopes: Mapped[str] = mapped_column(String(64))
+    key_prefix: Mapped[str] = mapped_column(String(KEY_MAX_LENGTH), default="")
+    name: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -12,6 +12,13 @@ PostgreSQL, the write lock on SQLite).
 A key is unique among live contexts only. Deleting a context retires its row instead of removing
 it, so its index is never handed out again, and the same key may later be registered anew under
 a new index.
+
+A seed or power, by contrast, is unique for the life of the registry, live and retired rows
+alike: it names one model inside the shared weights. A retired context's weights stay
+superposed, and they can never be recalled, because its seed is never issued again. One-power
+exponents must moreover lie `min_power_gap` apart, since nearby powers recall nearly the same
+model. Unique indices enforce the first rule in the database; the gap is checked under the power
+allocation lock, which serialises every one-power registration across processes.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import pairwise
 from typing import Any, Final, NoReturn
 from typing import cast as type_cast
 
@@ -57,6 +65,9 @@ SEED_LIMIT: Final = 2**63
 MAX_BULK_CONTEXTS: Final = 10_000
 """The most contexts one `create_contexts` call registers."""
 
+DEFAULT_MIN_POWER_GAP: Final = 1.0
+"""How far apart one-power exponents must lie unless configured otherwise."""
+
 # Any 64-bit constant works; it names the lock that serialises the choice of one-power powers.
 _POWER_LOCK_ID: Final = 0x7073705F706F7772
 # Bound on IN-lists; old SQLite builds allow only 999 parameters per statement.
@@ -89,6 +100,13 @@ class ContextConflict(RegistryError):
         super().__init__(message)
         self.key = key
         self.existing = existing
+
+
+class ContextParameterTaken(RegistryError):
+    """A requested seed or power belongs, or lies too close, to another context (an HTTP 409).
+
+    The message never names the other context's key: it may belong to another tenant.
+    """
 
 
 ContextItem = tuple[str, int | None, float | None]
@@ -191,10 +209,10 @@ def _live_rows_by_key(session: Session, keys: Sequence[str]) -> dict[str, Contex
 
 
 def _lock_power_allocation(session: Session) -> None:
-    """Serialises the choice of free powers until this transaction ends.
+    """Serialises one-power registrations until this transaction ends.
 
-    Powers have no unique index (it would cost bytes on every row, and explicit powers may be
-    shared), so two concurrent creates would otherwise pick the same free power.
+    The unique index on power stops exact duplicates, but not two powers closer than the gap;
+    the check and the insert must therefore not interleave with another transaction's.
     """
     connection = session.connection()
     dialect = connection.dialect.name
@@ -223,17 +241,30 @@ def _integral_power() -> ColumnElement[Any]:
     )
 
 
-def _free_powers(session: Session, count: int, reserved: Iterable[float]) -> list[float]:
-    """The `count` smallest non-negative integers that no row (live or retired) uses as power.
+def _power_near(session: Session, power: float, gap: float) -> bool:
+    """Whether a row, live or retired, has a power closer than `gap` to `power` (an index range
+    scan on the unique power index)."""
+    near = select(ContextRow.index).where(
+        ContextRow.power > power - gap, ContextRow.power < power + gap
+    )
+    return session.scalar(near.limit(1)) is not None
 
-    One aggregate query answers the common case, where the used integral powers are exactly
-    0..max; only when there are gaps are the used values read to find them.
+
+def _free_powers(
+    session: Session, count: int, reserved: Iterable[float], gap: float
+) -> list[float]:
+    """The `count` smallest non-negative integers at least `gap` away from every power in use
+    (live or retired) and from `reserved`, and from each other.
+
+    One aggregate query finds the first candidate in the common case, where the used integral
+    powers are exactly 0..max; only when there are holes are the used values read to find them.
+    Each candidate is then checked against its neighbourhood.
     """
     integral = _integral_power()
     used_count, used_max = session.execute(
         select(func.count(distinct(integral)), func.max(integral))
     ).one()
-    taken: set[int] = {int(p) for p in reserved if p >= 0 and p.is_integer()}
+    taken: set[int] = set()
     if used_max is None:
         candidate = 0
     elif used_count == int(used_max) + 1:
@@ -245,11 +276,102 @@ def _free_powers(session: Session, count: int, reserved: Iterable[float]) -> lis
             for value in session.scalars(select(integral).where(integral.is_not(None)).distinct())
         )
     chosen: list[float] = []
+    nearby = list(reserved)
     while len(chosen) < count:
-        if candidate not in taken:
-            chosen.append(float(candidate))
+        value = float(candidate)
+        if (
+            candidate not in taken
+            and all(abs(value - other) >= gap for other in nearby)
+            and not _power_near(session, value, gap)
+        ):
+            chosen.append(value)
+            nearby.append(value)
         candidate += 1
     return chosen
+
+
+def _check_powers(session: Session, pending: Iterable[_Pending], gap: float) -> None:
+    """Refuses explicit powers that lie closer than `gap` to each other or to any power in use.
+
+    Raises:
+        InvalidContextParameters: Two powers of the batch are too close.
+        ContextParameterTaken: A power is too close to a registered context's.
+    """
+    explicit = sorted(item.power for item in pending if item.power is not None)
+    for low, high in pairwise(explicit):
+        if high - low < gap:
+            raise InvalidContextParameters(
+                f"powers {low!r} and {high!r} of the batch lie closer than {gap:g}; send powers "
+                f"at least {gap:g} apart, or omit them to let the server choose"
+            )
+    for power in explicit:
+        if _power_near(session, power, gap):
+            raise ContextParameterTaken(
+                f"power {power!r} lies closer than {gap:g} to the power of another context "
+                "(live or deleted), and nearby powers recall nearly the same model; send a "
+                f"power at least {gap:g} away from every registered one, or omit it to let the "
+                "server choose"
+            )
+
+
+def _seed_holders(session: Session, seeds: Sequence[int]) -> dict[int, str | None]:
+    """Which of `seeds` a row, live or retired, already has: seed -> the key of the live row
+    that holds it, or None when a retired row does."""
+    held: dict[int, str | None] = {}
+    for start in range(0, len(seeds), _IN_CHUNK):
+        chunk = seeds[start : start + _IN_CHUNK]
+        rows = session.execute(
+            select(ContextRow.seed, ContextRow.key, ContextRow.retired_at).where(
+                ContextRow.seed.in_(chunk)
+            )
+        )
+        held.update(
+            (seed, key if retired_at is None else None)
+            for seed, key, retired_at in rows
+            if seed is not None
+        )
+    return held
+
+
+def _assign_seeds(session: Session, pending: Sequence[_Pending]) -> None:
+    """Checks the requested seeds and draws the missing ones.
+
+    Server seeds come from the operating system's cryptographic source, so they cannot be
+    guessed, and are redrawn until none is in use or drawn twice.
+
+    Raises:
+        InvalidContextParameters: Two keys of the batch ask for one seed.
+        ContextParameterTaken: A requested seed belongs to another context, live or deleted.
+    """
+    requested = [item.seed for item in pending if item.seed is not None]
+    if len(set(requested)) < len(requested):
+        raise InvalidContextParameters(
+            "two keys of the batch ask for the same seed, which would make them one model; "
+            "send a different seed for each key, or omit the seeds to let the server draw them"
+        )
+    holders = _seed_holders(session, requested)
+    # A live row of the same key holding the seed was registered meanwhile by a concurrent
+    # identical request; the insert then loses the race and the retry returns that row.
+    used = sorted(
+        item.seed
+        for item in pending
+        if item.seed is not None and item.seed in holders and holders[item.seed] != item.key
+    )
+    if used:
+        raise ContextParameterTaken(
+            f"seed {used[0]} belongs to another context (live or deleted), and a seed names one "
+            "model for good; omit the seed to let the server draw an unused one, or send another"
+        )
+    drawing = [item for item in pending if item.seed is None]
+    taken = set(requested)
+    while drawing:
+        draws = [secrets.randbits(63) for _ in drawing]
+        in_use = _seed_holders(session, draws)
+        for item, seed in zip(drawing, draws, strict=True):
+            if seed not in in_use and seed not in taken:
+                item.seed = seed
+                taken.add(seed)
+        drawing = [item for item in drawing if item.seed is None]
 
 
 def _insert_rows(
@@ -284,7 +406,11 @@ def _insert_rows(
 
 
 def create_contexts(
-    *, session: Session, kind: str, items: Sequence[ContextItem]
+    *,
+    session: Session,
+    kind: str,
+    items: Sequence[ContextItem],
+    min_power_gap: float = DEFAULT_MIN_POWER_GAP,
 ) -> list[tuple[ContextRow, bool]]:
     """Registers many contexts at once, with the rules of `create_context` for each item.
 
@@ -298,6 +424,7 @@ def create_contexts(
         session: The session to work in; flushed, not committed.
         kind: The model's context kind (`binary`, `complex`, `rotation`, `onepower`, `none`).
         items: Up to `MAX_BULK_CONTEXTS` tuples of (key, seed or None, power or None).
+        min_power_gap: How far a new one-power exponent must lie from every other one.
 
     Returns:
         One (row, created) pair per item, in item order; created is False for a key that was
@@ -306,6 +433,9 @@ def create_contexts(
     Raises:
         InvalidContextParameters: An item does not fit the kind, or the batch is too large.
         ContextConflict: A key is live with a different seed or power.
+        ContextParameterTaken: A seed or power belongs, or lies too close, to another context.
+        sqlalchemy.exc.IntegrityError: A concurrent transaction took a seed or power first;
+            retrying the whole transaction answers correctly (`RegistryStore` does).
     """
     _check_kind(kind)
     if len(items) > MAX_BULK_CONTEXTS:
@@ -337,18 +467,16 @@ def create_contexts(
                 key=key, seed=seed, power=power, requested_seed=seed, requested_power=power
             )
 
-    needs_power = [item for item in pending.values() if kind == "onepower" and item.power is None]
-    if needs_power:
+    if kind == "onepower" and pending:
         _lock_power_allocation(session)
+        _check_powers(session, pending.values(), min_power_gap)
+        needs_power = [item for item in pending.values() if item.power is None]
         explicit = [item.power for item in pending.values() if item.power is not None]
-        for item, chosen in zip(
-            needs_power, _free_powers(session, len(needs_power), explicit), strict=True
-        ):
+        free = _free_powers(session, len(needs_power), explicit, min_power_gap)
+        for item, chosen in zip(needs_power, free, strict=True):
             item.power = chosen
-    if kind != "onepower":
-        for item in pending.values():
-            if item.seed is None:
-                item.seed = secrets.randbits(63)
+    elif pending:
+        _assign_seeds(session, list(pending.values()))
 
     created_at = utcnow()
     to_insert = list(pending.values())
@@ -402,12 +530,14 @@ def create_context(
     kind: str,
     seed: int | None = None,
     power: float | None = None,
+    min_power_gap: float = DEFAULT_MIN_POWER_GAP,
 ) -> tuple[ContextRow, bool]:
     """Registers one context, or returns the live one with the same key.
 
     One-power contexts are defined by a real `power`; the other kinds by an integer `seed` in
-    [0, 2**63). When it is omitted, the server chooses: a random 63-bit seed, or the smallest
-    non-negative integer power that no context (live or retired) uses.
+    [0, 2**63). When it is omitted, the server chooses: an unused random 63-bit seed, or the
+    smallest non-negative integer power at least `min_power_gap` from every context's power
+    (live or retired).
 
     Args:
         session: The session to work in; flushed, not committed.
@@ -415,6 +545,7 @@ def create_context(
         kind: The model's context kind.
         seed: The seed of a binary, complex, rotation or none context, or None to choose one.
         power: The exponent of a one-power context, or None to choose one.
+        min_power_gap: How far a new one-power exponent must lie from every other one.
 
     Returns:
         The row and whether it was created now (False: the key was already live with the same
@@ -423,8 +554,11 @@ def create_context(
     Raises:
         InvalidContextParameters: The key, seed or power does not fit the kind.
         ContextConflict: The key is live with a different seed or power.
+        ContextParameterTaken: The seed or power belongs, or lies too close, to another context.
     """
-    return create_contexts(session=session, kind=kind, items=[(key, seed, power)])[0]
+    return create_contexts(
+        session=session, kind=kind, items=[(key, seed, power)], min_power_gap=min_power_gap
+    )[0]
 
 
 def get_context(*, session: Session, key: str) -> ContextRow | None:
@@ -503,32 +637,38 @@ def retire_context(*, session: Session, key: str) -> bool:
     return type_cast(CursorResult[Any], result).rowcount > 0
 
 
-def add_training_counts(*, session: Session, counts: Mapping[int, tuple[int, int]]) -> None:
-    """Adds trained and prequentially scored examples to the contexts' counters.
+TrainingCounts = tuple[int, int] | tuple[int, int, int]
+"""Per context: (examples learned, of those right before learning[, examples refused])."""
+
+
+def add_training_counts(*, session: Session, counts: Mapping[int, TrainingCounts]) -> None:
+    """Adds trained, prequentially scored and refused examples to the contexts' counters.
 
     The increments happen in the database (`SET n = n + :delta`), so concurrent writers never
     lose each other's counts.
 
     Args:
         session: The session to work in; flushed, not committed.
-        counts: Context index -> (examples, correct). The examples are added to `examples_seen`
-            and `prequential_seen`, the correct ones to `prequential_correct`. Unknown indices
+        counts: Context index -> (examples, correct[, refused]). The examples are added to
+            `examples_seen` and `prequential_seen`, the correct ones to `prequential_correct`,
+            the refused ones (rows of steps the trainer refused) to `refused`. Unknown indices
             are ignored.
 
     Raises:
         ValueError: A count is negative or correct exceeds examples.
     """
-    for index, (examples, correct) in counts.items():
-        if examples < 0 or correct < 0 or correct > examples:
+    full = {index: (*values, 0)[:3] for index, values in counts.items()}
+    for index, (examples, correct, refused) in full.items():
+        if examples < 0 or correct < 0 or correct > examples or refused < 0:
             raise ValueError(
-                f"counts for context {index} must satisfy 0 <= correct <= examples, got "
-                f"examples={examples}, correct={correct}"
+                f"counts for context {index} must satisfy 0 <= correct <= examples and "
+                f"refused >= 0, got examples={examples}, correct={correct}, refused={refused}"
             )
     # Sorted so that concurrent writers lock rows in the same order and cannot deadlock.
     parameters = [
-        {"b_index": index, "b_examples": examples, "b_correct": correct}
-        for index, (examples, correct) in sorted(counts.items())
-        if examples or correct
+        {"b_index": index, "b_examples": examples, "b_correct": correct, "b_refused": refused}
+        for index, (examples, correct, refused) in sorted(full.items())
+        if examples or correct or refused
     ]
     if not parameters:
         return
@@ -540,6 +680,8 @@ def add_training_counts(*, session: Session, counts: Mapping[int, tuple[int, int
             examples_seen=table.c.examples_seen + bindparam("b_examples"),
             prequential_seen=table.c.prequential_seen + bindparam("b_examples"),
             prequential_correct=table.c.prequential_correct + bindparam("b_correct"),
+            # Stays NULL (no heap bytes) while nothing was refused.
+            refused=func.nullif(func.coalesce(table.c.refused, 0) + bindparam("b_refused"), 0),
         )
     )
     session.execute(statement, parameters)
@@ -547,4 +689,6 @@ def add_training_counts(*, session: Session, counts: Mapping[int, tuple[int, int
     changed = {p["b_index"] for p in parameters}
     for obj in list(session.identity_map.values()):
         if isinstance(obj, ContextRow) and obj.index in changed:
-            session.expire(obj, ["examples_seen", "prequential_seen", "prequential_correct"])
+            session.expire(
+                obj, ["examples_seen", "prequential_seen", "prequential_correct", "refused"]
+            )

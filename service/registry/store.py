@@ -13,16 +13,21 @@ from typing import TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.auth import ApiKeySpec
 from service.model_host import ContextDefinition
 from service.queue.base import entry_id_key
-from service.registry import queries
+from service.registry import api_keys, queries
 from service.registry.database import make_session_factory, ping
 from service.registry.models import ContextRow, TrainerState
 
 T = TypeVar("T")
+
+UNIQUE_RACE_ATTEMPTS = 5
+"""Tries of a registration that lost a race for a seed, power or key to another transaction.
+The retry reads the winner's committed row, so it answers 200, 409 or 422 like any request."""
 
 
 class RegistryUnavailable(Exception):
@@ -32,15 +37,26 @@ class RegistryUnavailable(Exception):
 class RegistryStore:
     """Context registration, lookup and the trainer's counters, for one model kind."""
 
-    def __init__(self, engine: Engine, kind: str) -> None:
+    def __init__(
+        self, engine: Engine, kind: str, min_power_gap: float = queries.DEFAULT_MIN_POWER_GAP
+    ) -> None:
         self.engine = engine
         self.kind = kind
+        self.min_power_gap = min_power_gap
         self._sessions: sessionmaker[Session] = make_session_factory(engine)
 
     async def _run(self, job: Callable[[Session], T]) -> T:
         def in_transaction() -> T:
-            with self._sessions.begin() as session:
-                return job(session)
+            for attempt in range(1, UNIQUE_RACE_ATTEMPTS + 1):
+                try:
+                    with self._sessions.begin() as session:
+                        return job(session)
+                except IntegrityError:
+                    # A unique index caught a concurrent insert that the checks could not see
+                    # yet; the next try sees it committed.
+                    if attempt == UNIQUE_RACE_ATTEMPTS:
+                        raise
+            raise AssertionError("unreachable")
 
         try:
             return await asyncio.to_thread(in_transaction)
@@ -60,7 +76,14 @@ class RegistryStore:
         return await self._run(
             lambda s: _detached(
                 s,
-                queries.create_context(session=s, key=key, kind=self.kind, seed=seed, power=power),
+                queries.create_context(
+                    session=s,
+                    key=key,
+                    kind=self.kind,
+                    seed=seed,
+                    power=power,
+                    min_power_gap=self.min_power_gap,
+                ),
             )
         )
 
@@ -68,7 +91,9 @@ class RegistryStore:
         self, items: Sequence[queries.ContextItem]
     ) -> list[tuple[ContextRow, bool]]:
         def job(session: Session) -> list[tuple[ContextRow, bool]]:
-            created = queries.create_contexts(session=session, kind=self.kind, items=items)
+            created = queries.create_contexts(
+                session=session, kind=self.kind, items=items, min_power_gap=self.min_power_gap
+            )
             session.flush()
             session.expunge_all()
             return created
@@ -108,6 +133,10 @@ class RegistryStore:
     async def count_live(self) -> int:
         return await self._run(lambda s: queries.count_live_contexts(session=s))
 
+    async def valid_api_keys(self) -> list[ApiKeySpec]:
+        """The stored API keys that are not revoked."""
+        return await self._run(lambda s: api_keys.valid_api_keys(session=s))
+
     async def context_definitions(self, after_index: int = -1) -> list[ContextDefinition]:
         """Every context, live or retired, in index order: what the model's bank holds."""
 
@@ -122,7 +151,7 @@ class RegistryStore:
         return await self._run(job)
 
     async def commit_training(
-        self, *, shard: int, last_entry_id: str, counts: Mapping[int, tuple[int, int]]
+        self, *, shard: int, last_entry_id: str, counts: Mapping[int, queries.TrainingCounts]
     ) -> bool:
         """Adds a checkpoint's counts unless the registry already holds that checkpoint.
 

@@ -38,9 +38,34 @@ def test_every_step_checkpoint_keeps_the_last_k_and_rolls_back(make_settings) ->
 
         rolled = client.post("/model/rollback", json={"version": 3})
         assert rolled.status_code == 200
-        assert rolled.json()["model_version"] == 3
+        # The restored weights of version 3 are a new version: no number names two states.
+        assert (rolled.json()["model_version"], rolled.json()["restored_from"]) == (6, 3)
+        assert rolled.json()["checkpoints"] == [4, 5, 6]
         assert client.post("/predict/t", json=probe).json()["probabilities"] == answers[3]
-        assert _train(client, "t", 2) == 4  # training continues from the restored state
+        assert _train(client, "t", 2) == 7  # training continues from the restored state
         assert client.post("/model/rollback", json={"version": -1}).status_code == 422
     with TestClient(create_app(settings)) as client:  # the rollback survives a restart
-        assert client.get("/model").json()["model_version"] == 4
+        assert client.get("/model").json()["model_version"] == 7
+
+
+def test_versions_only_grow_across_rollbacks(make_settings) -> None:
+    settings = make_settings(checkpoint={"every_steps": 1, "every_seconds": 60, "keep": 5})
+    with TestClient(create_app(settings)) as client:
+        register(client, "t")
+        probe = {"inputs": rows(2, 0.3)}
+        answers = {}
+        for label in range(1, 5):
+            version = _train(client, "t", label)
+            answers[version] = client.post("/predict/t", json=probe).json()
+        rolled = client.post("/model/rollback", json={"version": 1}).json()
+        assert (rolled["model_version"], rolled["restored_from"]) == (5, 1)
+        assert [_train(client, "t", 1), _train(client, "t", 2)] == [6, 7]
+        client.portal.call(client.app.state.runtime.trainer.checkpoint)  # type: ignore[attr-defined]
+        checkpoints = client.get("/model").json()["checkpoints"]
+        assert checkpoints == sorted(set(checkpoints)) == [3, 4, 5, 6, 7]
+        # A prediction's version names one set of weights: 1's weights now answer as 5.
+        rolled_back = client.post("/model/rollback", json={"version": 5}).json()
+        assert rolled_back["model_version"] == 8
+        again = client.post("/predict/t", json=probe).json()
+        assert again["probabilities"] == answers[1]["probabilities"]
+        assert again["model_version"] == 8

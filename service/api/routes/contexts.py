@@ -33,6 +33,7 @@ def _out(row: ContextRow, kind: str) -> ContextOut:
         power=row.power,
         created_at=row.created_at,
         examples_seen=row.examples_seen,
+        refused=row.refused or 0,
         prequential_accuracy=row.prequential_accuracy,
     )
 
@@ -80,10 +81,17 @@ async def list_contexts(
     runtime: RuntimeDep,
     caller: Reader,
     limit: Annotated[int, Query(ge=0, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, lt=2**63)] = 0,
+    prefix: Annotated[
+        str,
+        Query(
+            pattern=r"^[A-Za-z0-9._:-]{0,128}$",
+            description="Only contexts whose keys start with this.",
+        ),
+    ] = "",
 ) -> ContextPage:
-    """List live contexts in registration order."""
-    rows, total = await runtime.contexts.page(limit, offset, caller.key_prefix)
+    """List live contexts in registration order; a prefixed API key sees only its own."""
+    rows, total = await runtime.contexts.page(limit, offset, caller.listing_prefix(prefix))
     kind = runtime.settings.model.kind
     return ContextPage(items=[_out(row, kind) for row in rows], total=total)
 

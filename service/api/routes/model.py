@@ -19,19 +19,25 @@ from service.api.schemas import (
 router = APIRouter(tags=["model"], route_class=OrjsonRoute)
 
 
-@router.get("/model")
+STORED_BYTES_PER_CONTEXT = 8
+"""A context is defined by one 64-bit seed or exponent in the registry."""
+
+
+@router.get("/model", responses={503: {"model": Problem}})
 async def model_info(runtime: RuntimeDep, caller: Reader) -> ModelInfo:
-    """The model's config, version, number of contexts and parameters."""
+    """The model's config, version, number of live contexts and parameters, and their cost."""
     host = runtime.host
     return ModelInfo(
         config=host.config.to_dict(),
         model_version=host.model_version,
-        contexts=host.context_count,
+        contexts=await runtime.registry.count_live(),
+        bank_rows=host.context_count,
         parameters=host.parameter_count,
         bytes_per_context=host.learner.model.bank.bytes_per_context(),
+        stored_bytes_per_context=STORED_BYTES_PER_CONTEXT,
         device=str(host.device),
         role=runtime.settings.role,
-        checkpoints=[info.version for info in runtime.store.list()],
+        checkpoints=sorted({info.version for info in runtime.store.list()}),
         training=runtime.settings.learning_summary(),
     )
 
@@ -46,12 +52,14 @@ async def model_info(runtime: RuntimeDep, caller: Reader) -> ModelInfo:
     },
 )
 async def rollback(body: RollbackRequest, runtime: RuntimeDep, caller: Admin) -> ModelInfo:
-    """Restore a kept checkpoint version (admin); training continues from it."""
+    """Restore a kept checkpoint as a new version (admin without a key prefix)."""
+    caller.require_whole_model("admin")
     assert runtime.rollback is not None
     await runtime.rollback.rollback(body.version)
     if runtime.follower is not None:
         await runtime.follower.catch_up()
-    return await model_info(runtime, caller)
+    info = await model_info(runtime, caller)
+    return info.model_copy(update={"restored_from": body.version})
 
 
 @router.get("/model/dead-letters", responses={422: {"model": Problem}, 503: {"model": Problem}})

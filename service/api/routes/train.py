@@ -18,7 +18,10 @@ router = APIRouter(tags=["training"], route_class=OrjsonRoute)
     status_code=status.HTTP_202_ACCEPTED,
     response_model=TrainApplied | TrainAccepted,
     responses={
-        200: {"model": TrainApplied, "description": "Applied (with wait=true)."},
+        200: {
+            "model": TrainApplied,
+            "description": "Done (with wait=true): applied, or refused with the reason.",
+        },
         404: {"model": Problem},
         413: {"model": Problem},
         422: {"model": Problem},
@@ -38,13 +41,20 @@ async def train(
         str | None,
         Header(
             pattern=r"^[A-Za-z0-9._:-]{1,128}$",
-            description="Retrying with the same key within 5 minutes queues the batch once.",
+            description="Retrying with the same key, context and rows within 5 minutes queues "
+            "the batch once; the same key with another batch answers 422.",
         ),
     ] = None,
 ) -> TrainApplied | TrainAccepted:
-    """Queue a labelled batch; 202 once durably queued, 200 once applied with wait=true."""
+    """Queue a labelled batch; 202 once durably queued, 200 once the trainer is done with it
+    (wait=true), saying whether it was applied."""
     done = await runtime.training.submit(
-        key, body.inputs, body.labels, wait=wait, idempotency_key=idempotency_key
+        key,
+        body.inputs,
+        body.labels,
+        wait=wait,
+        idempotency_key=idempotency_key,
+        client=caller.key_id,
     )
     if done.model_version is None:
         return TrainAccepted(batch_id=done.batch_id, accepted=done.accepted)
@@ -52,6 +62,7 @@ async def train(
     return TrainApplied(
         batch_id=done.batch_id,
         accepted=done.accepted,
-        applied=True,
+        applied=done.refused is None,
         model_version=done.model_version,
+        reason=done.refused,
     )

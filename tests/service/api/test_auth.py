@@ -148,3 +148,30 @@ def test_keys_are_stored_as_salted_hashes() -> None:
     assert authenticator.authenticate(key).scopes == frozenset({"predict"})
     with pytest.raises(Exception, match="not valid"):
         authenticator.authenticate(key[:-1] + ("A" if key[-1] != "A" else "B"))
+
+
+def test_a_prefixed_admin_key_cannot_roll_back_the_whole_model(secured: TestClient) -> None:
+    xy = {"inputs": rows(2), "labels": [1, 2]}
+    trained = secured.post("/train/tenant-a:one?wait=true", json=xy, headers=bearer(TENANT))
+    assert trained.status_code == 200
+    before = snapshot_admin(secured)
+    refused = secured.post("/model/rollback", json={"version": 0}, headers=bearer(TENANT))
+    assert refused.status_code == 403
+    assert "without a key prefix" in refused.json()["detail"]
+    assert snapshot_admin(secured) == before
+
+
+def test_listing_filters_by_prefix_within_the_keys_own(secured: TestClient) -> None:
+    def keys(params: dict[str, str], key: str) -> list[str]:
+        response = secured.get("/contexts", params=params, headers=bearer(key))
+        assert response.status_code == 200, response.text
+        return [item["key"] for item in response.json()["items"]]
+
+    secured.post("/contexts", json={"key": "tenant-a:two"}, headers=bearer(ADMIN))
+    assert keys({"prefix": "tenant-"}, ADMIN) == ["tenant-a:one", "tenant-b:one", "tenant-a:two"]
+    assert keys({"prefix": "tenant-b:"}, ADMIN) == ["tenant-b:one"]
+    assert keys({"prefix": "tenant-a:t"}, TENANT) == ["tenant-a:two"]
+    assert keys({"prefix": "tenant-"}, TENANT) == ["tenant-a:one", "tenant-a:two"]
+    foreign = secured.get("/contexts", params={"prefix": "tenant-b:"}, headers=bearer(TENANT))
+    assert foreign.status_code == 403
+    assert "starts with 'tenant-a:'" in foreign.json()["detail"]

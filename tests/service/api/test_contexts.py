@@ -125,3 +125,38 @@ def test_onepower_contexts_take_powers(make_settings) -> None:
             headers={"content-type": "application/json"},
         )
         assert nan.status_code == 422 and "finite" in nan.json()["detail"]
+
+
+def test_a_seed_in_use_is_409_and_two_keys_never_share_a_model(client: TestClient) -> None:
+    register(client, "tenant-b:x", seed=777)
+    before = snapshot(client)
+    taken = client.post("/contexts", json={"key": "tenant-a:y", "seed": 777})
+    assert taken.status_code == 409
+    detail = taken.json()["detail"]
+    assert "seed 777" in detail and "tenant-b" not in detail
+    assert snapshot(client) == before
+    batch = client.post("/contexts:batch", json={"contexts": [{"key": "c", "seed": 777}]})
+    assert batch.status_code == 409
+    assert client.get("/contexts/c").status_code == 404
+
+
+def test_a_deleted_contexts_seed_cannot_bring_its_weights_back(client: TestClient) -> None:
+    register(client, "old", seed=31)
+    assert client.delete("/contexts/old").status_code == 204
+    for key in ("old", "thief"):
+        again = client.post("/contexts", json={"key": key, "seed": 31})
+        assert again.status_code == 409 and "live or deleted" in again.json()["detail"]
+    fresh = register(client, "old")
+    assert fresh["seed"] != 31
+
+
+def test_model_counts_live_contexts_and_explains_their_cost(client: TestClient) -> None:
+    for key in ("a", "b", "c"):
+        register(client, key)
+    assert client.delete("/contexts/b").status_code == 204
+    model = client.get("/model").json()
+    assert model["contexts"] == client.get("/contexts").json()["total"] == 2
+    assert model["bank_rows"] == 3  # the deleted context keeps its row in memory
+    assert model["stored_bytes_per_context"] == 8
+    # Complex keys: (cos, -sin) in float32 per input unit of each layer, 64 and 32 here.
+    assert model["bytes_per_context"] == 8 * (64 + 32)

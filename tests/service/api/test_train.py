@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY
 
 from service.app import create_app
-from tests.service.api.helpers import register, rows, snapshot
+from tests.service.api.helpers import WIDTH, register, rows, snapshot
 
 
 def test_accepted_batch_is_202_with_a_batch_id(client: TestClient) -> None:
@@ -161,3 +163,49 @@ def test_idempotency_key_queues_a_retried_batch_once(client: TestClient) -> None
     assert applied["model_version"] == 2
     bad = client.post("/train/t", json=body, headers={"Idempotency-Key": "no spaces"})
     assert bad.status_code == 422
+
+
+def test_an_idempotency_key_with_another_batch_is_refused_and_counted_once(
+    client: TestClient,
+) -> None:
+    register(client, "t")
+    register(client, "u")
+    headers = {"Idempotency-Key": "batch-0002"}
+    accepted = REGISTRY.get_sample_value("psp_train_accepted_examples_total") or 0.0
+    first = client.post("/train/t", json={"inputs": rows(1), "labels": [1]}, headers=headers)
+    assert first.status_code == 202
+    for _ in range(3):
+        retry = client.post("/train/t", json={"inputs": rows(1), "labels": [1]}, headers=headers)
+        assert retry.json() == first.json()
+    counted = REGISTRY.get_sample_value("psp_train_accepted_examples_total")
+    assert counted == accepted + 1
+    before = snapshot(client)
+    for path, body in [
+        ("/train/t", {"inputs": rows(3, 0.2), "labels": [1, 2, 3]}),
+        ("/train/u", {"inputs": rows(1), "labels": [1]}),
+    ]:
+        mismatch = client.post(path, json=body, headers=headers)
+        assert mismatch.status_code == 422
+        assert "first used with a different batch" in mismatch.json()["detail"]
+    assert snapshot(client) == before
+
+
+def test_wait_says_when_the_trainer_refused_the_step(client: TestClient) -> None:
+    register(client, "t", seed=11)  # a fixed seed and model: the same step every run
+    # Rows of +-3.4e38 with random signs: some hidden unit overflows to infinity for certain.
+    signs = np.random.default_rng(0).choice([-3.4e38, 3.4e38], size=(32, WIDTH))
+    huge = {"inputs": signs.tolist(), "labels": [1] * 32}
+    answer = client.post("/train/t?wait=true", json=huge)
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body["applied"] is False and body["model_version"] == 0
+    assert "not finite" in body["reason"]
+    fine = client.post("/train/t?wait=true", json={"inputs": rows(3), "labels": [0, 1, 2]})
+    assert (fine.json()["applied"], fine.json()["reason"], fine.json()["model_version"]) == (
+        True,
+        None,
+        1,
+    )
+    client.portal.call(client.app.state.runtime.trainer.checkpoint)  # type: ignore[attr-defined]
+    context = client.get("/contexts/t").json()
+    assert (context["examples_seen"], context["refused"]) == (3, 32)

@@ -79,3 +79,43 @@ def test_no_server_errors_and_answers_conform(case: schemathesis.Case, live: Tes
     if response.status_code >= 400:
         assert isinstance(response.json()["detail"], str)
         assert _weights(live) == before
+
+
+def _send(case: schemathesis.Case, live: TestClient, headers: dict[str, str] | None = None):
+    response = live.request(
+        **case.as_transport_kwargs(
+            base_url="http://testserver", headers={**AUTH, **(headers or {})}
+        )
+    )
+    case.validate_response(response, excluded_checks=[ignored_auth, positive_data_acceptance])
+    return response
+
+
+def test_conflicts_and_rebound_idempotency_keys_conform(live: TestClient) -> None:
+    """The 409 of a seed in use and the 422 of an idempotency key sent with another batch are
+    part of the schema, and leave the weights alone."""
+    register = schema["/contexts"]["POST"]
+    assert _send(register.Case(body={"key": "fuzz-owner", "seed": 4242}), live).status_code in (
+        200,
+        201,
+    )
+    before = _weights(live)
+    taken = _send(register.Case(body={"key": "fuzz-thief", "seed": 4242}), live)
+    assert taken.status_code == 409 and "seed 4242" in taken.json()["detail"]
+    batch = schema["/contexts:batch"]["POST"].Case(
+        body={"contexts": [{"key": "fuzz-thief", "seed": 4242}]}
+    )
+    assert _send(batch, live).status_code == 409
+
+    train = schema["/train/{key}"]["POST"]
+    first = train.Case(
+        path_parameters={"key": "fuzz-owner"}, body={"inputs": [[0.0] * 64], "labels": [1]}
+    )
+    other = train.Case(
+        path_parameters={"key": "fuzz-owner"}, body={"inputs": [[0.5] * 64], "labels": [2]}
+    )
+    token = {"Idempotency-Key": "fuzz-token-1"}
+    assert _send(first, live, token).status_code == 202
+    rebound = _send(other, live, token)
+    assert rebound.status_code == 422 and "different batch" in rebound.json()["detail"]
+    assert _weights(live) == before

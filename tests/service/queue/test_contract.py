@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from service.queue import (
+    IdempotencyConflict,
     QueuedEntry,
     QueueFull,
     QueueStats,
@@ -111,6 +112,25 @@ async def test_a_repeated_idempotency_key_queues_once(queue: TrainQueue) -> None
     assert again == first and other != first
     assert (await queue.stats()).pending_examples == 5
     assert ids_of(await queue.read(max_entries=10, block_ms=10)) == [first, other]
+
+
+async def test_an_idempotency_key_is_bound_to_its_entry(queue: TrainQueue) -> None:
+    first = await queue.enqueue(make_entry(3, context_index=1), idempotency_key="k")
+    again = await queue.enqueue(make_entry(3, context_index=1), idempotency_key="k")
+    assert (first.repeated, again.repeated, again.entry_id) == (False, True, first.entry_id)
+    for different in (make_entry(1, context_index=1), make_entry(3, context_index=2)):
+        with pytest.raises(IdempotencyConflict, match="first used with a different batch"):
+            await queue.enqueue(different, idempotency_key="k")
+    assert (await queue.stats()).pending_examples == 3
+
+
+async def test_refusals_reach_waiting_producers(queue: TrainQueue) -> None:
+    kept, refused = await put_all(queue, [1, 1])
+    await queue.read(max_entries=10, block_ms=10)
+    await queue.publish_applied([kept, refused], 4, {refused: "loss was not finite"})
+    assert await queue.wait_applied(refused, timeout=5) == 4
+    assert await queue.refusal(refused) == "loss was not finite"
+    assert await queue.refusal(kept) is None
 
 
 async def test_read_delivers_in_order_up_to_max_entries(queue: TrainQueue) -> None:

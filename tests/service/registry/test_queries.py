@@ -20,6 +20,7 @@ from service.registry.models import ContextRow
 from service.registry.queries import (
     MAX_BULK_CONTEXTS,
     ContextConflict,
+    ContextParameterTaken,
     InvalidContextParameters,
     add_training_counts,
     count_live_contexts,
@@ -205,7 +206,7 @@ def test_onepower_chooses_the_smallest_unused_integer_power(registry_session: Se
     assert [auto("a"), auto("b"), auto("c")] == [0.0, 1.0, 2.0]
     assert all(isinstance(value, float) for value in (auto("d"),))  # 3.0
     create_context(session=registry_session, key="five", kind="onepower", power=5.0)
-    create_context(session=registry_session, key="half", kind="onepower", power=0.5)
+    create_context(session=registry_session, key="half", kind="onepower", power=8.5)
     create_context(session=registry_session, key="neg", kind="onepower", power=-1.0)
     create_context(session=registry_session, key="huge", kind="onepower", power=1e300)
     registry_session.commit()
@@ -230,10 +231,10 @@ def test_bulk_onepower_avoids_explicit_powers_of_the_batch(registry_session: Ses
     results = create_contexts(
         session=registry_session,
         kind="onepower",
-        items=[("a", None, None), ("b", None, 2.0), ("c", None, None), ("d", None, 1.5)],
+        items=[("a", None, None), ("b", None, 2.0), ("c", None, None), ("d", None, 5.5)],
     )
     registry_session.commit()
-    assert [row.power for row, _ in results] == [1.0, 2.0, 3.0, 1.5]
+    assert [row.power for row, _ in results] == [1.0, 2.0, 3.0, 5.5]
     assert all(created for _, created in results)
 
 
@@ -645,3 +646,70 @@ def test_postgresql_row_costs_at_most_200_bytes(postgres_database_url: str) -> N
         f"({heap / rows:.1f} heap, {(total - heap) / rows:.1f} indexes) for keys of 15 characters"
     )
     assert per_row <= 200
+
+
+# ------------------------------------------------------------------------------------------------
+# seeds and powers name one model each, for the life of the registry
+
+
+def test_a_seed_of_another_live_context_is_refused_without_naming_it(
+    registry_session: Session,
+) -> None:
+    create_context(session=registry_session, key="tenant-b:x", kind="binary", seed=777)
+    registry_session.commit()
+    with pytest.raises(ContextParameterTaken, match="seed 777") as caught:
+        create_context(session=registry_session, key="tenant-a:y", kind="binary", seed=777)
+    assert "tenant-b" not in str(caught.value)
+    assert get_context(session=registry_session, key="tenant-a:y") is None
+
+
+def test_a_deleted_contexts_seed_is_never_issued_again(registry_session: Session) -> None:
+    create_context(session=registry_session, key="gone", kind="complex", seed=12)
+    registry_session.commit()
+    assert retire_context(session=registry_session, key="gone") is True
+    registry_session.commit()
+    for key in ("gone", "other"):
+        with pytest.raises(ContextParameterTaken, match="seed 12"):
+            create_context(session=registry_session, key=key, kind="complex", seed=12)
+
+
+def test_one_seed_for_two_keys_of_a_batch_is_refused(registry_session: Session) -> None:
+    with pytest.raises(InvalidContextParameters, match="same seed"):
+        create_contexts(
+            session=registry_session, kind="binary", items=[("a", 5, None), ("b", 5, None)]
+        )
+    assert _all_rows(registry_session) == []
+
+
+def test_server_seeds_are_redrawn_until_unused(
+    registry_session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    create_context(session=registry_session, key="first", kind="binary", seed=99)
+    registry_session.commit()
+    draws = iter([99, 99, 5, 5, 6])  # used, used, new, drawn twice, new
+    monkeypatch.setattr("service.registry.queries.secrets.randbits", lambda bits: next(draws))
+    results = create_contexts(
+        session=registry_session, kind="binary", items=[("a", None, None), ("b", None, None)]
+    )
+    assert sorted(row.seed for row, _ in results if row.seed is not None) == [5, 6]
+
+
+def test_powers_closer_than_the_gap_are_refused(registry_session: Session) -> None:
+    create_context(session=registry_session, key="one", kind="onepower", power=1.0)
+    registry_session.commit()
+    with pytest.raises(ContextParameterTaken, match="closer than 1"):
+        create_context(session=registry_session, key="near", kind="onepower", power=1.5)
+    with pytest.raises(InvalidContextParameters, match="closer than 1"):
+        create_contexts(
+            session=registry_session,
+            kind="onepower",
+            items=[("p", None, 4.0), ("q", None, 4.25)],
+        )
+    row, created = create_context(
+        session=registry_session, key="near", kind="onepower", power=1.5, min_power_gap=0.5
+    )
+    assert created and row.power == 1.5
+    far, _ = create_context(session=registry_session, key="auto", kind="onepower")
+    assert far.power == 0.0
+    nxt, _ = create_context(session=registry_session, key="auto2", kind="onepower")
+    assert nxt.power == 3.0  # 2.0 lies within 1 of 1.5

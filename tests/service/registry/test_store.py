@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from sqlalchemy import Engine
 
 from service.registry.database import make_engine
+from service.registry.queries import ContextParameterTaken
 from service.registry.store import RegistryStore, RegistryUnavailable
 
 
@@ -52,3 +55,48 @@ async def test_unreachable_database_raises_registry_unavailable(tmp_path) -> Non
         await store.get("a")
     assert await store.ping() is False
     engine.dispose()
+
+
+async def test_refused_examples_are_counted_apart_from_examples_seen(
+    registry_engine: Engine,
+) -> None:
+    store = RegistryStore(registry_engine, "complex")
+    a, _ = await store.create("a", None, None)
+    await store.commit_training(shard=0, last_entry_id="1-0", counts={a.index: (4, 2, 3)})
+    row = await store.get("a")
+    assert row is not None
+    assert (row.examples_seen, row.prequential_seen, row.refused) == (4, 4, 3)
+
+
+async def test_concurrent_registrations_racing_for_one_seed_have_one_winner(
+    registry_engine: Engine,
+) -> None:
+    """Every request passes the seed check before any commits; the unique index decides."""
+    store = RegistryStore(registry_engine, "binary")
+    outcomes = await asyncio.gather(
+        *(store.create(f"tenant-{i}", 4242, None) for i in range(8)), return_exceptions=True
+    )
+    winners = [o for o in outcomes if isinstance(o, tuple)]
+    losers = [o for o in outcomes if isinstance(o, ContextParameterTaken)]
+    assert len(winners) == 1 and len(losers) == 7
+    assert winners[0][0].seed == 4242
+    assert all("tenant-" not in str(loser) for loser in losers)
+    assert await store.count_live() == 1
+
+
+async def test_concurrent_identical_registrations_all_get_the_one_context(
+    registry_engine: Engine,
+) -> None:
+    store = RegistryStore(registry_engine, "binary")
+    outcomes = await asyncio.gather(*(store.create("same", 77, None) for _ in range(8)))
+    assert sum(created for _, created in outcomes) == 1
+    assert {row.index for row, _ in outcomes} == {outcomes[0][0].index}
+
+
+async def test_concurrent_one_power_registrations_keep_the_gap(registry_engine: Engine) -> None:
+    store = RegistryStore(registry_engine, "onepower", min_power_gap=1.0)
+    outcomes = await asyncio.gather(
+        *(store.create(f"p-{i}", None, 3.0 + i / 10) for i in range(6)), return_exceptions=True
+    )
+    assert sum(isinstance(o, tuple) for o in outcomes) == 1
+    assert sum(isinstance(o, ContextParameterTaken) for o in outcomes) == 5

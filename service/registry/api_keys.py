@@ -1,0 +1,59 @@
+"""Query functions of the stored API keys: create, list, revoke.
+
+Only salted hashes are stored (`service.auth`); the key itself is shown once, when created.
+Like the context queries, these functions take keyword arguments, flush and never commit.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from service.auth import ApiKeySpec
+from service.registry.models import ApiKeyRow, utcnow
+
+
+def store_api_key(*, session: Session, spec: ApiKeySpec) -> ApiKeyRow:
+    """Stores a new key's spec (its hash, never the key)."""
+    row = ApiKeyRow(
+        id=spec.id,
+        salt=spec.salt,
+        sha256=spec.sha256,
+        scopes=",".join(spec.scopes),
+        key_prefix=spec.key_prefix,
+        name=spec.name,
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def list_api_keys(*, session: Session) -> list[ApiKeyRow]:
+    """Every stored key, revoked ones included, oldest first."""
+    return list(session.scalars(select(ApiKeyRow).order_by(ApiKeyRow.created_at, ApiKeyRow.id)))
+
+
+def valid_api_keys(*, session: Session) -> list[ApiKeySpec]:
+    """The specs of the stored keys that are not revoked: what the service accepts."""
+    rows = session.scalars(select(ApiKeyRow).where(ApiKeyRow.revoked_at.is_(None)))
+    return [
+        ApiKeySpec(
+            id=row.id,
+            salt=row.salt,
+            sha256=row.sha256,
+            scopes=row.scopes.split(","),  # type: ignore[arg-type]
+            key_prefix=row.key_prefix,
+            name=row.name,
+        )
+        for row in rows
+    ]
+
+
+def revoke_api_key(*, session: Session, key_id: str) -> bool:
+    """Revokes a stored key; returns False when no valid stored key has that id."""
+    result = session.execute(
+        update(ApiKeyRow)
+        .where(ApiKeyRow.id == key_id, ApiKeyRow.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )
+    return bool(getattr(result, "rowcount", 0))
