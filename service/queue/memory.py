@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 from service.queue.base import (
     DEAD_LETTERS_KEPT,
     IDEMPOTENCY_SECONDS,
-    DeadLetter,
     REFUSALS_KEPT_SECONDS,
+    DeadLetter,
     Enqueued,
     IdempotencyConflict,
     QueuedEntry,

@@ -45,8 +45,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from service.queue.base import (
     DEAD_LETTERS_KEPT,
     IDEMPOTENCY_SECONDS,
-    DeadLetter,
     REFUSALS_KEPT_SECONDS,
+    DeadLetter,
     Enqueued,
     IdempotencyConflict,
     QueuedEntry,
