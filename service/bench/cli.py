@@ -153,10 +153,10 @@ def continual(
         int | None,
         typer.Option(min=1, help="Passes over the tasks; default 1, or 5 for rotating streams."),
     ] = None,
-    batch_size: Annotated[int, typer.Option(min=1)] = 32,
-    optimizer: Annotated[str, typer.Option(help="sgd, adam or rmsprop.")] = "sgd",
-    lr: Annotated[float, typer.Option(min=0.0)] = 0.05,
-    momentum: Annotated[float, typer.Option(min=0.0, max=0.999)] = 0.9,
+    batch_size: Annotated[int, typer.Option(min=1)] = DEFAULTS.batch_size,
+    optimizer: Annotated[str, typer.Option(help="sgd, adam or rmsprop.")] = DEFAULTS.optimizer,
+    lr: Annotated[float, typer.Option(min=0.0)] = DEFAULTS.lr,
+    momentum: Annotated[float, typer.Option(min=0.0, max=0.999)] = DEFAULTS.momentum,
     clip_norm: Annotated[
         float, typer.Option(min=0.0, help="Global gradient-norm clip; 0 turns it off.")
     ] = DEFAULTS.clip_norm or 0.0,
@@ -171,6 +171,9 @@ def continual(
         int, typer.Option(min=1, help="Tenants stream: training rows per tenant.")
     ] = 1000,
     block_rows: Annotated[int, typer.Option(min=1, help="Tenants stream: rows per request.")] = 50,
+    input_scale: Annotated[
+        float, typer.Option(min=0.0, help="Multiplies every input; 255 gives raw pixels.")
+    ] = 1.0,
     ewc_lambda: Annotated[float, typer.Option(min=0.0, help="Online EWC strength λ.")] = 10.0,
     ewc_gamma: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="Online EWC Fisher decay γ.")
@@ -221,6 +224,7 @@ def continual(
         tenants=tenants,
         rows_per_tenant=rows_per_tenant,
         block_rows=block_rows,
+        input_scale=input_scale,
         ewc_lambda=ewc_lambda,
         ewc_gamma=ewc_gamma,
         ewc_samples=ewc_samples,

@@ -32,7 +32,7 @@ from service.bench.baselines import EWCConfig
 from service.bench.footprint import Footprint, footprint
 from service.bench.methods import DEFAULT_METHODS, Method, parse_methods
 from service.bench.runners import Runner, in_process_runner
-from service.bench.streams import Dataset, Stream, make_stream
+from service.bench.streams import Dataset, Stream, load_digits_dataset, make_stream
 from service.bench.tenants import TenantsStream, run_tenants_method
 
 StepProgress = Callable[[int, int], None]
@@ -53,9 +53,10 @@ class ContinualConfig:
     methods: tuple[str, ...] = DEFAULT_METHODS  # names parsed by methods.Method.parse
     hidden: tuple[int, ...] = (256, 256)  # hidden widths of the MLP
     batch_size: int = 32  # rows per training step
-    optimizer: str = "sgd"  # sgd, adam or rmsprop
-    lr: float = 0.05  # step size
-    momentum: float = 0.9  # sgd and rmsprop momentum
+    # The learning settings default to the service's (psp_core's TrainingConfig).
+    optimizer: str = TrainingConfig.optimizer  # sgd, adam or rmsprop
+    lr: float = TrainingConfig.lr  # step size
+    momentum: float = TrainingConfig.momentum  # sgd and rmsprop momentum
     clip_norm: float | None = TrainingConfig.clip_norm  # global gradient norm; None: off
     replay_rows: int = DEFAULT_REPLAY_ROWS  # buffer of the -replay methods
     replay_per_step: int = TrainingConfig.replay_per_step  # rows a -replay method rehearses
@@ -71,6 +72,7 @@ class ContinualConfig:
     tenants: int = 256  # tenants stream: how many tenants
     rows_per_tenant: int = 1000  # tenants stream: training rows each tenant sends
     block_rows: int = 50  # tenants stream: rows per request
+    input_scale: float = 1.0  # multiplies every input; 255 gives raw pixel values
 
     @property
     def resolved_eval_every(self) -> int:
@@ -318,6 +320,7 @@ def run_continual(
         seed=config.seed,
         data_dir=Path(config.data_dir) if config.data_dir else None,
         test_limit=config.test_limit,
+        input_scale=config.input_scale,
     )
     model_config = config.model_config(stream.dataset)
     training, ewc = config.training_config(), config.ewc_config()
@@ -380,6 +383,7 @@ def _run_tenants(
         rows_per_tenant=config.rows_per_tenant,
         block_rows=config.block_rows,
         seed=config.seed,
+        dataset=load_digits_dataset(config.seed).scaled(config.input_scale),
     )
     model_config = config.model_config(stream.dataset)
     training, ewc = config.training_config(), config.ewc_config()

@@ -21,7 +21,7 @@ import random
 import struct
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +84,12 @@ class Dataset:
     @property
     def num_classes(self) -> int:
         return int(max(self.y_train.max(), self.y_test.max())) + 1
+
+    def scaled(self, factor: float) -> Dataset:
+        """The same data with every input multiplied by `factor` (e.g. 255: raw pixel values)."""
+        if factor == 1.0:
+            return self
+        return replace(self, x_train=self.x_train * factor, x_test=self.x_test * factor)
 
     def limit_test(self, rows: int | None, seed: int) -> Dataset:
         """The same data with at most `rows` test rows, drawn without replacement from `seed`."""
@@ -419,6 +425,7 @@ def make_stream(
     seed: int = 0,
     data_dir: Path | None = None,
     test_limit: int | None = None,
+    input_scale: float = 1.0,
 ) -> Stream:
     """Builds a stream by name; see `STREAMS`.
 
@@ -431,6 +438,7 @@ def make_stream(
         seed: Fixes the test split of digits, the permutations and the minibatch order.
         data_dir: Folder of the MNIST or Fashion-MNIST IDX files.
         test_limit: At most this many test rows per task (evaluation time grows with it).
+        input_scale: Multiplies every input, e.g. 255 for raw pixel values.
 
     Raises:
         StreamError: The data is missing or the stream does not fit it.
@@ -438,6 +446,7 @@ def make_stream(
     if name not in STREAMS:
         raise StreamError(f"unknown stream {name!r}; choose one of {', '.join(STREAMS)}")
     dataset = _dataset_for(name, seed=seed, data_dir=data_dir).limit_test(test_limit, seed)
+    dataset = dataset.scaled(input_scale)
     stream_class = RotatingStream if name in ROTATING_STREAMS else PermutedStream
     return stream_class(
         name,
