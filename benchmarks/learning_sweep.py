@@ -74,29 +74,46 @@ def run_one(job: tuple[str, str, int, dict[str, Any]]) -> dict[str, Any]:
 
 
 def summarise(rows: list[dict[str, Any]], candidates: list[str], streams: list[str]) -> str:
-    lines = []
-    header = f"{'candidate':<28}" + "".join(f"{s + ' mean/spread/min':>34}" for s in streams)
-    lines.append(header)
+    """A Markdown table: per stream, the mean over seeds / the spread / the worst minimum."""
+    header = ["candidate", *(f"{stream} mean / spread / min" for stream in streams)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for candidate in candidates:
-        cells = []
+        cells = [candidate]
         for stream in streams:
             runs = [r for r in rows if r["candidate"] == candidate and r["stream"] == stream]
+            if not runs:
+                cells.append("")
+                continue
             accuracies = [r["accuracy"] for r in runs]
-            worst = min(r["minimum"] for r in runs)
             spread = max(accuracies) - min(accuracies)
+            worst = min(r["minimum"] for r in runs)
             cells.append(f"{statistics.fmean(accuracies):.3f} / {spread:.3f} / {worst:.3f}")
-        lines.append(f"{candidate:<28}" + "".join(f"{c:>34}" for c in cells))
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _summarise_files(paths: list[Path]) -> None:
+    """Prints the table of earlier runs' JSON files (`--summarise a.json b.json`)."""
+    rows = [row for path in paths for row in json.loads(path.read_text())]
+    candidates = list(dict.fromkeys(row["candidate"] for row in rows))
+    streams = list(dict.fromkeys(row["stream"] for row in rows))
+    print(summarise(rows, candidates, streams))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--candidate", action="append", required=True)
+    parser.add_argument("--candidate", action="append", default=[])
+    parser.add_argument("--summarise", nargs="+", type=Path, help="tables of earlier runs")
     parser.add_argument("--streams", default="tenants,permuted-10")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("bench-out/sweep.json"))
     args = parser.parse_args()
+    if args.summarise:
+        _summarise_files(args.summarise)
+        return
+    if not args.candidate:
+        parser.error("name at least one --candidate, or --summarise earlier results")
     candidates = [parse_candidate(text) for text in args.candidate]
     streams = args.streams.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]

@@ -4,7 +4,8 @@ The same clients POST /train (wait=false) to the same `psp serve` as in P5; the 
 trainer's applied examples/s, with the default replay buffer and with `PSP_REPLAY__ROWS=0`,
 measured back to back in one run. Goal: on ÷ off >= 0.7.
 
-Run: `python benchmarks/replay_cost.py [--seconds 15] [--split]` (other options as serve_load).
+Run: `python benchmarks/replay_cost.py [--seconds 15] [--split] [--per-step N]` (other options
+as serve_load); `--per-step` sets PSP_REPLAY__PER_STEP of the replaying server.
 """
 
 from __future__ import annotations
@@ -15,19 +16,33 @@ from _harness import REDIS_URL, machine_line, throwaway_dir, throwaway_redis_pre
 from serve_load import parse_args, service_training_rate
 
 
+def _take_option(argv: list[str], name: str) -> str | None:
+    """Removes `name VALUE` from `argv` and returns VALUE."""
+    if name not in argv:
+        return None
+    at = argv.index(name)
+    value = argv[at + 1]
+    del argv[at : at + 2]
+    return value
+
+
 def main() -> None:
-    split = "--split" in sys.argv
-    args = parse_args([a for a in sys.argv[1:] if a != "--split"])
+    argv = sys.argv[1:]
+    split = "--split" in argv
+    argv = [a for a in argv if a != "--split"]
+    per_step = _take_option(argv, "--per-step")
+    args = parse_args(argv)
     path = "Redis, api + worker" if split else "in-process queue, role all"
     print(f"replay_cost: {machine_line()}")
     print(
         f"{path}; {args.train_clients} clients x {args.train_rows} rows per POST /train, "
-        f"{args.contexts} contexts, {args.seconds:g} s measured"
+        f"{args.contexts} contexts, {args.seconds:g} s measured; replayed rows per step: "
+        f"{per_step or 'the default'}"
     )
     rates = {}
     with throwaway_dir() as workdir:
-        for label, replay_rows in (("replay on", None), ("replay off", "0")):
-            extra = {} if replay_rows is None else {"PSP_REPLAY__ROWS": replay_rows}
+        replaying = {"PSP_REPLAY__PER_STEP": per_step} if per_step else {}
+        for label, extra in (("replay on", replaying), ("replay off", {"PSP_REPLAY__ROWS": "0"})):
             name = f"psp-{label.replace(' ', '-')}"
             if split:
                 with throwaway_redis_prefix() as prefix:

@@ -39,12 +39,23 @@ class ReplayBuffer:
     registry's indices); the buffer never interprets them.
 
     Memory: `capacity * (4 * input_size + 16)` bytes, allocated up front.
+
+    Args:
+        capacity: Rows kept at most.
+        input_size: Floats per row.
+        seed: Seeds the buffer's own random generator.
+        balanced: Share the capacity among contexts (above). False keeps one plain reservoir
+            sample of all rows, where contexts hold rows in proportion to what they sent (the
+            comparison in docs/benchmarks.md).
     """
 
-    def __init__(self, capacity: int, input_size: int, *, seed: int = 0) -> None:
+    def __init__(
+        self, capacity: int, input_size: int, *, seed: int = 0, balanced: bool = True
+    ) -> None:
         if capacity < 1:
             raise ValueError("a replay buffer needs a capacity of at least one row")
         self.capacity = capacity
+        self.balanced = balanced
         self.input_size = input_size
         self.inputs = np.zeros((capacity, input_size), dtype=np.float32)
         self.ids = np.zeros(capacity, dtype=np.int64)
@@ -54,6 +65,7 @@ class ReplayBuffer:
         self.size = 0
         self._slots: dict[int, list[int]] = defaultdict(list)  # context id -> its slots
         self._seen: dict[int, int] = defaultdict(int)  # context id -> rows ever offered
+        self._offered = 0  # rows offered by live contexts: the reservoir's denominator
         self._retired: set[int] = set()  # purged contexts, whose rows are refused
 
     def __len__(self) -> int:
@@ -94,6 +106,7 @@ class ReplayBuffer:
             if context in self._retired:
                 continue
             self._seen[context] += 1
+            self._offered += 1
             slot = self._claim_slot(context, probes[row], draws[row])
             if slot is not None:
                 row_of_slot[slot] = row
@@ -114,6 +127,13 @@ class ReplayBuffer:
         if self.size < self.capacity:
             slot = self.size
             self.size += 1
+            self._attach(slot, context)
+            return slot
+        if not self.balanced:
+            if draws[0] * self._offered >= self.capacity:
+                return None
+            slot = probes[0]
+            self._detach(slot)
             self._attach(slot, context)
             return slot
         held = self.rows_of(context)
@@ -173,7 +193,7 @@ class ReplayBuffer:
             for slot in sorted(self._slots.get(int(context), ()), reverse=True):
                 self._remove(slot)
                 dropped += 1
-            self._seen.pop(int(context), None)
+            self._offered -= self._seen.pop(int(context), 0)
         return dropped
 
     def _remove(self, slot: int) -> None:
@@ -238,6 +258,7 @@ class ReplayBuffer:
             for slot in np.argsort(self._position[:size], kind="stable").tolist():
                 self._slots[int(ids[slot])].append(slot)
         self._seen = defaultdict(int, {int(i): int(c) for i, c in seen})
+        self._offered = sum(self._seen.values())
 
     def clear(self) -> None:
         """Forgets every row (the retired contexts stay refused)."""
@@ -246,6 +267,7 @@ class ReplayBuffer:
         self._retired = retired
 
     def _reset(self) -> None:
+        self._offered = 0  # rows offered by live contexts: the reservoir's denominator
         self.size = 0
         self._slots = defaultdict(list)
         self._seen = defaultdict(int)

@@ -171,6 +171,12 @@ def continual(
         int, typer.Option(min=1, help="Tenants stream: training rows per tenant.")
     ] = 1000,
     block_rows: Annotated[int, typer.Option(min=1, help="Tenants stream: rows per request.")] = 50,
+    tenant_skew: Annotated[
+        float,
+        typer.Option(
+            min=0.0, help="Tenants stream: tenant t sends rows in proportion to (t+1)^-skew."
+        ),
+    ] = 0.0,
     input_scale: Annotated[
         float, typer.Option(min=0.0, help="Multiplies every input; 255 gives raw pixels.")
     ] = 1.0,
@@ -224,6 +230,7 @@ def continual(
         tenants=tenants,
         rows_per_tenant=rows_per_tenant,
         block_rows=block_rows,
+        tenant_skew=tenant_skew,
         input_scale=input_scale,
         ewc_lambda=ewc_lambda,
         ewc_gamma=ewc_gamma,
@@ -243,11 +250,7 @@ def continual(
     factory: RunnerFactory | None = None
     if via_http:
         warnings, factory = _http_factory(via_http, api_key)
-    total = (
-        len(range(0, rows_per_tenant, block_rows)) * tenants
-        if stream == "tenants"
-        else config.cycles * tasks * steps_per_task
-    )
+    total = config.cycles * tasks * steps_per_task  # until the run reports its own total
     columns = (
         TextColumn("{task.description:<26}"),
         BarColumn(),
@@ -262,7 +265,7 @@ def continual(
             def bar(method: Method) -> StepProgress:
                 task = bars[method.name]
                 progress.start_task(task)
-                return lambda done, _total: progress.update(task, completed=done)
+                return lambda done, total: progress.update(task, completed=done, total=total)
 
             results = run_continual(config, runner_factory=factory, progress=bar, methods=methods)
     except StreamError as exc:

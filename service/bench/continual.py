@@ -72,6 +72,7 @@ class ContinualConfig:
     tenants: int = 256  # tenants stream: how many tenants
     rows_per_tenant: int = 1000  # tenants stream: training rows each tenant sends
     block_rows: int = 50  # tenants stream: rows per request
+    tenant_skew: float = 0.0  # tenants stream: tenant t sends in proportion to (t+1)^-skew
     input_scale: float = 1.0  # multiplies every input; 255 gives raw pixel values
 
     @property
@@ -383,6 +384,7 @@ def _run_tenants(
         rows_per_tenant=config.rows_per_tenant,
         block_rows=config.block_rows,
         seed=config.seed,
+        skew=config.tenant_skew,
         dataset=load_digits_dataset(config.seed).scaled(config.input_scale),
     )
     model_config = config.model_config(stream.dataset)

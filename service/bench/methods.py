@@ -12,7 +12,9 @@ a fractional power, so a rotating input gets a new context at every step (paper 
 `-real` keeps each layer's real part instead of carrying complex activations between layers
 (complex and one-power only; see `psp_core.layers`); `-replay` rehearses: every step mixes in
 rows drawn from a bounded buffer of past rows, as the service does by default (any kind, `none`
-included, so that what superposition adds on top of rehearsal is measured).
+included, so that what superposition adds on top of rehearsal is measured); `-reservoir`, with
+`-replay`, keeps one plain reservoir sample of all rows instead of sharing the buffer equally
+among contexts (the comparison of the two in docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ BASELINES = ("separate", "ewc")
 DEFAULT_METHODS = (*PSP_KINDS, *(f"{kind}-replay" for kind in PSP_KINDS), *BASELINES)
 # Online EWC consolidates when the task changes, which an interleaved stream does at every block.
 TENANTS_METHODS = (*PSP_KINDS, *(f"{kind}-replay" for kind in PSP_KINDS), "separate")
-_FLAGS = ("local", "continuous", "real", "replay")
+_FLAGS = ("local", "continuous", "real", "replay", "reservoir")
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class Method:
         continuous: Follow the stream's fractional position with a fractional power.
         real_part: Keep each layer's real part (complex kinds), not complex activations.
         replay: Mix rows of a replay buffer into every step.
+        plain_reservoir: The buffer is one reservoir over all rows, not balanced by context.
     """
 
     name: str
@@ -50,6 +53,7 @@ class Method:
     continuous: bool = False
     replay: bool = False
     real_part: bool = False
+    plain_reservoir: bool = False
 
     @classmethod
     def parse(cls, name: str) -> Method:
@@ -65,8 +69,8 @@ class Method:
         unknown = [flag for flag in flags if flag not in _FLAGS]
         if unknown or len(set(flags)) != len(flags):
             raise ValueError(
-                f"method {name!r}: suffixes are -local, -continuous, -real and -replay, each at "
-                "most once"
+                f"method {name!r}: suffixes are -local, -continuous, -real, -replay and "
+                "-reservoir, each at most once"
             )
         local_mix, continuous, replay = "local" in flags, "continuous" in flags, "replay" in flags
         if local_mix and base not in ("complex", "onepower"):
@@ -76,11 +80,16 @@ class Method:
         real_part = "real" in flags
         if real_part and base not in ("complex", "onepower"):
             raise ValueError(f"method {name!r}: -real applies to complex and onepower only")
+        plain_reservoir = "reservoir" in flags
+        if plain_reservoir and not replay:
+            raise ValueError(f"method {name!r}: -reservoir describes the buffer of -replay")
         if replay and base in BASELINES:
             raise ValueError(f"method {name!r}: -replay applies to the superposed kinds and none")
         family = base if base in BASELINES else "psp"
         kind = "none" if base in BASELINES else base
-        return cls(name.strip(), family, kind, local_mix, continuous, replay, real_part)
+        return cls(
+            name.strip(), family, kind, local_mix, continuous, replay, real_part, plain_reservoir
+        )
 
     def context(self, task: int, position: float) -> tuple[str, ContextSpec]:
         """The context key and spec for a batch of task `task` at stream position `position`.

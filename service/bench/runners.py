@@ -112,11 +112,21 @@ class PSPRunner(InProcessRunner):
         config: The architecture and kind.
         training: The optimiser, clipping and rows replayed per step.
         replay_rows: Capacity of the replay buffer; 0 trains without one.
+        balanced: Share the buffer equally among contexts (else one plain reservoir).
     """
 
-    def __init__(self, config: ModelConfig, training: TrainingConfig, replay_rows: int = 0) -> None:
+    def __init__(
+        self,
+        config: ModelConfig,
+        training: TrainingConfig,
+        replay_rows: int = 0,
+        *,
+        balanced: bool = True,
+    ) -> None:
         replay = (
-            ReplayBuffer(replay_rows, config.input_size, seed=config.seed) if replay_rows else None
+            ReplayBuffer(replay_rows, config.input_size, seed=config.seed, balanced=balanced)
+            if replay_rows
+            else None
         )
         self.learner = OnlineLearner(build_model(config), training, replay=replay)
         self.rows: dict[str, int] = {}
@@ -223,4 +233,9 @@ def in_process_runner(
     if method.family == "ewc":
         return EWCRunner(config, training, ewc)
     architecture = method.architecture(config)
-    return PSPRunner(architecture, training, replay_rows if method.replay else 0)
+    return PSPRunner(
+        architecture,
+        training,
+        replay_rows if method.replay else 0,
+        balanced=not method.plain_reservoir,
+    )

@@ -31,8 +31,10 @@ class TenantsStream:
 
     Args:
         tenants: How many tenants.
-        rows_per_tenant: Training rows each tenant sends, drawn with replacement.
+        rows_per_tenant: Training rows each tenant sends on average, drawn with replacement.
         block_rows: Rows per block (per request).
+        skew: Tenant `t` sends rows in proportion to `(t + 1) ** -skew` (at least one block):
+            0 makes every tenant equal, 1 gives a few loud tenants and many quiet ones.
         seed: Fixes the test split, the label maps, the rows and the order of the blocks.
         dataset: The data; scikit-learn's digits when None.
     """
@@ -44,6 +46,7 @@ class TenantsStream:
         rows_per_tenant: int,
         block_rows: int,
         seed: int,
+        skew: float = 0.0,
         dataset: Dataset | None = None,
     ) -> None:
         if min(tenants, rows_per_tenant, block_rows) < 1:
@@ -52,19 +55,21 @@ class TenantsStream:
         self.tenants = tenants
         self.rows_per_tenant = rows_per_tenant
         self.block_rows = block_rows
+        self.skew = skew
         generator = torch.Generator().manual_seed(seed)
         classes = self.dataset.num_classes
         self.label_maps = torch.stack(
             [torch.randperm(classes, generator=generator) for _ in range(tenants)]
         )  # (K, C): tenant t calls class c `label_maps[t, c]`
-        rows = torch.randint(
-            0, len(self.dataset.y_train), (tenants, rows_per_tenant), generator=generator
-        )
-        blocks = [
-            (tenant, rows[tenant, start : start + block_rows])
-            for tenant in range(tenants)
-            for start in range(0, rows_per_tenant, block_rows)
-        ]
+        weights = (torch.arange(tenants, dtype=torch.float64) + 1) ** -skew
+        sizes = (weights / weights.mean() * rows_per_tenant).round().long().clamp(min=block_rows)
+        self.rows_sent: list[int] = sizes.tolist()
+        blocks = []
+        for tenant, size in enumerate(self.rows_sent):
+            rows = torch.randint(0, len(self.dataset.y_train), (size,), generator=generator)
+            blocks += [
+                (tenant, rows[start : start + block_rows]) for start in range(0, size, block_rows)
+            ]
         order = torch.randperm(len(blocks), generator=generator).tolist()
         self.blocks = [blocks[i] for i in order]
 
@@ -86,6 +91,7 @@ class TenantsStream:
             "tenants": self.tenants,
             "rows_per_tenant": self.rows_per_tenant,
             "block_rows": self.block_rows,
+            "skew": self.skew,
             "blocks": len(self.blocks),
             "test_rows": len(self.dataset.y_test),
             "input_size": self.dataset.input_size,
