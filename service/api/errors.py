@@ -11,6 +11,12 @@ from starlette.routing import Match
 from service.auth import Forbidden, Unauthorized
 from service.contexts import ContextNotFound
 from service.control import RollbackFailed
+from service.feedback.service import (
+    AlreadyLabelled,
+    ExpiredPredictions,
+    FeedbackUnavailable,
+    UnknownPredictions,
+)
 from service.model_host import ModelUnhealthy
 from service.payloads import PayloadError, TooManyRows
 from service.queue.base import IdempotencyConflict, QueueFull, QueueUnavailable
@@ -27,6 +33,7 @@ _EXAMPLES = {
     "/contexts": '{"key": "tenant-1"} (optionally with "seed": int or "power": float)',
     "/train": '{"inputs": [[0.0, 0.5, ...], ...], "labels": [3, ...]}',
     "/predict": '{"inputs": [[0.0, 0.5, ...], ...]}',
+    "/feedback": '{"prediction_ids": ["p2.18c3a5f4e21.5f0c9d2e8a7b6c41", ...], "labels": [3, ...]}',
     "/model/rollback": '{"version": 120}',
 }
 
@@ -38,6 +45,7 @@ _PARAMETER_HINTS = {
         "prefix",
     ): "up to 128 characters from A-Z, a-z, 0-9, '.', '_', ':' and '-' as ?prefix=",
     ("query", "wait"): "true or false as ?wait=",
+    ("query", "remember"): "true or false as ?remember=",
     ("header", "idempotency-key"): (
         "an Idempotency-Key header of 1 to 128 characters from A-Z, a-z, 0-9, '.', '_', ':' and '-'"
     ),
@@ -202,6 +210,26 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Forbidden)
     async def forbidden(request: Request, exc: Forbidden) -> JSONResponse:
         return _problem(403, str(exc))
+
+    @app.exception_handler(UnknownPredictions)
+    async def unknown_predictions(request: Request, exc: UnknownPredictions) -> JSONResponse:
+        return _problem(404, str(exc))
+
+    @app.exception_handler(ExpiredPredictions)
+    async def expired_predictions(request: Request, exc: ExpiredPredictions) -> JSONResponse:
+        return _problem(410, str(exc))
+
+    @app.exception_handler(AlreadyLabelled)
+    async def already_labelled(request: Request, exc: AlreadyLabelled) -> JSONResponse:
+        return _problem(409, str(exc))
+
+    @app.exception_handler(FeedbackUnavailable)
+    async def feedback_down(request: Request, exc: FeedbackUnavailable) -> JSONResponse:
+        return _problem(
+            503,
+            f"the feedback store is unreachable ({exc}); nothing was changed, retry later",
+            {"Retry-After": "1"},
+        )
 
     @app.exception_handler(RollbackFailed)
     async def no_such_version(request: Request, exc: RollbackFailed) -> JSONResponse:

@@ -94,6 +94,41 @@ class PredictResponse(BaseModel):
     model_version: int
 
 
+class RememberedPredictResponse(PredictResponse):
+    """A prediction made with `?remember=true`."""
+
+    prediction_ids: list[str] = Field(
+        description="One id per row; send it to POST /feedback/{key} with the row's true label "
+        "within the time to live (PSP_FEEDBACK__TTL_SECONDS)."
+    )
+
+
+class FeedbackRequest(BaseModel):
+    """True labels of remembered predictions, one per id."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prediction_ids: Annotated[
+        list[Annotated[str, Field(max_length=64)]],
+        Field(min_length=1, examples=[["p2.18c3a5f4e21.5f0c9d2e8a7b6c41"]]),
+    ]
+    labels: Annotated[list[StrictInt], Field(min_length=1, examples=[[3]])]
+
+
+class FeedbackAccepted(BaseModel):
+    batch_id: str
+    accepted: int
+    correct: int = Field(description="How many of the original predictions the labels confirm.")
+
+
+class FeedbackApplied(FeedbackAccepted):
+    applied: bool = Field(description="False when the trainer refused to learn the rows.")
+    model_version: int
+    reason: str | None = Field(
+        default=None, description="Why the trainer refused the rows; null when applied."
+    )
+
+
 class ModelInfo(BaseModel):
     config: dict[str, Any]
     model_version: int

@@ -181,3 +181,18 @@ async def test_async_client_trains_and_predicts(server: str) -> None:
         with pytest.raises(NotFound):
             await client.get_context(fresh_key())
         assert (await client.get_context(key)).key == key
+
+
+def test_feedback_round_trip_through_the_client(server: str) -> None:
+    key = fresh_key()
+    with Client(server) as client:
+        client.create_context(key)
+        prediction = client.predict(key, rows(2), remember=True)
+        assert prediction.prediction_ids is not None and len(prediction.prediction_ids) == 2
+        labels = [prediction.predictions[0], (prediction.predictions[1] + 1) % 3]
+        result = client.feedback(key, prediction.prediction_ids, labels, wait=True)
+        assert result.accepted == 2 and result.correct == 1 and result.applied is True
+        with pytest.raises(Conflict):
+            client.feedback(key, prediction.prediction_ids, labels)
+        with pytest.raises(NotFound):
+            client.feedback(key, [prediction.prediction_ids[0][:-16] + "0" * 16], [0])
