@@ -24,6 +24,7 @@ from service.feedback.service import FeedbackService, make_feedback_store
 from service.key_sync import follow_stored_keys, load_stored_keys
 from service.model_host import ModelHost, resolve_device
 from service.model_sync import ModelFollower, ModelPublisher, redis_client
+from service.multi_prediction import MultiPredictionService
 from service.prediction import PredictionService
 from service.queue.base import TrainQueue
 from service.queue.keys import ShardKeys
@@ -74,6 +75,7 @@ class Runtime:
     training: TrainingService
     prediction: PredictionService
     feedback: FeedbackService
+    multi_prediction: MultiPredictionService
     trainer: Trainer | None = None
     rollback: RollbackTarget | None = None
     follower: ModelFollower | None = None
@@ -127,6 +129,7 @@ class Runtime:
             training=TrainingService(contexts, queue, settings),
             prediction=prediction,
             feedback=FeedbackService(contexts, prediction, queue, feedback_store, settings),
+            multi_prediction=MultiPredictionService(contexts, host, settings),
         )
         batcher.start(runtime.supervisor)
         runtime._closers += [batcher.stop, feedback_store.close]

@@ -29,10 +29,11 @@ from service.registry.store import RegistryUnavailable
 from service.training import NotAppliedInTime
 
 _EXAMPLES = {
+    "/predict/": '{"inputs": [[0.0, 0.5, ...], ...]}',
+    "/predict": '{"items": [{"context": "tenant-1", "inputs": [[0.0, 0.5, ...], ...]}, ...]}',
     "/contexts:batch": '{"contexts": [{"key": "tenant-1"}, {"key": "tenant-2", "seed": 7}]}',
     "/contexts": '{"key": "tenant-1"} (optionally with "seed": int or "power": float)',
     "/train": '{"inputs": [[0.0, 0.5, ...], ...], "labels": [3, ...]}',
-    "/predict": '{"inputs": [[0.0, 0.5, ...], ...]}',
     "/feedback": '{"prediction_ids": ["p2.18c3a5f4e21.5f0c9d2e8a7b6c41", ...], "labels": [3, ...]}',
     "/model/rollback": '{"version": 120}',
 }

@@ -94,6 +94,34 @@ class PredictResponse(BaseModel):
     model_version: int
 
 
+class PredictItem(BaseModel):
+    """Rows for one context, inside a many-context predict request."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    context: ContextKey
+    inputs: Annotated[list[list[Any]], Field(min_length=1, examples=[[[0.0, 0.5, 1.0]]])]
+
+
+class MultiPredictRequest(BaseModel):
+    """Rows for many contexts, answered by one forward pass."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    items: Annotated[list[PredictItem], Field(min_length=1, max_length=1000)]
+
+
+class PredictItemOut(BaseModel):
+    context: str
+    predictions: list[int]
+    probabilities: list[list[float]]
+
+
+class MultiPredictResponse(BaseModel):
+    items: list[PredictItemOut] = Field(description="One answer per item, in request order.")
+    model_version: int
+
+
 class RememberedPredictResponse(PredictResponse):
     """A prediction made with `?remember=true`."""
 

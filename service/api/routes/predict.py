@@ -6,10 +6,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 
-from service.api.deps import Predictor, RuntimeDep
+from service.api.deps import Predictor, RuntimeDep, check_key_lengths
 from service.api.json_route import OrjsonRoute
 from service.api.schemas import (
     KEY_PATTERN,
+    MultiPredictRequest,
+    MultiPredictResponse,
+    PredictItemOut,
     PredictRequest,
     PredictResponse,
     Problem,
@@ -53,4 +56,36 @@ async def predict(
         predictions=result.probabilities.argmax(axis=1).tolist(),
         probabilities=result.probabilities.tolist(),
         model_version=result.model_version,
+    )
+
+
+@router.post(
+    "/predict",
+    responses={
+        404: {"model": Problem},
+        413: {"model": Problem},
+        422: {"model": Problem},
+        503: {"model": Problem},
+    },
+)
+async def predict_many(
+    body: MultiPredictRequest, runtime: RuntimeDep, caller: Predictor
+) -> MultiPredictResponse:
+    """Predict for many contexts at once; all rows share one forward pass."""
+    keys = [item.context for item in body.items]
+    check_key_lengths(runtime, keys)
+    caller.require("predict", keys)
+    answers, version = await runtime.multi_prediction.predict(
+        [(item.context, item.inputs) for item in body.items]
+    )
+    return MultiPredictResponse(
+        items=[
+            PredictItemOut(
+                context=answer.context,
+                predictions=answer.probabilities.argmax(axis=1).tolist(),
+                probabilities=answer.probabilities.tolist(),
+            )
+            for answer in answers
+        ],
+        model_version=version,
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,26 +12,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.settings import Settings
-from tests.service.api.helpers import register, rows, snapshot
-
-
-def sqlite_settings(directory: Path, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "data_dir": directory,
-        "database_url": f"sqlite:///{directory / 'registry.db'}",
-        "device": "cpu",
-        "model": {"kind": "complex", "input_shape": [64], "hidden": [32]},
-        "checkpoint": {"every_steps": 50, "every_seconds": 60},
-        **overrides,
-    }
-    return Settings(**values)
-
-
-@pytest.fixture
-def app_client(tmp_path: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(sqlite_settings(tmp_path))) as client:
-        yield client
+from tests.service.api.helpers import register, rows, snapshot, sqlite_settings
 
 
 def varied_rows(n: int) -> list[list[float]]:
