@@ -89,6 +89,10 @@ def _validation_sentence(request: Request, exc: RequestValidationError) -> str:
     example = _example_for(request.url.path)
     first = exc.errors()[0]
     if first.get("type") == "json_invalid":
+        reason = str((first.get("ctx") or {}).get("error", ""))
+        if reason.startswith(("the body is not valid", "the inflated body")):
+            # msgpack or gzip bodies (service.api.json_route)
+            return f"{reason}; send a JSON or msgpack object such as {example}"
         return f"the request body is not valid JSON; send a JSON object such as {example}"
     if first.get("type") == "missing" and tuple(first.get("loc", ())) == ("body",):
         return f"the request has no body; send a JSON object such as {example}"
