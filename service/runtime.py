@@ -20,9 +20,11 @@ from service.checkpoints import CheckpointStore
 from service.contexts import ContextService
 from service.control import ControlInbox, RedisRollback, RollbackTarget
 from service.faults import FaultInjector
+from service.feedback.service import FeedbackService, make_feedback_store
 from service.key_sync import follow_stored_keys, load_stored_keys
 from service.model_host import ModelHost, resolve_device
 from service.model_sync import ModelFollower, ModelPublisher, redis_client
+from service.multi_prediction import MultiPredictionService
 from service.prediction import PredictionService
 from service.queue.base import TrainQueue
 from service.queue.keys import ShardKeys
@@ -72,6 +74,8 @@ class Runtime:
     contexts: ContextService
     training: TrainingService
     prediction: PredictionService
+    feedback: FeedbackService
+    multi_prediction: MultiPredictionService
     trainer: Trainer | None = None
     rollback: RollbackTarget | None = None
     follower: ModelFollower | None = None
@@ -113,6 +117,8 @@ class Runtime:
         )
         serves_predict = settings.role != "worker"
         await contexts.load_bank(map_keys=serves_predict)
+        prediction = PredictionService(contexts, batcher, settings)
+        feedback_store = make_feedback_store(settings)
         runtime = cls(
             settings=settings,
             registry=registry,
@@ -121,10 +127,12 @@ class Runtime:
             store=store,
             contexts=contexts,
             training=TrainingService(contexts, queue, settings),
-            prediction=PredictionService(contexts, batcher, settings),
+            prediction=prediction,
+            feedback=FeedbackService(contexts, prediction, queue, feedback_store, settings),
+            multi_prediction=MultiPredictionService(contexts, host, settings),
         )
         batcher.start(runtime.supervisor)
-        runtime._closers.append(batcher.stop)
+        runtime._closers += [batcher.stop, feedback_store.close]
         if settings.role == "api":
             await runtime._follow_worker()
         else:

@@ -136,6 +136,14 @@ class BatcherSettings(BaseModel):
     max_rows: int = Field(default=4096, ge=1)
 
 
+class FeedbackSettings(BaseModel):
+    """Predictions remembered with `?remember=true`, waiting for their labels."""
+
+    ttl_seconds: float = Field(default=24 * 3600, gt=0)
+    # The in-memory store's cap (without Redis); the oldest rows are pushed out beyond it.
+    max_rows: int = Field(default=100_000, ge=1)
+
+
 class ContextSettings(BaseModel):
     """Rules for registering contexts."""
 
@@ -166,6 +174,7 @@ class Settings(BaseSettings):
     api_keys: list[ApiKeySpec] = Field(default_factory=list)  # JSON; empty: the API is open
     key_prefix: str = "psp:"  # of every Redis key, so deployments (and tests) can share a Redis
     contexts: ContextSettings = Field(default_factory=ContextSettings)
+    feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
     faults: FaultSettings = Field(default_factory=FaultSettings)  # tests only; see service.faults
 
     @model_validator(mode="after")

@@ -11,6 +11,12 @@ from starlette.routing import Match
 from service.auth import Forbidden, Unauthorized
 from service.contexts import ContextNotFound
 from service.control import RollbackFailed
+from service.feedback.service import (
+    AlreadyLabelled,
+    ExpiredPredictions,
+    FeedbackUnavailable,
+    UnknownPredictions,
+)
 from service.model_host import ModelUnhealthy
 from service.payloads import PayloadError, TooManyRows
 from service.queue.base import IdempotencyConflict, QueueFull, QueueUnavailable
@@ -23,10 +29,12 @@ from service.registry.store import RegistryUnavailable
 from service.training import NotAppliedInTime
 
 _EXAMPLES = {
+    "/predict/": '{"inputs": [[0.0, 0.5, ...], ...]}',
+    "/predict": '{"items": [{"context": "tenant-1", "inputs": [[0.0, 0.5, ...], ...]}, ...]}',
     "/contexts:batch": '{"contexts": [{"key": "tenant-1"}, {"key": "tenant-2", "seed": 7}]}',
     "/contexts": '{"key": "tenant-1"} (optionally with "seed": int or "power": float)',
     "/train": '{"inputs": [[0.0, 0.5, ...], ...], "labels": [3, ...]}',
-    "/predict": '{"inputs": [[0.0, 0.5, ...], ...]}',
+    "/feedback": '{"prediction_ids": ["p2.18c3a5f4e21.5f0c9d2e8a7b6c41", ...], "labels": [3, ...]}',
     "/model/rollback": '{"version": 120}',
 }
 
@@ -38,6 +46,7 @@ _PARAMETER_HINTS = {
         "prefix",
     ): "up to 128 characters from A-Z, a-z, 0-9, '.', '_', ':' and '-' as ?prefix=",
     ("query", "wait"): "true or false as ?wait=",
+    ("query", "remember"): "true or false as ?remember=",
     ("header", "idempotency-key"): (
         "an Idempotency-Key header of 1 to 128 characters from A-Z, a-z, 0-9, '.', '_', ':' and '-'"
     ),
@@ -80,6 +89,10 @@ def _validation_sentence(request: Request, exc: RequestValidationError) -> str:
     example = _example_for(request.url.path)
     first = exc.errors()[0]
     if first.get("type") == "json_invalid":
+        reason = str((first.get("ctx") or {}).get("error", ""))
+        if reason.startswith(("the body is not valid", "the inflated body")):
+            # msgpack or gzip bodies (service.api.json_route)
+            return f"{reason}; send a JSON or msgpack object such as {example}"
         return f"the request body is not valid JSON; send a JSON object such as {example}"
     if first.get("type") == "missing" and tuple(first.get("loc", ())) == ("body",):
         return f"the request has no body; send a JSON object such as {example}"
@@ -202,6 +215,26 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Forbidden)
     async def forbidden(request: Request, exc: Forbidden) -> JSONResponse:
         return _problem(403, str(exc))
+
+    @app.exception_handler(UnknownPredictions)
+    async def unknown_predictions(request: Request, exc: UnknownPredictions) -> JSONResponse:
+        return _problem(404, str(exc))
+
+    @app.exception_handler(ExpiredPredictions)
+    async def expired_predictions(request: Request, exc: ExpiredPredictions) -> JSONResponse:
+        return _problem(410, str(exc))
+
+    @app.exception_handler(AlreadyLabelled)
+    async def already_labelled(request: Request, exc: AlreadyLabelled) -> JSONResponse:
+        return _problem(409, str(exc))
+
+    @app.exception_handler(FeedbackUnavailable)
+    async def feedback_down(request: Request, exc: FeedbackUnavailable) -> JSONResponse:
+        return _problem(
+            503,
+            f"the feedback store is unreachable ({exc}); nothing was changed, retry later",
+            {"Retry-After": "1"},
+        )
 
     @app.exception_handler(RollbackFailed)
     async def no_such_version(request: Request, exc: RollbackFailed) -> JSONResponse:

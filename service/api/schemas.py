@@ -94,6 +94,69 @@ class PredictResponse(BaseModel):
     model_version: int
 
 
+class PredictItem(BaseModel):
+    """Rows for one context, inside a many-context predict request."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    context: ContextKey
+    inputs: Annotated[list[list[Any]], Field(min_length=1, examples=[[[0.0, 0.5, 1.0]]])]
+
+
+class MultiPredictRequest(BaseModel):
+    """Rows for many contexts, answered by one forward pass."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    items: Annotated[list[PredictItem], Field(min_length=1, max_length=1000)]
+
+
+class PredictItemOut(BaseModel):
+    context: str
+    predictions: list[int]
+    probabilities: list[list[float]]
+
+
+class MultiPredictResponse(BaseModel):
+    items: list[PredictItemOut] = Field(description="One answer per item, in request order.")
+    model_version: int
+
+
+class RememberedPredictResponse(PredictResponse):
+    """A prediction made with `?remember=true`."""
+
+    prediction_ids: list[str] = Field(
+        description="One id per row; send it to POST /feedback/{key} with the row's true label "
+        "within the time to live (PSP_FEEDBACK__TTL_SECONDS)."
+    )
+
+
+class FeedbackRequest(BaseModel):
+    """True labels of remembered predictions, one per id."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prediction_ids: Annotated[
+        list[Annotated[str, Field(max_length=64)]],
+        Field(min_length=1, examples=[["p2.18c3a5f4e21.5f0c9d2e8a7b6c41"]]),
+    ]
+    labels: Annotated[list[StrictInt], Field(min_length=1, examples=[[3]])]
+
+
+class FeedbackAccepted(BaseModel):
+    batch_id: str
+    accepted: int
+    correct: int = Field(description="How many of the original predictions the labels confirm.")
+
+
+class FeedbackApplied(FeedbackAccepted):
+    applied: bool = Field(description="False when the trainer refused to learn the rows.")
+    model_version: int
+    reason: str | None = Field(
+        default=None, description="Why the trainer refused the rows; null when applied."
+    )
+
+
 class ModelInfo(BaseModel):
     config: dict[str, Any]
     model_version: int

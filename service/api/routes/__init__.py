@@ -4,7 +4,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from service.api.routes import contexts, health, model, predict, train
+from service.api.routes import contexts, feedback, health, inference_v2, model, predict, train
 from service.api.schemas import Problem
 
 # Any route behind API keys can answer these; any route with a body can be too large.
@@ -16,6 +16,6 @@ _GUARDED: dict[int | str, dict[str, Any]] = {
 }
 
 api_router = APIRouter()
-for module in (contexts, train, predict, model):
+for module in (contexts, train, predict, feedback, model, inference_v2):
     api_router.include_router(module.router, responses=_GUARDED)
 api_router.include_router(health.router)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
+
+from service.settings import Settings
 
 WIDTH = 64
 
@@ -31,3 +34,15 @@ def snapshot(client: TestClient) -> tuple[str, int, list[dict[str, Any]], int]:
     contexts = client.get("/contexts", params={"limit": 1000}).json()["items"]
     queue_depth = client.portal.call(runtime.queue.stats).pending_examples  # type: ignore[union-attr]
     return digest.hexdigest(), runtime.host.model_version, contexts, queue_depth
+
+
+def sqlite_settings(directory: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "data_dir": directory,
+        "database_url": f"sqlite:///{directory / 'registry.db'}",
+        "device": "cpu",
+        "model": {"kind": "complex", "input_shape": [64], "hidden": [32]},
+        "checkpoint": {"every_steps": 50, "every_seconds": 60},
+        **overrides,
+    }
+    return Settings(**values)

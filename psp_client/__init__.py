@@ -1,0 +1,43 @@
+"""A Python client for the superposition continual-learning service (needs only httpx)."""
+
+from psp_client.client import AsyncClient, Client
+from psp_client.errors import (
+    Conflict,
+    Gone,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    PspError,
+    TooManyRequests,
+    Unavailable,
+)
+from psp_client.results import (
+    Context,
+    ContextPage,
+    FeedbackResult,
+    ModelInfo,
+    Prediction,
+    TrainResult,
+)
+from psp_client.retry import NO_RETRIES, RetryPolicy
+
+__all__ = [
+    "NO_RETRIES",
+    "AsyncClient",
+    "Client",
+    "Conflict",
+    "Context",
+    "ContextPage",
+    "FeedbackResult",
+    "Gone",
+    "InvalidRequest",
+    "ModelInfo",
+    "NotFound",
+    "PayloadTooLarge",
+    "Prediction",
+    "PspError",
+    "RetryPolicy",
+    "TooManyRequests",
+    "TrainResult",
+    "Unavailable",
+]

@@ -1,0 +1,113 @@
+"""The service's operations as plain request descriptions, shared by `Client` and `AsyncClient`.
+
+Each builder returns a `Call`: what to send and how to read a successful answer. The two
+clients differ only in how they send it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import httpx
+
+from psp_client.results import (
+    Context,
+    ContextPage,
+    FeedbackResult,
+    ModelInfo,
+    Prediction,
+    TrainResult,
+)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    """One request and the reader of its successful answer."""
+
+    method: str
+    path: str
+    read: Callable[[httpx.Response], T]
+    json: Any = None
+    params: dict[str, Any] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def rows_of(inputs: Any) -> list[Any]:
+    """Rows as JSON-ready lists; numpy arrays (anything with `tolist`) are converted."""
+    if hasattr(inputs, "tolist"):
+        converted: list[Any] = inputs.tolist()
+        return converted
+    return list(inputs)
+
+
+def create_context(key: str, seed: int | None = None, power: float | None = None) -> Call[Context]:
+    body: dict[str, Any] = {"key": key}
+    if seed is not None:
+        body["seed"] = seed
+    if power is not None:
+        body["power"] = power
+    return Call("POST", "/contexts", lambda r: Context.from_json(r.json()), json=body)
+
+
+def get_context(key: str) -> Call[Context]:
+    return Call("GET", f"/contexts/{key}", lambda r: Context.from_json(r.json()))
+
+
+def list_contexts(limit: int = 100, offset: int = 0, prefix: str = "") -> Call[ContextPage]:
+    params = {"limit": limit, "offset": offset, "prefix": prefix}
+    return Call("GET", "/contexts", lambda r: ContextPage.from_json(r.json()), params=params)
+
+
+def delete_context(key: str) -> Call[None]:
+    return Call("DELETE", f"/contexts/{key}", lambda r: None)
+
+
+def train(
+    key: str,
+    inputs: Any,
+    labels: Sequence[int],
+    *,
+    wait: bool = False,
+    idempotency_key: str | None = None,
+) -> Call[TrainResult]:
+    """A train call always carries an Idempotency-Key, so that a retry never trains twice."""
+    token = idempotency_key or uuid.uuid4().hex
+    return Call(
+        "POST",
+        f"/train/{key}",
+        lambda r: TrainResult.from_json(r.json(), token),
+        json={"inputs": rows_of(inputs), "labels": list(labels)},
+        params={"wait": "true"} if wait else {},
+        headers={"Idempotency-Key": token},
+    )
+
+
+def predict(key: str, inputs: Any, *, remember: bool = False) -> Call[Prediction]:
+    return Call(
+        "POST",
+        f"/predict/{key}",
+        lambda r: Prediction.from_json(r.json()),
+        json={"inputs": rows_of(inputs)},
+        params={"remember": "true"} if remember else {},
+    )
+
+
+def feedback(
+    key: str, prediction_ids: Sequence[str], labels: Sequence[int], *, wait: bool = False
+) -> Call[FeedbackResult]:
+    return Call(
+        "POST",
+        f"/feedback/{key}",
+        lambda r: FeedbackResult.from_json(r.json()),
+        json={"prediction_ids": list(prediction_ids), "labels": list(labels)},
+        params={"wait": "true"} if wait else {},
+    )
+
+
+def model_info() -> Call[ModelInfo]:
+    return Call("GET", "/model", lambda r: ModelInfo.from_json(r.json()))

@@ -1,0 +1,160 @@
+"""Typed results of the service's answers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Context:
+    """A registered context and what it has learned so far."""
+
+    key: str
+    index: int
+    kind: str
+    seed: int | None
+    power: float | None
+    created_at: datetime
+    examples_seen: int
+    refused: int
+    prequential_accuracy: float | None
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> Context:
+        return cls(
+            key=body["key"],
+            index=body["index"],
+            kind=body["kind"],
+            seed=body["seed"],
+            power=body["power"],
+            created_at=datetime.fromisoformat(body["created_at"]),
+            examples_seen=body["examples_seen"],
+            refused=body["refused"],
+            prequential_accuracy=body["prequential_accuracy"],
+        )
+
+
+@dataclass(frozen=True)
+class ContextPage:
+    """One page of contexts and how many there are in all."""
+
+    items: list[Context]
+    total: int
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> ContextPage:
+        return cls([Context.from_json(item) for item in body["items"]], body["total"])
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """A queued batch; with `wait=True`, also whether the trainer applied it.
+
+    Attributes:
+        batch_id: The queue entry id.
+        accepted: Rows accepted.
+        idempotency_key: The key the batch was sent under; resending under it trains nothing
+            twice.
+        applied: With `wait=True`, False when the trainer refused the batch; else None.
+        model_version: With `wait=True`, the version once the batch was done; else None.
+        reason: Why the trainer refused the batch, when it did.
+    """
+
+    batch_id: str
+    accepted: int
+    idempotency_key: str
+    applied: bool | None = None
+    model_version: int | None = None
+    reason: str | None = None
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any], idempotency_key: str) -> TrainResult:
+        return cls(
+            batch_id=body["batch_id"],
+            accepted=body["accepted"],
+            idempotency_key=idempotency_key,
+            applied=body.get("applied"),
+            model_version=body.get("model_version"),
+            reason=body.get("reason"),
+        )
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Classes and probabilities for the rows of one request.
+
+    Attributes:
+        predictions: The most likely class of each row.
+        probabilities: Class probabilities of each row.
+        model_version: The weights' version that answered.
+        prediction_ids: With `remember=True`, one id per row to send its label back with
+            `feedback`; else None.
+    """
+
+    predictions: list[int]
+    probabilities: list[list[float]]
+    model_version: int
+    prediction_ids: list[str] | None = None
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> Prediction:
+        return cls(
+            predictions=body["predictions"],
+            probabilities=body["probabilities"],
+            model_version=body["model_version"],
+            prediction_ids=body.get("prediction_ids"),
+        )
+
+
+@dataclass(frozen=True)
+class FeedbackResult:
+    """Labels of remembered predictions, queued for training and scored.
+
+    Attributes:
+        batch_id: The queue entry of the labelled rows.
+        accepted: Rows queued.
+        correct: How many of the original predictions the labels confirm.
+        model_version: With `wait=True`, the version once the rows were learned; else None.
+        applied: With `wait=True`, False when the trainer refused them; else None.
+    """
+
+    batch_id: str
+    accepted: int
+    correct: int
+    model_version: int | None = None
+    applied: bool | None = None
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> FeedbackResult:
+        return cls(
+            batch_id=body["batch_id"],
+            accepted=body["accepted"],
+            correct=body["correct"],
+            model_version=body.get("model_version"),
+            applied=body.get("applied"),
+        )
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The hosted model's version, size and learning settings."""
+
+    model_version: int
+    contexts: int
+    parameters: int
+    config: dict[str, Any]
+    checkpoints: list[int]
+    raw: dict[str, Any]
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> ModelInfo:
+        return cls(
+            model_version=body["model_version"],
+            contexts=body["contexts"],
+            parameters=body["parameters"],
+            config=body["config"],
+            checkpoints=body["checkpoints"],
+            raw=body,
+        )

@@ -1,0 +1,102 @@
+"""The Open Inference Protocol (KServe v2, as spoken by Triton's and KServe's clients).
+
+Each context is a model named by its key; its one input is an FP32 tensor `[rows, width]`,
+its outputs are `PROBABILITIES` (FP32 `[rows, classes]`) and `PREDICTIONS` (INT64 `[rows]`).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Path, Request
+from fastapi.responses import JSONResponse
+
+from service.api.deps import Predictor, Reader, RuntimeDep
+from service.api.schemas import KEY_PATTERN, Problem
+from service.inference_v2 import decode_infer_request
+
+router = APIRouter(prefix="/v2", tags=["open inference protocol"])
+ModelName = Annotated[str, Path(pattern=KEY_PATTERN)]
+ERRORS: dict[int | str, dict[str, Any]] = {404: {"model": Problem}, 503: {"model": Problem}}
+
+
+@router.get("/health/live")
+async def live() -> dict[str, bool]:
+    """200 while the process lives."""
+    return {"live": True}
+
+
+@router.get("/health/ready", responses={503: {"description": "The model is being restored."}})
+async def ready(runtime: RuntimeDep) -> JSONResponse:
+    """200 while the model can answer inference requests."""
+    healthy = runtime.host.healthy
+    return JSONResponse({"ready": healthy}, status_code=200 if healthy else 503)
+
+
+@router.get("/models/{key}", responses=ERRORS)
+async def model_metadata(key: ModelName, runtime: RuntimeDep, caller: Reader) -> dict[str, Any]:
+    """A context's model: its name, version, and input and output tensors."""
+    await runtime.contexts.resolve(key)
+    model = runtime.settings.model
+    width = 1
+    for d in model.input_shape:
+        width *= d
+    return {
+        "name": key,
+        "versions": [str(runtime.host.model_version)],
+        "platform": "psp-superposition",
+        "inputs": [{"name": "INPUT", "datatype": "FP32", "shape": [-1, width]}],
+        "outputs": [
+            {"name": "PROBABILITIES", "datatype": "FP32", "shape": [-1, model.num_classes]},
+            {"name": "PREDICTIONS", "datatype": "INT64", "shape": [-1]},
+        ],
+    }
+
+
+@router.get("/models/{key}/ready", responses=ERRORS)
+async def model_ready(key: ModelName, runtime: RuntimeDep, caller: Reader) -> JSONResponse:
+    """200 when the context exists and the model can answer."""
+    await runtime.contexts.resolve(key)
+    healthy = runtime.host.healthy
+    return JSONResponse({"name": key, "ready": healthy}, status_code=200 if healthy else 503)
+
+
+@router.post(
+    "/models/{key}/infer",
+    responses={**ERRORS, 413: {"model": Problem}, 422: {"model": Problem}},
+)
+async def infer(
+    key: ModelName,
+    request: Request,
+    runtime: RuntimeDep,
+    caller: Predictor,
+    inference_header_content_length: Annotated[int | None, Header(ge=0)] = None,
+) -> JSONResponse:
+    """Run the FP32 input tensor through the context's model; outputs are JSON tensors."""
+    matrix, body = decode_infer_request(await request.body(), inference_header_content_length)
+    result = await runtime.prediction.predict(key, list(matrix))
+    probabilities = result.probabilities
+    outputs = {
+        "PROBABILITIES": {
+            "name": "PROBABILITIES",
+            "datatype": "FP32",
+            "shape": list(probabilities.shape),
+            "data": probabilities.reshape(-1).tolist(),
+        },
+        "PREDICTIONS": {
+            "name": "PREDICTIONS",
+            "datatype": "INT64",
+            "shape": [len(probabilities)],
+            "data": probabilities.argmax(axis=1).tolist(),
+        },
+    }
+    wanted = [o.get("name") for o in body.get("outputs") or [] if isinstance(o, dict)]
+    chosen = [outputs[name] for name in wanted if name in outputs] or list(outputs.values())
+    answer: dict[str, Any] = {
+        "model_name": key,
+        "model_version": str(result.model_version),
+        "outputs": chosen,
+    }
+    if isinstance(body.get("id"), str):
+        answer["id"] = body["id"]
+    return JSONResponse(answer)

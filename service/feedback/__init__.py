@@ -1,0 +1,1 @@
+"""Delayed labels: predictions remembered under ids, learned once their labels come back."""

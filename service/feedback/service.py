@@ -1,0 +1,207 @@
+"""Predict and remember, then learn from the labels that come back later."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import redis.exceptions
+
+from service import metrics
+from service.contexts import ContextService
+from service.feedback.ids import new_ids, parse_id
+from service.feedback.store import FeedbackStore, MemoryFeedbackStore, Remembered
+from service.payloads import PayloadError, input_matrix, label_vector
+from service.prediction import Prediction, PredictionService
+from service.queue.base import TrainEntry, TrainQueue
+from service.settings import Settings
+from service.training import NotAppliedInTime
+
+
+class UnknownPredictions(LookupError):
+    """Ids never issued, or pushed out (404); the message lists them."""
+
+
+class ExpiredPredictions(LookupError):
+    """Ids past their time to live (410); the message lists them."""
+
+
+class AlreadyLabelled(ValueError):
+    """Ids whose label was already given (409); the message lists them."""
+
+
+class FeedbackUnavailable(ConnectionError):
+    """The feedback store (Redis) is unreachable (503)."""
+
+
+def _listed(ids: Sequence[str]) -> str:
+    shown = ", ".join(ids[:20])
+    return shown + (f" and {len(ids) - 20} more" if len(ids) > 20 else "")
+
+
+@dataclass(frozen=True)
+class RememberedPrediction:
+    """A prediction and the ids under which its rows wait for their labels."""
+
+    prediction: Prediction
+    prediction_ids: list[str]
+
+
+@dataclass(frozen=True)
+class Scored:
+    """What became of a feedback call.
+
+    Attributes:
+        batch_id: The train queue entry of the labelled rows.
+        accepted: Rows queued for training.
+        correct: How many of the original predictions the labels confirm.
+        model_version: With `wait`, the version once the rows were learned.
+        refused: With `wait`, why the trainer refused them; None if it learned them.
+    """
+
+    batch_id: str
+    accepted: int
+    correct: int
+    model_version: int | None = None
+    refused: str | None = None
+
+
+def make_feedback_store(settings: Settings) -> FeedbackStore:
+    """Redis when `PSP_REDIS_URL` is set, else the bounded in-memory store."""
+    feedback = settings.feedback
+    if settings.redis_url:
+        from service.feedback.redis_store import RedisFeedbackStore
+
+        return RedisFeedbackStore(settings.redis_url, settings.key_prefix, feedback.ttl_seconds)
+    return MemoryFeedbackStore(feedback.ttl_seconds, feedback.max_rows)
+
+
+class FeedbackService:
+    """Remembers predicted rows and turns their labels into train batches, once per id."""
+
+    def __init__(
+        self,
+        contexts: ContextService,
+        prediction: PredictionService,
+        queue: TrainQueue,
+        store: FeedbackStore,
+        settings: Settings,
+    ) -> None:
+        self.contexts = contexts
+        self.prediction = prediction
+        self.queue = queue
+        self.store = store
+        self.settings = settings
+
+    async def predict_and_remember(self, key: str, inputs: Sequence[Any]) -> RememberedPrediction:
+        """Predicts like `PredictionService.predict` and keeps each row under a new id.
+
+        Raises:
+            PayloadError, ContextNotFound, RegistryUnavailable, FeedbackUnavailable.
+        """
+        model = self.settings.model
+        matrix = input_matrix(inputs, model.input_shape, self.settings.limits.max_rows)
+        index = await self.contexts.resolve(key)
+        probabilities, version = await self.prediction.batcher.predict(matrix, index)
+        predicted = probabilities.argmax(axis=1)
+        ids = new_ids(index, int(time.time() * 1000), len(matrix))
+        rows = [Remembered(matrix[i], int(predicted[i])) for i in range(len(matrix))]
+        try:
+            await self.store.remember(ids, rows)
+        except redis.exceptions.RedisError as error:
+            raise FeedbackUnavailable(str(error)) from None
+        return RememberedPrediction(Prediction(probabilities, version), ids)
+
+    async def label(
+        self, key: str, prediction_ids: Sequence[str], labels: Sequence[int], *, wait: bool
+    ) -> Scored:
+        """Queues the remembered rows of `prediction_ids` with `labels` for training.
+
+        Nothing is claimed unless every id can be: one bad id leaves all of them usable.
+
+        Raises:
+            PayloadError: Wrong lengths, repeated ids, bad labels, or ids of another context.
+            UnknownPredictions, ExpiredPredictions, AlreadyLabelled, ContextNotFound,
+            RegistryUnavailable, FeedbackUnavailable, QueueFull, QueueUnavailable,
+            NotAppliedInTime.
+        """
+        ids = list(prediction_ids)
+        vector = label_vector(labels, len(ids), self.settings.model.num_classes)
+        repeated = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) < len(ids) else []
+        if repeated:
+            raise PayloadError(
+                f"prediction_ids repeats {_listed(repeated)}; send each id once with its label"
+            )
+        index = await self.contexts.resolve(key)
+        parsed = [parse_id(i) for i in ids]
+        foreign = [i for i, p in zip(ids, parsed, strict=True) if p and p.context_index != index]
+        if foreign:
+            raise PayloadError(
+                f"prediction ids {_listed(foreign)} were issued for another context; send them "
+                "to /feedback/ with the key they were predicted under"
+            )
+        self._check_expiry(ids, parsed)
+        try:
+            claim = await self.store.claim(ids)
+        except redis.exceptions.RedisError as error:
+            raise FeedbackUnavailable(str(error)) from None
+        await self._explain_failed_claim(claim.missing, claim.used)
+        rows = claim.rows
+        matrix = np.stack([row.inputs for row in rows]).astype(np.float32, copy=False)
+        correct = sum(1 for row, label in zip(rows, vector, strict=True) if row.predicted == label)
+        try:
+            queued = await self.queue.enqueue(TrainEntry(index, matrix, vector, time.time()))
+        except BaseException:
+            await self.store.release(ids, rows)
+            raise
+        metrics.TRAIN_ACCEPTED.inc(len(vector))
+        if not wait:
+            return Scored(queued.entry_id, len(vector), correct)
+        timeout = self.settings.limits.wait_seconds
+        try:
+            version = await self.queue.wait_applied(queued.entry_id, timeout)
+        except TimeoutError:
+            raise NotAppliedInTime(
+                f"batch {queued.entry_id} is queued but was not applied within {timeout:g} s; "
+                "it will still be applied, so do not send these labels again"
+            ) from None
+        refused = await self.queue.refusal(queued.entry_id)
+        return Scored(queued.entry_id, len(vector), correct, version, refused)
+
+    def _check_expiry(self, ids: list[str], parsed: list[Any]) -> None:
+        horizon_ms = (time.time() - self.settings.feedback.ttl_seconds) * 1000
+        unknown = [i for i, p in zip(ids, parsed, strict=True) if p is None]
+        if unknown:
+            raise UnknownPredictions(
+                f"prediction ids {_listed(unknown)} were never issued; send ids returned by "
+                "POST /predict/{key}?remember=true"
+            )
+        expired = [p.text for p in parsed if p.created_ms < horizon_ms]
+        if expired:
+            raise ExpiredPredictions(self._expired_sentence(expired))
+
+    def _expired_sentence(self, expired: Sequence[str]) -> str:
+        ttl = self.settings.feedback.ttl_seconds
+        return (
+            f"prediction ids {_listed(expired)} have expired (rows are kept {ttl:g} s, or until "
+            "newer predictions push them out); send labels sooner, or train with POST /train"
+        )
+
+    async def _explain_failed_claim(self, missing: list[str], used: list[str]) -> None:
+        if missing:
+            pushed_out_ms = await self.store.pushed_out_before_ms()
+            gone = [i for i in missing if (p := parse_id(i)) and p.created_ms <= pushed_out_ms]
+            if gone:
+                raise ExpiredPredictions(self._expired_sentence(gone))
+            raise UnknownPredictions(
+                f"prediction ids {_listed(missing)} are unknown; send ids returned by "
+                "POST /predict/{key}?remember=true"
+            )
+        if used:
+            raise AlreadyLabelled(
+                f"prediction ids {_listed(used)} already have their labels and were learned "
+                "once; send only ids not labelled yet"
+            )
