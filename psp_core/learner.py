@@ -18,11 +18,12 @@ from psp_core.replay import ReplayBuffer
 class TrainingConfig:
     """How the learner updates the shared weights."""
 
-    optimizer: str = "sgd"  # sgd, adam or rmsprop
-    lr: float = 0.05  # step size of every optimiser
+    # The defaults were chosen by the sweep in docs/benchmarks.md ("Learning from real traffic").
+    optimizer: str = "adam"  # sgd, adam or rmsprop
+    lr: float = 3e-4  # step size of every optimiser
     momentum: float = 0.9  # sgd and rmsprop momentum; adam uses its default betas
     clip_norm: float | None = 1.0  # gradients are scaled down to this global norm; None: off
-    replay_per_step: int = 32  # past rows mixed into each step, when the learner has a buffer
+    replay_per_step: int = 64  # past rows mixed into each step, when the learner has a buffer
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adam", "rmsprop"):
