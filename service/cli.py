@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -67,20 +70,38 @@ def serve(
             "several processes may only serve with PSP_ROLE=api: there is one writer per shard",
             param_hint="--workers",
         )
-    # Each process keeps its metrics in files here; /metrics adds them up.
-    metrics_dir = Path(
-        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(settings.data_dir / "prometheus"))
-    )
-    shutil.rmtree(metrics_dir, ignore_errors=True)
-    metrics_dir.mkdir(parents=True)
-    uvicorn.run(
-        "service.app:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level=log_level,
-    )
+    with private_metrics_dir():
+        uvicorn.run(
+            "service.app:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level=log_level,
+        )
+
+
+@contextlib.contextmanager
+def private_metrics_dir() -> Iterator[Path]:
+    """The directory where each of this command's processes keeps its metrics, summed by /metrics.
+
+    prometheus-client names the files by process id, so the directory must belong to this command
+    alone: replicas in other containers, which share the data volume, reuse the same ids. A
+    `PROMETHEUS_MULTIPROC_DIR` set by the operator is used as it is and never emptied; otherwise
+    a fresh directory under the system's temporary directory is made and removed at the end.
+    """
+    preset = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if preset:
+        Path(preset).mkdir(parents=True, exist_ok=True)
+        yield Path(preset)
+        return
+    directory = Path(tempfile.mkdtemp(prefix="psp-metrics-"))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    try:
+        yield directory
+    finally:
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @app.command()

@@ -154,7 +154,11 @@ class ContextSettings(BaseModel):
 class Settings(BaseSettings):
     """Everything configurable, with the defaults of the embedded mode."""
 
-    model_config = SettingsConfigDict(env_prefix="PSP_", env_nested_delimiter="__", extra="ignore")
+    # An empty variable means "the default": deployments (compose, Kubernetes) can then list every
+    # setting once and leave the defaults here, in one place.
+    model_config = SettingsConfigDict(
+        env_prefix="PSP_", env_nested_delimiter="__", extra="ignore", env_ignore_empty=True
+    )
 
     model: ModelSettings = Field(default_factory=ModelSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)

@@ -20,11 +20,11 @@ import pytest
 import typer
 import yaml
 from fastapi.testclient import TestClient
-from pydantic import BaseModel
 
 from service.app import create_app, create_worker_app
 from service.cli import app as cli_app
 from service.settings import Settings
+from tests.deploy.settings_fields import settings_env_names, shared_env_names
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -88,18 +88,6 @@ def interpolate(value: str, env: dict[str, str] | None = None) -> str:
         return ""
 
     return _INTERPOLATION.sub(substitute, value)
-
-
-def settings_env_names(model: type[BaseModel] = Settings, prefix: str = "PSP_") -> set[str]:
-    """Every environment variable `Settings` reads, nested models included (`__` delimiter)."""
-    names: set[str] = set()
-    for name, field in model.model_fields.items():
-        env = f"{prefix}{name.upper()}"
-        names.add(env)
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            names |= settings_env_names(annotation, f"{env}__")
-    return names
 
 
 def environment(service: dict[str, Any]) -> dict[str, str]:
@@ -504,26 +492,31 @@ def test_each_psp_service_environment_builds_valid_settings(
 def test_defaults_in_compose_are_those_of_settings(
     compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`PSP_X: ${PSP_X:-default}` must not change anything while .env leaves PSP_X unset."""
+    """`PSP_X: ${PSP_X:-}` passes an empty value while .env leaves PSP_X unset, and the service
+    then keeps its own default; .env.example shows those defaults."""
     for key in [key for key in os.environ if key.startswith("PSP_")]:
         monkeypatch.delenv(key)
-    examples = env_example_entries()
-    checked = 0
+    baseline = Settings().model_dump()
+    from_env_file: set[str] = set()
     for service in compose["services"].values():
         for key, value in environment(service).items():
             match = re.fullmatch(r"\$\{(PSP_[A-Z0-9_]+):-([^}]*)\}", value)
             if not match:
                 continue
             assert match.group(1) == key, f"{key} is overridden from ${{{match.group(1)}}}"
-            default = match.group(2)
-            baseline = Settings().model_dump()
-            monkeypatch.setenv(key, default)
-            assert Settings().model_dump() == baseline, f"{key}'s default {default!r} differs"
+            assert match.group(2) == "", f"{key}: the default lives in Settings, not in compose"
+            monkeypatch.setenv(key, "")
+            assert Settings().model_dump() == baseline, f"an empty {key} changes the settings"
             monkeypatch.delenv(key)
-            if key in examples:
-                assert examples[key] == default, f".env.example shows {key}={examples[key]}"
-            checked += 1
-    assert checked, "no ${PSP_...:-default} values found"
+            from_env_file.add(key)
+    fixed = {"PSP_DATABASE_URL", "PSP_REDIS_URL", "PSP_DATA_DIR"}  # the compose services' own
+    assert from_env_file == shared_env_names() - fixed, "every shared setting comes from .env"
+    for key, shown in env_example_entries().items():
+        if not key.startswith("PSP_"):
+            continue
+        monkeypatch.setenv(key, shown)
+        assert Settings().model_dump() == baseline, f".env.example shows {key}={shown}"
+        monkeypatch.delenv(key)
 
 
 def test_secrets_are_required_and_documented(compose: dict[str, Any]) -> None:
@@ -603,8 +596,9 @@ def test_api_and_workers_share_the_model_and_the_checkpoint_volume(
     api_volumes = named_volume_mounts(api)
     shared = [volume for volume, target in api_volumes.items() if target == data_dir]
     assert shared == ["psp-data"], "the API mounts the checkpoint volume at PSP_DATA_DIR"
-    model_keys = {k for k in api_env if k.startswith(("PSP_MODEL__", "PSP_TRAINING__"))}
-    assert {"PSP_MODEL__KIND", "PSP_MODEL__INPUT_SHAPE", "PSP_MODEL__HIDDEN"} <= model_keys
+    missing = sorted(shared_env_names() - set(api_env))
+    assert not missing, f"the API replicas do not receive {missing}"
+    model_keys = shared_env_names()
     for name, worker in worker_services(compose).items():
         env = environment(worker)
         assert env["PSP_ROLE"] == "worker", name
