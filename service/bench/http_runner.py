@@ -62,7 +62,11 @@ class HttpRunner:
         self.registered: set[str] = set()
         self.refused = 0
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def _request(
+        self, method: str, path: str, *, retry_statuses: tuple[int, ...] = (429,), **kwargs: Any
+    ) -> httpx.Response:
+        """Sends a request, and sends it again after each answer in `retry_statuses` (a full
+        queue's 429 by default), up to `MAX_RETRIES` times."""
         for _ in range(MAX_RETRIES):
             try:
                 response = self.client.request(method, path, **kwargs)
@@ -71,7 +75,7 @@ class HttpRunner:
                     f"cannot reach the service at {self.client.base_url}: {exc}; start it with "
                     "`psp serve` or fix --via-http"
                 ) from exc
-            if response.status_code != 429:
+            if response.status_code not in retry_statuses:
                 break
             time.sleep(float(response.headers.get("Retry-After", "1")))
         if response.is_error:
@@ -171,9 +175,19 @@ class HttpRunner:
         setting, not the run's). The queue is first in, first out, so waiting for a block
         waits for every block sent before it."""
         body = {"inputs": x.tolist(), "labels": y.tolist()}
-        path = f"/train/{self._key(key)}" + ("?wait=true" if wait else "")
-        answer = self._request("POST", path, json=body).json()
-        if wait and not answer.get("applied", False):
+        if not wait:
+            self._request("POST", f"/train/{self._key(key)}", json=body)
+            return
+        # A long backlog can outlast one wait (504); the same Idempotency-Key queues nothing new
+        # and waits again.
+        answer = self._request(
+            "POST",
+            f"/train/{self._key(key)}?wait=true",
+            json=body,
+            headers={"Idempotency-Key": secrets.token_hex(8)},
+            retry_statuses=(429, 504),
+        ).json()
+        if not answer.get("applied", False):
             self.refused += 1
 
     def predict(self, key: str, x: torch.Tensor) -> torch.Tensor:
