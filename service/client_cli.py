@@ -21,7 +21,14 @@ from typing import Annotated, NoReturn
 import httpx
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from psp_client import Client, PspError
@@ -273,7 +280,7 @@ def predict_command(
 
 
 @contextmanager
-def _bar(total: int, title: str) -> Iterator[tuple[Progress, int]]:
+def _bar(total: int, title: str) -> Iterator[tuple[Progress, TaskID]]:
     """A rich progress bar over `total` rows (on stderr, so stdout stays for results)."""
     columns = (TextColumn(title), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True)) as bar:
