@@ -55,9 +55,10 @@ def main() -> None:
         env = {**model_env(64, [256, 256], "complex"), "PSP_DATA_DIR": str(workdir / "data")}
         with running(psp_serve("serve", env, workdir)) as (server,):
             register_contexts(server.base_url, [KEY])
-            with httpx.Client(base_url=server.base_url, timeout=30) as raw, Client(
-                server.base_url
-            ) as client:
+            with (
+                httpx.Client(base_url=server.base_url, timeout=30) as raw,
+                Client(server.base_url) as client,
+            ):
 
                 def raw_predict() -> object:
                     response = raw.post(f"/predict/{KEY}", json=body)

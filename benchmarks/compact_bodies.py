@@ -40,7 +40,7 @@ WIDTH = 64
 KEY = "probe"
 
 
-def server_parse_seconds(body: bytes, content_type: str, repeat: int) -> float:
+def server_parse_seconds(body: bytes, content_type: bytes, repeat: int) -> float:
     """Best time of the server's body reader on `body`."""
 
     async def parse_once() -> float:
@@ -106,7 +106,7 @@ def main() -> None:
     msgpack_request = statistics.median(latencies["msgpack"])
     print(machine_line())
     print_table(
-        ["body", "bytes", "server parse (best)", "whole request (median)"],
+        ["body", "bytes", "server parse, ms (best)", "whole request, ms (median)"],
         [
             ["JSON", len(as_json), ms(json_parse), ms(json_request)],
             ["msgpack", len(as_msgpack), ms(msgpack_parse), ms(msgpack_request)],
