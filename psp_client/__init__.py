@@ -12,17 +12,20 @@ from psp_client.errors import (
     Unavailable,
 )
 from psp_client.results import (
+    AccuracyHour,
     Context,
     ContextPage,
     FeedbackResult,
     ModelInfo,
     Prediction,
+    RecentAccuracy,
     TrainResult,
 )
 from psp_client.retry import NO_RETRIES, RetryPolicy
 
 __all__ = [
     "NO_RETRIES",
+    "AccuracyHour",
     "AsyncClient",
     "Client",
     "Conflict",
@@ -36,6 +39,7 @@ __all__ = [
     "PayloadTooLarge",
     "Prediction",
     "PspError",
+    "RecentAccuracy",
     "RetryPolicy",
     "TooManyRequests",
     "TrainResult",

@@ -14,6 +14,7 @@ from typing import Any, Generic, TypeVar
 import httpx
 
 from psp_client.results import (
+    AccuracyHour,
     Context,
     ContextPage,
     FeedbackResult,
@@ -56,6 +57,15 @@ def create_context(key: str, seed: int | None = None, power: float | None = None
 
 def get_context(key: str) -> Call[Context]:
     return Call("GET", f"/contexts/{key}", lambda r: Context.from_json(r.json()))
+
+
+def context_history(key: str, hours: int = 24) -> Call[list[AccuracyHour]]:
+    return Call(
+        "GET",
+        f"/contexts/{key}/history",
+        lambda r: [AccuracyHour.from_json(b) for b in r.json()["buckets"]],
+        params={"hours": hours},
+    )
 
 
 def list_contexts(limit: int = 100, offset: int = 0, prefix: str = "") -> Call[ContextPage]:

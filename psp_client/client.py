@@ -14,6 +14,7 @@ from psp_client import calls
 from psp_client.calls import Call
 from psp_client.errors import error_for
 from psp_client.results import (
+    AccuracyHour,
     Context,
     ContextPage,
     FeedbackResult,
@@ -109,7 +110,12 @@ class Client:
         return self.send(calls.create_context(key, seed, power))
 
     def get_context(self, key: str) -> Context:
+        """The context, with its rolling-window accuracy in `recent`."""
         return self.send(calls.get_context(key))
+
+    def context_history(self, key: str, hours: int = 24) -> list[AccuracyHour]:
+        """Hourly train and feedback scores over the last `hours` hours, oldest first."""
+        return self.send(calls.context_history(key, hours))
 
     def list_contexts(self, limit: int = 100, offset: int = 0, prefix: str = "") -> ContextPage:
         return self.send(calls.list_contexts(limit, offset, prefix))
@@ -198,6 +204,9 @@ class AsyncClient:
 
     async def get_context(self, key: str) -> Context:
         return await self.send(calls.get_context(key))
+
+    async def context_history(self, key: str, hours: int = 24) -> list[AccuracyHour]:
+        return await self.send(calls.context_history(key, hours))
 
     async def list_contexts(
         self, limit: int = 100, offset: int = 0, prefix: str = ""

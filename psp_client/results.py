@@ -8,6 +8,39 @@ from typing import Any
 
 
 @dataclass(frozen=True)
+class RecentAccuracy:
+    """A context's accuracy over the last `window_hours` hours (None before any score)."""
+
+    window_hours: int
+    train_seen: int
+    train_accuracy: float | None
+    feedback_seen: int
+    feedback_accuracy: float | None
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> RecentAccuracy:
+        return cls(**{name: body[name] for name in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class AccuracyHour:
+    """One hour of a context's prequential train scores and scored feedback predictions."""
+
+    hour: datetime
+    train_seen: int
+    train_correct: int
+    train_accuracy: float | None
+    feedback_seen: int
+    feedback_correct: int
+    feedback_accuracy: float | None
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> AccuracyHour:
+        values = {name: body[name] for name in cls.__dataclass_fields__}
+        return cls(**{**values, "hour": datetime.fromisoformat(body["hour"])})
+
+
+@dataclass(frozen=True)
 class Context:
     """A registered context and what it has learned so far."""
 
@@ -20,9 +53,11 @@ class Context:
     examples_seen: int
     refused: int
     prequential_accuracy: float | None
+    recent: RecentAccuracy | None = None
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> Context:
+        recent = body.get("recent")
         return cls(
             key=body["key"],
             index=body["index"],
@@ -33,6 +68,7 @@ class Context:
             examples_seen=body["examples_seen"],
             refused=body["refused"],
             prequential_accuracy=body["prequential_accuracy"],
+            recent=RecentAccuracy.from_json(recent) if recent else None,
         )
 
 

@@ -1,4 +1,5 @@
-"""The `psp` command line: serve, worker, db upgrade, API keys and benchmarks."""
+"""The `psp` command line: serve, worker, db upgrade, API keys, benchmarks and the client
+commands (contexts, train, predict)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import uvicorn
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.bench.cli import bench_app
+from service.client_cli import contexts_app, predict_command, train_command
 from service.settings import Settings, get_settings
 
 app = typer.Typer(help="Superposition continual-learning service.", no_args_is_help=True)
@@ -25,6 +27,9 @@ keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
 app.add_typer(bench_app, name="bench")
+app.add_typer(contexts_app, name="contexts")
+app.command("train")(train_command)
+app.command("predict")(predict_command)
 
 
 def _fail(message: str) -> NoReturn:

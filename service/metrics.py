@@ -92,6 +92,12 @@ PREQUENTIAL_ACCURACY = Gauge(
     "Aggregate prequential (test-then-train) accuracy since the process started.",
     multiprocess_mode="max",
 )
+FEEDBACK_SCORED = Counter(
+    "psp_feedback_scored_total", "Remembered predictions whose labels came back (all contexts)."
+)
+FEEDBACK_CORRECT = Counter(
+    "psp_feedback_correct_total", "Remembered predictions the returned labels confirm."
+)
 MODEL_VERSION = Gauge(
     "psp_model_version",
     "Version (applied steps) of the weights this process serves.",

@@ -144,6 +144,13 @@ class FeedbackSettings(BaseModel):
     max_rows: int = Field(default=100_000, ge=1)
 
 
+class AccuracySettings(BaseModel):
+    """Live per-context accuracy in GET /contexts/{key}."""
+
+    # The rolling window sums this many hourly buckets, the current one included.
+    window_hours: int = Field(default=24, ge=1, le=24 * 366)
+
+
 class ContextSettings(BaseModel):
     """Rules for registering contexts."""
 
@@ -179,6 +186,7 @@ class Settings(BaseSettings):
     key_prefix: str = "psp:"  # of every Redis key, so deployments (and tests) can share a Redis
     contexts: ContextSettings = Field(default_factory=ContextSettings)
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
+    accuracy: AccuracySettings = Field(default_factory=AccuracySettings)
     faults: FaultSettings = Field(default_factory=FaultSettings)  # tests only; see service.faults
 
     @model_validator(mode="after")

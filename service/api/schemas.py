@@ -48,6 +48,39 @@ class ContextOut(BaseModel):
     prequential_accuracy: float | None = Field(
         description="Share of examples the model got right just before learning them."
     )
+    recent: RecentAccuracy | None = Field(
+        default=None,
+        description="Accuracy over the last PSP_ACCURACY__WINDOW_HOURS hours; only in "
+        "GET /contexts/{key}.",
+    )
+
+
+class RecentAccuracy(BaseModel):
+    """Rolling-window accuracy of a context, from its hourly buckets."""
+
+    window_hours: int = Field(description="The current hour and the hours before it summed.")
+    train_seen: int = Field(description="Examples scored just before being learned.")
+    train_accuracy: float | None = Field(description="Share of those the model got right.")
+    feedback_seen: int = Field(description="Remembered predictions whose labels came back.")
+    feedback_accuracy: float | None = Field(description="Share of those the labels confirm.")
+
+
+class AccuracyHourOut(BaseModel):
+    """One hour of a context's scores; hours without scores are left out."""
+
+    hour: datetime = Field(description="Start of the hour (UTC).")
+    train_seen: int
+    train_correct: int
+    train_accuracy: float | None
+    feedback_seen: int
+    feedback_correct: int
+    feedback_accuracy: float | None
+
+
+class AccuracyHistory(BaseModel):
+    key: str
+    hours: int = Field(description="How far back the buckets go, the current hour included.")
+    buckets: list[AccuracyHourOut]
 
 
 class ContextPage(BaseModel):

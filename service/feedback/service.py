@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,8 +18,12 @@ from service.feedback.store import FeedbackStore, MemoryFeedbackStore, Remembere
 from service.payloads import PayloadError, input_matrix, label_vector
 from service.prediction import Prediction, PredictionService
 from service.queue.base import TrainEntry, TrainQueue
+from service.registry.accuracy import Scores
+from service.registry.store import RegistryUnavailable
 from service.settings import Settings
 from service.training import NotAppliedInTime
+
+log = logging.getLogger(__name__)
 
 
 class UnknownPredictions(LookupError):
@@ -158,6 +163,7 @@ class FeedbackService:
             await self.store.release(ids, rows)
             raise
         metrics.TRAIN_ACCEPTED.inc(len(vector))
+        await self._record_scores(index, Scores(len(vector), correct))
         if not wait:
             return Scored(queued.entry_id, len(vector), correct)
         timeout = self.settings.limits.wait_seconds
@@ -170,6 +176,16 @@ class FeedbackService:
             ) from None
         refused = await self.queue.refusal(queued.entry_id)
         return Scored(queued.entry_id, len(vector), correct, version, refused)
+
+    async def _record_scores(self, index: int, scores: Scores) -> None:
+        """Adds the scores to the context's hourly bucket and the aggregate metrics. The rows
+        are already queued, so a registry outage loses only this call's bucket entry."""
+        metrics.FEEDBACK_SCORED.inc(scores.seen)
+        metrics.FEEDBACK_CORRECT.inc(scores.correct)
+        try:
+            await self.contexts.registry.add_feedback_scores(index, scores)
+        except RegistryUnavailable as error:
+            log.warning("feedback scores of context %d not recorded: %s", index, error)
 
     def _check_expiry(self, ids: list[str], parsed: list[Any]) -> None:
         horizon_ms = (time.time() - self.settings.feedback.ttl_seconds) * 1000

@@ -231,3 +231,28 @@ class ApiKeyRow(Base):
     name: Mapped[str] = mapped_column(String(128), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class AccuracyHourRow(Base):
+    """One hour of one context's scored predictions, kept apart from `contexts` so that the
+    context rows stay small.
+
+    Attributes:
+        context_index: The context's bank index.
+        hour: Start of the hour (UTC) the scores were recorded in. Train scores are recorded
+            when their checkpoint's counts reach the registry, feedback scores when the labels
+            are accepted.
+        train_seen: Examples scored before being learned (test-then-train).
+        train_correct: Of those, the ones the model got right.
+        feedback_seen: Remembered predictions whose labels came back.
+        feedback_correct: Of those, the predictions the labels confirm.
+    """
+
+    __tablename__ = "accuracy_hours"
+
+    context_index: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    hour: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    train_seen: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    train_correct: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    feedback_seen: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    feedback_correct: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))

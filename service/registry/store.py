@@ -19,7 +19,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.auth import ApiKeySpec
 from service.model_host import ContextDefinition
 from service.queue.base import entry_id_key
-from service.registry import api_keys, queries
+from service.registry import accuracy, api_keys, queries
+from service.registry.accuracy import AccuracyHour, Scores
 from service.registry.database import make_session_factory, ping
 from service.registry.models import ContextRow, TrainerState
 
@@ -171,10 +172,32 @@ class RegistryStore:
             if entry_id_key(last_entry_id) <= entry_id_key(state.last_entry_id):
                 return False
             queries.add_training_counts(session=session, counts=counts)
+            train = {index: Scores(values[0], values[1]) for index, values in counts.items()}
+            accuracy.add_scores(session=session, train=train)
             state.last_entry_id = last_entry_id
             return True
 
         return await self._run(job)
+
+    async def add_feedback_scores(self, index: int, scores: Scores) -> None:
+        """Adds scored feedback predictions to the context's bucket of the current hour."""
+
+        def job(session: Session) -> None:
+            accuracy.add_scores(session=session, feedback={index: scores})
+
+        await self._run(job)
+
+    async def accuracy_window(self, index: int, hours: int) -> tuple[Scores, Scores]:
+        """Train and feedback scores of the context over the last `hours` hourly buckets."""
+        return await self._run(
+            lambda session: accuracy.window_totals(session=session, index=index, hours=hours)
+        )
+
+    async def accuracy_history(self, index: int, since: datetime) -> list[AccuracyHour]:
+        """The context's hourly buckets from the hour of `since` on, oldest first."""
+        return await self._run(
+            lambda session: accuracy.history(session=session, index=index, since=since)
+        )
 
 
 def _detached(session: Session, created: tuple[ContextRow, bool]) -> tuple[ContextRow, bool]:

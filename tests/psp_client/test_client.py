@@ -68,6 +68,12 @@ def test_train_then_predict_gives_typed_results(server: str) -> None:
         assert all(abs(sum(row) - 1.0) < 1e-5 for row in prediction.probabilities)
         assert prediction.prediction_ids is None
         examples_seen_settles_at(client, key, 4)
+        recent = client.get_context(key).recent
+        assert recent is not None and recent.window_hours == 24 and recent.train_seen == 4
+        assert recent.feedback_seen == 0 and recent.feedback_accuracy is None
+        (hour,) = client.context_history(key, hours=1)
+        assert (hour.train_seen, hour.feedback_seen) == (4, 0)
+        assert hour.hour.tzinfo is not None and hour.hour.minute == 0
 
 
 def test_each_error_status_raises_its_own_type(server: str) -> None:

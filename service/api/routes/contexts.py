@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response, status
@@ -10,17 +11,21 @@ from service.api.deps import Admin, Reader, RuntimeDep, check_key_lengths
 from service.api.json_route import OrjsonRoute
 from service.api.schemas import (
     KEY_PATTERN,
+    AccuracyHistory,
+    AccuracyHourOut,
     ContextBatchCreate,
     ContextBatchOut,
     ContextCreate,
     ContextOut,
     ContextPage,
     Problem,
+    RecentAccuracy,
 )
 from service.registry.models import ContextRow
 
 router = APIRouter(tags=["contexts"], route_class=OrjsonRoute)
 KeyPath = Annotated[str, Path(pattern=KEY_PATTERN)]
+MAX_HISTORY_HOURS = 24 * 366
 ERRORS: dict[int | str, dict[str, Any]] = {422: {"model": Problem}, 503: {"model": Problem}}
 
 
@@ -98,8 +103,52 @@ async def list_contexts(
 
 @router.get("/contexts/{key}", responses={404: {"model": Problem}, **ERRORS})
 async def get_context(key: KeyPath, runtime: RuntimeDep, caller: Reader) -> ContextOut:
-    """One context, with its examples seen and prequential accuracy."""
-    return _out(await runtime.contexts.get(key), runtime.settings.model.kind)
+    """One context, with its examples seen, prequential accuracy and rolling-window accuracy
+    of its train scores and scored feedback."""
+    row = await runtime.contexts.get(key)
+    hours = runtime.settings.accuracy.window_hours
+    train, feedback = await runtime.contexts.registry.accuracy_window(row.index, hours)
+    out = _out(row, runtime.settings.model.kind)
+    out.recent = RecentAccuracy(
+        window_hours=hours,
+        train_seen=train.seen,
+        train_accuracy=train.accuracy,
+        feedback_seen=feedback.seen,
+        feedback_accuracy=feedback.accuracy,
+    )
+    return out
+
+
+@router.get("/contexts/{key}/history", responses={404: {"model": Problem}, **ERRORS})
+async def get_context_history(
+    key: KeyPath,
+    runtime: RuntimeDep,
+    caller: Reader,
+    hours: Annotated[
+        int, Query(ge=1, le=MAX_HISTORY_HOURS, description="The current hour and those before.")
+    ] = 24,
+) -> AccuracyHistory:
+    """Hourly buckets of a context's train and feedback scores, oldest first; hours without
+    scores are left out."""
+    row = await runtime.contexts.get(key)
+    since = datetime.now(UTC) - timedelta(hours=hours - 1)
+    buckets = await runtime.contexts.registry.accuracy_history(row.index, since)
+    return AccuracyHistory(
+        key=key,
+        hours=hours,
+        buckets=[
+            AccuracyHourOut(
+                hour=bucket.hour,
+                train_seen=bucket.train.seen,
+                train_correct=bucket.train.correct,
+                train_accuracy=bucket.train.accuracy,
+                feedback_seen=bucket.feedback.seen,
+                feedback_correct=bucket.feedback.correct,
+                feedback_accuracy=bucket.feedback.accuracy,
+            )
+            for bucket in buckets
+        ],
+    )
 
 
 @router.delete(
