@@ -308,22 +308,33 @@ def run_continual(
         methods: Parsed methods; parsed from `config.methods` when None.
     """
     torch.set_num_threads(config.threads)
+    measure: Callable[[Method, Runner, StepProgress | None], MethodResult]
     if config.stream == "tenants":
-        return _run_tenants(
-            config, runner_factory=runner_factory, progress=progress, methods=methods
+        tenants = _tenants_stream(config)
+        dataset, described = tenants.dataset, tenants.describe()
+        model_config = config.model_config(dataset)
+
+        def measure(method: Method, runner: Runner, steps: StepProgress | None) -> MethodResult:
+            return _measure_tenants(tenants, method, runner, config, model_config, steps)
+
+    else:
+        stream = make_stream(
+            config.stream,
+            tasks=config.tasks,
+            steps_per_task=config.steps_per_task,
+            cycles=config.cycles,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            data_dir=Path(config.data_dir) if config.data_dir else None,
+            test_limit=config.test_limit,
+            input_scale=config.input_scale,
         )
-    stream = make_stream(
-        config.stream,
-        tasks=config.tasks,
-        steps_per_task=config.steps_per_task,
-        cycles=config.cycles,
-        batch_size=config.batch_size,
-        seed=config.seed,
-        data_dir=Path(config.data_dir) if config.data_dir else None,
-        test_limit=config.test_limit,
-        input_scale=config.input_scale,
-    )
-    model_config = config.model_config(stream.dataset)
+        described = stream.describe()
+        model_config = config.model_config(stream.dataset)
+
+        def measure(method: Method, runner: Runner, steps: StepProgress | None) -> MethodResult:
+            return _measure_tasks(stream, method, runner, config, model_config, steps)
+
     training, ewc = config.training_config(), config.ewc_config()
 
     def in_process(method: Method, architecture: ModelConfig) -> Runner:
@@ -331,55 +342,55 @@ def run_continual(
 
     factory = runner_factory or in_process
     parsed = list(methods) if methods is not None else parse_methods(",".join(config.methods))
-    results = ContinualResults(config, stream.describe(), environment=_environment(config))
+    results = ContinualResults(config, described, environment=_environment(config))
     for method in parsed:
         runner = factory(method, model_config)
-        started = time.perf_counter()
         try:
-            trace = run_method(
-                stream,
-                method,
-                runner,
-                eval_every=config.resolved_eval_every,
-                progress=progress(method) if progress is not None else None,
+            results.methods.append(
+                measure(method, runner, progress(method) if progress is not None else None)
             )
-            refused = runner.refused_steps
         finally:
             runner.close()
-        last_cycle = None
-        if stream.rotating:
-            start = stream.total_steps - stream.period
-            window = [
-                value
-                for step, value in zip(trace.curve_steps, trace.curve_accuracy, strict=True)
-                if step >= start
-            ]
-            last_cycle = metrics.window_summary(window)
-        results.methods.append(
-            MethodResult(
-                method=method.name,
-                matrix=trace.matrix,
-                curve_steps=trace.curve_steps,
-                curve_accuracy=trace.curve_accuracy,
-                prequential_accuracy=trace.prequential_accuracy,
-                refused_steps=refused,
-                footprint=footprint(method, model_config, trace.contexts),
-                seconds=time.perf_counter() - started,
-                last_cycle=last_cycle,
-            )
-        )
     return results
 
 
-def _run_tenants(
+def _measure_tasks(
+    stream: Stream,
+    method: Method,
+    runner: Runner,
     config: ContinualConfig,
-    *,
-    runner_factory: RunnerFactory | None,
-    progress: Callable[[Method], StepProgress | None] | None,
-    methods: Sequence[Method] | None,
-) -> ContinualResults:
-    """`run_continual` for the tenants stream."""
-    stream = TenantsStream(
+    model_config: ModelConfig,
+    progress: StepProgress | None,
+) -> MethodResult:
+    """One method over a permuted or rotating stream."""
+    started = time.perf_counter()
+    trace = run_method(
+        stream, method, runner, eval_every=config.resolved_eval_every, progress=progress
+    )
+    last_cycle = None
+    if stream.rotating:
+        start = stream.total_steps - stream.period
+        window = [
+            value
+            for step, value in zip(trace.curve_steps, trace.curve_accuracy, strict=True)
+            if step >= start
+        ]
+        last_cycle = metrics.window_summary(window)
+    return MethodResult(
+        method=method.name,
+        matrix=trace.matrix,
+        curve_steps=trace.curve_steps,
+        curve_accuracy=trace.curve_accuracy,
+        prequential_accuracy=trace.prequential_accuracy,
+        refused_steps=runner.refused_steps,
+        footprint=footprint(method, model_config, trace.contexts),
+        seconds=time.perf_counter() - started,
+        last_cycle=last_cycle,
+    )
+
+
+def _tenants_stream(config: ContinualConfig) -> TenantsStream:
+    return TenantsStream(
         tenants=config.tenants,
         rows_per_tenant=config.rows_per_tenant,
         block_rows=config.block_rows,
@@ -387,44 +398,30 @@ def _run_tenants(
         skew=config.tenant_skew,
         dataset=load_digits_dataset(config.seed).scaled(config.input_scale),
     )
-    model_config = config.model_config(stream.dataset)
-    training, ewc = config.training_config(), config.ewc_config()
 
-    def in_process(method: Method, architecture: ModelConfig) -> Runner:
-        return in_process_runner(method, architecture, training, ewc, config.replay_rows)
 
-    factory = runner_factory or in_process
-    parsed = list(methods) if methods is not None else parse_methods(",".join(config.methods))
-    results = ContinualResults(config, stream.describe(), environment=_environment(config))
-    for method in parsed:
-        runner = factory(method, model_config)
-        started = time.perf_counter()
-        try:
-            trace = run_tenants_method(
-                stream,
-                method,
-                runner,
-                batch_size=config.batch_size,
-                progress=progress(method) if progress is not None else None,
-            )
-            refused = runner.refused_steps
-        finally:
-            runner.close()
-        results.methods.append(
-            MethodResult(
-                method=method.name,
-                matrix=[],
-                curve_steps=[],
-                curve_accuracy=[],
-                prequential_accuracy=(
-                    trace.prequential_accuracy
-                    if trace.prequential_accuracy is not None
-                    else math.nan
-                ),
-                refused_steps=refused,
-                footprint=footprint(method, model_config, trace.contexts),
-                seconds=time.perf_counter() - started,
-                tenant_accuracy=trace.accuracies,
-            )
-        )
-    return results
+def _measure_tenants(
+    stream: TenantsStream,
+    method: Method,
+    runner: Runner,
+    config: ContinualConfig,
+    model_config: ModelConfig,
+    progress: StepProgress | None,
+) -> MethodResult:
+    """One method over the tenants stream; the matrix and the task-0 curve stay empty."""
+    started = time.perf_counter()
+    trace = run_tenants_method(
+        stream, method, runner, batch_size=config.batch_size, progress=progress
+    )
+    prequential = trace.prequential_accuracy
+    return MethodResult(
+        method=method.name,
+        matrix=[],
+        curve_steps=[],
+        curve_accuracy=[],
+        prequential_accuracy=prequential if prequential is not None else math.nan,
+        refused_steps=runner.refused_steps,
+        footprint=footprint(method, model_config, trace.contexts),
+        seconds=time.perf_counter() - started,
+        tenant_accuracy=trace.accuracies,
+    )
