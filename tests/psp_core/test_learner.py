@@ -101,7 +101,7 @@ def _average_accuracy(kind: str, digits, tasks: int = 5, steps: int = 200) -> fl
     x_train, y_train, x_test, y_test = digits
     rng = np.random.default_rng(0)
     perms = [torch.arange(64)] + [torch.tensor(rng.permutation(64)) for _ in range(tasks - 1)]
-    model = build_model(ModelConfig(kind=kind, input_shape=(64,), hidden=(256, 256)))
+    model = build_model(ModelConfig(kind=kind, input_shape=(64,), hidden=(128, 128)))
     model.bank.extend(
         [
             ContextSpec(power=float(t)) if kind == "onepower" else ContextSpec(seed=t)
