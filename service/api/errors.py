@@ -38,6 +38,8 @@ _PARAMETER_HINTS = {
         "prefix",
     ): "up to 128 characters from A-Z, a-z, 0-9, '.', '_', ':' and '-' as ?prefix=",
     ("query", "wait"): "true or false as ?wait=",
+    ("query", "probabilities"): "true or false as ?probabilities=",
+    ("query", "top_k"): "an integer of at least 1, at most the number of classes, as ?top_k=",
     ("header", "idempotency-key"): (
         "an Idempotency-Key header of 1 to 128 characters from A-Z, a-z, 0-9, '.', '_', ':' and '-'"
     ),
