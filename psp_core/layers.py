@@ -183,21 +183,28 @@ class RowGroups:
     """The rows of a batch grouped by context, for layers that do one product per context.
 
     Attributes:
-        order: `(B,)` row positions sorted by context (stable).
         contexts: `(U,)` the distinct context rows, ascending, on the batch's device.
-        sizes: How many rows each distinct context has, in the same order.
+        inverse: `(B,)` each row's position in `contexts`.
+        order: `(B,)` row positions sorted by context (stable).
+        sizes: How many rows each distinct context has, in the order of `contexts`.
     """
 
-    order: torch.Tensor
     contexts: torch.Tensor
+    inverse: torch.Tensor
+    order: torch.Tensor
     sizes: list[int]
 
     @classmethod
     def of(cls, context_index: torch.Tensor) -> RowGroups:
         """Groups a batch's `(B,)` context rows (one host sync, for the group sizes)."""
-        order = torch.argsort(context_index, stable=True)
-        contexts, sizes = torch.unique_consecutive(context_index[order], return_counts=True)
-        return cls(order, contexts, sizes.tolist())
+        contexts, inverse, sizes = torch.unique(
+            context_index, return_inverse=True, return_counts=True
+        )
+        order = torch.argsort(inverse, stable=True)
+        return cls(contexts, inverse, order, sizes.tolist())
+
+    def __len__(self) -> int:
+        return len(self.sizes)
 
     def split(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The rows of `x` `(B, ...)`, one tensor per distinct context."""
@@ -431,10 +438,15 @@ class SuperposedLinear(nn.Module, SuperposedLayer):
 class SuperposedConv2d(nn.Module, SuperposedLayer):
     """A convolution whose kernel is bound to the context over (in_channels, kh, kw) (eq. 10).
 
-    The rows of a batch are grouped by context, and each group runs one `F.conv2d` with its own
-    kernel `w ⊙ c` (`bound_weights`), so the context costs one kernel-sized product per
-    distinct context rather than a pass over every input patch.
+    The rows of a batch are grouped by context and each distinct context's kernel `w ⊙ c` is
+    bound once (`bound_weights`), so the context costs one kernel-sized product per distinct
+    context rather than a pass over every input patch. Few distinct contexts run one `F.conv2d`
+    each; many (small groups, where a call per group would cost more than its work) run as one
+    grouped convolution with a kernel per row.
     """
+
+    # Above this many distinct contexts in a batch, one grouped convolution beats a loop.
+    MAX_LOOPED_GROUPS = 16
 
     def __init__(
         self,
@@ -475,11 +487,26 @@ class SuperposedConv2d(nn.Module, SuperposedLayer):
         groups = RowGroups.of(context_index)
         weights, bias = self.bound_weights(self.contexts.gather(groups.contexts))
         kernels = weights.view(len(weights), -1, x.shape[1], *conv.kernel_size)
-        outputs = [
-            F.conv2d(rows, kernel, bias, conv.stride, conv.padding, conv.dilation)
-            for rows, kernel in zip(groups.split(x), kernels)
-        ]
-        return groups.merge(outputs)
+        if len(groups) <= self.MAX_LOOPED_GROUPS:
+            outputs = [
+                F.conv2d(rows, kernel, bias, conv.stride, conv.padding, conv.dilation)
+                for rows, kernel in zip(groups.split(x), kernels)
+            ]
+            return groups.merge(outputs)
+        # Each row is its own group: (1, B·C', H, W) with B kernels of (N', C', kh, kw).
+        batch, out_channels = len(x), kernels.shape[1]
+        per_row = kernels[groups.inverse].flatten(0, 1)  # (B·N', C', kh, kw)
+        out = F.conv2d(
+            x.flatten(0, 1).unsqueeze(0),
+            per_row,
+            None,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            groups=batch,
+        )
+        out = out.view(batch, out_channels, *out.shape[2:])  # (B, N', H', W')
+        return out if bias is None else out + bias[:, None, None]
 
 
 _TWINS: dict[type[nn.Module], Callable[..., SuperposedLayer]] = {

@@ -284,9 +284,14 @@ KIND_SIDES = [
 
 @pytest.mark.parametrize(("kind", "sides"), KIND_SIDES, ids=lambda v: str(v))
 @pytest.mark.parametrize(("name", "factory", "shape"), CASES, ids=[c[0] for c in CASES])
-def test_grouped_mixed_batch_equals_the_explicit_math(kind, sides, name, factory, shape) -> None:
+@pytest.mark.parametrize("max_looped", [16, 0], ids=["looped", "kernel-per-row"])
+def test_grouped_mixed_batch_equals_the_explicit_math(
+    kind, sides, name, factory, shape, max_looped, monkeypatch
+) -> None:
     """A batch mixing contexts (grouped by context in rotation and conv) gives every row
-    what its own context's kernel gives it, for every kind and every complex side."""
+    what its own context's kernel gives it, for every kind and every complex side, whether a
+    convolution loops over its groups or runs one grouped convolution."""
+    monkeypatch.setattr(SuperposedConv2d, "MAX_LOOPED_GROUPS", max_looped)
     layer = factory(kind)
     if kind.is_complex:
         layer.set_complex_sides(complex_input=sides[0], complex_output=sides[1])
@@ -300,7 +305,9 @@ def test_grouped_mixed_batch_equals_the_explicit_math(kind, sides, name, factory
 
 
 @pytest.mark.parametrize("kind", [ContextKind.ROTATION, ContextKind.COMPLEX], ids=str)
-def test_grouped_conv_gradients_equal_row_by_row_gradients(kind: ContextKind) -> None:
+@pytest.mark.parametrize("max_looped", [16, 0], ids=["looped", "kernel-per-row"])
+def test_grouped_conv_gradients_equal_row_by_row_gradients(kind, max_looped, monkeypatch) -> None:
+    monkeypatch.setattr(SuperposedConv2d, "MAX_LOOPED_GROUPS", max_looped)
     layer = _conv(kind)
     x = torch.randn(7, 3, 9, 7)
     index = torch.tensor([2, 0, 2, 5, 0, 2, 1])
