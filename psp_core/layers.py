@@ -308,7 +308,7 @@ class SuperposedLayer:
         """
         groups = RowGroups.of(context_index)
         rotations = self.contexts.gather(groups.contexts)  # (U, M, M)
-        rotated = [rows @ rotation.T for rows, rotation in zip(groups.split(flat), rotations)]
+        rotated = [r @ c.T for r, c in zip(groups.split(flat), rotations, strict=True)]
         return groups.merge(rotated)
 
     def bind_complex(self, flat: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
@@ -490,7 +490,7 @@ class SuperposedConv2d(nn.Module, SuperposedLayer):
         if len(groups) <= self.MAX_LOOPED_GROUPS:
             outputs = [
                 F.conv2d(rows, kernel, bias, conv.stride, conv.padding, conv.dilation)
-                for rows, kernel in zip(groups.split(x), kernels)
+                for rows, kernel in zip(groups.split(x), kernels, strict=True)
             ]
             return groups.merge(outputs)
         # Each row is its own group: (1, B·C', H, W) with B kernels of (N', C', kh, kw).

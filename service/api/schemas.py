@@ -96,7 +96,8 @@ class PredictResponse(BaseModel):
         "or ?top_k=.",
     )
     top_classes: list[list[int]] | None = Field(
-        default=None, description="With ?top_k=N: each row's N most probable classes, most probable first."
+        default=None,
+        description="With ?top_k=N: each row's N most probable classes, most probable first.",
     )
     top_probabilities: list[list[float]] | None = Field(
         default=None,

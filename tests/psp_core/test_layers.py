@@ -330,9 +330,7 @@ def test_row_groups_split_and_merge_back_in_order() -> None:
 
 
 def test_onepower_vectors_are_cached_on_append_and_match_the_exponents() -> None:
-    table = LayerContexts(
-        ContextKind.ONEPOWER, model_seed=0, layer_index=1, dim=16, local_mix=True
-    )
+    table = LayerContexts(ContextKind.ONEPOWER, model_seed=0, layer_index=1, dim=16, local_mix=True)
     table.append([ContextSpec(power=0.5 * i) for i in range(5)])
     table.append([ContextSpec(power=7.25)])
     table.append([ContextSpec(power=float(i)) for i in range(10)])  # grows past 8 rows
