@@ -3,25 +3,32 @@
 (a) Forward throughput of a batch whose rows use all-distinct contexts ÷ the same batch in one
     context (goal ≥ 0.90), per kind; beside it, 1024 separate `nn.Module`s (one per row) ÷ one
     module, the cost superposition avoids.
+(c) The ratio of (a) for a ConvNet (`--conv-shape`, `--conv-channels`): rows over all-distinct
+    contexts, and over 8 contexts, ÷ one context (goal ≥ 0.90). `--rotation` adds rotation
+    contexts to (a) and (c) (M×M per context: slow to generate, memory-heavy).
 (b) Forward+backward time of the superposed MLP ÷ a plain `nn.Linear` MLP of the same shape:
     binary (goal ≤ 1.15), complex (goal ≤ 3.0), and the other kinds for reference.
 
-Run: `python benchmarks/core_speed.py [--device cuda] [--rows 1024] [--hidden 1024,1024]`.
+Run: `python benchmarks/core_speed.py [--device cuda] [--rows 1024] [--hidden 1024,1024]
+[--rotation] [--json PATH]`.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import statistics
 import time
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from psp_core import ContextSpec, ModelConfig, build_model
+from psp_core.models import SuperposedModel
 
 
 def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
@@ -51,7 +58,11 @@ def plain_mlp(widths: list[int], classes: int) -> nn.Sequential:
 def superposed(
     kind: str, inputs: int, hidden: tuple[int, ...], contexts: int, device: torch.device
 ) -> nn.Module:
-    model = build_model(ModelConfig(kind=kind, input_shape=(inputs,), hidden=hidden), device)
+    config = ModelConfig(kind=kind, input_shape=(inputs,), hidden=hidden)
+    return with_contexts(build_model(config, device), kind, contexts)
+
+
+def with_contexts(model: SuperposedModel, kind: str, contexts: int) -> SuperposedModel:
     model.bank.extend(
         [
             ContextSpec(power=float(i)) if kind == "onepower" else ContextSpec(seed=i)
@@ -59,6 +70,10 @@ def superposed(
         ]
     )
     return model
+
+
+FIGURES: dict[str, float] = {}
+"""Every ratio printed, by name, for `--json`."""
 
 
 def mixed_context_ratios(args: argparse.Namespace, device: torch.device) -> None:
@@ -74,6 +89,7 @@ def mixed_context_ratios(args: argparse.Namespace, device: torch.device) -> None
             model = superposed(kind, inputs, hidden, rows, device)
             t_one = median_seconds(partial(model, x, single), device, args.repeats)
             t_mix = median_seconds(partial(model, x, distinct), device, args.repeats)
+            FIGURES[f"mixed_{kind}"] = t_one / t_mix
             print(
                 f"    {kind:<10} {rows / t_one:>15,.0f} {rows / t_mix:>16,.0f} "
                 f"{t_one / t_mix:>7.3f}   (goal >= 0.90)"
@@ -92,6 +108,36 @@ def mixed_context_ratios(args: argparse.Namespace, device: torch.device) -> None
         )
 
 
+def conv_mixed_context_ratios(args: argparse.Namespace, device: torch.device) -> None:
+    rows, shape, channels = args.conv_rows, args.conv_shape, args.conv_channels
+    x = torch.randn(rows, *shape, device=device)
+    indices = {
+        "distinct": torch.arange(rows, device=device),
+        "8 ctx": torch.arange(rows, device=device) % 8,
+    }
+    single = torch.zeros(rows, dtype=torch.long, device=device)
+    print(f"(c) forward, {rows} rows, ConvNet {shape} channels {channels}, {device}")
+    print(f"    {'kind':<10} {'one ctx rows/s':>15} {'distinct':>9} {'8 ctx':>7}")
+    with torch.inference_mode():
+        for kind in ["binary", "complex", "onepower"] + (["rotation"] if args.rotation else []):
+            config = ModelConfig(kind=kind, arch="convnet", input_shape=shape, hidden=channels)
+            model = with_contexts(build_model(config, device), kind, rows)
+            # Interleaved, so that drift in machine load hits all three alike.
+            times: dict[str, list[float]] = {"one": [], **{name: [] for name in indices}}
+            for _ in range(3):
+                times["one"].append(median_seconds(partial(model, x, single), device, 5))
+                for name, index in indices.items():
+                    times[name].append(median_seconds(partial(model, x, index), device, 5))
+            t_one = statistics.median(times["one"])
+            ratios = {name: t_one / statistics.median(times[name]) for name in indices}
+            FIGURES[f"conv_mixed_{kind}"] = ratios["distinct"]
+            FIGURES[f"conv_8ctx_{kind}"] = ratios["8 ctx"]
+            print(
+                f"    {kind:<10} {rows / t_one:>15,.0f} {ratios['distinct']:>9.3f} "
+                f"{ratios['8 ctx']:>7.3f}   (goal >= 0.90)"
+            )
+
+
 def train_step_ratios(args: argparse.Namespace, device: torch.device) -> None:
     batch, inputs, hidden = args.batch, args.inputs, args.hidden
     x = torch.randn(batch, inputs, device=device)
@@ -106,7 +152,7 @@ def train_step_ratios(args: argparse.Namespace, device: torch.device) -> None:
 
     print(f"(b) forward+backward, batch {batch}, mixed over 64 contexts, ÷ plain nn.Linear MLP")
     kinds = ["binary", "complex", "onepower"] + (["rotation"] if args.rotation else [])
-    goals = {"binary": "(goal <= 1.15)", "complex": "(goal <= 3.0)"}
+    goals = {"binary": "(goal <= 1.15)", "complex": "(goal <= 3.0)", "onepower": "(goal <= 3.0)"}
     for kind in kinds:
         model = superposed(kind, inputs, hidden, 64, device)
 
@@ -120,6 +166,7 @@ def train_step_ratios(args: argparse.Namespace, device: torch.device) -> None:
             t_plain.append(median_seconds(plain_step, device, args.repeats))
             t_psp.append(median_seconds(psp_step, device, args.repeats))
         ratio = statistics.median(t_psp) / statistics.median(t_plain)
+        FIGURES[f"train_{kind}"] = ratio
         print(
             f"    {kind:<10} plain {statistics.median(t_plain) * 1e3:8.2f} ms  "
             f"psp {statistics.median(t_psp) * 1e3:8.2f} ms  ratio {ratio:6.3f}  "
@@ -142,12 +189,28 @@ def main() -> None:
         action="store_true",
         help="also time rotation contexts (M x M per context: slow, memory-heavy)",
     )
+    parser.add_argument("--conv-rows", type=int, default=256)
+    parser.add_argument(
+        "--conv-shape", type=lambda s: tuple(int(v) for v in s.split(",")), default=(1, 28, 28)
+    )
+    parser.add_argument(
+        "--conv-channels", type=lambda s: tuple(int(v) for v in s.split(",")), default=(32, 64)
+    )
+    parser.add_argument("--parts", default="a,b,c", help="comma-separated subset of a, b, c")
+    parser.add_argument("--json", default=None, help="save every ratio to this JSON file")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
-    mixed_context_ratios(args, device)
-    train_step_ratios(args, device)
+    parts = set(args.parts.split(","))
+    if "a" in parts:
+        mixed_context_ratios(args, device)
+    if "c" in parts:
+        conv_mixed_context_ratios(args, device)
+    if "b" in parts:
+        train_step_ratios(args, device)
+    if args.json:
+        Path(args.json).write_text(json.dumps(FIGURES, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -19,9 +19,9 @@ class ContextBank:
     gathered per batch. Adding a context never rebuilds the model.
 
     Memory per context, summed over layers with context dimensions `M_l` (float32 tables):
-    binary `4 ΣM_l` bytes, complex `8 ΣM_l`, rotation `4 ΣM_l²`, one-power 8 bytes per layer
-    (the exponent; the base phases are shared, so the vectors stay O(1) in the number of
-    contexts), none 0. `bytes_per_context` reports the figure for a given model.
+    binary `4 ΣM_l` bytes, complex `8 ΣM_l`, rotation `4 ΣM_l²`, one-power 8 bytes per layer for
+    the exponent that defines the context (the base phases are shared) plus `8 ΣM_l` for its
+    cached vectors, none 0. `bytes_per_context` reports the figure for a given model.
     """
 
     def __init__(self, kind: ContextKind, layers: Sequence[LayerContexts]) -> None:

@@ -18,12 +18,19 @@ is `weight_imag`, and compute in real arithmetic in one of two ways:
 
 A layer learns which of its sides are complex from `set_complex_sides`, which the model calls:
 the first layer's input and the last layer's output are always real.
+
+Linear layers with vector contexts bind each row's context to that row (one GEMM for any mix of
+contexts). Rotation contexts are matrices, and a convolution's context belongs on its kernel
+(eq. 10), so these two group the rows of a batch by context (`RowGroups`) and do one product per
+distinct context: a batch with few contexts costs about what a plain layer costs, and no `M×M`
+matrix or im2col buffer is ever copied per row.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -49,8 +56,10 @@ class LayerContexts(nn.Module):
     - binary: `M` values (4M bytes), the ±1 signs;
     - complex: `2M` values (8M bytes), `(cos φ, -sin φ)`;
     - rotation: `M²` values (4M² bytes), the orthogonal matrix;
-    - one-power: one float64 exponent (8 bytes); the `M` base phases are shared by all contexts,
-      and vectors are computed when a batch is gathered;
+    - one-power: one float64 exponent (8 bytes), which defines the context; the `M` base phases
+      are shared by all contexts. The vectors `(cos kφ, -sin kφ)` are computed once, when a
+      context is appended, and cached beside the exponents (`2M` float32 values, 8M bytes), so a
+      forward pass gathers them like complex contexts instead of recomputing them;
     - none: nothing.
 
     Rows grow by doubling the capacity, so adding `K` contexts one at a time costs `O(K)` copies.
@@ -83,6 +92,9 @@ class LayerContexts(nn.Module):
             else torch.zeros(0, dtype=torch.float64)
         )
         self.register_buffer("base_phases", base, persistent=False)
+        # One-power only: the cached vectors of the appended exponents, row for row.
+        self.vectors: torch.Tensor
+        self.register_buffer("vectors", torch.zeros((0, 2 * dim)), persistent=False)
 
     def make_row(self, spec: ContextSpec) -> torch.Tensor:
         """The stored row of one context, generated on the CPU.
@@ -120,16 +132,17 @@ class LayerContexts(nn.Module):
         """Appends rows made by `make_rows`, growing the table by doubling."""
         if not len(rows):
             return
-        rows = rows.to(self.table.device)
         needed = self.count + len(rows)
         if needed > self.table.shape[0]:
             capacity = max(needed, 2 * self.table.shape[0], 8)
-            grown = torch.zeros(
-                (capacity, *self.table.shape[1:]), dtype=self.table.dtype, device=self.table.device
-            )
-            grown[: self.count] = self.table[: self.count]
-            self.table = grown
-        self.table[self.count : needed] = rows
+            self.table = _grown(self.table, self.count, capacity)
+            if self.kind is ContextKind.ONEPOWER:
+                self.vectors = _grown(self.vectors, self.count, capacity)
+        if self.kind is ContextKind.ONEPOWER:
+            # Made on the CPU like the other kinds' rows, so they are identical on every device.
+            phases = onepower_phases(self.base_phases.cpu(), rows, local_mix=self.local_mix)
+            self.vectors[self.count : needed] = phases_to_real_pair(phases).to(self.vectors.device)
+        self.table[self.count : needed] = rows.to(self.table.device)
         self.count = needed
 
     def gather(self, context_index: torch.Tensor) -> torch.Tensor:
@@ -142,18 +155,65 @@ class LayerContexts(nn.Module):
             binary `(B, M)`; complex and one-power `(B, 2M)` as `(cos φ, -sin φ)`; rotation
             `(B, M, M)`.
         """
-        rows = self.table[context_index]
-        if self.kind is not ContextKind.ONEPOWER:
-            return rows
-        phases = onepower_phases(self.base_phases, rows, local_mix=self.local_mix)
-        return phases_to_real_pair(phases)
+        if self.kind is ContextKind.ONEPOWER:
+            return self.vectors[context_index]
+        return self.table[context_index]
 
     def __len__(self) -> int:
         return self.count
 
     def bytes_per_context(self) -> int:
-        """Bytes this layer stores for each context (the shared base phases not counted)."""
-        return math.prod(self.table.shape[1:]) * self.table.element_size()
+        """Bytes this layer keeps on its device for each context, one-power's cached vectors
+        included (the shared base phases not counted)."""
+        stored = math.prod(self.table.shape[1:]) * self.table.element_size()
+        if self.kind is ContextKind.ONEPOWER:
+            stored += self.vectors.shape[1] * self.vectors.element_size()
+        return stored
+
+
+def _grown(table: torch.Tensor, count: int, capacity: int) -> torch.Tensor:
+    """A copy of `table` with room for `capacity` rows, its first `count` rows kept."""
+    grown = torch.zeros((capacity, *table.shape[1:]), dtype=table.dtype, device=table.device)
+    grown[:count] = table[:count]
+    return grown
+
+
+@dataclass(frozen=True)
+class RowGroups:
+    """The rows of a batch grouped by context, for layers that do one product per context.
+
+    Attributes:
+        contexts: `(U,)` the distinct context rows, ascending, on the batch's device.
+        inverse: `(B,)` each row's position in `contexts`.
+        order: `(B,)` row positions sorted by context (stable).
+        sizes: How many rows each distinct context has, in the order of `contexts`.
+    """
+
+    contexts: torch.Tensor
+    inverse: torch.Tensor
+    order: torch.Tensor
+    sizes: list[int]
+
+    @classmethod
+    def of(cls, context_index: torch.Tensor) -> RowGroups:
+        """Groups a batch's `(B,)` context rows (one host sync, for the group sizes)."""
+        contexts, inverse, sizes = torch.unique(
+            context_index, return_inverse=True, return_counts=True
+        )
+        order = torch.argsort(inverse, stable=True)
+        return cls(contexts, inverse, order, sizes.tolist())
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def split(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The rows of `x` `(B, ...)`, one tensor per distinct context."""
+        return x[self.order].split(self.sizes)
+
+    def merge(self, pieces: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Puts per-context results back in the batch's row order (the inverse of `split`)."""
+        grouped = torch.cat(list(pieces))
+        return grouped.new_empty(grouped.shape).index_copy(0, self.order, grouped)
 
 
 class SuperposedLayer:
@@ -222,40 +282,46 @@ class SuperposedLayer:
         return self.complex_input or self.complex_output
 
     def bind(self, flat: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """Applies the gathered context to flattened inputs.
+        """Applies the gathered vector contexts to real inputs, row by row.
 
         Args:
-            flat: real inputs `(B, M)` or im2col columns `(B, M, L)`.
-            context: what `LayerContexts.gather` returned for this batch.
+            flat: real inputs `(B, M)`.
+            context: binary `(B, M)`, or complex `(B, 2M)`, from `LayerContexts.gather`.
 
         Returns:
-            `c ⊙ x` for binary and `C x` for rotation, `(B, M[, L])`; for complex kinds
-            `[cos φ ⊙ x ; -sin φ ⊙ x]`, `(B, 2M[, L])`, to multiply with `weight_matrix()`.
+            `c ⊙ x` `(B, M)` for binary; for complex kinds `[cos φ ⊙ x ; -sin φ ⊙ x]` `(B, 2M)`,
+            to multiply with `weight_matrix()`.
         """
-        columns = flat.dim() == 3
-        if self.kind is ContextKind.ROTATION:
-            bound = torch.bmm(context, flat if columns else flat.unsqueeze(2))
-            return bound if columns else bound.squeeze(2)
-        if columns:
-            context = context.unsqueeze(2)
         if self.kind is ContextKind.BINARY:
             return flat * context
-        return flat.repeat(1, 2, 1) * context if columns else flat.repeat(1, 2) * context
+        return flat.repeat(1, 2) * context
+
+    def rotate(self, flat: torch.Tensor, context_index: torch.Tensor) -> torch.Tensor:
+        """`C_k x` for rotation contexts: one `(n, M) @ (M, M)` product per distinct context.
+
+        Args:
+            flat: real inputs `(B, M)`.
+            context_index: `(B,)` int64 rows of the context table.
+
+        Returns:
+            `(B, M)`.
+        """
+        groups = RowGroups.of(context_index)
+        rotations = self.contexts.gather(groups.contexts)  # (U, M, M)
+        rotated = [r @ c.T for r, c in zip(groups.split(flat), rotations, strict=True)]
+        return groups.merge(rotated)
 
     def bind_complex(self, flat: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """`u = c ⊙ h` for a complex kind, as `[Re u ; Im u]`.
 
         Args:
-            flat: `(B, M[, L])` real inputs, or `(B, 2M[, L])` `[Re h ; Im h]` when
-                `complex_input`.
+            flat: `(B, M)` real inputs, or `(B, 2M)` `[Re h ; Im h]` when `complex_input`.
             context: `(B, 2M)` `(cos φ, -sin φ)` from `LayerContexts.gather`.
 
         Returns:
-            `(B, 2M[, L])`.
+            `(B, 2M)`.
         """
         cos, neg_sin = context.chunk(2, dim=1)
-        if flat.dim() == 3:
-            cos, neg_sin = cos.unsqueeze(2), neg_sin.unsqueeze(2)
         if not self.complex_input:
             return torch.cat([cos * flat, -neg_sin * flat], dim=1)
         real, imag = flat.chunk(2, dim=1)
@@ -278,6 +344,41 @@ class SuperposedLayer:
         if bias is not None:
             bias = torch.cat([bias, torch.zeros_like(bias)])
         return torch.cat([top, torch.cat([b, a], dim=1)]), bias
+
+    def bound_weights(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`W` bound to each of `U` contexts (eq. 10's `w ⊙ c`), as the real matrices that
+        multiply this layer's input directly, and the bias.
+
+        Args:
+            context: `U` contexts from `LayerContexts.gather`: binary `(U, M)`, complex
+                `(U, 2M)` `(cos φ, -sin φ)`, rotation `(U, M, M)`.
+
+        Returns:
+            `(U, N, M)` for real kinds: `W ⊙ c` or `W C`. For complex kinds, with the complex
+            kernel `K = W ⊙ c = K_r + i K_i`: `K_r` `(U, N, M)` when both sides are real (the
+            real part of the output), and otherwise the blocks of the complex product,
+            `[[K_r, -K_i], [K_i, K_r]]` `(U, 2N, 2M)`, less the imaginary input columns or
+            output rows that a real side does not have. The bias is added to the real part.
+        """
+        base_weight, bias = self.base_layer.weight, self.base_layer.bias
+        assert isinstance(base_weight, torch.Tensor)
+        assert bias is None or isinstance(bias, torch.Tensor)
+        weight = base_weight.flatten(1)  # (N, M)
+        if self.kind is ContextKind.BINARY:
+            return weight * context[:, None, :], bias
+        if self.kind is ContextKind.ROTATION:
+            return torch.matmul(weight, context), bias  # (N, M) @ (U, M, M)
+        assert self.weight_imag is not None
+        a, b = weight, self.weight_imag.flatten(1)
+        cos, neg_sin = context[:, None, :].chunk(2, dim=2)  # (U, 1, M) each
+        real, imag = a * cos + b * neg_sin, b * cos - a * neg_sin  # K_r, K_i: (U, N, M)
+        real_rows = torch.cat([real, -imag], dim=2) if self.complex_input else real
+        if not self.complex_output:
+            return real_rows, bias
+        imag_rows = torch.cat([imag, real], dim=2) if self.complex_input else imag
+        if bias is not None:
+            bias = torch.cat([bias, torch.zeros_like(bias)])
+        return torch.cat([real_rows, imag_rows], dim=1), bias
 
     def weight_matrix(self) -> torch.Tensor:
         """`W` as the matrix `bind`'s output multiplies: `(N, M)`, or `[A  B]` `(N, 2M)` for
@@ -325,6 +426,8 @@ class SuperposedLinear(nn.Module, SuperposedLayer):
         assert isinstance(base, nn.Linear)
         if self.kind is ContextKind.NONE:
             return base(x)
+        if self.kind is ContextKind.ROTATION:
+            return F.linear(self.rotate(x, context_index), base.weight, base.bias)
         context = self.contexts.gather(context_index)
         if self.carries_complex:
             weight, bias = self.complex_weight_matrix()
@@ -335,9 +438,15 @@ class SuperposedLinear(nn.Module, SuperposedLayer):
 class SuperposedConv2d(nn.Module, SuperposedLayer):
     """A convolution whose kernel is bound to the context over (in_channels, kh, kw) (eq. 10).
 
-    `(w ⊙ c) * x` equals `W (c ⊙ cols)` after im2col, so a batch mixing contexts is still one
-    batched GEMM: each sample's columns are scaled (or rotated) by its own context.
+    The rows of a batch are grouped by context and each distinct context's kernel `w ⊙ c` is
+    bound once (`bound_weights`), so the context costs one kernel-sized product per distinct
+    context rather than a pass over every input patch. Few distinct contexts run one `F.conv2d`
+    each; many (small groups, where a call per group would cost more than its work) run as one
+    grouped convolution with a kernel per row.
     """
+
+    # Above this many distinct contexts in a batch, one grouped convolution beats a loop.
+    MAX_LOOPED_GROUPS = 16
 
     def __init__(
         self,
@@ -351,8 +460,6 @@ class SuperposedConv2d(nn.Module, SuperposedLayer):
         super().__init__()
         if base_layer.groups != 1 or base_layer.padding_mode != "zeros":
             raise ValueError("superposed convolutions support groups=1 and zero padding only")
-        if isinstance(base_layer.padding, str):
-            raise ValueError("give the convolution's padding as integers, not 'same' or 'valid'")
         kh, kw = base_layer.kernel_size
         self._init_superposition(
             base_layer,
@@ -377,32 +484,29 @@ class SuperposedConv2d(nn.Module, SuperposedLayer):
         assert isinstance(conv, nn.Conv2d)
         if self.kind is ContextKind.NONE:
             return conv(x)
-        batch, _, height, width = x.shape
-        padding = (int(conv.padding[0]), int(conv.padding[1]))
-        # (B, D, L), or (B, 2D, L) real patches then imaginary ones: unfold is channel-major
-        cols = F.unfold(x, conv.kernel_size, conv.dilation, padding, conv.stride)
-        context = self.contexts.gather(context_index)
-        if self.carries_complex:
-            weight, bias = self.complex_weight_matrix()
-            bound = self.bind_complex(cols, context)
-        else:
-            weight, bias = self.weight_matrix(), conv.bias
-            bound = self.bind(cols, context)
-        out = torch.matmul(weight, bound)  # (N, D) @ (B, D, L) -> (B, N, L)
-        if bias is not None:
-            out = out + bias[:, None]
-        out_h, out_w = (
-            (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
-            for size, pad, dil, k, stride in zip(
-                (height, width),
-                padding,
-                conv.dilation,
-                conv.kernel_size,
-                conv.stride,
-                strict=True,
-            )
+        groups = RowGroups.of(context_index)
+        weights, bias = self.bound_weights(self.contexts.gather(groups.contexts))
+        kernels = weights.view(len(weights), -1, x.shape[1], *conv.kernel_size)
+        if len(groups) <= self.MAX_LOOPED_GROUPS:
+            outputs = [
+                F.conv2d(rows, kernel, bias, conv.stride, conv.padding, conv.dilation)
+                for rows, kernel in zip(groups.split(x), kernels, strict=True)
+            ]
+            return groups.merge(outputs)
+        # Each row is its own group: (1, B·C', H, W) with B kernels of (N', C', kh, kw).
+        batch, out_channels = len(x), kernels.shape[1]
+        per_row = kernels[groups.inverse].flatten(0, 1)  # (B·N', C', kh, kw)
+        out = F.conv2d(
+            x.flatten(0, 1).unsqueeze(0),
+            per_row,
+            None,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            groups=batch,
         )
-        return out.view(batch, -1, out_h, out_w)  # (B, N, L) -> (B, N, H', W')
+        out = out.view(batch, out_channels, *out.shape[2:])  # (B, N', H', W')
+        return out if bias is None else out + bias[:, None, None]
 
 
 _TWINS: dict[type[nn.Module], Callable[..., SuperposedLayer]] = {

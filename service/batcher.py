@@ -1,11 +1,16 @@
 """The predict batcher: concurrent requests for any mix of contexts share one forward pass.
 
 Superposition makes a batch whose rows belong to different contexts cost the same as one
-context: `Y = W (C[idx] ⊙ X)` is still one GEMM. The batcher exploits it. Requests wait in a
-queue; a collector takes the first, keeps gathering until `max_rows` rows are waiting or
-`max_delay_us` has passed, runs one forward pass off the event loop, and hands each caller its
-own rows. While a forward pass runs, the next batch fills up on its own, so under load the
-batches grow without any added delay.
+context: `Y = W (C[idx] ⊙ X)` is still one GEMM. The batcher exploits it, greedily:
+
+- a request that finds no forward pass in flight runs at once, with whatever else is already
+  waiting, so a lone request never waits for company that may not come;
+- requests that arrive while a pass runs queue up and form the next batch;
+- only then, under load, may the collector wait for more rows, until `max_rows` rows are
+  waiting or `max_delay_us` has passed since the first of them arrived (usually already, since
+  they waited for the previous pass).
+
+Each pass runs off the event loop, and each caller gets its own rows back.
 """
 
 from __future__ import annotations
@@ -62,12 +67,14 @@ class PredictBatcher:
     async def _collect_forever(self) -> None:
         carried: _Request | None = None  # a request that did not fit the previous batch
         while True:
+            # Requests already waiting (or carried over) arrived while the last pass ran.
+            under_load = carried is not None or not self._queue.empty()
             first = carried or await self._queue.get()
             carried = None
             batch, rows = [first], len(first.inputs)
-            # Counted from the first request's arrival: requests that queued up while the
-            # previous forward pass ran go at once.
-            deadline = first.enqueued + self.max_delay
+            # Idle: take only what is already queued. Under load: counted from the first
+            # request's arrival, so requests that queued during the last pass still go at once.
+            deadline = first.enqueued + self.max_delay if under_load else 0.0
             while rows < self.max_rows:
                 request = await self._next(deadline)
                 if request is None:

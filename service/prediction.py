@@ -10,7 +10,7 @@ import numpy as np
 
 from service.batcher import PredictBatcher
 from service.contexts import ContextService
-from service.payloads import input_matrix
+from service.payloads import PayloadError, input_matrix
 from service.settings import Settings
 
 
@@ -20,6 +20,19 @@ class Prediction:
 
     probabilities: np.ndarray
     model_version: int
+
+    @property
+    def classes(self) -> np.ndarray:
+        """The most probable class of each row, `(n,)`."""
+        return self.probabilities.argmax(axis=1)
+
+    def top(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The `k` most probable classes of each row, most probable first, and their
+        probabilities: two `(n, k)` arrays."""
+        # A stable sort of the negated probabilities keeps the lower class first on ties, as
+        # `argmax` does, so the first column always equals `classes`.
+        order = np.argsort(-self.probabilities, axis=1, kind="stable")[:, :k]
+        return order, np.take_along_axis(self.probabilities, order, axis=1)
 
 
 class PredictionService:
@@ -32,9 +45,22 @@ class PredictionService:
         self.batcher = batcher
         self.settings = settings
 
-    async def predict(self, key: str, inputs: Sequence[Any]) -> Prediction:
-        """Raises PayloadError, ContextNotFound or RegistryUnavailable."""
+    def check_top_k(self, top_k: int | None) -> None:
+        """Raises PayloadError for a `top_k` above the number of classes."""
+        classes = self.settings.model.num_classes
+        if top_k is not None and top_k > classes:
+            raise PayloadError(
+                f"top_k={top_k} asks for more classes than the model has; send ?top_k= from 1 "
+                f"to {classes}"
+            )
+
+    async def predict(
+        self, key: str, inputs: Sequence[Any], *, top_k: int | None = None
+    ) -> Prediction:
+        """Raises PayloadError (also for a `top_k` above the number of classes), ContextNotFound
+        or RegistryUnavailable."""
         model = self.settings.model
+        self.check_top_k(top_k)
         matrix = input_matrix(inputs, model.input_shape, self.settings.limits.max_rows)
         index = await self.contexts.resolve(key)
         probabilities, version = await self.batcher.predict(matrix, index)

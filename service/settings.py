@@ -132,6 +132,7 @@ class LimitSettings(BaseModel):
 class BatcherSettings(BaseModel):
     """The predict batcher gathers concurrent requests into one forward pass."""
 
+    # Under load only: a request that finds no forward pass in flight runs at once.
     max_delay_us: int = Field(default=2000, ge=0)
     max_rows: int = Field(default=4096, ge=1)
 

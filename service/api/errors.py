@@ -47,6 +47,8 @@ _PARAMETER_HINTS = {
     ): "up to 128 characters from A-Z, a-z, 0-9, '.', '_', ':' and '-' as ?prefix=",
     ("query", "wait"): "true or false as ?wait=",
     ("query", "remember"): "true or false as ?remember=",
+    ("query", "probabilities"): "true or false as ?probabilities=",
+    ("query", "top_k"): "an integer of at least 1, at most the number of classes, as ?top_k=",
     ("header", "idempotency-key"): (
         "an Idempotency-Key header of 1 to 128 characters from A-Z, a-z, 0-9, '.', '_', ':' and '-'"
     ),

@@ -123,7 +123,20 @@ class PredictRequest(BaseModel):
 
 class PredictResponse(BaseModel):
     predictions: list[int]
-    probabilities: list[list[float]]
+    probabilities: list[list[float]] | None = Field(
+        default=None,
+        description="Every class's probability, per row; left out with ?probabilities=false "
+        "or ?top_k=.",
+    )
+    top_classes: list[list[int]] | None = Field(
+        default=None,
+        description="With ?top_k=N: each row's N most probable classes, most probable first.",
+    )
+    top_probabilities: list[list[float]] | None = Field(
+        default=None,
+        description="With ?top_k=N: the probabilities of `top_classes`; left out with "
+        "?probabilities=false.",
+    )
     model_version: int
 
 

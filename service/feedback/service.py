@@ -101,12 +101,15 @@ class FeedbackService:
         self.store = store
         self.settings = settings
 
-    async def predict_and_remember(self, key: str, inputs: Sequence[Any]) -> RememberedPrediction:
+    async def predict_and_remember(
+        self, key: str, inputs: Sequence[Any], *, top_k: int | None = None
+    ) -> RememberedPrediction:
         """Predicts like `PredictionService.predict` and keeps each row under a new id.
 
         Raises:
             PayloadError, ContextNotFound, RegistryUnavailable, FeedbackUnavailable.
         """
+        self.prediction.check_top_k(top_k)
         model = self.settings.model
         matrix = input_matrix(inputs, model.input_shape, self.settings.limits.max_rows)
         index = await self.contexts.resolve(key)

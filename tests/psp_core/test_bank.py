@@ -31,7 +31,8 @@ def test_bytes_per_context_sums_layers() -> None:
     model = build_model(ModelConfig(kind="binary", input_shape=(64,), hidden=(32, 16)))
     assert model.bank.bytes_per_context() == 4 * (64 + 32 + 16)
     onepower = build_model(ModelConfig(kind="onepower", input_shape=(64,), hidden=(32, 16)))
-    assert onepower.bank.bytes_per_context() == 8 * 3
+    # One exponent per layer, and its cached (cos, -sin) vector.
+    assert onepower.bank.bytes_per_context() == 8 * 3 + 8 * (64 + 32 + 16)
 
 
 def test_kind_mismatch_and_bad_rows_are_rejected() -> None:

@@ -4,9 +4,17 @@ import pytest
 import torch
 from torch import nn
 
-from psp_core.contexts import ContextKind, ContextSpec, binary_context, rotation_context
+from psp_core.contexts import (
+    ContextKind,
+    ContextSpec,
+    binary_context,
+    onepower_phases,
+    phases_to_real_pair,
+    rotation_context,
+)
 from psp_core.layers import (
     LayerContexts,
+    RowGroups,
     SuperposedConv2d,
     SuperposedLinear,
     make_superposed,
@@ -133,7 +141,7 @@ def test_table_grows_by_doubling_and_keeps_rows() -> None:
         (ContextKind.BINARY, 4 * 10),
         (ContextKind.COMPLEX, 8 * 10),
         (ContextKind.ROTATION, 4 * 100),
-        (ContextKind.ONEPOWER, 8),
+        (ContextKind.ONEPOWER, 8 + 8 * 10),  # the exponent and its cached vector
     ],
 )
 def test_bytes_per_context_per_kind(kind: ContextKind, per_context: int) -> None:
@@ -210,6 +218,128 @@ def test_complex_conv_binds_the_context_to_a_complex_kernel() -> None:
     out_imag = conv2d(x_complex.real, kernel.imag) + conv2d(x_complex.imag, kernel.real)
     expected = torch.cat([out_real + conv.bias.double()[:, None, None], out_imag], dim=1)
     assert torch.allclose(layer(x.float(), torch.full((2,), 4)).double(), expected, atol=1e-5)
+
+
+def _explicit_output(layer: SuperposedLinear | SuperposedConv2d, x: torch.Tensor, row: int):
+    """One row's output from the math of its kind, in float64, without the layer's forward:
+    the kernel `w ⊙ c` (or `W C`) built explicitly, complex kernels as complex numbers."""
+    base = layer.base_layer
+    weight = base.weight.double()
+    bias = base.bias.double()
+    if layer.kind is ContextKind.BINARY:
+        kernel = weight * layer.contexts.table[row].double().view(weight.shape[1:])
+    elif layer.kind is ContextKind.ROTATION:
+        rotation = layer.contexts.table[row].double()
+        kernel = (weight.flatten(1) @ rotation).view(weight.shape)
+    else:
+        c = torch.polar(torch.ones(layer.context_dim, dtype=torch.float64), _phases(layer, row))
+        kernel = torch.complex(weight, layer.weight_imag.double()) * c.view(weight.shape[1:])
+    x = x.double()
+    if layer.complex_input:
+        half = x.shape[1] // 2
+        x = torch.complex(x[:, :half], x[:, half:])
+    elif kernel.is_complex():
+        x = x.to(torch.complex128)
+
+    def apply(inputs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        if isinstance(layer, SuperposedConv2d):
+            return nn.functional.conv2d(inputs, weights, stride=base.stride, padding=base.padding)
+        return inputs @ weights.T
+
+    if kernel.is_complex():  # (x_r + i x_i)(K_r + i K_i), in real products
+        out = torch.complex(
+            apply(x.real, kernel.real) - apply(x.imag, kernel.imag),
+            apply(x.real, kernel.imag) + apply(x.imag, kernel.real),
+        )
+    else:
+        out = apply(x, kernel)
+    shape = (1, -1) + (1,) * (out.dim() - 2)
+    if not out.is_complex():
+        return out + bias.view(shape)
+    out = out + bias.view(shape).to(out.dtype)
+    return torch.cat([out.real, out.imag], dim=1) if layer.complex_output else out.real
+
+
+def _phases(layer: SuperposedLinear | SuperposedConv2d, row: int) -> torch.Tensor:
+    """The phases φ of context `row`, from what defines it (a seed's pair or an exponent)."""
+    if layer.kind is ContextKind.ONEPOWER:
+        return layer.contexts.table[row].double() * layer.contexts.base_phases
+    pair = layer.contexts.table[row].double()
+    half = len(pair) // 2
+    return torch.atan2(-pair[half:], pair[:half])
+
+
+# (kind, (complex_input, complex_output)): real kinds have one formulation, complex kinds four.
+KIND_SIDES = [
+    (kind, sides)
+    for kind in KINDS
+    if kind is not ContextKind.NONE
+    for sides in (
+        [(False, False), (False, True), (True, True), (True, False)]
+        if kind.is_complex
+        else [(False, False)]
+    )
+]
+
+
+@pytest.mark.parametrize(("kind", "sides"), KIND_SIDES, ids=lambda v: str(v))
+@pytest.mark.parametrize(("name", "factory", "shape"), CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("max_looped", [16, 0], ids=["looped", "kernel-per-row"])
+def test_grouped_mixed_batch_equals_the_explicit_math(
+    kind, sides, name, factory, shape, max_looped, monkeypatch
+) -> None:
+    """A batch mixing contexts (grouped by context in rotation and conv) gives every row
+    what its own context's kernel gives it, for every kind and every complex side, whether a
+    convolution loops over its groups or runs one grouped convolution."""
+    monkeypatch.setattr(SuperposedConv2d, "MAX_LOOPED_GROUPS", max_looped)
+    layer = factory(kind)
+    if kind.is_complex:
+        layer.set_complex_sides(complex_input=sides[0], complex_output=sides[1])
+    channels = shape[0] * (2 if layer.complex_input else 1)
+    x = torch.randn(11, channels, *shape[1:])
+    index = torch.tensor([3, 0, 5, 3, 3, 1, 0, 4, 5, 3, 2])
+    got = layer(x, index).double()
+    expected = torch.cat([_explicit_output(layer, x[i : i + 1], int(index[i])) for i in range(11)])
+    assert got.shape == expected.shape
+    assert torch.allclose(got, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", [ContextKind.ROTATION, ContextKind.COMPLEX], ids=str)
+@pytest.mark.parametrize("max_looped", [16, 0], ids=["looped", "kernel-per-row"])
+def test_grouped_conv_gradients_equal_row_by_row_gradients(kind, max_looped, monkeypatch) -> None:
+    monkeypatch.setattr(SuperposedConv2d, "MAX_LOOPED_GROUPS", max_looped)
+    layer = _conv(kind)
+    x = torch.randn(7, 3, 9, 7)
+    index = torch.tensor([2, 0, 2, 5, 0, 2, 1])
+    layer(x, index).square().sum().backward()
+    grouped = layer.base_layer.weight.grad.clone()
+    layer.zero_grad()
+    for i in range(7):
+        layer(x[i : i + 1], index[i : i + 1]).square().sum().backward()
+    assert torch.allclose(grouped, layer.base_layer.weight.grad, atol=1e-4)
+
+
+def test_row_groups_split_and_merge_back_in_order() -> None:
+    index = torch.tensor([4, 1, 4, 0, 1, 4])
+    groups = RowGroups.of(index)
+    assert groups.contexts.tolist() == [0, 1, 4] and groups.sizes == [1, 2, 3]
+    x = torch.arange(6.0).unsqueeze(1)
+    pieces = groups.split(x)
+    assert [p.squeeze(1).tolist() for p in pieces] == [[3.0], [1.0, 4.0], [0.0, 2.0, 5.0]]
+    assert torch.equal(groups.merge([p * 10 for p in pieces]), x * 10)
+
+
+def test_onepower_vectors_are_cached_on_append_and_match_the_exponents() -> None:
+    table = LayerContexts(ContextKind.ONEPOWER, model_seed=0, layer_index=1, dim=16, local_mix=True)
+    table.append([ContextSpec(power=0.5 * i) for i in range(5)])
+    table.append([ContextSpec(power=7.25)])
+    table.append([ContextSpec(power=float(i)) for i in range(10)])  # grows past 8 rows
+    index = torch.tensor([0, 5, 15, 3])
+    expected = phases_to_real_pair(
+        onepower_phases(table.base_phases, table.table[index], local_mix=True)
+    )
+    assert torch.equal(table.gather(index), expected)
+    assert len(table.vectors) >= 16
 
 
 def test_real_kinds_have_no_complex_activations() -> None:

@@ -1,5 +1,7 @@
 """Models built from configs, and the honest parameter count against the paper's Table 1."""
 
+import math
+
 import pytest
 import torch
 
@@ -13,7 +15,8 @@ M, N = 64, 10
 def test_single_layer_parameters_match_table1(kind: ContextKind) -> None:
     # A model with no hidden layer is one M x N map; add its N biases and one context.
     model = build_model(ModelConfig(kind=kind.value, input_shape=(M,), hidden=(), num_classes=N))
-    stored_per_context = model.bank.bytes_per_context() // (8 if kind.uses_power else 4)
+    # The numbers that define one context (one-power's cached vectors are derived from them).
+    stored_per_context = sum(math.prod(layer.table.shape[1:]) for layer in model.bank.layers)
     with_one_model, per_model = table1_parameter_count(kind, M, N)
     if kind is ContextKind.NONE:
         assert parameter_count(model) == with_one_model + N

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -64,6 +65,43 @@ async def test_oversized_batches_are_split_at_max_rows() -> None:
     await batcher.stop()
     assert [len(p) for p, _ in results] == sizes
     assert _forward_passes() - before == 4
+
+
+async def test_a_lone_request_runs_at_once_without_waiting_for_company() -> None:
+    host = _host(2)
+    batcher = PredictBatcher(host, max_rows=4096, max_delay_us=2_000_000)
+    batcher.start(Supervisor())
+    x = np.ones((1, 64), np.float32)
+    await batcher.predict(x, 0)  # warm-up
+    started = time.perf_counter()
+    probabilities, _ = await batcher.predict(x, 1)
+    elapsed = time.perf_counter() - started
+    await batcher.stop()
+    assert elapsed < 0.5  # far below the 2 s maximum delay
+    alone, _ = host.predict(x, host.bank_rows([1]))
+    assert np.allclose(probabilities, alone, atol=1e-6)
+
+
+async def test_requests_arriving_during_a_pass_form_the_next_batch() -> None:
+    host = _host(4)
+    real_predict = host.predict
+    batch_sizes: list[int] = []
+
+    def predict(inputs: np.ndarray, rows: torch.Tensor) -> tuple[np.ndarray, int]:
+        batch_sizes.append(len(inputs))
+        time.sleep(0.2)  # a long forward pass, so that the others arrive during it
+        return real_predict(inputs, rows)
+
+    host.predict = predict  # type: ignore[method-assign]
+    batcher = PredictBatcher(host, max_rows=4096, max_delay_us=1000)
+    batcher.start(Supervisor())
+    first = asyncio.ensure_future(batcher.predict(np.ones((1, 64), np.float32), 0))
+    await asyncio.sleep(0.05)  # the first pass is now in flight
+    later = [batcher.predict(np.full((2, 64), i, np.float32), i) for i in range(1, 4)]
+    results = await asyncio.gather(first, *later)
+    await batcher.stop()
+    assert batch_sizes == [1, 6]
+    assert [len(p) for p, _ in results] == [1, 2, 2, 2]
 
 
 def test_answers_over_http_are_the_same_alone_or_among_100_concurrent(make_settings) -> None:

@@ -18,6 +18,7 @@ from service.api.schemas import (
     Problem,
     RememberedPredictResponse,
 )
+from service.prediction import Prediction
 
 router = APIRouter(tags=["prediction"], route_class=OrjsonRoute)
 
@@ -31,6 +32,7 @@ router = APIRouter(tags=["prediction"], route_class=OrjsonRoute)
         422: {"model": Problem},
         503: {"model": Problem},
     },
+    response_model_exclude_none=True,
 )
 async def predict(
     key: Annotated[str, Path(pattern=KEY_PATTERN)],
@@ -41,22 +43,36 @@ async def predict(
         bool,
         Query(description="Also keep each row under a prediction id, for POST /feedback/{key}."),
     ] = False,
+    probabilities: Annotated[
+        bool, Query(description="false leaves every probability out of the answer")
+    ] = True,
+    top_k: Annotated[
+        int | None,
+        Query(ge=1, description="answer each row's N most probable classes instead of all"),
+    ] = None,
 ) -> PredictResponse | RememberedPredictResponse:
     """Predict classes and probabilities for rows under one context."""
     if remember:
-        kept = await runtime.feedback.predict_and_remember(key, body.inputs)
-        return RememberedPredictResponse(
-            predictions=kept.prediction.probabilities.argmax(axis=1).tolist(),
-            probabilities=kept.prediction.probabilities.tolist(),
-            model_version=kept.prediction.model_version,
-            prediction_ids=kept.prediction_ids,
-        )
-    result = await runtime.prediction.predict(key, body.inputs)
-    return PredictResponse(
-        predictions=result.probabilities.argmax(axis=1).tolist(),
-        probabilities=result.probabilities.tolist(),
-        model_version=result.model_version,
+        kept = await runtime.feedback.predict_and_remember(key, body.inputs, top_k=top_k)
+        answer = _answer(kept.prediction, probabilities=probabilities, top_k=top_k)
+        return RememberedPredictResponse(**answer.model_dump(), prediction_ids=kept.prediction_ids)
+    result = await runtime.prediction.predict(key, body.inputs, top_k=top_k)
+    return _answer(result, probabilities=probabilities, top_k=top_k)
+
+
+def _answer(result: Prediction, *, probabilities: bool, top_k: int | None) -> PredictResponse:
+    """The answer's fields that `?probabilities=` and `?top_k=` ask for."""
+    answer = PredictResponse(
+        predictions=result.classes.tolist(), model_version=result.model_version
     )
+    if top_k is not None:
+        classes, top_probabilities = result.top(top_k)
+        answer.top_classes = classes.tolist()
+        if probabilities:
+            answer.top_probabilities = top_probabilities.tolist()
+    elif probabilities:
+        answer.probabilities = result.probabilities.tolist()
+    return answer
 
 
 @router.post(

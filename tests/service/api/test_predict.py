@@ -49,3 +49,48 @@ def test_bad_predict_body_is_422(client: TestClient, body) -> None:
 def test_bad_key_in_path_is_422(client: TestClient) -> None:
     response = client.post("/predict/bad key!", json={"inputs": rows(1)})
     assert response.status_code == 422
+
+
+def test_probabilities_false_leaves_them_out(client: TestClient) -> None:
+    register(client, "t")
+    x = {"inputs": rows(4, value=0.3)}
+    full = client.post("/predict/t", json=x).json()
+    response = client.post("/predict/t?probabilities=false", json=x)
+    assert response.status_code == 200
+    assert response.json() == {"predictions": full["predictions"], "model_version": 0}
+
+
+@pytest.mark.parametrize("k", [1, 3, 10])
+def test_top_k_answers_the_most_probable_classes_in_order(client: TestClient, k: int) -> None:
+    register(client, "t")
+    x = {"inputs": rows(4, value=0.7)}
+    full = client.post("/predict/t", json=x).json()
+    body = client.post(f"/predict/t?top_k={k}", json=x).json()
+    assert set(body) == {"predictions", "top_classes", "top_probabilities", "model_version"}
+    for row, probabilities in enumerate(full["probabilities"]):
+        ranked = sorted(range(10), key=lambda c: -probabilities[c])[:k]
+        assert body["top_classes"][row] == ranked
+        assert body["top_classes"][row][0] == body["predictions"][row] == full["predictions"][row]
+        assert body["top_probabilities"][row] == pytest.approx([probabilities[c] for c in ranked])
+    classes_only = client.post(f"/predict/t?top_k={k}&probabilities=false", json=x).json()
+    assert set(classes_only) == {"predictions", "top_classes", "model_version"}
+    assert classes_only["top_classes"] == body["top_classes"]
+
+
+@pytest.mark.parametrize(
+    ("query", "hint"),
+    [
+        ("top_k=0", "?top_k="),
+        ("top_k=11", "?top_k= from 1 to 10"),
+        ("top_k=two", "?top_k="),
+        ("probabilities=maybe", "?probabilities="),
+    ],
+)
+def test_bad_answer_options_are_422_with_a_sentence(client: TestClient, query, hint) -> None:
+    register(client, "t")
+    before = snapshot(client)
+    response = client.post(f"/predict/t?{query}", json={"inputs": rows(1)})
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert hint in detail and "send" in detail
+    assert snapshot(client) == before

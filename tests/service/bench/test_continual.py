@@ -52,7 +52,8 @@ def test_footprints_follow_each_method(small_run: ContinualResults) -> None:
     # Complex: an imaginary part of every weight; contexts of (cos, -sin) over M = 64, 256, 256.
     assert footprints["complex"].parameters == 2 * plain - 256 - 256 - 10
     assert footprints["complex"].bytes_per_context == 8 * (64 + 256 + 256)
-    assert footprints["onepower"].bytes_per_context == 3 * 8  # one float64 power per layer
+    # One float64 power per layer, and its cached (cos, -sin) vector.
+    assert footprints["onepower"].bytes_per_context == 3 * 8 + 8 * (64 + 256 + 256)
     assert footprints["separate"].parameters == 3 * plain
     assert footprints["separate"].bytes_per_context == 4 * plain
 

@@ -1,0 +1,191 @@
+"""Predict latency through the real `psp serve` over HTTP on loopback, as medians of one run.
+
+idle   One client sends one row at a time, each request after the previous answer, to keys
+       spread over `--contexts` contexts: the service's p50 ÷ the p50 of a bare FastAPI + torch
+       endpoint of the same model (`bare_endpoint.py`, thread-pool form), measured in
+       interleaved rounds so that drift in the machine's load hits both alike. Goal <= 1.2.
+       `--no-bare` measures the service alone (the bare endpoint runs on the CPU only).
+burst  `--burst-clients` clients each send one request of `--burst-rows ÷ --burst-clients` rows
+       to its own context at the same moment, so that the batcher forms one forward pass of
+       `--burst-rows` rows over mixed contexts; the figure is the p50 over `--bursts` bursts of
+       the time from the first send to the last answer.
+
+Run: `python benchmarks/predict_latency.py [--device cuda] [--kind complex] [--hidden 256,256]
+[--parts idle,burst] [--json PATH]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from _harness import (
+    JSON_HEADERS,
+    Recorder,
+    Server,
+    json_bodies,
+    machine_line,
+    ms,
+    percentile,
+    print_table,
+    psp_serve,
+    register_contexts,
+    run_async,
+    running,
+    save_json,
+    throwaway_dir,
+    torch_thread_env,
+)
+from bare_endpoint import context_key
+from serve_load import bare_server
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", help="PSP_DEVICE of the service")
+    parser.add_argument("--kind", default="complex")
+    parser.add_argument("--input", type=int, default=64)
+    parser.add_argument(
+        "--hidden", type=lambda s: tuple(int(v) for v in s.split(",")), default=(256, 256)
+    )
+    parser.add_argument("--contexts", type=int, default=1000)
+    parser.add_argument("--requests", type=int, default=400, help="idle requests per target")
+    parser.add_argument("--rounds", type=int, default=4, help="interleaved idle rounds")
+    parser.add_argument("--burst-rows", type=int, default=4096)
+    parser.add_argument("--burst-clients", type=int, default=64)
+    parser.add_argument("--bursts", type=int, default=20)
+    parser.add_argument("--no-bare", action="store_true", help="skip the bare endpoint")
+    parser.add_argument("--parts", default="idle,burst", help="comma-separated: idle, burst")
+    parser.add_argument("--torch-threads", type=int, default=None)
+    parser.add_argument("--json", default=None, help="save the figures to this JSON file")
+    return parser.parse_args(argv)
+
+
+def service(args: argparse.Namespace, workdir: Path) -> Server:
+    """`psp serve` of the benchmark's model, with embedded stores."""
+    env = {
+        "PSP_DATA_DIR": str(workdir / "data"),
+        "PSP_DEVICE": args.device,
+        "PSP_MODEL__KIND": args.kind,
+        "PSP_MODEL__INPUT_SHAPE": f"[{args.input}]",
+        "PSP_MODEL__HIDDEN": "[" + ",".join(map(str, args.hidden)) + "]",
+        **torch_thread_env(args.torch_threads),
+    }
+    return psp_serve("service", env, workdir)
+
+
+def sequential_p50(base_url: str, keys: list[str], bodies: list[bytes], count: int) -> float:
+    """The median latency of `count` one-row predicts sent one after another."""
+    recorder = Recorder()
+    rng = random.Random(count)
+
+    async def send_all() -> None:
+        async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+            for _ in range(count):
+                url = f"/predict/{keys[rng.randrange(len(keys))]}"
+                body = bodies[rng.randrange(len(bodies))]
+                await recorder.send(
+                    client, "predict", "POST", url, content=body, headers=JSON_HEADERS
+                )
+
+    run_async(send_all())
+    if recorder.non_ok("predict"):
+        raise RuntimeError(f"{recorder.non_ok('predict')} predicts failed on {base_url}")
+    return percentile(recorder.latencies["predict"], 50)
+
+
+def idle(args: argparse.Namespace, workdir: Path, keys: list[str]) -> dict[str, Any]:
+    bodies = json_bodies(np.random.default_rng(0), 64, 1, args.input)
+    servers = [service(args, workdir)]
+    if not args.no_bare:
+        servers.append(bare_server(args, "thread", workdir))
+    with running(*servers):
+        register_contexts(servers[0].base_url, keys)
+        for server in servers:  # warm-up
+            sequential_p50(server.base_url, keys, bodies, 50)
+        per_round: dict[str, list[float]] = {s.name: [] for s in servers}
+        for _ in range(args.rounds):
+            for server in servers:
+                p50 = sequential_p50(server.base_url, keys, bodies, args.requests // args.rounds)
+                per_round[server.name].append(p50)
+    figures: dict[str, Any] = {name: float(np.median(v)) for name, v in per_round.items()}
+    rows = [[name, ms(p50)] for name, p50 in figures.items()]
+    if not args.no_bare:
+        figures["ratio"] = figures["service"] / figures["bare-thread"]
+        rows.append(["service ÷ bare (goal <= 1.2)", f"{figures['ratio']:.2f}"])
+    print(f"idle: one client, one row, {args.kind} {args.input}-{args.hidden}, {args.device}")
+    print_table(["target", "p50 ms"], rows)
+    return figures
+
+
+async def _one_burst(base_url: str, keys: list[str], bodies: list[bytes]) -> float:
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    clients = [
+        httpx.AsyncClient(base_url=base_url, timeout=60, limits=limits) for _ in range(len(keys))
+    ]
+    try:
+        # One request each first, so that every connection is open before the clock starts.
+        await asyncio.gather(
+            *(
+                c.post(f"/predict/{k}", content=bodies[0], headers=JSON_HEADERS)
+                for c, k in zip(clients, keys, strict=True)
+            )
+        )
+        began = time.perf_counter()
+        answers = await asyncio.gather(
+            *(
+                c.post(f"/predict/{k}", content=b, headers=JSON_HEADERS)
+                for c, k, b in zip(clients, keys, bodies, strict=True)
+            )
+        )
+        elapsed = time.perf_counter() - began
+    finally:
+        for client in clients:
+            await client.aclose()
+    bad = [a.status_code for a in answers if a.status_code != 200]
+    if bad:
+        raise RuntimeError(f"burst predicts failed with {bad}")
+    return elapsed
+
+
+def burst(args: argparse.Namespace, workdir: Path, keys: list[str]) -> dict[str, Any]:
+    rows_each = max(1, args.burst_rows // args.burst_clients)
+    bodies = json_bodies(np.random.default_rng(1), args.burst_clients, rows_each, args.input)
+    targets = keys[: args.burst_clients]
+    with running(service(args, workdir)) as (server,):
+        register_contexts(server.base_url, keys)
+        run_async(_one_burst(server.base_url, targets, bodies))  # warm-up
+        times = [
+            run_async(_one_burst(server.base_url, targets, bodies)) for _ in range(args.bursts)
+        ]
+    p50 = percentile(times, 50)
+    rows = rows_each * args.burst_clients
+    print(
+        f"burst: {args.burst_clients} clients × {rows_each} rows, one context each, {args.device}"
+    )
+    print_table(["rows", "p50 ms", "p90 ms"], [[rows, ms(p50), ms(percentile(times, 90))]])
+    return {"rows": rows, "p50": p50}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    parts = set(args.parts.split(","))
+    print(machine_line())
+    keys = [context_key(n) for n in range(args.contexts)]
+    figures: dict[str, Any] = {}
+    with throwaway_dir() as workdir:
+        for part, measure in (("idle", idle), ("burst", burst)):
+            if part in parts:
+                (workdir / part).mkdir()
+                figures[part] = measure(args, workdir / part, keys)
+    save_json(args.json, figures)
+
+
+if __name__ == "__main__":
+    main()
