@@ -94,3 +94,16 @@ def test_bad_answer_options_are_422_with_a_sentence(client: TestClient, query, h
     detail = response.json()["detail"]
     assert hint in detail and "send" in detail
     assert snapshot(client) == before
+
+
+def test_remembered_predictions_take_the_same_answer_options(client: TestClient) -> None:
+    register(client, "t")
+    x = {"inputs": rows(3, value=0.4)}
+    plain = client.post("/predict/t?top_k=2&probabilities=false", json=x).json()
+    remembered = client.post("/predict/t?remember=true&top_k=2&probabilities=false", json=x)
+    assert remembered.status_code == 200
+    body = remembered.json()
+    assert set(body) == {"predictions", "top_classes", "model_version", "prediction_ids"}
+    assert body["top_classes"] == plain["top_classes"] and len(body["prediction_ids"]) == 3
+    too_many = client.post("/predict/t?remember=true&top_k=11", json=x)
+    assert too_many.status_code == 422 and "?top_k= from 1 to 10" in too_many.json()["detail"]
