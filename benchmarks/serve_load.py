@@ -1,4 +1,4 @@
-"""Serving load (issue 6): the real `psp serve` over real HTTP on loopback, as ratios of one run.
+"""Serving load: the real `psp serve` over real HTTP on loopback, as ratios of one run.
 
 P4  Predict throughput: `--clients` concurrent clients, one row per request, keys spread over
     `--contexts` registered contexts. The service (dynamic batcher) ÷ a bare FastAPI + torch

@@ -1,4 +1,4 @@
-"""Soak (issue 7): a mixed load on the real `psp serve`, then an exactly-once audit.
+"""Soak: a mixed load on the real `psp serve`, then an exactly-once audit.
 
 `--clients` concurrent clients register contexts (POST /contexts), train (POST /train, every
 request with an Idempotency-Key, a share of them with `?wait=true`) and predict, on loopback,

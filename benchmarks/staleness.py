@@ -1,4 +1,4 @@
-"""Weights staleness (issue 4): how long after the worker writes a checkpoint the API serves it.
+"""Weights staleness: how long after the worker writes a checkpoint the API serves it.
 
 `psp worker` (PSP_ROLE=worker) trains from Redis and checkpoints every `--checkpoint-seconds`
 (or `--checkpoint-steps` steps); `psp serve` with PSP_ROLE=api follows it, sharing PostgreSQL,

@@ -47,7 +47,7 @@ TEST_ENV = {"POSTGRES_PASSWORD": "s3cret", "GRAFANA_ADMIN_PASSWORD": "s3cret"}
 PROMETHEUS_PORT = 9090
 """Prometheus listens on its default port (compose passes no --web.listen-address)."""
 
-# The metric families the dashboard must chart (issue 4).
+# The metric families the dashboard must chart.
 DASHBOARD_REQUIRED_METRICS = {
     "psp_http_request_duration_seconds_bucket",
     "psp_http_requests_total",
