@@ -136,7 +136,7 @@ def _replaying_learner(capacity: int = 100, per_step: int = 8) -> OnlineLearner:
     model.bank.extend([ContextSpec(seed=i) for i in range(3)])
     return OnlineLearner(
         model,
-        TrainingConfig(replay_per_step=per_step),
+        TrainingConfig(optimizer="sgd", lr=0.05, replay_per_step=per_step),
         replay=ReplayBuffer(capacity, 64, seed=0),
     )
 
@@ -183,7 +183,7 @@ def test_a_refused_step_keeps_its_rows_out_of_the_buffer() -> None:
 
 def test_gradients_are_clipped_to_the_configured_norm() -> None:
     learner = _learner()
-    learner.config = TrainingConfig(lr=1.0, momentum=0.0, clip_norm=0.5)
+    learner.config = TrainingConfig(optimizer="sgd", lr=1.0, momentum=0.0, clip_norm=0.5)
     learner.optimizer = learner.config.build(learner.model.parameters())
     before = [p.detach().clone() for p in learner.model.parameters()]
     x = torch.randn(16, 64) * 255  # raw-scale inputs give huge gradients

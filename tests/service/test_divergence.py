@@ -16,7 +16,8 @@ from service.settings import GuardSettings
 
 def _host(lr: float = 0.05) -> ModelHost:
     config = ModelConfig(kind="binary", input_shape=(8,), hidden=(16,))
-    host = ModelHost(config, TrainingConfig(lr=lr), torch.device("cpu"))
+    # Plain SGD: the step size follows the gradient, so a huge learning rate or input shows.
+    host = ModelHost(config, TrainingConfig(optimizer="sgd", lr=lr), torch.device("cpu"))
     host.add_contexts([ContextDefinition(0, seed=1, power=None)])
     return host
 

@@ -26,7 +26,7 @@ def test_each_context_learns_its_own_permutation(make_settings) -> None:
     perms = [np.arange(64), rng.permutation(64), rng.permutation(64)]
     settings = make_settings(
         model={"kind": "complex", "input_shape": [64], "hidden": [128, 128]},
-        training={"batch_size": 32, "lr": 0.05, "momentum": 0.9},
+        training={"batch_size": 32},  # the service's learning defaults
     )
     with TestClient(create_app(settings)) as client:
         for key in TENANTS:
