@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,15 @@ def snapshot(client: TestClient) -> tuple[str, int, list[dict[str, Any]], int]:
     contexts = client.get("/contexts", params={"limit": 1000}).json()["items"]
     queue_depth = client.portal.call(runtime.queue.stats).pending_examples  # type: ignore[union-attr]
     return digest.hexdigest(), runtime.host.model_version, contexts, queue_depth
+
+
+def wait_for_version(client: TestClient, version: int, timeout: float = 30.0) -> None:
+    """Block until the trainer has stepped the model to `version`, so a snapshot is stable."""
+    host = client.app.state.runtime.host  # type: ignore[attr-defined]
+    deadline = time.monotonic() + timeout
+    while host.model_version < version:
+        assert time.monotonic() < deadline, f"the model did not reach version {version} in time"
+        time.sleep(0.02)
 
 
 def sqlite_settings(directory: Path, **overrides: Any) -> Settings:

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 
 from service.app import create_app
-from tests.service.api.helpers import WIDTH, register, rows, snapshot
+from tests.service.api.helpers import WIDTH, register, rows, snapshot, wait_for_version
 
 
 def test_accepted_batch_is_202_with_a_batch_id(client: TestClient) -> None:
@@ -172,6 +172,7 @@ def test_an_idempotency_key_with_another_batch_is_refused_and_counted_once(
     register(client, "u")
     headers = {"Idempotency-Key": "batch-0002"}
     accepted = REGISTRY.get_sample_value("psp_train_accepted_examples_total") or 0.0
+    version = client.app.state.runtime.host.model_version  # type: ignore[attr-defined]
     first = client.post("/train/t", json={"inputs": rows(1), "labels": [1]}, headers=headers)
     assert first.status_code == 202
     for _ in range(3):
@@ -179,6 +180,7 @@ def test_an_idempotency_key_with_another_batch_is_refused_and_counted_once(
         assert retry.json() == first.json()
     counted = REGISTRY.get_sample_value("psp_train_accepted_examples_total")
     assert counted == accepted + 1
+    wait_for_version(client, version + 1)  # the accepted row trains in the background
     before = snapshot(client)
     for path, body in [
         ("/train/t", {"inputs": rows(3, 0.2), "labels": [1, 2, 3]}),
