@@ -8,7 +8,8 @@ import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-from service.model_host import ContextDefinition, ModelHost
+from service.context_definition import ContextDefinition
+from service.model_host import ModelHost
 from service.registry.models import ContextRow
 from service.registry.queries import ContextItem
 from service.registry.store import RegistryStore, RegistryUnavailable

@@ -22,6 +22,7 @@ from psp_core.learner import OnlineLearner, StepResult, TrainingConfig
 from psp_core.models import ModelConfig, build_model, parameter_count
 from psp_core.replay import ReplayBuffer
 from service import metrics
+from service.context_definition import ContextDefinition
 
 
 def resolve_device(name: str) -> torch.device:
@@ -29,15 +30,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-@dataclass(frozen=True)
-class ContextDefinition:
-    """What the host needs to know of a registered context."""
-
-    index: int
-    seed: int | None
-    power: float | None
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 import msgpack
 import numpy as np
 
+# Re-exported: the queue modules still import it from here.
+from service.entry_ids import entry_id_key as entry_id_key
+
 IDEMPOTENCY_SECONDS = 300
 """How long a put's idempotency key is remembered."""
 
@@ -60,12 +63,6 @@ class Enqueued:
 
     entry_id: str
     repeated: bool = False
-
-
-def entry_id_key(entry_id: str) -> tuple[int, int]:
-    """Orders entry ids: `"1700000000000-3"` -> `(1700000000000, 3)`."""
-    millis, _, sequence = entry_id.partition("-")
-    return int(millis), int(sequence or 0)
 
 
 @dataclass(frozen=True)

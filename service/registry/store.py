@@ -17,8 +17,8 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, Operation
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.auth import ApiKeySpec
-from service.model_host import ContextDefinition
-from service.queue.base import entry_id_key
+from service.context_definition import ContextDefinition
+from service.entry_ids import entry_id_key
 from service.registry import accuracy, api_keys, queries
 from service.registry.accuracy import AccuracyHour, Scores
 from service.registry.database import make_session_factory, ping

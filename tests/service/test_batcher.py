@@ -15,7 +15,8 @@ from psp_core.learner import TrainingConfig
 from psp_core.models import ModelConfig
 from service.app import create_app
 from service.batcher import PredictBatcher
-from service.model_host import ContextDefinition, ModelHost
+from service.context_definition import ContextDefinition
+from service.model_host import ModelHost
 from service.supervisor import Supervisor
 from tests.service.api.helpers import register
 

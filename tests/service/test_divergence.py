@@ -8,9 +8,10 @@ import torch
 
 from psp_core.learner import TrainingConfig
 from psp_core.models import ModelConfig
+from service.context_definition import ContextDefinition
 from service.divergence import Diverged, DivergenceGuard, largest_weight
 from service.faults import FaultInjector, FaultSettings
-from service.model_host import ContextDefinition, ModelHost, ModelUnhealthy, TrainRows
+from service.model_host import ModelHost, ModelUnhealthy, TrainRows
 from service.settings import GuardSettings
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 
 import pytest
 from sqlalchemy import Engine
@@ -100,3 +102,16 @@ async def test_concurrent_one_power_registrations_keep_the_gap(registry_engine: 
     )
     assert sum(isinstance(o, tuple) for o in outcomes) == 1
     assert sum(isinstance(o, ContextParameterTaken) for o in outcomes) == 5
+
+
+def test_the_store_loads_neither_the_model_nor_the_queue() -> None:
+    """The registry sits below the model host and the queue: it loads neither torch nor redis."""
+    probe = (
+        "import sys, service.registry.store; "
+        "print(sorted(m for m in ('torch', 'redis', 'service.model_host', 'service.queue') "
+        "if m in sys.modules))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
+    assert loaded.strip() == "[]"
