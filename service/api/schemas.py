@@ -7,7 +7,10 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
-KEY_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+from service.registry.models import KEY_CHARACTERS, KEY_MAX_LENGTH, KEY_PATTERN
+
+KEY_PREFIX_PATTERN = rf"^[{KEY_CHARACTERS}]{{0,{KEY_MAX_LENGTH}}}$"
+"""The start of a context key, possibly empty (`GET /contexts?prefix=`)."""
 
 ContextKey = Annotated[str, Field(pattern=KEY_PATTERN, examples=["tenant-42"])]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]

@@ -7,10 +7,9 @@ from service.registry.database import (
     ping,
 )
 from service.registry.migrate import downgrade, upgrade
-from service.registry.models import KEY_MAX_LENGTH, Base, ContextRow
+from service.registry.models import KEY_MAX_LENGTH, KEY_PATTERN, Base, ContextRow
 from service.registry.queries import (
     CONTEXT_KINDS,
-    KEY_PATTERN,
     MAX_BULK_CONTEXTS,
     SEED_LIMIT,
     ContextConflict,

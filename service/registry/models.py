@@ -29,7 +29,15 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 KEY_MAX_LENGTH = 128
-"""The longest context key, as in the HTTP contract's key pattern."""
+"""The longest context key."""
+
+KEY_CHARACTERS = "A-Za-z0-9._:-"
+"""The characters of a context key, as a regex character class: none needs escaping in a URL
+path."""
+
+KEY_PATTERN = rf"^[{KEY_CHARACTERS}]{{1,{KEY_MAX_LENGTH}}}$"
+"""A valid context key. The HTTP contract (path parameters and bodies) and the registry both
+check keys against it."""
 
 LIVE_KEY_INDEX = "uq_contexts_key_live"
 """Name of the partial unique index that keeps keys unique among live (unretired) contexts."""

@@ -51,13 +51,12 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from service.registry.models import KEY_MAX_LENGTH, ContextRow, utcnow
+from service.registry.models import KEY_MAX_LENGTH, KEY_PATTERN, ContextRow, utcnow
 
 CONTEXT_KINDS: Final = frozenset({"binary", "complex", "rotation", "onepower", "none"})
 """The context kinds of the model (`PSP_MODEL__KIND`)."""
 
-KEY_PATTERN: Final = re.compile(rf"^[A-Za-z0-9._:-]{{1,{KEY_MAX_LENGTH}}}$")
-"""Keys allowed by the HTTP contract."""
+_VALID_KEY: Final = re.compile(KEY_PATTERN)
 
 SEED_LIMIT: Final = 2**63
 """Seeds lie in [0, SEED_LIMIT), so they fit a signed 64-bit column."""
@@ -133,7 +132,7 @@ def _check_kind(kind: str) -> None:
 def _validate_item(kind: str, item: ContextItem) -> ContextItem:
     """Checks one item against the kind and returns it with the power as a float."""
     key, seed, power = item
-    if not isinstance(key, str) or not KEY_PATTERN.match(key):
+    if not isinstance(key, str) or not _VALID_KEY.match(key):
         raise InvalidContextParameters(
             f"key {key!r} is not valid; send 1 to {KEY_MAX_LENGTH} characters from "
             "A-Z, a-z, 0-9, '.', '_', ':' and '-'"

@@ -11,6 +11,7 @@ from service.api.deps import Admin, Reader, RuntimeDep, check_key_lengths
 from service.api.json_route import OrjsonRoute
 from service.api.schemas import (
     KEY_PATTERN,
+    KEY_PREFIX_PATTERN,
     AccuracyHistory,
     AccuracyHourOut,
     ContextBatchCreate,
@@ -90,7 +91,7 @@ async def list_contexts(
     prefix: Annotated[
         str,
         Query(
-            pattern=r"^[A-Za-z0-9._:-]{0,128}$",
+            pattern=KEY_PREFIX_PATTERN,
             description="Only contexts whose keys start with this.",
         ),
     ] = "",

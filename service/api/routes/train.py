@@ -40,7 +40,7 @@ async def train(
     idempotency_key: Annotated[
         str | None,
         Header(
-            pattern=r"^[A-Za-z0-9._:-]{1,128}$",
+            pattern=KEY_PATTERN,  # the syntax of context keys
             description="Retrying with the same key, context and rows within 5 minutes queues "
             "the batch once; the same key with another batch answers 422.",
         ),
