@@ -61,7 +61,9 @@ def _principal(scope: Scope | None) -> Callable[..., Awaitable[Principal]]:
     return dependency
 
 
+# The authenticated caller, by the scope its API key must hold. These are roles of callers,
+# not components: a `TrainingCaller` may queue rows, which `service.trainer.Trainer` learns.
 Reader = Annotated[Principal, Depends(_principal(None))]
 Predictor = Annotated[Principal, Depends(_principal("predict"))]
-Trainer = Annotated[Principal, Depends(_principal("train"))]
+TrainingCaller = Annotated[Principal, Depends(_principal("train"))]
 Admin = Annotated[Principal, Depends(_principal("admin"))]

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response, status
 
-from service.api.deps import RuntimeDep, Trainer
+from service.api.deps import RuntimeDep, TrainingCaller
 from service.api.json_route import OrjsonRoute
 from service.api.schemas import (
     KEY_PATTERN,
@@ -39,7 +39,7 @@ async def feedback(
     body: FeedbackRequest,
     runtime: RuntimeDep,
     response: Response,
-    caller: Trainer,
+    caller: TrainingCaller,
     wait: Annotated[bool, Query(description="Answer only once the rows are learned.")] = False,
 ) -> FeedbackApplied | FeedbackAccepted:
     """Queue remembered rows with their true labels for training, once per prediction id, and

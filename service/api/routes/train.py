@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Response, status
 
-from service.api.deps import RuntimeDep, Trainer
+from service.api.deps import RuntimeDep, TrainingCaller
 from service.api.json_route import OrjsonRoute
 from service.api.schemas import KEY_PATTERN, Problem, TrainAccepted, TrainApplied, TrainRequest
 
@@ -35,7 +35,7 @@ async def train(
     body: TrainRequest,
     runtime: RuntimeDep,
     response: Response,
-    caller: Trainer,
+    caller: TrainingCaller,
     wait: Annotated[bool, Query(description="Answer only once the batch is applied.")] = False,
     idempotency_key: Annotated[
         str | None,
