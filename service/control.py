@@ -2,24 +2,39 @@
 
 In the `all` role the API calls the trainer directly. In the split roles the API process
 pushes the command onto a Redis list that the worker polls between steps, and waits for the
-worker's reply on a per-request key.
+worker's reply on a per-request key. A command the worker has not taken when the API stops
+waiting is withdrawn, so a rollback the caller heard had failed never happens later.
 """
 
 from __future__ import annotations
 
 import json
+import time
 import uuid
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from service.queue.base import QueueUnavailable
 from service.queue.keys import ShardKeys
+
+WAIT_SLICE_SECONDS = 1.0
+"""How long one BLPOP for the worker's reply blocks: below the socket timeout of the service's
+Redis clients (`service.model_sync.redis_client`)."""
 
 
 class RollbackFailed(Exception):
     """The requested version is not among the kept checkpoints (or the worker refused)."""
+
+
+class RollbackNotDone(Exception):
+    """The rollback did not happen: the worker could not be reached, or did not take the
+    command in time and it was withdrawn."""
+
+
+class RollbackUnanswered(Exception):
+    """The worker may have taken the rollback, but its answer did not come: whether it
+    happened is unknown."""
 
 
 class RollbackTarget(Protocol):
@@ -41,15 +56,51 @@ class RedisRollback:
         command = json.dumps({"op": "rollback", "version": version, "reply": reply_key})
         try:
             await self._redis.rpush(self._keys.control, command)
-            answer = await self._redis.blpop([reply_key], timeout=self.timeout)
         except (RedisError, OSError) as err:
-            raise QueueUnavailable(f"cannot reach the worker through Redis: {err}") from err
+            raise RollbackNotDone(f"the worker cannot be reached through Redis ({err})") from err
+        try:
+            answer = await self._answer(reply_key)
+        except (RedisError, OSError) as err:
+            await self._withdraw(
+                command,
+                not_taken=f"Redis failed before the worker took the command ({err})",
+                unanswered=f"the worker may have taken the rollback, but Redis failed ({err})",
+            )
         if answer is None:
-            raise TimeoutError(f"the worker did not answer the rollback within {self.timeout} s")
-        reply = json.loads(answer[1])
+            await self._withdraw(
+                command,
+                not_taken=f"the worker did not take the command within {self.timeout} s "
+                "(it may be down or busy)",
+                unanswered=f"the worker took the rollback but did not answer within "
+                f"{self.timeout} s",
+            )
+        reply = json.loads(answer)
         if "error" in reply:
             raise RollbackFailed(reply["error"])
         return int(reply["version"])
+
+    async def _answer(self, reply_key: str) -> bytes | str | None:
+        """The worker's reply, or None after `timeout` seconds (rounded up to a whole slice).
+        Each BLPOP blocks for one short slice: a block longer than the client's socket timeout
+        would fail as a Redis error."""
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            answer = await self._redis.blpop([reply_key], timeout=WAIT_SLICE_SECONDS)
+            if answer is not None:
+                return answer[1]
+        return None
+
+    async def _withdraw(self, command: str, *, not_taken: str, unanswered: str) -> NoReturn:
+        """Takes back a command the worker has not taken yet, so that a rollback the caller
+        hears has failed never runs later. Raises `RollbackNotDone(not_taken)` when it was
+        withdrawn, else `RollbackUnanswered(unanswered)`."""
+        try:
+            withdrawn = await self._redis.lrem(self._keys.control, 1, command)
+        except (RedisError, OSError):
+            withdrawn = 0
+        if withdrawn:
+            raise RollbackNotDone(not_taken)
+        raise RollbackUnanswered(unanswered)
 
 
 class ControlInbox:
