@@ -47,7 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.authenticator = Authenticator(settings.api_keys)
     app.include_router(api_router)
     install_openapi(app)
-    install_error_handlers(app)
+    install_error_handlers(app, settings)
     app.add_middleware(BodySizeLimit, max_bytes=settings.limits.max_body_bytes)
     app.add_middleware(HttpMetrics)  # outermost: it times the 413s of the size limit too
     _expose_metrics(app)
@@ -58,7 +58,7 @@ def create_worker_app(settings: Settings) -> FastAPI:
     """The training worker: the trainer in the lifespan, and only health and metrics routes."""
     app = FastAPI(title="psp worker", lifespan=_runtime_lifespan(settings), openapi_url=None)
     app.include_router(health.router)
-    install_error_handlers(app)
+    install_error_handlers(app, settings)
     _expose_metrics(app)
     return app
 

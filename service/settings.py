@@ -181,6 +181,9 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     device: str = "auto"
     registry_poll_seconds: float = Field(default=5.0, gt=0)  # for keys deleted elsewhere
+    # The Retry-After of the 503s answered while a store or the model is unavailable (a full
+    # queue's 429 has its own, `queue.retry_after_seconds`).
+    unavailable_retry_after_seconds: int = Field(default=1, ge=1)
     role: Literal["all", "api", "worker"] = "all"
     metrics_port: int = Field(default=9101, ge=1, le=65535)  # `psp worker`'s /metrics, /healthz
     api_keys: list[ApiKeySpec] = Field(default_factory=list)  # JSON; empty: the API is open

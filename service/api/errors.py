@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -10,7 +13,7 @@ from starlette.routing import Match
 
 from service.auth import Forbidden, Unauthorized
 from service.contexts import ContextNotFound
-from service.control import RollbackFailed
+from service.control import RollbackFailed, RollbackNotDone, RollbackUnanswered
 from service.feedback.service import (
     AlreadyLabelled,
     ExpiredPredictions,
@@ -26,6 +29,7 @@ from service.registry.queries import (
     InvalidContextParameters,
 )
 from service.registry.store import RegistryUnavailable
+from service.settings import Settings
 from service.training import NotAppliedInTime
 
 _EXAMPLES = {
@@ -127,125 +131,138 @@ def _allowed_methods(request: Request) -> list[str]:
     ]
 
 
-def _problem(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def _problem(status: int, detail: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Registers one handler per failure type the service layer raises."""
+async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return _problem(422, _validation_sentence(request, exc))
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _problem(422, _validation_sentence(request, exc))
 
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        if exc.status_code == 404 and detail == "Not Found":
-            detail = f"there is no route {request.url.path}; see /docs for the API"
-        headers = getattr(exc, "headers", None)
-        if exc.status_code == 400 and detail == "There was an error parsing the body":
-            # Bodies that are not even text (invalid UTF-8) are malformed JSON like any other.
-            example = _example_for(request.url.path)
-            return _problem(
-                422, f"the request body is not valid JSON; send a JSON object such as {example}"
-            )
-        if exc.status_code == 405:
-            allowed = _allowed_methods(request)
-            detail = (
-                f"{request.method} is not allowed on {request.url.path}; use {', '.join(allowed)}"
-            )
-            headers = {"Allow": ", ".join(allowed)}
-        return _problem(exc.status_code, detail, headers)
-
-    @app.exception_handler(PayloadError)
-    async def bad_payload(request: Request, exc: PayloadError) -> JSONResponse:
-        return _problem(413 if isinstance(exc, TooManyRows) else 422, str(exc))
-
-    @app.exception_handler(InvalidContextParameters)
-    async def bad_context(request: Request, exc: InvalidContextParameters) -> JSONResponse:
-        return _problem(422, str(exc))
-
-    @app.exception_handler(ContextNotFound)
-    async def not_found(request: Request, exc: ContextNotFound) -> JSONResponse:
-        return _problem(404, str(exc.args[0]))
-
-    @app.exception_handler(ContextConflict)
-    async def conflict(request: Request, exc: ContextConflict) -> JSONResponse:
-        return _problem(409, str(exc))
-
-    @app.exception_handler(ContextParameterTaken)
-    async def parameter_taken(request: Request, exc: ContextParameterTaken) -> JSONResponse:
-        return _problem(409, str(exc))
-
-    @app.exception_handler(IdempotencyConflict)
-    async def idempotency_conflict(request: Request, exc: IdempotencyConflict) -> JSONResponse:
-        return _problem(422, str(exc))
-
-    @app.exception_handler(QueueFull)
-    async def queue_full(request: Request, exc: QueueFull) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    """Starlette's own answers (unknown route, wrong method, unreadable body), in our words."""
+    assert isinstance(exc, StarletteHTTPException)
+    detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    if exc.status_code == 404 and detail == "Not Found":
+        detail = f"there is no route {request.url.path}; see /docs for the API"
+    headers = getattr(exc, "headers", None)
+    if exc.status_code == 400 and detail == "There was an error parsing the body":
+        # Bodies that are not even text (invalid UTF-8) are malformed JSON like any other.
+        example = _example_for(request.url.path)
         return _problem(
-            429,
-            f"{exc}; retry after {exc.retry_after} s, or send smaller batches less often",
-            {"Retry-After": str(exc.retry_after)},
+            422, f"the request body is not valid JSON; send a JSON object such as {example}"
         )
+    if exc.status_code == 405:
+        allowed = _allowed_methods(request)
+        detail = f"{request.method} is not allowed on {request.url.path}; use {', '.join(allowed)}"
+        headers = {"Allow": ", ".join(allowed)}
+    return _problem(exc.status_code, detail, headers)
 
-    @app.exception_handler(QueueUnavailable)
-    async def queue_down(request: Request, exc: QueueUnavailable) -> JSONResponse:
-        return _problem(
-            503,
-            f"the train queue is unreachable ({exc}); nothing was queued, retry later",
-            {"Retry-After": "1"},
-        )
 
-    @app.exception_handler(RegistryUnavailable)
-    async def registry_down(request: Request, exc: RegistryUnavailable) -> JSONResponse:
-        return _problem(
-            503,
-            "the context registry is unreachable; nothing was changed, retry later",
-            {"Retry-After": "1"},
-        )
+def _queue_backoff(settings: Settings) -> int:
+    return settings.queue.retry_after_seconds
 
-    @app.exception_handler(ModelUnhealthy)
-    async def model_unhealthy(request: Request, exc: ModelUnhealthy) -> JSONResponse:
-        return _problem(503, str(exc), {"Retry-After": "1"})
 
-    @app.exception_handler(Unauthorized)
-    async def unauthorized(request: Request, exc: Unauthorized) -> JSONResponse:
-        return _problem(401, str(exc), {"WWW-Authenticate": "Bearer"})
+def _outage_backoff(settings: Settings) -> int:
+    return settings.unavailable_retry_after_seconds
 
-    @app.exception_handler(Forbidden)
-    async def forbidden(request: Request, exc: Forbidden) -> JSONResponse:
-        return _problem(403, str(exc))
 
-    @app.exception_handler(UnknownPredictions)
-    async def unknown_predictions(request: Request, exc: UnknownPredictions) -> JSONResponse:
-        return _problem(404, str(exc))
+@dataclass(frozen=True)
+class Answer:
+    """How the API answers one failure the service layer raises.
 
-    @app.exception_handler(ExpiredPredictions)
-    async def expired_predictions(request: Request, exc: ExpiredPredictions) -> JSONResponse:
-        return _problem(410, str(exc))
+    Attributes:
+        failure: The exception type (its subclasses too, unless they have an answer of their
+            own).
+        status: The HTTP status.
+        sentence: The detail, a format string of `exc`, the exception.
+        headers: Headers sent as they are.
+        retry_after: Where the `Retry-After` header's seconds come from, when one is sent.
+    """
 
-    @app.exception_handler(AlreadyLabelled)
-    async def already_labelled(request: Request, exc: AlreadyLabelled) -> JSONResponse:
-        return _problem(409, str(exc))
+    failure: type[Exception]
+    status: int
+    sentence: str = "{exc}"
+    headers: Mapping[str, str] = field(default_factory=dict)
+    retry_after: Callable[[Settings], int] | None = None
 
-    @app.exception_handler(FeedbackUnavailable)
-    async def feedback_down(request: Request, exc: FeedbackUnavailable) -> JSONResponse:
-        return _problem(
-            503,
-            f"the feedback store is unreachable ({exc}); nothing was changed, retry later",
-            {"Retry-After": "1"},
-        )
+    def respond(self, exc: Exception, settings: Settings) -> JSONResponse:
+        headers = dict(self.headers)
+        if self.retry_after is not None:
+            headers["Retry-After"] = str(self.retry_after(settings))
+        return _problem(self.status, self.sentence.format(exc=exc), headers)
 
-    @app.exception_handler(RollbackFailed)
-    async def no_such_version(request: Request, exc: RollbackFailed) -> JSONResponse:
-        return _problem(404, f"{exc}; send one of the kept versions listed by GET /model")
 
-    @app.exception_handler(TimeoutError)
-    async def timed_out(request: Request, exc: TimeoutError) -> JSONResponse:
-        return _problem(504, f"{exc}; retry later")
+ANSWERS: tuple[Answer, ...] = (
+    Answer(PayloadError, 422),
+    Answer(TooManyRows, 413),
+    Answer(InvalidContextParameters, 422),
+    Answer(ContextNotFound, 404),
+    Answer(ContextConflict, 409),
+    Answer(ContextParameterTaken, 409),
+    Answer(IdempotencyConflict, 422),
+    Answer(
+        QueueFull,
+        429,
+        "{exc}; retry after {exc.retry_after} s, or send smaller batches less often",
+        retry_after=_queue_backoff,
+    ),
+    Answer(
+        QueueUnavailable,
+        503,
+        "the train queue is unreachable ({exc}); nothing was queued, retry later",
+        retry_after=_outage_backoff,
+    ),
+    Answer(
+        RegistryUnavailable,
+        503,
+        "the context registry is unreachable; nothing was changed, retry later",
+        retry_after=_outage_backoff,
+    ),
+    Answer(ModelUnhealthy, 503, retry_after=_outage_backoff),
+    Answer(Unauthorized, 401, headers={"WWW-Authenticate": "Bearer"}),
+    Answer(Forbidden, 403),
+    Answer(UnknownPredictions, 404),
+    Answer(ExpiredPredictions, 410),
+    Answer(AlreadyLabelled, 409),
+    Answer(
+        FeedbackUnavailable,
+        503,
+        "the feedback store is unreachable ({exc}); nothing was changed, retry later",
+        retry_after=_outage_backoff,
+    ),
+    Answer(RollbackFailed, 404, "{exc}; send one of the kept versions listed by GET /model"),
+    Answer(
+        RollbackNotDone,
+        503,
+        "the rollback did not happen: {exc}; the model is unchanged, retry later",
+        retry_after=_outage_backoff,
+    ),
+    Answer(
+        RollbackUnanswered,
+        504,
+        "{exc}; GET /model shows whether it happened, look before retrying",
+    ),
+    Answer(TimeoutError, 504, "{exc}; retry later"),
+    Answer(NotAppliedInTime, 504),
+)
+"""Every failure of the service layer that has an answer; anything else is a 500."""
 
-    @app.exception_handler(NotAppliedInTime)
-    async def too_slow(request: Request, exc: NotAppliedInTime) -> JSONResponse:
-        return _problem(504, str(exc))
+
+def install_error_handlers(app: FastAPI, settings: Settings) -> None:
+    """Registers the handlers of request validation, of Starlette's own errors and of each
+    failure in `ANSWERS`."""
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    for answer in ANSWERS:
+        app.add_exception_handler(answer.failure, _handler(answer, settings))
+
+
+def _handler(
+    answer: Answer, settings: Settings
+) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        return answer.respond(exc, settings)
+
+    return handle
