@@ -6,12 +6,12 @@ from collections import Counter
 
 import torch
 
+from psp_bench.baselines import EWCConfig
+from psp_bench.continual import ContinualConfig, run_continual
+from psp_bench.methods import Method
+from psp_bench.runners import in_process_runner
+from psp_bench.tenants import TenantsStream, run_tenants_method
 from psp_core import ModelConfig, TrainingConfig
-from service.bench.baselines import EWCConfig
-from service.bench.continual import ContinualConfig, run_continual
-from service.bench.methods import Method
-from service.bench.runners import in_process_runner
-from service.bench.tenants import TenantsStream, run_tenants_method
 
 
 def test_each_tenant_sends_its_rows_in_blocks_under_its_own_labels() -> None:

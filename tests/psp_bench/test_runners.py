@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 import torch
 
+from psp_bench.baselines import EWCConfig
+from psp_bench.continual import run_method
+from psp_bench.http_runner import BenchHTTPError, HttpRunner
+from psp_bench.methods import Method
+from psp_bench.runners import EWCRunner, PSPRunner, SeparateRunner, in_process_runner
+from psp_bench.streams import make_stream
 from psp_core import ContextSpec, ModelConfig, TrainingConfig
-from service.bench.baselines import EWCConfig
-from service.bench.continual import run_method
-from service.bench.http_runner import BenchHTTPError, HttpRunner
-from service.bench.methods import Method
-from service.bench.runners import EWCRunner, PSPRunner, SeparateRunner, in_process_runner
-from service.bench.streams import make_stream
 
 CONFIG = ModelConfig(kind="none", input_shape=(64,), hidden=(32,), seed=0)
 TRAINING = TrainingConfig()
