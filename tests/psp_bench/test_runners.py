@@ -1,20 +1,12 @@
-"""Runners: in-process ones, and the HTTP one against a stand-in of the contract."""
+"""The in-process runners; the HTTP one is tested against the service in test_http_runner."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import replace
-from typing import Any
-
-import pytest
 import torch
 
 from psp_bench.baselines import EWCConfig
-from psp_bench.continual import run_method
-from psp_bench.http_runner import BenchHTTPError, HttpRunner
 from psp_bench.methods import Method
 from psp_bench.runners import EWCRunner, PSPRunner, SeparateRunner, in_process_runner
-from psp_bench.streams import make_stream
 from psp_core import ContextSpec, ModelConfig, TrainingConfig
 
 CONFIG = ModelConfig(kind="none", input_shape=(64,), hidden=(32,), seed=0)
@@ -64,71 +56,3 @@ def test_ewc_runner_consolidates_when_the_key_changes() -> None:
     assert runner.recent_rows == 16
     runner.train("task-1", *_batch(3))
     assert runner.consolidations == 1
-
-
-def _http_runner(service: Any, kind: str = "complex") -> HttpRunner:
-    return HttpRunner(
-        "http://psp.test", expected_kind=kind, key_prefix="run-", transport=service.transport()
-    )
-
-
-def test_the_http_runner_measures_what_the_in_process_runner_measures(
-    fake_service: Callable[..., Any],
-) -> None:
-    config = ModelConfig(kind="complex", input_shape=(64,), hidden=(32,), seed=0)
-    stream = make_stream("permuted-digits", tasks=2, steps_per_task=20, seed=0)
-    method = Method.parse("complex")
-    service = fake_service(config, TRAINING)
-    over_http = run_method(stream, method, _http_runner(service), eval_every=10)
-    in_process = run_method(stream, method, PSPRunner(config, TRAINING), eval_every=10)
-    assert over_http == in_process
-    assert set(service.rows) == {"run-task-0", "run-task-1"}
-    assert service.authorizations == {None}
-    assert service.learner.model_version == stream.total_steps
-
-
-def test_the_http_runner_waits_out_a_full_queue_and_reports_refusals(
-    fake_service: Callable[..., Any],
-) -> None:
-    service = fake_service(ModelConfig(kind="complex", input_shape=(64,), hidden=(32,)), TRAINING)
-    runner = _http_runner(service)
-    service.busy_answers = 2
-    runner.register("task-0", ContextSpec(seed=0))
-    assert service.log[:3] == ["POST /contexts"] * 3
-    runner.train("task-0", *_batch(4))
-    service.refuse_steps = True
-    runner.train("task-0", *_batch(5))
-    assert runner.refused_steps == 1 and service.learner.model_version == 1
-
-
-def test_the_http_runner_checks_the_service_model(fake_service: Callable[..., Any]) -> None:
-    config = ModelConfig(kind="complex", input_shape=(64,), hidden=(32,), seed=0)
-    service = fake_service(config, TRAINING)
-    runner = _http_runner(service)
-    assert runner.check_model(config) == []
-    runner.register("task-0", ContextSpec(seed=0))
-    runner.train("task-0", *_batch(6))
-    warnings = runner.check_model(replace(config, seed=3))
-    assert len(warnings) == 2
-    assert "already applied 1 steps" in warnings[0] and "seed is 0 and --seed is 3" in warnings[1]
-    with pytest.raises(BenchHTTPError, match=r"hidden=\[32\] \(the run needs \[256, 256\]\)"):
-        runner.check_model(replace(config, hidden=(256, 256)))
-
-
-def test_the_http_runner_sends_the_api_key(fake_service: Callable[..., Any]) -> None:
-    service = fake_service(ModelConfig(kind="complex", input_shape=(64,), hidden=(32,)), TRAINING)
-    runner = HttpRunner(
-        "http://psp.test", expected_kind="complex", api_key="psp_k_s", transport=service.transport()
-    )
-    runner.register("task-0", ContextSpec(seed=0))
-    assert service.authorizations == {"Bearer psp_k_s"}
-    assert runner.key_prefix.startswith("bench-") and len(runner.key_prefix) == 15
-
-
-def test_the_http_runner_explains_refusals(fake_service: Callable[..., Any]) -> None:
-    service = fake_service(ModelConfig(kind="binary", input_shape=(64,), hidden=(32,)), TRAINING)
-    runner = _http_runner(service, kind="complex")
-    with pytest.raises(BenchHTTPError, match="PSP_MODEL__KIND=complex"):
-        runner.register("task-0", ContextSpec(seed=0))
-    with pytest.raises(BenchHTTPError, match="404: no context run-task-9"):
-        runner.predict("task-9", torch.zeros(2, 64))
