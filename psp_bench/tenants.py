@@ -14,7 +14,6 @@ held-out digits under its own labels.
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -112,14 +111,6 @@ class TenantsTrace:
     accuracies: list[float]
     prequential_accuracy: float | None
     contexts: int
-
-    @property
-    def mean(self) -> float:
-        return statistics.fmean(self.accuracies)
-
-    @property
-    def minimum(self) -> float:
-        return min(self.accuracies)
 
 
 def run_tenants_method(
