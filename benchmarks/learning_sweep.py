@@ -24,7 +24,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
-from service.bench.continual import ContinualConfig, run_continual
+from psp_bench.continual import ContinualConfig, run_continual
 
 STREAMS: dict[str, dict[str, Any]] = {
     "tenants": {"stream": "tenants"},

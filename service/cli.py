@@ -17,7 +17,6 @@ import typer
 import uvicorn
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.bench.cli import bench_app
 from service.client_cli import contexts_app, predict_command, train_command
 from service.settings import Settings, get_settings
 
@@ -26,7 +25,6 @@ db_app = typer.Typer(help="Registry database.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
-app.add_typer(bench_app, name="bench")
 app.add_typer(contexts_app, name="contexts")
 app.command("train")(train_command)
 app.command("predict")(predict_command)
@@ -212,6 +210,26 @@ def db_upgrade(revision: str = typer.Argument("head")) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.resolved_database_url, revision)
     typer.echo(f"registry at {revision}")
+
+
+BENCH_INSTALL = "pip install 'psp-service[bench]'"
+"""Installs the `bench` extra: psp_bench's dependencies, left out of the service's own."""
+
+
+# Every argument, --help included, goes on to the benchmark's own command line.
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def bench(ctx: typer.Context) -> None:
+    """Benchmarks of the superposition service (needs the bench extra)."""
+    # Loaded here, not at the top: the benchmark's dependencies are an extra the image leaves out.
+    try:
+        from psp_bench.cli import bench_app
+    except ModuleNotFoundError as err:
+        package = (err.name or "a package").partition(".")[0]
+        _fail(f"psp bench needs the bench extra, and {package} is missing: {BENCH_INSTALL}")
+    typer.main.get_command(bench_app).main(args=ctx.args, prog_name=ctx.command_path)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shlex
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ COMPOSE_FILE = DEPLOY / "compose.yaml"
 ENV_EXAMPLE = DEPLOY / ".env.example"
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
+PYPROJECT = ROOT / "pyproject.toml"
 PROMETHEUS_FILE = DEPLOY / "prometheus" / "prometheus.yml"
 NGINX_FILE = DEPLOY / "nginx" / "default.conf"
 GRAFANA_DATASOURCES = DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yaml"
@@ -246,6 +248,11 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return instructions
 
 
+def requirement_name(requirement: str) -> str:
+    """The distribution a requirement names, e.g. `scikit-learn` for `scikit-learn>=1.3`."""
+    return re.split(r"[\s<>=!~;\[]", requirement, maxsplit=1)[0].lower()
+
+
 def env_example_entries() -> dict[str, str]:
     """`VAR=value` lines of .env.example, `# VAR=value` ones included (inline comments cut)."""
     entries = {}
@@ -429,6 +436,28 @@ def test_dockerignore_keeps_what_the_dockerfile_copies() -> None:
     for source in sources:
         assert source in included, f"COPY {source} is excluded by .dockerignore"
         assert (ROOT / source).exists(), f"COPY {source}: no such path in the repository"
+
+
+def test_the_image_installs_the_service_without_the_benchmark_extra() -> None:
+    project = tomllib.loads(PYPROJECT.read_text())["project"]
+    bench = {requirement_name(r) for r in project["optional-dependencies"]["bench"]}
+    assert {"scikit-learn", "matplotlib"} <= bench
+    assert not bench & {requirement_name(r) for r in project["dependencies"]}
+    instructions = dockerfile_instructions()
+    # The words after each `pip install` of every RUN.
+    installs = [
+        shlex.split(command.split("pip install", 1)[1])
+        for keyword, arguments in instructions
+        if keyword == "RUN"
+        for command in arguments.split("&&")
+        if "pip install" in command
+    ]
+    assert any(words[-1:] == ["."] for words in installs), "the image installs the project"
+    for words in installs:
+        named = {requirement_name(word) for word in words}
+        assert not any("[" in word for word in words) and not named & (bench | {"sklearn"}), words
+    copied = " ".join(arguments for keyword, arguments in instructions if keyword == "COPY")
+    assert "psp_bench" not in copied
 
 
 # ------------------------------------------------------------------------------------------------

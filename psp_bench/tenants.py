@@ -14,16 +14,15 @@ held-out digits under its own labels.
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from service.bench.methods import Method
-from service.bench.runners import Runner
-from service.bench.streams import Dataset, load_digits_dataset
+from psp_bench.methods import Method
+from psp_bench.runners import Runner
+from psp_bench.streams import Dataset, load_digits_dataset
 
 
 class TenantsStream:
@@ -112,14 +111,6 @@ class TenantsTrace:
     accuracies: list[float]
     prequential_accuracy: float | None
     contexts: int
-
-    @property
-    def mean(self) -> float:
-        return statistics.fmean(self.accuracies)
-
-    @property
-    def minimum(self) -> float:
-        return min(self.accuracies)
 
 
 def run_tenants_method(

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from service.bench.metrics import (
+from psp_bench.metrics import (
     average_accuracy,
     backward_transfer,
     forgetting,

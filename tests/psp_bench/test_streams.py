@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from service.bench.streams import (
+from psp_bench.streams import (
     IDX_FILES,
     PermutedStream,
     RotatingStream,

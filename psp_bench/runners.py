@@ -15,10 +15,10 @@ from typing import Protocol
 
 import torch
 
+from psp_bench.baselines import EWCConfig, OnlineEWC, SeparateModels
+from psp_bench.methods import Method
 from psp_core import ContextSpec, ModelConfig, OnlineLearner, TrainingConfig, build_model
 from psp_core.replay import ReplayBuffer
-from service.bench.baselines import EWCConfig, OnlineEWC, SeparateModels
-from service.bench.methods import Method
 
 # Rows per forward pass when predicting: a rotation context materialises an M x M matrix per
 # row, so large test sets are predicted in slices to bound memory.

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import statistics
 from collections import Counter
 
 import torch
 
+from psp_bench.baselines import EWCConfig
+from psp_bench.continual import ContinualConfig, run_continual
+from psp_bench.methods import Method
+from psp_bench.runners import in_process_runner
+from psp_bench.tenants import TenantsStream, run_tenants_method
 from psp_core import ModelConfig, TrainingConfig
-from service.bench.baselines import EWCConfig
-from service.bench.continual import ContinualConfig, run_continual
-from service.bench.methods import Method
-from service.bench.runners import in_process_runner
-from service.bench.tenants import TenantsStream, run_tenants_method
 
 
 def test_each_tenant_sends_its_rows_in_blocks_under_its_own_labels() -> None:
@@ -49,7 +50,7 @@ def test_the_loop_scores_every_tenant_and_superposition_tells_them_apart() -> No
         trace = run_tenants_method(stream, Method.parse(name), runner, batch_size=32)
         assert len(trace.accuracies) == 4 and trace.contexts == 4
         assert trace.prequential_accuracy is not None and 0 <= trace.prequential_accuracy <= 1
-        accuracy[name] = trace.mean
+        accuracy[name] = statistics.fmean(trace.accuracies)
     # One plain network cannot serve four label maps of the same inputs; contexts can.
     assert accuracy["complex-replay"] > accuracy["none"] + 0.3
 

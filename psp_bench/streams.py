@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
 
 PERMUTED_STREAMS = ("permuted-digits", "mnist1d", "permuted-mnist", "permuted-fashion-mnist")
 ROTATING_STREAMS = ("rotating-digits", "rotating-mnist", "rotating-fashion-mnist")
@@ -112,9 +114,6 @@ def load_digits_dataset(seed: int, test_size: float = 0.25) -> Dataset:
 
     The test split is stratified by class and fixed by `seed`.
     """
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
     x, y = load_digits(return_X_y=True)
     x = (x / 16.0).astype(np.float32)
     x_train, x_test, y_train, y_test = train_test_split(

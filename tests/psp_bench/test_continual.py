@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from service.bench.cli import bench_app
-from service.bench.continual import ContinualConfig, ContinualResults, run_continual
-from service.bench.plots import plot_all
+from psp_bench.cli import bench_app
+from psp_bench.continual import ContinualConfig, ContinualResults, run_continual
+from psp_bench.plots import plot_all
 from service.cli import app as psp_app
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

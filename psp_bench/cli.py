@@ -1,6 +1,8 @@
 """`psp bench continual`: the continual-learning benchmark on the command line.
 
-Mounted by the main CLI as `psp bench`; also runs alone as `python -m service.bench.cli`.
+The main CLI loads this module only when `psp bench` runs; it also runs alone as
+`python -m psp_bench.cli`. It imports everything a run needs (the plots' matplotlib included)
+up front, so that a missing `bench` extra stops the command before a run rather than after it.
 """
 
 from __future__ import annotations
@@ -21,8 +23,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from psp_core import ModelConfig
-from service.bench.continual import (
+from psp_bench.continual import (
     DEFAULTS,
     ContinualConfig,
     ContinualResults,
@@ -30,12 +31,17 @@ from service.bench.continual import (
     StepProgress,
     run_continual,
 )
-from service.bench.http_runner import BenchHTTPError, HttpRunner
-from service.bench.methods import DEFAULT_METHODS, TENANTS_METHODS, Method, parse_methods
-from service.bench.runners import Runner
-from service.bench.streams import ROTATING_STREAMS, STREAMS, StreamError
+from psp_bench.http_runner import BenchHTTPError, HttpRunner
+from psp_bench.methods import DEFAULT_METHODS, TENANTS_METHODS, Method, parse_methods
+from psp_bench.plots import plot_all
+from psp_bench.runners import Runner
+from psp_bench.streams import ROTATING_STREAMS, STREAMS, StreamError
+from psp_core import ModelConfig
 
-bench_app = typer.Typer(help="Benchmarks of the superposition service.", no_args_is_help=True)
+# No completion options: `psp bench` runs this app as a subcommand of `psp`, which has its own.
+bench_app = typer.Typer(
+    help="Benchmarks of the superposition service.", no_args_is_help=True, add_completion=False
+)
 
 
 def _console() -> Console:
@@ -146,7 +152,7 @@ def continual(
     ] = None,
     api_key: Annotated[
         str | None,
-        typer.Option(envvar="PSP_API_KEY", help="API key (train, predict) for --via-http."),
+        typer.Option(envvar="PSP_API_KEY", help="API key (admin, train, predict) for --via-http."),
     ] = None,
     seed: Annotated[int, typer.Option(help="Weights, split, permutations, batch order.")] = 0,
     cycles: Annotated[
@@ -282,8 +288,6 @@ def continual(
     if stream == "tenants":
         console.print(f"wrote {out / 'results.json'}")
         return
-    from service.bench.plots import plot_all  # matplotlib loads only when a run ends
-
     figures = plot_all(results, out)
     console.print(f"wrote {out / 'results.json'} and {', '.join(p.name for p in figures)}")
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
+from psp_bench.methods import Method
 from psp_core import ModelConfig, build_model, parameter_count
-from service.bench.methods import Method
 
 FLOAT_BYTES = 4
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from psp_bench.baselines import EWCConfig, OnlineEWC, SeparateModels
 from psp_core import ModelConfig, TrainingConfig, build_model
-from service.bench.baselines import EWCConfig, OnlineEWC, SeparateModels
 
 CONFIG = ModelConfig(kind="none", input_shape=(6,), hidden=(5,), num_classes=3, seed=0)
 

@@ -2,8 +2,8 @@
 
 import pytest
 
+from psp_bench.methods import DEFAULT_METHODS, Method, parse_methods
 from psp_core import ContextSpec
-from service.bench.methods import DEFAULT_METHODS, Method, parse_methods
 
 
 def test_names_parse_into_families_and_kinds() -> None:
