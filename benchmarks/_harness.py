@@ -1,9 +1,10 @@
-"""Shared helpers of the HTTP benchmarks: real server processes, throwaway stores, load, maths.
+"""Shared helpers of the HTTP benchmarks: throwaway stores, load, CPU accounting, maths.
 
-Everything here talks only to 127.0.0.1. Servers run as child processes on free ports, with a
-fresh data directory, and (when asked) a throwaway PostgreSQL database and a unique Redis key
-prefix, all removed afterwards. The load generator is an `httpx.AsyncClient` per simulated
-client; every load loop stops by itself after a bounded number of requests or seconds.
+Everything here talks only to 127.0.0.1. Servers run as child processes on free ports
+(`service.testing.processes`, shared with the tests), with a fresh data directory, and (when
+asked) a throwaway PostgreSQL database and a unique Redis key prefix, all removed afterwards.
+The load generator is an `httpx.AsyncClient` per simulated client; every load loop stops by
+itself after a bounded number of requests or seconds.
 """
 
 from __future__ import annotations
@@ -13,9 +14,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,8 +35,6 @@ POSTGRES_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 """The shared Redis; each run isolates itself with its own key prefix."""
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 # Machine ------------------------------------------------------------------------------------
@@ -143,14 +139,6 @@ class CpuWatch:
         return f"other processes used {share:.0%} of the CPU" + (f" ({names})" if names else "")
 
 
-def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 # Throwaway stores ---------------------------------------------------------------------------
 
 
@@ -198,103 +186,7 @@ def throwaway_dir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-# Server processes ---------------------------------------------------------------------------
-
-
-def psp_executable() -> str:
-    """The `psp` script of the interpreter running the benchmark."""
-    return shutil.which("psp", path=str(Path(sys.executable).parent)) or "psp"
-
-
-@dataclass
-class Server:
-    """A child process serving HTTP on loopback, stopped gracefully (SIGTERM) at the end.
-
-    Attributes:
-        name: A label for tables and error messages.
-        command: The argv to run.
-        env: Environment variables added to the benchmark's own.
-        port: The port its health endpoint answers on.
-        log: Where its stdout and stderr go.
-    """
-
-    name: str
-    command: list[str]
-    env: dict[str, str]
-    port: int
-    log: Path
-    health_path: str = "/healthz"
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def start(self, timeout: float = 120.0) -> None:
-        """Starts the process and waits until its health endpoint answers 200."""
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
-                self.command,
-                env={**os.environ, **self.env},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=REPO_ROOT,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited at start-up:\n{self.log.read_text()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.base_url + self.health_path, timeout=1).status_code == 200:
-                    return
-            time.sleep(0.1)
-        self.stop()
-        raise TimeoutError(f"{self.name} was not healthy within {timeout} s; see {self.log}")
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM, then SIGKILL if it has not exited within `timeout` seconds."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
-
-
-def psp_serve(name: str, env: dict[str, str], workdir: Path) -> Server:
-    """`psp serve` on a free port with the given `PSP_` settings (not started yet)."""
-    port = free_port()
-    command = [psp_executable(), "serve", "--port", str(port), "--log-level", "warning"]
-    return Server(name, command, env, port, workdir / f"{name}.log")
-
-
-def psp_worker(name: str, env: dict[str, str], workdir: Path) -> Server:
-    """`psp worker` (PSP_ROLE=worker) with its metrics endpoint on a free port."""
-    port = free_port()
-    command = [psp_executable(), "worker", "--host", "127.0.0.1", "--log-level", "warning"]
-    env = {**env, "PSP_ROLE": "worker", "PSP_METRICS_PORT": str(port)}
-    return Server(name, command, env, port, workdir / f"{name}.log")
-
-
-@contextlib.contextmanager
-def running(*servers: Server) -> Iterator[tuple[Server, ...]]:
-    """Starts the servers in order and stops them in reverse order, whatever happens."""
-    started: list[Server] = []
-    try:
-        for server in servers:
-            server.start()
-            started.append(server)
-        yield servers
-    finally:
-        for server in reversed(started):
-            server.stop()
+# Server settings ----------------------------------------------------------------------------
 
 
 def model_env(input_size: int, hidden: Sequence[int], kind: str) -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""A bare FastAPI + torch predict endpoint: the baseline `serve_load.py` measures the service by.
+"""A bare FastAPI + torch predict endpoint: the baseline the predict benchmarks measure the
+service by (`predict_throughput.py`, `predict_latency.py`).
 
 It is what one would write without the service: `POST /predict/{key}` parses the JSON body with
 a pydantic model, looks the key up in a dict of bank rows, runs one forward pass of the same

@@ -21,14 +21,13 @@ from _harness import (
     machine_line,
     model_env,
     print_table,
-    psp_serve,
     register_contexts,
-    running,
     save_json,
     throwaway_dir,
 )
 
 from psp_client import Client
+from service.testing.processes import psp_serve, running
 
 KEY = "probe"
 

@@ -26,14 +26,13 @@ from _harness import (
     model_env,
     ms,
     print_table,
-    psp_serve,
     register_contexts,
-    running,
     save_json,
     throwaway_dir,
 )
 
 from service.api.json_route import OrjsonRequest
+from service.testing.processes import psp_serve, running
 
 ROWS = 4096
 WIDTH = 64

@@ -28,22 +28,21 @@ import numpy as np
 from _harness import (
     JSON_HEADERS,
     Recorder,
-    Server,
     json_bodies,
     machine_line,
     ms,
     percentile,
     print_table,
-    psp_serve,
     register_contexts,
     run_async,
-    running,
     save_json,
     throwaway_dir,
     torch_thread_env,
 )
+from _serving import bare_server
 from bare_endpoint import context_key
-from serve_load import bare_server
+
+from service.testing.processes import ServerProcess, psp_serve, running
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -67,7 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def service(args: argparse.Namespace, workdir: Path) -> Server:
+def service(args: argparse.Namespace, workdir: Path) -> ServerProcess:
     """`psp serve` of the benchmark's model, with embedded stores."""
     env = {
         "PSP_DATA_DIR": str(workdir / "data"),

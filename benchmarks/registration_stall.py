@@ -22,12 +22,12 @@ from _harness import (
     ms,
     percentile,
     print_table,
-    psp_serve,
     register_contexts,
-    running,
     save_json,
     throwaway_dir,
 )
+
+from service.testing.processes import psp_serve, running
 
 
 def _predict_latencies(base_url: str, until: threading.Event, limit: int) -> list[float]:

@@ -1,11 +1,12 @@
-"""What rehearsal costs in training throughput: P5 of `serve_load.py` with replay on and off.
+"""What rehearsal costs in training throughput: P5 (`training_throughput.py`) with
+replay on and off.
 
 The same clients POST /train (wait=false) to the same `psp serve` as in P5; the figure is the
 trainer's applied examples/s, with the default replay buffer and with `PSP_REPLAY__ROWS=0`,
 measured back to back in one run. Goal: on ÷ off >= 0.7.
 
 Run: `python benchmarks/replay_cost.py [--seconds 15] [--split] [--per-step N]` (other options
-as serve_load); `--per-step` sets PSP_REPLAY__PER_STEP of the replaying server.
+as training_throughput.py); `--per-step` sets PSP_REPLAY__PER_STEP of the replaying server.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import sys
 
 from _harness import REDIS_URL, machine_line, throwaway_dir, throwaway_redis_prefix
-from serve_load import parse_args, service_training_rate
+from training_throughput import parse_args, service_training_rate
 
 
 def _take_option(argv: list[str], name: str) -> str | None:

@@ -52,16 +52,16 @@ from _harness import (
     ms,
     percentile,
     print_table,
-    psp_serve,
     register_contexts,
     run_async,
-    running,
     save_json,
     scrape,
     throwaway_dir,
     throwaway_postgres,
     throwaway_redis_prefix,
 )
+
+from service.testing.processes import psp_serve, running
 
 ROUTES = ("register", "train", "train?wait", "predict")
 RETRIES = 5

@@ -46,17 +46,16 @@ from _harness import (
     ms,
     percentile,
     print_table,
-    psp_serve,
-    psp_worker,
     register_contexts,
     run_async,
-    running,
     save_json,
     scrape,
     throwaway_dir,
     throwaway_postgres,
     throwaway_redis_prefix,
 )
+
+from service.testing.processes import psp_serve, psp_worker, running
 
 CHECKPOINT_NAME = re.compile(r"^ckpt-(\d+)-v(\d+)\.safetensors$")
 STALENESS = "psp_checkpoint_staleness_seconds"

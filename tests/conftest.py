@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.registry.database import make_engine, make_session_factory, normalize_database_url
 from service.registry.migrate import upgrade
+from service.testing.processes import RedisServer
 
 # ------------------------------------------------------------------------------------------------
 # Registry databases: every registry test runs on SQLite and on PostgreSQL.
@@ -114,7 +115,8 @@ def registry_session(registry_session_factory: sessionmaker[Session]) -> Iterato
 
 
 # ------------------------------------------------------------------------------------------------
-# Redis: tests share the server and isolate themselves by key prefix.
+# Redis: tests share the server and isolate themselves by key prefix; a test that kills Redis
+# gets a server of its own (`throwaway_redis`).
 #
 # Redis tests are never skipped: a missing server fails them with a message saying how to start
 # one or where to point them (PSP_TEST_REDIS_URL).
@@ -154,3 +156,12 @@ def key_prefix(redis_url: str) -> Iterator[str]:
         keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
         if keys:
             client.delete(*keys)
+
+
+@pytest.fixture
+def throwaway_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, to kill and restart without touching the shared one."""
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.kill()

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import Settings
-from tests.service.faults.processes import PspProcess, free_port, wait_until
+from service.testing.processes import free_port, psp_serve, psp_worker, running, wait_until
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 PROMETHEUS_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
@@ -110,26 +110,10 @@ def running_stack(
         "PSP_MODEL__HIDDEN": "[16]",
         "PSP_CHECKPOINT__EVERY_SECONDS": "0.5",
     }
-    worker_port, api_port = free_port(), free_port()
-    worker = PspProcess(
-        ["worker", "--host", "127.0.0.1", "--log-level", "warning"],
-        {**env, "PSP_ROLE": "worker", "PSP_METRICS_PORT": str(worker_port)},
-        f"http://127.0.0.1:{worker_port}/healthz",
-        tmp_path / "worker.log",
-    )
-    api = PspProcess(
-        ["serve", "--port", str(api_port), "--log-level", "warning"],
-        {**env, "PSP_ROLE": "api"},
-        f"http://127.0.0.1:{api_port}/healthz",
-        tmp_path / "api.log",
-    )
-    worker.start()
-    try:
-        api.start()
-        yield {"psp-worker": worker_port, "psp-api": api_port}
-    finally:
-        api.stop()
-        worker.stop()
+    worker = psp_worker("worker", env, tmp_path)
+    api = psp_serve("api", {**env, "PSP_ROLE": "api"}, tmp_path)
+    with running(worker, api):
+        yield {"psp-worker": worker.port, "psp-api": api.port}
 
 
 def scrape_config_for(ports: dict[str, int], rules_dir: Path) -> dict[str, Any]:

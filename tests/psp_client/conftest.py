@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.service.faults.processes import PspProcess, free_port
+from service.testing.processes import psp_serve, running
 
 SMALL_MODEL = {
     "PSP_DEVICE": "cpu",
@@ -19,37 +20,25 @@ SMALL_MODEL = {
 }
 
 
-def start_server(directory: Path, **env: str) -> PspProcess:
-    port = free_port()
-    process = PspProcess(
-        ["serve", "--port", str(port), "--log-level", "warning"],
-        {**SMALL_MODEL, "PSP_DATA_DIR": str(directory / "data"), **env},
-        f"http://127.0.0.1:{port}/healthz",
-        directory / "serve.log",
+@contextlib.contextmanager
+def serving(directory: Path, **env: str) -> Iterator[str]:
+    """A `psp serve` with the small model and data under `directory`; yields its base URL."""
+    process = psp_serve(
+        "serve", {**SMALL_MODEL, "PSP_DATA_DIR": str(directory / "data"), **env}, directory
     )
-    process.start()
-    return process
-
-
-def url_of(process: PspProcess) -> str:
-    return process.health_url.removesuffix("/healthz")
+    with running(process):
+        yield process.base_url
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The base URL of a running `psp serve` with a small model (8 inputs, 3 classes)."""
-    process = start_server(tmp_path_factory.mktemp("serve"))
-    try:
-        yield url_of(process)
-    finally:
-        process.stop()
+    with serving(tmp_path_factory.mktemp("serve")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def tiny_queue_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A `psp serve` whose queue holds at most 4 examples, so a 5-row batch always answers 429."""
-    process = start_server(tmp_path_factory.mktemp("tiny"), PSP_QUEUE__MAX_PENDING_EXAMPLES="4")
-    try:
-        yield url_of(process)
-    finally:
-        process.stop()
+    with serving(tmp_path_factory.mktemp("tiny"), PSP_QUEUE__MAX_PENDING_EXAMPLES="4") as url:
+        yield url

@@ -19,7 +19,7 @@ from psp_client import (
     RetryPolicy,
     TooManyRequests,
 )
-from tests.service.faults.processes import wait_until
+from service.testing.processes import wait_until
 
 WIDTH = 8
 

@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 from psp_client import Client, NotFound
 from service.cli import app
 from service.client_cli import batch_idempotency_key, content_hash
-from tests.psp_client.conftest import start_server, url_of
-from tests.service.faults.processes import wait_until
+from service.testing.processes import wait_until
+from tests.psp_client.conftest import serving
 
 WIDTH = 8
 CLASSES = 3
@@ -26,11 +26,8 @@ CLASSES = 3
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The base URL of a running `psp serve` with 8 inputs and 3 classes."""
-    process = start_server(tmp_path_factory.mktemp("serve"))
-    try:
-        yield url_of(process)
-    finally:
-        process.stop()
+    with serving(tmp_path_factory.mktemp("serve")) as url:
+        yield url
 
 
 def psp(*args: str, url: str) -> tuple[int, str]:

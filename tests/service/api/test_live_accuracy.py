@@ -8,8 +8,8 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from service.app import create_app
+from service.testing.processes import wait_until
 from tests.service.api.helpers import register, sqlite_settings
-from tests.service.faults.processes import wait_until
 
 
 def varied_rows(n: int) -> list[list[float]]:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.service.faults.processes import PspProcess, free_port
+from service.testing.processes import ServerProcess, psp_serve, psp_worker
 
-ProcessFactory = Callable[..., PspProcess]
+ProcessFactory = Callable[..., ServerProcess]
 
 
 @pytest.fixture
@@ -35,22 +35,11 @@ def base_env(
 @pytest.fixture
 def spawn(tmp_path: Path) -> Iterator[ProcessFactory]:
     """Starts `psp serve` (with `role`) or `psp worker`; every process is stopped afterwards."""
-    started: list[PspProcess] = []
+    started: list[ServerProcess] = []
 
-    def start(command: str, env: dict[str, str]) -> PspProcess:
-        port = free_port()
-        if command == "serve":
-            args = ["serve", "--port", str(port), "--log-level", "warning"]
-        else:
-            args = ["worker", "--host", "127.0.0.1", "--log-level", "warning"]
-            env = {**env, "PSP_METRICS_PORT": str(port)}
-        process = PspProcess(
-            args,
-            env,
-            f"http://127.0.0.1:{port}/healthz",
-            tmp_path / f"{command}-{len(started)}.log",
-        )
-        process.port = port  # type: ignore[attr-defined]
+    def start(command: str, env: dict[str, str]) -> ServerProcess:
+        launcher = psp_serve if command == "serve" else psp_worker
+        process = launcher(f"{command}-{len(started)}", env, tmp_path)
         process.start()
         started.append(process)
         return process

@@ -17,7 +17,7 @@ from psp_core.learner import OnlineLearner, TrainingConfig
 from psp_core.models import ModelConfig, build_model
 from psp_core.replay import DEFAULT_REPLAY_ROWS, ReplayBuffer
 from service.checkpoints import CheckpointStore
-from tests.service.faults.processes import wait_until
+from service.testing.processes import wait_until
 
 KEYS = ["tenant-a", "tenant-b", "tenant-c"]
 

@@ -6,21 +6,13 @@ import re
 
 import httpx
 
-from tests.service.faults.processes import PspProcess, free_port
+from service.testing.processes import psp_serve, running
 
 
 def test_two_api_processes_share_one_metrics_view(base_env, tmp_path) -> None:
-    port = free_port()
     env = {**base_env, "PSP_ROLE": "api", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus")}
-    api = PspProcess(
-        ["serve", "--port", str(port), "--workers", "2", "--log-level", "warning"],
-        env,
-        f"http://127.0.0.1:{port}/healthz",
-        tmp_path / "api.log",
-    )
-    api.start()
-    try:
-        base = f"http://127.0.0.1:{port}"
+    with running(psp_serve("api", env, tmp_path, "--workers", "2")) as (api,):
+        base = api.base_url
         assert httpx.post(f"{base}/contexts", json={"key": "t"}, timeout=10).status_code == 201
         with httpx.Client(base_url=base, timeout=10) as client:
             for _ in range(40):  # new connections, so both processes take some
@@ -36,5 +28,3 @@ def test_two_api_processes_share_one_metrics_view(base_env, tmp_path) -> None:
             if line.startswith("psp_http_requests_total{") and 'handler="/predict/{key}"' in line
         )
         assert total == 40
-    finally:
-        api.stop()

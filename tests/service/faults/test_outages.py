@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import httpx
-import pytest
 from sqlalchemy.engine import make_url
 
-from tests.service.faults.processes import RedisServer, TcpProxy, wait_until
+from service.testing.processes import wait_until
+from tests.service.faults.proxy import TcpProxy
 
 ROW = [0.25] * 64
 
@@ -22,30 +22,22 @@ def _predict(base: str, key: str = "t") -> httpx.Response:
     return httpx.post(f"{base}/predict/{key}", json={"inputs": [ROW]}, timeout=15)
 
 
-@pytest.fixture
-def private_redis(tmp_path):
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.stop()
-
-
 def test_redis_outage_answers_503_on_train_while_predict_works(
-    base_env, spawn, private_redis
+    base_env, spawn, throwaway_redis
 ) -> None:
-    server = spawn("serve", {**base_env, "PSP_REDIS_URL": private_redis.url})
+    server = spawn("serve", {**base_env, "PSP_REDIS_URL": throwaway_redis.url})
     base = f"http://127.0.0.1:{server.port}"
     assert httpx.post(f"{base}/contexts", json={"key": "t"}, timeout=10).status_code == 201
     assert _train(base, wait=True).status_code == 200
 
-    private_redis.stop()
+    throwaway_redis.kill()
     down = _train(base)
     assert down.status_code == 503
     assert "train queue is unreachable" in down.json()["detail"]
     assert _predict(base).status_code == 200
     assert httpx.get(f"{base}/readyz", timeout=10).status_code == 503
 
-    private_redis.start()  # same port, empty (no persistence): the stream and group come back
+    throwaway_redis.start()  # same port, empty (no persistence): the stream and group come back
     wait_until(lambda: _train(base).status_code == 202, 30, 0.5, what="train after Redis returned")
     assert _train(base, wait=True).status_code == 200
     assert _predict(base).status_code == 200

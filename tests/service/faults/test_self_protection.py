@@ -18,7 +18,8 @@ from service.model_sync import ModelAnnouncement
 from service.queue.base import TrainEntry
 from service.queue.keys import ShardKeys
 from service.queue.redis import RedisStreamQueue
-from tests.service.faults.processes import TcpProxy, wait_until
+from service.testing.processes import wait_until
+from tests.service.faults.proxy import TcpProxy
 
 ROW = [0.25] * 64
 

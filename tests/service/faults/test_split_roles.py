@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from tests.service.faults.processes import wait_until
+from service.testing.processes import wait_until
 
 ROW = [0.3] * 64
 

@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
-import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
 import pytest
-import redis
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -22,6 +17,7 @@ from service.queue import redis as redis_queue
 from service.queue.base import IDEMPOTENCY_SECONDS
 from service.queue.keys import ShardKeys
 from service.queue.redis import RedisStreamQueue
+from service.testing.processes import RedisServer
 
 
 def make_entry(size: int = 2) -> TrainEntry:
@@ -280,63 +276,8 @@ async def test_unreachable_redis_raises_queue_unavailable(key_prefix: str) -> No
     assert time.monotonic() - started < 10
 
 
-class ThrowawayRedis:
-    """A redis-server of this test's own, to kill and restart without touching the shared one."""
-
-    def __init__(self, directory: Path) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.fail("redis-server is not on PATH; install Redis 7 to run this test")
-        self.binary = binary
-        self.directory = directory
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                self.binary,
-                *("--port", str(self.port), "--bind", "127.0.0.1"),
-                *("--save", "", "--appendonly", "no", "--daemonize", "no"),
-                *("--dir", str(self.directory)),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        with redis.Redis.from_url(self.url, socket_connect_timeout=0.5) as client:
-            while True:
-                try:
-                    client.ping()
-                    return
-                except redis.ConnectionError:
-                    if time.monotonic() > deadline:
-                        pytest.fail(f"redis-server did not start on port {self.port}")
-                    time.sleep(0.05)
-
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-            self.process = None
-
-
-@pytest.fixture
-def throwaway_redis(tmp_path: Path) -> Iterator[ThrowawayRedis]:
-    server = ThrowawayRedis(tmp_path)
-    server.start()
-    yield server
-    server.kill()
-
-
 async def test_recovers_when_redis_comes_back_without_its_data(
-    throwaway_redis: ThrowawayRedis,
+    throwaway_redis: RedisServer,
 ) -> None:
     queue = RedisStreamQueue(url=throwaway_redis.url, max_pending_examples=100)
     try:
@@ -370,7 +311,7 @@ async def test_recovers_when_redis_comes_back_without_its_data(
         await queue.close()
 
 
-async def test_a_restart_between_calls_goes_unnoticed(throwaway_redis: ThrowawayRedis) -> None:
+async def test_a_restart_between_calls_goes_unnoticed(throwaway_redis: RedisServer) -> None:
     queue = RedisStreamQueue(url=throwaway_redis.url, max_pending_examples=100)
     try:
         await queue.put(make_entry(1))

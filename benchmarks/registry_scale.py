@@ -1,0 +1,169 @@
+"""Registry scale (P6): the real `psp serve` on PostgreSQL with many contexts, over real HTTP.
+
+`--big-contexts` contexts registered in PostgreSQL through POST /contexts:batch (10 000 per
+request; contexts/s reported); predict p50 latency of a single sequential client with keys
+spread over all of them ÷ the same on a server holding 10 contexts (goal <= 1.1); and PostgreSQL
+bytes per context, pg_total_relation_size('contexts') ÷ rows (goal <= 200 B).
+
+The load generator runs in this process and shares the machine's cores with the servers.
+
+Run: `python benchmarks/registry_scale.py [--big-contexts 100000] [--latency-requests 3000]
+[--json PATH]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import psycopg
+from _harness import (
+    JSON_HEADERS,
+    CpuWatch,
+    Recorder,
+    drive,
+    json_bodies,
+    load_average,
+    ms,
+    percentile,
+    postgres_dsn,
+    print_table,
+    register_contexts,
+    run_async,
+    throwaway_postgres,
+)
+from _serving import add_service_options, run_benchmark, service_env
+from bare_endpoint import context_key
+
+from service.testing.processes import psp_serve, running
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    parser.add_argument("--big-contexts", type=int, default=100_000, help="contexts registered")
+    parser.add_argument(
+        "--latency-requests", type=int, default=3000, help="sequential predicts per target"
+    )
+    add_service_options(parser)
+    return parser.parse_args(argv)
+
+
+def table_bytes(database_url: str) -> dict[str, float]:
+    """PostgreSQL storage of the `contexts` table: total (heap + indexes + TOAST) per row."""
+    with psycopg.connect(postgres_dsn(database_url)) as connection:
+        rows, total, heap = connection.execute(
+            "SELECT count(*), pg_total_relation_size('contexts'), pg_relation_size('contexts') "
+            "FROM contexts"
+        ).fetchone()  # type: ignore[misc]
+    return {
+        "rows": rows,
+        "total_bytes": total,
+        "heap_bytes": heap,
+        "bytes_per_context": total / rows,
+        "heap_bytes_per_context": heap / rows,
+    }
+
+
+def sequential_latencies(
+    base_url: str, keys: list[str], bodies: list[bytes], count: int
+) -> list[float]:
+    """Latencies of `count` predicts sent one after another by a single client."""
+    recorder = Recorder()
+    rng = random.Random(len(keys))
+
+    async def operation(client: httpx.AsyncClient, number: int) -> None:
+        url = f"/predict/{keys[rng.randrange(len(keys))]}"
+        body = bodies[rng.randrange(len(bodies))]
+        await recorder.send(client, "predict", "POST", url, content=body, headers=JSON_HEADERS)
+
+    run_async(drive(base_url, operation, clients=1, seconds=300, max_operations=count))
+    if recorder.non_ok("predict"):
+        raise RuntimeError(f"{recorder.non_ok('predict')} predicts failed on {base_url}")
+    return recorder.latencies["predict"]
+
+
+def p6_registry_scale(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """P6: registration throughput, predict p50 at 100k ÷ at 10 contexts, bytes per context."""
+    big = args.big_contexts
+    print(f"\nP6 registry scale: PostgreSQL, {big:,} contexts vs 10, single sequential client")
+    small_keys = [context_key(n) for n in range(10)]
+    big_keys = [context_key(n) for n in range(big)]
+    bodies = json_bodies(np.random.default_rng(2), 256, 1, args.input)
+    with throwaway_postgres() as small_db, throwaway_postgres() as big_db:
+        small = psp_serve(
+            "psp-10", {**service_env(args, workdir / "p6a"), "PSP_DATABASE_URL": small_db}, workdir
+        )
+        large = psp_serve(
+            "psp-big", {**service_env(args, workdir / "p6b"), "PSP_DATABASE_URL": big_db}, workdir
+        )
+        with running(small, large):
+            register_contexts(small.base_url, small_keys)
+            load = load_average()
+            registration_seconds = register_contexts(large.base_url, big_keys, chunk=10_000)
+            storage = table_bytes(big_db)
+            targets = [
+                ("10 contexts", small.base_url, small_keys),
+                (f"{big:,} contexts, keys over all", large.base_url, big_keys),
+                (f"{big:,} contexts, 10 hot keys", large.base_url, big_keys[:10]),
+            ]
+            for _, url, keys in targets:  # warm-up
+                sequential_latencies(url, keys, bodies, 200)
+            watch = CpuWatch([small.pid, large.pid])
+            latencies: dict[str, list[float]] = {label: [] for label, _, _ in targets}
+            per_round = max(1, args.latency_requests // args.rounds)
+            for number in range(args.rounds):
+                order = targets if number % 2 == 0 else targets[::-1]
+                for label, url, keys in order:
+                    latencies[label] += sequential_latencies(url, keys, bodies, per_round)
+            others = watch.line()
+    base_p50 = percentile(latencies["10 contexts"], 50)
+    rows = [
+        [
+            label,
+            len(values),
+            ms(percentile(values, 50)),
+            ms(percentile(values, 99)),
+            f"{percentile(values, 50) / base_p50:.3f}",
+        ]
+        for label, values in latencies.items()
+    ]
+    print_table(["server", "requests", "p50 ms", "p99 ms", "p50 ÷ 10-context p50"], rows)
+    spread_ratio = percentile(latencies[targets[1][0]], 50) / base_p50
+    rate = big / registration_seconds
+    print(f"  registration: {big:,} contexts in {registration_seconds:.1f} s = {rate:,.0f}/s")
+    print(
+        f"  PostgreSQL: {storage['total_bytes'] / 2**20:.1f} MiB for {storage['rows']:,} rows = "
+        f"{storage['bytes_per_context']:.0f} B per context (heap alone "
+        f"{storage['heap_bytes_per_context']:.0f} B)   goal <= 200 B"
+    )
+    print(f"  p50 ratio (keys over all): {spread_ratio:.3f}   goal <= 1.1")
+    print(f"  load average at start {load}; while measuring latency, {others}")
+    return {
+        "load_average": load,
+        "other_processes": others,
+        "registration_seconds": registration_seconds,
+        "registration_per_s": rate,
+        "storage": storage,
+        "latency": {
+            label: {
+                "requests": len(values),
+                "p50_s": percentile(values, 50),
+                "p99_s": percentile(values, 99),
+            }
+            for label, values in latencies.items()
+        },
+        "p50_ratio": spread_ratio,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_benchmark("registry_scale", "p6", p6_registry_scale, parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
