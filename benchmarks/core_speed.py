@@ -27,8 +27,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from psp_core import ContextSpec, ModelConfig, build_model
+from psp_core import KINDS_WITH_CONTEXTS, ContextSpec, ModelConfig, build_model, kind_class
 from psp_core.models import SuperposedModel
+
+# Slow to generate and memory-heavy (M×M per context): timed only with `--rotation`.
+ON_REQUEST = ("rotation",)
 
 
 def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
@@ -63,13 +66,17 @@ def superposed(
 
 
 def with_contexts(model: SuperposedModel, kind: str, contexts: int) -> SuperposedModel:
-    model.bank.extend(
-        [
-            ContextSpec(power=float(i)) if kind == "onepower" else ContextSpec(seed=i)
-            for i in range(contexts)
-        ]
-    )
+    uses_power = kind_class(kind).uses_power
+    specs = [
+        ContextSpec(power=float(i)) if uses_power else ContextSpec(seed=i) for i in range(contexts)
+    ]
+    model.bank.extend(specs)
     return model
+
+
+def timed_kinds(args: argparse.Namespace) -> list[str]:
+    """Every kind with contexts, less those timed only on request."""
+    return [kind for kind in KINDS_WITH_CONTEXTS if args.rotation or kind not in ON_REQUEST]
 
 
 FIGURES: dict[str, float] = {}
@@ -83,9 +90,8 @@ def mixed_context_ratios(args: argparse.Namespace, device: torch.device) -> None
     single = torch.zeros(rows, dtype=torch.long, device=device)
     print(f"(a) forward, {rows} rows, MLP {inputs}-{'-'.join(map(str, hidden))}-10, {device}")
     print(f"    {'kind':<10} {'one ctx rows/s':>15} {'distinct rows/s':>16} {'ratio':>7}")
-    kinds = ["binary", "complex", "onepower"] + (["rotation"] if args.rotation else [])
     with torch.inference_mode():
-        for kind in kinds:
+        for kind in timed_kinds(args):
             model = superposed(kind, inputs, hidden, rows, device)
             t_one = median_seconds(partial(model, x, single), device, args.repeats)
             t_mix = median_seconds(partial(model, x, distinct), device, args.repeats)
@@ -119,7 +125,7 @@ def conv_mixed_context_ratios(args: argparse.Namespace, device: torch.device) ->
     print(f"(c) forward, {rows} rows, ConvNet {shape} channels {channels}, {device}")
     print(f"    {'kind':<10} {'one ctx rows/s':>15} {'distinct':>9} {'8 ctx':>7}")
     with torch.inference_mode():
-        for kind in ["binary", "complex", "onepower"] + (["rotation"] if args.rotation else []):
+        for kind in timed_kinds(args):
             config = ModelConfig(kind=kind, arch="convnet", input_shape=shape, hidden=channels)
             model = with_contexts(build_model(config, device), kind, rows)
             # Interleaved, so that drift in machine load hits all three alike.
@@ -151,9 +157,8 @@ def train_step_ratios(args: argparse.Namespace, device: torch.device) -> None:
         loss_fn(plain(x), y).backward()
 
     print(f"(b) forward+backward, batch {batch}, mixed over 64 contexts, ÷ plain nn.Linear MLP")
-    kinds = ["binary", "complex", "onepower"] + (["rotation"] if args.rotation else [])
     goals = {"binary": "(goal <= 1.15)", "complex": "(goal <= 3.0)", "onepower": "(goal <= 3.0)"}
-    for kind in kinds:
+    for kind in timed_kinds(args):
         model = superposed(kind, inputs, hidden, 64, device)
 
         def psp_step(m: nn.Module = model) -> None:

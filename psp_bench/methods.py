@@ -10,7 +10,7 @@ Suffixes, in any order: `-local` mixes each context with its neighbours (paper e
 and one-power only); `-continuous` lets a one-power context follow the stream's position through
 a fractional power, so a rotating input gets a new context at every step (paper §7.3);
 `-real` keeps each layer's real part instead of carrying complex activations between layers
-(complex and one-power only; see `psp_core.layers`); `-replay` rehearses: every step mixes in
+(complex and one-power only; see `psp_core.kinds.complex`); `-replay` rehearses: every step mixes in
 rows drawn from a bounded buffer of past rows, as the service does by default (any kind, `none`
 included, so that what superposition adds on top of rehearsal is measured); `-reservoir`, with
 `-replay`, keeps one plain reservoir sample of all rows instead of sharing the buffer equally
@@ -21,9 +21,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from psp_core import ContextSpec, ModelConfig
+from psp_core import CONTEXT_KINDS, ContextSpec, ModelConfig
 
-PSP_KINDS = ("none", "binary", "complex", "rotation", "onepower")
+PSP_KINDS = CONTEXT_KINDS
 BASELINES = ("separate", "ewc")
 DEFAULT_METHODS = (*PSP_KINDS, *(f"{kind}-replay" for kind in PSP_KINDS), *BASELINES)
 # Online EWC consolidates when the task changes, which an interleaved stream does at every block.

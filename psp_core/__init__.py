@@ -11,7 +11,8 @@ from psp_core.checkpoint import (
     restore_checkpoint,
     save_checkpoint,
 )
-from psp_core.contexts import ContextKind, ContextSpec
+from psp_core.contexts import ContextSpec
+from psp_core.kinds import CONTEXT_KINDS, KINDS_WITH_CONTEXTS, LayerContexts, kind_class
 from psp_core.layers import SuperposedConv2d, SuperposedLayer, SuperposedLinear, superpose
 from psp_core.learner import OnlineLearner, StepResult, TrainingConfig
 from psp_core.models import (
@@ -24,10 +25,12 @@ from psp_core.models import (
 )
 
 __all__ = [
+    "CONTEXT_KINDS",
+    "KINDS_WITH_CONTEXTS",
     "CheckpointError",
     "ContextBank",
-    "ContextKind",
     "ContextSpec",
+    "LayerContexts",
     "ModelConfig",
     "OnlineLearner",
     "StepResult",
@@ -39,6 +42,7 @@ __all__ = [
     "SuperposedModel",
     "TrainingConfig",
     "build_model",
+    "kind_class",
     "load_checkpoint",
     "parameter_count",
     "restore_checkpoint",

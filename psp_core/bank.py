@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from psp_core.contexts import ContextKind, ContextSpec
-from psp_core.layers import LayerContexts
+from psp_core.contexts import ContextSpec
+from psp_core.kinds import LayerContexts
 
 
 class ContextBank:
@@ -22,9 +22,14 @@ class ContextBank:
     binary `4 ΣM_l` bytes, complex `8 ΣM_l`, rotation `4 ΣM_l²`, one-power 8 bytes per layer for
     the exponent that defines the context (the base phases are shared) plus `8 ΣM_l` for its
     cached vectors, none 0. `bytes_per_context` reports the figure for a given model.
+
+    Attributes:
+        kind: The class of the layers' kind, which checks every spec.
+        layers: The contexts of every superposed layer, in layer order.
+        specs: Every registered context, in row order.
     """
 
-    def __init__(self, kind: ContextKind, layers: Sequence[LayerContexts]) -> None:
+    def __init__(self, kind: type[LayerContexts], layers: Sequence[LayerContexts]) -> None:
         self.kind = kind
         self.layers = list(layers)
         self.specs: list[ContextSpec] = []
@@ -47,7 +52,7 @@ class ContextBank:
         per rotation context), so a server runs it without holding the lock that forward
         passes take, and only `append_prepared` under it.
         """
-        checked = [spec.for_kind(self.kind) for spec in specs]
+        checked = [self.kind.check_spec(spec) for spec in specs]
         return PreparedContexts(checked, [layer.make_rows(checked) for layer in self.layers])
 
     def append_prepared(self, prepared: PreparedContexts) -> range:
@@ -57,10 +62,6 @@ class ContextBank:
         start = len(self.specs)
         self.specs.extend(prepared.specs)
         return range(start, len(self.specs))
-
-    def gather(self, layer: int, context_index: torch.Tensor) -> torch.Tensor:
-        """The context vectors of layer `layer` for a batch; see `LayerContexts.gather`."""
-        return self.layers[layer].gather(context_index)
 
     def bytes_per_context(self) -> int:
         """Bytes stored on the device for each additional context."""

@@ -9,6 +9,9 @@ float32, which makes them bit-identical across processes and devices.
 Real-arithmetic encoding of the complex kinds: a complex context `e^{iφ}` acting on a real input
 and complex weights `W = A + iB` gives `Re(W (c ⊙ x)) = A (cos φ ⊙ x) - B (sin φ ⊙ x)`. Layers
 therefore store complex contexts as the pair `(cos φ, -sin φ)`, concatenated to length `2M`.
+
+The kinds themselves (which of these functions makes a row, which spec a kind takes) live in
+`psp_core.kinds`.
 """
 
 from __future__ import annotations
@@ -16,29 +19,8 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
-from enum import StrEnum
 
 import torch
-
-
-class ContextKind(StrEnum):
-    """The families of context operators (paper §4.2, §5.2)."""
-
-    NONE = "none"
-    BINARY = "binary"
-    COMPLEX = "complex"
-    ROTATION = "rotation"
-    ONEPOWER = "onepower"
-
-    @property
-    def uses_power(self) -> bool:
-        """One-power contexts are defined by a real exponent rather than an integer seed."""
-        return self is ContextKind.ONEPOWER
-
-    @property
-    def is_complex(self) -> bool:
-        """Complex and one-power keep complex weights (a real and an imaginary part)."""
-        return self in (ContextKind.COMPLEX, ContextKind.ONEPOWER)
 
 
 @dataclass(frozen=True)
@@ -57,16 +39,6 @@ class ContextSpec:
     def __post_init__(self) -> None:
         if (self.seed is None) == (self.power is None):
             raise ValueError("a context is defined by exactly one of seed or power")
-
-    def for_kind(self, kind: ContextKind) -> ContextSpec:
-        """Checks that this spec fits `kind` and returns it."""
-        if kind.uses_power and self.power is None:
-            raise ValueError("one-power contexts are defined by a power (a real exponent)")
-        if kind is not ContextKind.ONEPOWER and kind is not ContextKind.NONE and self.seed is None:
-            raise ValueError(f"{kind.value} contexts are defined by an integer seed")
-        if self.power is not None and not math.isfinite(self.power):
-            raise ValueError("the power must be a finite number")
-        return self
 
 
 def derive_seed(*parts: int | str) -> int:

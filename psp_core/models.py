@@ -15,15 +15,16 @@ import torch
 from torch import nn
 
 from psp_core.bank import ContextBank
-from psp_core.contexts import ContextKind, ContextSpec
-from psp_core.layers import SuperposedLayer, superpose
+from psp_core.contexts import ContextSpec
+from psp_core.kinds import LayerContexts, kind_class
+from psp_core.layers import batch_rows, superpose
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """What a superposed network is; two configs that are equal build identical models."""
 
-    kind: str = "complex"  # binary, complex, rotation, onepower, or none (the plain baseline)
+    kind: str = "complex"  # a name in psp_core.kinds.CONTEXT_KINDS; none: the plain baseline
     arch: str = "mlp"  # mlp or convnet
     input_shape: tuple[int, ...] = (64,)  # one example, e.g. (784,) or (1, 28, 28)
     hidden: tuple[int, ...] = (256, 256)  # hidden widths (mlp) or channels (convnet)
@@ -35,17 +36,18 @@ class ModelConfig:
     complex_activations: bool = True
 
     def __post_init__(self) -> None:
-        ContextKind(self.kind)
+        kind = kind_class(self.kind)
         if self.arch not in ("mlp", "convnet"):
             raise ValueError(f"arch must be 'mlp' or 'convnet', not {self.arch!r}")
         if self.arch == "convnet" and len(self.input_shape) != 3:
             raise ValueError("a convnet needs input_shape (channels, height, width)")
-        if self.local_mix and not ContextKind(self.kind).is_complex:
+        if self.local_mix and not kind.is_complex:
             raise ValueError("local_mix applies to complex and onepower contexts only")
 
     @property
-    def context_kind(self) -> ContextKind:
-        return ContextKind(self.kind)
+    def context_kind(self) -> type[LayerContexts]:
+        """The class of the kind (see `psp_core.kinds`)."""
+        return kind_class(self.kind)
 
     @property
     def carries_complex(self) -> bool:
@@ -81,18 +83,20 @@ class ModelConfig:
 class SuperposedModel(nn.Module):
     """A plain `body` whose Linear and Conv2d layers are superposed, plus their context bank.
 
+    The body may nest containers and custom blocks: its layers are superposed at any depth, and
+    `forward` runs it as a plain module inside `batch_rows`, which hands every superposed layer
+    the batch's context rows.
+
     Attributes:
         config: The config the model was built from.
         bank: The contexts; `add_context` registers one without rebuilding the model.
     """
 
-    def __init__(self, config: ModelConfig, body: nn.Sequential) -> None:
+    def __init__(self, config: ModelConfig, body: nn.Module) -> None:
         super().__init__()
         self.config = config
         self.body = body
-        layers = superpose(
-            body, config.context_kind, model_seed=config.seed, local_mix=config.local_mix
-        )
+        layers = superpose(body, config.kind, model_seed=config.seed, local_mix=config.local_mix)
         self.bank = ContextBank(config.context_kind, [layer.contexts for layer in layers])
         if config.carries_complex:
             for position, layer in enumerate(layers):
@@ -111,12 +115,12 @@ class SuperposedModel(nn.Module):
         Raises:
             IndexError: A row of `context_index` names no registered context.
         """
-        if self.config.context_kind is not ContextKind.NONE:  # a plain network has no rows
+        if self.config.context_kind.has_contexts:  # a plain network has no rows
             self.bank.check_index(context_index)
         x = x.reshape(x.shape[0], *self.config.input_shape)
-        for module in self.body:
-            x = module(x, context_index) if isinstance(module, SuperposedLayer) else module(x)
-        return x
+        with batch_rows(context_index):
+            logits: torch.Tensor = self.body(x)
+        return logits
 
     def add_context(self, spec: ContextSpec) -> int:
         """Registers a context and returns its bank row."""
@@ -175,17 +179,3 @@ def build_model(config: ModelConfig, device: torch.device | str = "cpu") -> Supe
 def parameter_count(model: nn.Module) -> int:
     """Trainable real numbers in the model (a complex weight counts as two)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def table1_parameter_count(kind: ContextKind, m: int, n: int) -> tuple[int, int]:
-    """The paper's Table 1 for an `M x N` linear map: (parameters with one model, +1 model).
-
-    Our layers add a bias of `N` and store complex weights as two reals, as Table 1 does.
-    """
-    return {
-        ContextKind.NONE: (m * n, m * n),
-        ContextKind.BINARY: (m * (n + 1), m),
-        ContextKind.COMPLEX: (2 * m * n + m, m),
-        ContextKind.ROTATION: (m * (n + m), m * m),
-        ContextKind.ONEPOWER: (2 * m * n + m, 1),
-    }[kind]

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from psp_core.kinds import CONTEXT_KINDS, kind_class
 from psp_core.learner import TrainingConfig
 from psp_core.models import ModelConfig
 from psp_core.replay import DEFAULT_REPLAY_ROWS
@@ -23,15 +24,21 @@ _MODEL = ModelConfig()
 class ModelSettings(BaseModel):
     """The superposed network the service hosts."""
 
-    kind: Literal["binary", "complex", "rotation", "onepower", "none"] = "complex"
+    kind: str = Field(default="complex", json_schema_extra={"enum": list(CONTEXT_KINDS)})
     arch: Literal["mlp", "convnet"] = "mlp"
     input_shape: list[int] = Field(default_factory=lambda: [64])
     hidden: list[int] = Field(default_factory=lambda: [256, 256])
     num_classes: int = Field(default=10, ge=2)
     seed: int = 0
     local_mix: bool = False
-    # complex and onepower: carry complex activations between layers (see psp_core.layers)
+    # complex and onepower: carry complex activations between layers (see psp_core.kinds.complex)
     complex_activations: bool = _MODEL.complex_activations
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, value: str) -> str:
+        kind_class(value)  # raises ValueError naming the kinds there are
+        return value
 
     @field_validator("input_shape", "hidden")
     @classmethod

@@ -51,10 +51,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from psp_core.kinds import CONTEXT_KINDS
 from service.registry.models import KEY_MAX_LENGTH, KEY_PATTERN, ContextRow, utcnow
-
-CONTEXT_KINDS: Final = frozenset({"binary", "complex", "rotation", "onepower", "none"})
-"""The context kinds of the model (`PSP_MODEL__KIND`)."""
 
 _VALID_KEY: Final = re.compile(KEY_PATTERN)
 
@@ -421,7 +419,7 @@ def create_contexts(
 
     Args:
         session: The session to work in; flushed, not committed.
-        kind: The model's context kind (`binary`, `complex`, `rotation`, `onepower`, `none`).
+        kind: The model's context kind, one of `psp_core.kinds.CONTEXT_KINDS`.
         items: Up to `MAX_BULK_CONTEXTS` tuples of (key, seed or None, power or None).
         min_power_gap: How far a new one-power exponent must lie from every other one.
 

@@ -19,10 +19,10 @@ def test_adding_contexts_keeps_existing_answers() -> None:
     assert len(model.bank) == 3
 
 
-def test_gather_returns_one_vector_per_row() -> None:
+def test_every_layer_gathers_one_vector_per_row() -> None:
     model = build_model(ModelConfig(kind="complex", hidden=(16,)))
     model.bank.extend([ContextSpec(seed=s) for s in range(3)])
-    gathered = model.bank.gather(0, torch.tensor([2, 0, 2]))
+    gathered = model.bank.layers[0].gather(torch.tensor([2, 0, 2]))
     assert gathered.shape == (3, 128)
     assert torch.equal(gathered[0], gathered[2]) and not torch.equal(gathered[0], gathered[1])
 

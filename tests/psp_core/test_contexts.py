@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from psp_core.contexts import (
-    ContextKind,
     ContextSpec,
     binary_context,
     complex_phases,
@@ -124,12 +123,6 @@ def test_spec_requires_exactly_one_definition() -> None:
         ContextSpec()
     with pytest.raises(ValueError, match="exactly one"):
         ContextSpec(seed=1, power=1.0)
-    with pytest.raises(ValueError, match="power"):
-        ContextSpec(seed=1).for_kind(ContextKind.ONEPOWER)
-    with pytest.raises(ValueError, match="seed"):
-        ContextSpec(power=1.0).for_kind(ContextKind.BINARY)
-    with pytest.raises(ValueError, match="finite"):
-        ContextSpec(power=math.inf).for_kind(ContextKind.ONEPOWER)
 
 
 def test_derive_seed_is_a_stable_63_bit_value() -> None:

@@ -5,37 +5,35 @@ import torch
 from torch import nn
 
 from psp_core.contexts import (
-    ContextKind,
     ContextSpec,
     binary_context,
-    onepower_phases,
-    phases_to_real_pair,
+    complex_phases,
+    onepower_base_phases,
     rotation_context,
 )
+from psp_core.kinds import CONTEXT_KINDS, KINDS_WITH_CONTEXTS, LayerContexts, kind_class
 from psp_core.layers import (
-    LayerContexts,
-    RowGroups,
     SuperposedConv2d,
     SuperposedLinear,
+    batch_rows,
     make_superposed,
     superpose,
 )
 
-KINDS = list(ContextKind)
+
+def _spec(kind: str, i: int) -> ContextSpec:
+    uses_power = kind_class(kind).uses_power
+    return ContextSpec(power=i + 0.5 * (i % 2)) if uses_power else ContextSpec(seed=i)
 
 
-def _spec(kind: ContextKind, i: int) -> ContextSpec:
-    return ContextSpec(power=i + 0.5 * (i % 2)) if kind.uses_power else ContextSpec(seed=i)
-
-
-def _linear(kind: ContextKind) -> SuperposedLinear:
+def _linear(kind: str) -> SuperposedLinear:
     torch.manual_seed(0)
     layer = SuperposedLinear(nn.Linear(12, 5), kind, model_seed=3, layer_index=0)
     layer.contexts.append([_spec(kind, i) for i in range(6)])
     return layer
 
 
-def _conv(kind: ContextKind) -> SuperposedConv2d:
+def _conv(kind: str) -> SuperposedConv2d:
     torch.manual_seed(0)
     base = nn.Conv2d(3, 4, kernel_size=3, padding=1, stride=2)
     layer = SuperposedConv2d(base, kind, model_seed=3, layer_index=0)
@@ -47,7 +45,7 @@ def _conv(kind: ContextKind) -> SuperposedConv2d:
 CASES = [("linear", _linear, (12,)), ("conv2d", _conv, (3, 9, 7))]
 
 
-@pytest.mark.parametrize("kind", KINDS, ids=str)
+@pytest.mark.parametrize("kind", CONTEXT_KINDS)
 @pytest.mark.parametrize(("name", "factory", "shape"), CASES, ids=[c[0] for c in CASES])
 def test_mixed_batch_equals_row_by_row(kind, name, factory, shape) -> None:
     layer = factory(kind)
@@ -59,7 +57,7 @@ def test_mixed_batch_equals_row_by_row(kind, name, factory, shape) -> None:
     assert torch.allclose(mixed, rows, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", [k for k in KINDS if k is not ContextKind.NONE], ids=str)
+@pytest.mark.parametrize("kind", KINDS_WITH_CONTEXTS)
 @pytest.mark.parametrize(("name", "factory", "shape"), CASES, ids=[c[0] for c in CASES])
 def test_contexts_recall_different_models(kind, name, factory, shape) -> None:
     layer = factory(kind)
@@ -70,7 +68,7 @@ def test_contexts_recall_different_models(kind, name, factory, shape) -> None:
 
 
 def test_binary_linear_is_w_times_bound_input() -> None:
-    layer = _linear(ContextKind.BINARY)
+    layer = _linear("binary")
     x = torch.randn(3, 12)
     c = binary_context(3, 2, 0, 12)
     expected = (x * c) @ layer.base_layer.weight.T + layer.base_layer.bias
@@ -79,7 +77,7 @@ def test_binary_linear_is_w_times_bound_input() -> None:
 
 def test_conv_binds_context_to_kernel() -> None:
     # Paper eq. 10: (w ⊙ c) * x, with c over (in_channels, kh, kw).
-    layer = _conv(ContextKind.BINARY)
+    layer = _conv("binary")
     x = torch.randn(2, 3, 9, 7)
     c = binary_context(3, 4, 0, 27).view(3, 3, 3)
     conv = layer.base_layer
@@ -88,7 +86,7 @@ def test_conv_binds_context_to_kernel() -> None:
 
 
 def test_complex_linear_is_real_part_of_complex_product() -> None:
-    layer = _linear(ContextKind.COMPLEX)
+    layer = _linear("complex")
     x = torch.randn(3, 12, dtype=torch.float64)
     pair = layer.contexts.table[1].double()
     c = torch.complex(pair[:12], -pair[12:])
@@ -99,23 +97,41 @@ def test_complex_linear_is_real_part_of_complex_product() -> None:
     )
 
 
-def test_prop3_complex_gradient_is_context_rotated_model_gradient() -> None:
-    """∂J_PSP/∂W = (∂J_k/∂W(k)) ⊙ conj(c(k)) for W(k) = W ⊙ c(k) (PyTorch's conjugate grads)."""
-    torch.manual_seed(0)
-    m, n = 8, 3
-    w = torch.randn(n, m, dtype=torch.complex128, requires_grad=True)
-    c = torch.polar(torch.ones(m, dtype=torch.float64), torch.rand(m, dtype=torch.float64) * 6)
-    x, target = torch.randn(5, m, dtype=torch.float64), torch.randn(5, n, dtype=torch.float64)
+def _defined_context(kind: str, row: int) -> torch.Tensor:
+    """Context `row` of `_linear(kind)` as complex numbers, from what defines it (its seed's
+    phases, or its exponent times the base phases), without the layer's table."""
+    spec = _spec(kind, row)
+    if spec.power is not None:
+        phases = spec.power * onepower_base_phases(3, 0, 12)
+    else:
+        assert spec.seed is not None
+        phases = complex_phases(3, spec.seed, 0, 12)
+    return torch.polar(torch.ones(12, dtype=torch.float64), phases)
 
-    ((w @ (c * x).T).real.T - target).pow(2).sum().backward()
-    model_k = (w.detach() * c).requires_grad_(True)  # the k-th model recalled from W
-    ((model_k @ x.T.to(torch.complex128)).real.T - target).pow(2).sum().backward()
-    assert torch.allclose(w.grad, model_k.grad * c.conj(), atol=1e-10)
+
+@pytest.mark.parametrize("kind", ["complex", "onepower"])
+def test_prop3_complex_gradient_is_context_rotated_model_gradient(kind: str) -> None:
+    """∂J_PSP/∂W = (∂J_k/∂W(k)) ⊙ conj(c(k)) for W(k) = W ⊙ c(k), where the gradient of
+    `W = A + iB` is `∂J/∂A + i ∂J/∂B` (PyTorch's convention for complex tensors)."""
+    layer = _linear(kind)  # real part only: J_PSP = Σ (Re(W (c ⊙ x)) + b - t)²
+    x, target = torch.randn(5, 12), torch.randn(5, 5)
+    psp_out = layer(x, torch.full((5,), 3))
+    (psp_out - target).pow(2).sum().backward()
+    psp_grad = torch.complex(layer.base_layer.weight.grad, layer.weight_imag.grad)
+
+    c = _defined_context(kind, 3)
+    w = torch.complex(layer.base_layer.weight.detach(), layer.weight_imag.detach())
+    model_k = (w.to(torch.complex128) * c).requires_grad_(True)  # the k-th model recalled
+    bias = layer.base_layer.bias.detach().double()
+    out_k = (x.to(torch.complex128) @ model_k.T).real + bias
+    (out_k - target.double()).pow(2).sum().backward()
+    assert torch.allclose(psp_out.detach().double(), out_k.detach(), atol=1e-5)
+    assert torch.allclose(psp_grad.to(torch.complex128), model_k.grad * c.conj(), atol=1e-4)
 
 
 def test_prop3_rotation_gradient_is_rotated_model_gradient() -> None:
     """∂J_PSP/∂W = (∂J_k/∂W(k)) C_kᵀ for W(k) = W C_k."""
-    layer = _linear(ContextKind.ROTATION)
+    layer = _linear("rotation")
     x, target = torch.randn(5, 12), torch.randn(5, 5)
     (layer(x, torch.full((5,), 3)) - target).pow(2).sum().backward()
     rotation = rotation_context(3, 3, 0, 12)
@@ -124,42 +140,9 @@ def test_prop3_rotation_gradient_is_rotated_model_gradient() -> None:
     assert torch.allclose(layer.base_layer.weight.grad, model_k.grad @ rotation.T, atol=1e-4)
 
 
-def test_table_grows_by_doubling_and_keeps_rows() -> None:
-    table = LayerContexts(ContextKind.BINARY, model_seed=0, layer_index=0, dim=4, local_mix=False)
-    table.append([ContextSpec(seed=0)])
-    first = table.table[0].clone()
-    table.append([ContextSpec(seed=i) for i in range(1, 20)])
-    assert len(table) == 20 and table.table.shape[0] >= 20
-    assert torch.equal(table.table[0], first)
-    assert table.bytes_per_context() == 16
-
-
-@pytest.mark.parametrize(
-    ("kind", "per_context"),
-    [
-        (ContextKind.NONE, 0),
-        (ContextKind.BINARY, 4 * 10),
-        (ContextKind.COMPLEX, 8 * 10),
-        (ContextKind.ROTATION, 4 * 100),
-        (ContextKind.ONEPOWER, 8 + 8 * 10),  # the exponent and its cached vector
-    ],
-)
-def test_bytes_per_context_per_kind(kind: ContextKind, per_context: int) -> None:
-    table = LayerContexts(kind, model_seed=0, layer_index=0, dim=10, local_mix=False)
-    assert table.bytes_per_context() == per_context
-
-
-def test_onepower_keeps_only_exponents() -> None:
-    table = LayerContexts(
-        ContextKind.ONEPOWER, model_seed=0, layer_index=0, dim=256, local_mix=False
-    )
-    table.append([ContextSpec(power=float(i)) for i in range(1000)])
-    assert table.table.numel() <= 2048 and table.base_phases.numel() == 256
-
-
 def test_superpose_replaces_every_linear_and_conv() -> None:
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 3))
-    layers = superpose(model, ContextKind.BINARY, model_seed=0)
+    layers = superpose(model, "binary", model_seed=0)
     assert [type(layer) for layer in layers] == [SuperposedConv2d, SuperposedLinear]
     assert isinstance(model[0], SuperposedConv2d) and isinstance(model[3], SuperposedLinear)
     assert [layer.context_dim for layer in layers] == [9, 8]
@@ -168,15 +151,13 @@ def test_superpose_replaces_every_linear_and_conv() -> None:
 
 def test_make_superposed_rejects_other_layers() -> None:
     with pytest.raises(TypeError, match="Linear or Conv2d"):
-        make_superposed(
-            nn.LSTM(2, 2), ContextKind.BINARY, model_seed=0, layer_index=0, local_mix=False
-        )
+        make_superposed(nn.LSTM(2, 2), "binary", model_seed=0, layer_index=0, local_mix=False)
 
 
 def test_complex_weights_add_an_imaginary_part() -> None:
-    layer = _linear(ContextKind.COMPLEX)
+    layer = _linear("complex")
     assert layer.weight_imag is not None and layer.weight_imag.shape == (5, 12)
-    assert _linear(ContextKind.BINARY).weight_imag is None
+    assert _linear("binary").weight_imag is None
 
 
 def _complex_pair(layer: SuperposedLinear | SuperposedConv2d, row: int) -> torch.Tensor:
@@ -190,7 +171,7 @@ def _complex_pair(layer: SuperposedLinear | SuperposedConv2d, row: int) -> torch
     ("complex_input", "complex_output"), [(False, True), (True, True), (True, False)]
 )
 def test_complex_activations_are_the_complex_product(complex_input, complex_output) -> None:
-    layer = _linear(ContextKind.COMPLEX)
+    layer = _linear("complex")
     layer.set_complex_sides(complex_input=complex_input, complex_output=complex_output)
     real, imag = torch.randn(3, 12, dtype=torch.float64), torch.randn(3, 12, dtype=torch.float64)
     h = torch.complex(real, imag if complex_input else torch.zeros_like(imag))
@@ -203,7 +184,7 @@ def test_complex_activations_are_the_complex_product(complex_input, complex_outp
 
 
 def test_complex_conv_binds_the_context_to_a_complex_kernel() -> None:
-    layer = _conv(ContextKind.COMPLEX)
+    layer = _conv("complex")
     layer.set_complex_sides(complex_input=True, complex_output=True)
     x = torch.randn(2, 6, 9, 7, dtype=torch.float64)  # 3 real channels, then 3 imaginary ones
     c = _complex_pair(layer, 4).view(3, 3, 3)
@@ -226,9 +207,9 @@ def _explicit_output(layer: SuperposedLinear | SuperposedConv2d, x: torch.Tensor
     base = layer.base_layer
     weight = base.weight.double()
     bias = base.bias.double()
-    if layer.kind is ContextKind.BINARY:
+    if layer.contexts.kind == "binary":
         kernel = weight * layer.contexts.table[row].double().view(weight.shape[1:])
-    elif layer.kind is ContextKind.ROTATION:
+    elif layer.contexts.kind == "rotation":
         rotation = layer.contexts.table[row].double()
         kernel = (weight.flatten(1) @ rotation).view(weight.shape)
     else:
@@ -262,7 +243,7 @@ def _explicit_output(layer: SuperposedLinear | SuperposedConv2d, x: torch.Tensor
 
 def _phases(layer: SuperposedLinear | SuperposedConv2d, row: int) -> torch.Tensor:
     """The phases φ of context `row`, from what defines it (a seed's pair or an exponent)."""
-    if layer.kind is ContextKind.ONEPOWER:
+    if layer.contexts.kind == "onepower":
         return layer.contexts.table[row].double() * layer.contexts.base_phases
     pair = layer.contexts.table[row].double()
     half = len(pair) // 2
@@ -272,11 +253,10 @@ def _phases(layer: SuperposedLinear | SuperposedConv2d, row: int) -> torch.Tenso
 # (kind, (complex_input, complex_output)): real kinds have one formulation, complex kinds four.
 KIND_SIDES = [
     (kind, sides)
-    for kind in KINDS
-    if kind is not ContextKind.NONE
+    for kind in KINDS_WITH_CONTEXTS
     for sides in (
         [(False, False), (False, True), (True, True), (True, False)]
-        if kind.is_complex
+        if kind_class(kind).is_complex
         else [(False, False)]
     )
 ]
@@ -291,9 +271,9 @@ def test_grouped_mixed_batch_equals_the_explicit_math(
     """A batch mixing contexts (grouped by context in rotation and conv) gives every row
     what its own context's kernel gives it, for every kind and every complex side, whether a
     convolution loops over its groups or runs one grouped convolution."""
-    monkeypatch.setattr(SuperposedConv2d, "MAX_LOOPED_GROUPS", max_looped)
+    monkeypatch.setattr(LayerContexts, "MAX_LOOPED_GROUPS", max_looped)
     layer = factory(kind)
-    if kind.is_complex:
+    if kind_class(kind).is_complex:
         layer.set_complex_sides(complex_input=sides[0], complex_output=sides[1])
     channels = shape[0] * (2 if layer.complex_input else 1)
     x = torch.randn(11, channels, *shape[1:])
@@ -304,10 +284,10 @@ def test_grouped_mixed_batch_equals_the_explicit_math(
     assert torch.allclose(got, expected, atol=1e-4)
 
 
-@pytest.mark.parametrize("kind", [ContextKind.ROTATION, ContextKind.COMPLEX], ids=str)
+@pytest.mark.parametrize("kind", ["rotation", "complex"])
 @pytest.mark.parametrize("max_looped", [16, 0], ids=["looped", "kernel-per-row"])
 def test_grouped_conv_gradients_equal_row_by_row_gradients(kind, max_looped, monkeypatch) -> None:
-    monkeypatch.setattr(SuperposedConv2d, "MAX_LOOPED_GROUPS", max_looped)
+    monkeypatch.setattr(LayerContexts, "MAX_LOOPED_GROUPS", max_looped)
     layer = _conv(kind)
     x = torch.randn(7, 3, 9, 7)
     index = torch.tensor([2, 0, 2, 5, 0, 2, 1])
@@ -319,29 +299,16 @@ def test_grouped_conv_gradients_equal_row_by_row_gradients(kind, max_looped, mon
     assert torch.allclose(grouped, layer.base_layer.weight.grad, atol=1e-4)
 
 
-def test_row_groups_split_and_merge_back_in_order() -> None:
-    index = torch.tensor([4, 1, 4, 0, 1, 4])
-    groups = RowGroups.of(index)
-    assert groups.contexts.tolist() == [0, 1, 4] and groups.sizes == [1, 2, 3]
-    x = torch.arange(6.0).unsqueeze(1)
-    pieces = groups.split(x)
-    assert [p.squeeze(1).tolist() for p in pieces] == [[3.0], [1.0, 4.0], [0.0, 2.0, 5.0]]
-    assert torch.equal(groups.merge([p * 10 for p in pieces]), x * 10)
-
-
-def test_onepower_vectors_are_cached_on_append_and_match_the_exponents() -> None:
-    table = LayerContexts(ContextKind.ONEPOWER, model_seed=0, layer_index=1, dim=16, local_mix=True)
-    table.append([ContextSpec(power=0.5 * i) for i in range(5)])
-    table.append([ContextSpec(power=7.25)])
-    table.append([ContextSpec(power=float(i)) for i in range(10)])  # grows past 8 rows
-    index = torch.tensor([0, 5, 15, 3])
-    expected = phases_to_real_pair(
-        onepower_phases(table.base_phases, table.table[index], local_mix=True)
-    )
-    assert torch.equal(table.gather(index), expected)
-    assert len(table.vectors) >= 16
-
-
 def test_real_kinds_have_no_complex_activations() -> None:
     with pytest.raises(ValueError, match="no complex activations"):
-        _linear(ContextKind.BINARY).set_complex_sides(complex_input=True, complex_output=False)
+        _linear("binary").set_complex_sides(complex_input=True, complex_output=False)
+
+
+def test_a_layer_takes_its_rows_from_the_enclosing_batch_rows_block() -> None:
+    layer = _linear("binary")
+    x, index = torch.randn(4, 12), torch.tensor([1, 0, 5, 1])
+    with batch_rows(index):
+        assert torch.equal(layer(x), layer(x, index))
+        assert torch.equal(layer(x, torch.zeros(4, dtype=torch.long))[1], layer(x)[1])
+    with pytest.raises(TypeError, match="needs the batch's context rows"):
+        layer(x)

@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from psp_core.kinds import CONTEXT_KINDS, kind_class
 from service.registry.database import make_engine, make_session_factory
 from service.registry.migrate import upgrade
 from service.registry.models import ContextRow
@@ -78,6 +79,21 @@ def test_create_returns_a_new_row_with_a_server_chosen_seed(registry_session: Se
     assert row.created_at.tzinfo is not None
     assert row.created_at.utcoffset() == timedelta(0)
     assert before - timedelta(seconds=1) <= row.created_at <= datetime.now(UTC)
+
+
+@pytest.mark.parametrize("kind", CONTEXT_KINDS)
+def test_every_model_kind_registers_contexts(registry_session: Session, kind: str) -> None:
+    row, created = create_context(session=registry_session, key="a", kind=kind)
+    assert created is True
+    assert (row.power is not None, row.seed is not None) == (
+        kind_class(kind).uses_power,
+        not kind_class(kind).uses_power,
+    )
+
+
+def test_an_unknown_kind_is_refused(registry_session: Session) -> None:
+    with pytest.raises(ValueError, match="unknown context kind 'quantum'; expected one of"):
+        create_context(session=registry_session, key="a", kind="quantum")
 
 
 def test_created_at_reads_back_as_utc(

@@ -105,10 +105,11 @@ async def test_concurrent_one_power_registrations_keep_the_gap(registry_engine: 
 
 
 def test_the_store_loads_neither_the_model_nor_the_queue() -> None:
-    """The registry sits below the model host and the queue: it loads neither torch nor redis."""
+    """The registry sits below the model host and the queue, and beside psp_core, whose list of
+    kinds it checks against: it loads neither the model host, the queue nor redis."""
     probe = (
         "import sys, service.registry.store; "
-        "print(sorted(m for m in ('torch', 'redis', 'service.model_host', 'service.queue') "
+        "print(sorted(m for m in ('redis', 'service.model_host', 'service.queue') "
         "if m in sys.modules))"
     )
     loaded = subprocess.run(

@@ -1,0 +1,186 @@
+"""What every context kind is: one layer's table of contexts, and how they bind its inputs.
+
+A kind is a subclass of `LayerContexts`, and every superposed layer holds one instance as
+`layer.contexts` (the state lives on the layer, as in peft's tuner layers). The subclass decides
+what a context's row is (`row_shape`, `make_row`), which spec defines it (`check_spec`), and how
+the rows bind a batch: `linear` for a Linear layer, `bound_weights` for a convolution's kernel
+(eq. 10), which `conv2d` convolves each row with.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from psp_core.contexts import ContextSpec
+from psp_core.kinds.groups import RowGroups
+
+if TYPE_CHECKING:
+    from psp_core.layers import SuperposedLayer
+
+
+class LayerContexts(nn.Module, ABC):
+    """The contexts of one superposed layer: one row per context on the layer's device.
+
+    Rows grow by doubling the capacity, so adding `K` contexts one at a time costs `O(K)` copies.
+    The table is not part of the state dict: it is regenerated from the specs.
+
+    Class attributes, set by each kind:
+        kind: Its name in configs, settings and checkpoints.
+        has_contexts: False for the plain baseline, whose layers ignore contexts.
+        uses_power: Contexts are defined by a real exponent rather than an integer seed.
+        is_complex: The layer keeps complex weights and may carry complex activations.
+        table_dtype: The dtype of the stored rows.
+    """
+
+    kind: ClassVar[str]
+    has_contexts: ClassVar[bool] = True
+    uses_power: ClassVar[bool] = False
+    is_complex: ClassVar[bool] = False
+    table_dtype: ClassVar[torch.dtype] = torch.float32
+    # Above this many distinct contexts in a batch, one grouped convolution beats a loop.
+    MAX_LOOPED_GROUPS: ClassVar[int] = 16
+
+    def __init__(self, *, model_seed: int, layer_index: int, dim: int, local_mix: bool) -> None:
+        super().__init__()
+        self.model_seed = model_seed
+        self.layer_index = layer_index
+        self.dim = dim
+        self.local_mix = local_mix
+        self.count = 0
+        self.table: torch.Tensor
+        empty = torch.zeros((0, *self.row_shape()), dtype=self.table_dtype)
+        self.register_buffer("table", empty, persistent=False)
+
+    @abstractmethod
+    def row_shape(self) -> tuple[int, ...]:
+        """The shape of one stored row, for this layer's context dimension `M`."""
+
+    @abstractmethod
+    def make_row(self, spec: ContextSpec) -> torch.Tensor:
+        """The stored row of one context, generated on the CPU."""
+
+    @classmethod
+    def check_spec(cls, spec: ContextSpec) -> ContextSpec:
+        """Checks that `spec` defines a context of this kind and returns it.
+
+        Raises:
+            ValueError: The spec has no seed (the default: a context is a seed).
+        """
+        if spec.seed is None:
+            raise ValueError(f"{cls.kind} contexts are defined by an integer seed")
+        return spec
+
+    def append(self, specs: Sequence[ContextSpec]) -> None:
+        """Adds one row per spec, growing the table in place."""
+        self.append_rows(self.make_rows(specs))
+
+    def make_rows(self, specs: Sequence[ContextSpec]) -> torch.Tensor:
+        """The stacked rows of several contexts, generated on the CPU (see `make_row`)."""
+        if not specs:
+            return torch.zeros((0, *self.table.shape[1:]), dtype=self.table.dtype)
+        return torch.stack([self.make_row(s) for s in specs]).to(self.table.dtype)
+
+    def append_rows(self, rows: torch.Tensor) -> None:
+        """Appends rows made by `make_rows`, growing the table by doubling."""
+        if not len(rows):
+            return
+        needed = self.count + len(rows)
+        if needed > self.table.shape[0]:
+            capacity = max(needed, 2 * self.table.shape[0], 8)
+            self.table = grown(self.table, self.count, capacity)
+        self.table[self.count : needed] = rows.to(self.table.device)
+        self.count = needed
+
+    def gather(self, context_index: torch.Tensor) -> torch.Tensor:
+        """The context of every row of a batch, as `linear` and `bound_weights` take it.
+
+        Args:
+            context_index: int64 tensor of shape `(B,)`, each entry `< len(self)`.
+
+        Returns:
+            `(B, *row_shape)` unless the kind says otherwise.
+        """
+        return self.table[context_index]
+
+    def __len__(self) -> int:
+        return self.count
+
+    def bytes_per_context(self) -> int:
+        """Bytes this layer keeps on its device for each context."""
+        return math.prod(self.table.shape[1:]) * self.table.element_size()
+
+    def imaginary_weight(self, weight: torch.Tensor) -> nn.Parameter | None:
+        """The imaginary part of the layer's weight `weight`; None for real kinds."""
+        return None
+
+    @abstractmethod
+    def linear(
+        self, layer: SuperposedLayer, x: torch.Tensor, context_index: torch.Tensor
+    ) -> torch.Tensor:
+        """A Linear layer's output, each row of `x` under the context of its `context_index`."""
+
+    @abstractmethod
+    def bound_weights(
+        self, layer: SuperposedLayer, context: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`W` bound to each of `U` contexts (eq. 10's `w ⊙ c`), as the real matrices that
+        multiply the layer's flattened input directly, and the bias.
+
+        Args:
+            layer: The layer whose weights are bound.
+            context: `U` contexts from `gather`.
+
+        Returns:
+            `(U, N', M')` matrices and the `(N',)` bias (or None).
+        """
+
+    def conv2d(
+        self, layer: SuperposedLayer, x: torch.Tensor, context_index: torch.Tensor
+    ) -> torch.Tensor:
+        """A convolution's output, each row of `x` convolved with its context's kernel.
+
+        The rows are grouped by context and each distinct context's kernel `w ⊙ c` is bound once
+        (`bound_weights`), so the context costs one kernel-sized product per distinct context
+        rather than a pass over every input patch. Few distinct contexts run one `F.conv2d`
+        each; many (small groups, where a call per group would cost more than its work) run as
+        one grouped convolution with a kernel per row.
+        """
+        conv = layer.base_layer
+        assert isinstance(conv, nn.Conv2d)
+        groups = RowGroups.of(context_index)
+        weights, bias = self.bound_weights(layer, self.gather(groups.contexts))
+        kernels = weights.view(len(weights), -1, x.shape[1], *conv.kernel_size)
+        if len(groups) <= self.MAX_LOOPED_GROUPS:
+            outputs = [
+                F.conv2d(rows, kernel, bias, conv.stride, conv.padding, conv.dilation)
+                for rows, kernel in zip(groups.split(x), kernels, strict=True)
+            ]
+            return groups.merge(outputs)
+        # Each row is its own group: (1, B·C', H, W) with B kernels of (N', C', kh, kw).
+        batch, out_channels = len(x), kernels.shape[1]
+        per_row = kernels[groups.inverse].flatten(0, 1)  # (B·N', C', kh, kw)
+        out = F.conv2d(
+            x.flatten(0, 1).unsqueeze(0),
+            per_row,
+            None,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            groups=batch,
+        )
+        out = out.view(batch, out_channels, *out.shape[2:])  # (B, N', H', W')
+        return out if bias is None else out + bias[:, None, None]
+
+
+def grown(table: torch.Tensor, count: int, capacity: int) -> torch.Tensor:
+    """A copy of `table` with room for `capacity` rows, its first `count` rows kept."""
+    bigger = torch.zeros((capacity, *table.shape[1:]), dtype=table.dtype, device=table.device)
+    bigger[:count] = table[:count]
+    return bigger

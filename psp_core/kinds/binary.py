@@ -1,0 +1,41 @@
+"""Binary contexts: a ±1 sign per input (paper §4.2.2)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from psp_core.contexts import ContextSpec, binary_context
+from psp_core.kinds.base import LayerContexts
+
+if TYPE_CHECKING:
+    from psp_core.layers import SuperposedLayer
+
+
+class BinaryContexts(LayerContexts):
+    """`M` float32 signs per context (4M bytes), so binding is one multiply per input."""
+
+    kind = "binary"
+
+    def row_shape(self) -> tuple[int, ...]:
+        return (self.dim,)
+
+    def make_row(self, spec: ContextSpec) -> torch.Tensor:
+        assert spec.seed is not None
+        return binary_context(self.model_seed, spec.seed, self.layer_index, self.dim)
+
+    def linear(
+        self, layer: SuperposedLayer, x: torch.Tensor, context_index: torch.Tensor
+    ) -> torch.Tensor:
+        """`W (c ⊙ x) + b`: each row bound to its own context, then one GEMM for the batch."""
+        weights = layer.weights()
+        return F.linear(x * self.gather(context_index), weights.real, weights.bias)
+
+    def bound_weights(
+        self, layer: SuperposedLayer, context: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`W ⊙ c` `(U, N, M)` for contexts `(U, M)`."""
+        weights = layer.weights()
+        return weights.real * context[:, None, :], weights.bias

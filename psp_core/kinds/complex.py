@@ -1,0 +1,134 @@
+"""Complex contexts: a phase `e^{iφ}` per input, binding complex weights (paper eq. 5).
+
+Complex kinds keep complex weights `W = A + iB`, where `A` is the wrapped layer's weight and `B`
+is the layer's `weight_imag`, and compute in real arithmetic in one of two ways:
+
+- complex activations (`complex_activations`, the default of `ModelConfig`): a hidden layer
+  returns its complex output as the real tensor `[Re ; Im]` of twice the width, so the next
+  layer multiplies a complex input by its context, ReLU acts on the real and the imaginary parts
+  separately, and the logits are the real part of the last layer. With `u = c ⊙ h`, a hidden
+  layer is the GEMM `[[A, -B], [B, A]] [Re u ; Im u]`, four real products per weight.
+- real part only: every layer returns `Re(W (c ⊙ x)) = A (cos φ ⊙ x) - B (sin φ ⊙ x)`, one real
+  GEMM with `[A B]` of twice the inner width; the hidden activations are `ReLU(Re(·))`.
+
+A layer learns which of its sides are complex from `set_complex_sides`, which the model calls:
+the first layer's input and the last layer's output are always real.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from psp_core.contexts import ContextSpec, complex_phases, phases_to_real_pair
+from psp_core.kinds.base import LayerContexts
+
+if TYPE_CHECKING:
+    from psp_core.layers import SuperposedLayer
+
+
+class ComplexContexts(LayerContexts):
+    """`M` phases per context, stored as `(cos φ, -sin φ)`: `2M` float32 values (8M bytes), so
+    a forward pass needs no trigonometry."""
+
+    kind = "complex"
+    is_complex = True
+
+    def row_shape(self) -> tuple[int, ...]:
+        return (2 * self.dim,)
+
+    def make_row(self, spec: ContextSpec) -> torch.Tensor:
+        assert spec.seed is not None
+        phases = complex_phases(
+            self.model_seed, spec.seed, self.layer_index, self.dim, local_mix=self.local_mix
+        )
+        return phases_to_real_pair(phases)
+
+    def imaginary_weight(self, weight: torch.Tensor) -> nn.Parameter:
+        """`B`, drawn like the real part (PyTorch's default U(±1/√fan_in)): the output variance
+        then matches the plain layer, since E[cos²] = E[sin²] = 1/2."""
+        imag = torch.empty_like(weight)
+        bound = 1.0 / math.sqrt(self.dim)
+        nn.init.uniform_(imag, -bound, bound)
+        return nn.Parameter(imag)
+
+    def linear(
+        self, layer: SuperposedLayer, x: torch.Tensor, context_index: torch.Tensor
+    ) -> torch.Tensor:
+        """`W (c ⊙ x) + b` as `[Re ; Im]` when the layer carries complex activations, else its
+        real part; each row bound to its own context, then one GEMM for the batch.
+
+        Args:
+            x: `(B, M)` real inputs, or `(B, 2M)` `[Re ; Im]` when `complex_input`.
+        """
+        context = self.gather(context_index)
+        if layer.carries_complex:
+            weight, bias = self.complex_weight_matrix(layer)
+            return F.linear(self.bind_complex(layer, x, context), weight, bias)
+        weights = layer.weights()
+        assert weights.imag is not None
+        real_part_matrix = torch.cat([weights.real, weights.imag], dim=1)  # [A B] (N, 2M)
+        return F.linear(x.repeat(1, 2) * context, real_part_matrix, weights.bias)
+
+    def bind_complex(
+        self, layer: SuperposedLayer, flat: torch.Tensor, context: torch.Tensor
+    ) -> torch.Tensor:
+        """`u = c ⊙ h` as `[Re u ; Im u]`.
+
+        Args:
+            layer: The layer, which says whether its input is complex.
+            flat: `(B, M)` real inputs, or `(B, 2M)` `[Re h ; Im h]` when `complex_input`.
+            context: `(B, 2M)` `(cos φ, -sin φ)` from `gather`.
+
+        Returns:
+            `(B, 2M)`.
+        """
+        cos, neg_sin = context.chunk(2, dim=1)
+        if not layer.complex_input:
+            return torch.cat([cos * flat, -neg_sin * flat], dim=1)
+        real, imag = flat.chunk(2, dim=1)
+        return torch.cat([cos * real + neg_sin * imag, cos * imag - neg_sin * real], dim=1)
+
+    def complex_weight_matrix(
+        self, layer: SuperposedLayer
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The real matrix that `bind_complex`'s output multiplies, and its bias.
+
+        `[[A, -B], [B, A]]` `(2N, 2M)` gives `[Re ; Im]` of `W u`, or `[A, -B]` `(N, 2M)` its
+        real part when the output is real. The bias is added to the real part.
+        """
+        a, b, bias = layer.weights()
+        assert b is not None
+        top = torch.cat([a, -b], dim=1)
+        if not layer.complex_output:
+            return top, bias
+        if bias is not None:
+            bias = torch.cat([bias, torch.zeros_like(bias)])
+        return torch.cat([top, torch.cat([b, a], dim=1)]), bias
+
+    def bound_weights(
+        self, layer: SuperposedLayer, context: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The complex kernel `K = W ⊙ c = K_r + i K_i` for contexts `(U, 2M)`, in real blocks.
+
+        Returns:
+            `K_r` `(U, N, M)` when both sides are real (the real part of the output), and
+            otherwise the blocks of the complex product, `[[K_r, -K_i], [K_i, K_r]]`
+            `(U, 2N, 2M)`, less the imaginary input columns or output rows that a real side does
+            not have. The bias is added to the real part.
+        """
+        a, b, bias = layer.weights()
+        assert b is not None
+        cos, neg_sin = context[:, None, :].chunk(2, dim=2)  # (U, 1, M) each
+        real, imag = a * cos + b * neg_sin, b * cos - a * neg_sin  # K_r, K_i: (U, N, M)
+        real_rows = torch.cat([real, -imag], dim=2) if layer.complex_input else real
+        if not layer.complex_output:
+            return real_rows, bias
+        imag_rows = torch.cat([imag, real], dim=2) if layer.complex_input else imag
+        if bias is not None:
+            bias = torch.cat([bias, torch.zeros_like(bias)])
+        return torch.cat([real_rows, imag_rows], dim=1), bias

@@ -1,0 +1,62 @@
+"""Rotation contexts: a Haar-random orthogonal matrix per context (paper §4.2.3)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from psp_core.contexts import ContextSpec, rotation_context
+from psp_core.kinds.base import LayerContexts
+from psp_core.kinds.groups import RowGroups
+
+if TYPE_CHECKING:
+    from psp_core.layers import SuperposedLayer
+
+
+class RotationContexts(LayerContexts):
+    """An `M×M` float32 matrix per context (4M² bytes).
+
+    The contexts are matrices, so a batch is grouped by context and each distinct context does
+    one product: a batch with few contexts costs about what a plain layer costs, and no `M×M`
+    matrix is ever copied per row.
+    """
+
+    kind = "rotation"
+
+    def row_shape(self) -> tuple[int, ...]:
+        return (self.dim, self.dim)
+
+    def make_row(self, spec: ContextSpec) -> torch.Tensor:
+        assert spec.seed is not None
+        return rotation_context(self.model_seed, spec.seed, self.layer_index, self.dim)
+
+    def linear(
+        self, layer: SuperposedLayer, x: torch.Tensor, context_index: torch.Tensor
+    ) -> torch.Tensor:
+        """`W C_k x + b`, each row rotated by its own context."""
+        weights = layer.weights()
+        return F.linear(self.rotate(x, context_index), weights.real, weights.bias)
+
+    def rotate(self, flat: torch.Tensor, context_index: torch.Tensor) -> torch.Tensor:
+        """`C_k x`: one `(n, M) @ (M, M)` product per distinct context.
+
+        Args:
+            flat: real inputs `(B, M)`.
+            context_index: `(B,)` int64 rows of the table.
+
+        Returns:
+            `(B, M)`.
+        """
+        groups = RowGroups.of(context_index)
+        rotations = self.gather(groups.contexts)  # (U, M, M)
+        rotated = [r @ c.T for r, c in zip(groups.split(flat), rotations, strict=True)]
+        return groups.merge(rotated)
+
+    def bound_weights(
+        self, layer: SuperposedLayer, context: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`W C` `(U, N, M)` for contexts `(U, M, M)`."""
+        weights = layer.weights()
+        return torch.matmul(weights.real, context), weights.bias

@@ -1,0 +1,29 @@
+"""Settings: the model kind is one of psp_core's kinds, and a wrong one names them all."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from psp_core.kinds import CONTEXT_KINDS
+from service.settings import ModelSettings, Settings
+from service.startup import describe_settings_error
+
+
+@pytest.mark.parametrize("kind", CONTEXT_KINDS)
+def test_every_psp_core_kind_is_a_model_kind(kind: str) -> None:
+    assert ModelSettings(kind=kind).to_config().kind == kind
+
+
+def test_an_unknown_kind_names_the_valid_ones() -> None:
+    with pytest.raises(ValidationError) as caught:
+        Settings(model={"kind": "quantum"})
+    assert describe_settings_error(caught.value) == (
+        "PSP_MODEL__KIND: unknown context kind 'quantum'; "
+        "expected one of none, binary, complex, rotation, onepower"
+    )
+
+
+def test_the_json_schema_lists_the_kinds() -> None:
+    schema = ModelSettings.model_json_schema()["properties"]["kind"]
+    assert schema["enum"] == list(CONTEXT_KINDS) and schema["default"] == "complex"
