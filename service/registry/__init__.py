@@ -9,7 +9,6 @@ from service.registry.database import (
 from service.registry.migrate import downgrade, upgrade
 from service.registry.models import KEY_MAX_LENGTH, KEY_PATTERN, Base, ContextRow
 from service.registry.queries import (
-    CONTEXT_KINDS,
     MAX_BULK_CONTEXTS,
     SEED_LIMIT,
     ContextConflict,
@@ -28,7 +27,6 @@ from service.registry.queries import (
 )
 
 __all__ = [
-    "CONTEXT_KINDS",
     "KEY_MAX_LENGTH",
     "KEY_PATTERN",
     "MAX_BULK_CONTEXTS",
