@@ -16,6 +16,7 @@ from typing import NoReturn, Protocol
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from service.queue.base import QueueUnavailable
 from service.queue.keys import ShardKeys
 
 WAIT_SLICE_SECONDS = 1.0
@@ -111,8 +112,15 @@ class ControlInbox:
         self._keys = keys
 
     async def serve_one(self, target: RollbackTarget) -> bool:
-        """Runs the oldest pending command, if any; returns whether there was one."""
-        raw = await self._redis.lpop(self._keys.control)
+        """Runs the oldest pending command, if any; returns whether there was one.
+
+        Raises:
+            QueueUnavailable: Redis cannot be reached.
+        """
+        try:
+            raw = await self._redis.lpop(self._keys.control)
+        except (RedisError, OSError) as err:
+            raise QueueUnavailable(f"cannot read admin commands from Redis: {err}") from err
         if raw is None:
             return False
         assert isinstance(raw, bytes | str)
@@ -122,6 +130,11 @@ class ControlInbox:
             reply = {"version": await target.rollback(int(command["version"]))}
         except RollbackFailed as err:
             reply = {"error": str(err)}
-        await self._redis.rpush(command["reply"], json.dumps(reply))
-        await self._redis.expire(command["reply"], 60)
+        try:
+            await self._redis.rpush(command["reply"], json.dumps(reply))
+            await self._redis.expire(command["reply"], 60)
+        except (RedisError, OSError) as err:
+            raise QueueUnavailable(
+                f"cannot reply to an admin command through Redis: {err}"
+            ) from err
         return True

@@ -1,7 +1,8 @@
 """Everything a running process holds, built from the settings and torn down in order.
 
 The app's lifespan (and `psp worker`) create one `Runtime`: the registry engine, the model
-host, the train queue, the checkpoint store and, in the `all` and `worker` roles, the trainer.
+host, the train queue and its applied notices, the checkpoint store and, in the `all` and
+`worker` roles, the trainer.
 """
 
 from __future__ import annotations
@@ -26,28 +27,34 @@ from service.model_host import ModelHost, resolve_device
 from service.model_sync import ModelFollower, ModelPublisher, redis_client
 from service.multi_prediction import MultiPredictionService
 from service.prediction import PredictionService
+from service.queue.applied import AppliedNotices
 from service.queue.base import TrainQueue
 from service.queue.keys import ShardKeys
-from service.queue.memory import InProcessQueue
+from service.queue.memory_applied import InProcessAppliedNotices
+from service.queue.memory_stream import InProcessQueue
 from service.registry.database import make_engine
 from service.registry.migrate import upgrade
 from service.registry.store import RegistryStore
 from service.settings import Settings
 from service.startup import check_checkpoint_fits
 from service.supervisor import Supervisor
+from service.train_intake import TrainIntake
 from service.trainer import Trainer
-from service.training import TrainingService
 
 log = logging.getLogger(__name__)
 
 
-def make_queue(settings: Settings) -> TrainQueue:
-    """Redis Streams when `PSP_REDIS_URL` is set, else the in-process queue."""
+def make_queue_and_notices(settings: Settings) -> tuple[TrainQueue, AppliedNotices]:
+    """The train queue and its applied notices: on Redis (sharing one connection) when
+    `PSP_REDIS_URL` is set, else in this process."""
     if settings.redis_url:
-        from service.queue.redis import RedisStreamQueue
+        from service.queue.redis_applied import RedisAppliedNotices
+        from service.queue.redis_link import RedisLink
+        from service.queue.redis_stream import RedisStreamQueue
 
-        return RedisStreamQueue(
-            url=settings.redis_url,
+        link = RedisLink(settings.redis_url)
+        queue = RedisStreamQueue(
+            link,
             shard=settings.queue.shard,
             # One writer per shard, under a stable name, so that after a restart (or a kill -9)
             # it finds its own unacknowledged entries at once instead of waiting to claim them.
@@ -56,10 +63,15 @@ def make_queue(settings: Settings) -> TrainQueue:
             retry_after_seconds=settings.queue.retry_after_seconds,
             key_prefix=settings.key_prefix,
         )
-    return InProcessQueue(
+        applied = RedisAppliedNotices(
+            link, shard=settings.queue.shard, key_prefix=settings.key_prefix
+        )
+        return queue, applied
+    in_process = InProcessQueue(
         max_pending_examples=settings.queue.max_pending_examples,
         retry_after_seconds=settings.queue.retry_after_seconds,
     )
+    return in_process, InProcessAppliedNotices()
 
 
 @dataclass
@@ -70,9 +82,10 @@ class Runtime:
     registry: RegistryStore
     host: ModelHost
     queue: TrainQueue
+    applied: AppliedNotices
     store: CheckpointStore
     contexts: ContextService
-    training: TrainingService
+    train_intake: TrainIntake
     prediction: PredictionService
     feedback: FeedbackService
     multi_prediction: MultiPredictionService
@@ -109,7 +122,7 @@ class Runtime:
         if settings.faults.any:
             log.warning("fault injection is on (PSP_FAULTS__*): %s", settings.faults)
             host.step_watchers.append(FaultInjector(settings.faults))
-        queue = make_queue(settings)
+        queue, applied = make_queue_and_notices(settings)
         store = CheckpointStore(settings.checkpoint_dir, settings.checkpoint.keep)
         contexts = ContextService(registry, host)
         batcher = PredictBatcher(
@@ -124,11 +137,14 @@ class Runtime:
             registry=registry,
             host=host,
             queue=queue,
+            applied=applied,
             store=store,
             contexts=contexts,
-            training=TrainingService(contexts, queue, settings),
+            train_intake=TrainIntake(contexts, queue, applied, settings),
             prediction=prediction,
-            feedback=FeedbackService(contexts, prediction, queue, feedback_store, settings),
+            feedback=FeedbackService(
+                contexts, prediction, queue, applied, feedback_store, settings
+            ),
             multi_prediction=MultiPredictionService(contexts, host, settings),
         )
         batcher.start(runtime.supervisor)
@@ -186,6 +202,7 @@ class Runtime:
         self.trainer = Trainer(
             host=self.host,
             queue=self.queue,
+            applied=self.applied,
             store=self.store,
             registry=self.registry,
             settings=self.settings,
@@ -223,5 +240,6 @@ class Runtime:
                 await task
         for close in self._closers:
             await close()
+        await self.applied.close()
         await self.queue.close()
         self.registry.engine.dispose()

@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
-from redis.exceptions import RedisError
 
 from psp_core.contexts import derive_seed
 from service import metrics
@@ -36,14 +35,16 @@ from service.checkpoints import CheckpointInfo, CheckpointStore
 from service.contexts import RETIREMENT_OVERLAP
 from service.control import ControlInbox, RollbackFailed
 from service.divergence import Diverged, DivergenceGuard
+from service.entry_ids import entry_id_key
 from service.model_host import ModelHost, TrainRows
-from service.queue.base import QueuedEntry, QueueUnavailable, TrainQueue, entry_id_key
+from service.queue.applied import AppliedNotices
+from service.queue.base import QueuedEntry, QueueUnavailable, TrainQueue
 from service.registry.store import RegistryStore, RegistryUnavailable
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-_STORE_ERRORS = (QueueUnavailable, RegistryUnavailable, RedisError, OSError)
+_STORE_ERRORS = (QueueUnavailable, RegistryUnavailable, OSError)
 
 
 REFUSED_STEP = (
@@ -74,6 +75,7 @@ class Trainer:
         *,
         host: ModelHost,
         queue: TrainQueue,
+        applied: AppliedNotices,
         store: CheckpointStore,
         registry: RegistryStore,
         settings: Settings,
@@ -82,6 +84,7 @@ class Trainer:
     ) -> None:
         self.host = host
         self.queue = queue
+        self.applied = applied
         self.store = store
         self.registry = registry
         self.settings = settings
@@ -337,9 +340,7 @@ class Trainer:
             metrics.record_prequential(int(correct.sum()), len(correct))
             self._progress.steps += 1
         self._progress.entry_ids.extend(e.entry_id for e in fresh)
-        await self.queue.publish_applied(
-            [e.entry_id for e in fresh], self.host.model_version, refused
-        )
+        await self.applied.publish([e.entry_id for e in fresh], self.host.model_version, refused)
 
     def _count_refused(self, batch: TrainRows) -> None:
         """Counts a refused step's rows as refused, never as seen, per context."""

@@ -30,7 +30,7 @@ from service.registry.queries import (
 )
 from service.registry.store import RegistryUnavailable
 from service.settings import Settings
-from service.training import NotAppliedInTime
+from service.train_intake import NotAppliedInTime
 
 _EXAMPLES = {
     "/predict/": '{"inputs": [[0.0, 0.5, ...], ...]}',

@@ -6,12 +6,14 @@ its row: the script checks every id, then deletes the rows and leaves used marke
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import msgpack
 import numpy as np
+from redis.exceptions import RedisError
 
-from service.feedback.store import Claim, FeedbackStore, Remembered
+from service.feedback.store import Claim, FeedbackStore, FeedbackUnavailable, Remembered
 from service.model_sync import redis_client
 
 _CLAIM = """
@@ -53,6 +55,14 @@ def _decode(payload: bytes) -> Remembered:
     return Remembered(np.frombuffer(data["x"], dtype="<f4").copy(), int(data["p"]))
 
 
+@contextmanager
+def _unavailable_on_redis_errors() -> Iterator[None]:
+    try:
+        yield
+    except RedisError as error:
+        raise FeedbackUnavailable(str(error)) from None
+
+
 class RedisFeedbackStore(FeedbackStore):
     """Rows under `<prefix>feedback:<id>`, used markers under `<prefix>feedback-used:<id>`."""
 
@@ -69,14 +79,16 @@ class RedisFeedbackStore(FeedbackStore):
         return f"{self._prefix}feedback-used:{prediction_id}"
 
     async def remember(self, ids: Sequence[str], rows: Sequence[Remembered]) -> None:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for prediction_id, row in zip(ids, rows, strict=True):
-                pipe.set(self._row_key(prediction_id), _encode(row), px=self.ttl_ms)
-            await pipe.execute()
+        with _unavailable_on_redis_errors():
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for prediction_id, row in zip(ids, rows, strict=True):
+                    pipe.set(self._row_key(prediction_id), _encode(row), px=self.ttl_ms)
+                await pipe.execute()
 
     async def claim(self, ids: Sequence[str]) -> Claim:
         keys = [self._row_key(i) for i in ids] + [self._used_key(i) for i in ids]
-        answer = await self._claim(keys=keys)
+        with _unavailable_on_redis_errors():
+            answer = await self._claim(keys=keys)
         if int(answer[0]) == 1:
             return Claim([_decode(value) for value in answer[1]], [], [])
         missing = [ids[int(position) - 1] for position in answer[1]]
@@ -84,11 +96,12 @@ class RedisFeedbackStore(FeedbackStore):
         return Claim([], missing, used)
 
     async def release(self, ids: Sequence[str], rows: Sequence[Remembered]) -> None:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            for prediction_id, row in zip(ids, rows, strict=True):
-                pipe.delete(self._used_key(prediction_id))
-                pipe.set(self._row_key(prediction_id), _encode(row), px=self.ttl_ms)
-            await pipe.execute()
+        with _unavailable_on_redis_errors():
+            async with self._redis.pipeline(transaction=True) as pipe:
+                for prediction_id, row in zip(ids, rows, strict=True):
+                    pipe.delete(self._used_key(prediction_id))
+                    pipe.set(self._row_key(prediction_id), _encode(row), px=self.ttl_ms)
+                await pipe.execute()
 
     async def pushed_out_before_ms(self) -> int:
         return -1  # Redis keeps every row for its whole time to live

@@ -9,19 +9,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import redis.exceptions
 
 from service import metrics
 from service.contexts import ContextService
 from service.feedback.ids import new_ids, parse_id
 from service.feedback.store import FeedbackStore, MemoryFeedbackStore, Remembered
+from service.feedback.store import FeedbackUnavailable as FeedbackUnavailable  # the API maps it
 from service.payloads import PayloadError, input_matrix, label_vector
 from service.prediction import Prediction, PredictionService
+from service.queue.applied import AppliedNotices
 from service.queue.base import TrainEntry, TrainQueue
 from service.registry.accuracy import Scores
 from service.registry.store import RegistryUnavailable
 from service.settings import Settings
-from service.training import NotAppliedInTime
+from service.train_intake import NotAppliedInTime
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +37,6 @@ class ExpiredPredictions(LookupError):
 
 class AlreadyLabelled(ValueError):
     """Ids whose label was already given (409); the message lists them."""
-
-
-class FeedbackUnavailable(ConnectionError):
-    """The feedback store (Redis) is unreachable (503)."""
 
 
 def _listed(ids: Sequence[str]) -> str:
@@ -92,12 +89,14 @@ class FeedbackService:
         contexts: ContextService,
         prediction: PredictionService,
         queue: TrainQueue,
+        applied: AppliedNotices,
         store: FeedbackStore,
         settings: Settings,
     ) -> None:
         self.contexts = contexts
         self.prediction = prediction
         self.queue = queue
+        self.applied = applied
         self.store = store
         self.settings = settings
 
@@ -117,10 +116,7 @@ class FeedbackService:
         predicted = probabilities.argmax(axis=1)
         ids = new_ids(index, int(time.time() * 1000), len(matrix))
         rows = [Remembered(matrix[i], int(predicted[i])) for i in range(len(matrix))]
-        try:
-            await self.store.remember(ids, rows)
-        except redis.exceptions.RedisError as error:
-            raise FeedbackUnavailable(str(error)) from None
+        await self.store.remember(ids, rows)
         return RememberedPrediction(Prediction(probabilities, version), ids)
 
     async def label(
@@ -152,10 +148,7 @@ class FeedbackService:
                 "to /feedback/ with the key they were predicted under"
             )
         self._check_expiry(ids, parsed)
-        try:
-            claim = await self.store.claim(ids)
-        except redis.exceptions.RedisError as error:
-            raise FeedbackUnavailable(str(error)) from None
+        claim = await self.store.claim(ids)
         await self._explain_failed_claim(claim.missing, claim.used)
         rows = claim.rows
         matrix = np.stack([row.inputs for row in rows]).astype(np.float32, copy=False)
@@ -171,13 +164,13 @@ class FeedbackService:
             return Scored(queued.entry_id, len(vector), correct)
         timeout = self.settings.limits.wait_seconds
         try:
-            version = await self.queue.wait_applied(queued.entry_id, timeout)
+            version = await self.applied.wait(queued.entry_id, timeout)
         except TimeoutError:
             raise NotAppliedInTime(
                 f"batch {queued.entry_id} is queued but was not applied within {timeout:g} s; "
                 "it will still be applied, so do not send these labels again"
             ) from None
-        refused = await self.queue.refusal(queued.entry_id)
+        refused = await self.applied.refusal(queued.entry_id)
         return Scored(queued.entry_id, len(vector), correct, version, refused)
 
     async def _record_scores(self, index: int, scores: Scores) -> None:

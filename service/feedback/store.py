@@ -12,6 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 
 
+class FeedbackUnavailable(ConnectionError):
+    """The feedback store (Redis) is unreachable (503)."""
+
+
 @dataclass(frozen=True)
 class Remembered:
     """One predicted row: its inputs (float32) and the class the model predicted."""
@@ -36,7 +40,10 @@ class Claim:
 
 
 class FeedbackStore(abc.ABC):
-    """Remembered rows under prediction ids, each claimable exactly once."""
+    """Remembered rows under prediction ids, each claimable exactly once.
+
+    A store that cannot reach its backing service raises `FeedbackUnavailable`.
+    """
 
     @abc.abstractmethod
     async def remember(self, ids: Sequence[str], rows: Sequence[Remembered]) -> None:

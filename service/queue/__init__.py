@@ -1,5 +1,15 @@
-"""The train queue: the in-process embedded default and Redis Streams, behind one interface."""
+"""The train queue and its applied notices: in-process (embedded default) or on Redis, each
+behind one interface.
 
+- `base`: the queue interface (`TrainQueue`) and what travels through it;
+- `applied`: the interface of the applied notices (`AppliedNotices`) that `?wait=true` awaits;
+- `memory_stream`, `memory_applied`: both in this process;
+- `redis_stream`, `redis_applied`: both on Redis (`redis_link` holds their connection handling
+  and `lua/` their scripts); `keys` names every Redis key.
+"""
+
+from service.entry_ids import entry_id_key
+from service.queue.applied import AppliedNotices
 from service.queue.base import (
     Enqueued,
     IdempotencyConflict,
@@ -9,10 +19,10 @@ from service.queue.base import (
     QueueUnavailable,
     TrainEntry,
     TrainQueue,
-    entry_id_key,
 )
 
 __all__ = [
+    "AppliedNotices",
     "Enqueued",
     "IdempotencyConflict",
     "QueueFull",

@@ -1,7 +1,7 @@
 """The queue interface between `POST /train` and the single-writer trainer.
 
 Entry ids have the Redis Streams form `"<milliseconds>-<sequence>"` in both implementations, so
-the trainer compares them the same way (see `entry_id_key`). An entry is delivered to the
+the trainer compares them the same way (see `service.entry_ids`). An entry is delivered to the
 trainer by `read`, stays pending until `ack`, and is handed out again by `pending` after a
 restart, which is what makes exactly-once possible (docs/design.md, "Exactly-once training").
 """
@@ -10,20 +10,14 @@ from __future__ import annotations
 
 import abc
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import msgpack
 import numpy as np
 
-# Re-exported: the queue modules still import it from here.
-from service.entry_ids import entry_id_key as entry_id_key
-
 IDEMPOTENCY_SECONDS = 300
 """How long a put's idempotency key is remembered."""
-
-REFUSALS_KEPT_SECONDS = 600
-"""How long the reason of a refused entry is kept for producers waiting on it."""
 
 
 class QueueFull(Exception):
@@ -151,21 +145,18 @@ class QueueStats:
 
     Attributes:
         pending_examples: Examples accepted but not yet acknowledged.
-        entries: Entries accepted but not yet acknowledged.
         oldest_age_seconds: Age of the oldest unacknowledged entry, 0 when empty.
     """
 
     pending_examples: int
-    entries: int
     oldest_age_seconds: float
 
 
 class TrainQueue(abc.ABC):
     """A durable (Redis) or in-memory (embedded) queue of train entries.
 
-    Producers call `put`; the single trainer calls `read`, `pending`, `ack` and `trim_below`;
-    producers waiting for `?wait=true` call `wait_applied`, and the trainer calls
-    `publish_applied` once entries have been applied.
+    Producers call `put`; the single trainer calls `read`, `pending`, `ack` and `trim_below`.
+    Producers waiting for their entries to be applied use `service.queue.applied.AppliedNotices`.
     """
 
     max_pending_examples: int
@@ -223,35 +214,6 @@ class TrainQueue(abc.ABC):
     @abc.abstractmethod
     async def ping(self) -> bool:
         """True when the backing store answers."""
-
-    @abc.abstractmethod
-    async def publish_applied(
-        self,
-        entry_ids: Sequence[str],
-        model_version: int,
-        refused: Mapping[str, str] | None = None,
-    ) -> None:
-        """Tells waiting producers that the trainer is done with these entries.
-
-        Args:
-            entry_ids: The entries the trainer took.
-            model_version: The version that holds them.
-            refused: Entry id -> why the trainer refused a step holding its rows; such an
-                entry is not in the weights. Kept for `REFUSALS_KEPT_SECONDS`.
-        """
-
-    @abc.abstractmethod
-    async def refusal(self, entry_id: str) -> str | None:
-        """Why the trainer refused `entry_id` (see `publish_applied`), or None if it did not."""
-
-    @abc.abstractmethod
-    async def wait_applied(self, entry_id: str, timeout: float) -> int:
-        """Waits until the trainer is done with `entry_id` and returns the model version then;
-        `refusal` tells whether the entry made it into the weights.
-
-        Raises:
-            TimeoutError: Not applied within `timeout` seconds.
-        """
 
     @abc.abstractmethod
     async def close(self) -> None:

@@ -16,6 +16,7 @@ from service.control import (
     RollbackNotDone,
     RollbackUnanswered,
 )
+from service.queue.base import QueueUnavailable
 from service.queue.keys import ShardKeys
 
 
@@ -99,4 +100,16 @@ async def test_unreachable_redis_means_the_rollback_did_not_happen() -> None:
     unreachable = aioredis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=1)
     with pytest.raises(RollbackNotDone, match="cannot be reached through Redis"):
         await RedisRollback(unreachable, ShardKeys()).rollback(2)
+    await unreachable.aclose()
+
+
+async def test_unreachable_redis_is_the_workers_queue_outage() -> None:
+    unreachable = aioredis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=1)
+
+    class NeverCalled:
+        async def rollback(self, version: int) -> int:
+            raise AssertionError("no command can have been read")
+
+    with pytest.raises(QueueUnavailable, match="cannot read admin commands from Redis"):
+        await ControlInbox(unreachable, ShardKeys()).serve_one(NeverCalled())
     await unreachable.aclose()

@@ -48,7 +48,7 @@ async def train(
 ) -> TrainApplied | TrainAccepted:
     """Queue a labelled batch; 202 once durably queued, 200 once the trainer is done with it
     (wait=true), saying whether it was applied."""
-    done = await runtime.training.submit(
+    done = await runtime.train_intake.submit(
         key,
         body.inputs,
         body.labels,

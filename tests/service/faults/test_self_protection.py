@@ -17,7 +17,8 @@ import redis
 from service.model_sync import ModelAnnouncement
 from service.queue.base import TrainEntry
 from service.queue.keys import ShardKeys
-from service.queue.redis import RedisStreamQueue
+from service.queue.redis_link import RedisLink
+from service.queue.redis_stream import RedisStreamQueue
 from service.testing.processes import wait_until
 from tests.service.faults.proxy import TcpProxy
 
@@ -224,7 +225,9 @@ def test_the_follower_serves_the_newest_checkpoint_when_the_announced_one_was_pr
     worker_metrics = f"http://127.0.0.1:{worker.port}"
 
     async def put_entry() -> None:
-        queue = RedisStreamQueue(url=redis_url, key_prefix=key_prefix, max_pending_examples=1000)
+        queue = RedisStreamQueue(
+            RedisLink(redis_url), key_prefix=key_prefix, max_pending_examples=1000
+        )
         entry = TrainEntry(index, np.full((1, 64), 0.25, np.float32), np.array([1]), time.time())
         await queue.put(entry)
         await queue.close()

@@ -68,7 +68,7 @@ def _weights(client: TestClient) -> tuple[str, int]:
     that an earlier case's batch still training cannot change them between two reads."""
     runtime = client.app.state.runtime  # type: ignore[attr-defined]
     if ACCEPTED:  # the trainer applies entries in id order: the newest is applied last
-        client.portal.call(runtime.queue.wait_applied, max(ACCEPTED, key=entry_id_key), 30.0)
+        client.portal.call(runtime.applied.wait, max(ACCEPTED, key=entry_id_key), 30.0)
     digest = hashlib.sha256()
     for tensor in runtime.host.learner.model.state_dict().values():
         digest.update(tensor.numpy().tobytes())

@@ -1,4 +1,6 @@
-"""The one contract every train queue keeps, run against the in-process queue and Redis Streams."""
+"""The one contract every train queue keeps, run against the in-process queue and Redis Streams.
+
+The applied notices have their own contract (test_applied_contract.py)."""
 
 from __future__ import annotations
 
@@ -20,8 +22,9 @@ from service.queue import (
     TrainQueue,
     entry_id_key,
 )
-from service.queue.memory import InProcessQueue
-from service.queue.redis import RedisStreamQueue
+from service.queue.memory_stream import InProcessQueue
+from service.queue.redis_link import RedisLink
+from service.queue.redis_stream import RedisStreamQueue
 
 LIMIT = 20
 RETRY_AFTER = 2
@@ -70,7 +73,7 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
         backend = Backend(
             "redis",
             lambda: RedisStreamQueue(
-                url=url,
+                RedisLink(url),
                 consumer="trainer-1",
                 max_pending_examples=LIMIT,
                 retry_after_seconds=RETRY_AFTER,
@@ -122,15 +125,6 @@ async def test_an_idempotency_key_is_bound_to_its_entry(queue: TrainQueue) -> No
         with pytest.raises(IdempotencyConflict, match="first used with a different batch"):
             await queue.enqueue(different, idempotency_key="k")
     assert (await queue.stats()).pending_examples == 3
-
-
-async def test_refusals_reach_waiting_producers(queue: TrainQueue) -> None:
-    kept, refused = await put_all(queue, [1, 1])
-    await queue.read(max_entries=10, block_ms=10)
-    await queue.publish_applied([kept, refused], 4, {refused: "loss was not finite"})
-    assert await queue.wait_applied(refused, timeout=5) == 4
-    assert await queue.refusal(refused) == "loss was not finite"
-    assert await queue.refusal(kept) is None
 
 
 async def test_read_delivers_in_order_up_to_max_entries(queue: TrainQueue) -> None:
@@ -222,11 +216,12 @@ async def test_ack_releases_examples_exactly_once(queue: TrainQueue) -> None:
     await queue.ack([ids[0]])
     await queue.ack([ids[0]])
     once = await queue.stats()
+    left_once = ids_of(await queue.pending())
     await queue.ack(ids)
     done = await queue.stats()
 
-    assert (once.pending_examples, once.entries) == (3, 1)
-    assert (done.pending_examples, done.entries) == (0, 0)
+    assert (once.pending_examples, left_once) == (3, ids[1:])
+    assert (done.pending_examples, await queue.pending()) == (0, [])
 
 
 async def test_ack_of_an_undelivered_entry_changes_nothing(queue: TrainQueue) -> None:
@@ -234,8 +229,7 @@ async def test_ack_of_an_undelivered_entry_changes_nothing(queue: TrainQueue) ->
 
     await queue.ack([entry_id])
 
-    stats = await queue.stats()
-    assert (stats.pending_examples, stats.entries) == (4, 1)
+    assert (await queue.stats()).pending_examples == 4
     assert ids_of(await queue.read(max_entries=10, block_ms=100)) == [entry_id]
 
 
@@ -258,8 +252,8 @@ async def test_put_over_the_limit_raises_queue_full_until_acked(queue: TrainQueu
     assert (await queue.stats()).pending_examples == 20
 
 
-async def test_stats_count_unacknowledged_entries_and_their_age(queue: TrainQueue) -> None:
-    assert await queue.stats() == QueueStats(0, 0, 0.0)
+async def test_stats_count_unacknowledged_examples_and_their_age(queue: TrainQueue) -> None:
+    assert await queue.stats() == QueueStats(0, 0.0)
     ids = await put_all(queue, [2, 3, 4])
     await asyncio.sleep(0.25)
 
@@ -269,61 +263,14 @@ async def test_stats_count_unacknowledged_entries_and_their_age(queue: TrainQueu
     await queue.ack(ids[:2])
     acked = await queue.stats()
 
-    assert (waiting.pending_examples, waiting.entries) == (9, 3)
+    assert waiting.pending_examples == 9
     assert 0.2 <= waiting.oldest_age_seconds < 5.0
     # Delivery alone changes nothing: entries count until acknowledged.
-    assert (delivered.pending_examples, delivered.entries) == (9, 3)
-    assert (acked.pending_examples, acked.entries) == (4, 1)
+    assert delivered.pending_examples == 9
+    assert acked.pending_examples == 4
     assert 0.2 <= acked.oldest_age_seconds < 5.0
-
-
-async def test_wait_applied_registered_before_publish(queue: TrainQueue) -> None:
-    entry_id = await queue.put(make_entry())
-    waiter = asyncio.create_task(queue.wait_applied(entry_id, timeout=5))
-    await asyncio.sleep(0.1)
-    assert not waiter.done()
-
-    await queue.publish_applied([entry_id], 7)
-
-    assert await asyncio.wait_for(waiter, timeout=5) == 7
-
-
-async def test_wait_applied_after_publish_returns_at_once(queue: TrainQueue) -> None:
-    older, newer = await put_all(queue, [1, 1])
-    await queue.publish_applied([newer, older], 3)
-
-    started = time.monotonic()
-    assert await queue.wait_applied(newer, timeout=5) == 3
-    assert await queue.wait_applied(older, timeout=5) == 3
-    assert time.monotonic() - started < 1.0
-
-
-async def test_wait_applied_times_out(queue: TrainQueue) -> None:
-    applied, waited = await put_all(queue, [1, 1])
-    await queue.publish_applied([applied], 1)
-
-    started = time.monotonic()
-    with pytest.raises(TimeoutError):
-        await queue.wait_applied(waited, timeout=0.3)
-
-    assert 0.25 <= time.monotonic() - started < 2.0
-
-
-async def test_fifty_concurrent_waiters_each_get_their_version(queue: TrainQueue) -> None:
-    # Waiting needs no queued entry, so plain ids keep this under the examples limit.
-    ids = [f"1700000000000-{sequence}" for sequence in range(50)]
-    waiters = [asyncio.create_task(queue.wait_applied(i, timeout=10)) for i in ids]
-    await asyncio.sleep(0.1)
-
-    await queue.publish_applied(ids[:25], 1)
-    done, _ = await asyncio.wait(waiters[:25], timeout=5)
-    late = waiters[25:]
-    assert len(done) == 25
-    assert not any(waiter.done() for waiter in late)
-    await queue.publish_applied(ids[25:], 2)
-    results = await asyncio.wait_for(asyncio.gather(*waiters), timeout=5)
-
-    assert results == [1] * 25 + [2] * 25
+    assert ids_of(await queue.pending()) == []
+    assert ids_of(await queue.read(max_entries=10, block_ms=100)) == ids[2:]
 
 
 async def test_trim_below_keeps_entries_from_the_given_id(queue: TrainQueue) -> None:
@@ -334,7 +281,7 @@ async def test_trim_below_keeps_entries_from_the_given_id(queue: TrainQueue) -> 
     await queue.trim_below(ids[3])
 
     assert ids_of(await queue.pending()) == ids[3:]
-    assert (await queue.stats()).entries == 2
+    assert (await queue.stats()).pending_examples == 2
 
 
 async def test_trim_below_never_drops_unacknowledged_entries(queue: TrainQueue) -> None:
@@ -345,7 +292,7 @@ async def test_trim_below_never_drops_unacknowledged_entries(queue: TrainQueue) 
 
     assert ids_of(await queue.pending()) == ids[:2]
     assert ids_of(await queue.read(max_entries=10, block_ms=100)) == ids[2:]
-    assert (await queue.stats()).entries == 4
+    assert (await queue.stats()).pending_examples == 4
 
 
 async def test_ping_answers_true(queue: TrainQueue) -> None:

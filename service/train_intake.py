@@ -1,4 +1,5 @@
-"""Accepting train batches: validate, resolve the context, enqueue, and optionally wait."""
+"""The producer side of the train queue: validate a train batch, resolve its context, enqueue it,
+and optionally wait for the trainer (`service.trainer`, the consumer) to apply it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 from service import metrics
 from service.contexts import ContextService
 from service.payloads import input_matrix, label_vector
+from service.queue.applied import AppliedNotices
 from service.queue.base import TrainEntry, TrainQueue
 from service.settings import Settings
 
@@ -35,12 +37,19 @@ class Submission:
     refused: str | None = None
 
 
-class TrainingService:
-    """The producer side of the train queue."""
+class TrainIntake:
+    """Puts `POST /train` batches on the train queue."""
 
-    def __init__(self, contexts: ContextService, queue: TrainQueue, settings: Settings) -> None:
+    def __init__(
+        self,
+        contexts: ContextService,
+        queue: TrainQueue,
+        applied: AppliedNotices,
+        settings: Settings,
+    ) -> None:
         self.contexts = contexts
         self.queue = queue
+        self.applied = applied
         self.settings = settings
 
     async def submit(
@@ -76,10 +85,10 @@ class TrainingService:
             return Submission(batch_id, len(vector))
         timeout = self.settings.limits.wait_seconds
         try:
-            version = await self.queue.wait_applied(batch_id, timeout)
+            version = await self.applied.wait(batch_id, timeout)
         except TimeoutError:
             raise NotAppliedInTime(
                 f"batch {batch_id} is queued but was not applied within {timeout:g} s; "
                 "it will still be applied, so send it without wait=true or retry later"
             ) from None
-        return Submission(batch_id, len(vector), version, await self.queue.refusal(batch_id))
+        return Submission(batch_id, len(vector), version, await self.applied.refusal(batch_id))

@@ -12,11 +12,10 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from service.queue import QueueUnavailable, TrainEntry
-from service.queue import redis as redis_queue
+from service.queue import QueueUnavailable, TrainEntry, redis_stream
 from service.queue.base import IDEMPOTENCY_SECONDS
-from service.queue.keys import ShardKeys
-from service.queue.redis import RedisStreamQueue
+from service.queue.redis_link import RedisLink
+from service.queue.redis_stream import RedisStreamQueue
 from service.testing.processes import RedisServer
 
 
@@ -42,30 +41,17 @@ async def open_queue(redis_url: str, key_prefix: str) -> AsyncIterator[Any]:
 
     def open_queue(**overrides: Any) -> RedisStreamQueue:
         options: dict[str, Any] = {
-            "url": redis_url,
             "key_prefix": key_prefix,
             "consumer": "trainer-a",
             "max_pending_examples": 1_000,
         }
-        queue = RedisStreamQueue(**(options | overrides))
+        queue = RedisStreamQueue(RedisLink(redis_url), **(options | overrides))
         opened.append(queue)
         return queue
 
     yield open_queue
     for queue in opened:
         await queue.close()
-
-
-def test_shard_keys_layout() -> None:
-    keys = ShardKeys("psp:", 3)
-
-    assert keys.stream == "psp:train:3"
-    assert keys.group == "trainers"
-    assert keys.pending_examples == "psp:train:3:pending-examples"
-    assert keys.applied == "psp:train:3:applied"
-    assert keys.applied_channel == "psp:applied:3"
-    assert keys.model_channel == "psp:model:3"
-    assert keys.put_token("abc") == "psp:train:3:put:abc"
 
 
 async def test_put_writes_the_shard_stream_and_counter(
@@ -105,8 +91,8 @@ async def test_pending_claims_stale_entries_of_a_dead_consumer(
     )
     assert {owner["consumer"] for owner in owners} == {b"trainer-c"}
     await successor.ack(ids)
-    stats = await successor.stats()
-    assert (stats.pending_examples, stats.entries) == (0, 0)
+    assert (await successor.stats()).pending_examples == 0
+    assert await successor.pending() == []
 
 
 async def test_ack_looks_up_sizes_of_entries_delivered_to_an_earlier_process(
@@ -121,8 +107,8 @@ async def test_ack_looks_up_sizes_of_entries_delivered_to_an_earlier_process(
     second = open_queue()
     await second.ack([ids[1]])
 
-    stats = await second.stats()
-    assert (stats.pending_examples, stats.entries) == (2, 1)
+    assert (await second.stats()).pending_examples == 2
+    assert [queued.entry_id for queued in await second.pending()] == ids[:1]
 
 
 async def test_counter_never_goes_negative(
@@ -206,7 +192,7 @@ async def test_entries_of_a_lost_read_reply_come_with_the_next_read(open_queue: 
 async def test_long_blocks_are_split_below_the_socket_timeout(
     open_queue: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(redis_queue, "BLOCK_SLICE_MS", 100)
+    monkeypatch.setattr(redis_stream, "BLOCK_SLICE_MS", 100)
     queue = open_queue()
 
     started = time.monotonic()
@@ -219,40 +205,21 @@ async def test_long_blocks_are_split_below_the_socket_timeout(
     assert [q.entry_id for q in await asyncio.wait_for(reader, 5)] == [entry_id]
 
 
-async def test_waiters_share_one_subscription(
+async def test_a_refused_command_raises_queue_unavailable(
     open_queue: Any, redis_client: aioredis.Redis, key_prefix: str
 ) -> None:
-    queue = open_queue()
-    ids = [f"1700000000000-{sequence}" for sequence in range(50)]
-    waiters = [asyncio.create_task(queue.wait_applied(i, timeout=10)) for i in ids]
-    await asyncio.sleep(0.2)
-
-    [(_, subscribers)] = await redis_client.pubsub_numsub(f"{key_prefix}applied:0")
-    await queue.publish_applied(ids, 4)
-
-    assert subscribers == 1
-    assert await asyncio.wait_for(asyncio.gather(*waiters), 5) == [4] * 50
-
-
-async def test_publish_applied_never_moves_backwards(
-    open_queue: Any, redis_client: aioredis.Redis, key_prefix: str
-) -> None:
+    await redis_client.set(f"{key_prefix}train:0", "not a stream")
     queue = open_queue()
 
-    await queue.publish_applied(["1700000000000-5"], 3)
-    await queue.publish_applied(["1700000000000-2"], 2)
-
-    assert await redis_client.get(f"{key_prefix}train:0:applied") == b"1700000000000-5 3"
-    assert await queue.wait_applied("1700000000000-5", timeout=5) == 3
-    # After a rollback a newer entry may carry a lower version; it still wins.
-    await queue.publish_applied(["1700000000000-6"], 2)
-    assert await redis_client.get(f"{key_prefix}train:0:applied") == b"1700000000000-6 2"
-    assert await queue.wait_applied("1700000000000-6", timeout=5) == 2
+    with pytest.raises(QueueUnavailable, match=r"cannot queue a train batch: .* refused"):
+        await queue.put(make_entry())
+    with pytest.raises(QueueUnavailable, match=r"cannot read train queue stats: .* refused"):
+        await queue.stats()
 
 
 async def test_unreachable_redis_raises_queue_unavailable(key_prefix: str) -> None:
     queue = RedisStreamQueue(
-        url="redis://:secret@127.0.0.1:1/0", key_prefix=key_prefix, max_pending_examples=10
+        RedisLink("redis://:secret@127.0.0.1:1/0"), key_prefix=key_prefix, max_pending_examples=10
     )
     started = time.monotonic()
     try:
@@ -265,8 +232,7 @@ async def test_unreachable_redis_raises_queue_unavailable(key_prefix: str) -> No
             queue.ack(["1-0"]),
             queue.stats(),
             queue.trim_below("1-0"),
-            queue.publish_applied(["1-0"], 1),
-            queue.wait_applied("1-0", timeout=5),
+            queue.dead_letters(limit=1),
         ):
             with pytest.raises(QueueUnavailable):
                 await call
@@ -279,12 +245,10 @@ async def test_unreachable_redis_raises_queue_unavailable(key_prefix: str) -> No
 async def test_recovers_when_redis_comes_back_without_its_data(
     throwaway_redis: RedisServer,
 ) -> None:
-    queue = RedisStreamQueue(url=throwaway_redis.url, max_pending_examples=100)
+    queue = RedisStreamQueue(RedisLink(throwaway_redis.url), max_pending_examples=100)
     try:
         before = await queue.put(make_entry(2))
         assert [q.entry_id for q in await queue.read(max_entries=10, block_ms=100)] == [before]
-        waiter = asyncio.create_task(queue.wait_applied(before, timeout=30))
-        await asyncio.sleep(0.2)
 
         throwaway_redis.kill()
         with pytest.raises(QueueUnavailable):
@@ -297,14 +261,12 @@ async def test_recovers_when_redis_comes_back_without_its_data(
         after = await queue.put(make_entry(3))
         delivered = await queue.read(max_entries=10, block_ms=1_000)
         stats = await queue.stats()
-        await queue.publish_applied([after], 9)
 
         assert await queue.ping() is True
         assert [q.entry_id for q in delivered] == [after]
-        assert (stats.pending_examples, stats.entries) == (3, 1)
-        # The waiter from before the outage is settled by the first state published after it.
-        assert await asyncio.wait_for(waiter, 10) == 9
-        assert await queue.wait_applied(after, timeout=5) == 9
+        assert stats.pending_examples == 3
+        # The entry from before the outage is gone with Redis's data; only the new one is held.
+        assert [q.entry_id for q in await queue.pending()] == [after]
         await queue.ack([before, after])
         assert (await queue.stats()).pending_examples == 0
     finally:
@@ -312,7 +274,7 @@ async def test_recovers_when_redis_comes_back_without_its_data(
 
 
 async def test_a_restart_between_calls_goes_unnoticed(throwaway_redis: RedisServer) -> None:
-    queue = RedisStreamQueue(url=throwaway_redis.url, max_pending_examples=100)
+    queue = RedisStreamQueue(RedisLink(throwaway_redis.url), max_pending_examples=100)
     try:
         await queue.put(make_entry(1))
         # Several pooled connections, all of which the restart below leaves dead.
@@ -328,7 +290,7 @@ async def test_a_restart_between_calls_goes_unnoticed(throwaway_redis: RedisServ
         delivered = await queue.read(max_entries=10, block_ms=1_000)
 
         assert nothing == []
-        assert [stats.entries for stats in counted] == [0] * 5
+        assert [stats.pending_examples for stats in counted] == [0] * 5
         assert [q.entry_id for q in delivered] == [entry_id]
         assert (await queue.stats()).pending_examples == 2
     finally:

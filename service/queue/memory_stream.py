@@ -9,12 +9,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from service.queue.base import (
     DEAD_LETTERS_KEPT,
     IDEMPOTENCY_SECONDS,
-    REFUSALS_KEPT_SECONDS,
     DeadLetter,
     Enqueued,
     IdempotencyConflict,
@@ -23,7 +22,6 @@ from service.queue.base import (
     QueueStats,
     TrainEntry,
     TrainQueue,
-    entry_id_key,
 )
 
 
@@ -38,12 +36,9 @@ class InProcessQueue(TrainQueue):
         self._delivered: set[str] = set()
         self._pending_examples = 0
         self._last_id = (0, 0)
-        self._applied: tuple[tuple[int, int], int] = ((0, 0), 0)
         self._changed = asyncio.Condition()
         # Idempotency key -> (entry id, entry fingerprint, when).
         self._idempotency: OrderedDict[str, tuple[str, str, float]] = OrderedDict()
-        # Refused entry id -> (reason, when).
-        self._refusals: OrderedDict[str, tuple[str, float]] = OrderedDict()
         # Like the queue itself, the dead letters live as long as the process.
         self._dead: deque[DeadLetter] = deque(maxlen=DEAD_LETTERS_KEPT)
 
@@ -128,44 +123,10 @@ class InProcessQueue(TrainQueue):
     async def stats(self) -> QueueStats:
         oldest = next(iter(self._entries.values()), None)
         age = max(0.0, time.time() - oldest.enqueued_at) if oldest else 0.0
-        return QueueStats(self._pending_examples, len(self._entries), age)
+        return QueueStats(self._pending_examples, age)
 
     async def ping(self) -> bool:
         return True
-
-    async def publish_applied(
-        self,
-        entry_ids: Sequence[str],
-        model_version: int,
-        refused: Mapping[str, str] | None = None,
-    ) -> None:
-        if not entry_ids:
-            return
-        now = time.monotonic()
-        self._refusals.update(
-            (entry_id, (reason, now)) for entry_id, reason in (refused or {}).items()
-        )
-        while (
-            self._refusals and next(iter(self._refusals.values()))[1] < now - REFUSALS_KEPT_SECONDS
-        ):
-            self._refusals.popitem(last=False)
-        newest = max(entry_id_key(i) for i in entry_ids)
-        async with self._changed:
-            if newest > self._applied[0]:  # the version goes with the newest applied id
-                self._applied = (newest, model_version)
-            self._changed.notify_all()
-
-    async def refusal(self, entry_id: str) -> str | None:
-        known = self._refusals.get(entry_id)
-        return known[0] if known else None
-
-    async def wait_applied(self, entry_id: str, timeout: float) -> int:
-        wanted = entry_id_key(entry_id)
-        async with self._changed:
-            await asyncio.wait_for(
-                self._changed.wait_for(lambda: self._applied[0] >= wanted), timeout
-            )
-            return self._applied[1]
 
     async def close(self) -> None:
         return None
