@@ -245,7 +245,7 @@ class Trainer:
             except QueueUnavailable as err:
                 log.warning("could not drain the queue before stopping: %s", err)
         async with self._exclusive:
-            await self.checkpoint()
+            await self._checkpoint()
 
     async def write_checkpoints(self, stop: asyncio.Event) -> None:
         """The checkpoint writer: checkpoints whenever one is due, until `stop` is set (the
@@ -256,7 +256,7 @@ class Trainer:
             self._checkpoint_wanted.clear()
             async with self._exclusive:
                 if self._checkpoint_due() and not self._needs_rewind:
-                    await self.checkpoint()
+                    await self._checkpoint()
             self._checkpoint_written.set()
 
     async def _hand_to_checkpoint_writer(self) -> None:
@@ -286,7 +286,7 @@ class Trainer:
                 raise RollbackFailed(
                     f"no kept checkpoint has model version {version}; kept versions: {kept}"
                 )
-            await self.checkpoint()
+            await self._checkpoint()
             newest = max([self.host.model_version, *(i.version for i in self.store.list())])
             await asyncio.to_thread(self.host.restore_as, target.path, newest + 1)
             await self._write_checkpoint({"restored_from": str(version)})
@@ -431,7 +431,13 @@ class Trainer:
         return self._progress.steps >= every.every_steps or elapsed >= every.every_seconds
 
     async def checkpoint(self) -> None:
+        """Checkpoints now, between steps (what an operator or a test asks for)."""
+        async with self._exclusive:
+            await self._checkpoint()
+
+    async def _checkpoint(self) -> None:
         """Writes a durable checkpoint, advances the registry from it, then acknowledges.
+        The caller holds `_exclusive`.
 
         The checkpoint carries every count the registry has not yet taken, so if the registry
         or the queue is down now, a later checkpoint (or the next start-up) still delivers
