@@ -1,4 +1,8 @@
-"""`Client` (blocking) and `AsyncClient` (asyncio) for the service's HTTP API."""
+"""`Client` (blocking) and `AsyncClient` (asyncio) for the service's HTTP API.
+
+Both send the requests that `psp_client.calls` describes, through `Tries` for retries; they
+differ only in how they send and wait.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,12 @@ import asyncio
 import time
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import httpx
 
 from psp_client import calls
 from psp_client.calls import Call
-from psp_client.errors import error_for
 from psp_client.results import (
     AccuracyHour,
     Context,
@@ -23,29 +26,37 @@ from psp_client.results import (
     TrainResult,
 )
 from psp_client.retry import RetryPolicy
+from psp_client.tries import Tries
 
 T = TypeVar("T")
+Transport = TypeVar("Transport", httpx.BaseTransport, httpx.AsyncBaseTransport)
 
 DEFAULT_TIMEOUT = 30.0
 
 
-def _headers(api_key: str | None) -> dict[str, str]:
-    return {"X-API-Key": api_key} if api_key else {}
+class _BaseClient(Generic[Transport]):
+    """How both clients are made; each opens its own kind of httpx client in `_open`."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        transport: Transport | None = None,
+    ) -> None:
+        self.retry = retry or RetryPolicy()
+        headers = {"X-API-Key": api_key} if api_key else {}
+        self._http = self._open(
+            base_url=base_url, headers=headers, timeout=timeout, transport=transport
+        )
+
+    def _open(self, **options: Any) -> Any:
+        raise NotImplementedError
 
 
-def _request(client: httpx.Client | httpx.AsyncClient, call: Call[Any]) -> httpx.Request:
-    return client.build_request(
-        call.method, call.path, json=call.json, params=call.params, headers=call.headers
-    )
-
-
-def _result(call: Call[T], response: httpx.Response) -> T:
-    if response.is_success:
-        return call.read(response)
-    raise error_for(response)
-
-
-class Client:
+class Client(_BaseClient[httpx.BaseTransport]):
     """A blocking client.
 
     Args:
@@ -60,19 +71,10 @@ class Client:
     retries are spent; `httpx.TransportError` when the service cannot be reached.
     """
 
-    def __init__(
-        self,
-        base_url: str,
-        api_key: str | None = None,
-        *,
-        retry: RetryPolicy | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
-        transport: httpx.BaseTransport | None = None,
-    ) -> None:
-        self.retry = retry or RetryPolicy()
-        self._http = httpx.Client(
-            base_url=base_url, headers=_headers(api_key), timeout=timeout, transport=transport
-        )
+    _http: httpx.Client
+
+    def _open(self, **options: Any) -> httpx.Client:
+        return httpx.Client(**options)
 
     def __enter__(self) -> Client:
         return self
@@ -90,18 +92,13 @@ class Client:
 
     def send(self, call: Call[T]) -> T:
         """Sends `call`, retrying as the policy allows, and reads its answer."""
-        attempt = 1
-        while True:
-            response: httpx.Response | None = None
-            try:
-                response = self._http.send(_request(self._http, call))
-            except httpx.TransportError:
-                if not self.retry.should_retry(attempt, None):
-                    raise
-            if response is not None and not self.retry.should_retry(attempt, response):
-                return _result(call, response)
-            time.sleep(self.retry.delay(attempt, response))
-            attempt += 1
+        tries = Tries(call, self.retry)
+        for pause in tries.pauses():
+            if pause:
+                time.sleep(pause)
+            with tries.attempt():
+                tries.answered(self._http.send(call.request(self._http)))
+        return tries.result()
 
     def create_context(
         self, key: str, seed: int | None = None, power: float | None = None
@@ -151,22 +148,13 @@ class Client:
         return self.send(calls.model_info())
 
 
-class AsyncClient:
+class AsyncClient(_BaseClient[httpx.AsyncBaseTransport]):
     """The asyncio twin of `Client`, with the same arguments and methods."""
 
-    def __init__(
-        self,
-        base_url: str,
-        api_key: str | None = None,
-        *,
-        retry: RetryPolicy | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        self.retry = retry or RetryPolicy()
-        self._http = httpx.AsyncClient(
-            base_url=base_url, headers=_headers(api_key), timeout=timeout, transport=transport
-        )
+    _http: httpx.AsyncClient
+
+    def _open(self, **options: Any) -> httpx.AsyncClient:
+        return httpx.AsyncClient(**options)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -184,18 +172,13 @@ class AsyncClient:
 
     async def send(self, call: Call[T]) -> T:
         """Sends `call`, retrying as the policy allows, and reads its answer."""
-        attempt = 1
-        while True:
-            response: httpx.Response | None = None
-            try:
-                response = await self._http.send(_request(self._http, call))
-            except httpx.TransportError:
-                if not self.retry.should_retry(attempt, None):
-                    raise
-            if response is not None and not self.retry.should_retry(attempt, response):
-                return _result(call, response)
-            await asyncio.sleep(self.retry.delay(attempt, response))
-            attempt += 1
+        tries = Tries(call, self.retry)
+        for pause in tries.pauses():
+            if pause:
+                await asyncio.sleep(pause)
+            with tries.attempt():
+                tries.answered(await self._http.send(call.request(self._http)))
+        return tries.result()
 
     async def create_context(
         self, key: str, seed: int | None = None, power: float | None = None

@@ -2,13 +2,40 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import MISSING, Field, dataclass, fields
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+R = TypeVar("R", bound="DataclassInstance")
+
+
+def _read(result_type: type[R], body: dict[str, Any], **parsed: Any) -> R:
+    """A `result_type` from the answer's fields of the same names; `parsed` gives the fields
+    that are more than a copied value."""
+    copied = {f.name: _value(f, body) for f in fields(result_type) if f.name not in parsed}
+    return result_type(**copied, **parsed)
+
+
+def _value(field: Field[Any], body: dict[str, Any]) -> Any:
+    """The answer's value for `field`; a field with a default may be missing from the answer."""
+    return body[field.name] if field.default is MISSING else body.get(field.name, field.default)
+
+
+class _ReadByName:
+    """Gives a result dataclass a `from_json` that copies the answer's fields of its names."""
+
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]  # set by @dataclass on the result
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> Self:
+        return _read(cls, body)
 
 
 @dataclass(frozen=True)
-class RecentAccuracy:
+class RecentAccuracy(_ReadByName):
     """A context's accuracy over the last `window_hours` hours (None before any score)."""
 
     window_hours: int
@@ -16,10 +43,6 @@ class RecentAccuracy:
     train_accuracy: float | None
     feedback_seen: int
     feedback_accuracy: float | None
-
-    @classmethod
-    def from_json(cls, body: dict[str, Any]) -> RecentAccuracy:
-        return cls(**{name: body[name] for name in cls.__dataclass_fields__})
 
 
 @dataclass(frozen=True)
@@ -36,8 +59,7 @@ class AccuracyHour:
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> AccuracyHour:
-        values = {name: body[name] for name in cls.__dataclass_fields__}
-        return cls(**{**values, "hour": datetime.fromisoformat(body["hour"])})
+        return _read(cls, body, hour=datetime.fromisoformat(body["hour"]))
 
 
 @dataclass(frozen=True)
@@ -58,16 +80,10 @@ class Context:
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> Context:
         recent = body.get("recent")
-        return cls(
-            key=body["key"],
-            index=body["index"],
-            kind=body["kind"],
-            seed=body["seed"],
-            power=body["power"],
+        return _read(
+            cls,
+            body,
             created_at=datetime.fromisoformat(body["created_at"]),
-            examples_seen=body["examples_seen"],
-            refused=body["refused"],
-            prequential_accuracy=body["prequential_accuracy"],
             recent=RecentAccuracy.from_json(recent) if recent else None,
         )
 
@@ -107,18 +123,11 @@ class TrainResult:
 
     @classmethod
     def from_json(cls, body: dict[str, Any], idempotency_key: str) -> TrainResult:
-        return cls(
-            batch_id=body["batch_id"],
-            accepted=body["accepted"],
-            idempotency_key=idempotency_key,
-            applied=body.get("applied"),
-            model_version=body.get("model_version"),
-            reason=body.get("reason"),
-        )
+        return _read(cls, body, idempotency_key=idempotency_key)
 
 
 @dataclass(frozen=True)
-class Prediction:
+class Prediction(_ReadByName):
     """Classes and probabilities for the rows of one request.
 
     Attributes:
@@ -134,18 +143,9 @@ class Prediction:
     model_version: int
     prediction_ids: list[str] | None = None
 
-    @classmethod
-    def from_json(cls, body: dict[str, Any]) -> Prediction:
-        return cls(
-            predictions=body["predictions"],
-            probabilities=body["probabilities"],
-            model_version=body["model_version"],
-            prediction_ids=body.get("prediction_ids"),
-        )
-
 
 @dataclass(frozen=True)
-class FeedbackResult:
+class FeedbackResult(_ReadByName):
     """Labels of remembered predictions, queued for training and scored.
 
     Attributes:
@@ -162,16 +162,6 @@ class FeedbackResult:
     model_version: int | None = None
     applied: bool | None = None
 
-    @classmethod
-    def from_json(cls, body: dict[str, Any]) -> FeedbackResult:
-        return cls(
-            batch_id=body["batch_id"],
-            accepted=body["accepted"],
-            correct=body["correct"],
-            model_version=body.get("model_version"),
-            applied=body.get("applied"),
-        )
-
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -186,11 +176,4 @@ class ModelInfo:
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> ModelInfo:
-        return cls(
-            model_version=body["model_version"],
-            contexts=body["contexts"],
-            parameters=body["parameters"],
-            config=body["config"],
-            checkpoints=body["checkpoints"],
-            raw=body,
-        )
+        return _read(cls, body, raw=body)

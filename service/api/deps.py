@@ -1,12 +1,14 @@
-"""Dependencies of the routes, as `Annotated` aliases: the runtime and the caller's scopes."""
+"""Dependencies of the routes, as `Annotated` aliases: the runtime, the caller's scopes and the
+context key in the path."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 
+from service.api.schemas import KEY_PATTERN
 from service.auth import Authenticator, Principal, Scope
 from service.payloads import PayloadError
 from service.runtime import Runtime
@@ -18,10 +20,14 @@ async def get_runtime(request: Request) -> Runtime:
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+KeyPath = Annotated[str, Path(pattern=KEY_PATTERN)]
 
 
-def check_key_lengths(runtime: Runtime, keys: list[str]) -> None:
-    """Raises PayloadError (422) for context keys longer than the configured limit."""
+def check_context_keys(
+    runtime: Runtime, caller: Principal, scope: Scope | None, keys: list[str]
+) -> None:
+    """Raises PayloadError (422) for a context key longer than the configured limit, then
+    Forbidden (403) unless the caller has `scope` and owns every key."""
     limit = runtime.settings.limits.max_key_length
     for key in keys:
         if len(key) > limit:
@@ -29,6 +35,7 @@ def check_key_lengths(runtime: Runtime, keys: list[str]) -> None:
                 f"the context key {key[:20]!r}... is {len(key)} characters long; "
                 f"send keys of at most {limit} characters"
             )
+    caller.require(scope, keys)
 
 
 def presented_key(request: Request) -> str | None:
@@ -54,8 +61,7 @@ def _principal(scope: Scope | None) -> Callable[..., Awaitable[Principal]]:
         principal = authenticator.authenticate(presented_key(request))
         key = request.path_params.get("key")
         keys = [key] if isinstance(key, str) else []
-        check_key_lengths(request.app.state.runtime, keys)
-        principal.require(scope, keys)
+        check_context_keys(request.app.state.runtime, principal, scope, keys)
         return principal
 
     return dependency

@@ -262,3 +262,8 @@ class Problem(BaseModel):
     """Every error: a sentence saying what is wrong and what to send instead."""
 
     detail: str
+
+
+def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """A route's `responses=` entries for error statuses answered with a `Problem`."""
+    return {status: {"model": Problem} for status in statuses}

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Response, status
+from fastapi import APIRouter, Query, Response, status
 
-from service.api.deps import Admin, Reader, RuntimeDep, check_key_lengths
+from service.api.deps import Admin, KeyPath, Reader, RuntimeDep, check_context_keys
 from service.api.json_route import OrjsonRoute
 from service.api.schemas import (
-    KEY_PATTERN,
     KEY_PREFIX_PATTERN,
     AccuracyHistory,
     AccuracyHourOut,
@@ -19,15 +18,13 @@ from service.api.schemas import (
     ContextCreate,
     ContextOut,
     ContextPage,
-    Problem,
     RecentAccuracy,
+    problems,
 )
 from service.registry.models import ContextRow
 
 router = APIRouter(tags=["contexts"], route_class=OrjsonRoute)
-KeyPath = Annotated[str, Path(pattern=KEY_PATTERN)]
 MAX_HISTORY_HOURS = 24 * 366
-ERRORS: dict[int | str, dict[str, Any]] = {422: {"model": Problem}, 503: {"model": Problem}}
 
 
 def _out(row: ContextRow, kind: str) -> ContextOut:
@@ -47,32 +44,25 @@ def _out(row: ContextRow, kind: str) -> ContextOut:
 @router.post(
     "/contexts",
     status_code=status.HTTP_201_CREATED,
-    responses={200: {"model": ContextOut}, 409: {"model": Problem}, **ERRORS},
+    responses={200: {"model": ContextOut}, **problems(409, 422, 503)},
 )
 async def register_context(
     body: ContextCreate, runtime: RuntimeDep, response: Response, caller: Admin
 ) -> ContextOut:
     """Register a context; 200 with the same body if the key already exists identically."""
-    check_key_lengths(runtime, [body.key])
-    caller.require("admin", [body.key])
+    check_context_keys(runtime, caller, "admin", [body.key])
     row, created = await runtime.contexts.register(body.key, body.seed, body.power)
     if not created:
         response.status_code = status.HTTP_200_OK
     return _out(row, runtime.settings.model.kind)
 
 
-@router.post(
-    "/contexts:batch",
-    status_code=status.HTTP_200_OK,
-    responses={409: {"model": Problem}, **ERRORS},
-)
+@router.post("/contexts:batch", status_code=status.HTTP_200_OK, responses=problems(409, 422, 503))
 async def register_contexts(
     body: ContextBatchCreate, runtime: RuntimeDep, caller: Admin
 ) -> ContextBatchOut:
     """Register up to 10 000 contexts in one transaction."""
-    keys = [c.key for c in body.contexts]
-    check_key_lengths(runtime, keys)
-    caller.require("admin", keys)
+    check_context_keys(runtime, caller, "admin", [c.key for c in body.contexts])
     items = [(c.key, c.seed, c.power) for c in body.contexts]
     results = await runtime.contexts.register_many(items)
     kind = runtime.settings.model.kind
@@ -82,7 +72,7 @@ async def register_contexts(
     )
 
 
-@router.get("/contexts", responses=ERRORS)
+@router.get("/contexts", responses=problems(422, 503))
 async def list_contexts(
     runtime: RuntimeDep,
     caller: Reader,
@@ -102,7 +92,7 @@ async def list_contexts(
     return ContextPage(items=[_out(row, kind) for row in rows], total=total)
 
 
-@router.get("/contexts/{key}", responses={404: {"model": Problem}, **ERRORS})
+@router.get("/contexts/{key}", responses=problems(404, 422, 503))
 async def get_context(key: KeyPath, runtime: RuntimeDep, caller: Reader) -> ContextOut:
     """One context, with its examples seen, prequential accuracy and rolling-window accuracy
     of its train scores and scored feedback."""
@@ -120,7 +110,7 @@ async def get_context(key: KeyPath, runtime: RuntimeDep, caller: Reader) -> Cont
     return out
 
 
-@router.get("/contexts/{key}/history", responses={404: {"model": Problem}, **ERRORS})
+@router.get("/contexts/{key}/history", responses=problems(404, 422, 503))
 async def get_context_history(
     key: KeyPath,
     runtime: RuntimeDep,
@@ -155,7 +145,7 @@ async def get_context_history(
 @router.delete(
     "/contexts/{key}",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses={404: {"model": Problem}, **ERRORS},
+    responses=problems(404, 422, 503),
 )
 async def delete_context(key: KeyPath, runtime: RuntimeDep, caller: Admin) -> Response:
     """Retire a context; its key stops answering and its index is never reused."""

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Response, status
+from fastapi import APIRouter, Query, Response, status
 
-from service.api.deps import RuntimeDep, TrainingCaller
+from service.api.deps import KeyPath, RuntimeDep, TrainingCaller
 from service.api.json_route import OrjsonRoute
+from service.api.queued import queued_answer
 from service.api.schemas import (
-    KEY_PATTERN,
     FeedbackAccepted,
     FeedbackApplied,
     FeedbackRequest,
     Problem,
+    problems,
 )
 
 router = APIRouter(tags=["training"], route_class=OrjsonRoute)
@@ -28,14 +29,11 @@ router = APIRouter(tags=["training"], route_class=OrjsonRoute)
         404: {"model": Problem, "description": "Unknown context or prediction ids."},
         409: {"model": Problem, "description": "Some ids already have their labels."},
         410: {"model": Problem, "description": "Some ids have expired."},
-        422: {"model": Problem},
-        429: {"model": Problem},
-        503: {"model": Problem},
-        504: {"model": Problem},
+        **problems(422, 429, 503, 504),
     },
 )
 async def feedback(
-    key: Annotated[str, Path(pattern=KEY_PATTERN)],
+    key: KeyPath,
     body: FeedbackRequest,
     runtime: RuntimeDep,
     response: Response,
@@ -45,16 +43,4 @@ async def feedback(
     """Queue remembered rows with their true labels for training, once per prediction id, and
     score the predictions made for them. One unusable id leaves every id as it was."""
     done = await runtime.feedback.label(key, body.prediction_ids, body.labels, wait=wait)
-    if done.model_version is None:
-        return FeedbackAccepted(
-            batch_id=done.batch_id, accepted=done.accepted, correct=done.correct
-        )
-    response.status_code = status.HTTP_200_OK
-    return FeedbackApplied(
-        batch_id=done.batch_id,
-        accepted=done.accepted,
-        correct=done.correct,
-        applied=done.refused is None,
-        model_version=done.model_version,
-        reason=done.refused,
-    )
+    return queued_answer(done, response, FeedbackAccepted, FeedbackApplied, correct=done.correct)

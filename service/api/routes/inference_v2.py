@@ -8,16 +8,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path, Request
+from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
 
-from service.api.deps import Predictor, Reader, RuntimeDep
-from service.api.schemas import KEY_PATTERN, Problem
+from service.api.deps import KeyPath, Predictor, Reader, RuntimeDep
+from service.api.schemas import problems
 from service.inference_v2 import decode_infer_request
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
-ModelName = Annotated[str, Path(pattern=KEY_PATTERN)]
-ERRORS: dict[int | str, dict[str, Any]] = {404: {"model": Problem}, 503: {"model": Problem}}
+ModelName = KeyPath  # each context is a model, named by its key
+ERRORS = problems(404, 503)
 
 
 @router.get("/health/live")
@@ -61,10 +61,7 @@ async def model_ready(key: ModelName, runtime: RuntimeDep, caller: Reader) -> JS
     return JSONResponse({"name": key, "ready": healthy}, status_code=200 if healthy else 503)
 
 
-@router.post(
-    "/models/{key}/infer",
-    responses={**ERRORS, 413: {"model": Problem}, 422: {"model": Problem}},
-)
+@router.post("/models/{key}/infer", responses=problems(404, 503, 413, 422))
 async def infer(
     key: ModelName,
     request: Request,

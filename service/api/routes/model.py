@@ -12,8 +12,8 @@ from service.api.schemas import (
     DeadLetterOut,
     DeadLetterPage,
     ModelInfo,
-    Problem,
     RollbackRequest,
+    problems,
 )
 
 router = APIRouter(tags=["model"], route_class=OrjsonRoute)
@@ -23,7 +23,7 @@ STORED_BYTES_PER_CONTEXT = 8
 """A context is defined by one 64-bit seed or exponent in the registry."""
 
 
-@router.get("/model", responses={503: {"model": Problem}})
+@router.get("/model", responses=problems(503))
 async def model_info(runtime: RuntimeDep, caller: Reader) -> ModelInfo:
     """The model's config, version, number of live contexts and parameters, and their cost."""
     host = runtime.host
@@ -42,15 +42,7 @@ async def model_info(runtime: RuntimeDep, caller: Reader) -> ModelInfo:
     )
 
 
-@router.post(
-    "/model/rollback",
-    responses={
-        404: {"model": Problem},
-        422: {"model": Problem},
-        503: {"model": Problem},
-        504: {"model": Problem},
-    },
-)
+@router.post("/model/rollback", responses=problems(404, 422, 503, 504))
 async def rollback(body: RollbackRequest, runtime: RuntimeDep, caller: Admin) -> ModelInfo:
     """Restore a kept checkpoint as a new version (admin without a key prefix)."""
     caller.require_whole_model("admin")
@@ -62,7 +54,7 @@ async def rollback(body: RollbackRequest, runtime: RuntimeDep, caller: Admin) ->
     return info.model_copy(update={"restored_from": body.version})
 
 
-@router.get("/model/dead-letters", responses={422: {"model": Problem}, 503: {"model": Problem}})
+@router.get("/model/dead-letters", responses=problems(422, 503))
 async def dead_letters(
     runtime: RuntimeDep, caller: Admin, limit: Annotated[int, Query(ge=1, le=1000)] = 100
 ) -> DeadLetterPage:

@@ -4,38 +4,33 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Query
 
-from service.api.deps import Predictor, RuntimeDep, check_key_lengths
+from service.api.deps import KeyPath, Predictor, RuntimeDep, check_context_keys
 from service.api.json_route import OrjsonRoute
 from service.api.schemas import (
-    KEY_PATTERN,
     MultiPredictRequest,
     MultiPredictResponse,
     PredictItemOut,
     PredictRequest,
     PredictResponse,
-    Problem,
     RememberedPredictResponse,
+    problems,
 )
 from service.prediction import Prediction
 
 router = APIRouter(tags=["prediction"], route_class=OrjsonRoute)
+ERRORS = problems(404, 413, 422, 503)
 
 
 @router.post(
     "/predict/{key}",
     response_model=PredictResponse | RememberedPredictResponse,
-    responses={
-        404: {"model": Problem},
-        413: {"model": Problem},
-        422: {"model": Problem},
-        503: {"model": Problem},
-    },
+    responses=ERRORS,
     response_model_exclude_none=True,
 )
 async def predict(
-    key: Annotated[str, Path(pattern=KEY_PATTERN)],
+    key: KeyPath,
     body: PredictRequest,
     runtime: RuntimeDep,
     caller: Predictor,
@@ -75,22 +70,12 @@ def _answer(result: Prediction, *, probabilities: bool, top_k: int | None) -> Pr
     return answer
 
 
-@router.post(
-    "/predict",
-    responses={
-        404: {"model": Problem},
-        413: {"model": Problem},
-        422: {"model": Problem},
-        503: {"model": Problem},
-    },
-)
+@router.post("/predict", responses=ERRORS)
 async def predict_many(
     body: MultiPredictRequest, runtime: RuntimeDep, caller: Predictor
 ) -> MultiPredictResponse:
     """Predict for many contexts at once; all rows share one forward pass."""
-    keys = [item.context for item in body.items]
-    check_key_lengths(runtime, keys)
-    caller.require("predict", keys)
+    check_context_keys(runtime, caller, "predict", [item.context for item in body.items])
     answers, version = await runtime.multi_prediction.predict(
         [(item.context, item.inputs) for item in body.items]
     )

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Query, Response, status
+from fastapi import APIRouter, Header, Query, Response, status
 
-from service.api.deps import RuntimeDep, TrainingCaller
+from service.api.deps import KeyPath, RuntimeDep, TrainingCaller
 from service.api.json_route import OrjsonRoute
-from service.api.schemas import KEY_PATTERN, Problem, TrainAccepted, TrainApplied, TrainRequest
+from service.api.queued import queued_answer
+from service.api.schemas import KEY_PATTERN, TrainAccepted, TrainApplied, TrainRequest, problems
 
 router = APIRouter(tags=["training"], route_class=OrjsonRoute)
 
@@ -22,16 +23,11 @@ router = APIRouter(tags=["training"], route_class=OrjsonRoute)
             "model": TrainApplied,
             "description": "Done (with wait=true): applied, or refused with the reason.",
         },
-        404: {"model": Problem},
-        413: {"model": Problem},
-        422: {"model": Problem},
-        429: {"model": Problem},
-        503: {"model": Problem},
-        504: {"model": Problem},
+        **problems(404, 413, 422, 429, 503, 504),
     },
 )
 async def train(
-    key: Annotated[str, Path(pattern=KEY_PATTERN)],
+    key: KeyPath,
     body: TrainRequest,
     runtime: RuntimeDep,
     response: Response,
@@ -56,13 +52,4 @@ async def train(
         idempotency_key=idempotency_key,
         client=caller.key_id,
     )
-    if done.model_version is None:
-        return TrainAccepted(batch_id=done.batch_id, accepted=done.accepted)
-    response.status_code = status.HTTP_200_OK
-    return TrainApplied(
-        batch_id=done.batch_id,
-        accepted=done.accepted,
-        applied=done.refused is None,
-        model_version=done.model_version,
-        reason=done.refused,
-    )
+    return queued_answer(done, response, TrainAccepted, TrainApplied)
