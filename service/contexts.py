@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from service.context_definition import ContextDefinition
 from service.model_host import ModelHost
 from service.registry.models import ContextRow
-from service.registry.queries import ContextItem
+from service.registry.parameters import ContextItem
 from service.registry.store import RegistryStore, RegistryUnavailable
 
 log = logging.getLogger(__name__)

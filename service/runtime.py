@@ -74,6 +74,41 @@ def make_queue_and_notices(settings: Settings) -> tuple[TrainQueue, AppliedNotic
     return in_process, InProcessAppliedNotices()
 
 
+def _serves_predict(settings: Settings) -> bool:
+    """Every role but `worker` answers predict, and so resolves keys."""
+    return settings.role != "worker"
+
+
+def _prepare_process(settings: Settings) -> None:
+    """Process-wide switches and checks that come before anything is built."""
+    if settings.training.deterministic:
+        torch.use_deterministic_algorithms(True)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    check_checkpoint_fits(settings)
+
+
+async def _open_registry(settings: Settings) -> RegistryStore:
+    """The registry, migrated to the newest schema first."""
+    url = settings.resolved_database_url
+    await asyncio.to_thread(upgrade, url)
+    return RegistryStore(make_engine(url), settings.model.kind, settings.contexts.min_power_gap)
+
+
+def _make_host(settings: Settings) -> ModelHost:
+    """The model, freshly initialised, with the fault injector watching its steps if asked."""
+    host = ModelHost(
+        settings.model.to_config(),
+        settings.training.to_config(settings.replay),
+        resolve_device(settings.device),
+        # Read replicas never train, so they keep no rows to rehearse.
+        replay_rows=settings.replay.rows if settings.role != "api" else 0,
+    )
+    if settings.faults.any:
+        log.warning("fault injection is on (PSP_FAULTS__*): %s", settings.faults)
+        host.step_watchers.append(FaultInjector(settings.faults))
+    return host
+
+
 @dataclass
 class Runtime:
     """The resources of one process."""
@@ -102,34 +137,39 @@ class Runtime:
         """Migrates the registry, builds the model from it and the newest checkpoint, and
         starts the trainer when this process is the writer. A process that answers requests
         passes its `authenticator`, which then follows the keys stored in the registry."""
-        if settings.training.deterministic:
-            torch.use_deterministic_algorithms(True)
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        check_checkpoint_fits(settings)
-        url = settings.resolved_database_url
-        await asyncio.to_thread(upgrade, url)
-        registry = RegistryStore(
-            make_engine(url), settings.model.kind, settings.contexts.min_power_gap
+        _prepare_process(settings)
+        registry = await _open_registry(settings)
+        runtime = await cls._assemble(settings, registry, _make_host(settings))
+        if settings.role == "api":
+            await runtime._follow_worker()
+        else:
+            await runtime._start_trainer()
+        if _serves_predict(settings):
+            runtime._poll_retirements()
+        if authenticator is not None:
+            await runtime._follow_stored_keys(authenticator)
+        host = runtime.host
+        log.info(
+            "model on %s at version %d with %d contexts",
+            host.device,
+            host.model_version,
+            host.context_count,
         )
-        device = resolve_device(settings.device)
-        host = ModelHost(
-            settings.model.to_config(),
-            settings.training.to_config(settings.replay),
-            device,
-            # Read replicas never train, so they keep no rows to rehearse.
-            replay_rows=settings.replay.rows if settings.role != "api" else 0,
-        )
-        if settings.faults.any:
-            log.warning("fault injection is on (PSP_FAULTS__*): %s", settings.faults)
-            host.step_watchers.append(FaultInjector(settings.faults))
+        return runtime
+
+    @classmethod
+    async def _assemble(
+        cls, settings: Settings, registry: RegistryStore, host: ModelHost
+    ) -> Runtime:
+        """The services over the registry, the model and the queue, with the model's bank
+        loaded and the predict batcher running."""
         queue, applied = make_queue_and_notices(settings)
         store = CheckpointStore(settings.checkpoint_dir, settings.checkpoint.keep)
         contexts = ContextService(registry, host)
         batcher = PredictBatcher(
             host, max_rows=settings.batcher.max_rows, max_delay_us=settings.batcher.max_delay_us
         )
-        serves_predict = settings.role != "worker"
-        await contexts.load_bank(map_keys=serves_predict)
+        await contexts.load_bank(map_keys=_serves_predict(settings))
         prediction = PredictionService(contexts, batcher, settings)
         feedback_store = make_feedback_store(settings)
         runtime = cls(
@@ -149,30 +189,6 @@ class Runtime:
         )
         batcher.start(runtime.supervisor)
         runtime._closers += [batcher.stop, feedback_store.close]
-        if settings.role == "api":
-            await runtime._follow_worker()
-        else:
-            await runtime._start_trainer()
-        if serves_predict:
-            runtime._supervise(
-                "registry-poller",
-                lambda: contexts.poll_retirements(settings.registry_poll_seconds, runtime._stop),
-            )
-        if authenticator is not None:
-            await load_stored_keys(registry, authenticator)
-            runtime._tasks.append(
-                asyncio.create_task(
-                    follow_stored_keys(
-                        registry, authenticator, settings.registry_poll_seconds, runtime._stop
-                    )
-                )
-            )
-        log.info(
-            "model on %s at version %d with %d contexts",
-            device,
-            host.model_version,
-            host.context_count,
-        )
         return runtime
 
     def _supervise(
@@ -231,6 +247,21 @@ class Runtime:
         self.rollback = RedisRollback(control_client, self.keys)
         self._closers += [follower.close, control_client.aclose]
         self._supervise("follower", lambda: follower.run(self._stop))
+
+    def _poll_retirements(self) -> None:
+        """Polls the registry for contexts that other processes retire, and forgets their keys."""
+        contexts, every_seconds = self.contexts, self.settings.registry_poll_seconds
+        self._supervise(
+            "registry-poller", lambda: contexts.poll_retirements(every_seconds, self._stop)
+        )
+
+    async def _follow_stored_keys(self, authenticator: Authenticator) -> None:
+        """Loads the API keys stored in the registry and keeps following them."""
+        await load_stored_keys(self.registry, authenticator)
+        follow = follow_stored_keys(
+            self.registry, authenticator, self.settings.registry_poll_seconds, self._stop
+        )
+        self._tasks.append(asyncio.create_task(follow))
 
     async def stop(self) -> None:
         """Stops the trainer (it drains the queue into a final checkpoint) and disconnects."""

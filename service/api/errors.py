@@ -23,7 +23,7 @@ from service.feedback.service import (
 from service.model_host import ModelUnhealthy
 from service.payloads import PayloadError, TooManyRows
 from service.queue.base import IdempotencyConflict, QueueFull, QueueUnavailable
-from service.registry.queries import (
+from service.registry.errors import (
     ContextConflict,
     ContextParameterTaken,
     InvalidContextParameters,

@@ -13,9 +13,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from service.registry.database import insert_with_on_conflict
 from service.registry.models import AccuracyHourRow, utcnow
 
 
@@ -77,8 +77,7 @@ def add_scores(
     values = [row for row in rows.values() if row["train_seen"] or row["feedback_seen"]]
     if not values:
         return
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(AccuracyHourRow)
+    statement = insert_with_on_conflict(session, AccuracyHourRow)
     counted = ("train_seen", "train_correct", "feedback_seen", "feedback_correct")
     table = AccuracyHourRow.__table__.c
     statement = statement.on_conflict_do_update(

@@ -1,14 +1,19 @@
-"""Engines and sessions for the registry: embedded SQLite or PostgreSQL."""
+"""Engines and sessions for the registry (embedded SQLite or PostgreSQL), and the few
+statement helpers that differ between the two."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, Final, TypeVar
 
 from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
+
+T = TypeVar("T")
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 """How long a SQLite writer waits for another writer's lock before failing."""
@@ -16,6 +21,9 @@ SQLITE_BUSY_TIMEOUT_MS = 10_000
 POSTGRES_CONNECT_TIMEOUT_S = 5
 """Connect timeout for PostgreSQL unless the URL sets one, so a down server fails readiness
 checks quickly instead of hanging on TCP retries."""
+
+IN_LIST_CHUNK: Final = 900
+"""The most values one IN-list binds; old SQLite builds allow only 999 parameters a statement."""
 
 
 def normalize_database_url(url: str) -> URL:
@@ -101,3 +109,18 @@ def ping(engine: Engine) -> bool:
     except (SQLAlchemyError, OSError):
         return False
     return True
+
+
+def in_chunks(values: Sequence[T]) -> Iterable[Sequence[T]]:
+    """`values` in slices short enough for one IN-list each."""
+    for start in range(0, len(values), IN_LIST_CHUNK):
+        yield values[start : start + IN_LIST_CHUNK]
+
+
+def insert_with_on_conflict(
+    session: Session, entity: type[DeclarativeBase]
+) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT into `entity` that offers the ON CONFLICT clauses of the session's database."""
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql.insert(entity)
+    return sqlite.insert(entity)

@@ -57,6 +57,13 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def _partial_index(name: str, column: str, where: str, *, unique: bool = False) -> Index:
+    """An index over the rows where `where` holds, on SQLite and PostgreSQL alike."""
+    return Index(
+        name, column, unique=unique, sqlite_where=text(where), postgresql_where=text(where)
+    )
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """A timestamp that is always stored in and read back as timezone-aware UTC.
 
@@ -132,34 +139,11 @@ class ContextRow(Base):
 
     __tablename__ = "contexts"
     __table_args__ = (
-        Index(
-            LIVE_KEY_INDEX,
-            "key",
-            unique=True,
-            sqlite_where=text("retired_at IS NULL"),
-            postgresql_where=text("retired_at IS NULL"),
-        ),
-        Index(
-            RETIRED_AT_INDEX,
-            "retired_at",
-            sqlite_where=text("retired_at IS NOT NULL"),
-            postgresql_where=text("retired_at IS NOT NULL"),
-        ),
+        _partial_index(LIVE_KEY_INDEX, "key", "retired_at IS NULL", unique=True),
+        _partial_index(RETIRED_AT_INDEX, "retired_at", "retired_at IS NOT NULL"),
         # Partial, so the rows of the other kinds (whose seed or power is NULL) cost nothing.
-        Index(
-            SEED_INDEX,
-            "seed",
-            unique=True,
-            sqlite_where=text("seed IS NOT NULL"),
-            postgresql_where=text("seed IS NOT NULL"),
-        ),
-        Index(
-            POWER_INDEX,
-            "power",
-            unique=True,
-            sqlite_where=text("power IS NOT NULL"),
-            postgresql_where=text("power IS NOT NULL"),
-        ),
+        _partial_index(SEED_INDEX, "seed", "seed IS NOT NULL", unique=True),
+        _partial_index(POWER_INDEX, "power", "power IS NOT NULL", unique=True),
         {"sqlite_autoincrement": True},
     )
 

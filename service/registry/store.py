@@ -19,10 +19,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.auth import ApiKeySpec
 from service.context_definition import ContextDefinition
 from service.entry_ids import entry_id_key
-from service.registry import accuracy, api_keys, queries
+from service.registry import accuracy, api_keys, counters, queries, registration
 from service.registry.accuracy import AccuracyHour, Scores
+from service.registry.counters import TrainingCounts
 from service.registry.database import make_session_factory, ping
 from service.registry.models import ContextRow, TrainerState
+from service.registry.parameters import ContextItem
+from service.registry.powers import DEFAULT_MIN_POWER_GAP
 
 T = TypeVar("T")
 
@@ -39,7 +42,7 @@ class RegistryStore:
     """Context registration, lookup and the trainer's counters, for one model kind."""
 
     def __init__(
-        self, engine: Engine, kind: str, min_power_gap: float = queries.DEFAULT_MIN_POWER_GAP
+        self, engine: Engine, kind: str, min_power_gap: float = DEFAULT_MIN_POWER_GAP
     ) -> None:
         self.engine = engine
         self.kind = kind
@@ -77,7 +80,7 @@ class RegistryStore:
         return await self._run(
             lambda s: _detached(
                 s,
-                queries.create_context(
+                registration.create_context(
                     session=s,
                     key=key,
                     kind=self.kind,
@@ -88,11 +91,9 @@ class RegistryStore:
             )
         )
 
-    async def create_many(
-        self, items: Sequence[queries.ContextItem]
-    ) -> list[tuple[ContextRow, bool]]:
+    async def create_many(self, items: Sequence[ContextItem]) -> list[tuple[ContextRow, bool]]:
         def job(session: Session) -> list[tuple[ContextRow, bool]]:
-            created = queries.create_contexts(
+            created = registration.create_contexts(
                 session=session, kind=self.kind, items=items, min_power_gap=self.min_power_gap
             )
             session.flush()
@@ -152,7 +153,7 @@ class RegistryStore:
         return await self._run(job)
 
     async def commit_training(
-        self, *, shard: int, last_entry_id: str, counts: Mapping[int, queries.TrainingCounts]
+        self, *, shard: int, last_entry_id: str, counts: Mapping[int, TrainingCounts]
     ) -> bool:
         """Adds a checkpoint's counts unless the registry already holds that checkpoint.
 
@@ -171,7 +172,7 @@ class RegistryStore:
                 session.flush()
             if entry_id_key(last_entry_id) <= entry_id_key(state.last_entry_id):
                 return False
-            queries.add_training_counts(session=session, counts=counts)
+            counters.add_training_counts(session=session, counts=counts)
             train = {index: Scores(values[0], values[1]) for index, values in counts.items()}
             accuracy.add_scores(session=session, train=train)
             state.last_entry_id = last_entry_id

@@ -15,7 +15,7 @@ from service.registry.database import (
 )
 from service.registry.migrate import upgrade
 from service.registry.models import Base
-from service.registry.queries import create_context
+from service.registry.registration import create_context
 
 
 def test_plain_postgresql_urls_use_psycopg() -> None:

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import Engine
 
 from service.registry.database import make_engine
-from service.registry.queries import ContextParameterTaken
+from service.registry.errors import ContextParameterTaken
 from service.registry.store import RegistryStore, RegistryUnavailable
 
 
