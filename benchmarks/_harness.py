@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import shutil
 import sys
 import tempfile
@@ -22,7 +23,7 @@ from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import numpy as np
@@ -174,6 +175,20 @@ def throwaway_redis_prefix() -> Iterator[str]:
                 client.delete(*keys[start : start + 500])
         finally:
             client.close()
+
+
+@contextlib.contextmanager
+def throwaway_stores(*, postgres: bool, redis: bool) -> Iterator[dict[str, str]]:
+    """The registry and queue settings of a server: a throwaway PostgreSQL database and the
+    shared Redis under a throwaway key prefix, each when asked (else the embedded stores)."""
+    env: dict[str, str] = {}
+    with contextlib.ExitStack() as stack:
+        if postgres:
+            env["PSP_DATABASE_URL"] = stack.enter_context(throwaway_postgres())
+        if redis:
+            env["PSP_REDIS_URL"] = REDIS_URL
+            env["PSP_KEY_PREFIX"] = stack.enter_context(throwaway_redis_prefix())
+        yield env
 
 
 @contextlib.contextmanager
@@ -422,4 +437,65 @@ def json_bodies(rng: np.random.Generator, count: int, rows: int, width: int) -> 
     ]
 
 
+def train_bodies(rng: np.random.Generator, count: int, rows: int, width: int) -> list[bytes]:
+    """`count` pre-encoded train bodies of `rows` random rows and labels."""
+    return [
+        json.dumps(
+            {
+                "inputs": rng.random((rows, width)).round(4).tolist(),
+                "labels": rng.integers(0, 10, rows).tolist(),
+            }
+        ).encode()
+        for _ in range(count)
+    ]
+
+
 JSON_HEADERS = {"content-type": "application/json"}
+
+
+async def predict_one(
+    recorder: Recorder,
+    client: httpx.AsyncClient,
+    rng: random.Random,
+    keys: Sequence[str],
+    bodies: Sequence[bytes],
+) -> httpx.Response | None:
+    """POSTs a random one of `bodies` to `/predict/{key}` for a random one of `keys` (drawn in
+    that order), recorded under the route `predict`."""
+    key = keys[rng.randrange(len(keys))]
+    body = bodies[rng.randrange(len(bodies))]
+    return await recorder.send(
+        client, "predict", "POST", f"/predict/{key}", content=body, headers=JSON_HEADERS
+    )
+
+
+def sequential_predicts(
+    base_url: str, keys: Sequence[str], bodies: Sequence[bytes], count: int, seed: int
+) -> list[float]:
+    """Latencies of `count` predicts sent one after another by a single client (`predict_one`
+    with `random.Random(seed)`).
+
+    Raises:
+        RuntimeError: A predict got no 200 answer.
+    """
+    recorder = Recorder()
+    rng = random.Random(seed)
+
+    async def operation(client: httpx.AsyncClient, number: int) -> None:
+        await predict_one(recorder, client, rng, keys, bodies)
+
+    run_async(drive(base_url, operation, clients=1, seconds=300, max_operations=count))
+    if recorder.non_ok("predict"):
+        raise RuntimeError(f"{recorder.non_ok('predict')} predicts failed on {base_url}")
+    return recorder.latencies["predict"]
+
+
+T = TypeVar("T")
+
+
+def alternating(targets: Sequence[T], rounds: int) -> Iterator[tuple[int, T]]:
+    """(round, target) for `rounds` rounds over `targets`, every other round in reverse order,
+    so that drift in the machine's load hits every target alike."""
+    for number in range(rounds):
+        for target in targets if number % 2 == 0 else targets[::-1]:
+            yield number, target

@@ -9,13 +9,19 @@ The benchmarks: `predict_throughput.py` (P4), `training_throughput.py` (P5) and
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _harness import load_average, machine_line, save_json, throwaway_dir, torch_thread_env
+from _harness import (
+    load_average,
+    machine_line,
+    model_env,
+    save_json,
+    throwaway_dir,
+    torch_thread_env,
+)
 
 from service.testing.processes import ServerProcess, free_port
 
@@ -63,13 +69,7 @@ def add_service_options(parser: argparse.ArgumentParser) -> None:
 
 def service_env(args: argparse.Namespace, data_dir: Path) -> dict[str, str]:
     """Settings shared by every `psp serve` of these benchmarks (embedded stores by default)."""
-    env = {
-        "PSP_DATA_DIR": str(data_dir),
-        "PSP_DEVICE": "cpu",
-        "PSP_MODEL__KIND": args.kind,
-        "PSP_MODEL__INPUT_SHAPE": json.dumps([args.input]),
-        "PSP_MODEL__HIDDEN": json.dumps(list(args.hidden)),
-    }
+    env = {"PSP_DATA_DIR": str(data_dir), **model_env(args.input, args.hidden, args.kind)}
     if args.max_delay_us is not None:
         env["PSP_BATCHER__MAX_DELAY_US"] = str(args.max_delay_us)
     if args.registry_poll_seconds is not None:

@@ -57,37 +57,34 @@ def server_parse_seconds(body: bytes, content_type: bytes, repeat: int) -> float
     return min(asyncio.run(parse_once()) for _ in range(repeat))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=20, help="per body format")
-    parser.add_argument("--repeat", type=int, default=15, help="parses per body format")
-    parser.add_argument("--json", help="also write the figures to this file")
-    args = parser.parse_args()
+def encoded_bodies() -> tuple[bytes, bytes]:
+    """One train body of `ROWS` random rows and labels, as JSON and as msgpack."""
     rng = np.random.default_rng(0)
     body = {
         "inputs": rng.standard_normal((ROWS, WIDTH)).astype(np.float32).tolist(),
         "labels": rng.integers(0, 10, ROWS).tolist(),
     }
-    as_json = orjson.dumps(body)
-    as_msgpack = msgpack.packb(body, use_single_float=True)
-    json_parse = server_parse_seconds(as_json, b"application/json", args.repeat)
-    msgpack_parse = server_parse_seconds(as_msgpack, b"application/msgpack", args.repeat)
+    return orjson.dumps(body), msgpack.packb(body, use_single_float=True)
 
+
+def request_latencies(sides: dict[str, tuple[bytes, str]], requests: int) -> dict[str, list[float]]:
+    """Seconds of each `POST /train/{key}` of `requests` rounds (after one warm-up round) that
+    send every side's body in turn, to a fresh `psp serve`.
+
+    Args:
+        sides: Name -> (body, content type).
+    """
+    latencies: dict[str, list[float]] = {name: [] for name in sides}
     with throwaway_dir() as workdir:
         env = {
             **model_env(WIDTH, [32], "complex"),
             "PSP_DATA_DIR": str(workdir / "data"),
-            "PSP_QUEUE__MAX_PENDING_EXAMPLES": str(ROWS * (2 * args.requests + 4)),
+            "PSP_QUEUE__MAX_PENDING_EXAMPLES": str(ROWS * (2 * requests + 4)),
         }
         with running(psp_serve("serve", env, workdir)) as (server,):
             register_contexts(server.base_url, [KEY])
-            latencies: dict[str, list[float]] = {"json": [], "msgpack": []}
-            sides = {
-                "json": (as_json, "application/json"),
-                "msgpack": (as_msgpack, "application/msgpack"),
-            }
             with httpx.Client(base_url=server.base_url, timeout=60) as client:
-                for number in range(args.requests + 1):
+                for number in range(requests + 1):
                     for name, (content, content_type) in sides.items():
                         began = time.perf_counter()
                         response = client.post(
@@ -100,7 +97,20 @@ def main() -> None:
                             raise RuntimeError(f"{name}: {response.status_code} {response.text}")
                         if number:  # the first pair warms up
                             latencies[name].append(spent)
+    return latencies
 
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=20, help="per body format")
+    parser.add_argument("--repeat", type=int, default=15, help="parses per body format")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+    as_json, as_msgpack = encoded_bodies()
+    json_parse = server_parse_seconds(as_json, b"application/json", args.repeat)
+    msgpack_parse = server_parse_seconds(as_msgpack, b"application/msgpack", args.repeat)
+    sides = {"json": (as_json, "application/json"), "msgpack": (as_msgpack, "application/msgpack")}
+    latencies = request_latencies(sides, args.requests)
     json_request = statistics.median(latencies["json"])
     msgpack_request = statistics.median(latencies["msgpack"])
     print(machine_line())

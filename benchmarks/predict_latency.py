@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import random
 import time
 from pathlib import Path
 from typing import Any
@@ -27,15 +26,16 @@ import httpx
 import numpy as np
 from _harness import (
     JSON_HEADERS,
-    Recorder,
     json_bodies,
     machine_line,
+    model_env,
     ms,
     percentile,
     print_table,
     register_contexts,
     run_async,
     save_json,
+    sequential_predicts,
     throwaway_dir,
     torch_thread_env,
 )
@@ -69,11 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def service(args: argparse.Namespace, workdir: Path) -> ServerProcess:
     """`psp serve` of the benchmark's model, with embedded stores."""
     env = {
+        **model_env(args.input, args.hidden, args.kind),
         "PSP_DATA_DIR": str(workdir / "data"),
         "PSP_DEVICE": args.device,
-        "PSP_MODEL__KIND": args.kind,
-        "PSP_MODEL__INPUT_SHAPE": f"[{args.input}]",
-        "PSP_MODEL__HIDDEN": "[" + ",".join(map(str, args.hidden)) + "]",
         **torch_thread_env(args.torch_threads),
     }
     return psp_serve("service", env, workdir)
@@ -81,22 +79,7 @@ def service(args: argparse.Namespace, workdir: Path) -> ServerProcess:
 
 def sequential_p50(base_url: str, keys: list[str], bodies: list[bytes], count: int) -> float:
     """The median latency of `count` one-row predicts sent one after another."""
-    recorder = Recorder()
-    rng = random.Random(count)
-
-    async def send_all() -> None:
-        async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
-            for _ in range(count):
-                url = f"/predict/{keys[rng.randrange(len(keys))]}"
-                body = bodies[rng.randrange(len(bodies))]
-                await recorder.send(
-                    client, "predict", "POST", url, content=body, headers=JSON_HEADERS
-                )
-
-    run_async(send_all())
-    if recorder.non_ok("predict"):
-        raise RuntimeError(f"{recorder.non_ok('predict')} predicts failed on {base_url}")
-    return percentile(recorder.latencies["predict"], 50)
+    return percentile(sequential_predicts(base_url, keys, bodies, count, seed=count), 50)
 
 
 def idle(args: argparse.Namespace, workdir: Path, keys: list[str]) -> dict[str, Any]:

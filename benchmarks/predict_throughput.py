@@ -24,9 +24,9 @@ from typing import Any
 import httpx
 import numpy as np
 from _harness import (
-    JSON_HEADERS,
     CpuWatch,
     Recorder,
+    alternating,
     cpu_seconds,
     drive,
     json_bodies,
@@ -34,6 +34,7 @@ from _harness import (
     metric_value,
     ms,
     percentile,
+    predict_one,
     print_table,
     register_contexts,
     run_async,
@@ -50,6 +51,10 @@ from _serving import (
 from bare_endpoint import context_key
 
 from service.testing.processes import ServerProcess, psp_serve, running
+
+SERVICE = "psp serve (batcher)"
+BARE_THREAD = "bare, thread pool + lock"
+BARE_INLINE = "bare, inline on the loop"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -114,11 +119,7 @@ def predict_load(
     rngs = [random.Random(seed * 1000 + n) for n in range(clients)]
 
     async def operation(client: httpx.AsyncClient, number: int) -> None:
-        rng = rngs[number]
-        key = keys[rng.randrange(len(keys))]
-        body = bodies[rng.randrange(len(bodies))]
-        url = f"/predict/{key}"
-        await recorder.send(client, "predict", "POST", url, content=body, headers=JSON_HEADERS)
+        await predict_one(recorder, client, rngs[number], keys, bodies)
 
     bound = int(seconds * MAX_REQUESTS_PER_SECOND) + 1
     elapsed = run_async(
@@ -146,26 +147,36 @@ def interleaved_predict(
         predict_load(server.base_url, keys, bodies, clients, warmup, seed=0)
     figures = {label: PredictFigures() for label, _, _ in targets}
     me = os.getpid()
-    for number in range(rounds):
-        order = targets if number % 2 == 0 else targets[::-1]
-        for label, server, keys in order:
-            server_cpu, client_cpu = cpu_seconds(server.pid), cpu_seconds(me)
-            recorder, elapsed = predict_load(
-                server.base_url, keys, bodies, clients, seconds / rounds, seed=number + 1
-            )
-            figures[label].add(
-                recorder,
-                elapsed,
-                cpu_seconds(server.pid) - server_cpu,
-                cpu_seconds(me) - client_cpu,
-            )
+    for number, (label, server, keys) in alternating(targets, rounds):
+        server_cpu, client_cpu = cpu_seconds(server.pid), cpu_seconds(me)
+        recorder, elapsed = predict_load(
+            server.base_url, keys, bodies, clients, seconds / rounds, seed=number + 1
+        )
+        figures[label].add(
+            recorder, elapsed, cpu_seconds(server.pid) - server_cpu, cpu_seconds(me) - client_cpu
+        )
     return figures
 
 
-def p4_predict_throughput(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    """P4: service QPS ÷ bare-endpoint QPS at `--clients` concurrency, one row per request."""
-    print(f"\nP4 predict throughput: {args.clients} clients, 1 row per request, ", end="")
-    print(f"{args.contexts} contexts, {args.seconds:g} s per target in {args.rounds} rounds")
+@dataclass
+class P4Run:
+    """The targets' figures, with what else the machine did meanwhile.
+
+    Attributes:
+        figures: Per target label; the service's first.
+        load: Load averages at the start.
+        others: Which other processes used the CPU while measuring.
+        batch_rows: Mean rows per forward pass of the service's batcher.
+    """
+
+    figures: dict[str, PredictFigures]
+    load: str
+    others: str
+    batch_rows: float
+
+
+def measure_targets(args: argparse.Namespace, workdir: Path) -> P4Run:
+    """Starts the service and both bare endpoints and measures them in interleaved rounds."""
     keys = [context_key(n) for n in range(args.contexts)]
     bodies = json_bodies(np.random.default_rng(0), 256, 1, args.input)
     service = psp_serve("psp", service_env(args, workdir / "p4-data"), workdir)
@@ -177,9 +188,9 @@ def p4_predict_throughput(args: argparse.Namespace, workdir: Path) -> dict[str, 
         watch = CpuWatch([service.pid, bare_thread.pid, bare_inline.pid])
         figures = interleaved_predict(
             [
-                ("psp serve (batcher)", service, keys),
-                ("bare, thread pool + lock", bare_thread, keys),
-                ("bare, inline on the loop", bare_inline, keys),
+                (SERVICE, service, keys),
+                (BARE_THREAD, bare_thread, keys),
+                (BARE_INLINE, bare_inline, keys),
             ],
             bodies,
             clients=args.clients,
@@ -188,8 +199,11 @@ def p4_predict_throughput(args: argparse.Namespace, workdir: Path) -> dict[str, 
             rounds=args.rounds,
         )
         others = watch.line()
-        batch_rows = batcher_mean_rows(service.base_url)
-    psp = figures["psp serve (batcher)"]
+        return P4Run(figures, load, others, batcher_mean_rows(service.base_url))
+
+
+def print_targets(figures: dict[str, PredictFigures]) -> None:
+    psp = figures[SERVICE]
     rows = []
     for label, fig in figures.items():
         ratio = psp.qps / fig.qps if fig.qps else float("nan")
@@ -218,19 +232,28 @@ def p4_predict_throughput(args: argparse.Namespace, workdir: Path) -> dict[str, 
         ],
         rows,
     )
-    thread_ratio = psp.qps / figures["bare, thread pool + lock"].qps
-    inline_ratio = psp.qps / figures["bare, inline on the loop"].qps
-    print(f"  mean rows per service forward pass: {batch_rows:.1f}")
+
+
+def p4_predict_throughput(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """P4: service QPS ÷ bare-endpoint QPS at `--clients` concurrency, one row per request."""
+    print(f"\nP4 predict throughput: {args.clients} clients, 1 row per request, ", end="")
+    print(f"{args.contexts} contexts, {args.seconds:g} s per target in {args.rounds} rounds")
+    run = measure_targets(args, workdir)
+    print_targets(run.figures)
+    psp = run.figures[SERVICE]
+    thread_ratio = psp.qps / run.figures[BARE_THREAD].qps
+    inline_ratio = psp.qps / run.figures[BARE_INLINE].qps
+    print(f"  mean rows per service forward pass: {run.batch_rows:.1f}")
     print(
         f"  service QPS ÷ bare QPS: {thread_ratio:.2f} (thread pool), {inline_ratio:.2f} "
         f"(inline)   goal >= 1.5"
     )
-    print(f"  load average at start {load}; while measuring, {others}")
+    print(f"  load average at start {run.load}; while measuring, {run.others}")
     return {
-        "load_average": load,
-        "other_processes": others,
-        "targets": {label: fig.summary() for label, fig in figures.items()},
-        "mean_rows_per_forward": batch_rows,
+        "load_average": run.load,
+        "other_processes": run.others,
+        "targets": {label: fig.summary() for label, fig in run.figures.items()},
+        "mean_rows_per_forward": run.batch_rows,
         "ratio_vs_bare_thread": thread_ratio,
         "ratio_vs_bare_inline": inline_ratio,
     }

@@ -44,18 +44,12 @@ def _predict_latencies(base_url: str, until: threading.Event, limit: int) -> lis
     return latencies
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--contexts", type=int, default=10_000)
-    parser.add_argument("--idle-requests", type=int, default=1000)
-    parser.add_argument("--kind", default="complex")
-    parser.add_argument("--json", help="also write the figures to this file")
-    args = parser.parse_args()
-
+def idle_and_during(args: argparse.Namespace) -> tuple[list[float], list[float], float]:
+    """Predict latencies of the client alone, then while `--contexts` contexts are registered
+    in one request, on a fresh `psp serve`; and the seconds that registration took."""
     with throwaway_dir() as workdir:
         env = {**model_env(64, [256, 256], args.kind), "PSP_DATA_DIR": str(workdir / "data")}
-        (server,) = (psp_serve("serve", env, workdir),)
-        with running(server):
+        with running(psp_serve("serve", env, workdir)) as (server,):
             register_contexts(server.base_url, ["probe"])
             _predict_latencies(server.base_url, threading.Event(), 200)  # warm-up
             idle = _predict_latencies(server.base_url, threading.Event(), args.idle_requests)
@@ -74,18 +68,23 @@ def main() -> None:
             registering.start()
             during = _predict_latencies(server.base_url, done, 10**9)
             registering.join()
+    return idle, during, spent[0]
 
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--contexts", type=int, default=10_000)
+    parser.add_argument("--idle-requests", type=int, default=1000)
+    parser.add_argument("--kind", default="complex")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+    idle, during, registration_seconds = idle_and_during(args)
     rows = [
-        ["idle", len(idle), ms(percentile(idle, 50)), ms(percentile(idle, 99))],
-        [
-            "during registration",
-            len(during),
-            ms(percentile(during, 50)),
-            ms(percentile(during, 99)),
-        ],
+        [phase, len(values), ms(percentile(values, 50)), ms(percentile(values, 99))]
+        for phase, values in (("idle", idle), ("during registration", during))
     ]
     print(machine_line())
-    print(f"{args.contexts} {args.kind} contexts registered in {spent[0]:.2f} s")
+    print(f"{args.contexts} {args.kind} contexts registered in {registration_seconds:.2f} s")
     print_table(["phase", "requests", "p50", "p99"], rows)
     ratio = percentile(during, 99) / percentile(idle, 99)
     print(f"p99 during / idle: {ratio:.2f}")
@@ -93,7 +92,7 @@ def main() -> None:
         args.json,
         {
             "contexts": args.contexts,
-            "registration_seconds": spent[0],
+            "registration_seconds": registration_seconds,
             "idle_p50": percentile(idle, 50),
             "idle_p99": percentile(idle, 99),
             "during_p50": percentile(during, 50),

@@ -14,18 +14,15 @@ Run: `python benchmarks/registry_scale.py [--big-contexts 100000] [--latency-req
 from __future__ import annotations
 
 import argparse
-import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import psycopg
 from _harness import (
-    JSON_HEADERS,
     CpuWatch,
-    Recorder,
-    drive,
+    alternating,
     json_bodies,
     load_average,
     ms,
@@ -33,7 +30,7 @@ from _harness import (
     postgres_dsn,
     print_table,
     register_contexts,
-    run_async,
+    sequential_predicts,
     throwaway_postgres,
 )
 from _serving import add_service_options, run_benchmark, service_env
@@ -69,28 +66,38 @@ def table_bytes(database_url: str) -> dict[str, float]:
     }
 
 
-def sequential_latencies(
-    base_url: str, keys: list[str], bodies: list[bytes], count: int
-) -> list[float]:
-    """Latencies of `count` predicts sent one after another by a single client."""
-    recorder = Recorder()
-    rng = random.Random(len(keys))
-
-    async def operation(client: httpx.AsyncClient, number: int) -> None:
-        url = f"/predict/{keys[rng.randrange(len(keys))]}"
-        body = bodies[rng.randrange(len(bodies))]
-        await recorder.send(client, "predict", "POST", url, content=body, headers=JSON_HEADERS)
-
-    run_async(drive(base_url, operation, clients=1, seconds=300, max_operations=count))
-    if recorder.non_ok("predict"):
-        raise RuntimeError(f"{recorder.non_ok('predict')} predicts failed on {base_url}")
-    return recorder.latencies["predict"]
+BASELINE = "10 contexts"
+"""The label of the server holding 10 contexts, whose p50 the others are divided by."""
 
 
-def p6_registry_scale(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    """P6: registration throughput, predict p50 at 100k ÷ at 10 contexts, bytes per context."""
+def spread_label(big: int) -> str:
+    """The label of the big server with keys spread over all its contexts."""
+    return f"{big:,} contexts, keys over all"
+
+
+@dataclass
+class P6Run:
+    """What P6 measured.
+
+    Attributes:
+        latencies: Sequential predict latencies per target, the 10-context server first.
+        registration_seconds: Time spent registering the big server's contexts.
+        storage: PostgreSQL bytes of the big server's `contexts` table (see `table_bytes`).
+        load: Load averages before the registration.
+        others: Which other processes used the CPU while latency was measured.
+    """
+
+    latencies: dict[str, list[float]]
+    registration_seconds: float
+    storage: dict[str, float]
+    load: str
+    others: str
+
+
+def measure_registry(args: argparse.Namespace, workdir: Path) -> P6Run:
+    """Registers 10 and `--big-contexts` contexts in two servers on their own PostgreSQL, then
+    measures predict latency on both."""
     big = args.big_contexts
-    print(f"\nP6 registry scale: PostgreSQL, {big:,} contexts vs 10, single sequential client")
     small_keys = [context_key(n) for n in range(10)]
     big_keys = [context_key(n) for n in range(big)]
     bodies = json_bodies(np.random.default_rng(2), 256, 1, args.input)
@@ -107,21 +114,47 @@ def p6_registry_scale(args: argparse.Namespace, workdir: Path) -> dict[str, Any]
             registration_seconds = register_contexts(large.base_url, big_keys, chunk=10_000)
             storage = table_bytes(big_db)
             targets = [
-                ("10 contexts", small.base_url, small_keys),
-                (f"{big:,} contexts, keys over all", large.base_url, big_keys),
+                (BASELINE, small.base_url, small_keys),
+                (spread_label(big), large.base_url, big_keys),
                 (f"{big:,} contexts, 10 hot keys", large.base_url, big_keys[:10]),
             ]
-            for _, url, keys in targets:  # warm-up
-                sequential_latencies(url, keys, bodies, 200)
-            watch = CpuWatch([small.pid, large.pid])
-            latencies: dict[str, list[float]] = {label: [] for label, _, _ in targets}
-            per_round = max(1, args.latency_requests // args.rounds)
-            for number in range(args.rounds):
-                order = targets if number % 2 == 0 else targets[::-1]
-                for label, url, keys in order:
-                    latencies[label] += sequential_latencies(url, keys, bodies, per_round)
-            others = watch.line()
-    base_p50 = percentile(latencies["10 contexts"], 50)
+            watch_pids = [small.pid, large.pid]
+            latencies, others = interleaved_latencies(targets, bodies, args, watch_pids)
+    return P6Run(latencies, registration_seconds, storage, load, others)
+
+
+def interleaved_latencies(
+    targets: list[tuple[str, str, list[str]]],
+    bodies: list[bytes],
+    args: argparse.Namespace,
+    server_pids: list[int],
+) -> tuple[dict[str, list[float]], str]:
+    """Warms every target up, then measures `--latency-requests` sequential predicts per
+    target in `--rounds` alternating rounds.
+
+    Args:
+        targets: (label, base URL, keys to predict for).
+
+    Returns:
+        The latencies per label, and which other processes used the CPU meanwhile.
+    """
+    for _, url, keys in targets:  # warm-up
+        sequential_predicts(url, keys, bodies, 200, seed=len(keys))
+    watch = CpuWatch(server_pids)
+    latencies: dict[str, list[float]] = {label: [] for label, _, _ in targets}
+    per_round = max(1, args.latency_requests // args.rounds)
+    for _, (label, url, keys) in alternating(targets, args.rounds):
+        latencies[label] += sequential_predicts(url, keys, bodies, per_round, seed=len(keys))
+    return latencies, watch.line()
+
+
+def p6_registry_scale(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """P6: registration throughput, predict p50 at 100k ÷ at 10 contexts, bytes per context."""
+    big = args.big_contexts
+    print(f"\nP6 registry scale: PostgreSQL, {big:,} contexts vs 10, single sequential client")
+    run = measure_registry(args, workdir)
+    latencies, storage = run.latencies, run.storage
+    base_p50 = percentile(latencies[BASELINE], 50)
     rows = [
         [
             label,
@@ -133,20 +166,20 @@ def p6_registry_scale(args: argparse.Namespace, workdir: Path) -> dict[str, Any]
         for label, values in latencies.items()
     ]
     print_table(["server", "requests", "p50 ms", "p99 ms", "p50 ÷ 10-context p50"], rows)
-    spread_ratio = percentile(latencies[targets[1][0]], 50) / base_p50
-    rate = big / registration_seconds
-    print(f"  registration: {big:,} contexts in {registration_seconds:.1f} s = {rate:,.0f}/s")
+    spread_ratio = percentile(latencies[spread_label(big)], 50) / base_p50
+    rate = big / run.registration_seconds
+    print(f"  registration: {big:,} contexts in {run.registration_seconds:.1f} s = {rate:,.0f}/s")
     print(
         f"  PostgreSQL: {storage['total_bytes'] / 2**20:.1f} MiB for {storage['rows']:,} rows = "
         f"{storage['bytes_per_context']:.0f} B per context (heap alone "
         f"{storage['heap_bytes_per_context']:.0f} B)   goal <= 200 B"
     )
     print(f"  p50 ratio (keys over all): {spread_ratio:.3f}   goal <= 1.1")
-    print(f"  load average at start {load}; while measuring latency, {others}")
+    print(f"  load average at start {run.load}; while measuring latency, {run.others}")
     return {
-        "load_average": load,
-        "other_processes": others,
-        "registration_seconds": registration_seconds,
+        "load_average": run.load,
+        "other_processes": run.others,
+        "registration_seconds": run.registration_seconds,
         "registration_per_s": rate,
         "storage": storage,
         "latency": {

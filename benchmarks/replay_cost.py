@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 
-from _harness import REDIS_URL, machine_line, throwaway_dir, throwaway_redis_prefix
+from _harness import machine_line, throwaway_dir, throwaway_stores
 from training_throughput import parse_args, service_training_rate
 
 
@@ -46,8 +46,8 @@ def main() -> None:
         for label, extra in (("replay on", replaying), ("replay off", {"PSP_REPLAY__ROWS": "0"})):
             name = f"psp-{label.replace(' ', '-')}"
             if split:
-                with throwaway_redis_prefix() as prefix:
-                    env = {**extra, "PSP_REDIS_URL": REDIS_URL, "PSP_KEY_PREFIX": prefix}
+                with throwaway_stores(postgres=False, redis=True) as stores:
+                    env = {**extra, **stores}
                     figures = service_training_rate(args, workdir, name, env, split_roles=True)
             else:
                 figures = service_training_rate(args, workdir, name, extra)

@@ -26,14 +26,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import random
 import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +40,6 @@ import httpx
 import numpy as np
 from _harness import (
     JSON_HEADERS,
-    REDIS_URL,
     CpuWatch,
     Recorder,
     drive,
@@ -51,14 +48,14 @@ from _harness import (
     metric_value,
     ms,
     percentile,
+    predict_one,
     print_table,
     register_contexts,
     run_async,
     save_json,
     scrape,
     throwaway_dir,
-    throwaway_postgres,
-    throwaway_redis_prefix,
+    throwaway_stores,
 )
 
 from service.testing.processes import psp_serve, running
@@ -95,19 +92,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="save the figures to this JSON file")
     return parser.parse_args(argv)
-
-
-@contextlib.contextmanager
-def stores(args: argparse.Namespace) -> Iterator[dict[str, str]]:
-    """The registry and queue settings: throwaway PostgreSQL / Redis prefix when asked."""
-    env: dict[str, str] = {}
-    with contextlib.ExitStack() as stack:
-        if args.postgres:
-            env["PSP_DATABASE_URL"] = stack.enter_context(throwaway_postgres())
-        if args.redis:
-            env["PSP_REDIS_URL"] = REDIS_URL
-            env["PSP_KEY_PREFIX"] = stack.enter_context(throwaway_redis_prefix())
-        yield env
 
 
 @dataclass
@@ -175,11 +159,7 @@ class SoakClients:
         elif draw < self.args.register_share + self.args.train_share:
             await self.train(client, rng, f"{self.run_id}-{number}-{self.sequence[number]}")
         else:
-            key = self.state.keys[rng.randrange(len(self.state.keys))]
-            body = self.predicts[rng.randrange(len(self.predicts))]
-            await self.recorder.send(
-                client, "predict", "POST", f"/predict/{key}", content=body, headers=JSON_HEADERS
-            )
+            await predict_one(self.recorder, client, rng, self.state.keys, self.predicts)
 
     async def register(self, client: httpx.AsyncClient, key: str) -> None:
         response = await self.recorder.send(
@@ -308,33 +288,54 @@ def unexpected_count(recorder: Recorder) -> int:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    stack = ("PostgreSQL" if args.postgres else "SQLite") + " + "
-    stack += "Redis" if args.redis else "in-process queue"
-    print(f"soak: {machine_line()}")
-    print(
-        f"psp serve (role all, {stack}), {args.clients} clients, {args.seconds:g} s: "
-        f"register {args.register_share:.0%}, train {args.train_share:.0%} "
-        f"(wait=true {args.wait_share:.0%} of them), predict "
-        f"{1 - args.register_share - args.train_share:.0%}; "
-        f"checkpoint every {args.checkpoint_seconds:g} s; queue limit "
-        f"{args.max_pending_examples or 'default'} examples"
-    )
-    initial = [f"soak-init-{n:05d}" for n in range(args.initial_contexts)]
-    state = SoakState(keys=list(initial))
-    clients = SoakClients(args, state)
-    with throwaway_dir() as workdir, stores(args) as store_env:
-        env = {
-            **store_env,
-            "PSP_DATA_DIR": str(workdir / "data"),
-            "PSP_DEVICE": "cpu",
-            "PSP_ROLE": "all",
-            "PSP_CHECKPOINT__EVERY_SECONDS": str(args.checkpoint_seconds),
-        }
-        if args.max_pending_examples is not None:
-            env["PSP_QUEUE__MAX_PENDING_EXAMPLES"] = str(args.max_pending_examples)
-        server = psp_serve("soak", env, workdir)
+@dataclass
+class SoakRun:
+    """What the soak measured around its load.
+
+    Attributes:
+        seconds: Wall seconds of the mixed load.
+        load_start: Load averages before the load.
+        load_end: Load averages right after it.
+        others: Which other processes used the CPU during the load.
+        wrong: Contexts whose examples_seen differs from the rows accepted for them.
+        drained: Seconds the trainer took to apply and count everything after the load.
+        applied: Examples the trainer applied (psp_trainer_examples_total).
+        problems: Error and traceback lines of the server's log.
+    """
+
+    seconds: float
+    load_start: str
+    load_end: str
+    others: str
+    wrong: dict[str, Any]
+    drained: float
+    applied: float
+    problems: list[str]
+
+
+def server_env(args: argparse.Namespace, workdir: Path, stores: dict[str, str]) -> dict[str, str]:
+    """The settings of the soaked `psp serve` (role all) on the given stores."""
+    env = {
+        **stores,
+        "PSP_DATA_DIR": str(workdir / "data"),
+        "PSP_DEVICE": "cpu",
+        "PSP_ROLE": "all",
+        "PSP_CHECKPOINT__EVERY_SECONDS": str(args.checkpoint_seconds),
+    }
+    if args.max_pending_examples is not None:
+        env["PSP_QUEUE__MAX_PENDING_EXAMPLES"] = str(args.max_pending_examples)
+    return env
+
+
+def soak(args: argparse.Namespace, clients: SoakClients, initial: list[str]) -> SoakRun:
+    """Starts the server on throwaway stores, registers `initial`, runs the mixed load of
+    `clients` for `--seconds`, then audits what the trainer counted."""
+    state = clients.state
+    with (
+        throwaway_dir() as workdir,
+        throwaway_stores(postgres=args.postgres, redis=args.redis) as stores,
+    ):
+        server = psp_serve("soak", server_env(args, workdir, stores), workdir)
         with running(server):
             register_contexts(server.base_url, initial)
             load_start = load_average()
@@ -353,70 +354,112 @@ def main(argv: list[str] | None = None) -> int:
             load_end = load_average()
             others = watch.line()
             wrong, drained = audit(server.base_url, state, args.drain_timeout)
-            samples = scrape(server.base_url)
+            applied = metric_value(scrape(server.base_url), "psp_trainer_examples_total")
         problems = log_problems(server.log)
-    recorder = clients.recorder
-    errors = error_count(recorder)
-    unexpected = unexpected_count(recorder)
-    requests = sum(recorder.statuses.values()) + sum(recorder.transport_errors.values())
-    print(f"\n{requests:,} requests in {elapsed:.1f} s = {requests / elapsed:,.0f}/s")
+    return SoakRun(elapsed, load_start, load_end, others, wrong, drained, applied, problems)
+
+
+def passed(clients: SoakClients, run: SoakRun) -> bool:
+    """No error, no refusal, every train request settled, and the audit held."""
+    recorder, state = clients.recorder, clients.state
+    no_refusals = error_count(recorder) == 0 and unexpected_count(recorder) == 0
+    return no_refusals and state.unsettled == 0 and not run.wrong
+
+
+def request_count(recorder: Recorder) -> int:
+    """Requests sent, answered or not."""
+    return sum(recorder.statuses.values()) + sum(recorder.transport_errors.values())
+
+
+def print_report(clients: SoakClients, run: SoakRun, initial_contexts: int) -> None:
+    recorder, state = clients.recorder, clients.state
+    requests = request_count(recorder)
+    print(f"\n{requests:,} requests in {run.seconds:.1f} s = {requests / run.seconds:,.0f}/s")
     print_table(
         ["route", "answers", "p50 ms", "p99 ms", "max ms", "statuses", "transport errors"],
         route_rows(recorder),
     )
-    accepted = sum(state.accepted.values())
-    applied = metric_value(samples, "psp_trainer_examples_total")
-    print(f"  errors (5xx + transport): {errors}   goal 0")
+    live = len(state.keys) - initial_contexts
+    print(f"  errors (5xx + transport): {error_count(recorder)}   goal 0")
     print(f"  429 answers honoured (Retry-After): {state.throttled}")
-    print(f"  other 4xx answers: {unexpected};  unsettled train requests: {state.unsettled}")
-    print(f"  contexts: {len(state.keys):,} ({len(state.keys) - len(initial):,} registered live)")
-    print(f"  rows accepted: {accepted:,}; trainer applied (psp_trainer_examples_total): ", end="")
-    print(f"{applied:,.0f}; drain + count took {drained:.1f} s")
-    print(f"  exactly-once audit: {len(wrong)} contexts differ", end="")
-    print(f" e.g. {dict(list(wrong.items())[:3])}" if wrong else "")
-    print(f"  server log error lines: {len(problems)}")
-    for line in problems[:5]:
-        print(f"    {line}")
-    passed = errors == 0 and unexpected == 0 and state.unsettled == 0 and not wrong
-    print(f"  load average at start {load_start}, end of load {load_end}; {others}")
-    print("PASS" if passed else "FAIL")
-    save_json(
-        args.json,
-        {
-            "machine": machine_line(),
-            "args": vars(args),
-            "stores": stack,
-            "seconds": elapsed,
-            "requests": requests,
-            "routes": {
-                route: {
-                    "answers": len(recorder.latencies[route]),
-                    "p50_s": percentile(recorder.latencies[route], 50),
-                    "p99_s": percentile(recorder.latencies[route], 99),
-                    "statuses": {
-                        str(s): n for (r, s), n in recorder.statuses.items() if r == route
-                    },
-                    "transport_errors": recorder.transport_errors[route],
-                }
-                for route in ROUTES
-            },
-            "errors": errors,
-            "throttled": state.throttled,
-            "unexpected_4xx": unexpected,
-            "unsettled": state.unsettled,
-            "contexts": len(state.keys),
-            "accepted_rows": accepted,
-            "applied_examples_metric": applied,
-            "drain_seconds": drained,
-            "mismatched_contexts": len(wrong),
-            "server_log_error_lines": len(problems),
-            "load_average_start": load_start,
-            "load_average_end_of_load": load_end,
-            "other_processes": others,
-            "passed": passed,
-        },
+    print(
+        f"  other 4xx answers: {unexpected_count(recorder)};  "
+        f"unsettled train requests: {state.unsettled}"
     )
-    return 0 if passed else 1
+    print(f"  contexts: {len(state.keys):,} ({live:,} registered live)")
+    print(f"  rows accepted: {sum(state.accepted.values()):,}; ", end="")
+    print(f"trainer applied (psp_trainer_examples_total): {run.applied:,.0f}; ", end="")
+    print(f"drain + count took {run.drained:.1f} s")
+    print(f"  exactly-once audit: {len(run.wrong)} contexts differ", end="")
+    print(f" e.g. {dict(list(run.wrong.items())[:3])}" if run.wrong else "")
+    print(f"  server log error lines: {len(run.problems)}")
+    for line in run.problems[:5]:
+        print(f"    {line}")
+    print(f"  load average at start {run.load_start}, end of load {run.load_end}; {run.others}")
+    print("PASS" if passed(clients, run) else "FAIL")
+
+
+def route_figures(recorder: Recorder) -> dict[str, Any]:
+    """Answers, p50 / p99 latency, statuses and transport errors of every route, for JSON."""
+    return {
+        route: {
+            "answers": len(recorder.latencies[route]),
+            "p50_s": percentile(recorder.latencies[route], 50),
+            "p99_s": percentile(recorder.latencies[route], 99),
+            "statuses": {str(s): n for (r, s), n in recorder.statuses.items() if r == route},
+            "transport_errors": recorder.transport_errors[route],
+        }
+        for route in ROUTES
+    }
+
+
+def soak_figures(
+    args: argparse.Namespace, stack: str, clients: SoakClients, run: SoakRun
+) -> dict[str, Any]:
+    recorder, state = clients.recorder, clients.state
+    return {
+        "machine": machine_line(),
+        "args": vars(args),
+        "stores": stack,
+        "seconds": run.seconds,
+        "requests": request_count(recorder),
+        "routes": route_figures(recorder),
+        "errors": error_count(recorder),
+        "throttled": state.throttled,
+        "unexpected_4xx": unexpected_count(recorder),
+        "unsettled": state.unsettled,
+        "contexts": len(state.keys),
+        "accepted_rows": sum(state.accepted.values()),
+        "applied_examples_metric": run.applied,
+        "drain_seconds": run.drained,
+        "mismatched_contexts": len(run.wrong),
+        "server_log_error_lines": len(run.problems),
+        "load_average_start": run.load_start,
+        "load_average_end_of_load": run.load_end,
+        "other_processes": run.others,
+        "passed": passed(clients, run),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    stack = ("PostgreSQL" if args.postgres else "SQLite") + " + "
+    stack += "Redis" if args.redis else "in-process queue"
+    print(f"soak: {machine_line()}")
+    print(
+        f"psp serve (role all, {stack}), {args.clients} clients, {args.seconds:g} s: "
+        f"register {args.register_share:.0%}, train {args.train_share:.0%} "
+        f"(wait=true {args.wait_share:.0%} of them), predict "
+        f"{1 - args.register_share - args.train_share:.0%}; "
+        f"checkpoint every {args.checkpoint_seconds:g} s; queue limit "
+        f"{args.max_pending_examples or 'default'} examples"
+    )
+    initial = [f"soak-init-{n:05d}" for n in range(args.initial_contexts)]
+    clients = SoakClients(args, SoakState(keys=list(initial)))
+    run = soak(args, clients, initial)
+    print_report(clients, run, len(initial))
+    save_json(args.json, soak_figures(args, stack, clients, run))
+    return 0 if passed(clients, run) else 1
 
 
 if __name__ == "__main__":

@@ -21,19 +21,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
 import re
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 from _harness import (
     JSON_HEADERS,
-    REDIS_URL,
     CpuWatch,
     Recorder,
     drive,
@@ -45,14 +44,15 @@ from _harness import (
     metric_value,
     ms,
     percentile,
+    predict_one,
     print_table,
     register_contexts,
     run_async,
     save_json,
     scrape,
     throwaway_dir,
-    throwaway_postgres,
-    throwaway_redis_prefix,
+    throwaway_stores,
+    train_bodies,
 )
 
 from service.testing.processes import psp_serve, psp_worker, running
@@ -117,15 +117,7 @@ async def stream(base_url: str, args: argparse.Namespace, seen: Observations) ->
     keys = [f"stale-{n:04d}" for n in range(args.contexts)]
     rng = np.random.default_rng(0)
     predicts = json_bodies(rng, 64, 1, 64)
-    trains = [
-        json.dumps(
-            {
-                "inputs": rng.random((args.train_rows, 64)).round(4).tolist(),
-                "labels": rng.integers(0, 10, args.train_rows).tolist(),
-            }
-        ).encode()
-        for _ in range(32)
-    ]
+    trains = train_bodies(rng, 32, args.train_rows, 64)
     pick = random.Random(0)
 
     async def train(client: httpx.AsyncClient, number: int) -> None:
@@ -136,10 +128,7 @@ async def stream(base_url: str, args: argparse.Namespace, seen: Observations) ->
         await asyncio.sleep(args.train_pause_ms / 1000)
 
     async def predict(client: httpx.AsyncClient, number: int) -> None:
-        url = f"/predict/{pick.choice(keys)}"
-        await seen.predict.send(
-            client, "predict", "POST", url, content=pick.choice(predicts), headers=JSON_HEADERS
-        )
+        await predict_one(seen.predict, client, pick, keys, predicts)
 
     bound = int(args.seconds * 50_000)
     await asyncio.gather(
@@ -196,33 +185,66 @@ def histogram_figures(samples: list[tuple[str, dict[str, str], float]]) -> dict[
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    print(f"staleness: {machine_line()}")
-    print(
-        f"psp worker + psp serve (PSP_ROLE=api), PostgreSQL + Redis, shared PSP_DATA_DIR; "
-        f"checkpoint every {args.checkpoint_seconds:g} s or {args.checkpoint_steps} steps; "
-        f"{args.train_clients} train clients ({args.train_rows} rows, "
-        f"{args.train_pause_ms:g} ms pause), {args.predict_clients} predict clients, "
-        f"GET /model every {args.poll_ms:g} ms, {args.seconds:g} s"
-    )
+@dataclass
+class Staleness:
+    """What one run measured.
+
+    Attributes:
+        internal: Count, mean, p50 and p99 of the API's staleness histogram.
+        delays: External staleness of every version the poller saw, in seconds.
+        missed: Versions written a second or more before polling stopped that it never saw.
+        files: Checkpoint files written.
+        written: Checkpoints written by the worker's metric.
+        write_seconds: The worker's total seconds spent writing them.
+        poll: Mean seconds between GET /model answers.
+        predicts: Predict requests answered.
+        failed_predicts: Predicts answered non-200 or not at all.
+        failed_trains: Train requests answered non-202 or not at all.
+        load: Load averages at the start.
+        others: Which other processes used the CPU while streaming.
+    """
+
+    internal: dict[str, float]
+    delays: list[float]
+    missed: int
+    files: int
+    written: float
+    write_seconds: float
+    poll: float
+    predicts: int
+    failed_predicts: int
+    failed_trains: int
+    load: str
+    others: str
+
+    @property
+    def write_mean(self) -> float | None:
+        return self.write_seconds / self.written if self.written else None
+
+    @property
+    def passed(self) -> bool:
+        return self.failed_predicts == 0 and bool(self.delays)
+
+
+def shared_env(args: argparse.Namespace, workdir: Path, stores: dict[str, str]) -> dict[str, str]:
+    """The settings both the worker and the API run with."""
+    return {
+        "PSP_DATA_DIR": str(workdir / "data"),
+        **stores,
+        "PSP_DEVICE": "cpu",
+        "PSP_CHECKPOINT__EVERY_SECONDS": str(args.checkpoint_seconds),
+        "PSP_CHECKPOINT__EVERY_STEPS": str(args.checkpoint_steps),
+        # Every file stays on disk, so each version's mtime can be read after the run.
+        "PSP_CHECKPOINT__KEEP": "100000",
+    }
+
+
+def measure(args: argparse.Namespace) -> Staleness:
+    """Starts the worker and the API on throwaway stores, streams for `--seconds`, and reads
+    both /metrics pages and the checkpoint files."""
     seen = Observations()
-    with (
-        throwaway_dir() as workdir,
-        throwaway_postgres() as database,
-        throwaway_redis_prefix() as (prefix),
-    ):
-        env = {
-            "PSP_DATA_DIR": str(workdir / "data"),
-            "PSP_DATABASE_URL": database,
-            "PSP_REDIS_URL": REDIS_URL,
-            "PSP_KEY_PREFIX": prefix,
-            "PSP_DEVICE": "cpu",
-            "PSP_CHECKPOINT__EVERY_SECONDS": str(args.checkpoint_seconds),
-            "PSP_CHECKPOINT__EVERY_STEPS": str(args.checkpoint_steps),
-            # Every file stays on disk, so each version's mtime can be read after the run.
-            "PSP_CHECKPOINT__KEEP": "100000",
-        }
+    with throwaway_dir() as workdir, throwaway_stores(postgres=True, redis=True) as stores:
+        env = shared_env(args, workdir, stores)
         worker = psp_worker("worker", env, workdir)
         api = psp_serve("api", {**env, "PSP_ROLE": "api"}, workdir)
         with running(worker, api):
@@ -234,15 +256,25 @@ def main(argv: list[str] | None = None) -> int:
             api_samples = scrape(api.base_url)
             worker_samples = scrape(worker.base_url)
             mtimes = checkpoint_mtimes(workdir / "data" / "checkpoints")
-    internal = histogram_figures(api_samples)
     delays, missed = external_staleness(mtimes, seen)
-    written = metric_value(worker_samples, "psp_checkpoint_duration_seconds_count")
-    write_sum = metric_value(worker_samples, "psp_checkpoint_duration_seconds_sum")
-    poll = float(np.mean(seen.poll_gaps)) if seen.poll_gaps else float("nan")
-    predicts = len(seen.predict.latencies["predict"])
-    failed_predicts = seen.predict.non_ok("predict")
-    failed_trains = seen.train.non_ok("train", ok=(202,))
+    return Staleness(
+        internal=histogram_figures(api_samples),
+        delays=delays,
+        missed=missed,
+        files=len(mtimes),
+        written=metric_value(worker_samples, "psp_checkpoint_duration_seconds_count"),
+        write_seconds=metric_value(worker_samples, "psp_checkpoint_duration_seconds_sum"),
+        poll=float(np.mean(seen.poll_gaps)) if seen.poll_gaps else float("nan"),
+        predicts=len(seen.predict.latencies["predict"]),
+        failed_predicts=seen.predict.non_ok("predict"),
+        failed_trains=seen.train.non_ok("train", ok=(202,)),
+        load=load,
+        others=others,
+    )
 
+
+def print_report(figures: Staleness) -> None:
+    internal, delays = figures.internal, figures.delays
     print()
     print_table(
         ["measure", "swaps", "mean ms", "p50 ms", "p99 ms", "max ms"],
@@ -265,45 +297,64 @@ def main(argv: list[str] | None = None) -> int:
             ],
         ],
     )
-    print(f"  ~ interpolated inside histogram buckets; GET /model answered every {ms(poll)} ms")
+    write_mean = figures.write_mean
     print(
-        f"  checkpoints written: {len(mtimes)} files ({written:.0f} by the worker's metric, "
-        f"mean write {ms(write_sum / written if written else float('nan'))} ms); versions "
-        f"never seen by the poller: {missed}"
+        f"  ~ interpolated inside histogram buckets; GET /model answered every "
+        f"{ms(figures.poll)} ms"
     )
     print(
-        f"  predicts during the run: {predicts:,}, non-200: {failed_predicts}   goal 0;  "
-        f"train requests non-202: {failed_trains}"
+        f"  checkpoints written: {figures.files} files ({figures.written:.0f} by the worker's "
+        f"metric, mean write {ms(write_mean if write_mean is not None else float('nan'))} ms); "
+        f"versions never seen by the poller: {figures.missed}"
     )
-    print(f"  load average at start {load}, end {load_average()}; {others}")
-    passed = failed_predicts == 0 and bool(delays)
-    print("PASS" if passed else "FAIL")
-    save_json(
-        args.json,
-        {
-            "machine": machine_line(),
-            "args": vars(args),
-            "internal": internal,
-            "external": {
-                "swaps_seen": len(delays),
-                "mean_s": float(np.mean(delays)) if delays else None,
-                "p50_s": percentile(delays, 50),
-                "p99_s": percentile(delays, 99),
-                "max_s": max(delays, default=None),
-                "poll_period_s": poll,
-                "versions_not_seen": missed,
-            },
-            "checkpoint_files": len(mtimes),
-            "checkpoint_write_mean_s": write_sum / written if written else None,
-            "predicts": predicts,
-            "predict_non_200": failed_predicts,
-            "train_non_202": failed_trains,
-            "load_average_start": load,
-            "other_processes": others,
-            "passed": passed,
+    print(
+        f"  predicts during the run: {figures.predicts:,}, non-200: {figures.failed_predicts}"
+        f"   goal 0;  train requests non-202: {figures.failed_trains}"
+    )
+    print(f"  load average at start {figures.load}, end {load_average()}; {figures.others}")
+    print("PASS" if figures.passed else "FAIL")
+
+
+def json_figures(args: argparse.Namespace, figures: Staleness) -> dict[str, Any]:
+    delays = figures.delays
+    return {
+        "machine": machine_line(),
+        "args": vars(args),
+        "internal": figures.internal,
+        "external": {
+            "swaps_seen": len(delays),
+            "mean_s": float(np.mean(delays)) if delays else None,
+            "p50_s": percentile(delays, 50),
+            "p99_s": percentile(delays, 99),
+            "max_s": max(delays, default=None),
+            "poll_period_s": figures.poll,
+            "versions_not_seen": figures.missed,
         },
+        "checkpoint_files": figures.files,
+        "checkpoint_write_mean_s": figures.write_mean,
+        "predicts": figures.predicts,
+        "predict_non_200": figures.failed_predicts,
+        "train_non_202": figures.failed_trains,
+        "load_average_start": figures.load,
+        "other_processes": figures.others,
+        "passed": figures.passed,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    print(f"staleness: {machine_line()}")
+    print(
+        f"psp worker + psp serve (PSP_ROLE=api), PostgreSQL + Redis, shared PSP_DATA_DIR; "
+        f"checkpoint every {args.checkpoint_seconds:g} s or {args.checkpoint_steps} steps; "
+        f"{args.train_clients} train clients ({args.train_rows} rows, "
+        f"{args.train_pause_ms:g} ms pause), {args.predict_clients} predict clients, "
+        f"GET /model every {args.poll_ms:g} ms, {args.seconds:g} s"
     )
-    return 0 if passed else 1
+    figures = measure(args)
+    print_report(figures)
+    save_json(args.json, json_figures(args, figures))
+    return 0 if figures.passed else 1
 
 
 if __name__ == "__main__":

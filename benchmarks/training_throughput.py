@@ -17,21 +17,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import numpy as np
 import torch
 from _harness import (
     JSON_HEADERS,
-    REDIS_URL,
     CpuWatch,
+    Operation,
     Recorder,
     cpu_seconds,
     drive,
@@ -42,7 +41,8 @@ from _harness import (
     print_table,
     register_contexts,
     run_async,
-    throwaway_redis_prefix,
+    throwaway_stores,
+    train_bodies,
 )
 from _serving import (
     MAX_REQUESTS_PER_SECOND,
@@ -116,19 +116,6 @@ def _step_loop(learner: OnlineLearner, args: argparse.Namespace, seconds: float)
     return RawFigures(examples / (time.perf_counter() - began), used / examples * 1e6)
 
 
-def train_bodies(rng: np.random.Generator, count: int, rows: int, width: int) -> list[bytes]:
-    """Pre-encoded train bodies of `rows` random rows and labels."""
-    return [
-        json.dumps(
-            {
-                "inputs": rng.random((rows, width)).round(4).tolist(),
-                "labels": rng.integers(0, 10, rows).tolist(),
-            }
-        ).encode()
-        for _ in range(count)
-    ]
-
-
 @dataclass
 class TrainFigures:
     """One service's training throughput.
@@ -159,11 +146,17 @@ class TrainFigures:
     others: str = ""
 
 
-async def _counters(
-    client: httpx.AsyncClient, trainer_metrics_url: str
-) -> tuple[float, float, float]:
-    """(perf_counter, examples applied, examples accepted): accepted from the API's /metrics,
-    applied from the trainer's (the same process unless the roles are split)."""
+class Counters(NamedTuple):
+    """The training counters at one moment."""
+
+    at: float  # perf_counter()
+    applied: float  # examples the trainer applied
+    accepted: float  # examples POST /train accepted
+
+
+async def _counters(client: httpx.AsyncClient, trainer_metrics_url: str) -> Counters:
+    """Accepted from the API's /metrics, applied from the trainer's (the same process unless
+    the roles are split)."""
 
     async def values(url: str) -> dict[str, float]:
         text = (await client.get(url)).text
@@ -171,11 +164,32 @@ async def _counters(
 
     api = await values("/metrics")
     trainer = api if trainer_metrics_url == "/metrics" else await values(trainer_metrics_url)
-    return (
+    return Counters(
         time.perf_counter(),
         trainer.get("psp_trainer_examples_total", 0.0),
         api.get("psp_train_accepted_examples_total", 0.0),
     )
+
+
+def _train_operation(
+    recorder: Recorder, keys: list[str], bodies: list[bytes], clients: int, deadline: float
+) -> Operation:
+    """A train client's request: a random body for a random key. A 429 waits its Retry-After,
+    but not past `deadline`."""
+    rngs = [random.Random(n) for n in range(clients)]
+
+    async def operation(client: httpx.AsyncClient, number: int) -> None:
+        rng = rngs[number]
+        url = f"/train/{keys[rng.randrange(len(keys))]}"
+        body = bodies[rng.randrange(len(bodies))]
+        response = await recorder.send(
+            client, "train", "POST", url, content=body, headers=JSON_HEADERS
+        )
+        if response is not None and response.status_code == 429:
+            pause = float(response.headers.get("retry-after", "1"))
+            await asyncio.sleep(min(pause, max(0.0, deadline - time.perf_counter())))
+
+    return operation
 
 
 async def _train_phase(
@@ -189,21 +203,10 @@ async def _train_phase(
     """Streams train requests for warm-up + measured seconds, reads the trainer's counters at
     the start and the end of the measured window, then waits for the queue to drain."""
     recorder = Recorder()
-    rngs = [random.Random(n) for n in range(args.train_clients)]
     total = args.warmup + args.seconds
-    deadline = time.perf_counter() + total
-
-    async def operation(client: httpx.AsyncClient, number: int) -> None:
-        rng = rngs[number]
-        url = f"/train/{keys[rng.randrange(len(keys))]}"
-        body = bodies[rng.randrange(len(bodies))]
-        response = await recorder.send(
-            client, "train", "POST", url, content=body, headers=JSON_HEADERS
-        )
-        if response is not None and response.status_code == 429:
-            pause = float(response.headers.get("retry-after", "1"))
-            await asyncio.sleep(min(pause, max(0.0, deadline - time.perf_counter())))
-
+    operation = _train_operation(
+        recorder, keys, bodies, args.train_clients, time.perf_counter() + total
+    )
     bound = int(total * MAX_REQUESTS_PER_SECOND) + 1
     cpu_before = sum(cpu_seconds(pid) for pid in cpu_pids)
     async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as client:
@@ -223,21 +226,56 @@ async def _train_phase(
         await asyncio.sleep(args.seconds)
         end = await _counters(client, trainer_metrics_url)
         await load
-        done = await _counters(client, trainer_metrics_url)
-        load_end = done[0]
-        while done[1] < done[2] and done[0] - load_end < DRAIN_TIMEOUT_S:
-            await asyncio.sleep(0.05)
-            done = await _counters(client, trainer_metrics_url)
+        done, drain_seconds = await _drained(client, trainer_metrics_url)
     cpu_used = sum(cpu_seconds(pid) for pid in cpu_pids) - cpu_before
-    window = end[0] - start[0]
-    examples = done[2] - first[2]
-    measured = recorder.latencies["train"][latencies_before:]
+    return _train_figures(
+        recorder,
+        recorder.latencies["train"][latencies_before:],
+        Readings(first, start, end, done),
+        drain_seconds,
+        cpu_used,
+    )
+
+
+async def _drained(client: httpx.AsyncClient, trainer_metrics_url: str) -> tuple[Counters, float]:
+    """The counters once the trainer has applied all it accepted (or `DRAIN_TIMEOUT_S` after
+    the load stopped), and the seconds that took."""
+    done = await _counters(client, trainer_metrics_url)
+    load_end = done.at
+    while done.applied < done.accepted and done.at - load_end < DRAIN_TIMEOUT_S:
+        await asyncio.sleep(0.05)
+        done = await _counters(client, trainer_metrics_url)
+    return done, done.at - load_end
+
+
+class Readings(NamedTuple):
+    """The counters before the load, at the start and the end of the measured window, and
+    once the queue drained."""
+
+    first: Counters
+    start: Counters
+    end: Counters
+    done: Counters
+
+
+def _train_figures(
+    recorder: Recorder,
+    measured: list[float],
+    readings: Readings,
+    drain_seconds: float,
+    cpu_used: float,
+) -> TrainFigures:
+    """The figures of one path from its recorder, the latencies of its measured window, its
+    counters and the CPU seconds its processes used."""
+    first, start, end, done = readings
+    window = end.at - start.at
+    examples = done.accepted - first.accepted
     return TrainFigures(
-        applied_rate=(end[1] - start[1]) / window,
-        accepted_rate=(end[2] - start[2]) / window,
-        end_to_end_rate=(done[1] - first[1]) / (done[0] - first[0]),
+        applied_rate=(end.applied - start.applied) / window,
+        accepted_rate=(end.accepted - start.accepted) / window,
+        end_to_end_rate=(done.applied - first.applied) / (done.at - first.at),
         examples=examples,
-        drain_seconds=done[0] - load_end,
+        drain_seconds=drain_seconds,
         server_cpu_ms_per_1000=cpu_used / examples * 1e6 if examples else float("nan"),
         throttled=recorder.count("train", 429),
         failed=recorder.non_ok("train", ok=(202, 429)),
@@ -272,38 +310,36 @@ def service_training_rate(
         return figures
 
 
-def p5_training_throughput(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    """P5: the service's applied examples/s ÷ the raw psp_core loop, in-process and Redis."""
-    print(
-        f"\nP5 training throughput: {args.train_clients} clients, {args.train_rows} rows per "
-        f"POST /train (wait=false), {args.contexts} contexts, {args.seconds:g} s measured "
-        f"after {args.warmup:g} s, then the queue drains"
-    )
-    load = load_average()
+def raw_block(args: argparse.Namespace) -> tuple[RawFigures, str]:
+    """The raw loop for half of `--seconds`, and which other processes used the CPU meanwhile."""
     watch = CpuWatch()
-    raw = [raw_training_rate(args, args.seconds / 2)]
-    raw_others = [watch.line()]
+    figures = raw_training_rate(args, args.seconds / 2)
+    return figures, watch.line()
+
+
+def service_paths(args: argparse.Namespace, workdir: Path) -> dict[str, TrainFigures]:
+    """The service's figures on each path: in-process queue, Redis, Redis with split roles."""
     in_process = service_training_rate(args, workdir, "psp-memory", {})
-    with throwaway_redis_prefix() as prefix:
-        redis_env = {"PSP_REDIS_URL": REDIS_URL, "PSP_KEY_PREFIX": prefix}
+    with throwaway_stores(postgres=False, redis=True) as redis_env:
         via_redis = service_training_rate(args, workdir, "psp-redis", redis_env)
-    with throwaway_redis_prefix() as prefix:
-        redis_env = {"PSP_REDIS_URL": REDIS_URL, "PSP_KEY_PREFIX": prefix}
+    with throwaway_stores(postgres=False, redis=True) as redis_env:
         split = service_training_rate(args, workdir, "psp-split", redis_env, split_roles=True)
-    watch = CpuWatch()
-    raw.append(raw_training_rate(args, args.seconds / 2))
-    raw_others.append(watch.line())
-    raw_rate = float(np.mean([r.rate for r in raw]))
-    raw_cpu = float(np.mean([r.cpu_ms_per_1000 for r in raw]))
+    return {"in-process queue": in_process, "Redis queue": via_redis, "Redis, api + worker": split}
+
+
+PATH_NAMES = {
+    "in-process queue": "in_process",
+    "Redis queue": "redis",
+    "Redis, api + worker": "redis_split_roles",
+}
+"""The JSON name of each path of `service_paths`."""
+
+
+def print_paths(raw_rate: float, raw_cpu: float, paths: dict[str, TrainFigures]) -> None:
     rows = [
         ["raw psp_core loop", f"{raw_rate:,.0f}", "", "", f"{raw_cpu:.0f}", "", "", "1.00", "1.00"]
     ]
-    paths = (
-        ("in-process queue", in_process),
-        ("Redis queue", via_redis),
-        ("Redis, api + worker", split),
-    )
-    for label, fig in paths:
+    for label, fig in paths.items():
         rows.append(
             [
                 label,
@@ -331,39 +367,57 @@ def p5_training_throughput(args: argparse.Namespace, workdir: Path) -> dict[str,
         ],
         rows,
     )
-    blocks = ", ".join(f"{r.rate:,.0f}" for r in raw)
-    print(f"  raw loop blocks (before, after): {blocks} examples/s")
-    for label, fig in paths:
+
+
+def p5_training_throughput(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """P5: the service's applied examples/s ÷ the raw psp_core loop, in-process and Redis."""
+    print(
+        f"\nP5 training throughput: {args.train_clients} clients, {args.train_rows} rows per "
+        f"POST /train (wait=false), {args.contexts} contexts, {args.seconds:g} s measured "
+        f"after {args.warmup:g} s, then the queue drains"
+    )
+    load = load_average()
+    before, before_others = raw_block(args)
+    paths = service_paths(args, workdir)
+    after, after_others = raw_block(args)
+    raw_rate = float(np.mean([before.rate, after.rate]))
+    raw_cpu = float(np.mean([before.cpu_ms_per_1000, after.cpu_ms_per_1000]))
+    print_paths(raw_rate, raw_cpu, paths)
+    print(f"  raw loop blocks (before, after): {before.rate:,.0f}, {after.rate:,.0f} examples/s")
+    for label, fig in paths.items():
         print(
             f"  {label}: {fig.examples:,.0f} examples; the queue drained {fig.drain_seconds:.1f} s "
             f"after the load stopped"
         )
+    ratios = [fig.applied_rate / raw_rate for fig in paths.values()]
     print(
-        f"  applied ÷ raw: in-process {in_process.applied_rate / raw_rate:.2f}, Redis "
-        f"{via_redis.applied_rate / raw_rate:.2f}, Redis api + worker "
-        f"{split.applied_rate / raw_rate:.2f}   goal >= 0.7"
+        f"  applied ÷ raw: in-process {ratios[0]:.2f}, Redis {ratios[1]:.2f}, Redis api + worker "
+        f"{ratios[2]:.2f}   goal >= 0.7"
     )
     print(f"  load average at start {load}; while measuring:")
-    print(f"    raw loop before: {raw_others[0]}")
-    print(f"    in-process queue: {in_process.others}")
-    print(f"    Redis queue: {via_redis.others}")
-    print(f"    Redis, api + worker: {split.others}")
-    print(f"    raw loop after: {raw_others[1]}")
+    print(f"    raw loop before: {before_others}")
+    for label, fig in paths.items():
+        print(f"    {label}: {fig.others}")
+    print(f"    raw loop after: {after_others}")
     return {
         "load_average": load,
-        "raw_other_processes": raw_others,
+        "raw_other_processes": [before_others, after_others],
         "raw_examples_per_s": raw_rate,
         "raw_cpu_ms_per_1000": raw_cpu,
-        "raw_blocks": [r.__dict__ for r in raw],
-        "in_process": in_process.__dict__,
-        "redis": via_redis.__dict__,
-        "redis_split_roles": split.__dict__,
-        "ratio_in_process": in_process.applied_rate / raw_rate,
-        "ratio_redis": via_redis.applied_rate / raw_rate,
-        "ratio_redis_split_roles": split.applied_rate / raw_rate,
-        "cpu_ratio_in_process": raw_cpu / in_process.server_cpu_ms_per_1000,
-        "cpu_ratio_redis": raw_cpu / via_redis.server_cpu_ms_per_1000,
-        "cpu_ratio_redis_split_roles": raw_cpu / split.server_cpu_ms_per_1000,
+        "raw_blocks": [before.__dict__, after.__dict__],
+        **path_figures(raw_rate, raw_cpu, paths),
+    }
+
+
+def path_figures(raw_rate: float, raw_cpu: float, paths: dict[str, TrainFigures]) -> dict[str, Any]:
+    """Each path's figures, then its rate ÷ the raw loop's, then the raw loop's CPU ÷ its."""
+    named = {PATH_NAMES[label]: fig for label, fig in paths.items()}
+    return {
+        **{name: fig.__dict__ for name, fig in named.items()},
+        **{f"ratio_{name}": fig.applied_rate / raw_rate for name, fig in named.items()},
+        **{
+            f"cpu_ratio_{name}": raw_cpu / fig.server_cpu_ms_per_1000 for name, fig in named.items()
+        },
     }
 
 

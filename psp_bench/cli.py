@@ -27,6 +27,7 @@ from psp_bench.continual import (
     DEFAULTS,
     ContinualConfig,
     ContinualResults,
+    MethodResult,
     RunnerFactory,
     StepProgress,
     run_continual,
@@ -81,8 +82,8 @@ def _http_factory(url: str, api_key: str | None) -> tuple[list[str], RunnerFacto
 
 def results_table(results: ContinualResults) -> Table:
     """The summary table printed at the end of a run."""
-    rotating = results.stream["family"] == "rotating"
     tenants = results.stream["family"] == "tenants"
+    rotating = results.stream["family"] == "rotating"
     if tenants:
         title = (
             f"tenants: {results.stream['tenants']} tenants x {results.stream['rows_per_tenant']}"
@@ -100,32 +101,37 @@ def results_table(results: ContinualResults) -> Table:
     for column in ("parameters", "bytes/context", "total MB", "seconds"):
         table.add_column(column, justify="right")
     for result in results.methods:
-        if tenants:
-            cells = [
-                result.method,
-                f"{result.average_accuracy:.3f}",
-                f"{result.minimum_accuracy:.3f}",
-                f"{result.prequential_accuracy:.3f}",
-            ]
-        else:
-            cells = [
-                result.method,
-                f"{result.average_accuracy:.3f}",
-                f"{result.forgetting:.3f}",
-                f"{result.backward_transfer:+.3f}",
-                f"{result.prequential_accuracy:.3f}",
-            ]
-        if rotating and result.last_cycle is not None:
-            cells.append(f"{result.last_cycle['min']:.3f} / {result.last_cycle['mean']:.3f}")
-        footprint = result.footprint
-        cells += [
-            f"{footprint.parameters:,}",
-            f"{footprint.bytes_per_context:,}",
-            f"{footprint.total_bytes / 2**20:.2f}",
-            f"{result.seconds:.1f}",
-        ]
-        table.add_row(*cells)
+        table.add_row(*_result_cells(result, tenants=tenants, rotating=rotating))
     return table
+
+
+def _result_cells(result: MethodResult, *, tenants: bool, rotating: bool) -> list[str]:
+    """One method's row of `results_table`."""
+    if tenants:
+        cells = [
+            result.method,
+            f"{result.average_accuracy:.3f}",
+            f"{result.minimum_accuracy:.3f}",
+            f"{result.prequential_accuracy:.3f}",
+        ]
+    else:
+        cells = [
+            result.method,
+            f"{result.average_accuracy:.3f}",
+            f"{result.forgetting:.3f}",
+            f"{result.backward_transfer:+.3f}",
+            f"{result.prequential_accuracy:.3f}",
+        ]
+    if rotating and result.last_cycle is not None:
+        cells.append(f"{result.last_cycle['min']:.3f} / {result.last_cycle['mean']:.3f}")
+    footprint = result.footprint
+    return [
+        *cells,
+        f"{footprint.parameters:,}",
+        f"{footprint.bytes_per_context:,}",
+        f"{footprint.total_bytes / 2**20:.2f}",
+        f"{result.seconds:.1f}",
+    ]
 
 
 @bench_app.command()
@@ -202,23 +208,7 @@ def continual(
 ) -> None:
     """Continual learning over a task stream: PSP kinds against no contexts, one network per
     task and online EWC (paper §7)."""
-    console = _console()
-    if kinds is None:
-        kinds = ",".join(TENANTS_METHODS if stream == "tenants" else DEFAULT_METHODS)
-    try:
-        methods = parse_methods(kinds)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--kinds") from exc
-    if stream not in (*STREAMS, "tenants"):
-        raise typer.BadParameter(
-            f"unknown stream {stream!r}; choose one of {', '.join(STREAMS)}, tenants",
-            param_hint="--stream",
-        )
-    if via_http and any(method.family != "psp" for method in methods):
-        raise typer.BadParameter(
-            "--via-http measures the service's own kind; separate and ewc run in-process only",
-            param_hint="--kinds",
-        )
+    methods = _chosen_methods(kinds, stream, via_http)
     config = ContinualConfig(
         stream=stream,
         tasks=tasks,
@@ -252,11 +242,67 @@ def continual(
         config.training_config()
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--optimizer") from exc
+    console = _console()
+    results, warnings = _run(console, config, methods, api_key)
+    for warning in warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+    _save_and_report(console, results, out)
+
+
+def _chosen_methods(kinds: str | None, stream: str, via_http: str | None) -> tuple[Method, ...]:
+    """The methods `--kinds` names (by default every method that suits the stream), checked
+    against the stream and the transport."""
+    if kinds is None:
+        kinds = ",".join(TENANTS_METHODS if stream == "tenants" else DEFAULT_METHODS)
+    try:
+        methods = parse_methods(kinds)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--kinds") from exc
+    if stream not in (*STREAMS, "tenants"):
+        raise typer.BadParameter(
+            f"unknown stream {stream!r}; choose one of {', '.join(STREAMS)}, tenants",
+            param_hint="--stream",
+        )
+    if via_http and any(method.family != "psp" for method in methods):
+        raise typer.BadParameter(
+            "--via-http measures the service's own kind; separate and ewc run in-process only",
+            param_hint="--kinds",
+        )
+    return methods
+
+
+def _run(
+    console: Console, config: ContinualConfig, methods: tuple[Method, ...], api_key: str | None
+) -> tuple[ContinualResults, list[str]]:
+    """Runs the methods in-process or against `config.via_http`, a progress bar each.
+
+    Returns:
+        The results, and the warnings of the service's model check (over HTTP).
+
+    Raises:
+        typer.Exit: The data cannot be loaded (status 2), or the service failed (status 1).
+    """
     warnings: list[str] = []
     factory: RunnerFactory | None = None
-    if via_http:
-        warnings, factory = _http_factory(via_http, api_key)
-    total = config.cycles * tasks * steps_per_task  # until the run reports its own total
+    if config.via_http:
+        warnings, factory = _http_factory(config.via_http, api_key)
+    try:
+        return _run_with_progress(console, config, methods, factory), warnings
+    except StreamError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    except BenchHTTPError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+
+
+def _run_with_progress(
+    console: Console,
+    config: ContinualConfig,
+    methods: tuple[Method, ...],
+    factory: RunnerFactory | None,
+) -> ContinualResults:
+    total = config.cycles * config.tasks * config.steps_per_task  # until a run reports its own
     columns = (
         TextColumn("{task.description:<26}"),
         BarColumn(),
@@ -264,28 +310,24 @@ def continual(
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    try:
-        with Progress(*columns, console=console) as progress:
-            bars = {m.name: progress.add_task(m.name, total=total, start=False) for m in methods}
+    with Progress(*columns, console=console) as progress:
+        bars = {m.name: progress.add_task(m.name, total=total, start=False) for m in methods}
 
-            def bar(method: Method) -> StepProgress:
-                task = bars[method.name]
-                progress.start_task(task)
-                return lambda done, total: progress.update(task, completed=done, total=total)
+        def bar(method: Method) -> StepProgress:
+            task = bars[method.name]
+            progress.start_task(task)
+            return lambda done, total: progress.update(task, completed=done, total=total)
 
-            results = run_continual(config, runner_factory=factory, progress=bar, methods=methods)
-    except StreamError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
-    except BenchHTTPError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
-    for warning in warnings:
-        console.print(f"[yellow]warning:[/yellow] {warning}")
+        return run_continual(config, runner_factory=factory, progress=bar, methods=methods)
+
+
+def _save_and_report(console: Console, results: ContinualResults, out: Path) -> None:
+    """Writes results.json (and the plots, but for the tenants stream) to `out` and prints
+    the summary table."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results.to_dict(), indent=1) + "\n")
     console.print(results_table(results))
-    if stream == "tenants":
+    if results.config.stream == "tenants":
         console.print(f"wrote {out / 'results.json'}")
         return
     figures = plot_all(results, out)

@@ -19,7 +19,7 @@ import math
 import platform
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -214,7 +214,7 @@ def accuracy(runner: Runner, key: str, x: torch.Tensor, y: torch.Tensor) -> floa
 
 @dataclass
 class Trace:
-    """What the loop measured for one method.
+    """What one method measured over a stream.
 
     Attributes:
         matrix: `R[i][j]` over the last cycle, NaN where task `j` had not been trained yet.
@@ -222,6 +222,10 @@ class Trace:
         curve_accuracy: Accuracy on task 0 at those steps.
         prequential_accuracy: Test-then-train accuracy over every training example.
         contexts: Contexts registered (for `separate`, networks created).
+        last_cycle: Minimum and mean of the task-0 curve over the last cycle (rotating streams:
+            the accuracy at angle 0°), else None.
+        tenant_accuracy: The tenants stream's final accuracy of each tenant (the matrix and
+            the curve are then empty), else None.
     """
 
     matrix: list[list[float]]
@@ -229,6 +233,8 @@ class Trace:
     curve_accuracy: list[float]
     prequential_accuracy: float
     contexts: int
+    last_cycle: dict[str, float] | None = None
+    tenant_accuracy: list[float] | None = None
 
 
 def run_method(
@@ -292,6 +298,10 @@ def _environment(config: ContinualConfig) -> dict[str, object]:
     }
 
 
+Measure = Callable[[Method, Runner, StepProgress | None], Trace]
+"""Runs one method over the run's stream through its runner."""
+
+
 def run_continual(
     config: ContinualConfig,
     *,
@@ -308,74 +318,39 @@ def run_continual(
         methods: Parsed methods; parsed from `config.methods` when None.
     """
     torch.set_num_threads(config.threads)
-    measure: Callable[[Method, Runner, StepProgress | None], MethodResult]
     if config.stream == "tenants":
-        tenants = _tenants_stream(config)
-        dataset, described = tenants.dataset, tenants.describe()
-        model_config = config.model_config(dataset)
-
-        def measure(method: Method, runner: Runner, steps: StepProgress | None) -> MethodResult:
-            return _measure_tenants(tenants, method, runner, config, model_config, steps)
-
+        measure, described, dataset = _tenants_measure(config)
     else:
-        stream = make_stream(
-            config.stream,
-            tasks=config.tasks,
-            steps_per_task=config.steps_per_task,
-            cycles=config.cycles,
-            batch_size=config.batch_size,
-            seed=config.seed,
-            data_dir=Path(config.data_dir) if config.data_dir else None,
-            test_limit=config.test_limit,
-            input_scale=config.input_scale,
-        )
-        described = stream.describe()
-        model_config = config.model_config(stream.dataset)
-
-        def measure(method: Method, runner: Runner, steps: StepProgress | None) -> MethodResult:
-            return _measure_tasks(stream, method, runner, config, model_config, steps)
-
-    training, ewc = config.training_config(), config.ewc_config()
-
-    def in_process(method: Method, architecture: ModelConfig) -> Runner:
-        return in_process_runner(method, architecture, training, ewc, config.replay_rows)
-
-    factory = runner_factory or in_process
+        measure, described, dataset = _tasks_measure(config)
+    model_config = config.model_config(dataset)
+    factory = runner_factory or _in_process_factory(config)
     parsed = list(methods) if methods is not None else parse_methods(",".join(config.methods))
     results = ContinualResults(config, described, environment=_environment(config))
     for method in parsed:
         runner = factory(method, model_config)
         try:
-            results.methods.append(
-                measure(method, runner, progress(method) if progress is not None else None)
-            )
+            steps = progress(method) if progress is not None else None
+            started = time.perf_counter()
+            trace = measure(method, runner, steps)
+            seconds = time.perf_counter() - started
+            results.methods.append(_method_result(method, runner, model_config, trace, seconds))
         finally:
             runner.close()
     return results
 
 
-def _measure_tasks(
-    stream: Stream,
-    method: Method,
-    runner: Runner,
-    config: ContinualConfig,
-    model_config: ModelConfig,
-    progress: StepProgress | None,
+def _in_process_factory(config: ContinualConfig) -> RunnerFactory:
+    training, ewc = config.training_config(), config.ewc_config()
+
+    def in_process(method: Method, architecture: ModelConfig) -> Runner:
+        return in_process_runner(method, architecture, training, ewc, config.replay_rows)
+
+    return in_process
+
+
+def _method_result(
+    method: Method, runner: Runner, model_config: ModelConfig, trace: Trace, seconds: float
 ) -> MethodResult:
-    """One method over a permuted or rotating stream."""
-    started = time.perf_counter()
-    trace = run_method(
-        stream, method, runner, eval_every=config.resolved_eval_every, progress=progress
-    )
-    last_cycle = None
-    if stream.rotating:
-        start = stream.total_steps - stream.period
-        window = [
-            value
-            for step, value in zip(trace.curve_steps, trace.curve_accuracy, strict=True)
-            if step >= start
-        ]
-        last_cycle = metrics.window_summary(window)
     return MethodResult(
         method=method.name,
         matrix=trace.matrix,
@@ -384,13 +359,47 @@ def _measure_tasks(
         prequential_accuracy=trace.prequential_accuracy,
         refused_steps=runner.refused_steps,
         footprint=footprint(method, model_config, trace.contexts),
-        seconds=time.perf_counter() - started,
-        last_cycle=last_cycle,
+        seconds=seconds,
+        last_cycle=trace.last_cycle,
+        tenant_accuracy=trace.tenant_accuracy,
     )
 
 
-def _tenants_stream(config: ContinualConfig) -> TenantsStream:
-    return TenantsStream(
+def _tasks_measure(config: ContinualConfig) -> tuple[Measure, dict[str, Any], Dataset]:
+    """How a method is measured on a permuted or rotating stream; the stream's description
+    and data."""
+    stream = make_stream(
+        config.stream,
+        tasks=config.tasks,
+        steps_per_task=config.steps_per_task,
+        cycles=config.cycles,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        data_dir=Path(config.data_dir) if config.data_dir else None,
+        test_limit=config.test_limit,
+        input_scale=config.input_scale,
+    )
+
+    def measure(method: Method, runner: Runner, progress: StepProgress | None) -> Trace:
+        eval_every = config.resolved_eval_every
+        trace = run_method(stream, method, runner, eval_every=eval_every, progress=progress)
+        if not stream.rotating:
+            return trace
+        start = stream.total_steps - stream.period
+        window = [
+            value
+            for step, value in zip(trace.curve_steps, trace.curve_accuracy, strict=True)
+            if step >= start
+        ]
+        return replace(trace, last_cycle=metrics.window_summary(window))
+
+    return measure, stream.describe(), stream.dataset
+
+
+def _tenants_measure(config: ContinualConfig) -> tuple[Measure, dict[str, Any], Dataset]:
+    """How a method is measured on the tenants stream (the matrix and the task-0 curve stay
+    empty); the stream's description and data."""
+    stream = TenantsStream(
         tenants=config.tenants,
         rows_per_tenant=config.rows_per_tenant,
         block_rows=config.block_rows,
@@ -399,29 +408,17 @@ def _tenants_stream(config: ContinualConfig) -> TenantsStream:
         dataset=load_digits_dataset(config.seed).scaled(config.input_scale),
     )
 
+    def measure(method: Method, runner: Runner, progress: StepProgress | None) -> Trace:
+        batch_size = config.batch_size
+        trace = run_tenants_method(stream, method, runner, batch_size=batch_size, progress=progress)
+        prequential = trace.prequential_accuracy
+        return Trace(
+            matrix=[],
+            curve_steps=[],
+            curve_accuracy=[],
+            prequential_accuracy=prequential if prequential is not None else math.nan,
+            contexts=trace.contexts,
+            tenant_accuracy=trace.accuracies,
+        )
 
-def _measure_tenants(
-    stream: TenantsStream,
-    method: Method,
-    runner: Runner,
-    config: ContinualConfig,
-    model_config: ModelConfig,
-    progress: StepProgress | None,
-) -> MethodResult:
-    """One method over the tenants stream; the matrix and the task-0 curve stay empty."""
-    started = time.perf_counter()
-    trace = run_tenants_method(
-        stream, method, runner, batch_size=config.batch_size, progress=progress
-    )
-    prequential = trace.prequential_accuracy
-    return MethodResult(
-        method=method.name,
-        matrix=[],
-        curve_steps=[],
-        curve_accuracy=[],
-        prequential_accuracy=prequential if prequential is not None else math.nan,
-        refused_steps=runner.refused_steps,
-        footprint=footprint(method, model_config, trace.contexts),
-        seconds=time.perf_counter() - started,
-        tenant_accuracy=trace.accuracies,
-    )
+    return measure, stream.describe(), stream.dataset

@@ -23,6 +23,17 @@ PREDICT_CHUNK = 512
 # A full queue answers 429 with Retry-After; give up after this many waits in a row.
 MAX_RETRIES = 60
 
+# The parts of `ModelConfig` that must agree for the service's scores to be this run's.
+ARCHITECTURE_FIELDS = (
+    "kind",
+    "arch",
+    "input_shape",
+    "hidden",
+    "num_classes",
+    "local_mix",
+    "complex_activations",
+)
+
 
 class BenchHTTPError(RuntimeError):
     """The service refused a request or answered something the contract does not allow."""
@@ -113,34 +124,10 @@ class HttpRunner:
         config = info.get("config")
         if not isinstance(config, dict):
             return warnings
-        wanted = expected.to_dict()
-        different = [
-            f"{name}={config.get(name)!r} (the run needs {wanted[name]!r})"
-            for name in (
-                "kind",
-                "arch",
-                "input_shape",
-                "hidden",
-                "num_classes",
-                "local_mix",
-                "complex_activations",
-            )
-            if name in config and config[name] != wanted[name]
-        ]
-        if different:
-            raise BenchHTTPError(
-                f"the service's model differs from this run's: {', '.join(different)}; "
-                "set the service's PSP_MODEL__* variables or the run's options to match"
-            )
+        _check_architecture(config, expected)
         training = info.get("training")
         if isinstance(training, dict) and replay is not None:
-            replays = bool(training.get("replay_rows")) and bool(training.get("replay_per_step"))
-            if replays != replay:
-                raise BenchHTTPError(
-                    f"the service {'replays' if replays else 'does not replay'} past rows and "
-                    f"this method {'does' if replay else 'does not'}; name the method with "
-                    f"{'a' if replays else 'no'} -replay suffix, or set PSP_REPLAY__ROWS"
-                )
+            _check_replay(training, replay)
         if "seed" in config and config["seed"] != expected.seed:
             warnings.append(
                 f"the service's model seed is {config['seed']} and --seed is {expected.seed}: "
@@ -209,3 +196,29 @@ class HttpRunner:
 
     def close(self) -> None:
         self.client.close()
+
+
+def _check_architecture(config: dict[str, Any], expected: ModelConfig) -> None:
+    """Raises BenchHTTPError where the service's model `config` differs from `expected`."""
+    wanted = expected.to_dict()
+    different = [
+        f"{name}={config.get(name)!r} (the run needs {wanted[name]!r})"
+        for name in ARCHITECTURE_FIELDS
+        if name in config and config[name] != wanted[name]
+    ]
+    if different:
+        raise BenchHTTPError(
+            f"the service's model differs from this run's: {', '.join(different)}; "
+            "set the service's PSP_MODEL__* variables or the run's options to match"
+        )
+
+
+def _check_replay(training: dict[str, Any], replay: bool) -> None:
+    """Raises BenchHTTPError where the service rehearses and the method does not, or back."""
+    replays = bool(training.get("replay_rows")) and bool(training.get("replay_per_step"))
+    if replays != replay:
+        raise BenchHTTPError(
+            f"the service {'replays' if replays else 'does not replay'} past rows and "
+            f"this method {'does' if replay else 'does not'}; name the method with "
+            f"{'a' if replays else 'no'} -replay suffix, or set PSP_REPLAY__ROWS"
+        )
