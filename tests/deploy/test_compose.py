@@ -12,6 +12,8 @@ import json
 import os
 import re
 import shlex
+import subprocess
+import sys
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -851,3 +853,25 @@ def test_dashboard_queries_only_metrics_the_app_exposes(
             assert job in jobs, f"no Prometheus job {job}"
     unqueried = sorted(DASHBOARD_REQUIRED_METRICS - queried)
     assert not unqueried, f"the dashboard does not chart {unqueried}"
+
+
+def test_the_image_copies_every_package_the_service_imports() -> None:
+    """`psp serve`, `psp worker` and the client commands import these first-party packages;
+    the image must hold each of them, or its own build check fails."""
+    find = tomllib.loads(PYPROJECT.read_text())["tool"]["setuptools"]["packages"]["find"]
+    ours = sorted(pattern.rstrip("*") for pattern in find["include"])
+    probe = (
+        "import sys, service.app, service.cli; "
+        f"print(' '.join(sorted({{n.split('.')[0] for n in sys.modules}} & set({ours!r}))))"
+    )
+    imported = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout.split()
+    assert {"service", "psp_core", "psp_client"} <= set(imported)
+    copied = {
+        source.rstrip("/")
+        for keyword, arguments in dockerfile_instructions()
+        if keyword == "COPY" and not arguments.startswith("--from=")
+        for source in arguments.split()[:-1]
+    }
+    assert set(imported) <= copied, f"the image lacks {sorted(set(imported) - copied)}"
