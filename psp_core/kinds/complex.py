@@ -68,11 +68,12 @@ class ComplexContexts(LayerContexts):
         """
         context = self.gather(context_index)
         if layer.carries_complex:
-            bound = self.bind_complex(layer, x, context)
+            real_u, imag_u = self.bind_complex(layer, x, context)
             if layer.complex_output:
-                return self.complex_product(layer, bound)
-            weight, bias = self.real_part_matrix(layer)
-            return F.linear(bound, weight, bias)
+                return self.complex_product(layer, real_u, imag_u)
+            a, b, bias = layer.weights()
+            assert b is not None
+            return F.linear(real_u, a, bias) - F.linear(imag_u, b)
         weights = layer.weights()
         assert weights.imag is not None
         real_part_matrix = torch.cat([weights.real, weights.imag], dim=1)  # [A B] (N, 2M)
@@ -80,42 +81,35 @@ class ComplexContexts(LayerContexts):
 
     def bind_complex(
         self, layer: SuperposedLayer, flat: torch.Tensor, context: torch.Tensor
-    ) -> torch.Tensor:
-        """`u = c ⊙ h` as `[Re u ; Im u]`.
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`u = c ⊙ h` as the pair `(Re u, Im u)`, each `(B, M)` (kept apart, never
+        concatenated: every product below takes the halves one at a time).
 
         Args:
             layer: The layer, which says whether its input is complex.
             flat: `(B, M)` real inputs, or `(B, 2M)` `[Re h ; Im h]` when `complex_input`.
             context: `(B, 2M)` `(cos φ, -sin φ)` from `gather`.
-
-        Returns:
-            `(B, 2M)`.
         """
         cos, neg_sin = context.chunk(2, dim=1)
         if not layer.complex_input:
-            return torch.cat([cos * flat, -neg_sin * flat], dim=1)
+            return cos * flat, -neg_sin * flat
         real, imag = flat.chunk(2, dim=1)
-        return torch.cat([cos * real + neg_sin * imag, cos * imag - neg_sin * real], dim=1)
+        return cos * real + neg_sin * imag, cos * imag - neg_sin * real
 
-    def complex_product(self, layer: SuperposedLayer, bound: torch.Tensor) -> torch.Tensor:
-        """`W u + b` as `[Re ; Im]` `(B, 2N)` for `u` = `bind_complex`'s output, in three real
-        GEMMs (forward and backward both do three quarters of the work of the one GEMM with
-        `[[A, -B], [B, A]]`). The bias is added to the real part.
+    def complex_product(
+        self, layer: SuperposedLayer, real_u: torch.Tensor, imag_u: torch.Tensor
+    ) -> torch.Tensor:
+        """`W u + b` as `[Re ; Im]` `(B, 2N)`, in three real GEMMs (Gauss's product: forward
+        and backward do three quarters of the work of one GEMM with `[[A, -B], [B, A]]`).
+        The bias is added to the real part.
         """
         a, b, bias = layer.weights()
         assert b is not None
-        real_in, imag_in = bound.chunk(2, dim=1)
-        a_real = F.linear(real_in, a)
-        b_imag = F.linear(imag_in, b)
-        mixed = F.linear(real_in + imag_in, a + b)
+        a_real = F.linear(real_u, a)
+        b_imag = F.linear(imag_u, b)
+        mixed = F.linear(real_u + imag_u, a + b)
         real_out = a_real - b_imag if bias is None else a_real - b_imag + bias
         return torch.cat([real_out, mixed - a_real - b_imag], dim=1)
-
-    def real_part_matrix(self, layer: SuperposedLayer) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`[A, -B]` `(N, 2M)`: the real part of `W u` from `[Re u ; Im u]`, and the bias."""
-        a, b, bias = layer.weights()
-        assert b is not None
-        return torch.cat([a, -b], dim=1), bias
 
     def bound_weights(
         self, layer: SuperposedLayer, context: torch.Tensor
