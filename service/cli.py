@@ -41,10 +41,16 @@ def _settings_or_exit(**overrides: Any) -> Settings:
     line naming the setting."""
     from pydantic import ValidationError
 
-    from service.startup import StartupError, check_checkpoint_fits, describe_settings_error
+    from service.startup import (
+        StartupError,
+        check_checkpoint_fits,
+        check_shards_served,
+        describe_settings_error,
+    )
 
     try:
         settings = Settings(**overrides) if overrides else get_settings()
+        check_shards_served(settings)
         check_checkpoint_fits(settings)
     except ValidationError as err:
         _fail(f"invalid settings: {describe_settings_error(err)}")

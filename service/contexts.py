@@ -66,7 +66,7 @@ class ContextService:
             await asyncio.to_thread(self.host.add_contexts, definitions)
 
     async def _remember(self, row: ContextRow) -> None:
-        await self._add_to_bank([ContextDefinition(row.index, row.seed, row.power)])
+        await self._add_to_bank([_definition(row)])
         self._live[row.key] = row.index
 
     async def register(
@@ -78,9 +78,7 @@ class ContextService:
 
     async def register_many(self, items: Sequence[ContextItem]) -> list[tuple[ContextRow, bool]]:
         results = await self.registry.create_many(items)
-        await self._add_to_bank(
-            [ContextDefinition(row.index, row.seed, row.power) for row, _ in results]
-        )
+        await self._add_to_bank([_definition(row) for row, _ in results])
         self._live.update({row.key: row.index for row, _ in results})
         return results
 
@@ -144,3 +142,7 @@ class ContextService:
                 await self.forget_retired()
             except RegistryUnavailable as err:
                 log.warning("cannot check for deleted contexts, will retry: %s", err)
+
+
+def _definition(row: ContextRow) -> ContextDefinition:
+    return ContextDefinition(row.index, row.seed, row.power, row.shard)

@@ -34,9 +34,10 @@ from service.queue.memory_applied import InProcessAppliedNotices
 from service.queue.memory_stream import InProcessQueue
 from service.registry.database import make_engine
 from service.registry.migrate import upgrade
+from service.registry.shards import ShardPlan
 from service.registry.store import RegistryStore
 from service.settings import Settings
-from service.startup import check_checkpoint_fits
+from service.startup import check_checkpoint_fits, check_shards_served
 from service.supervisor import Supervisor
 from service.train_intake import TrainIntake
 from service.trainer import Trainer
@@ -83,6 +84,7 @@ def _prepare_process(settings: Settings) -> None:
     """Process-wide switches and checks that come before anything is built."""
     if settings.training.deterministic:
         torch.use_deterministic_algorithms(True)
+    check_shards_served(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     check_checkpoint_fits(settings)
 
@@ -91,7 +93,10 @@ async def _open_registry(settings: Settings) -> RegistryStore:
     """The registry, migrated to the newest schema first."""
     url = settings.resolved_database_url
     await asyncio.to_thread(upgrade, url)
-    return RegistryStore(make_engine(url), settings.model.kind, settings.contexts.min_power_gap)
+    shards = ShardPlan(settings.shards.count, settings.shards.capacity)
+    return RegistryStore(
+        make_engine(url), settings.model.kind, settings.contexts.min_power_gap, shards
+    )
 
 
 def _make_host(settings: Settings) -> ModelHost:

@@ -127,6 +127,20 @@ class QueueSettings(BaseModel):
     shard: int = Field(default=0, ge=0)
 
 
+class ShardSettings(BaseModel):
+    """How contexts are spread over superposed models.
+
+    One model holds a limited number of contexts well; past that the answer is more models.
+    Each shard is one model with its own train queue and writer. A new context goes to the
+    least-loaded shard and stays there for good, so raising `count` sends new contexts to the
+    new, empty shards and moves no existing one.
+    """
+
+    count: int = Field(default=1, ge=1)
+    # Live contexts a shard may hold; empty (null): no cap.
+    capacity: int | None = Field(default=None, ge=1)
+
+
 class LimitSettings(BaseModel):
     """Request limits, answered with 413 or 422."""
 
@@ -181,6 +195,7 @@ class Settings(BaseSettings):
     guard: GuardSettings = Field(default_factory=GuardSettings)
     checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)
     queue: QueueSettings = Field(default_factory=QueueSettings)
+    shards: ShardSettings = Field(default_factory=ShardSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     batcher: BatcherSettings = Field(default_factory=BatcherSettings)
     data_dir: Path = Path("./psp-data")
@@ -207,6 +222,16 @@ class Settings(BaseSettings):
                 f"PSP_ROLE={self.role} needs PSP_REDIS_URL, since the API and the worker meet in "
                 "Redis; set PSP_REDIS_URL=redis://<host>:6379/0, or run `psp serve` with "
                 "PSP_ROLE=all for one process without Redis"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _shard_exists(self) -> Settings:
+        if self.queue.shard >= self.shards.count:
+            raise ValueError(
+                f"PSP_QUEUE__SHARD={self.queue.shard} names no shard: with "
+                f"PSP_SHARDS__COUNT={self.shards.count} the shards are 0 to "
+                f"{self.shards.count - 1}; pick one of those, or raise PSP_SHARDS__COUNT"
             )
         return self
 

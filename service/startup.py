@@ -31,6 +31,19 @@ def describe_settings_error(error: ValidationError) -> str:
     return "; ".join(lines)
 
 
+def check_shards_served(settings: Settings) -> None:
+    """Refuses more than one shard, which this version does not serve yet.
+
+    Raises:
+        StartupError: `PSP_SHARDS__COUNT` is above 1.
+    """
+    if settings.shards.count > 1:
+        raise StartupError(
+            f"PSP_SHARDS__COUNT={settings.shards.count}, but this version serves one shard; "
+            "set PSP_SHARDS__COUNT=1"
+        )
+
+
 def check_checkpoint_fits(settings: Settings) -> None:
     """Compares the newest checkpoint under `PSP_DATA_DIR` with the model settings.
 

@@ -27,6 +27,7 @@ from service.registry.errors import (
     ContextConflict,
     ContextParameterTaken,
     InvalidContextParameters,
+    ShardsFull,
 )
 from service.registry.store import RegistryUnavailable
 from service.settings import Settings
@@ -201,6 +202,7 @@ ANSWERS: tuple[Answer, ...] = (
     Answer(ContextNotFound, 404),
     Answer(ContextConflict, 409),
     Answer(ContextParameterTaken, 409),
+    Answer(ShardsFull, 409),
     Answer(IdempotencyConflict, 422),
     Answer(
         QueueFull,

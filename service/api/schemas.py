@@ -42,6 +42,9 @@ class ContextOut(BaseModel):
     kind: str
     seed: int | None
     power: float | None
+    shard: int = Field(
+        description="The superposed model (shard) that holds the context; it never changes."
+    )
     created_at: datetime
     examples_seen: int = Field(description="Examples learned under this context.")
     refused: int = Field(

@@ -70,3 +70,11 @@ def test_a_checkpoint_of_another_shape_names_the_fields_that_differ(tmp_path: Pa
 def test_a_matching_checkpoint_passes(tmp_path: Path) -> None:
     _checkpoint(tmp_path, hidden=(32,))
     check_checkpoint_fits(Settings(data_dir=tmp_path, model={"hidden": [32]}))
+
+
+def test_more_than_one_shard_is_refused_with_one_line(tmp_path: Path) -> None:
+    result = _run(["serve"], {"PSP_DATA_DIR": str(tmp_path), "PSP_SHARDS__COUNT": "2"})
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "psp: PSP_SHARDS__COUNT=2, but this version serves one shard; set PSP_SHARDS__COUNT=1"
+    )
