@@ -34,7 +34,8 @@ class ContextNotFound(LookupError):
 
 
 class ContextService:
-    """The registry, plus this process's map of every live key to its bank index.
+    """The registry, plus this process's map of every live key to its bank index, and of
+    every index to its shard.
 
     Predict resolves keys from the map, so its latency does not depend on the number of
     contexts or on a database round trip, and it keeps answering for known contexts while the
@@ -42,12 +43,15 @@ class ContextService:
     registrations and deletes at once. Keys registered through another process are looked up
     on first use. Keys deleted through another process are found by `forget_retired`, which
     the runtime calls every `PSP_REGISTRY_POLL_SECONDS`.
+
+    `hosts[k]` is the model of shard k; each holds only its own shard's contexts.
     """
 
-    def __init__(self, registry: RegistryStore, host: ModelHost) -> None:
+    def __init__(self, registry: RegistryStore, hosts: Sequence[ModelHost]) -> None:
         self.registry = registry
-        self.host = host
+        self.hosts = list(hosts)
         self._live: dict[str, int] = {}
+        self._shard_of: dict[int, int] = {}
         self._retirements_checked = datetime.now(UTC)
 
     async def load_bank(self, *, map_keys: bool) -> None:
@@ -61,9 +65,21 @@ class ContextService:
         self._live = live
 
     async def _add_to_bank(self, definitions: Sequence[ContextDefinition]) -> None:
-        """Generates the contexts' vectors off the event loop, so predictions go on."""
-        if any(not self.host.has_context(d.index) for d in definitions):
-            await asyncio.to_thread(self.host.add_contexts, definitions)
+        """Adds each context to its shard's model, generating the vectors off the event loop
+        so that predictions go on. Contexts of shards this process does not hold are left out."""
+        by_shard: dict[int, list[ContextDefinition]] = {}
+        for definition in definitions:
+            if definition.shard < len(self.hosts):
+                self._shard_of[definition.index] = definition.shard
+                by_shard.setdefault(definition.shard, []).append(definition)
+        for shard, held in by_shard.items():
+            host = self.hosts[shard]
+            if any(not host.has_context(d.index) for d in held):
+                await asyncio.to_thread(host.add_contexts, held)
+
+    def shard_of(self, index: int) -> int:
+        """The shard of a context that `resolve` has answered."""
+        return self._shard_of[index]
 
     async def _remember(self, row: ContextRow) -> None:
         await self._add_to_bank([_definition(row)])

@@ -36,13 +36,13 @@ class Prediction:
 
 
 class PredictionService:
-    """Validates inputs, resolves the context and hands the rows to the batcher."""
+    """Validates inputs, resolves the context and hands the rows to its shard's batcher."""
 
     def __init__(
-        self, contexts: ContextService, batcher: PredictBatcher, settings: Settings
+        self, contexts: ContextService, batchers: Sequence[PredictBatcher], settings: Settings
     ) -> None:
         self.contexts = contexts
-        self.batcher = batcher
+        self.batchers = list(batchers)  # by shard
         self.settings = settings
 
     def check_top_k(self, top_k: int | None) -> None:
@@ -63,5 +63,11 @@ class PredictionService:
         self.check_top_k(top_k)
         matrix = input_matrix(inputs, model.input_shape, self.settings.limits.max_rows)
         index = await self.contexts.resolve(key)
-        probabilities, version = await self.batcher.predict(matrix, index)
+        return await self.run(matrix, index)
+
+    async def run(self, matrix: np.ndarray, index: int) -> Prediction:
+        """The rows of a checked `matrix` under the resolved context `index`, batched with the
+        other requests of its shard."""
+        batcher = self.batchers[self.contexts.shard_of(index)]
+        probabilities, version = await batcher.predict(matrix, index)
         return Prediction(probabilities, version)

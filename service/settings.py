@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from psp_core.contexts import derive_seed
 from psp_core.kinds import CONTEXT_KINDS, kind_class
 from psp_core.learner import TrainingConfig
 from psp_core.models import ModelConfig
@@ -263,9 +264,31 @@ class Settings(BaseSettings):
             "replay_per_step": self.replay.per_step,
         }
 
+    def for_shard(self, shard: int) -> Settings:
+        """The settings of one shard's model, queue and checkpoints.
+
+        Shard 0 is the configured model itself, so a deployment that had one model keeps it;
+        every other shard draws its initial weights from a seed of its own, so the shards are
+        independent models.
+        """
+        if shard == 0:
+            return self.model_copy(update={"queue": self.queue.model_copy(update={"shard": 0})})
+        return self.model_copy(
+            update={
+                "queue": self.queue.model_copy(update={"shard": shard}),
+                "model": self.model.model_copy(
+                    update={"seed": derive_seed("shard", self.model.seed, shard)}
+                ),
+            }
+        )
+
     @property
     def checkpoint_dir(self) -> Path:
-        return self.data_dir / "checkpoints"
+        """Shard 0's checkpoints where a one-model deployment always kept them; the other
+        shards' in a subdirectory each."""
+        directory = self.data_dir / "checkpoints"
+        shard = self.queue.shard
+        return directory if shard == 0 else directory / f"shard-{shard}"
 
 
 @lru_cache

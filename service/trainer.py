@@ -390,11 +390,12 @@ class Trainer:
         wanted = {e.entry.context_index for e in entries}
         if all(self.host.has_context(index) for index in wanted):
             return
-        newer = await self.registry.context_definitions(after_index=self.host.max_index)
+        shard = self.settings.queue.shard
+        newer = await self.registry.context_definitions(self.host.max_index, shard)
         await asyncio.to_thread(self.host.add_contexts, newer)
         if not all(self.host.has_context(index) for index in wanted):
             # A registration with a lower index may have committed after a higher one.
-            every = await self.registry.context_definitions()
+            every = await self.registry.context_definitions(shard=shard)
             await asyncio.to_thread(self.host.add_contexts, every)
 
     async def _forget_deleted_contexts(self) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -146,6 +146,14 @@ class RegistryStore:
     async def count_live(self) -> int:
         return await self._run(lambda s: queries.count_live_contexts(session=s))
 
+    async def highest_live_shard(self) -> int | None:
+        """The highest shard that holds a live context; None while none is live."""
+        return await self._run(
+            lambda s: s.scalar(
+                select(func.max(ContextRow.shard)).where(ContextRow.retired_at.is_(None))
+            )
+        )
+
     async def live_per_shard(self) -> list[int]:
         """The live contexts of each configured shard, by shard number."""
         return await self._run(lambda s: live_per_shard(s, self.shards.count))
@@ -154,15 +162,18 @@ class RegistryStore:
         """The stored API keys that are not revoked."""
         return await self._run(lambda s: api_keys.valid_api_keys(session=s))
 
-    async def context_definitions(self, after_index: int = -1) -> list[ContextDefinition]:
-        """Every context, live or retired, in index order: what the models' banks hold."""
+    async def context_definitions(
+        self, after_index: int = -1, shard: int | None = None
+    ) -> list[ContextDefinition]:
+        """Every context, live or retired, in index order: what the models' banks hold (of
+        one shard, or of all when `shard` is None)."""
 
         def job(session: Session) -> list[ContextDefinition]:
-            rows = session.execute(
-                select(ContextRow.index, ContextRow.seed, ContextRow.power, ContextRow.shard)
-                .where(ContextRow.index > after_index)
-                .order_by(ContextRow.index)
-            )
+            query = select(ContextRow.index, ContextRow.seed, ContextRow.power, ContextRow.shard)
+            query = query.where(ContextRow.index > after_index)
+            if shard is not None:
+                query = query.where(ContextRow.shard == shard)
+            rows = session.execute(query.order_by(ContextRow.index))
             return [ContextDefinition(i, s, p, k) for i, s, p, k in rows]
 
         return await self._run(job)

@@ -72,9 +72,19 @@ def test_a_matching_checkpoint_passes(tmp_path: Path) -> None:
     check_checkpoint_fits(Settings(data_dir=tmp_path, model={"hidden": [32]}))
 
 
-def test_more_than_one_shard_is_refused_with_one_line(tmp_path: Path) -> None:
-    result = _run(["serve"], {"PSP_DATA_DIR": str(tmp_path), "PSP_SHARDS__COUNT": "2"})
+@pytest.mark.parametrize(("command", "role"), [(["worker"], "worker"), (["serve"], "api")])
+def test_split_roles_refuse_more_than_one_shard_with_one_line(
+    tmp_path: Path, command: list[str], role: str
+) -> None:
+    env = {
+        "PSP_DATA_DIR": str(tmp_path),
+        "PSP_SHARDS__COUNT": "2",
+        "PSP_ROLE": role,
+        "PSP_REDIS_URL": "redis://127.0.0.1:1/0",
+    }
+    result = _run(command, env)
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        "psp: PSP_SHARDS__COUNT=2, but this version serves one shard; set PSP_SHARDS__COUNT=1"
+        f"psp: PSP_SHARDS__COUNT=2 with PSP_ROLE={role}, but the split roles serve one shard for "
+        "now; set PSP_SHARDS__COUNT=1, or run every shard in one process with PSP_ROLE=all"
     )
