@@ -32,6 +32,7 @@ from service.registry.shards import ShardPlan
 from service.registry.store import RegistryStore
 from service.settings import Settings
 from service.shard import Shard
+from service.shard_load import report_shard_load
 from service.startup import StartupError, check_checkpoint_fits, check_shards_served
 from service.supervisor import Supervisor
 from service.train_intake import TrainIntake
@@ -128,6 +129,7 @@ class Runtime:
                 await runtime._start_trainer(shard)
         if _serves_predict(settings):
             runtime._poll_retirements()
+            runtime._report_shard_load()
         if authenticator is not None:
             await runtime._follow_stored_keys(authenticator)
         for shard in shards:
@@ -252,6 +254,13 @@ class Runtime:
         contexts, every_seconds = self.contexts, self.settings.registry_poll_seconds
         self._supervise(
             "registry-poller", lambda: contexts.poll_retirements(every_seconds, self._stop)
+        )
+
+    def _report_shard_load(self) -> None:
+        """Keeps the gauges of live contexts per shard and of the capacity current."""
+        registry, every_seconds = self.registry, self.settings.registry_poll_seconds
+        self._supervise(
+            "shard-load", lambda: report_shard_load(registry, every_seconds, self._stop)
         )
 
     async def _follow_stored_keys(self, authenticator: Authenticator) -> None:

@@ -118,6 +118,7 @@ def _make_host(settings: Settings) -> ModelHost:
         resolve_device(settings.device),
         # Read replicas never train, so they keep no rows to rehearse.
         replay_rows=settings.replay.rows if settings.role != "api" else 0,
+        shard=settings.queue.shard,
     )
     if settings.faults.any:
         log.warning("fault injection is on (PSP_FAULTS__*): %s", settings.faults)

@@ -14,6 +14,7 @@ from service.app import create_app
 from service.runtime import Runtime
 from service.shard import Shard
 from service.startup import StartupError
+from service.testing.processes import wait_until
 from tests.service.api.helpers import register, rows
 from tests.service.conftest import SettingsFactory
 
@@ -177,3 +178,35 @@ def test_model_info_and_rollback_name_a_shard(three_shards: TestClient) -> None:
     missing = three_shards.get("/model", params={"shard": 3})
     assert missing.status_code == 422
     assert missing.json()["detail"].startswith("there is no shard 3: PSP_SHARDS__COUNT=3")
+
+
+def _metrics(client: TestClient) -> dict[str, float]:
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in client.get("/metrics").text.splitlines()
+        if line.startswith("psp_")
+    }
+
+
+def test_metrics_carry_the_shard_and_report_how_full_each_is(
+    make_settings: SettingsFactory,
+) -> None:
+    settings = make_settings(shards={"count": 2, "capacity": 5}, registry_poll_seconds=0.05)
+    with TestClient(create_app(settings)) as client:
+        for key in ("a", "b", "c"):
+            register(client, key)
+        before = _metrics(client)  # the counters are the test process's, shared by every test
+        answer = _train(client, "b", seed=7)
+        wait_until(lambda: _metrics(client)['psp_shard_live_contexts{shard="0"}'] == 2, 10)
+        values = _metrics(client)
+    assert values['psp_shard_live_contexts{shard="1"}'] == 1
+    assert values['psp_shard_capacity{shard="0"}'] == values['psp_shard_capacity{shard="1"}'] == 5
+    assert values['psp_model_version{shard="1"}'] == answer["model_version"] > 0
+    assert values['psp_model_version{shard="0"}'] == 0
+    learned = {
+        shard: values[f'psp_trainer_examples_total{{shard="{shard}"}}']
+        - before[f'psp_trainer_examples_total{{shard="{shard}"}}']
+        for shard in (0, 1)
+    }
+    assert learned == {0: 0, 1: 16}
+    assert values['psp_contexts{shard="0"}'] == 2 and values['psp_contexts{shard="1"}'] == 1
