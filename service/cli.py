@@ -44,13 +44,11 @@ def _settings_or_exit(**overrides: Any) -> Settings:
     from service.startup import (
         StartupError,
         check_checkpoint_fits,
-        check_shards_served,
         describe_settings_error,
     )
 
     try:
         settings = Settings(**overrides) if overrides else get_settings()
-        check_shards_served(settings)
         check_checkpoint_fits(settings)
     except ValidationError as err:
         _fail(f"invalid settings: {describe_settings_error(err)}")
@@ -117,12 +115,18 @@ def private_metrics_dir() -> Iterator[Path]:
 def worker(
     host: str = typer.Option("0.0.0.0", help="Address of the health and metrics endpoints."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
+    shard: int | None = typer.Option(
+        None, min=0, help="The shard this worker writes (default: PSP_QUEUE__SHARD, else 0)."
+    ),
 ) -> None:
-    """Start the single training writer (PSP_ROLE=worker); /metrics and /healthz listen on
-    PSP_METRICS_PORT."""
+    """Start the single training writer of one shard (PSP_ROLE=worker); /metrics and /healthz
+    listen on PSP_METRICS_PORT."""
     from service.app import create_worker_app
 
-    settings = _settings_or_exit(role="worker")
+    overrides: dict[str, Any] = {"role": "worker"}
+    if shard is not None:
+        overrides["queue"] = {"shard": shard}
+    settings = _settings_or_exit(**overrides)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     uvicorn.run(
         create_worker_app(settings), host=host, port=settings.metrics_port, log_level=log_level

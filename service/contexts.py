@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 from service.context_definition import ContextDefinition
@@ -44,12 +44,13 @@ class ContextService:
     on first use. Keys deleted through another process are found by `forget_retired`, which
     the runtime calls every `PSP_REGISTRY_POLL_SECONDS`.
 
-    `hosts[k]` is the model of shard k; each holds only its own shard's contexts.
+    `hosts[k]` is the model of shard k, for the shards this process holds; each holds only its
+    own shard's contexts.
     """
 
-    def __init__(self, registry: RegistryStore, hosts: Sequence[ModelHost]) -> None:
+    def __init__(self, registry: RegistryStore, hosts: Mapping[int, ModelHost]) -> None:
         self.registry = registry
-        self.hosts = list(hosts)
+        self.hosts = dict(hosts)
         self._live: dict[str, int] = {}
         self._shard_of: dict[int, int] = {}
         self._retirements_checked = datetime.now(UTC)
@@ -69,7 +70,7 @@ class ContextService:
         so that predictions go on. Contexts of shards this process does not hold are left out."""
         by_shard: dict[int, list[ContextDefinition]] = {}
         for definition in definitions:
-            if definition.shard < len(self.hosts):
+            if definition.shard in self.hosts:
                 self._shard_of[definition.index] = definition.shard
                 by_shard.setdefault(definition.shard, []).append(definition)
         for shard, held in by_shard.items():

@@ -8,7 +8,7 @@ shards' passes run side by side and the answers come back in item order.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,10 +36,10 @@ class MultiPredictionService:
     forward pass of that shard's model."""
 
     def __init__(
-        self, contexts: ContextService, hosts: Sequence[ModelHost], settings: Settings
+        self, contexts: ContextService, hosts: Mapping[int, ModelHost], settings: Settings
     ) -> None:
         self.contexts = contexts
-        self.hosts = list(hosts)  # by shard
+        self.hosts = dict(hosts)  # by shard
         self.settings = settings
 
     async def predict(self, items: Sequence[tuple[str, Sequence[Any]]]) -> list[ItemPrediction]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,10 +39,13 @@ class PredictionService:
     """Validates inputs, resolves the context and hands the rows to its shard's batcher."""
 
     def __init__(
-        self, contexts: ContextService, batchers: Sequence[PredictBatcher], settings: Settings
+        self,
+        contexts: ContextService,
+        batchers: Mapping[int, PredictBatcher],
+        settings: Settings,
     ) -> None:
         self.contexts = contexts
-        self.batchers = list(batchers)  # by shard
+        self.batchers = dict(batchers)  # by shard
         self.settings = settings
 
     def check_top_k(self, top_k: int | None) -> None:

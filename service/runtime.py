@@ -33,7 +33,7 @@ from service.registry.store import RegistryStore
 from service.settings import Settings
 from service.shard import Shard
 from service.shard_load import report_shard_load
-from service.startup import StartupError, check_checkpoint_fits, check_shards_served
+from service.startup import StartupError, check_checkpoint_fits
 from service.supervisor import Supervisor
 from service.train_intake import TrainIntake
 from service.trainer import Trainer
@@ -47,17 +47,16 @@ def _serves_predict(settings: Settings) -> bool:
 
 
 def _shard_numbers(settings: Settings) -> list[int]:
-    """The shards this process holds: every one in `all`, its own in the split roles."""
-    if settings.role == "all":
-        return list(range(settings.shards.count))
-    return [settings.queue.shard]
+    """The shards this process holds: a worker its own, `all` and `api` every one."""
+    if settings.role == "worker":
+        return [settings.queue.shard]
+    return list(range(settings.shards.count))
 
 
 def _prepare_process(settings: Settings) -> None:
     """Process-wide switches and checks that come before anything is built."""
     if settings.training.deterministic:
         torch.use_deterministic_algorithms(True)
-    check_shards_served(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     for shard in _shard_numbers(settings):
         check_checkpoint_fits(settings.for_shard(shard))
@@ -96,7 +95,7 @@ async def _check_no_context_is_beyond_the_count(
 class Runtime:
     """The resources of one process: the registry and the services over its shards.
 
-    `shards[k]` is shard k; the `all` role holds every shard, the split roles their one.
+    The `all` and `api` roles hold every shard, in order; a worker holds its own.
     """
 
     settings: Settings
@@ -149,10 +148,11 @@ class Runtime:
     ) -> Runtime:
         """The services over the registry and the shards, with every model's bank loaded and
         the predict batchers running."""
-        contexts = ContextService(registry, [shard.host for shard in shards])
+        contexts = ContextService(registry, {shard.number: shard.host for shard in shards})
         await contexts.load_bank(map_keys=_serves_predict(settings))
-        lanes = [shard.lane for shard in shards]
-        prediction = PredictionService(contexts, [shard.batcher for shard in shards], settings)
+        lanes = {shard.number: shard.lane for shard in shards}
+        batchers = {shard.number: shard.batcher for shard in shards}
+        prediction = PredictionService(contexts, batchers, settings)
         feedback_store = make_feedback_store(settings)
         runtime = cls(
             settings=settings,
@@ -163,7 +163,7 @@ class Runtime:
             prediction=prediction,
             feedback=FeedbackService(contexts, prediction, lanes, feedback_store, settings),
             multi_prediction=MultiPredictionService(
-                contexts, [shard.host for shard in shards], settings
+                contexts, {shard.number: shard.host for shard in shards}, settings
             ),
         )
         for shard in shards:
@@ -177,17 +177,18 @@ class Runtime:
         Raises:
             PayloadError: This process holds no such shard.
         """
-        if not 0 <= number < len(self.shards):
-            count = len(self.shards)
-            raise PayloadError(
-                f"there is no shard {number}: PSP_SHARDS__COUNT={count}; send a shard from 0 "
-                f"to {count - 1}"
-            )
-        return self.shards[number]
+        for shard in self.shards:
+            if shard.number == number:
+                return shard
+        count = self.settings.shards.count
+        raise PayloadError(
+            f"there is no shard {number}: PSP_SHARDS__COUNT={count}; send a shard from 0 to "
+            f"{count - 1}"
+        )
 
     def host_of(self, index: int) -> ModelHost:
         """The model of the shard that holds the resolved context `index`."""
-        return self.shards[self.contexts.shard_of(index)].host
+        return self.shard(self.contexts.shard_of(index)).host
 
     def _supervise(
         self,

@@ -230,8 +230,8 @@ class Settings(BaseSettings):
     def _shard_exists(self) -> Settings:
         if self.queue.shard >= self.shards.count:
             raise ValueError(
-                f"PSP_QUEUE__SHARD={self.queue.shard} names no shard: with "
-                f"PSP_SHARDS__COUNT={self.shards.count} the shards are 0 to "
+                f"shard {self.queue.shard} (psp worker --shard, or PSP_QUEUE__SHARD) does not "
+                f"exist: with PSP_SHARDS__COUNT={self.shards.count} the shards are 0 to "
                 f"{self.shards.count - 1}; pick one of those, or raise PSP_SHARDS__COUNT"
             )
         return self

@@ -31,20 +31,6 @@ def describe_settings_error(error: ValidationError) -> str:
     return "; ".join(lines)
 
 
-def check_shards_served(settings: Settings) -> None:
-    """Refuses several shards in the split roles, which serve one shard for now.
-
-    Raises:
-        StartupError: `PSP_SHARDS__COUNT` is above 1 with `PSP_ROLE=api` or `worker`.
-    """
-    if settings.shards.count > 1 and settings.role != "all":
-        raise StartupError(
-            f"PSP_SHARDS__COUNT={settings.shards.count} with PSP_ROLE={settings.role}, but the "
-            "split roles serve one shard for now; set PSP_SHARDS__COUNT=1, or run every shard "
-            "in one process with PSP_ROLE=all"
-        )
-
-
 def check_checkpoint_fits(settings: Settings) -> None:
     """Compares the newest checkpoint under `PSP_DATA_DIR` with the model settings.
 

@@ -4,7 +4,7 @@ and optionally wait for the trainer (`service.trainer`, the consumer) to apply i
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,11 +43,11 @@ class TrainIntake:
     def __init__(
         self,
         contexts: ContextService,
-        lanes: Sequence[ShardQueue],
+        lanes: Mapping[int, ShardQueue],
         settings: Settings,
     ) -> None:
         self.contexts = contexts
-        self.lanes = list(lanes)  # by shard
+        self.lanes = dict(lanes)  # by shard
         self.settings = settings
 
     async def submit(

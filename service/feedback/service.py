@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,13 +88,13 @@ class FeedbackService:
         self,
         contexts: ContextService,
         prediction: PredictionService,
-        lanes: Sequence[ShardQueue],
+        lanes: Mapping[int, ShardQueue],
         store: FeedbackStore,
         settings: Settings,
     ) -> None:
         self.contexts = contexts
         self.prediction = prediction
-        self.lanes = list(lanes)  # by shard
+        self.lanes = dict(lanes)  # by shard
         self.store = store
         self.settings = settings
 

@@ -24,7 +24,7 @@ def _process(engine: Engine) -> ContextService:
         TrainingConfig(),
         torch.device("cpu"),
     )
-    return ContextService(RegistryStore(engine, "complex"), [host])
+    return ContextService(RegistryStore(engine, "complex"), {0: host})
 
 
 class _CountingStore(RegistryStore):

@@ -42,6 +42,6 @@ def test_a_queue_shard_beyond_the_count_is_named() -> None:
     with pytest.raises(ValidationError) as caught:
         Settings(queue={"shard": 2}, shards={"count": 2})
     assert describe_settings_error(caught.value) == (
-        "PSP_QUEUE__SHARD=2 names no shard: with PSP_SHARDS__COUNT=2 the shards are 0 to 1; "
-        "pick one of those, or raise PSP_SHARDS__COUNT"
+        "shard 2 (psp worker --shard, or PSP_QUEUE__SHARD) does not exist: with "
+        "PSP_SHARDS__COUNT=2 the shards are 0 to 1; pick one of those, or raise PSP_SHARDS__COUNT"
     )

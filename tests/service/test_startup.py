@@ -72,19 +72,16 @@ def test_a_matching_checkpoint_passes(tmp_path: Path) -> None:
     check_checkpoint_fits(Settings(data_dir=tmp_path, model={"hidden": [32]}))
 
 
-@pytest.mark.parametrize(("command", "role"), [(["worker"], "worker"), (["serve"], "api")])
-def test_split_roles_refuse_more_than_one_shard_with_one_line(
-    tmp_path: Path, command: list[str], role: str
-) -> None:
+def test_a_worker_shard_beyond_the_count_is_refused_with_one_line(tmp_path: Path) -> None:
     env = {
         "PSP_DATA_DIR": str(tmp_path),
         "PSP_SHARDS__COUNT": "2",
-        "PSP_ROLE": role,
         "PSP_REDIS_URL": "redis://127.0.0.1:1/0",
     }
-    result = _run(command, env)
+    result = _run(["worker", "--shard", "2"], env)
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        f"psp: PSP_SHARDS__COUNT=2 with PSP_ROLE={role}, but the split roles serve one shard for "
-        "now; set PSP_SHARDS__COUNT=1, or run every shard in one process with PSP_ROLE=all"
+        "psp: invalid settings: shard 2 (psp worker --shard, or PSP_QUEUE__SHARD) does not "
+        "exist: with PSP_SHARDS__COUNT=2 the shards are 0 to 1; pick one of those, or raise "
+        "PSP_SHARDS__COUNT"
     )
