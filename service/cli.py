@@ -49,7 +49,8 @@ def _settings_or_exit(**overrides: Any) -> Settings:
 
     try:
         settings = Settings(**overrides) if overrides else get_settings()
-        check_checkpoint_fits(settings)
+        # A worker's own shard (shard 0 otherwise); the runtime checks every shard it holds.
+        check_checkpoint_fits(settings.for_shard(settings.queue.shard))
     except ValidationError as err:
         _fail(f"invalid settings: {describe_settings_error(err)}")
     except StartupError as err:

@@ -33,6 +33,17 @@ class ContextNotFound(LookupError):
         )
 
 
+class ShardNotServed(LookupError):
+    """The context belongs to a shard this process does not hold: another process was started
+    with a higher `PSP_SHARDS__COUNT`."""
+
+    def __init__(self, shard: int, held: int) -> None:
+        super().__init__(
+            f"the context belongs to shard {shard}, but this process serves shards 0 to "
+            f"{held - 1}; start every process with PSP_SHARDS__COUNT={shard + 1} or more"
+        )
+
+
 class ContextService:
     """The registry, plus this process's map of every live key to its bank index, and of
     every index to its shard.
@@ -70,8 +81,8 @@ class ContextService:
         so that predictions go on. Contexts of shards this process does not hold are left out."""
         by_shard: dict[int, list[ContextDefinition]] = {}
         for definition in definitions:
+            self._shard_of[definition.index] = definition.shard
             if definition.shard in self.hosts:
-                self._shard_of[definition.index] = definition.shard
                 by_shard.setdefault(definition.shard, []).append(definition)
         for shard, held in by_shard.items():
             host = self.hosts[shard]
@@ -79,8 +90,15 @@ class ContextService:
                 await asyncio.to_thread(host.add_contexts, held)
 
     def shard_of(self, index: int) -> int:
-        """The shard of a context that `resolve` has answered."""
-        return self._shard_of[index]
+        """The shard of a context that `resolve` has answered.
+
+        Raises:
+            ShardNotServed: This process does not hold that shard.
+        """
+        shard = self._shard_of[index]
+        if shard not in self.hosts:
+            raise ShardNotServed(shard, len(self.hosts))
+        return shard
 
     async def _remember(self, row: ContextRow) -> None:
         await self._add_to_bank([_definition(row)])

@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from service.auth import Forbidden, Unauthorized
-from service.contexts import ContextNotFound
+from service.contexts import ContextNotFound, ShardNotServed
 from service.control import RollbackFailed, RollbackNotDone, RollbackUnanswered
 from service.feedback.service import (
     AlreadyLabelled,
@@ -223,6 +223,7 @@ ANSWERS: tuple[Answer, ...] = (
         retry_after=_outage_backoff,
     ),
     Answer(ModelUnhealthy, 503, retry_after=_outage_backoff),
+    Answer(ShardNotServed, 503, retry_after=_outage_backoff),
     Answer(Unauthorized, 401, headers={"WWW-Authenticate": "Bearer"}),
     Answer(Forbidden, 403),
     Answer(UnknownPredictions, 404),

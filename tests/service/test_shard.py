@@ -210,3 +210,19 @@ def test_metrics_carry_the_shard_and_report_how_full_each_is(
     }
     assert learned == {0: 0, 1: 16}
     assert values['psp_contexts{shard="0"}'] == 2 and values['psp_contexts{shard="1"}'] == 1
+
+
+def test_a_context_on_a_shard_this_process_does_not_hold_is_503_with_the_fix(
+    make_settings: SettingsFactory,
+) -> None:
+    fewer = make_settings(data_dir=make_settings().data_dir / "fewer", shards={"count": 1})
+    more = make_settings(data_dir=make_settings().data_dir / "more", shards={"count": 2})
+    with TestClient(create_app(fewer)) as old, TestClient(create_app(more)) as new:
+        assert [register(new, key)["shard"] for key in ("a", "b")] == [0, 1]
+        assert old.post("/predict/a", json={"inputs": rows(1)}).status_code == 200
+        refused = old.post("/predict/b", json={"inputs": rows(1)})
+        assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
+        assert refused.json()["detail"] == (
+            "the context belongs to shard 1, but this process serves shards 0 to 0; start "
+            "every process with PSP_SHARDS__COUNT=2 or more"
+        )

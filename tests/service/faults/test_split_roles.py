@@ -117,3 +117,8 @@ def test_the_api_follows_one_worker_per_shard(base_env, spawn) -> None:
     for shard, worker in enumerate(workers):
         worker_base = f"http://127.0.0.1:{worker.port}"
         assert _metric(worker_base, f'psp_model_version{{shard="{shard}"}}') == [1, 3][shard]
+
+    # A worker of shard 1 starts again from its own checkpoints.
+    workers[1].kill()
+    workers[1].start()
+    assert _train(base, "b", 4) == 4
