@@ -47,9 +47,9 @@ class PredictBatcher:
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 
-    def start(self, supervisor: Supervisor) -> None:
-        """Runs the collector under `supervisor` until `stop`."""
-        self._task = supervisor.spawn("batcher", self._collect_forever, asyncio.Event())
+    def start(self, supervisor: Supervisor, name: str = "batcher") -> None:
+        """Runs the collector under `supervisor`, as the task `name`, until `stop`."""
+        self._task = supervisor.spawn(name, self._collect_forever, asyncio.Event())
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -41,11 +41,16 @@ def _settings_or_exit(**overrides: Any) -> Settings:
     line naming the setting."""
     from pydantic import ValidationError
 
-    from service.startup import StartupError, check_checkpoint_fits, describe_settings_error
+    from service.startup import (
+        StartupError,
+        check_checkpoint_fits,
+        describe_settings_error,
+    )
 
     try:
         settings = Settings(**overrides) if overrides else get_settings()
-        check_checkpoint_fits(settings)
+        # A worker's own shard (shard 0 otherwise); the runtime checks every shard it holds.
+        check_checkpoint_fits(settings.for_shard(settings.queue.shard))
     except ValidationError as err:
         _fail(f"invalid settings: {describe_settings_error(err)}")
     except StartupError as err:
@@ -111,12 +116,18 @@ def private_metrics_dir() -> Iterator[Path]:
 def worker(
     host: str = typer.Option("0.0.0.0", help="Address of the health and metrics endpoints."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
+    shard: int | None = typer.Option(
+        None, min=0, help="The shard this worker writes (default: PSP_QUEUE__SHARD, else 0)."
+    ),
 ) -> None:
-    """Start the single training writer (PSP_ROLE=worker); /metrics and /healthz listen on
-    PSP_METRICS_PORT."""
+    """Start the single training writer of one shard (PSP_ROLE=worker); /metrics and /healthz
+    listen on PSP_METRICS_PORT."""
     from service.app import create_worker_app
 
-    settings = _settings_or_exit(role="worker")
+    overrides: dict[str, Any] = {"role": "worker"}
+    if shard is not None:
+        overrides["queue"] = {"shard": shard}
+    settings = _settings_or_exit(**overrides)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     uvicorn.run(
         create_worker_app(settings), host=host, port=settings.metrics_port, log_level=log_level

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class ContextDefinition:
-    """A context's bank row: its registry index and the one number that defines it (a seed,
-    or a real exponent for one-power contexts)."""
+    """A context's bank row: its registry index, the one number that defines it (a seed, or a
+    real exponent for one-power contexts) and the shard (the model) that holds it."""
 
     index: int
     seed: int | None
     power: float | None
+    shard: int = 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 from service.context_definition import ContextDefinition
@@ -33,8 +33,20 @@ class ContextNotFound(LookupError):
         )
 
 
+class ShardNotServed(LookupError):
+    """The context belongs to a shard this process does not hold: another process was started
+    with a higher `PSP_SHARDS__COUNT`."""
+
+    def __init__(self, shard: int, held: int) -> None:
+        super().__init__(
+            f"the context belongs to shard {shard}, but this process serves shards 0 to "
+            f"{held - 1}; start every process with PSP_SHARDS__COUNT={shard + 1} or more"
+        )
+
+
 class ContextService:
-    """The registry, plus this process's map of every live key to its bank index.
+    """The registry, plus this process's map of every live key to its bank index, and of
+    every index to its shard.
 
     Predict resolves keys from the map, so its latency does not depend on the number of
     contexts or on a database round trip, and it keeps answering for known contexts while the
@@ -42,12 +54,16 @@ class ContextService:
     registrations and deletes at once. Keys registered through another process are looked up
     on first use. Keys deleted through another process are found by `forget_retired`, which
     the runtime calls every `PSP_REGISTRY_POLL_SECONDS`.
+
+    `hosts[k]` is the model of shard k, for the shards this process holds; each holds only its
+    own shard's contexts.
     """
 
-    def __init__(self, registry: RegistryStore, host: ModelHost) -> None:
+    def __init__(self, registry: RegistryStore, hosts: Mapping[int, ModelHost]) -> None:
         self.registry = registry
-        self.host = host
+        self.hosts = dict(hosts)
         self._live: dict[str, int] = {}
+        self._shard_of: dict[int, int] = {}
         self._retirements_checked = datetime.now(UTC)
 
     async def load_bank(self, *, map_keys: bool) -> None:
@@ -61,12 +77,31 @@ class ContextService:
         self._live = live
 
     async def _add_to_bank(self, definitions: Sequence[ContextDefinition]) -> None:
-        """Generates the contexts' vectors off the event loop, so predictions go on."""
-        if any(not self.host.has_context(d.index) for d in definitions):
-            await asyncio.to_thread(self.host.add_contexts, definitions)
+        """Adds each context to its shard's model, generating the vectors off the event loop
+        so that predictions go on. Contexts of shards this process does not hold are left out."""
+        by_shard: dict[int, list[ContextDefinition]] = {}
+        for definition in definitions:
+            self._shard_of[definition.index] = definition.shard
+            if definition.shard in self.hosts:
+                by_shard.setdefault(definition.shard, []).append(definition)
+        for shard, held in by_shard.items():
+            host = self.hosts[shard]
+            if any(not host.has_context(d.index) for d in held):
+                await asyncio.to_thread(host.add_contexts, held)
+
+    def shard_of(self, index: int) -> int:
+        """The shard of a context that `resolve` has answered.
+
+        Raises:
+            ShardNotServed: This process does not hold that shard.
+        """
+        shard = self._shard_of[index]
+        if shard not in self.hosts:
+            raise ShardNotServed(shard, len(self.hosts))
+        return shard
 
     async def _remember(self, row: ContextRow) -> None:
-        await self._add_to_bank([ContextDefinition(row.index, row.seed, row.power)])
+        await self._add_to_bank([_definition(row)])
         self._live[row.key] = row.index
 
     async def register(
@@ -78,9 +113,7 @@ class ContextService:
 
     async def register_many(self, items: Sequence[ContextItem]) -> list[tuple[ContextRow, bool]]:
         results = await self.registry.create_many(items)
-        await self._add_to_bank(
-            [ContextDefinition(row.index, row.seed, row.power) for row, _ in results]
-        )
+        await self._add_to_bank([_definition(row) for row, _ in results])
         self._live.update({row.key: row.index for row, _ in results})
         return results
 
@@ -144,3 +177,7 @@ class ContextService:
                 await self.forget_retired()
             except RegistryUnavailable as err:
                 log.warning("cannot check for deleted contexts, will retry: %s", err)
+
+
+def _definition(row: ContextRow) -> ContextDefinition:
+    return ContextDefinition(row.index, row.seed, row.power, row.shard)

@@ -46,35 +46,44 @@ PREDICT_QUEUE_WAIT = Histogram(
     "Time a predict request waited to join a forward pass.",
     buckets=_WAIT_BUCKETS,
 )
+# What belongs to one shard's model, queue or trainer carries its number as the label `shard`.
+_SHARD = ["shard"]
+
 QUEUE_DEPTH = Gauge(
     "psp_queue_depth_examples",
     "Examples accepted for training but not yet checkpointed.",
+    _SHARD,
     multiprocess_mode="max",
 )
 QUEUE_LAG = Gauge(
     "psp_queue_lag_seconds",
     "Age of the oldest example not yet checkpointed.",
+    _SHARD,
     multiprocess_mode="max",
 )
 TRAIN_ACCEPTED = Counter("psp_train_accepted_examples_total", "Examples accepted by POST /train.")
-TRAINED_EXAMPLES = Counter("psp_trainer_examples_total", "Examples learned by the trainer.")
-TRAIN_STEPS = Counter("psp_trainer_steps_total", "Optimiser steps applied.")
+TRAINED_EXAMPLES = Counter("psp_trainer_examples_total", "Examples learned by the trainer.", _SHARD)
+TRAIN_STEPS = Counter("psp_trainer_steps_total", "Optimiser steps applied.", _SHARD)
 REFUSED_STEPS = Counter(
     "psp_trainer_refused_steps_total",
     "Steps refused because the loss or a gradient was not finite.",
+    _SHARD,
 )
 DIVERGENCES = Counter(
     "psp_trainer_divergences_total",
     "Times the weights went non-finite or the loss ran away, and the last healthy checkpoint "
     "was restored.",
+    _SHARD,
 )
 DEAD_LETTERED_ENTRIES = Counter(
     "psp_dead_lettered_entries_total",
     "Train entries set aside as poison (undecodable, diverging, or failing repeatedly).",
+    _SHARD,
 )
 DEAD_LETTERED_EXAMPLES = Counter(
     "psp_dead_lettered_examples_total",
     "Examples of the train entries set aside as poison; they count as rejected, not lost.",
+    _SHARD,
 )
 BACKGROUND_RESTARTS = Counter(
     "psp_background_restarts_total",
@@ -101,12 +110,30 @@ FEEDBACK_CORRECT = Counter(
 MODEL_VERSION = Gauge(
     "psp_model_version",
     "Version (applied steps) of the weights this process serves.",
+    _SHARD,
     multiprocess_mode="max",
 )
 REPLAY_ROWS = Gauge(
-    "psp_replay_rows", "Rows held in the trainer's replay buffer.", multiprocess_mode="max"
+    "psp_replay_rows",
+    "Rows held in the trainer's replay buffer.",
+    _SHARD,
+    multiprocess_mode="max",
 )
-CONTEXTS = Gauge("psp_contexts", "Contexts in this process's bank.", multiprocess_mode="max")
+CONTEXTS = Gauge(
+    "psp_contexts", "Contexts in this process's bank.", _SHARD, multiprocess_mode="max"
+)
+SHARD_LIVE_CONTEXTS = Gauge(
+    "psp_shard_live_contexts",
+    "Live contexts of each shard, as the registry counts them.",
+    _SHARD,
+    multiprocess_mode="max",
+)
+SHARD_CAPACITY = Gauge(
+    "psp_shard_capacity",
+    "Live contexts a shard may hold (PSP_SHARDS__CAPACITY); absent without a cap.",
+    _SHARD,
+    multiprocess_mode="max",
+)
 CHECKPOINT_SECONDS = Histogram(
     "psp_checkpoint_duration_seconds",
     "Time to write one checkpoint durably.",

@@ -15,6 +15,7 @@ from typing import Protocol
 
 import numpy as np
 import torch
+from prometheus_client import Counter, Gauge
 
 from psp_core.checkpoint import read_weights, restore_checkpoint, save_checkpoint
 from psp_core.contexts import ContextSpec
@@ -69,6 +70,30 @@ class StepWatcher(Protocol):
     def after_step(self, learner: OnlineLearner, result: StepResult) -> None: ...
 
 
+@dataclass(frozen=True)
+class _HostMetrics:
+    """The series of one shard's model."""
+
+    version: Gauge
+    steps: Counter
+    examples: Counter
+    refused_steps: Counter
+    replay_rows: Gauge
+    contexts: Gauge
+
+    @classmethod
+    def of_shard(cls, shard: int) -> _HostMetrics:
+        label = str(shard)
+        return cls(
+            version=metrics.MODEL_VERSION.labels(label),
+            steps=metrics.TRAIN_STEPS.labels(label),
+            examples=metrics.TRAINED_EXAMPLES.labels(label),
+            refused_steps=metrics.REFUSED_STEPS.labels(label),
+            replay_rows=metrics.REPLAY_ROWS.labels(label),
+            contexts=metrics.CONTEXTS.labels(label),
+        )
+
+
 class ModelHost:
     """Owns the learner; thread-safe for one writer and many readers."""
 
@@ -79,6 +104,7 @@ class ModelHost:
         device: torch.device,
         *,
         replay_rows: int = 0,
+        shard: int = 0,
     ) -> None:
         model = build_model(model_config, device)
         replay = (
@@ -99,7 +125,8 @@ class ModelHost:
         self.step_watchers: list[StepWatcher] = []
         # False from a failed health check of the weights until a checkpoint is restored.
         self.healthy = True
-        metrics.MODEL_VERSION.set(0)
+        self._metrics = _HostMetrics.of_shard(shard)
+        self._metrics.version.set(0)
 
     @property
     def model_version(self) -> int:
@@ -137,7 +164,7 @@ class ModelHost:
                 rows = bank.append_prepared(prepared)
                 self._rows.update({d.index: row for d, row in zip(new, rows, strict=True)})
                 self._max_index = max(self._max_index, *(d.index for d in new))
-        metrics.CONTEXTS.set(len(self._rows))
+        self._metrics.contexts.set(len(self._rows))
 
     def bank_rows(self, indices: Sequence[int] | np.ndarray) -> torch.Tensor:
         """Bank rows for registry indices, as an int64 tensor on the model's device."""
@@ -192,13 +219,13 @@ class ModelHost:
             for watcher in self.step_watchers:
                 watcher.after_step(self.learner, result)
             replay_rows = len(self.learner.replay) if self.learner.replay is not None else 0
-        metrics.REPLAY_ROWS.set(replay_rows)
+        self._metrics.replay_rows.set(replay_rows)
         if result.applied:
-            metrics.TRAIN_STEPS.inc()
-            metrics.TRAINED_EXAMPLES.inc(len(batch.labels))
-            metrics.MODEL_VERSION.set(result.model_version)
+            self._metrics.steps.inc()
+            self._metrics.examples.inc(len(batch.labels))
+            self._metrics.version.set(result.model_version)
         else:
-            metrics.REFUSED_STEPS.inc()
+            self._metrics.refused_steps.inc()
         return result
 
     @property
@@ -222,7 +249,7 @@ class ModelHost:
             return 0
         with self._lock:
             dropped = replay.purge(set(indices))
-            metrics.REPLAY_ROWS.set(len(replay))
+            self._metrics.replay_rows.set(len(replay))
         return dropped
 
     def save(self, path: Path, metadata: dict[str, str]) -> None:
@@ -242,7 +269,7 @@ class ModelHost:
             self.learner.model.load_state_dict(weights, strict=True)
             self.learner.model_version = int(header["model_version"])
             self.healthy = True
-        metrics.MODEL_VERSION.set(self.learner.model_version)
+        self._metrics.version.set(self.learner.model_version)
         return self.learner.model_version
 
     def load(self, path: Path) -> dict[str, str]:
@@ -254,7 +281,7 @@ class ModelHost:
         with self._lock:
             metadata = restore_checkpoint(path, self.learner, verify_contexts=False)
             self.healthy = True
-        metrics.MODEL_VERSION.set(self.learner.model_version)
+        self._metrics.version.set(self.learner.model_version)
         return metadata
 
     def restore_as(self, path: Path, version: int) -> dict[str, str]:
@@ -263,5 +290,5 @@ class ModelHost:
         with self._lock:
             metadata = restore_checkpoint(path, self.learner, verify_contexts=False)
             self.learner.model_version = version
-        metrics.MODEL_VERSION.set(version)
+        self._metrics.version.set(version)
         return metadata

@@ -1,13 +1,14 @@
-"""Predictions for many contexts in one request, answered by one forward pass.
+"""Predictions for many contexts in one request, answered by one forward pass per shard.
 
-Superposition lets rows of different contexts share one matrix multiply, so the items of the
-request are concatenated, each row tagged with its context's bank row, and run together.
+Superposition lets rows of different contexts share one matrix multiply, so the items of one
+shard are concatenated, each row tagged with its context's bank row, and run together; the
+shards' passes run side by side and the answers come back in item order.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,29 +23,50 @@ from service.settings import Settings
 
 @dataclass(frozen=True)
 class ItemPrediction:
-    """One item's probabilities `(n, num_classes)`."""
+    """One item's probabilities `(n, num_classes)` and the version of its shard's model that
+    produced them."""
 
     context: str
     probabilities: np.ndarray
+    model_version: int
 
 
 class MultiPredictionService:
-    """Checks every item, resolves every context, then runs all rows in one forward pass."""
+    """Checks every item, resolves every context, then runs the rows of each shard in one
+    forward pass of that shard's model."""
 
-    def __init__(self, contexts: ContextService, host: ModelHost, settings: Settings) -> None:
+    def __init__(
+        self, contexts: ContextService, hosts: Mapping[int, ModelHost], settings: Settings
+    ) -> None:
         self.contexts = contexts
-        self.host = host
+        self.hosts = dict(hosts)  # by shard
         self.settings = settings
 
-    async def predict(
-        self, items: Sequence[tuple[str, Sequence[Any]]]
-    ) -> tuple[list[ItemPrediction], int]:
-        """Probabilities per item and the model version that produced them all.
+    async def predict(self, items: Sequence[tuple[str, Sequence[Any]]]) -> list[ItemPrediction]:
+        """Probabilities per item, in item order, each with its shard's model version.
 
         Raises:
             PayloadError (naming the item), TooManyRows, ContextNotFound, RegistryUnavailable,
             ModelUnhealthy.
         """
+        matrices = self._checked_matrices(items)
+        indices = [await self.contexts.resolve(key) for key, _ in items]
+        positions_by_shard: dict[int, list[int]] = {}
+        for position, index in enumerate(indices):
+            positions_by_shard.setdefault(self.contexts.shard_of(index), []).append(position)
+        answers: list[ItemPrediction | None] = [None] * len(items)
+        passes = [
+            self._forward(self.hosts[shard], [matrices[p] for p in positions], indices, positions)
+            for shard, positions in positions_by_shard.items()
+        ]
+        for positions, (probabilities, version) in zip(
+            positions_by_shard.values(), await asyncio.gather(*passes), strict=True
+        ):
+            for position, item_probabilities in zip(positions, probabilities, strict=True):
+                answers[position] = ItemPrediction(items[position][0], item_probabilities, version)
+        return [answer for answer in answers if answer is not None]
+
+    def _checked_matrices(self, items: Sequence[tuple[str, Sequence[Any]]]) -> list[np.ndarray]:
         limit = self.settings.limits.max_rows
         shape = self.settings.model.input_shape
         matrices = []
@@ -61,19 +83,29 @@ class MultiPredictionService:
                 f"the items hold {total} rows together, more than the limit of {limit}; "
                 f"split them into requests of at most {limit} rows"
             )
-        indices = [await self.contexts.resolve(key) for key, _ in items]
+        return matrices
+
+    async def _forward(
+        self,
+        host: ModelHost,
+        matrices: Sequence[np.ndarray],
+        indices: Sequence[int],
+        positions: Sequence[int],
+    ) -> tuple[list[np.ndarray], int]:
+        """One forward pass over the items at `positions`, all of one shard: each item's
+        probabilities and the version that produced them."""
         batch = np.concatenate(matrices)
         per_row = np.concatenate(
             [
-                np.full(len(m), index, dtype=np.int64)
-                for m, index in zip(matrices, indices, strict=True)
+                np.full(len(m), indices[p], dtype=np.int64)
+                for m, p in zip(matrices, positions, strict=True)
             ]
         )
         metrics.PREDICT_BATCH_ROWS.observe(len(batch))
-        rows = self.host.bank_rows(per_row)
-        probabilities, version = await asyncio.to_thread(self.host.predict, batch, rows)
-        answers, offset = [], 0
-        for (key, _), matrix in zip(items, matrices, strict=True):
-            answers.append(ItemPrediction(key, probabilities[offset : offset + len(matrix)]))
+        rows = host.bank_rows(per_row)
+        probabilities, version = await asyncio.to_thread(host.predict, batch, rows)
+        split, offset = [], 0
+        for matrix in matrices:
+            split.append(probabilities[offset : offset + len(matrix)])
             offset += len(matrix)
-        return answers, version
+        return split, version

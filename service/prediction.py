@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,13 +36,16 @@ class Prediction:
 
 
 class PredictionService:
-    """Validates inputs, resolves the context and hands the rows to the batcher."""
+    """Validates inputs, resolves the context and hands the rows to its shard's batcher."""
 
     def __init__(
-        self, contexts: ContextService, batcher: PredictBatcher, settings: Settings
+        self,
+        contexts: ContextService,
+        batchers: Mapping[int, PredictBatcher],
+        settings: Settings,
     ) -> None:
         self.contexts = contexts
-        self.batcher = batcher
+        self.batchers = dict(batchers)  # by shard
         self.settings = settings
 
     def check_top_k(self, top_k: int | None) -> None:
@@ -63,5 +66,11 @@ class PredictionService:
         self.check_top_k(top_k)
         matrix = input_matrix(inputs, model.input_shape, self.settings.limits.max_rows)
         index = await self.contexts.resolve(key)
-        probabilities, version = await self.batcher.predict(matrix, index)
+        return await self.run(matrix, index)
+
+    async def run(self, matrix: np.ndarray, index: int) -> Prediction:
+        """The rows of a checked `matrix` under the resolved context `index`, batched with the
+        other requests of its shard."""
+        batcher = self.batchers[self.contexts.shard_of(index)]
+        probabilities, version = await batcher.predict(matrix, index)
         return Prediction(probabilities, version)

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from psp_core.contexts import derive_seed
 from psp_core.kinds import CONTEXT_KINDS, kind_class
 from psp_core.learner import TrainingConfig
 from psp_core.models import ModelConfig
@@ -127,6 +128,20 @@ class QueueSettings(BaseModel):
     shard: int = Field(default=0, ge=0)
 
 
+class ShardSettings(BaseModel):
+    """How contexts are spread over superposed models.
+
+    One model holds a limited number of contexts well; past that the answer is more models.
+    Each shard is one model with its own train queue and writer. A new context goes to the
+    least-loaded shard and stays there for good, so raising `count` sends new contexts to the
+    new, empty shards and moves no existing one.
+    """
+
+    count: int = Field(default=1, ge=1)
+    # Live contexts a shard may hold; empty (null): no cap.
+    capacity: int | None = Field(default=None, ge=1)
+
+
 class LimitSettings(BaseModel):
     """Request limits, answered with 413 or 422."""
 
@@ -181,6 +196,7 @@ class Settings(BaseSettings):
     guard: GuardSettings = Field(default_factory=GuardSettings)
     checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)
     queue: QueueSettings = Field(default_factory=QueueSettings)
+    shards: ShardSettings = Field(default_factory=ShardSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     batcher: BatcherSettings = Field(default_factory=BatcherSettings)
     data_dir: Path = Path("./psp-data")
@@ -207,6 +223,16 @@ class Settings(BaseSettings):
                 f"PSP_ROLE={self.role} needs PSP_REDIS_URL, since the API and the worker meet in "
                 "Redis; set PSP_REDIS_URL=redis://<host>:6379/0, or run `psp serve` with "
                 "PSP_ROLE=all for one process without Redis"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _shard_exists(self) -> Settings:
+        if self.queue.shard >= self.shards.count:
+            raise ValueError(
+                f"shard {self.queue.shard} (psp worker --shard, or PSP_QUEUE__SHARD) does not "
+                f"exist: with PSP_SHARDS__COUNT={self.shards.count} the shards are 0 to "
+                f"{self.shards.count - 1}; pick one of those, or raise PSP_SHARDS__COUNT"
             )
         return self
 
@@ -238,9 +264,31 @@ class Settings(BaseSettings):
             "replay_per_step": self.replay.per_step,
         }
 
+    def for_shard(self, shard: int) -> Settings:
+        """The settings of one shard's model, queue and checkpoints.
+
+        Shard 0 is the configured model itself, so a deployment that had one model keeps it;
+        every other shard draws its initial weights from a seed of its own, so the shards are
+        independent models.
+        """
+        if shard == 0:
+            return self.model_copy(update={"queue": self.queue.model_copy(update={"shard": 0})})
+        return self.model_copy(
+            update={
+                "queue": self.queue.model_copy(update={"shard": shard}),
+                "model": self.model.model_copy(
+                    update={"seed": derive_seed("shard", self.model.seed, shard)}
+                ),
+            }
+        )
+
     @property
     def checkpoint_dir(self) -> Path:
-        return self.data_dir / "checkpoints"
+        """Shard 0's checkpoints where a one-model deployment always kept them; the other
+        shards' in a subdirectory each."""
+        directory = self.data_dir / "checkpoints"
+        shard = self.queue.shard
+        return directory if shard == 0 else directory / f"shard-{shard}"
 
 
 @lru_cache

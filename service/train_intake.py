@@ -4,15 +4,15 @@ and optionally wait for the trainer (`service.trainer`, the consumer) to apply i
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from service import metrics
 from service.contexts import ContextService
 from service.payloads import input_matrix, label_vector
-from service.queue.applied import AppliedNotices
-from service.queue.base import TrainEntry, TrainQueue
+from service.queue.base import TrainEntry
+from service.queue.lanes import ShardQueue
 from service.settings import Settings
 
 
@@ -43,13 +43,11 @@ class TrainIntake:
     def __init__(
         self,
         contexts: ContextService,
-        queue: TrainQueue,
-        applied: AppliedNotices,
+        lanes: Mapping[int, ShardQueue],
         settings: Settings,
     ) -> None:
         self.contexts = contexts
-        self.queue = queue
-        self.applied = applied
+        self.lanes = dict(lanes)  # by shard
         self.settings = settings
 
     async def submit(
@@ -62,7 +60,8 @@ class TrainIntake:
         idempotency_key: str | None = None,
         client: str = "",
     ) -> Submission:
-        """Queues one batch for `key`; with `wait`, returns once the trainer is done with it.
+        """Queues one batch for `key` on its shard's queue; with `wait`, returns once the
+        trainer is done with it.
 
         A retry with the same `idempotency_key`, context and rows queues nothing new, is not
         counted again, and answers with the first attempt's batch id. Idempotency keys are
@@ -77,7 +76,8 @@ class TrainIntake:
         vector = label_vector(labels, len(matrix), model.num_classes)
         index = await self.contexts.resolve(key)
         token = f"{client}:{idempotency_key}" if idempotency_key else None
-        queued = await self.queue.enqueue(TrainEntry(index, matrix, vector, time.time()), token)
+        lane = self.lanes[self.contexts.shard_of(index)]
+        queued = await lane.queue.enqueue(TrainEntry(index, matrix, vector, time.time()), token)
         batch_id = queued.entry_id
         if not queued.repeated:
             metrics.TRAIN_ACCEPTED.inc(len(vector))
@@ -85,10 +85,10 @@ class TrainIntake:
             return Submission(batch_id, len(vector))
         timeout = self.settings.limits.wait_seconds
         try:
-            version = await self.applied.wait(batch_id, timeout)
+            version = await lane.applied.wait(batch_id, timeout)
         except TimeoutError:
             raise NotAppliedInTime(
                 f"batch {batch_id} is queued but was not applied within {timeout:g} s; "
                 "it will still be applied, so send it without wait=true or retry later"
             ) from None
-        return Submission(batch_id, len(vector), version, await self.applied.refusal(batch_id))
+        return Submission(batch_id, len(vector), version, await lane.applied.refusal(batch_id))

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
+from prometheus_client import Counter, Gauge
 
 from psp_core.contexts import derive_seed
 from service import metrics
@@ -67,6 +68,28 @@ class _Progress:
     steps: int = 0
 
 
+@dataclass(frozen=True)
+class _TrainerMetrics:
+    """The series of one shard's trainer and queue."""
+
+    divergences: Counter
+    dead_lettered_entries: Counter
+    dead_lettered_examples: Counter
+    queue_depth: Gauge
+    queue_lag: Gauge
+
+    @classmethod
+    def of_shard(cls, shard: int) -> _TrainerMetrics:
+        label = str(shard)
+        return cls(
+            divergences=metrics.DIVERGENCES.labels(label),
+            dead_lettered_entries=metrics.DEAD_LETTERED_ENTRIES.labels(label),
+            dead_lettered_examples=metrics.DEAD_LETTERED_EXAMPLES.labels(label),
+            queue_depth=metrics.QUEUE_DEPTH.labels(label),
+            queue_lag=metrics.QUEUE_LAG.labels(label),
+        )
+
+
 class Trainer:
     """Consumes the train queue and is the only code that changes the weights."""
 
@@ -99,6 +122,7 @@ class Trainer:
         self._unacked: list[str] = []
         self._last_checkpoint_at = time.monotonic()
         self._retirements_checked = datetime.now(UTC)
+        self._metrics = _TrainerMetrics.of_shard(settings.queue.shard)
         self.guard = DivergenceGuard(settings.guard, host)
         host.step_watchers.append(self.guard)
         # The entries of the apply under way, and why it failed if it did.
@@ -175,7 +199,7 @@ class Trainer:
             latest.path.name if latest else "none",
             len(self._in_flight),
         )
-        metrics.DIVERGENCES.inc()
+        self._metrics.divergences.inc()
         await self._set_aside_after(f"training on it {err}", poison_now=True)
         self._forget_unsaved()
         await self.recover()
@@ -196,8 +220,8 @@ class Trainer:
             reason = f"its training step failed {attempts} times, last with {reason}"
         log.error("setting aside train entry %s: %s", queued.entry_id, reason)
         await self.queue.dead_letter([(queued, reason)])
-        metrics.DEAD_LETTERED_ENTRIES.inc()
-        metrics.DEAD_LETTERED_EXAMPLES.inc(queued.entry.size)
+        self._metrics.dead_lettered_entries.inc()
+        self._metrics.dead_lettered_examples.inc(queued.entry.size)
         self._suspects.discard(queued.entry_id)
         del self._attempts[queued.entry_id]
 
@@ -390,11 +414,12 @@ class Trainer:
         wanted = {e.entry.context_index for e in entries}
         if all(self.host.has_context(index) for index in wanted):
             return
-        newer = await self.registry.context_definitions(after_index=self.host.max_index)
+        shard = self.settings.queue.shard
+        newer = await self.registry.context_definitions(self.host.max_index, shard)
         await asyncio.to_thread(self.host.add_contexts, newer)
         if not all(self.host.has_context(index) for index in wanted):
             # A registration with a lower index may have committed after a higher one.
-            every = await self.registry.context_definitions()
+            every = await self.registry.context_definitions(shard=shard)
             await asyncio.to_thread(self.host.add_contexts, every)
 
     async def _forget_deleted_contexts(self) -> None:
@@ -503,8 +528,8 @@ class Trainer:
 
     async def _report_queue(self) -> None:
         stats = await self.queue.stats()
-        metrics.QUEUE_DEPTH.set(stats.pending_examples)
-        metrics.QUEUE_LAG.set(stats.oldest_age_seconds)
+        self._metrics.queue_depth.set(stats.pending_examples)
+        self._metrics.queue_lag.set(stats.oldest_age_seconds)
 
 
 def _decode_counts(text: str) -> dict[int, list[int]]:

@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from service.auth import Forbidden, Unauthorized
-from service.contexts import ContextNotFound
+from service.contexts import ContextNotFound, ShardNotServed
 from service.control import RollbackFailed, RollbackNotDone, RollbackUnanswered
 from service.feedback.service import (
     AlreadyLabelled,
@@ -27,6 +27,7 @@ from service.registry.errors import (
     ContextConflict,
     ContextParameterTaken,
     InvalidContextParameters,
+    ShardsFull,
 )
 from service.registry.store import RegistryUnavailable
 from service.settings import Settings
@@ -201,6 +202,7 @@ ANSWERS: tuple[Answer, ...] = (
     Answer(ContextNotFound, 404),
     Answer(ContextConflict, 409),
     Answer(ContextParameterTaken, 409),
+    Answer(ShardsFull, 409),
     Answer(IdempotencyConflict, 422),
     Answer(
         QueueFull,
@@ -221,6 +223,7 @@ ANSWERS: tuple[Answer, ...] = (
         retry_after=_outage_backoff,
     ),
     Answer(ModelUnhealthy, 503, retry_after=_outage_backoff),
+    Answer(ShardNotServed, 503, retry_after=_outage_backoff),
     Answer(Unauthorized, 401, headers={"WWW-Authenticate": "Bearer"}),
     Answer(Forbidden, 403),
     Answer(UnknownPredictions, 404),

@@ -42,6 +42,9 @@ class ContextOut(BaseModel):
     kind: str
     seed: int | None
     power: float | None
+    shard: int = Field(
+        description="The superposed model (shard) that holds the context; it never changes."
+    )
     created_at: datetime
     examples_seen: int = Field(description="Examples learned under this context.")
     refused: int = Field(
@@ -164,11 +167,15 @@ class PredictItemOut(BaseModel):
     context: str
     predictions: list[int]
     probabilities: list[list[float]]
+    model_version: int = Field(description="The version of the context's shard's model.")
 
 
 class MultiPredictResponse(BaseModel):
     items: list[PredictItemOut] = Field(description="One answer per item, in request order.")
-    model_version: int
+    model_version: int = Field(
+        description="The first item's model version: every item's when all contexts share "
+        "one shard (always, with PSP_SHARDS__COUNT=1)."
+    )
 
 
 class RememberedPredictResponse(PredictResponse):
@@ -207,9 +214,13 @@ class FeedbackApplied(FeedbackAccepted):
 
 
 class ModelInfo(BaseModel):
+    """One shard's model."""
+
+    shard: int = Field(description="The shard this answer describes.")
+    shards: int = Field(description="How many shards there are (PSP_SHARDS__COUNT).")
     config: dict[str, Any]
     model_version: int
-    contexts: int = Field(description="Live contexts (deleted ones are not counted).")
+    contexts: int = Field(description="Live contexts of the shard (deleted ones are not counted).")
     bank_rows: int = Field(
         description="Contexts held in this process's memory; a deleted context keeps its row, "
         "since its seed is never issued again."
@@ -256,6 +267,7 @@ class RollbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     version: Annotated[int, Field(ge=0)]
+    shard: Annotated[int, Field(ge=0, description="The shard whose model rolls back.")] = 0
 
 
 class Problem(BaseModel):

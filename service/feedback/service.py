@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,8 +17,8 @@ from service.feedback.store import FeedbackStore, MemoryFeedbackStore, Remembere
 from service.feedback.store import FeedbackUnavailable as FeedbackUnavailable  # the API maps it
 from service.payloads import PayloadError, input_matrix, label_vector
 from service.prediction import Prediction, PredictionService
-from service.queue.applied import AppliedNotices
-from service.queue.base import TrainEntry, TrainQueue
+from service.queue.base import TrainEntry
+from service.queue.lanes import ShardQueue
 from service.registry.accuracy import Scores
 from service.registry.store import RegistryUnavailable
 from service.settings import Settings
@@ -88,15 +88,13 @@ class FeedbackService:
         self,
         contexts: ContextService,
         prediction: PredictionService,
-        queue: TrainQueue,
-        applied: AppliedNotices,
+        lanes: Mapping[int, ShardQueue],
         store: FeedbackStore,
         settings: Settings,
     ) -> None:
         self.contexts = contexts
         self.prediction = prediction
-        self.queue = queue
-        self.applied = applied
+        self.lanes = dict(lanes)  # by shard
         self.store = store
         self.settings = settings
 
@@ -112,12 +110,12 @@ class FeedbackService:
         model = self.settings.model
         matrix = input_matrix(inputs, model.input_shape, self.settings.limits.max_rows)
         index = await self.contexts.resolve(key)
-        probabilities, version = await self.prediction.batcher.predict(matrix, index)
-        predicted = probabilities.argmax(axis=1)
+        prediction = await self.prediction.run(matrix, index)
+        predicted = prediction.classes
         ids = new_ids(index, int(time.time() * 1000), len(matrix))
         rows = [Remembered(matrix[i], int(predicted[i])) for i in range(len(matrix))]
         await self.store.remember(ids, rows)
-        return RememberedPrediction(Prediction(probabilities, version), ids)
+        return RememberedPrediction(prediction, ids)
 
     async def label(
         self, key: str, prediction_ids: Sequence[str], labels: Sequence[int], *, wait: bool
@@ -153,8 +151,9 @@ class FeedbackService:
         rows = claim.rows
         matrix = np.stack([row.inputs for row in rows]).astype(np.float32, copy=False)
         correct = sum(1 for row, label in zip(rows, vector, strict=True) if row.predicted == label)
+        lane = self.lanes[self.contexts.shard_of(index)]
         try:
-            queued = await self.queue.enqueue(TrainEntry(index, matrix, vector, time.time()))
+            queued = await lane.queue.enqueue(TrainEntry(index, matrix, vector, time.time()))
         except BaseException:
             await self.store.release(ids, rows)
             raise
@@ -164,13 +163,13 @@ class FeedbackService:
             return Scored(queued.entry_id, len(vector), correct)
         timeout = self.settings.limits.wait_seconds
         try:
-            version = await self.applied.wait(queued.entry_id, timeout)
+            version = await lane.applied.wait(queued.entry_id, timeout)
         except TimeoutError:
             raise NotAppliedInTime(
                 f"batch {queued.entry_id} is queued but was not applied within {timeout:g} s; "
                 "it will still be applied, so do not send these labels again"
             ) from None
-        refused = await self.applied.refusal(queued.entry_id)
+        refused = await lane.applied.refusal(queued.entry_id)
         return Scored(queued.entry_id, len(vector), correct, version, refused)
 
     async def _record_scores(self, index: int, scores: Scores) -> None:

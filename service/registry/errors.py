@@ -27,6 +27,10 @@ class ContextConflict(RegistryError):
         self.existing = existing
 
 
+class ShardsFull(RegistryError):
+    """Every shard holds its capacity of live contexts (an HTTP 409); nothing was written."""
+
+
 class ContextParameterTaken(RegistryError):
     """A requested seed or power belongs, or lies too close, to another context (an HTTP 409).
 

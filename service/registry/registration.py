@@ -34,6 +34,7 @@ from service.registry.powers import (
     lock_power_allocation,
 )
 from service.registry.seeds import check_requested_seeds, draw_unused_seeds
+from service.registry.shards import ShardPlan, choose_shards
 
 # A key that is retired or re-registered by another transaction between our read and our insert
 # is retried; more rounds than this means something keeps fighting over the same keys.
@@ -49,6 +50,7 @@ class _Pending:
     power: float | None
     requested_seed: int | None
     requested_power: float | None
+    shard: int = 0
     row: ContextRow | None = None
 
 
@@ -58,6 +60,7 @@ def create_contexts(
     kind: str,
     items: Sequence[ContextItem],
     min_power_gap: float = DEFAULT_MIN_POWER_GAP,
+    shards: ShardPlan = ShardPlan(),
 ) -> list[tuple[ContextRow, bool]]:
     """Registers many contexts at once, with the rules of `create_context` for each item.
 
@@ -72,6 +75,7 @@ def create_contexts(
         kind: The model's context kind, one of `psp_core.kinds.CONTEXT_KINDS`.
         items: Up to `MAX_BULK_CONTEXTS` tuples of (key, seed or None, power or None).
         min_power_gap: How far a new one-power exponent must lie from every other one.
+        shards: The shards new contexts are spread over (see `service.registry.shards`).
 
     Returns:
         One (row, created) pair per item, in item order; created is False for a key that was
@@ -81,12 +85,14 @@ def create_contexts(
         InvalidContextParameters: An item does not fit the kind, or the batch is too large.
         ContextConflict: A key is live with a different seed or power.
         ContextParameterTaken: A seed or power belongs, or lies too close, to another context.
+        ShardsFull: The shards have no room for the new contexts.
         sqlalchemy.exc.IntegrityError: A concurrent transaction took a seed or power first;
             retrying the whole transaction answers correctly (`RegistryStore` does).
     """
     valid = validate_items(kind, items)
     existing = _live_rows_by_key(session, list(dict.fromkeys(key for key, _, _ in valid)))
     pending = _new_contexts(valid, existing)
+    _choose_shards(session, list(pending.values()), shards)
     if pending and kind == "onepower":
         _choose_powers(session, list(pending.values()), min_power_gap)
     elif pending:
@@ -103,6 +109,7 @@ def create_context(
     seed: int | None = None,
     power: float | None = None,
     min_power_gap: float = DEFAULT_MIN_POWER_GAP,
+    shards: ShardPlan = ShardPlan(),
 ) -> tuple[ContextRow, bool]:
     """Registers one context, or returns the live one with the same key.
 
@@ -118,6 +125,7 @@ def create_context(
         seed: The seed of a binary, complex, rotation or none context, or None to choose one.
         power: The exponent of a one-power context, or None to choose one.
         min_power_gap: How far a new one-power exponent must lie from every other one.
+        shards: The shards a new context is spread over.
 
     Returns:
         The row and whether it was created now (False: the key was already live with the same
@@ -127,9 +135,14 @@ def create_context(
         InvalidContextParameters: The key, seed or power does not fit the kind.
         ContextConflict: The key is live with a different seed or power.
         ContextParameterTaken: The seed or power belongs, or lies too close, to another context.
+        ShardsFull: Every shard holds its capacity of live contexts.
     """
     return create_contexts(
-        session=session, kind=kind, items=[(key, seed, power)], min_power_gap=min_power_gap
+        session=session,
+        kind=kind,
+        items=[(key, seed, power)],
+        min_power_gap=min_power_gap,
+        shards=shards,
     )[0]
 
 
@@ -158,6 +171,14 @@ def _new_contexts(
                 key=key, seed=seed, power=power, requested_seed=seed, requested_power=power
             )
     return pending
+
+
+def _choose_shards(session: Session, pending: Sequence[_Pending], plan: ShardPlan) -> None:
+    """Spreads the new contexts over the shards; with one uncapped shard there is no choice."""
+    if not pending or (plan.count == 1 and plan.capacity is None):
+        return
+    for item, shard in zip(pending, choose_shards(session, plan, len(pending)), strict=True):
+        item.shard = shard
 
 
 def _choose_powers(session: Session, pending: Sequence[_Pending], gap: float) -> None:
@@ -220,7 +241,13 @@ def _insert_rows(
         .returning(ContextRow)
     )
     parameters = [
-        {"key": item.key, "seed": item.seed, "power": item.power, "created_at": created_at}
+        {
+            "key": item.key,
+            "seed": item.seed,
+            "power": item.power,
+            "shard": item.shard,
+            "created_at": created_at,
+        }
         for item in pending
     ]
     return {row.key: row for row in session.scalars(statement, parameters)}

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -26,6 +26,7 @@ from service.registry.database import make_session_factory, ping
 from service.registry.models import ContextRow, TrainerState
 from service.registry.parameters import ContextItem
 from service.registry.powers import DEFAULT_MIN_POWER_GAP
+from service.registry.shards import ShardPlan, live_per_shard
 
 T = TypeVar("T")
 
@@ -42,11 +43,16 @@ class RegistryStore:
     """Context registration, lookup and the trainer's counters, for one model kind."""
 
     def __init__(
-        self, engine: Engine, kind: str, min_power_gap: float = DEFAULT_MIN_POWER_GAP
+        self,
+        engine: Engine,
+        kind: str,
+        min_power_gap: float = DEFAULT_MIN_POWER_GAP,
+        shards: ShardPlan = ShardPlan(),
     ) -> None:
         self.engine = engine
         self.kind = kind
         self.min_power_gap = min_power_gap
+        self.shards = shards
         self._sessions: sessionmaker[Session] = make_session_factory(engine)
 
     async def _run(self, job: Callable[[Session], T]) -> T:
@@ -87,6 +93,7 @@ class RegistryStore:
                     seed=seed,
                     power=power,
                     min_power_gap=self.min_power_gap,
+                    shards=self.shards,
                 ),
             )
         )
@@ -94,7 +101,11 @@ class RegistryStore:
     async def create_many(self, items: Sequence[ContextItem]) -> list[tuple[ContextRow, bool]]:
         def job(session: Session) -> list[tuple[ContextRow, bool]]:
             created = registration.create_contexts(
-                session=session, kind=self.kind, items=items, min_power_gap=self.min_power_gap
+                session=session,
+                kind=self.kind,
+                items=items,
+                min_power_gap=self.min_power_gap,
+                shards=self.shards,
             )
             session.flush()
             session.expunge_all()
@@ -135,20 +146,35 @@ class RegistryStore:
     async def count_live(self) -> int:
         return await self._run(lambda s: queries.count_live_contexts(session=s))
 
+    async def highest_live_shard(self) -> int | None:
+        """The highest shard that holds a live context; None while none is live."""
+        return await self._run(
+            lambda s: s.scalar(
+                select(func.max(ContextRow.shard)).where(ContextRow.retired_at.is_(None))
+            )
+        )
+
+    async def live_per_shard(self) -> list[int]:
+        """The live contexts of each configured shard, by shard number."""
+        return await self._run(lambda s: live_per_shard(s, self.shards.count))
+
     async def valid_api_keys(self) -> list[ApiKeySpec]:
         """The stored API keys that are not revoked."""
         return await self._run(lambda s: api_keys.valid_api_keys(session=s))
 
-    async def context_definitions(self, after_index: int = -1) -> list[ContextDefinition]:
-        """Every context, live or retired, in index order: what the model's bank holds."""
+    async def context_definitions(
+        self, after_index: int = -1, shard: int | None = None
+    ) -> list[ContextDefinition]:
+        """Every context, live or retired, in index order: what the models' banks hold (of
+        one shard, or of all when `shard` is None)."""
 
         def job(session: Session) -> list[ContextDefinition]:
-            rows = session.execute(
-                select(ContextRow.index, ContextRow.seed, ContextRow.power)
-                .where(ContextRow.index > after_index)
-                .order_by(ContextRow.index)
-            )
-            return [ContextDefinition(i, s, p) for i, s, p in rows]
+            query = select(ContextRow.index, ContextRow.seed, ContextRow.power, ContextRow.shard)
+            query = query.where(ContextRow.index > after_index)
+            if shard is not None:
+                query = query.where(ContextRow.shard == shard)
+            rows = session.execute(query.order_by(ContextRow.index))
+            return [ContextDefinition(i, s, p, k) for i, s, p, k in rows]
 
         return await self._run(job)
 

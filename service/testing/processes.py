@@ -137,10 +137,19 @@ def psp_serve(name: str, env: dict[str, str], log_dir: Path, *options: str) -> S
     return ServerProcess(name, command, env, port, log_dir / f"{name}.log")
 
 
-def psp_worker(name: str, env: dict[str, str], log_dir: Path) -> ServerProcess:
-    """`psp worker` (PSP_ROLE=worker) with its metrics endpoint on a free port (not started)."""
+def psp_worker(name: str, env: dict[str, str], log_dir: Path, *options: str) -> ServerProcess:
+    """`psp worker [options]` (PSP_ROLE=worker) with its metrics endpoint on a free port (not
+    started)."""
     port = free_port()
-    command = [psp_executable(), "worker", "--host", "127.0.0.1", "--log-level", "warning"]
+    command = [
+        psp_executable(),
+        "worker",
+        "--host",
+        "127.0.0.1",
+        "--log-level",
+        "warning",
+        *options,
+    ]
     env = {**env, "PSP_ROLE": "worker", "PSP_METRICS_PORT": str(port)}
     return ServerProcess(name, command, env, port, log_dir / f"{name}.log")
 

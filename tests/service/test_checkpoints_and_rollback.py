@@ -26,7 +26,7 @@ def test_every_step_checkpoint_keeps_the_last_k_and_rolls_back(make_settings) ->
             version = _train(client, "t", label)
             # The trainer checkpoints after each step; wait until that version is on disk.
             answers[version] = client.post("/predict/t", json=probe).json()["probabilities"]
-        client.portal.call(client.app.state.runtime.trainer.checkpoint)  # type: ignore[attr-defined]
+        client.portal.call(client.app.state.runtime.shards[0].trainer.checkpoint)  # type: ignore[attr-defined]
         model = client.get("/model").json()
         assert model["model_version"] == 5
         assert model["checkpoints"] == [3, 4, 5]
@@ -60,7 +60,7 @@ def test_versions_only_grow_across_rollbacks(make_settings) -> None:
         rolled = client.post("/model/rollback", json={"version": 1}).json()
         assert (rolled["model_version"], rolled["restored_from"]) == (5, 1)
         assert [_train(client, "t", 1), _train(client, "t", 2)] == [6, 7]
-        client.portal.call(client.app.state.runtime.trainer.checkpoint)  # type: ignore[attr-defined]
+        client.portal.call(client.app.state.runtime.shards[0].trainer.checkpoint)  # type: ignore[attr-defined]
         checkpoints = client.get("/model").json()["checkpoints"]
         assert checkpoints == sorted(set(checkpoints)) == [3, 4, 5, 6, 7]
         # A prediction's version names one set of weights: 1's weights now answer as 5.

@@ -24,7 +24,7 @@ def _process(engine: Engine) -> ContextService:
         TrainingConfig(),
         torch.device("cpu"),
     )
-    return ContextService(RegistryStore(engine, "complex"), host)
+    return ContextService(RegistryStore(engine, "complex"), {0: host})
 
 
 class _CountingStore(RegistryStore):
@@ -49,7 +49,7 @@ async def test_known_keys_resolve_without_the_database(registry_engine: Engine) 
     resolved = [await reader.resolve(f"k{i}") for i in range(50)]
     assert resolved == [row.index for row, _ in rows]
     assert store.lookups == 0
-    assert reader.host.context_count == 50
+    assert reader.hosts[0].context_count == 50
 
 
 async def test_a_key_registered_elsewhere_is_looked_up_once(registry_engine: Engine) -> None:
@@ -63,7 +63,7 @@ async def test_a_key_registered_elsewhere_is_looked_up_once(registry_engine: Eng
     assert [await reader.resolve("late") for _ in range(3)] == [row.index] * 3
     assert store.lookups == 1
     # The model's bank holds the context's row too, so the key can be predicted at once.
-    assert reader.host.bank_rows([row.index]).tolist() == [0]
+    assert reader.hosts[0].bank_rows([row.index]).tolist() == [0]
 
 
 async def test_a_delete_elsewhere_takes_effect_at_the_next_poll(registry_engine: Engine) -> None:
@@ -149,6 +149,6 @@ async def test_a_worker_loads_the_bank_without_mapping_keys(registry_engine: Eng
     worker = _process(registry_engine)
     worker.registry = store = _CountingStore(registry_engine, "complex")
     await worker.load_bank(map_keys=False)
-    assert worker.host.bank_rows([row.index]).tolist() == [0]
+    assert worker.hosts[0].bank_rows([row.index]).tolist() == [0]
     assert await worker.resolve("tenant") == row.index
     assert store.lookups == 1

@@ -38,12 +38,12 @@ def test_replayed_rows_are_never_counted_and_the_buffer_survives_a_restart(make_
             _train(client, "a", 20, rng)
         for _ in range(4):  # every step of b also replays 16 rows, most of them a's
             _train(client, "b", 10, rng)
-        replay = _runtime(client).host.learner.replay
+        replay = _runtime(client).shards[0].host.learner.replay
         assert replay is not None and len(replay) == 100
         saved = replay.state_tensors()[0]
     with TestClient(create_app(settings)) as client:  # the shutdown checkpoint counted them
         assert _examples_seen(client) == {"a": 60, "b": 40}
-        restored = _runtime(client).host.learner.replay
+        restored = _runtime(client).shards[0].host.learner.replay
         assert restored is not None
         for name, tensor in restored.state_tensors()[0].items():
             assert np.array_equal(tensor.numpy(), saved[name].numpy()), name
@@ -61,7 +61,7 @@ def test_a_deleted_context_leaves_the_buffer_and_stays_out(make_settings) -> Non
         }
         _train(client, "a", 30, rng)
         _train(client, "b", 30, rng)
-        host = _runtime(client).host
+        host = _runtime(client).shards[0].host
         assert host.replayed_contexts() == set(indices.values())
         # Accepted before the delete, trained after it: its rows must not come back.
         client.post("/train/b", json={"inputs": rng.random((5, 64)).tolist(), "labels": [1] * 5})
@@ -73,7 +73,7 @@ def test_a_deleted_context_leaves_the_buffer_and_stays_out(make_settings) -> Non
             deadline_checks += 1
         assert host.replayed_contexts() == {indices["a"]}
     with TestClient(create_app(settings)) as client:
-        assert _runtime(client).host.replayed_contexts() == {indices["a"]}
+        assert _runtime(client).shards[0].host.replayed_contexts() == {indices["a"]}
 
 
 def test_replay_off_keeps_no_rows(make_settings) -> None:
@@ -81,5 +81,5 @@ def test_replay_off_keeps_no_rows(make_settings) -> None:
     with TestClient(create_app(settings)) as client:
         client.post("/contexts", json={"key": "a"})
         _train(client, "a", 10, np.random.default_rng(2))
-        assert _runtime(client).host.learner.replay is None
+        assert _runtime(client).shards[0].host.learner.replay is None
         assert client.get("/model").json()["training"]["replay_rows"] == 0

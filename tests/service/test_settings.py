@@ -27,3 +27,21 @@ def test_an_unknown_kind_names_the_valid_ones() -> None:
 def test_the_json_schema_lists_the_kinds() -> None:
     schema = ModelSettings.model_json_schema()["properties"]["kind"]
     assert schema["enum"] == list(CONTEXT_KINDS) and schema["default"] == "complex"
+
+
+def test_shards_default_to_one_without_a_cap_and_read_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert (Settings().shards.count, Settings().shards.capacity) == (1, None)
+    monkeypatch.setenv("PSP_SHARDS__COUNT", "3")
+    monkeypatch.setenv("PSP_SHARDS__CAPACITY", "500")
+    assert (Settings().shards.count, Settings().shards.capacity) == (3, 500)
+
+
+def test_a_queue_shard_beyond_the_count_is_named() -> None:
+    with pytest.raises(ValidationError) as caught:
+        Settings(queue={"shard": 2}, shards={"count": 2})
+    assert describe_settings_error(caught.value) == (
+        "shard 2 (psp worker --shard, or PSP_QUEUE__SHARD) does not exist: with "
+        "PSP_SHARDS__COUNT=2 the shards are 0 to 1; pick one of those, or raise PSP_SHARDS__COUNT"
+    )

@@ -70,3 +70,18 @@ def test_a_checkpoint_of_another_shape_names_the_fields_that_differ(tmp_path: Pa
 def test_a_matching_checkpoint_passes(tmp_path: Path) -> None:
     _checkpoint(tmp_path, hidden=(32,))
     check_checkpoint_fits(Settings(data_dir=tmp_path, model={"hidden": [32]}))
+
+
+def test_a_worker_shard_beyond_the_count_is_refused_with_one_line(tmp_path: Path) -> None:
+    env = {
+        "PSP_DATA_DIR": str(tmp_path),
+        "PSP_SHARDS__COUNT": "2",
+        "PSP_REDIS_URL": "redis://127.0.0.1:1/0",
+    }
+    result = _run(["worker", "--shard", "2"], env)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "psp: invalid settings: shard 2 (psp worker --shard, or PSP_QUEUE__SHARD) does not "
+        "exist: with PSP_SHARDS__COUNT=2 the shards are 0 to 1; pick one of those, or raise "
+        "PSP_SHARDS__COUNT"
+    )

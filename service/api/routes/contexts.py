@@ -34,6 +34,7 @@ def _out(row: ContextRow, kind: str) -> ContextOut:
         kind=kind,
         seed=row.seed,
         power=row.power,
+        shard=row.shard,
         created_at=row.created_at,
         examples_seen=row.examples_seen,
         refused=row.refused or 0,

@@ -18,12 +18,12 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", responses={503: {"description": "Something the service needs is down."}})
 async def readyz(runtime: RuntimeDep) -> JSONResponse:
-    """200 when the weights are healthy, the registry and the queue answer and every
-    background task runs, else 503 naming what is down."""
+    """200 when every shard's weights are healthy, the registry and every shard's queue
+    answer and every background task runs, else 503 naming what is down."""
     checks = {
-        "model": runtime.host.healthy,
+        "model": all(shard.host.healthy for shard in runtime.shards),
         "registry": await runtime.registry.ping(),
-        "queue": await runtime.queue.ping(),
+        "queue": all([await shard.queue.ping() for shard in runtime.shards]),
     }
     tasks_down = runtime.supervisor.down()
     checks["background_tasks"] = not tasks_down

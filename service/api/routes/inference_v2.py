@@ -28,22 +28,22 @@ async def live() -> dict[str, bool]:
 
 @router.get("/health/ready", responses={503: {"description": "The model is being restored."}})
 async def ready(runtime: RuntimeDep) -> JSONResponse:
-    """200 while the model can answer inference requests."""
-    healthy = runtime.host.healthy
+    """200 while every shard's model can answer inference requests."""
+    healthy = all(shard.host.healthy for shard in runtime.shards)
     return JSONResponse({"ready": healthy}, status_code=200 if healthy else 503)
 
 
 @router.get("/models/{key}", responses=ERRORS)
 async def model_metadata(key: ModelName, runtime: RuntimeDep, caller: Reader) -> dict[str, Any]:
     """A context's model: its name, version, and input and output tensors."""
-    await runtime.contexts.resolve(key)
+    host = runtime.host_of(await runtime.contexts.resolve(key))
     model = runtime.settings.model
     width = 1
     for d in model.input_shape:
         width *= d
     return {
         "name": key,
-        "versions": [str(runtime.host.model_version)],
+        "versions": [str(host.model_version)],
         "platform": "psp-superposition",
         "inputs": [{"name": "INPUT", "datatype": "FP32", "shape": [-1, width]}],
         "outputs": [
@@ -56,8 +56,7 @@ async def model_metadata(key: ModelName, runtime: RuntimeDep, caller: Reader) ->
 @router.get("/models/{key}/ready", responses=ERRORS)
 async def model_ready(key: ModelName, runtime: RuntimeDep, caller: Reader) -> JSONResponse:
     """200 when the context exists and the model can answer."""
-    await runtime.contexts.resolve(key)
-    healthy = runtime.host.healthy
+    healthy = runtime.host_of(await runtime.contexts.resolve(key)).healthy
     return JSONResponse({"name": key, "ready": healthy}, status_code=200 if healthy else 503)
 
 

@@ -74,9 +74,9 @@ def _answer(result: Prediction, *, probabilities: bool, top_k: int | None) -> Pr
 async def predict_many(
     body: MultiPredictRequest, runtime: RuntimeDep, caller: Predictor
 ) -> MultiPredictResponse:
-    """Predict for many contexts at once; all rows share one forward pass."""
+    """Predict for many contexts at once; the rows of each shard share one forward pass."""
     check_context_keys(runtime, caller, "predict", [item.context for item in body.items])
-    answers, version = await runtime.multi_prediction.predict(
+    answers = await runtime.multi_prediction.predict(
         [(item.context, item.inputs) for item in body.items]
     )
     return MultiPredictResponse(
@@ -85,8 +85,9 @@ async def predict_many(
                 context=answer.context,
                 predictions=answer.probabilities.argmax(axis=1).tolist(),
                 probabilities=answer.probabilities.tolist(),
+                model_version=answer.model_version,
             )
             for answer in answers
         ],
-        model_version=version,
+        model_version=answers[0].model_version,
     )

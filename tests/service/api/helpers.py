@@ -29,17 +29,17 @@ def snapshot(client: TestClient) -> tuple[str, int, list[dict[str, Any]], int]:
     """Everything a rejected request must leave alone: weights, version, registry, queue."""
     runtime = client.app.state.runtime  # type: ignore[attr-defined]
     digest = hashlib.sha256()
-    for name, tensor in sorted(runtime.host.learner.model.state_dict().items()):
+    for name, tensor in sorted(runtime.shards[0].host.learner.model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().numpy().tobytes())
     contexts = client.get("/contexts", params={"limit": 1000}).json()["items"]
-    queue_depth = client.portal.call(runtime.queue.stats).pending_examples  # type: ignore[union-attr]
-    return digest.hexdigest(), runtime.host.model_version, contexts, queue_depth
+    queue_depth = client.portal.call(runtime.shards[0].queue.stats).pending_examples  # type: ignore[union-attr]
+    return digest.hexdigest(), runtime.shards[0].host.model_version, contexts, queue_depth
 
 
 def wait_for_version(client: TestClient, version: int, timeout: float = 30.0) -> None:
     """Block until the trainer has stepped the model to `version`, so a snapshot is stable."""
-    host = client.app.state.runtime.host  # type: ignore[attr-defined]
+    host = client.app.state.runtime.shards[0].host  # type: ignore[attr-defined]
     deadline = time.monotonic() + timeout
     while host.model_version < version:
         assert time.monotonic() < deadline, f"the model did not reach version {version} in time"

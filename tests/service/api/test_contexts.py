@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
+from service.app import create_app
 from tests.service.api.helpers import register, snapshot
+from tests.service.conftest import SettingsFactory
 
 
 def test_register_returns_201_then_200_with_the_same_body(client: TestClient) -> None:
@@ -18,6 +20,7 @@ def test_register_returns_201_then_200_with_the_same_body(client: TestClient) ->
     omitted = client.post("/contexts", json={"key": "tenant-1"})
     assert again.status_code == omitted.status_code == 200
     assert again.json() == omitted.json() == body
+    assert body["shard"] == 0
 
 
 def test_server_chooses_a_seed_when_omitted(client: TestClient) -> None:
@@ -160,3 +163,23 @@ def test_model_counts_live_contexts_and_explains_their_cost(client: TestClient) 
     assert model["stored_bytes_per_context"] == 8
     # Complex keys: (cos, -sin) in float32 per input unit of each layer, 64 and 32 here.
     assert model["bytes_per_context"] == 8 * (64 + 32)
+
+
+def test_registration_past_the_shard_capacity_is_409_and_changes_nothing(
+    make_settings: SettingsFactory,
+) -> None:
+    settings = make_settings(shards={"count": 1, "capacity": 2})
+    with TestClient(create_app(settings)) as client:
+        assert [register(client, key)["shard"] for key in ("a", "b")] == [0, 0]
+        before = snapshot(client)
+        one = client.post("/contexts", json={"key": "c"})
+        batch = client.post("/contexts:batch", json={"contexts": [{"key": "c"}, {"key": "d"}]})
+        assert one.status_code == batch.status_code == 409
+        assert one.json()["detail"].startswith(
+            "the 1 shard is full at 2 live contexts each, with no room for a new context; "
+            "raise PSP_SHARDS__COUNT to add shards (or PSP_SHARDS__CAPACITY"
+        )
+        assert "no room for 2 new contexts" in batch.json()["detail"]
+        assert snapshot(client) == before
+        assert client.delete("/contexts/a").status_code == 204
+        assert register(client, "c")["shard"] == 0

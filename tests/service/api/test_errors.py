@@ -129,7 +129,7 @@ def test_a_rollback_that_cannot_reach_the_worker_says_it_did_not_happen(
 ) -> None:
     runtime = app_client.app.state.runtime  # type: ignore[attr-defined]
     unreachable = aioredis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=1)
-    runtime.rollback = RedisRollback(unreachable, ShardKeys())
+    runtime.shards[0].rollback = RedisRollback(unreachable, ShardKeys())
     response = app_client.post("/model/rollback", json={"version": 0})
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "1"

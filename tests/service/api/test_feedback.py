@@ -145,7 +145,7 @@ def test_a_full_queue_leaves_the_ids_usable(tmp_path: Path) -> None:
 
 def weights(client: TestClient) -> dict[str, torch.Tensor]:
     runtime = client.app.state.runtime  # type: ignore[attr-defined]
-    return {k: v.clone() for k, v in runtime.host.learner.model.state_dict().items()}
+    return {k: v.clone() for k, v in runtime.shards[0].host.learner.model.state_dict().items()}
 
 
 def test_feedback_trains_exactly_as_post_train_would(tmp_path: Path) -> None:

@@ -44,10 +44,10 @@ def test_metrics_are_prometheus_text_without_context_keys(client: TestClient) ->
         for line in text.splitlines()
         if line.startswith("psp_") and " " in line
     }
-    assert values["psp_model_version"] == 1
+    assert values['psp_model_version{shard="0"}'] == 1
     assert values['psp_predict_batch_rows_bucket{le="4.0"}'] >= 1
-    assert values["psp_trainer_examples_total"] >= 4
-    assert values["psp_trainer_steps_total"] >= 1
+    assert values['psp_trainer_examples_total{shard="0"}'] >= 4
+    assert values['psp_trainer_steps_total{shard="0"}'] >= 1
     assert 0 <= values["psp_prequential_accuracy_ratio"] <= 1
     assert any(name.startswith("psp_http_request_duration_seconds") for name in values)
     assert 'handler="/predict/{key}"' in text

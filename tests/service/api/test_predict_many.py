@@ -38,7 +38,7 @@ def test_items_match_single_context_predictions(app_client: TestClient) -> None:
 def test_one_forward_pass_for_all_items(app_client: TestClient) -> None:
     register(app_client, "a")
     register(app_client, "b")
-    host = app_client.app.state.runtime.host  # type: ignore[attr-defined]
+    host = app_client.app.state.runtime.shards[0].host  # type: ignore[attr-defined]
     calls: list[int] = []
     original = host.predict
 

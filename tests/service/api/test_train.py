@@ -158,7 +158,7 @@ def test_idempotency_key_queues_a_retried_batch_once(client: TestClient) -> None
     retry = client.post("/train/t", json=body, headers=headers).json()
     assert retry == first
     applied = client.post("/train/t?wait=true", json=body).json()
-    client.portal.call(client.app.state.runtime.trainer.checkpoint)  # type: ignore[attr-defined]
+    client.portal.call(client.app.state.runtime.shards[0].trainer.checkpoint)  # type: ignore[attr-defined]
     assert client.get("/contexts/t").json()["examples_seen"] == 6
     assert applied["model_version"] == 2
     bad = client.post("/train/t", json=body, headers={"Idempotency-Key": "no spaces"})
@@ -172,7 +172,7 @@ def test_an_idempotency_key_with_another_batch_is_refused_and_counted_once(
     register(client, "u")
     headers = {"Idempotency-Key": "batch-0002"}
     accepted = REGISTRY.get_sample_value("psp_train_accepted_examples_total") or 0.0
-    version = client.app.state.runtime.host.model_version  # type: ignore[attr-defined]
+    version = client.app.state.runtime.shards[0].host.model_version  # type: ignore[attr-defined]
     first = client.post("/train/t", json={"inputs": rows(1), "labels": [1]}, headers=headers)
     assert first.status_code == 202
     for _ in range(3):
@@ -208,6 +208,6 @@ def test_wait_says_when_the_trainer_refused_the_step(client: TestClient) -> None
         None,
         1,
     )
-    client.portal.call(client.app.state.runtime.trainer.checkpoint)  # type: ignore[attr-defined]
+    client.portal.call(client.app.state.runtime.shards[0].trainer.checkpoint)  # type: ignore[attr-defined]
     context = client.get("/contexts/t").json()
     assert (context["examples_seen"], context["refused"]) == (3, 32)

@@ -34,12 +34,13 @@ def base_env(
 
 @pytest.fixture
 def spawn(tmp_path: Path) -> Iterator[ProcessFactory]:
-    """Starts `psp serve` (with `role`) or `psp worker`; every process is stopped afterwards."""
+    """Starts `psp serve` (with `role`) or `psp worker`, with command-line options; every
+    process is stopped afterwards."""
     started: list[ServerProcess] = []
 
-    def start(command: str, env: dict[str, str]) -> ServerProcess:
+    def start(command: str, env: dict[str, str], *options: str) -> ServerProcess:
         launcher = psp_serve if command == "serve" else psp_worker
-        process = launcher(f"{command}-{len(started)}", env, tmp_path)
+        process = launcher(f"{command}-{len(started)}", env, tmp_path, *options)
         process.start()
         started.append(process)
         return process

@@ -177,3 +177,34 @@ def test_all_role_survives_three_kill_9s_with_exactly_once_counts(base_env, spaw
     wait_until(lambda: _examples_seen(base) == expected, 90, 0.5, what="all examples counted")
     time.sleep(1.0)
     assert _examples_seen(base) == expected
+
+
+def test_three_shards_in_one_process_survive_kill_9s_with_exactly_once_counts(
+    base_env, spawn
+) -> None:
+    env = {
+        **base_env,
+        "PSP_SHARDS__COUNT": "3",
+        "PSP_CHECKPOINT__EVERY_STEPS": "4",
+        "PSP_CHECKPOINT__EVERY_SECONDS": "0.3",
+    }
+    server = spawn("serve", {**env, "PSP_ROLE": "all"})
+    base = f"http://127.0.0.1:{server.port}"
+    _register(base)
+    shards = {key: httpx.get(f"{base}/contexts/{key}", timeout=5).json()["shard"] for key in KEYS}
+    assert shards == {"tenant-a": 0, "tenant-b": 1, "tenant-c": 2}
+    accepted: list[Accepted] = []
+    stream = threading.Thread(
+        target=_stream, args=(base, 60, 11, accepted), kwargs={"retry_seconds": 60}
+    )
+    stream.start()
+    _kill_three_times(server, stream, seed=13)
+    assert not stream.is_alive() and len(accepted) == 60
+    expected = _expected(accepted)
+    assert all(expected.values()), "every shard got batches"
+    wait_until(lambda: _examples_seen(base) == expected, 90, 0.5, what="all examples counted")
+    time.sleep(1.0)
+    assert _examples_seen(base) == expected
+    for shard in range(3):
+        model = httpx.get(f"{base}/model", params={"shard": shard}, timeout=5).json()
+        assert model["shard"] == shard and model["contexts"] == 1 and model["model_version"] > 0

@@ -25,6 +25,9 @@ from tests.service.faults.proxy import TcpProxy
 ROW = [0.25] * 64
 
 
+SHARD_0 = '{shard="0"}'
+
+
 def _metric(base: str, name: str, labels: str = "") -> float:
     pattern = re.compile(rf"^{re.escape(name)}{re.escape(labels)} (\S+)$", re.MULTILINE)
     found = pattern.search(httpx.get(f"{base}/metrics", timeout=10).text)
@@ -75,8 +78,8 @@ def test_an_injected_non_finite_step_is_rolled_back_and_its_entry_set_aside(
     letter = _dead_letters(base)["items"][0]
     assert letter["examples"] == 2 and letter["context_index"] is not None
     assert "the weights became non-finite" in letter["reason"]
-    assert _metric(base, "psp_trainer_divergences_total") == 1
-    assert _metric(base, "psp_dead_lettered_examples_total") == 2
+    assert _metric(base, "psp_trainer_divergences_total", SHARD_0) == 1
+    assert _metric(base, "psp_dead_lettered_examples_total", SHARD_0) == 2
     _predict_ok(base)
 
     applied = _train(base, rows=3, wait=True)
@@ -178,7 +181,7 @@ def test_a_huge_learning_rate_never_serves_a_non_finite_answer_and_learning_resu
     try:
         for _ in range(3):
             assert _train(base, label=1).status_code == 202
-        wait_until(lambda: _metric(base, "psp_trainer_divergences_total") >= 1, 30)
+        wait_until(lambda: _metric(base, "psp_trainer_divergences_total", SHARD_0) >= 1, 30)
         versions = [_train(base, label=1, rows=4, wait=True) for _ in range(15)]
     finally:
         done.set()
@@ -234,7 +237,7 @@ def test_the_follower_serves_the_newest_checkpoint_when_the_announced_one_was_pr
 
     for version in range(2, 6):  # one checkpoint per version; only the last two are kept
         asyncio.run(put_entry())
-        wait_until(lambda v=version: _metric(worker_metrics, "psp_model_version") == v, 30)
+        wait_until(lambda v=version: _metric(worker_metrics, "psp_model_version", SHARD_0) == v, 30)
         time.sleep(0.3)
     checkpoints = Path(env["PSP_DATA_DIR"]) / "checkpoints"
     wait_until(lambda: len(list(checkpoints.iterdir())) == 2, 30)

@@ -66,3 +66,59 @@ def test_api_follows_the_worker_and_relays_rollbacks(base_env, spawn) -> None:
         f"{base}/train/t?wait=true", json={"inputs": [ROW], "labels": [0]}, timeout=30
     )
     assert after.json()["model_version"] == 6
+
+
+def _shard_model(base: str, shard: int) -> dict:
+    return httpx.get(f"{base}/model", params={"shard": shard}, timeout=5).json()
+
+
+def _train(base: str, key: str, label: int) -> int:
+    applied = httpx.post(
+        f"{base}/train/{key}?wait=true",
+        json={"inputs": [ROW] * 4, "labels": [label] * 4},
+        timeout=30,
+    )
+    assert applied.status_code == 200, applied.text
+    version: int = applied.json()["model_version"]
+    return version
+
+
+def test_the_api_follows_one_worker_per_shard(base_env, spawn) -> None:
+    env = {
+        **base_env,
+        "PSP_SHARDS__COUNT": "2",
+        "PSP_CHECKPOINT__EVERY_STEPS": "1",
+        "PSP_CHECKPOINT__EVERY_SECONDS": "0.2",
+        "PSP_CHECKPOINT__KEEP": "20",
+    }
+    api = spawn("serve", {**env, "PSP_ROLE": "api"})
+    workers = [spawn("worker", env, "--shard", str(shard)) for shard in (0, 1)]
+    base = f"http://127.0.0.1:{api.port}"
+    for key, shard in (("a", 0), ("b", 1)):
+        registered = httpx.post(f"{base}/contexts", json={"key": key}, timeout=10)
+        assert registered.status_code == 201 and registered.json()["shard"] == shard
+
+    assert [_train(base, "b", label) for label in (1, 2)] == [1, 2]
+    wait_until(lambda: _shard_model(base, 1)["model_version"] == 2, 20, 0.05, what="shard 1")
+    assert _shard_model(base, 0)["model_version"] == 0
+    assert _train(base, "a", 3) == 1
+    wait_until(lambda: _shard_model(base, 0)["model_version"] == 1, 20, 0.05, what="shard 0")
+
+    items = [{"context": "a", "inputs": [ROW]}, {"context": "b", "inputs": [ROW]}]
+    many = httpx.post(f"{base}/predict", json={"items": items}, timeout=10).json()
+    assert [item["model_version"] for item in many["items"]] == [1, 2]
+    single = httpx.post(f"{base}/predict/b", json={"inputs": [ROW]}, timeout=10).json()
+    assert single["predictions"] == many["items"][1]["predictions"]
+
+    rolled = httpx.post(f"{base}/model/rollback", json={"version": 1, "shard": 1}, timeout=60)
+    assert rolled.status_code == 200, rolled.text
+    assert (rolled.json()["shard"], rolled.json()["model_version"]) == (1, 3)
+    assert _shard_model(base, 0)["model_version"] == 1
+    for shard, worker in enumerate(workers):
+        worker_base = f"http://127.0.0.1:{worker.port}"
+        assert _metric(worker_base, f'psp_model_version{{shard="{shard}"}}') == [1, 3][shard]
+
+    # A worker of shard 1 starts again from its own checkpoints.
+    workers[1].kill()
+    workers[1].start()
+    assert _train(base, "b", 4) == 4

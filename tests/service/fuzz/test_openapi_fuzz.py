@@ -52,7 +52,7 @@ def live() -> Iterator[TestClient]:
 def _remember_accepted_entries(client: TestClient) -> None:
     """Notes in ACCEPTED the id of each entry the queue accepts, whatever the route (train or
     feedback) and whatever the answer (202, 200, or the 504 of a wait that ran out)."""
-    queue = client.app.state.runtime.queue  # type: ignore[attr-defined]
+    queue = client.app.state.runtime.shards[0].queue  # type: ignore[attr-defined]
     enqueue = queue.enqueue
 
     async def enqueue_and_remember(*args: Any, **kwargs: Any) -> Any:
@@ -68,11 +68,11 @@ def _weights(client: TestClient) -> tuple[str, int]:
     that an earlier case's batch still training cannot change them between two reads."""
     runtime = client.app.state.runtime  # type: ignore[attr-defined]
     if ACCEPTED:  # the trainer applies entries in id order: the newest is applied last
-        client.portal.call(runtime.applied.wait, max(ACCEPTED, key=entry_id_key), 30.0)
+        client.portal.call(runtime.shards[0].applied.wait, max(ACCEPTED, key=entry_id_key), 30.0)
     digest = hashlib.sha256()
-    for tensor in runtime.host.learner.model.state_dict().values():
+    for tensor in runtime.shards[0].host.learner.model.state_dict().values():
         digest.update(tensor.numpy().tobytes())
-    return digest.hexdigest(), runtime.host.model_version
+    return digest.hexdigest(), runtime.shards[0].host.model_version
 
 
 @schema.parametrize()
