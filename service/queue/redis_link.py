@@ -1,9 +1,9 @@
 """One Redis connection for the queue's adapters: timeouts, Lua scripts, and how calls are tried.
 
 Nothing is retried by redis-py itself; each operation is tried once more here on a fresh
-connection (a pooled one may predate a Redis restart), so every operation run through
-`RedisLink.call` must be repeatable. Every Redis failure leaves as `QueueUnavailable`, so that
-callers never handle Redis's own exceptions.
+connection (the pooled ones may predate a Redis restart, so a failure drops the idle ones), so
+every operation run through `RedisLink.call` must be repeatable. Every Redis failure leaves as
+`QueueUnavailable`, so that callers never handle Redis's own exceptions.
 """
 
 from __future__ import annotations
@@ -120,6 +120,9 @@ class RedisLink:
                 failures += 1
                 if failures == ATTEMPTS:
                     raise self._unavailable(doing, "did not answer", error) from error
+                # The idle pooled connections are as old as the one that failed: drop them all,
+                # so the next try (and every other user) gets a fresh one, not another stale one.
+                await self.client.connection_pool.disconnect(inuse_connections=False)
             except RedisError as error:
                 raise self._unavailable(doing, "failed", error) from error
 
