@@ -77,6 +77,10 @@ class _AppliedWatch:
         self._status = asyncio.Condition()
         self._subscribed = False
         self._error: BaseException | None = None
+        self._failures = 0  # subscription attempts that failed so far
+        # Set by a waiter that finds the subscription lost: the listener tries again at once
+        # instead of after its backoff, so a Redis that is back is seen by the first request.
+        self._retry_now = asyncio.Event()
 
     async def wait(self, entry_id: str, timeout: float) -> int:
         loop = asyncio.get_running_loop()
@@ -115,12 +119,19 @@ class _AppliedWatch:
         self._waiters.clear()
 
     async def _until_subscribed(self, deadline: float) -> None:
+        """Returns once subscribed; raises when the listener's next attempt fails (an old
+        failure only prompts a fresh attempt, since Redis may be back by now)."""
         if self._subscribed:
             return
+        failures_seen = self._failures
+        if self._error is not None:
+            self._retry_now.set()
         async with self._status:
             try:
                 await asyncio.wait_for(
-                    self._status.wait_for(lambda: self._subscribed or self._error is not None),
+                    self._status.wait_for(
+                        lambda: self._subscribed or self._failures > failures_seen
+                    ),
                     deadline - asyncio.get_running_loop().time(),
                 )
             except TimeoutError:
@@ -153,6 +164,8 @@ class _AppliedWatch:
         async with self._status:
             self._subscribed = subscribed
             self._error = error
+            if error is not None:
+                self._failures += 1
             self._status.notify_all()
 
     async def _listen(self) -> None:
@@ -173,6 +186,10 @@ class _AppliedWatch:
                         self._advance(message["data"])
             except (*CONNECTION_ERRORS, RedisError) as error:
                 logger.warning("applied notifications from %s lost: %s", self._where, error)
+                # The idle pooled connections are likely as dead as this one: the next
+                # attempt must open a fresh connection.
+                with suppress(*CONNECTION_ERRORS, RedisError):
+                    await self._client.connection_pool.disconnect(inuse_connections=False)
                 await self._set_status(subscribed=False, error=error)
             except Exception as error:
                 # Waiters would otherwise hang until their timeouts; keep listening.
@@ -181,7 +198,9 @@ class _AppliedWatch:
             finally:
                 with suppress(*CONNECTION_ERRORS, RedisError):
                     await pubsub.aclose()
-            await asyncio.sleep(backoff)
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._retry_now.wait(), backoff)
+            self._retry_now.clear()
             backoff = min(backoff * 2, _LISTENER_BACKOFF_S[1])
 
     @staticmethod

@@ -98,3 +98,31 @@ async def test_a_waiter_outlives_redis_losing_its_data(throwaway_redis: RedisSer
         assert await applied.wait(after, timeout=5) == 9
     finally:
         await applied.close()
+
+
+async def test_a_new_waiter_after_an_outage_tries_redis_again_at_once(
+    throwaway_redis: RedisServer,
+) -> None:
+    """The listener backs off between attempts; a waiter arriving while it waits must not be
+    refused on the strength of the last failure when Redis is back."""
+    applied = RedisAppliedNotices(RedisLink(throwaway_redis.url))
+    try:
+        await applied.publish(["1700000000000-1"], 1)
+        assert await applied.wait("1700000000000-1", timeout=5) == 1
+        throwaway_redis.kill()
+        refused = False
+        for _ in range(40):  # until the listener has noticed the outage
+            try:
+                await applied.wait("1700000000000-2", timeout=0.25)
+            except QueueUnavailable:
+                refused = True
+                break
+            except TimeoutError:
+                continue
+        assert refused, "waits during the outage must be refused once the listener knows"
+        await asyncio.sleep(1.5)  # several failed attempts: the backoff reaches its longest
+        throwaway_redis.start()
+        await applied.publish(["1700000000000-2"], 2)
+        assert await applied.wait("1700000000000-2", timeout=5) == 2
+    finally:
+        await applied.close()
