@@ -127,5 +127,7 @@ def feedback(
     )
 
 
-def model_info() -> Call[results.ModelInfo]:
-    return Call("GET", "/model", lambda r: results.ModelInfo.from_json(r.json()))
+def model_info(shard: int = 0) -> Call[results.ModelInfo]:
+    return Call(
+        "GET", "/model", lambda r: results.ModelInfo.from_json(r.json()), params={"shard": shard}
+    )

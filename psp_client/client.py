@@ -144,8 +144,9 @@ class Client(_BaseClient[httpx.BaseTransport]):
         """Sends the true labels of remembered predictions; each id is learned once."""
         return self.send(calls.feedback(key, prediction_ids, labels, wait=wait))
 
-    def model_info(self) -> ModelInfo:
-        return self.send(calls.model_info())
+    def model_info(self, shard: int = 0) -> ModelInfo:
+        """The model of one shard (shard 0 unless the service runs several)."""
+        return self.send(calls.model_info(shard))
 
 
 class AsyncClient(_BaseClient[httpx.AsyncBaseTransport]):
@@ -220,5 +221,5 @@ class AsyncClient(_BaseClient[httpx.AsyncBaseTransport]):
     ) -> FeedbackResult:
         return await self.send(calls.feedback(key, prediction_ids, labels, wait=wait))
 
-    async def model_info(self) -> ModelInfo:
-        return await self.send(calls.model_info())
+    async def model_info(self, shard: int = 0) -> ModelInfo:
+        return await self.send(calls.model_info(shard))

@@ -76,6 +76,7 @@ class Context:
     refused: int
     prequential_accuracy: float | None
     recent: RecentAccuracy | None = None
+    shard: int = 0  # the superposed model (shard) that holds the context; it never changes
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> Context:
@@ -165,7 +166,7 @@ class FeedbackResult(_ReadByName):
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """The hosted model's version, size and learning settings."""
+    """One shard's model: its version, size and learning settings."""
 
     model_version: int
     contexts: int
@@ -173,6 +174,8 @@ class ModelInfo:
     config: dict[str, Any]
     checkpoints: list[int]
     raw: dict[str, Any]
+    shard: int = 0  # which shard's model this describes
+    shards: int = 1  # how many shards the service runs
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> ModelInfo:

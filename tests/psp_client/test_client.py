@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
@@ -20,6 +21,7 @@ from psp_client import (
     TooManyRequests,
 )
 from service.testing.processes import wait_until
+from tests.psp_client.conftest import serving
 
 WIDTH = 8
 
@@ -202,3 +204,16 @@ def test_feedback_round_trip_through_the_client(server: str) -> None:
             client.feedback(key, prediction.prediction_ids, labels)
         with pytest.raises(NotFound):
             client.feedback(key, [prediction.prediction_ids[0][:-16] + "0" * 16], [0])
+
+
+def test_contexts_and_models_name_their_shard(tmp_path: Path) -> None:
+    with serving(tmp_path, PSP_SHARDS__COUNT="2") as url, Client(url) as client:
+        first, second = client.create_context("s-a"), client.create_context("s-b")
+        assert {first.shard, second.shard} == {0, 1}  # the second joins the emptier shard
+        assert client.get_context("s-b").shard == second.shard
+        client.train("s-b", [[0.5] * 8], [1], wait=True)
+        trained = client.model_info(second.shard)
+        untouched = client.model_info(first.shard)
+        assert (trained.shard, trained.shards, trained.contexts) == (second.shard, 2, 1)
+        assert (untouched.shard, untouched.model_version) == (first.shard, 0)
+        assert trained.model_version == 1
