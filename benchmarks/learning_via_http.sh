@@ -8,6 +8,7 @@
 #
 #   benchmarks/learning_via_http.sh                  # tenants stream, then permuted-10, seeds 0-2
 #   RUNS="tenants" SEEDS="0" benchmarks/learning_via_http.sh
+#   SHARDS=8 RUNS="tenants" SEEDS="0" benchmarks/learning_via_http.sh   # 8 models, one process
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PSP=${PSP:-.venv/bin/psp}
@@ -15,11 +16,13 @@ PORT=${PORT:-8765}
 SEEDS=${SEEDS:-"0 1 2"}
 RUNS=${RUNS:-"tenants permuted-10"}
 METHOD=${METHOD:-complex-replay}  # the service replays by default
+SHARDS=${SHARDS:-1}  # PSP_SHARDS__COUNT: new contexts spread over this many models
 summary=()
 
 serve() {  # serve SEED: starts a fresh server and waits until it answers
   data=$(mktemp -d)
   OMP_NUM_THREADS=1 PSP_DATA_DIR="$data" PSP_MODEL__KIND="${METHOD%%-*}" PSP_MODEL__SEED="$1" \
+    PSP_SHARDS__COUNT="$SHARDS" \
     "$PSP" serve --host 127.0.0.1 --port "$PORT" --log-level warning &
   server=$!
   for _ in $(seq 120); do
@@ -44,7 +47,7 @@ for run in $RUNS; do
       permuted-50) args=(--stream permuted-digits --tasks 50 --steps-per-task 500) ;;
       *) echo "unknown run $run" >&2; exit 2 ;;
     esac
-    out="bench-out/http-$run-seed$seed"
+    out="bench-out/http-$run-seed$seed-shards$SHARDS"
     serve "$seed"
     started=$(date +%s)
     "$PSP" bench continual "${args[@]}" --kinds "$METHOD" --seed "$seed" \
@@ -52,7 +55,7 @@ for run in $RUNS; do
     stop
     line=$(python3 -c "import json,sys; m=json.load(open(sys.argv[1]))['methods'][0]; \
 print(f\"{m['average_accuracy']:.3f} mean, {m['minimum_accuracy']:.3f} min\")" "$out/results.json")
-    summary+=("$run seed $seed: $line ($(( $(date +%s) - started )) s)")
+    summary+=("$run seed $seed, $SHARDS shard(s): $line ($(( $(date +%s) - started )) s)")
   done
 done
 printf '%s\n' "${summary[@]}"

@@ -48,7 +48,7 @@ def main() -> None:
             if split:
                 with throwaway_stores(postgres=False, redis=True) as stores:
                     env = {**extra, **stores}
-                    figures = service_training_rate(args, workdir, name, env, split_roles=True)
+                    figures = service_training_rate(args, workdir, name, env, workers=1)
             else:
                 figures = service_training_rate(args, workdir, name, extra)
             rates[label] = figures.applied_rate

@@ -5,12 +5,13 @@ contexts; the figure is the trainer's applied rate, d(psp_trainer_examples_total
 /metrics over the measured window, for the in-process queue and Redis (role all), and for Redis
 with the roles split (`psp serve` with PSP_ROLE=api beside `psp worker`), ÷ the raw psp_core
 loop (`OnlineLearner.step` on minibatches of the trainer's size, in this process, no HTTP).
-Goal >= 0.7.
+Goal >= 0.7. `--paths split-2` (or `split-K`) also splits the contexts over K shards, each with
+its own `psp worker`, and sums what the workers apply.
 
 The load generator runs in this process and shares the machine's cores with the servers.
 
 Run: `python benchmarks/training_throughput.py [--seconds 15] [--contexts 1000]
-[--train-clients 16] [--json PATH]`.
+[--train-clients 16] [--paths memory,redis,split,split-2] [--json PATH]`.
 """
 
 from __future__ import annotations
@@ -66,8 +67,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_load_options(parser, "path")
     parser.add_argument("--train-clients", type=int, default=16, help="concurrent train clients")
     parser.add_argument("--train-rows", type=int, default=32, help="rows per train request")
+    parser.add_argument(
+        "--paths",
+        type=_path_list,
+        default=_path_list("memory,redis,split"),
+        help="comma-separated: memory and redis (role all), split (api + worker), split-K "
+        "(api + K workers over K shards)",
+    )
     add_service_options(parser)
     return parser.parse_args(argv)
+
+
+def _path_list(text: str) -> list[str]:
+    paths = [path.strip() for path in text.split(",") if path.strip()]
+    for path in paths:
+        if path not in ("memory", "redis", "split") and not _split_workers(path):
+            raise argparse.ArgumentTypeError(
+                f"unknown path {path!r}; use memory, redis, split or split-K with K >= 1"
+            )
+    return paths
+
+
+def _split_workers(path: str) -> int:
+    """The number of workers of a split path (`split` is `split-1`), 0 for the others."""
+    if path == "split":
+        return 1
+    count = path.removeprefix("split-")
+    return int(count) if path.startswith("split-") and count.isdigit() and int(count) else 0
 
 
 @dataclass
@@ -154,19 +180,25 @@ class Counters(NamedTuple):
     accepted: float  # examples POST /train accepted
 
 
-async def _counters(client: httpx.AsyncClient, trainer_metrics_url: str) -> Counters:
-    """Accepted from the API's /metrics, applied from the trainer's (the same process unless
-    the roles are split)."""
+async def _counters(client: httpx.AsyncClient, trainer_metrics_urls: list[str]) -> Counters:
+    """Accepted from the API's /metrics, applied from the trainers' (summed over every shard;
+    the API's own /metrics unless the roles are split)."""
 
     async def values(url: str) -> dict[str, float]:
         text = (await client.get(url)).text
-        return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+        totals: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+        return totals
 
     api = await values("/metrics")
-    trainer = api if trainer_metrics_url == "/metrics" else await values(trainer_metrics_url)
+    trainers = [api] if trainer_metrics_urls == ["/metrics"] else []
+    for url in trainer_metrics_urls if not trainers else []:
+        trainers.append(await values(url))
     return Counters(
         time.perf_counter(),
-        trainer.get("psp_trainer_examples_total", 0.0),
+        sum(trainer.get("psp_trainer_examples_total", 0.0) for trainer in trainers),
         api.get("psp_train_accepted_examples_total", 0.0),
     )
 
@@ -198,7 +230,7 @@ async def _train_phase(
     bodies: list[bytes],
     args: argparse.Namespace,
     cpu_pids: list[int],
-    trainer_metrics_url: str = "/metrics",
+    trainer_metrics_urls: list[str],
 ) -> TrainFigures:
     """Streams train requests for warm-up + measured seconds, reads the trainer's counters at
     the start and the end of the measured window, then waits for the queue to drain."""
@@ -210,7 +242,7 @@ async def _train_phase(
     bound = int(total * MAX_REQUESTS_PER_SECOND) + 1
     cpu_before = sum(cpu_seconds(pid) for pid in cpu_pids)
     async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as client:
-        first = await _counters(client, trainer_metrics_url)
+        first = await _counters(client, trainer_metrics_urls)
         load = asyncio.create_task(
             drive(
                 server.base_url,
@@ -221,12 +253,12 @@ async def _train_phase(
             )
         )
         await asyncio.sleep(args.warmup)
-        start = await _counters(client, trainer_metrics_url)
+        start = await _counters(client, trainer_metrics_urls)
         latencies_before = len(recorder.latencies["train"])
         await asyncio.sleep(args.seconds)
-        end = await _counters(client, trainer_metrics_url)
+        end = await _counters(client, trainer_metrics_urls)
         await load
-        done, drain_seconds = await _drained(client, trainer_metrics_url)
+        done, drain_seconds = await _drained(client, trainer_metrics_urls)
     cpu_used = sum(cpu_seconds(pid) for pid in cpu_pids) - cpu_before
     return _train_figures(
         recorder,
@@ -237,14 +269,16 @@ async def _train_phase(
     )
 
 
-async def _drained(client: httpx.AsyncClient, trainer_metrics_url: str) -> tuple[Counters, float]:
+async def _drained(
+    client: httpx.AsyncClient, trainer_metrics_urls: list[str]
+) -> tuple[Counters, float]:
     """The counters once the trainer has applied all it accepted (or `DRAIN_TIMEOUT_S` after
     the load stopped), and the seconds that took."""
-    done = await _counters(client, trainer_metrics_url)
+    done = await _counters(client, trainer_metrics_urls)
     load_end = done.at
     while done.applied < done.accepted and done.at - load_end < DRAIN_TIMEOUT_S:
         await asyncio.sleep(0.05)
-        done = await _counters(client, trainer_metrics_url)
+        done = await _counters(client, trainer_metrics_urls)
     return done, done.at - load_end
 
 
@@ -289,21 +323,27 @@ def service_training_rate(
     workdir: Path,
     name: str,
     extra_env: dict[str, str],
-    split_roles: bool = False,
+    workers: int = 0,
 ) -> TrainFigures:
-    """Starts `psp serve` (role all; or role api beside a `psp worker` when `split_roles`),
-    registers the contexts and measures training."""
+    """Starts `psp serve` (role all; or, with `workers`, role api beside that many
+    `psp worker`s, one per shard), registers the contexts and measures training."""
     keys = [context_key(n) for n in range(args.contexts)]
     bodies = train_bodies(np.random.default_rng(1), 64, args.train_rows, args.input)
     env = {**service_env(args, workdir / f"{name}-data"), **extra_env}
-    server = psp_serve(name, {**env, "PSP_ROLE": "api" if split_roles else "all"}, workdir)
-    processes = [psp_worker(f"{name}-worker", env, workdir), server] if split_roles else [server]
+    if workers:
+        env["PSP_SHARDS__COUNT"] = str(workers)
+    server = psp_serve(name, {**env, "PSP_ROLE": "api" if workers else "all"}, workdir)
+    writers = [
+        psp_worker(f"{name}-worker-{shard}", env, workdir, "--shard", str(shard))
+        for shard in range(workers)
+    ]
+    processes = [*writers, server]
     with running(*processes):
         register_contexts(server.base_url, keys)
         cpu_pids = [p.pid for p in processes]
         if "PSP_REDIS_URL" in env:
             cpu_pids += find_pids("redis-server")
-        trainer_metrics = f"{processes[0].base_url}/metrics" if split_roles else "/metrics"
+        trainer_metrics = [f"{w.base_url}/metrics" for w in writers] or ["/metrics"]
         watch = CpuWatch(cpu_pids)
         figures = run_async(_train_phase(server, keys, bodies, args, cpu_pids, trainer_metrics))
         figures.others = watch.line()
@@ -318,21 +358,37 @@ def raw_block(args: argparse.Namespace) -> tuple[RawFigures, str]:
 
 
 def service_paths(args: argparse.Namespace, workdir: Path) -> dict[str, TrainFigures]:
-    """The service's figures on each path: in-process queue, Redis, Redis with split roles."""
-    in_process = service_training_rate(args, workdir, "psp-memory", {})
-    with throwaway_stores(postgres=False, redis=True) as redis_env:
-        via_redis = service_training_rate(args, workdir, "psp-redis", redis_env)
-    with throwaway_stores(postgres=False, redis=True) as redis_env:
-        split = service_training_rate(args, workdir, "psp-split", redis_env, split_roles=True)
-    return {"in-process queue": in_process, "Redis queue": via_redis, "Redis, api + worker": split}
+    """The service's figures on each of `--paths`: in-process queue, Redis, Redis with the roles
+    split over one or more workers."""
+    figures = {}
+    for path in args.paths:
+        if path == "memory":
+            figures[path_label(path)] = service_training_rate(args, workdir, "psp-memory", {})
+            continue
+        with throwaway_stores(postgres=False, redis=True) as redis_env:
+            workers = _split_workers(path)
+            figures[path_label(path)] = service_training_rate(
+                args, workdir, f"psp-{path}", redis_env, workers
+            )
+    return figures
 
 
-PATH_NAMES = {
-    "in-process queue": "in_process",
-    "Redis queue": "redis",
-    "Redis, api + worker": "redis_split_roles",
-}
-"""The JSON name of each path of `service_paths`."""
+def path_label(path: str) -> str:
+    """How the tables name a path of `--paths`."""
+    workers = _split_workers(path)
+    if not workers:
+        return {"memory": "in-process queue", "redis": "Redis queue"}[path]
+    if workers == 1:
+        return "Redis, api + worker"
+    return f"Redis, api + {workers} workers ({workers} shards)"
+
+
+def path_json_name(path: str) -> str:
+    """How the JSON names a path of `--paths`."""
+    workers = _split_workers(path)
+    if not workers:
+        return {"memory": "in_process", "redis": "redis"}[path]
+    return "redis_split_roles" if workers == 1 else f"redis_split_roles_{workers}_shards"
 
 
 def print_paths(raw_rate: float, raw_cpu: float, paths: dict[str, TrainFigures]) -> None:
@@ -389,11 +445,14 @@ def p5_training_throughput(args: argparse.Namespace, workdir: Path) -> dict[str,
             f"  {label}: {fig.examples:,.0f} examples; the queue drained {fig.drain_seconds:.1f} s "
             f"after the load stopped"
         )
-    ratios = [fig.applied_rate / raw_rate for fig in paths.values()]
-    print(
-        f"  applied ÷ raw: in-process {ratios[0]:.2f}, Redis {ratios[1]:.2f}, Redis api + worker "
-        f"{ratios[2]:.2f}   goal >= 0.7"
-    )
+    ratios = ", ".join(f"{label} {fig.applied_rate / raw_rate:.2f}" for label, fig in paths.items())
+    print(f"  applied ÷ raw: {ratios}   goal >= 0.7")
+    split = {label: fig for label, fig in paths.items() if label.startswith("Redis, api")}
+    if len(split) > 1:
+        one = split.get(path_label("split"))
+        for label, fig in split.items():
+            if one is not None and fig is not one:
+                print(f"  {label} ÷ one worker: {fig.applied_rate / one.applied_rate:.2f}")
     print(f"  load average at start {load}; while measuring:")
     print(f"    raw loop before: {before_others}")
     for label, fig in paths.items():
@@ -405,13 +464,15 @@ def p5_training_throughput(args: argparse.Namespace, workdir: Path) -> dict[str,
         "raw_examples_per_s": raw_rate,
         "raw_cpu_ms_per_1000": raw_cpu,
         "raw_blocks": [before.__dict__, after.__dict__],
-        **path_figures(raw_rate, raw_cpu, paths),
+        **path_figures(raw_rate, raw_cpu, args.paths, paths),
     }
 
 
-def path_figures(raw_rate: float, raw_cpu: float, paths: dict[str, TrainFigures]) -> dict[str, Any]:
+def path_figures(
+    raw_rate: float, raw_cpu: float, order: list[str], paths: dict[str, TrainFigures]
+) -> dict[str, Any]:
     """Each path's figures, then its rate ÷ the raw loop's, then the raw loop's CPU ÷ its."""
-    named = {PATH_NAMES[label]: fig for label, fig in paths.items()}
+    named = {path_json_name(path): paths[path_label(path)] for path in order}
     return {
         **{name: fig.__dict__ for name, fig in named.items()},
         **{f"ratio_{name}": fig.applied_rate / raw_rate for name, fig in named.items()},

@@ -138,6 +138,15 @@ def restore_checkpoint(
     return _apply(Path(path), tensors, header, learner, verify_contexts=verify_contexts)
 
 
+def _require_full(path: Path, header: dict[str, Any]) -> None:
+    """Only a full checkpoint can restore a learner: an export has no optimiser state."""
+    if header.get("weights_only"):
+        raise CheckpointError(
+            f"checkpoint {path} holds weights only (exported for serving); restore the full "
+            "checkpoint it was exported from"
+        )
+
+
 def _apply(
     path: Path,
     tensors: dict[str, torch.Tensor],
@@ -146,6 +155,7 @@ def _apply(
     *,
     verify_contexts: bool = True,
 ) -> dict[str, str]:
+    _require_full(path, header)
     stored = ModelConfig.from_dict(header["model_config"])
     if stored != learner.model.config:
         raise CheckpointError(
@@ -204,6 +214,7 @@ def load_checkpoint(
         caller metadata.
     """
     tensors, header = _read(Path(path))
+    _require_full(Path(path), header)
     config = ModelConfig.from_dict(header["model_config"])
     model = build_model(config, device)
     model.bank.extend(_specs(tensors))
@@ -234,6 +245,27 @@ def read_weights(
         raise CheckpointError(f"checkpoint {path} was written for {stored}, not {config}")
     weights = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
     return weights, header
+
+
+def export_weights(path: str | Path) -> bytes:
+    """A checkpoint file holding only the model weights, config and version of `path`.
+
+    This is all a reader that only predicts needs (`read_weights` reads it like a full
+    checkpoint), without the optimiser state or the rehearsal rows, so it is a fraction of the
+    size and holds none of the training data. Exporting the same checkpoint twice gives the
+    same bytes, so a checksum of the export identifies it.
+
+    Raises:
+        CheckpointError: `path` is torn or not a psp checkpoint.
+    """
+    tensors, header = _read(Path(path), prefixes=("model.",))
+    weights_header = {
+        "format": FORMAT,
+        "weights_only": True,
+        "model_config": header["model_config"],
+        "model_version": header["model_version"],
+    }
+    return bytes(save_tensors(tensors, metadata={"psp": json.dumps(weights_header)}))
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from service.api.errors import install_error_handlers
 from service.api.http_metrics import HttpMetrics
 from service.api.limits import BodySizeLimit
 from service.api.openapi import install_openapi
-from service.api.routes import api_router, health
+from service.api.routes import api_router, checkpoints, health
 from service.auth import Authenticator
 from service.runtime import Runtime
 from service.settings import Settings, get_settings
@@ -55,9 +55,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def create_worker_app(settings: Settings) -> FastAPI:
-    """The training worker: the trainer in the lifespan, and only health and metrics routes."""
+    """The training worker: the trainer in the lifespan; health, metrics and the checkpoint
+    downloads of the API replicas."""
     app = FastAPI(title="psp worker", lifespan=_runtime_lifespan(settings), openapi_url=None)
     app.include_router(health.router)
+    app.include_router(checkpoints.router)
     install_error_handlers(app, settings)
     _expose_metrics(app)
     return app

@@ -58,11 +58,16 @@ class CheckpointStore:
 
     def info(self, name: str) -> CheckpointInfo | None:
         """The checkpoint with this file name, if it is (still) kept."""
+        named = self.named(name)
+        return named if named is not None and named.path.exists() else None
+
+    def named(self, name: str) -> CheckpointInfo | None:
+        """Where the checkpoint called `name` is (or would be) kept; None when `name` is not a
+        checkpoint's file name."""
         match = _NAME.match(name)
-        path = self.directory / name
-        if not match or not path.exists():
+        if not match:
             return None
-        return CheckpointInfo(int(match[1]), int(match[2]), path)
+        return CheckpointInfo(int(match[1]), int(match[2]), self.directory / name)
 
     def prune(self) -> None:
         """Deletes all but the newest `keep` checkpoints."""

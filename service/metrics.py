@@ -144,6 +144,12 @@ CHECKPOINT_STALENESS = Histogram(
     "Time from a checkpoint being written to this process serving it.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+CHECKPOINT_FETCHES = Counter(
+    "psp_checkpoint_fetches_total",
+    "Checkpoints an API replica downloaded from a worker, by outcome: ok, unavailable (no "
+    "answer or not 200) or checksum_mismatch.",
+    ["shard", "outcome"],
+)
 
 
 _prequential_totals = {"correct": 0, "examples": 0}

@@ -1,12 +1,13 @@
 """Publishing new weights from the worker and hot-swapping them into API processes.
 
-The worker writes each checkpoint to the checkpoint volume that it shares with the API
-processes, then announces it through Redis: it sets `model:<shard>:latest` and publishes the
-same JSON on the `model:<shard>` channel. API processes listen, and also read the `latest` key
-every second, so a message missed during a Redis outage is caught up. A swap reads the file
-outside the model lock and copies the weights in under it, so no request is dropped. The
-announcement carries the write time, from which the staleness (checkpoint to served) is
-measured.
+The worker announces each checkpoint through Redis: it sets `model:<shard>:latest` and
+publishes the same JSON on the `model:<shard>` channel. The announcement names the file, the
+URL the worker serves its weights at and their SHA-256 (`service.checkpoint_transfer`). API
+processes listen, and also read the `latest` key every second, so a message missed during a
+Redis outage is caught up. A process that shares the worker's checkpoint volume reads the file
+from it; one that does not downloads it and checks the hash first. A swap reads the file outside
+the model lock and copies the weights in under it, so no request is dropped. The announcement
+carries the write time, from which the staleness (checkpoint to served) is measured.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from redis.exceptions import RedisError
 
 from psp_core.checkpoint import CheckpointError
 from service import metrics
+from service.checkpoint_transfer import CheckpointExports, CheckpointFetcher
 from service.checkpoints import CheckpointInfo, CheckpointStore
 from service.model_host import ModelHost
 from service.queue.keys import ShardKeys
@@ -37,6 +39,10 @@ class ModelAnnouncement:
     version: int
     file: str
     written_at: float
+    # Where the worker serves the checkpoint's weights, and their SHA-256; absent from the
+    # announcements of versions that predate the download.
+    url: str | None = None
+    sha256: str | None = None
 
     def encode(self) -> str:
         return json.dumps(asdict(self))
@@ -51,6 +57,8 @@ class ModelAnnouncement:
             int(data["version"]),
             str(data["file"]),
             float(data["written_at"]),
+            data.get("url"),
+            data.get("sha256"),
         )
 
 
@@ -62,15 +70,32 @@ def redis_client(url: str) -> aioredis.Redis:
 
 
 class ModelPublisher:
-    """The worker side: announces each checkpoint."""
+    """The worker side: exports and announces each checkpoint.
 
-    def __init__(self, url: str, keys: ShardKeys) -> None:
+    Args:
+        url: Redis.
+        keys: The shard's Redis keys.
+        exports: The exports this worker serves over HTTP.
+        base_url: Where API replicas reach this worker's health and metrics port.
+    """
+
+    def __init__(
+        self, url: str, keys: ShardKeys, exports: CheckpointExports, base_url: str
+    ) -> None:
         self._redis = redis_client(url)
         self._keys = keys
+        self._exports = exports
+        self._base_url = base_url
 
     async def announce(self, checkpoint: CheckpointInfo) -> None:
+        exported = await asyncio.to_thread(self._exports.export, checkpoint)
         message = ModelAnnouncement(
-            checkpoint.sequence, checkpoint.version, checkpoint.path.name, time.time()
+            checkpoint.sequence,
+            checkpoint.version,
+            checkpoint.path.name,
+            time.time(),
+            f"{self._base_url}/shards/{self._keys.shard}/checkpoints/{exported.file}",
+            exported.sha256,
         ).encode()
         try:
             await self._redis.set(self._keys.model_latest, message)
@@ -92,12 +117,14 @@ class ModelFollower:
         keys: ShardKeys,
         host: ModelHost,
         store: CheckpointStore,
+        fetcher: CheckpointFetcher,
         poll_seconds: float = 1.0,
     ) -> None:
         self._redis = redis_client(url)
         self._keys = keys
         self.host = host
         self.store = store
+        self.fetcher = fetcher
         self.poll_seconds = poll_seconds
         self.sequence = 0
         self.last_staleness: float | None = None
@@ -138,15 +165,17 @@ class ModelFollower:
     async def serve(self, announcement: ModelAnnouncement) -> None:
         """Swaps in the announced checkpoint if it is newer than what is served.
 
-        When the announced file was pruned before it could be read (the worker keeps only the
-        newest few), the newest checkpoint on the volume is served instead.
+        The file is read from this process's checkpoint volume when it is there (a volume
+        shared with the worker), else downloaded from the worker. When neither works (the
+        announced file was pruned before it could be read, or the worker is down), the newest
+        checkpoint on the volume is served if it is newer than what is served now.
         """
         if announcement.sequence <= self.sequence:
             return
         info = self.store.info(announcement.file)
         try:
             if info is None:
-                raise CheckpointError(f"checkpoint {announcement.file} is not on the volume")
+                info = await self._download(announcement)
             version = await asyncio.to_thread(self.host.swap_weights, info.path)
         except CheckpointError as err:
             await self._serve_newest(err)
@@ -159,6 +188,15 @@ class ModelFollower:
 
     async def close(self) -> None:
         await self._redis.aclose()
+        await self.fetcher.close()
+
+    async def _download(self, announcement: ModelAnnouncement) -> CheckpointInfo:
+        if announcement.url is None:
+            raise CheckpointError(
+                f"checkpoint {announcement.file} is not on the volume and its announcement "
+                "names no URL to download it from"
+            )
+        return await self.fetcher.fetch(announcement.file, announcement.url, announcement.sha256)
 
     async def _serve_newest(self, missed: CheckpointError) -> None:
         newest = self.store.latest()

@@ -15,8 +15,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import torch
+from redis.exceptions import RedisError
 
 from service.auth import Authenticator
+from service.checkpoint_transfer import (
+    CheckpointExports,
+    CheckpointFetcher,
+    ExportedCheckpoint,
+    ExportNotFound,
+)
 from service.contexts import ContextService
 from service.control import ControlInbox, RedisRollback
 from service.feedback.service import FeedbackService, make_feedback_store
@@ -186,6 +193,28 @@ class Runtime:
             f"{count - 1}"
         )
 
+    async def checkpoint_export(self, shard: int, file: str) -> ExportedCheckpoint:
+        """The weights of checkpoint `file` of `shard`, as this worker serves them to the API
+        replicas.
+
+        Raises:
+            ExportNotFound: This process does not write `shard`, or no longer keeps `file`.
+        """
+        writers = {held.number: held.exports for held in self.shards if held.exports}
+        exports = writers.get(shard)
+        if exports is None:
+            raise ExportNotFound(
+                f"this process writes shard(s) {sorted(writers) or 'none'}, not {shard}; "
+                f"download shard {shard}'s checkpoints from its own worker"
+            )
+        exported = await asyncio.to_thread(exports.get, file)
+        if exported is None:
+            raise ExportNotFound(
+                f"checkpoint {file} of shard {shard} is not kept (any more); the newest is "
+                "announced in Redis"
+            )
+        return exported
+
     def host_of(self, index: int) -> ModelHost:
         """The model of the shard that holds the resolved context `index`."""
         return self.shard(self.contexts.shard_of(index)).host
@@ -207,7 +236,10 @@ class Runtime:
         announce, control = None, None
         if settings.role == "worker":
             assert settings.redis_url is not None
-            publisher = ModelPublisher(settings.redis_url, shard.keys)
+            shard.exports = CheckpointExports(shard.store)
+            publisher = ModelPublisher(
+                settings.redis_url, shard.keys, shard.exports, settings.checkpoint_base_url
+            )
             control_client = redis_client(settings.redis_url)
             announce, control = publisher.announce, ControlInbox(control_client, shard.keys)
             self._closers += [publisher.close, control_client.aclose]
@@ -234,17 +266,26 @@ class Runtime:
         )
 
     async def _follow_worker(self, shard: Shard) -> None:
-        """A read replica of the shard: serves its newest checkpoint and follows its worker's
-        announcements."""
+        """A read replica of the shard: serves its newest checkpoint (on its volume, else the
+        newest announced one, downloaded) and follows its worker's announcements."""
         settings = shard.settings
         assert settings.redis_url is not None
         latest = shard.store.latest()
         if latest is not None:
             await asyncio.to_thread(shard.host.swap_weights, latest.path)
-        follower = ModelFollower(settings.redis_url, shard.keys, shard.host, shard.store)
+        token = settings.checkpoint.fetch_token
+        fetcher = CheckpointFetcher(
+            shard.store, shard.number, token.get_secret_value() if token else None
+        )
+        follower = ModelFollower(settings.redis_url, shard.keys, shard.host, shard.store, fetcher)
         shard.follower = follower
         if latest is not None:
             follower.sequence = latest.sequence
+        try:
+            await follower.catch_up()
+        except (RedisError, OSError) as err:
+            # Not fatal: the follower keeps trying, and predictions answer meanwhile.
+            log.warning("shard %d: no newest checkpoint announced yet: %s", shard.number, err)
         control_client = redis_client(settings.redis_url)
         shard.rollback = RedisRollback(control_client, shard.keys)
         self._closers += [follower.close, control_client.aclose]

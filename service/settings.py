@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import socket
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from psp_core.contexts import derive_seed
@@ -118,6 +119,24 @@ class CheckpointSettings(BaseModel):
     every_steps: int = Field(default=200, ge=1)
     every_seconds: float = Field(default=5.0, gt=0)
     keep: int = Field(default=5, ge=1)
+    # Where API replicas download this worker's checkpoints when they do not share its volume:
+    # the base URL of its health and metrics port, as they reach it. Unset: this host's name
+    # and `metrics_port`, which is what a Kubernetes StatefulSet pod behind a headless Service
+    # answers to.
+    advertise_url: str | None = None
+    # When set, a worker serves its checkpoints only to requests that carry it as a bearer
+    # token, and API replicas send it. Exports hold weights only, never training rows.
+    fetch_token: SecretStr | None = None
+
+    @field_validator("advertise_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(
+                "must be the worker's base URL as API replicas reach it, e.g. "
+                "http://psp-worker-1.psp-worker:9101"
+            )
+        return value.rstrip("/") if value else value
 
 
 class QueueSettings(BaseModel):
@@ -281,6 +300,11 @@ class Settings(BaseSettings):
                 ),
             }
         )
+
+    @property
+    def checkpoint_base_url(self) -> str:
+        """Where API replicas reach this worker's checkpoints (`checkpoint.advertise_url`)."""
+        return self.checkpoint.advertise_url or f"http://{socket.getfqdn()}:{self.metrics_port}"
 
     @property
     def checkpoint_dir(self) -> Path:

@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 
 from service.batcher import PredictBatcher
+from service.checkpoint_transfer import CheckpointExports
 from service.checkpoints import CheckpointStore
 from service.control import RollbackTarget
 from service.faults import FaultInjector
@@ -45,6 +46,7 @@ class Shard:
     trainer: Trainer | None = None
     rollback: RollbackTarget | None = None
     follower: ModelFollower | None = None
+    exports: CheckpointExports | None = None  # a worker's, served to the API replicas
 
     @classmethod
     def build(cls, settings: Settings) -> Shard:

@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from service.auth import Forbidden, Unauthorized
+from service.checkpoint_transfer import ExportNotFound
 from service.contexts import ContextNotFound, ShardNotServed
 from service.control import RollbackFailed, RollbackNotDone, RollbackUnanswered
 from service.feedback.service import (
@@ -227,6 +228,7 @@ ANSWERS: tuple[Answer, ...] = (
     Answer(Unauthorized, 401, headers={"WWW-Authenticate": "Bearer"}),
     Answer(Forbidden, 403),
     Answer(UnknownPredictions, 404),
+    Answer(ExportNotFound, 404),
     Answer(ExpiredPredictions, 410),
     Answer(AlreadyLabelled, 409),
     Answer(

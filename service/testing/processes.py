@@ -150,7 +150,13 @@ def psp_worker(name: str, env: dict[str, str], log_dir: Path, *options: str) -> 
         "warning",
         *options,
     ]
-    env = {**env, "PSP_ROLE": "worker", "PSP_METRICS_PORT": str(port)}
+    env = {
+        **env,
+        "PSP_ROLE": "worker",
+        "PSP_METRICS_PORT": str(port),
+        # It listens on loopback only, so that is where API replicas download its checkpoints.
+        "PSP_CHECKPOINT__ADVERTISE_URL": f"http://127.0.0.1:{port}",
+    }
     return ServerProcess(name, command, env, port, log_dir / f"{name}.log")
 
 

@@ -9,7 +9,13 @@ from pydantic import BaseModel
 
 from service.settings import Settings
 
-PER_PROCESS = {"PSP_ROLE", "PSP_DEVICE", "PSP_METRICS_PORT", "PSP_QUEUE__SHARD"}
+PER_PROCESS = {
+    "PSP_ROLE",
+    "PSP_DEVICE",
+    "PSP_METRICS_PORT",
+    "PSP_QUEUE__SHARD",
+    "PSP_CHECKPOINT__ADVERTISE_URL",
+}
 """Settings that legitimately differ between the API replicas and the workers."""
 
 TEST_ONLY_PREFIXES = ("PSP_FAULTS__",)

@@ -198,7 +198,11 @@ def test_api_workers_and_migrations_share_every_setting(
     missing = sorted(shared_env_names() - set(shared))
     assert not missing, f"{name}: no pod receives {missing}"
     for workload in workloads:
-        own = {item["name"] for item in container(workload).get("env", [])}
+        own = {
+            item["name"]
+            for item in container(workload).get("env", [])
+            if item["name"].startswith("PSP_")
+        }
         assert own <= PER_PROCESS, f"{workload['metadata']['name']} overrides {own - PER_PROCESS}"
         settings = settings_from(pod_environment(objects, workload), monkeypatch)
         assert str(settings.data_dir) == "/data"
@@ -252,6 +256,14 @@ def test_workers_are_a_statefulset_whose_ordinal_is_the_shard(
     assert mount["name"] == claim["metadata"]["name"]
     assert mount["mountPath"] == str(settings.data_dir)
     service = find(objects, "Service", "psp-worker")
+    # Each writer announces its checkpoints at its own stable name behind the headless Service.
+    env = {item["name"]: item for item in spec["env"]}
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert list(env).index("POD_NAME") < list(env).index("PSP_CHECKPOINT__ADVERTISE_URL")
+    assert env["PSP_CHECKPOINT__ADVERTISE_URL"]["value"] == (
+        f"http://$(POD_NAME).{service['metadata']['name']}:{port['containerPort']}"
+    )
+    assert settings.checkpoint.fetch_token is not None
     assert service["spec"]["clusterIP"] == "None"
     assert workers["spec"]["serviceName"] == service["metadata"]["name"]
     assert selects(service["spec"]["selector"], workers)

@@ -8,8 +8,10 @@ import torch
 
 from psp_core.checkpoint import (
     CheckpointError,
+    export_weights,
     load_checkpoint,
     read_metadata,
+    read_weights,
     restore_checkpoint,
     save_checkpoint,
 )
@@ -62,6 +64,32 @@ def test_restore_into_a_bank_that_grew_since(tmp_path: Path) -> None:
     x, index = torch.randn(3, 64), torch.tensor([0, 3, 2])
     assert torch.equal(fresh.predict(x, index), learner.predict(x, index))
     assert read_metadata(tmp_path / "c")["model_version"] == 5
+
+
+def test_an_export_holds_the_weights_alone_and_serves_the_same_predictions(
+    tmp_path: Path,
+) -> None:
+    learner = _trained("complex")
+    learner.replay = None
+    save_checkpoint(tmp_path / "full", learner, {"last_entry_id": "17-0"})
+    export = export_weights(tmp_path / "full")
+    assert export == export_weights(tmp_path / "full")  # same checkpoint, same bytes
+    (tmp_path / "export").write_bytes(export)
+    assert len(export) < (tmp_path / "full").stat().st_size / 2  # no Adam moments
+
+    weights, header = read_weights(tmp_path / "export", learner.model.config)
+    assert header["model_version"] == 5 and "user" not in header
+    reader = build_model(learner.model.config)
+    reader.bank.extend(learner.model.bank.specs)
+    reader.load_state_dict(weights, strict=True)
+    x, index = torch.randn(5, 64), torch.tensor([0, 1, 2, 3, 0])
+    reader.eval()
+    with torch.no_grad():
+        assert torch.equal(reader(x, index), learner.model(x, index))
+    with pytest.raises(CheckpointError, match="weights only"):
+        load_checkpoint(tmp_path / "export")
+    with pytest.raises(CheckpointError, match="weights only"):
+        restore_checkpoint(tmp_path / "export", learner)
 
 
 def test_torn_checkpoint_is_a_clear_error(tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 import threading
 import time
-from dataclasses import dataclass
 
 import httpx
 import numpy as np
@@ -18,50 +17,14 @@ from psp_core.models import ModelConfig, build_model
 from psp_core.replay import DEFAULT_REPLAY_ROWS, ReplayBuffer
 from service.checkpoints import CheckpointStore
 from service.testing.processes import wait_until
+from tests.service.faults.traffic import (
+    Accepted,
+    examples_seen,
+    expected_counts,
+    stream_batches,
+)
 
 KEYS = ["tenant-a", "tenant-b", "tenant-c"]
-
-
-@dataclass
-class Accepted:
-    batch_id: str
-    key: str
-    inputs: list[list[float]]
-    labels: list[int]
-
-
-def _stream(
-    base: str, batches: int, seed: int, accepted: list[Accepted], retry_seconds: float = 0.0
-) -> None:
-    """Posts batches; with `retry_seconds`, retries a failed request under the same
-    Idempotency-Key (the server may be down), so each batch is accepted at most once."""
-    rng = np.random.default_rng(seed)
-    with httpx.Client(base_url=base, timeout=10) as client:
-        for number in range(batches):
-            key = KEYS[int(rng.integers(0, 3))]
-            rows = int(rng.integers(5, 40))
-            body = {
-                "inputs": rng.random((rows, 64)).round(4).tolist(),
-                "labels": rng.integers(0, 10, rows).tolist(),
-            }
-            headers = {"Idempotency-Key": f"{seed}-{number}"}
-            deadline = time.monotonic() + retry_seconds
-            while True:
-                try:
-                    response = client.post(f"/train/{key}", json=body, headers=headers)
-                    if response.status_code == 202:
-                        accepted.append(
-                            Accepted(
-                                response.json()["batch_id"], key, body["inputs"], body["labels"]
-                            )
-                        )
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    break
-                time.sleep(0.2)
-            time.sleep(float(rng.uniform(0, 0.03)))
 
 
 def _kill_three_times(process, stream: threading.Thread, seed: int) -> list[float]:
@@ -74,15 +37,6 @@ def _kill_three_times(process, stream: threading.Thread, seed: int) -> list[floa
         process.start()
     stream.join(120)
     return moments
-
-
-def _examples_seen(base: str) -> dict[str, int]:
-    items = httpx.get(f"{base}/contexts", timeout=5).json()["items"]
-    return {item["key"]: item["examples_seen"] for item in items}
-
-
-def _expected(accepted: list[Accepted]) -> dict[str, int]:
-    return {key: sum(len(a.labels) for a in accepted if a.key == key) for key in KEYS}
 
 
 def _register(base: str) -> dict[str, tuple[int, int]]:
@@ -112,15 +66,15 @@ def test_split_roles_apply_every_accepted_example_once_and_replay_exactly(
     contexts = _register(base)
 
     accepted: list[Accepted] = []
-    stream = threading.Thread(target=_stream, args=(base, 90, 7, accepted))
+    stream = threading.Thread(target=stream_batches, args=([base], KEYS, 90, 7, accepted))
     stream.start()
     _kill_three_times(worker, stream, seed=11)
     assert not stream.is_alive() and len(accepted) == 90
 
-    expected = _expected(accepted)
-    wait_until(lambda: _examples_seen(base) == expected, 90, 0.5, what="all examples counted")
+    expected = expected_counts(accepted, KEYS)
+    wait_until(lambda: examples_seen(base) == expected, 90, 0.5, what="all examples counted")
     time.sleep(1.0)  # nothing may be counted twice later either
-    assert _examples_seen(base) == expected
+    assert examples_seen(base) == expected
 
     # Replaying the accepted entries in id order without interruption gives the same weights,
     # with the service's default rehearsal: its buffer (and its random state) survived the kills.
@@ -168,15 +122,15 @@ def test_all_role_survives_three_kill_9s_with_exactly_once_counts(base_env, spaw
     _register(base)
     accepted: list[Accepted] = []
     stream = threading.Thread(
-        target=_stream, args=(base, 60, 3, accepted), kwargs={"retry_seconds": 60}
+        target=stream_batches, args=([base], KEYS, 60, 3, accepted), kwargs={"retry_seconds": 60}
     )
     stream.start()
     _kill_three_times(server, stream, seed=5)
     assert not stream.is_alive() and len(accepted) == 60
-    expected = _expected(accepted)
-    wait_until(lambda: _examples_seen(base) == expected, 90, 0.5, what="all examples counted")
+    expected = expected_counts(accepted, KEYS)
+    wait_until(lambda: examples_seen(base) == expected, 90, 0.5, what="all examples counted")
     time.sleep(1.0)
-    assert _examples_seen(base) == expected
+    assert examples_seen(base) == expected
 
 
 def test_three_shards_in_one_process_survive_kill_9s_with_exactly_once_counts(
@@ -195,16 +149,16 @@ def test_three_shards_in_one_process_survive_kill_9s_with_exactly_once_counts(
     assert shards == {"tenant-a": 0, "tenant-b": 1, "tenant-c": 2}
     accepted: list[Accepted] = []
     stream = threading.Thread(
-        target=_stream, args=(base, 60, 11, accepted), kwargs={"retry_seconds": 60}
+        target=stream_batches, args=([base], KEYS, 60, 11, accepted), kwargs={"retry_seconds": 60}
     )
     stream.start()
     _kill_three_times(server, stream, seed=13)
     assert not stream.is_alive() and len(accepted) == 60
-    expected = _expected(accepted)
+    expected = expected_counts(accepted, KEYS)
     assert all(expected.values()), "every shard got batches"
-    wait_until(lambda: _examples_seen(base) == expected, 90, 0.5, what="all examples counted")
+    wait_until(lambda: examples_seen(base) == expected, 90, 0.5, what="all examples counted")
     time.sleep(1.0)
-    assert _examples_seen(base) == expected
+    assert examples_seen(base) == expected
     for shard in range(3):
         model = httpx.get(f"{base}/model", params={"shard": shard}, timeout=5).json()
         assert model["shard"] == shard and model["contexts"] == 1 and model["model_version"] > 0

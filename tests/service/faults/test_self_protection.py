@@ -255,7 +255,8 @@ def test_the_follower_serves_the_newest_checkpoint_when_the_announced_one_was_pr
         30,
         what="the API serving the newest checkpoint",
     )
-    assert "is not on the volume; serving the newest" in api.log.read_text()
+    assert "is not on the volume and its announcement names no URL" in api.log.read_text()
+    assert "serving the newest" in api.log.read_text()
     client.set(keys.model_latest, newest.encode())
     # It keeps following the worker afterwards, once its own Redis connections are back.
     wait_until(lambda: httpx.get(f"{base}/readyz", timeout=10).status_code == 200, 30)
