@@ -4,7 +4,8 @@
 contexts; the figure is the trainer's applied rate, d(psp_trainer_examples_total)/dt from
 /metrics over the measured window, for the in-process queue and Redis (role all), and for Redis
 with the roles split (`psp serve` with PSP_ROLE=api beside `psp worker`), ÷ the raw psp_core
-loop (`OnlineLearner.step` on minibatches of the trainer's size, in this process, no HTTP).
+loop (`OnlineLearner.step` on minibatches of the trainer's size with the service's default
+rehearsal, in this process, no HTTP; the rate without rehearsal is printed beside it).
 Goal >= 0.7. `--paths split-2` (or `split-K`) also splits the contexts over K shards, each with
 its own `psp worker`, and sums what the workers apply.
 
@@ -56,6 +57,7 @@ from bare_endpoint import context_key
 from prometheus_client.parser import text_string_to_metric_families
 
 from psp_core import ContextSpec, ModelConfig, OnlineLearner, TrainingConfig, build_model
+from psp_core.replay import DEFAULT_REPLAY_ROWS, ReplayBuffer
 from service.testing.processes import ServerProcess, psp_serve, psp_worker, running
 
 DRAIN_TIMEOUT_S = 180.0
@@ -104,13 +106,21 @@ class RawFigures:
     cpu_ms_per_1000: float
 
 
-def raw_training_rate(args: argparse.Namespace, seconds: float) -> RawFigures:
+def raw_training_rate(
+    args: argparse.Namespace, seconds: float, rehearsal: bool = True
+) -> RawFigures:
     """The plain psp_core loop: `OnlineLearner.step` on minibatches of 32 rows mixed over
-    `--contexts` contexts, the model of the same shape and `--torch-threads`, no HTTP, no queue."""
+    `--contexts` contexts, the model of the same shape and `--torch-threads`, no HTTP, no queue.
+
+    With `rehearsal` it learns as the service does by default: a buffer of
+    `DEFAULT_REPLAY_ROWS` rows, 64 of them mixed into every step (96 rows a step in all), so the
+    ratio to it is the cost of the service itself; without, the plain 32-row step.
+    """
     config = ModelConfig(kind=args.kind, input_shape=(args.input,), hidden=tuple(args.hidden))
     model = build_model(config)
     model.bank.extend([ContextSpec(seed=n) for n in range(args.contexts)])
-    learner = OnlineLearner(model, TrainingConfig())
+    replay = ReplayBuffer(DEFAULT_REPLAY_ROWS, args.input) if rehearsal else None
+    learner = OnlineLearner(model, TrainingConfig(), replay=replay)
     threads = torch.get_num_threads()
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
@@ -392,9 +402,8 @@ def path_json_name(path: str) -> str:
 
 
 def print_paths(raw_rate: float, raw_cpu: float, paths: dict[str, TrainFigures]) -> None:
-    rows = [
-        ["raw psp_core loop", f"{raw_rate:,.0f}", "", "", f"{raw_cpu:.0f}", "", "", "1.00", "1.00"]
-    ]
+    raw = ["raw loop, rehearsal on", f"{raw_rate:,.0f}", "", "", f"{raw_cpu:.0f}"]
+    rows = [[*raw, "", "", "1.00", "1.00"]]
     for label, fig in paths.items():
         rows.append(
             [
@@ -436,10 +445,17 @@ def p5_training_throughput(args: argparse.Namespace, workdir: Path) -> dict[str,
     before, before_others = raw_block(args)
     paths = service_paths(args, workdir)
     after, after_others = raw_block(args)
+    plain = raw_training_rate(args, args.seconds / 2, rehearsal=False)
     raw_rate = float(np.mean([before.rate, after.rate]))
     raw_cpu = float(np.mean([before.cpu_ms_per_1000, after.cpu_ms_per_1000]))
     print_paths(raw_rate, raw_cpu, paths)
-    print(f"  raw loop blocks (before, after): {before.rate:,.0f}, {after.rate:,.0f} examples/s")
+    print(
+        f"  raw loop with the service's rehearsal (64 past rows per step), blocks before and "
+        f"after: {before.rate:,.0f}, {after.rate:,.0f} examples/s; without rehearsal "
+        f"{plain.rate:,.0f} examples/s (the services ÷ that: "
+        + ", ".join(f"{fig.applied_rate / plain.rate:.2f}" for fig in paths.values())
+        + ")"
+    )
     for label, fig in paths.items():
         print(
             f"  {label}: {fig.examples:,.0f} examples; the queue drained {fig.drain_seconds:.1f} s "
@@ -464,6 +480,7 @@ def p5_training_throughput(args: argparse.Namespace, workdir: Path) -> dict[str,
         "raw_examples_per_s": raw_rate,
         "raw_cpu_ms_per_1000": raw_cpu,
         "raw_blocks": [before.__dict__, after.__dict__],
+        "raw_without_rehearsal": plain.__dict__,
         **path_figures(raw_rate, raw_cpu, args.paths, paths),
     }
 

@@ -104,7 +104,7 @@ def test_a_wrong_checksum_or_a_failed_download_stores_nothing(tmp_path: Path) ->
 
     tampered = exported.blob[:-1] + bytes([exported.blob[-1] ^ 1])
     fetcher = CheckpointFetcher(replica, 0, None, transport=_serving(tampered)[0])
-    with pytest.raises(CheckpointError, match="SHA-256 .* was announced"):
+    with pytest.raises(CheckpointError, match=r"SHA-256 .* was announced"):
         asyncio.run(fetcher.fetch(exported.file, "http://w/x", exported.sha256))
     gone = CheckpointFetcher(replica, 0, None, transport=_serving(b"not kept", 404)[0])
     with pytest.raises(CheckpointError, match="answered 404 not kept"):
