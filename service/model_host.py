@@ -189,13 +189,39 @@ class ModelHost:
         """
         x = torch.from_numpy(inputs).to(self.device, non_blocking=True)
         with self._lock:
-            if not self.healthy:
-                raise ModelUnhealthy(
-                    "the model's weights went bad and the last healthy checkpoint is being "
-                    "restored; nothing was predicted, retry in a moment"
-                )
-            probabilities = self.learner.predict(x, rows)
-            version = self.learner.model_version
+            probabilities, version = self._forward(x, rows)
+        return self._checked(probabilities, version)
+
+    def predict_if_free(
+        self, inputs: np.ndarray, rows: torch.Tensor
+    ) -> tuple[np.ndarray, int] | None:
+        """`predict`, but only if no training step or weight swap holds the model right now;
+        None if one does (the caller then waits its turn off the event loop).
+
+        For callers on the event loop with a few rows on the CPU: the forward pass is shorter
+        than a hop to a worker thread and back.
+        """
+        x = torch.from_numpy(inputs).to(self.device)
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            probabilities, version = self._forward(x, rows)
+        finally:
+            self._lock.release()
+        return self._checked(probabilities, version)
+
+    def _forward(self, x: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """The forward pass; the caller holds the model lock."""
+        if not self.healthy:
+            raise ModelUnhealthy(
+                "the model's weights went bad and the last healthy checkpoint is being "
+                "restored; nothing was predicted, retry in a moment"
+            )
+        return self.learner.predict(x, rows), self.learner.model_version
+
+    @staticmethod
+    def _checked(probabilities: torch.Tensor, version: int) -> tuple[np.ndarray, int]:
+        """The probabilities as a host array, refused if any is not finite."""
         answer = probabilities.cpu().numpy()
         if not np.isfinite(answer).all():
             raise ModelUnhealthy(

@@ -1,4 +1,5 @@
-"""A pure ASGI middleware that times every request and counts it by route template.
+"""A pure ASGI middleware that times every request and counts it by route template, and keeps
+the count of requests in flight (`service.requests_in_flight`).
 
 It reads the matched route from the ASGI scope after the app has handled the request, so routing
 happens once. Unmatched paths are labelled `none`, which keeps the label set bounded whatever
@@ -12,6 +13,7 @@ import time
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import metrics
+from service.requests_in_flight import REQUESTS_IN_FLIGHT
 
 UNMATCHED = "none"
 SKIPPED = frozenset({"/metrics"})
@@ -36,9 +38,11 @@ class HttpMetrics:
                 status = message["status"]
             await send(message)
 
+        REQUESTS_IN_FLIGHT.enter()
         try:
             await self.app(scope, receive, send_recording_status)
         finally:
+            REQUESTS_IN_FLIGHT.leave()
             route = scope.get("route")
             handler = getattr(route, "path", UNMATCHED)
             if handler not in SKIPPED:

@@ -14,9 +14,10 @@ from prometheus_client import REGISTRY
 from psp_core.learner import TrainingConfig
 from psp_core.models import ModelConfig
 from service.app import create_app
-from service.batcher import PredictBatcher
+from service.batcher import INLINE_MAX_ROWS, PredictBatcher
 from service.context_definition import ContextDefinition
 from service.model_host import ModelHost
+from service.requests_in_flight import REQUESTS_IN_FLIGHT
 from service.supervisor import Supervisor
 from tests.service.api.helpers import register
 
@@ -72,14 +73,16 @@ async def test_a_lone_request_runs_at_once_without_waiting_for_company() -> None
     host = _host(2)
     batcher = PredictBatcher(host, max_rows=4096, max_delay_us=2_000_000)
     batcher.start(Supervisor())
-    x = np.ones((1, 64), np.float32)
+    # More rows than are answered on the event loop: the collector runs it.
+    x = np.ones((INLINE_MAX_ROWS + 1, 64), np.float32)
     await batcher.predict(x, 0)  # warm-up
+    await asyncio.sleep(0.01)
     started = time.perf_counter()
     probabilities, _ = await batcher.predict(x, 1)
     elapsed = time.perf_counter() - started
     await batcher.stop()
     assert elapsed < 0.5  # far below the 2 s maximum delay
-    alone, _ = host.predict(x, host.bank_rows([1]))
+    alone, _ = host.predict(x, host.bank_rows([1] * len(x)))
     assert np.allclose(probabilities, alone, atol=1e-6)
 
 
@@ -96,13 +99,52 @@ async def test_requests_arriving_during_a_pass_form_the_next_batch() -> None:
     host.predict = predict  # type: ignore[method-assign]
     batcher = PredictBatcher(host, max_rows=4096, max_delay_us=1000)
     batcher.start(Supervisor())
-    first = asyncio.ensure_future(batcher.predict(np.ones((1, 64), np.float32), 0))
+    # Too many rows to be answered on the event loop: the first goes to the collector too.
+    first_rows = INLINE_MAX_ROWS + 1
+    first = asyncio.ensure_future(batcher.predict(np.ones((first_rows, 64), np.float32), 0))
     await asyncio.sleep(0.05)  # the first pass is now in flight
     later = [batcher.predict(np.full((2, 64), i, np.float32), i) for i in range(1, 4)]
     results = await asyncio.gather(first, *later)
     await batcher.stop()
-    assert batch_sizes == [1, 6]
-    assert [len(p) for p, _ in results] == [1, 2, 2, 2]
+    assert batch_sizes == [first_rows, 6]
+    assert [len(p) for p, _ in results] == [first_rows, 2, 2, 2]
+
+
+async def test_a_lone_small_request_is_answered_on_the_event_loop_unless_the_model_is_busy() -> (
+    None
+):
+    host = _host(3)
+    collected: list[int] = []
+    real_predict = host.predict
+
+    def predict(inputs: np.ndarray, rows: torch.Tensor) -> tuple[np.ndarray, int]:
+        collected.append(len(inputs))
+        return real_predict(inputs, rows)
+
+    host.predict = predict  # type: ignore[method-assign]
+    batcher = PredictBatcher(host, max_rows=4096, max_delay_us=1000)
+    batcher.start(Supervisor())
+    x = np.full((2, 64), 0.5, np.float32)
+    inline, _ = await batcher.predict(x, 2)
+    assert collected == []  # no pass of the collector, no thread
+    await asyncio.sleep(0.01)
+    with host._lock:  # a training step holds the model: the request waits its turn
+        waiting = asyncio.ensure_future(batcher.predict(x, 2))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+    queued, _ = await waiting
+    # Another HTTP request in flight is company: the request goes to be batched.
+    await asyncio.sleep(0.01)
+    REQUESTS_IN_FLIGHT.enter()
+    REQUESTS_IN_FLIGHT.enter()
+    try:
+        accompanied, _ = await batcher.predict(x, 2)
+    finally:
+        REQUESTS_IN_FLIGHT.leave()
+        REQUESTS_IN_FLIGHT.leave()
+    await batcher.stop()
+    assert collected == [2, 2]
+    assert np.array_equal(inline, queued) and np.array_equal(inline, accompanied)
 
 
 def test_answers_over_http_are_the_same_alone_or_among_100_concurrent(make_settings) -> None:
@@ -125,6 +167,7 @@ def test_answers_over_http_are_the_same_alone_or_among_100_concurrent(make_setti
             statuses = [f.result() for f in others]
             among = crowded.result().json()
         assert statuses == [200] * 100
-        assert _forward_passes() - before < 101
+        # Some requests run alone (on the event loop when they arrive apart), none twice.
+        assert _forward_passes() - before <= 101
         assert among["predictions"] == alone["predictions"]
         assert np.allclose(among["probabilities"], alone["probabilities"], atol=1e-6)
