@@ -13,9 +13,9 @@ context: `Y = W (C[idx] ⊙ X)` is still one GEMM. The batcher exploits it, gree
 Each pass runs off the event loop, and each caller gets its own rows back. The one exception is
 the lone request of a few rows on the CPU: when it is the only HTTP request this process is
 handling, no other predict arrived or was answered in the last 100 µs, no pass is in flight or
-waiting and the model is free, its forward pass (a fraction of a millisecond) runs right on the event loop,
-since the hops to the collector and to a worker thread and back would cost more than the pass
-itself. A request with company goes to the collector, to be batched.
+waiting and the model is free, its forward pass (a fraction of a millisecond) runs right on the
+event loop, since the hops to the collector and to a worker thread and back would cost more
+than the pass itself. A request with company goes to the collector, to be batched.
 """
 
 from __future__ import annotations

@@ -128,6 +128,8 @@ class ModelFollower:
         self.poll_seconds = poll_seconds
         self.sequence = 0
         self.last_staleness: float | None = None
+        # The announcement that could not be served: retried every poll, reported once.
+        self._stuck_on: int | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Follows announcements until `stop` is set; survives Redis outages."""
@@ -201,7 +203,9 @@ class ModelFollower:
     async def _serve_newest(self, missed: CheckpointError) -> None:
         newest = self.store.latest()
         if newest is None or newest.sequence <= self.sequence:
-            log.warning("%s, and no newer checkpoint is on the volume; waiting", missed)
+            report = log.debug if self._stuck_on == self.sequence else log.warning
+            self._stuck_on = self.sequence
+            report("%s, and no newer checkpoint is on the volume; retrying every poll", missed)
             return
         version = await asyncio.to_thread(self.host.swap_weights, newest.path)
         self.sequence = newest.sequence

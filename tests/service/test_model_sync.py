@@ -1,0 +1,46 @@
+"""The API side of checkpoint announcements: what a follower does when it cannot serve one."""
+
+from __future__ import annotations
+
+import logging
+
+import httpx
+import pytest
+import torch
+
+from psp_core.learner import TrainingConfig
+from psp_core.models import ModelConfig
+from service.checkpoint_transfer import CheckpointFetcher
+from service.checkpoints import CheckpointStore
+from service.model_host import ModelHost
+from service.model_sync import ModelAnnouncement, ModelFollower
+from service.queue.keys import ShardKeys
+
+
+async def test_an_unreachable_checkpoint_is_retried_and_reported_once(
+    tmp_path, caplog: pytest.LogCaptureFixture
+) -> None:
+    host = ModelHost(ModelConfig(kind="binary", hidden=(8,)), TrainingConfig(), torch.device("cpu"))
+    store = CheckpointStore(tmp_path, keep=2)
+    requests: list[httpx.Request] = []
+
+    def worker_down(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return httpx.Response(503, text="worker restarting")
+
+    fetcher = CheckpointFetcher(store, 0, None, transport=httpx.MockTransport(worker_down))
+    follower = ModelFollower("redis://127.0.0.1:1/0", ShardKeys(), host, store, fetcher)
+    file = "ckpt-0000000007-v7.safetensors"
+    announced = ModelAnnouncement(
+        7, 7, file, 0.0, f"http://worker/shards/0/checkpoints/{file}", "0"
+    )
+    caplog.set_level(logging.DEBUG, logger="service.model_sync")
+    for _ in range(3):
+        await follower.serve(announced)
+    await follower.close()
+
+    assert len(requests) == 3  # tried at every poll
+    assert (follower.sequence, host.model_version) == (0, 0)  # still serving what it had
+    reports = [r for r in caplog.records if "retrying every poll" in r.getMessage()]
+    assert [r.levelno for r in reports] == [logging.WARNING, logging.DEBUG, logging.DEBUG]
+    assert "answered 503 worker restarting" in reports[0].getMessage()
