@@ -88,14 +88,21 @@ class ModelPublisher:
         self._base_url = base_url
 
     async def announce(self, checkpoint: CheckpointInfo) -> None:
-        exported = await asyncio.to_thread(self._exports.export, checkpoint)
+        url, sha256 = None, None
+        try:
+            exported = await asyncio.to_thread(self._exports.export, checkpoint)
+            url = f"{self._base_url}/shards/{self._keys.shard}/checkpoints/{exported.file}"
+            sha256 = exported.sha256
+        except (CheckpointError, OSError) as err:
+            # Still announced: API processes that share the volume read the file itself.
+            log.warning("could not export checkpoint %s for download: %s", checkpoint.path, err)
         message = ModelAnnouncement(
             checkpoint.sequence,
             checkpoint.version,
             checkpoint.path.name,
             time.time(),
-            f"{self._base_url}/shards/{self._keys.shard}/checkpoints/{exported.file}",
-            exported.sha256,
+            url,
+            sha256,
         ).encode()
         try:
             await self._redis.set(self._keys.model_latest, message)
