@@ -203,9 +203,10 @@ async def _counters(client: httpx.AsyncClient, trainer_metrics_urls: list[str]) 
         return totals
 
     api = await values("/metrics")
-    trainers = [api] if trainer_metrics_urls == ["/metrics"] else []
-    for url in trainer_metrics_urls if not trainers else []:
-        trainers.append(await values(url))
+    if trainer_metrics_urls == ["/metrics"]:
+        trainers = [api]
+    else:
+        trainers = [await values(url) for url in trainer_metrics_urls]
     return Counters(
         time.perf_counter(),
         sum(trainer.get("psp_trainer_examples_total", 0.0) for trainer in trainers),

@@ -75,14 +75,15 @@ class PredictBatcher:
     async def predict(self, inputs: np.ndarray, index: int) -> tuple[np.ndarray, int]:
         """Probabilities `(n, num_classes)` for `inputs` under context `index`, and the model
         version that produced them."""
-        request = _Request(inputs, index)
-        quiet = request.enqueued - self._last_activity >= INLINE_QUIET_SECONDS
-        self._last_activity = request.enqueued
+        arrived = time.perf_counter()
+        quiet = arrived - self._last_activity >= INLINE_QUIET_SECONDS
+        self._last_activity = arrived
         if quiet and self._inline and len(inputs) <= INLINE_MAX_ROWS and self._alone():
             answered = self._predict_now(inputs, index)
             self._last_activity = time.perf_counter()
             if answered is not None:
                 return answered
+        request = _Request(inputs, index, arrived)
         await self._queue.put(request)
         return await request.future
 

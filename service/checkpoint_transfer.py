@@ -32,6 +32,10 @@ from service.checkpoints import CheckpointInfo, CheckpointStore
 _EXPORTS_KEPT = 2
 
 
+class _ChecksumMismatch(CheckpointError):
+    """A download whose bytes are not the ones announced."""
+
+
 class ExportNotFound(LookupError):
     """This worker does not write that shard, or no longer keeps that checkpoint."""
 
@@ -120,23 +124,26 @@ class CheckpointFetcher:
             CheckpointError: The worker did not answer with the file, or the bytes are not the
                 ones announced; nothing was stored.
         """
-        outcome = "ok"
         try:
             blob = await self._download(file, url)
             digest = hashlib.sha256(blob).hexdigest()
             if sha256 is None or digest != sha256:
-                outcome = "checksum_mismatch"
-                raise CheckpointError(
+                raise _ChecksumMismatch(
                     f"checkpoint {file} from {url} has SHA-256 {digest}, but {sha256} was "
                     "announced; keeping the weights served now"
                 )
-            return await asyncio.to_thread(self._store, file, blob)
-        except CheckpointError:
-            if outcome == "ok":
-                outcome = "unavailable"
+            info = await asyncio.to_thread(self._store, file, blob)
+        except _ChecksumMismatch:
+            self._count("checksum_mismatch")
             raise
-        finally:
-            metrics.CHECKPOINT_FETCHES.labels(shard=str(self.shard), outcome=outcome).inc()
+        except CheckpointError:
+            self._count("unavailable")
+            raise
+        self._count("ok")
+        return info
+
+    def _count(self, outcome: str) -> None:
+        metrics.CHECKPOINT_FETCHES.labels(shard=str(self.shard), outcome=outcome).inc()
 
     async def _download(self, file: str, url: str) -> bytes:
         try:

@@ -39,6 +39,31 @@ def _kill_three_times(process, stream: threading.Thread, seed: int) -> list[floa
     return moments
 
 
+def _stream_while_killed_three_times(
+    server, base: str, stream_seed: int, kill_seed: int
+) -> dict[str, int]:
+    """Streams 60 batches, retried through the restarts, while `server` is killed with
+    SIGKILL and restarted three times; returns the examples accepted for each key."""
+    accepted: list[Accepted] = []
+    stream = threading.Thread(
+        target=stream_batches,
+        args=([base], KEYS, 60, stream_seed, accepted),
+        kwargs={"retry_seconds": 60},
+    )
+    stream.start()
+    _kill_three_times(server, stream, seed=kill_seed)
+    assert not stream.is_alive() and len(accepted) == 60
+    return expected_counts(accepted, KEYS)
+
+
+def _assert_counted_exactly_once(base: str, expected: dict[str, int]) -> None:
+    """The registry reaches the expected counts, and stays there: nothing is counted twice
+    later either."""
+    wait_until(lambda: examples_seen(base) == expected, 90, 0.5, what="all examples counted")
+    time.sleep(1.0)
+    assert examples_seen(base) == expected
+
+
 def _register(base: str) -> dict[str, tuple[int, int]]:
     """Registers `KEYS`; returns each key's (seed, registry index)."""
     contexts = {}
@@ -72,9 +97,7 @@ def test_split_roles_apply_every_accepted_example_once_and_replay_exactly(
     assert not stream.is_alive() and len(accepted) == 90
 
     expected = expected_counts(accepted, KEYS)
-    wait_until(lambda: examples_seen(base) == expected, 90, 0.5, what="all examples counted")
-    time.sleep(1.0)  # nothing may be counted twice later either
-    assert examples_seen(base) == expected
+    _assert_counted_exactly_once(base, expected)
 
     # Replaying the accepted entries in id order without interruption gives the same weights,
     # with the service's default rehearsal: its buffer (and its random state) survived the kills.
@@ -120,17 +143,8 @@ def test_all_role_survives_three_kill_9s_with_exactly_once_counts(base_env, spaw
     server = spawn("serve", {**env, "PSP_ROLE": "all"})
     base = f"http://127.0.0.1:{server.port}"
     _register(base)
-    accepted: list[Accepted] = []
-    stream = threading.Thread(
-        target=stream_batches, args=([base], KEYS, 60, 3, accepted), kwargs={"retry_seconds": 60}
-    )
-    stream.start()
-    _kill_three_times(server, stream, seed=5)
-    assert not stream.is_alive() and len(accepted) == 60
-    expected = expected_counts(accepted, KEYS)
-    wait_until(lambda: examples_seen(base) == expected, 90, 0.5, what="all examples counted")
-    time.sleep(1.0)
-    assert examples_seen(base) == expected
+    expected = _stream_while_killed_three_times(server, base, stream_seed=3, kill_seed=5)
+    _assert_counted_exactly_once(base, expected)
 
 
 def test_three_shards_in_one_process_survive_kill_9s_with_exactly_once_counts(
@@ -147,18 +161,9 @@ def test_three_shards_in_one_process_survive_kill_9s_with_exactly_once_counts(
     _register(base)
     shards = {key: httpx.get(f"{base}/contexts/{key}", timeout=5).json()["shard"] for key in KEYS}
     assert shards == {"tenant-a": 0, "tenant-b": 1, "tenant-c": 2}
-    accepted: list[Accepted] = []
-    stream = threading.Thread(
-        target=stream_batches, args=([base], KEYS, 60, 11, accepted), kwargs={"retry_seconds": 60}
-    )
-    stream.start()
-    _kill_three_times(server, stream, seed=13)
-    assert not stream.is_alive() and len(accepted) == 60
-    expected = expected_counts(accepted, KEYS)
+    expected = _stream_while_killed_three_times(server, base, stream_seed=11, kill_seed=13)
     assert all(expected.values()), "every shard got batches"
-    wait_until(lambda: examples_seen(base) == expected, 90, 0.5, what="all examples counted")
-    time.sleep(1.0)
-    assert examples_seen(base) == expected
+    _assert_counted_exactly_once(base, expected)
     for shard in range(3):
         model = httpx.get(f"{base}/model", params={"shard": shard}, timeout=5).json()
         assert model["shard"] == shard and model["contexts"] == 1 and model["model_version"] > 0
