@@ -89,6 +89,27 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def with_descendants(pids: Sequence[int]) -> list[int]:
+    """`pids` and every process below them: a server's training child (role `all`) works
+    for it, so its CPU counts as the server's."""
+    parents: dict[int, int] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as stat:
+                parents[int(entry.name)] = int(stat.read().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            continue
+    found, frontier = set(pids), list(pids)
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in found]
+        found.update(children)
+        frontier += children
+    return sorted(found)
+
+
 def find_pids(command_name: str) -> list[int]:
     """Processes whose command name (as in `ps -o comm`) is `command_name`."""
     return [pid for pid, (name, _) in _process_table().items() if name == command_name]
@@ -113,11 +134,12 @@ class CpuWatch:
     """Which other processes used the machine's CPU while a measurement ran.
 
     Args:
-        pids: The benchmark's own server processes; this process is always counted as own.
+        pids: The benchmark's own server processes, whose children (a training child) count
+            as theirs; this process is always counted as own.
     """
 
     def __init__(self, pids: Sequence[int] = ()) -> None:
-        self.own = {os.getpid(), *pids}
+        self.pids = list(pids)
         self._start_total = _total_jiffies()
         self._start = _process_table()
 
@@ -125,10 +147,11 @@ class CpuWatch:
         """The share of all cores that other processes used since the watch started (0.5: one
         of two cores busy throughout), and the busiest of them by command name."""
         span = (_total_jiffies() - self._start_total) or 1
+        own = {os.getpid(), *with_descendants(self.pids)}
         by_name: Counter[str] = Counter()
         for pid, (name, jiffies) in _process_table().items():
             used = jiffies - self._start.get(pid, (name, 0))[1]
-            if pid not in self.own and used > 0:
+            if pid not in own and used > 0:
                 by_name[_command_line(pid) or name] += used
         share = sum(by_name.values()) / span
         return share, [(name, used / span) for name, used in by_name.most_common(3) if used > 0]

@@ -45,6 +45,7 @@ from _harness import (
     run_async,
     throwaway_stores,
     train_bodies,
+    with_descendants,
 )
 from _serving import (
     MAX_REQUESTS_PER_SECOND,
@@ -351,7 +352,7 @@ def service_training_rate(
     processes = [*writers, server]
     with running(*processes):
         register_contexts(server.base_url, keys)
-        cpu_pids = [p.pid for p in processes]
+        cpu_pids = with_descendants([p.pid for p in processes])
         if "PSP_REDIS_URL" in env:
             cpu_pids += find_pids("redis-server")
         trainer_metrics = [f"{w.base_url}/metrics" for w in writers] or ["/metrics"]

@@ -11,12 +11,15 @@ offending entries aside.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
 from psp_core.learner import OnlineLearner, StepResult
-from service.model_host import ModelHost
 from service.settings import GuardSettings
+
+if TYPE_CHECKING:
+    from service.model_host import ModelHost
 
 
 class Diverged(Exception):

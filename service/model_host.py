@@ -24,6 +24,9 @@ from psp_core.models import ModelConfig, build_model, parameter_count
 from psp_core.replay import ReplayBuffer
 from service import metrics
 from service.context_definition import ContextDefinition
+from service.divergence import DivergenceGuard
+from service.model_state import LocalModelState, ModelState
+from service.settings import GuardSettings
 
 
 def resolve_device(name: str) -> torch.device:
@@ -105,6 +108,7 @@ class ModelHost:
         *,
         replay_rows: int = 0,
         shard: int = 0,
+        state: ModelState | None = None,
     ) -> None:
         model = build_model(model_config, device)
         replay = (
@@ -119,18 +123,28 @@ class ModelHost:
         self.device = device
         self._rows: dict[int, int] = {}
         self._max_index = -1
-        self._lock = threading.Lock()
+        # The lock, the version served and the health flag; shared with a training child when
+        # the steps run in one (`service.step_process`).
+        self.state = state or LocalModelState()
+        self._lock = self.state.lock
         # Serialises context generation, which runs without `_lock` so predictions go on.
         self._adding = threading.Lock()
         self.step_watchers: list[StepWatcher] = []
-        # False from a failed health check of the weights until a checkpoint is restored.
-        self.healthy = True
         self._metrics = _HostMetrics.of_shard(shard)
         self._metrics.version.set(0)
 
     @property
     def model_version(self) -> int:
-        return self.learner.model_version
+        return self.state.version
+
+    @property
+    def healthy(self) -> bool:
+        """False from a failed health check of the weights until a checkpoint is restored."""
+        return self.state.healthy
+
+    @healthy.setter
+    def healthy(self, value: bool) -> None:
+        self.state.healthy = value
 
     @property
     def parameter_count(self) -> int:
@@ -202,7 +216,7 @@ class ModelHost:
         than a hop to a worker thread and back.
         """
         x = torch.from_numpy(inputs).to(self.device)
-        if not self._lock.acquire(blocking=False):
+        if not self._lock.acquire(False):
             return None
         try:
             probabilities, version = self._forward(x, rows)
@@ -217,7 +231,7 @@ class ModelHost:
                 "the model's weights went bad and the last healthy checkpoint is being "
                 "restored; nothing was predicted, retry in a moment"
             )
-        return self.learner.predict(x, rows), self.learner.model_version
+        return self.learner.predict(x, rows), self.state.version
 
     @staticmethod
     def _checked(probabilities: torch.Tensor, version: int) -> tuple[np.ndarray, int]:
@@ -235,6 +249,16 @@ class ModelHost:
 
         The step watchers run under the same lock; one may raise to reject the new weights.
         """
+        result, replay_rows = self._locked_step(batch)
+        self.count_step(result, len(batch.labels), replay_rows)
+        return result
+
+    def train_steps(self, batches: Sequence[TrainRows]) -> list[StepResult]:
+        """`train_step` on each batch in order; stops at the first that raises."""
+        return [self.train_step(batch) for batch in batches]
+
+    def _locked_step(self, batch: TrainRows) -> tuple[StepResult, int]:
+        """The step under the model lock, and how many rows the replay buffer then holds."""
         rows = self.bank_rows(batch.indices)
         x = torch.from_numpy(np.ascontiguousarray(batch.inputs)).to(self.device)
         y = torch.from_numpy(np.ascontiguousarray(batch.labels)).to(self.device)
@@ -242,22 +266,35 @@ class ModelHost:
             for watcher in self.step_watchers:
                 watcher.before_step(self.learner)
             result = self.learner.step(x, rows, y, context_ids=batch.indices)
+            self.state.version = self.learner.model_version
             for watcher in self.step_watchers:
                 watcher.after_step(self.learner, result)
-            replay_rows = len(self.learner.replay) if self.learner.replay is not None else 0
+            replay_rows = self.replay_size
+        return result, replay_rows
+
+    def count_step(self, result: StepResult, examples: int, replay_rows: int) -> None:
+        """Records a step in the shard's metrics."""
         self._metrics.replay_rows.set(replay_rows)
         if result.applied:
             self._metrics.steps.inc()
-            self._metrics.examples.inc(len(batch.labels))
+            self._metrics.examples.inc(examples)
             self._metrics.version.set(result.model_version)
         else:
             self._metrics.refused_steps.inc()
-        return result
+
+    def watch_divergence(self, settings: GuardSettings) -> None:
+        """Checks the weights after every step from now on (`service.divergence`)."""
+        self.step_watchers.append(DivergenceGuard(settings, self))
 
     @property
     def replays(self) -> bool:
         """Whether this host keeps a replay buffer (the writer, with replay on)."""
         return self.learner.replay is not None
+
+    @property
+    def replay_size(self) -> int:
+        """How many rows the replay buffer holds."""
+        return len(self.learner.replay) if self.learner.replay is not None else 0
 
     def replayed_contexts(self) -> set[int]:
         """Registry indices that have rows in the replay buffer."""
@@ -278,6 +315,9 @@ class ModelHost:
             self._metrics.replay_rows.set(len(replay))
         return dropped
 
+    def close(self) -> None:
+        """Releases what the host holds besides memory (nothing, in this process)."""
+
     def save(self, path: Path, metadata: dict[str, str]) -> None:
         """Writes a checkpoint of the current state."""
         with self._lock:
@@ -294,6 +334,7 @@ class ModelHost:
         with self._lock:
             self.learner.model.load_state_dict(weights, strict=True)
             self.learner.model_version = int(header["model_version"])
+            self.state.version = self.learner.model_version
             self.healthy = True
         self._metrics.version.set(self.learner.model_version)
         return self.learner.model_version
@@ -306,8 +347,9 @@ class ModelHost:
         """
         with self._lock:
             metadata = restore_checkpoint(path, self.learner, verify_contexts=False)
+            self.state.version = self.learner.model_version
             self.healthy = True
-        self._metrics.version.set(self.learner.model_version)
+        self._metrics.version.set(self.state.version)
         return metadata
 
     def restore_as(self, path: Path, version: int) -> dict[str, str]:
@@ -316,5 +358,6 @@ class ModelHost:
         with self._lock:
             metadata = restore_checkpoint(path, self.learner, verify_contexts=False)
             self.learner.model_version = version
+            self.state.version = version
         self._metrics.version.set(version)
         return metadata

@@ -76,6 +76,10 @@ class TrainingSettings(BaseModel):
     # which makes a replay bit-exact (the exactly-once tests rely on it).
     coalesce: bool = True
     deterministic: bool = False
+    # Where role `all` runs the training steps on the CPU: a child process of their own
+    # (`service.step_process`), so that they and the HTTP work do not take turns on one
+    # interpreter; or a thread of the API process. Workers and GPU models step in a thread.
+    steps_in: Literal["child_process", "thread"] = "child_process"
 
     def to_config(self, replay: ReplaySettings) -> TrainingConfig:
         return TrainingConfig(

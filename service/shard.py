@@ -7,8 +7,11 @@ checkpoint directory and the Redis keys of a one-model deployment.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
+
+import torch
 
 from service.batcher import PredictBatcher
 from service.checkpoint_transfer import CheckpointExports
@@ -24,6 +27,7 @@ from service.queue.lanes import ShardQueue
 from service.queue.memory_applied import InProcessAppliedNotices
 from service.queue.memory_stream import InProcessQueue
 from service.settings import Settings
+from service.step_process import ChildStepHost
 from service.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -80,6 +84,7 @@ class Shard:
         await self.batcher.stop()
         await self.applied.close()
         await self.queue.close()
+        await asyncio.to_thread(self.host.close)
 
 
 def make_queue_and_notices(settings: Settings) -> tuple[TrainQueue, AppliedNotices]:
@@ -113,16 +118,31 @@ def make_queue_and_notices(settings: Settings) -> tuple[TrainQueue, AppliedNotic
 
 
 def _make_host(settings: Settings) -> ModelHost:
-    """The model, freshly initialised, with the fault injector watching its steps if asked."""
+    """The model, freshly initialised, with the fault injector watching its steps if asked;
+    in role `all` on the CPU, with its steps in a child process unless told otherwise."""
+    if settings.faults.any:
+        log.warning("fault injection is on (PSP_FAULTS__*): %s", settings.faults)
+    device = resolve_device(settings.device)
+    if _steps_in_child(settings, device):
+        return ChildStepHost(settings)  # the child installs the fault injector
     host = ModelHost(
         settings.model.to_config(),
         settings.training.to_config(settings.replay),
-        resolve_device(settings.device),
+        device,
         # Read replicas never train, so they keep no rows to rehearse.
         replay_rows=settings.replay.rows if settings.role != "api" else 0,
         shard=settings.queue.shard,
     )
     if settings.faults.any:
-        log.warning("fault injection is on (PSP_FAULTS__*): %s", settings.faults)
         host.step_watchers.append(FaultInjector(settings.faults))
     return host
+
+
+def _steps_in_child(settings: Settings, device: torch.device) -> bool:
+    """Only role `all` serves HTTP and trains in one process; on a GPU the steps are mostly
+    kernels that run while the interpreter goes on."""
+    return (
+        settings.role == "all"
+        and settings.training.steps_in == "child_process"
+        and device.type == "cpu"
+    )

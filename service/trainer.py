@@ -35,7 +35,7 @@ from service import metrics
 from service.checkpoints import CheckpointInfo, CheckpointStore
 from service.contexts import RETIREMENT_OVERLAP
 from service.control import ControlInbox, RollbackFailed
-from service.divergence import Diverged, DivergenceGuard
+from service.divergence import Diverged
 from service.entry_ids import entry_id_key
 from service.model_host import ModelHost, TrainRows
 from service.queue.applied import AppliedNotices
@@ -123,8 +123,7 @@ class Trainer:
         self._last_checkpoint_at = time.monotonic()
         self._retirements_checked = datetime.now(UTC)
         self._metrics = _TrainerMetrics.of_shard(settings.queue.shard)
-        self.guard = DivergenceGuard(settings.guard, host)
-        host.step_watchers.append(self.guard)
+        host.watch_divergence(settings.guard)
         # The entries of the apply under way, and why it failed if it did.
         self._in_flight: list[QueuedEntry] = []
         self._failure: str = ""
@@ -346,7 +345,7 @@ class Trainer:
                     entry.entry.context_index,
                 )
         batches = self._minibatches(known)
-        results = await asyncio.to_thread(lambda: [self.host.train_step(b) for b in batches])
+        results = await asyncio.to_thread(self.host.train_steps, batches)
         refused: dict[str, str] = {}
         for batch, result in zip(batches, results, strict=True):
             if not result.applied:
@@ -424,11 +423,11 @@ class Trainer:
 
     async def _forget_deleted_contexts(self) -> None:
         """Drops the replay rows of every context that is no longer live (at start-up)."""
-        buffered = self.host.replayed_contexts()
+        buffered = await asyncio.to_thread(self.host.replayed_contexts)
         if not buffered:
             return
         live = {index for _, index in await self.registry.live_keys()}
-        self.host.forget_contexts(buffered - live)
+        await asyncio.to_thread(self.host.forget_contexts, buffered - live)
 
     async def _forget_retired_contexts(self) -> None:
         """Drops the replay rows of contexts deleted since the last look (any process may
@@ -442,7 +441,7 @@ class Trainer:
         except RegistryUnavailable as err:
             log.warning("cannot check for deleted contexts, will retry: %s", err)
             return
-        self.host.forget_contexts(index for _, index in retired)
+        await asyncio.to_thread(self.host.forget_contexts, [index for _, index in retired])
         self._retirements_checked = started
 
     # Checkpoints ----------------------------------------------------------------------------

@@ -29,6 +29,8 @@ def test_replayed_rows_are_never_counted_and_the_buffer_survives_a_restart(make_
     settings = make_settings(
         replay={"rows": 1000, "per_step": 16},
         checkpoint={"every_steps": 1000, "every_seconds": 60},
+        # The buffer is read in this process, so the steps must run here too.
+        training={"batch_size": 32, "steps_in": "thread"},
     )
     rng = np.random.default_rng(0)
     with TestClient(create_app(settings)) as client:

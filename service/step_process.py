@@ -1,0 +1,335 @@
+"""Training steps in a child process of their own, for role `all` on the CPU.
+
+In one process the HTTP work and the training steps take turns on one interpreter lock: while
+clients posted, the trainer applied a third of what the bare loop learns. With
+`PSP_TRAINING__STEPS_IN=child_process` (the default) the API process keeps the trainer's
+bookkeeping (the queue, checkpoint metadata, the registry, applied notices) and a child process
+does the torch work: the steps with their rehearsal, divergence guard and fault injection, the
+optimiser state and the replay buffer, and checkpoint saves and restores. The weights live in
+shared memory, so a prediction in the API process reads what the last step wrote, under the
+same cross-process lock (`service.model_state`); the version and the health flag are shared too.
+
+A child that dies is started again at the next call, knowing the same contexts, and the call
+that found it dead raises `StepProcessDied`: the weights it was writing are marked unhealthy,
+and the trainer's supervisor restores the newest checkpoint into the new child, as after any
+crashed step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import multiprocessing
+import multiprocessing.util
+import signal
+import threading
+from collections.abc import Iterable, Sequence
+from multiprocessing.connection import Connection
+from multiprocessing.context import BaseContext
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.multiprocessing  # registers how tensors are shared between processes
+
+from psp_core.learner import StepResult
+from service.context_definition import ContextDefinition
+from service.divergence import DivergenceGuard
+from service.faults import FaultInjector
+from service.model_host import ModelHost, TrainRows
+from service.model_state import SharedModelState
+from service.settings import GuardSettings, Settings
+
+log = logging.getLogger(__name__)
+
+_STOP_WAIT_SECONDS = 30.0
+
+
+class StepProcessDied(RuntimeError):
+    """The training child exited; the weights it was writing are not trusted until a
+    checkpoint is restored."""
+
+
+@functools.cache
+def process_context() -> BaseContext:
+    """Children fork from a server that has imported torch once, so each starts in a fraction
+    of a second, and none inherits the API process's threads or event loop. torch imports
+    `torch._dynamo` (a second) lazily on the first model built; the server imports it too."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__, "torch._dynamo"])
+    return context
+
+
+class ChildStepHost(ModelHost):
+    """The model host of the API process when the steps run in a child.
+
+    Predictions run here, on the shared weights; every call that changes the weights, the
+    optimiser or the replay buffer is forwarded to the child.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        context = process_context()
+        super().__init__(
+            settings.model.to_config(),
+            settings.training.to_config(settings.replay),
+            torch.device("cpu"),
+            replay_rows=0,  # the buffer lives in the child
+            shard=settings.queue.shard,
+            state=SharedModelState(context),
+        )
+        self.shared_state: SharedModelState = self.state  # type: ignore[assignment]
+        for parameter in self.learner.model.parameters():
+            parameter.share_memory_()
+        self._settings = settings
+        self._context = context
+        self._definitions: list[ContextDefinition] = []
+        self._guard: GuardSettings | None = None
+        self._calls = threading.Lock()  # one request and its answer on the pipe at a time
+        self._process: BaseProcess | None = None
+        self._connection: Connection | None = None
+
+    # Forwarded to the child -----------------------------------------------------------------
+
+    def add_contexts(self, definitions: Iterable[ContextDefinition]) -> None:
+        """Adds the contexts to the child's bank, then to this one: a context this host
+        knows, the child can train."""
+        new = [d for d in definitions if not self.has_context(d.index)]
+        if not new:
+            return
+        with self._calls:
+            self._call_locked("add_contexts", new)
+            self._definitions.extend(new)
+        super().add_contexts(new)
+
+    def train_steps(self, batches: Sequence[TrainRows]) -> list[StepResult]:
+        answers = self._call("train_steps", list(batches))
+        results = []
+        for batch, (applied, loss, correct, version, replay_rows) in zip(
+            batches, answers, strict=True
+        ):
+            result = StepResult(applied, loss, torch.from_numpy(correct), version)
+            self.count_step(result, len(batch.labels), replay_rows)
+            results.append(result)
+        return results
+
+    def train_step(self, batch: TrainRows) -> StepResult:
+        return self.train_steps([batch])[0]
+
+    def watch_divergence(self, settings: GuardSettings) -> None:
+        with self._calls:
+            self._call_locked("watch_divergence", settings)
+            self._guard = settings
+
+    @property
+    def replays(self) -> bool:
+        return self._settings.replay.rows > 0
+
+    def replayed_contexts(self) -> set[int]:
+        contexts: set[int] = self._call("replayed_contexts")
+        return contexts
+
+    def forget_contexts(self, indices: Iterable[int]) -> int:
+        dropped, replay_rows = self._call("forget_contexts", set(indices))
+        self._metrics.replay_rows.set(replay_rows)
+        return int(dropped)
+
+    def save(self, path: Path, metadata: dict[str, str]) -> None:
+        self._call("save", path, metadata)
+
+    def load(self, path: Path) -> dict[str, str]:
+        metadata: dict[str, str] = self._call("load", path)
+        self._metrics.version.set(self.state.version)
+        return metadata
+
+    def restore_as(self, path: Path, version: int) -> dict[str, str]:
+        metadata: dict[str, str] = self._call("restore_as", path, version)
+        self._metrics.version.set(self.state.version)
+        return metadata
+
+    def close(self) -> None:
+        """Stops the child, after the call in flight."""
+        with self._calls:
+            if self._process is None or self._connection is None:
+                return
+            with contextlib.suppress(OSError):
+                self._connection.send(("stop", ()))
+            self._process.join(_STOP_WAIT_SECONDS)
+            if self._process.is_alive():
+                log.warning("shard %d: the training child did not stop; killing it", self.number)
+                self._process.kill()
+                self._process.join()
+            self._connection.close()
+            self._process = self._connection = None
+
+    @property
+    def number(self) -> int:
+        return self._settings.queue.shard
+
+    # The pipe -------------------------------------------------------------------------------
+
+    def _call(self, command: str, *args: Any) -> Any:
+        with self._calls:
+            return self._call_locked(command, *args)
+
+    def _call_locked(self, command: str, *args: Any) -> Any:
+        connection = self._running()
+        try:
+            connection.send((command, args))
+            outcome, value = connection.recv()
+        except (EOFError, OSError) as err:
+            self._bury()
+            raise StepProcessDied(
+                f"shard {self.number}: the training child died during {command!r}"
+            ) from err
+        if outcome == "error":
+            raise value
+        return value
+
+    def _running(self) -> Connection:
+        """The connection to a live child, started (with every known context) if need be."""
+        if self._process is not None and self._connection is not None:
+            return self._connection
+        parent_end, child_end = self._context.Pipe()
+        parameters = dict(self.learner.model.named_parameters())
+        process = self._context.Process(  # type: ignore[attr-defined]
+            target=serve,
+            args=(child_end, self._settings, parameters, self.shared_state),
+            name=f"psp-steps-{self.number}",
+            daemon=True,
+        )
+        process.start()
+        child_end.close()
+        # A child ends when its pipe closes. multiprocessing joins its children at exit, and
+        # this child ignores SIGTERM, so the pipe must close before that join: a host that was
+        # never `close`d (a start-up that failed) would otherwise hang the exit.
+        multiprocessing.util.Finalize(parent_end, parent_end.close, exitpriority=10)
+        self._process, self._connection = process, parent_end
+        log.info("shard %d: training steps run in child process %d", self.number, process.pid)
+        if self._definitions:
+            self._call_locked("add_contexts", self._definitions)
+        if self._guard is not None:
+            self._call_locked("watch_divergence", self._guard)
+        return parent_end
+
+    def _bury(self) -> None:
+        """Forgets a dead child, gives back the model lock if it died holding it, and marks
+        the weights unhealthy: it may have died half-way through writing them."""
+        process, connection = self._process, self._connection
+        self._process = self._connection = None
+        if connection is not None:
+            connection.close()
+        if process is not None:
+            process.join(_STOP_WAIT_SECONDS)
+            if process.pid is not None:
+                self.shared_state.lock.release_if_held_by(process.pid)
+            log.error(
+                "shard %d: the training child %s exited with %s",
+                self.number,
+                process.pid,
+                process.exitcode,
+            )
+        self.healthy = False
+
+
+# The child ----------------------------------------------------------------------------------
+
+
+def serve(
+    connection: Connection,
+    settings: Settings,
+    parameters: dict[str, torch.Tensor],
+    state: SharedModelState,
+) -> None:
+    """The child's loop: builds its own host over the shared weights and answers commands
+    until told to stop or until the API process is gone."""
+    # Ctrl-C and a signal to the process group are the API process's to handle: it drains
+    # the queue into a final checkpoint through this child, then stops it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if settings.training.deterministic:
+        torch.use_deterministic_algorithms(True)
+    host = _child_host(settings, parameters, state)
+    commands = _Commands(host)
+    while True:
+        try:
+            command, args = connection.recv()
+        except EOFError:
+            return
+        if command == "stop":
+            return
+        try:
+            answer: tuple[str, Any] = ("ok", getattr(commands, command)(*args))
+        except Exception as err:  # every failure goes back to the caller, which decides
+            answer = ("error", err)
+        try:
+            connection.send(answer)
+        except Exception as err:  # an exception that cannot be pickled still gets through
+            connection.send(("error", RuntimeError(f"{type(err).__name__}: {answer[1]}")))
+
+
+def _child_host(
+    settings: Settings, parameters: dict[str, torch.Tensor], state: SharedModelState
+) -> ModelHost:
+    host = ModelHost(
+        settings.model.to_config(),
+        settings.training.to_config(settings.replay),
+        torch.device("cpu"),
+        replay_rows=settings.replay.rows,
+        shard=settings.queue.shard,
+        state=state,
+    )
+    with torch.no_grad():
+        for name, parameter in host.learner.model.named_parameters():
+            parameter.data = parameters[name]
+    host.learner.model_version = state.version
+    if settings.faults.any:
+        host.step_watchers.append(FaultInjector(settings.faults))
+    return host
+
+
+class _Commands:
+    """What the API process may ask of the child; each answer is plain data."""
+
+    def __init__(self, host: ModelHost) -> None:
+        self.host = host
+
+    def add_contexts(self, definitions: list[ContextDefinition]) -> None:
+        self.host.add_contexts(definitions)
+
+    def train_steps(
+        self, batches: list[TrainRows]
+    ) -> list[tuple[bool, float, np.ndarray, int, int]]:
+        answers = []
+        for batch in batches:
+            result = self.host.train_step(batch)
+            answers.append(
+                (
+                    result.applied,
+                    result.loss,
+                    result.correct.numpy(),
+                    result.model_version,
+                    self.host.replay_size,
+                )
+            )
+        return answers
+
+    def watch_divergence(self, settings: GuardSettings) -> None:
+        self.host.step_watchers.append(DivergenceGuard(settings, self.host))
+
+    def replayed_contexts(self) -> set[int]:
+        return self.host.replayed_contexts()
+
+    def forget_contexts(self, indices: set[int]) -> tuple[int, int]:
+        return self.host.forget_contexts(indices), self.host.replay_size
+
+    def save(self, path: Path, metadata: dict[str, str]) -> None:
+        self.host.save(path, metadata)
+
+    def load(self, path: Path) -> dict[str, str]:
+        return self.host.load(path)
+
+    def restore_as(self, path: Path, version: int) -> dict[str, str]:
+        return self.host.restore_as(path, version)

@@ -1,0 +1,184 @@
+"""Training steps in a child process: the API process predicts from the weights the child
+writes, and a divergence, a dead child and a checkpoint restore behave as in one process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from service.context_definition import ContextDefinition
+from service.divergence import Diverged
+from service.model_host import ModelHost, ModelUnhealthy, TrainRows
+from service.settings import Settings
+from service.step_process import ChildStepHost, StepProcessDied
+
+CONTEXTS = [ContextDefinition(0, seed=11, power=None), ContextDefinition(1, seed=12, power=None)]
+
+
+def _settings(tmp_path: Path, **overrides: Any) -> Settings:
+    """A small model; no registry is opened, so none is configured."""
+    values: dict[str, Any] = {
+        "data_dir": tmp_path,
+        "device": "cpu",
+        "model": {"kind": "complex", "input_shape": [16], "hidden": [32]},
+        "replay": {"rows": 200, "per_step": 8},
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return _settings(tmp_path)
+
+
+@pytest.fixture
+def child_host(settings: Settings) -> Iterator[ChildStepHost]:
+    host = ChildStepHost(settings)
+    host.add_contexts(CONTEXTS)
+    yield host
+    host.close()
+
+
+def _thread_host(settings: Settings) -> ModelHost:
+    host = ModelHost(
+        settings.model.to_config(),
+        settings.training.to_config(settings.replay),
+        torch.device("cpu"),
+        replay_rows=settings.replay.rows,
+    )
+    host.add_contexts(CONTEXTS)
+    return host
+
+
+def _batches(count: int, seed: int = 0) -> list[TrainRows]:
+    rng = np.random.default_rng(seed)
+    return [
+        TrainRows(
+            rng.integers(0, 2, 8).astype(np.int64),
+            rng.standard_normal((8, 16)).astype(np.float32),
+            rng.integers(0, 10, 8).astype(np.int64),
+        )
+        for _ in range(count)
+    ]
+
+
+def _probabilities(host: ModelHost) -> np.ndarray:
+    inputs = np.random.default_rng(9).standard_normal((4, 16)).astype(np.float32)
+    probabilities, _ = host.predict(inputs, host.bank_rows([0, 1, 0, 1]))
+    return probabilities
+
+
+def test_the_api_process_predicts_from_the_weights_the_child_trained(
+    settings: Settings, child_host: ChildStepHost
+) -> None:
+    in_thread = _thread_host(settings)
+    assert np.array_equal(_probabilities(child_host), _probabilities(in_thread))
+
+    child_results = child_host.train_steps(_batches(5))
+    thread_results = in_thread.train_steps(_batches(5))
+
+    assert [r.model_version for r in child_results] == [1, 2, 3, 4, 5]
+    assert child_host.model_version == 5 == in_thread.model_version
+    assert [r.loss for r in child_results] == pytest.approx([r.loss for r in thread_results])
+    for mine, theirs in zip(child_results, thread_results, strict=True):
+        assert torch.equal(mine.correct, theirs.correct)
+    assert np.allclose(_probabilities(child_host), _probabilities(in_thread), atol=1e-6)
+    # The buffer lives in the child, and rehearsal drew on it as in one process.
+    assert child_host.replayed_contexts() == in_thread.replayed_contexts() == {0, 1}
+
+
+def test_a_context_added_later_trains_in_the_child(child_host: ChildStepHost) -> None:
+    child_host.add_contexts([ContextDefinition(7, seed=99, power=None)])
+    batch = TrainRows(
+        np.full(4, 7, dtype=np.int64),
+        np.ones((4, 16), dtype=np.float32),
+        np.zeros(4, dtype=np.int64),
+    )
+    before = _probabilities(child_host)
+    assert child_host.train_step(batch).applied
+    assert child_host.has_context(7)
+    assert not np.array_equal(_probabilities(child_host), before)
+
+
+def test_a_divergence_in_the_child_stops_predictions_here(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, faults={"nonfinite_steps": 1})
+    host = ChildStepHost(settings)
+    try:
+        host.add_contexts(CONTEXTS)
+        host.watch_divergence(settings.guard)
+        with pytest.raises(Diverged, match="the weights became non-finite"):
+            host.train_step(_batches(1)[0])
+        assert not host.healthy
+        with pytest.raises(ModelUnhealthy, match="being restored"):
+            _probabilities(host)
+    finally:
+        host.close()
+
+
+def test_a_checkpoint_saved_and_restored_through_the_child(
+    child_host: ChildStepHost, tmp_path: Path
+) -> None:
+    child_host.train_steps(_batches(3))
+    saved_answer = _probabilities(child_host)
+    child_host.save(tmp_path / "three.pt", {"last_entry_id": "3-0"})
+    child_host.train_steps(_batches(2, seed=1))
+    assert child_host.model_version == 5
+
+    metadata = child_host.load(tmp_path / "three.pt")
+
+    assert metadata["last_entry_id"] == "3-0"
+    assert child_host.model_version == 3
+    assert np.array_equal(_probabilities(child_host), saved_answer)
+    child_host.restore_as(tmp_path / "three.pt", 9)
+    assert child_host.model_version == 9
+
+
+def test_a_dead_child_is_replaced_and_the_restored_checkpoint_is_served(
+    child_host: ChildStepHost, tmp_path: Path
+) -> None:
+    child_host.train_steps(_batches(2))
+    child_host.save(tmp_path / "two.pt", {})
+    saved_answer = _probabilities(child_host)
+    process = child_host._process
+    assert process is not None and process.pid is not None
+    os.kill(process.pid, signal.SIGKILL)
+    process.join(10)
+
+    with pytest.raises(StepProcessDied, match="training child died"):
+        child_host.train_steps(_batches(1))
+    assert not child_host.healthy  # it might have died half-way through a step
+
+    child_host.load(tmp_path / "two.pt")  # what the trainer's rewind does
+
+    assert child_host.healthy and child_host.model_version == 2
+    assert np.array_equal(_probabilities(child_host), saved_answer)
+    assert child_host.train_step(_batches(1)[0]).model_version == 3  # knows contexts 0 and 1
+
+
+def test_a_process_that_never_closed_its_host_still_exits(tmp_path: Path) -> None:
+    """multiprocessing joins its children at exit, and the child ignores SIGTERM: the pipe
+    must close first, or a failed start-up would hang instead of exiting."""
+    program = (
+        "from pathlib import Path\n"
+        "from service.settings import Settings\n"
+        "from service.step_process import ChildStepHost\n"
+        "from service.context_definition import ContextDefinition\n"
+        f"host = ChildStepHost(Settings(data_dir=Path({str(tmp_path)!r}), device='cpu'))\n"
+        "host.add_contexts([ContextDefinition(0, seed=1, power=None)])\n"
+        "print('started', flush=True)\n"
+    )
+    finished = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60
+    )
+    assert finished.returncode == 0, finished.stderr
+    assert finished.stdout == "started\n"
