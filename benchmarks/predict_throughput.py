@@ -40,6 +40,7 @@ from _harness import (
     run_async,
     scrape,
 )
+from _raw_http import drive_raw, post_request
 from _serving import (
     MAX_REQUESTS_PER_SECOND,
     add_load_options,
@@ -62,6 +63,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_load_options(parser, "target")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--clients", type=int, default=64, help="concurrent predict clients")
+    parser.add_argument(
+        "--client",
+        choices=["raw", "httpx"],
+        default="raw",
+        help="the load generator's HTTP client: raw keep-alive HTTP/1.1 (tens of microseconds "
+        "a request) or httpx (over a millisecond a request, on the same cores as the servers)",
+    )
     add_service_options(parser)
     return parser.parse_args(argv)
 
@@ -112,27 +120,59 @@ class PredictFigures:
 
 
 def predict_load(
-    base_url: str, keys: list[str], bodies: list[bytes], clients: int, seconds: float, seed: int
+    base_url: str,
+    keys: list[str],
+    bodies: list[bytes],
+    load: LoadShape,
+    seconds: float,
+    seed: int,
 ) -> tuple[Recorder, float]:
-    """`clients` closed-loop clients predicting one row for random keys for `seconds`."""
+    """`load.clients` closed-loop clients predicting one row for random keys for `seconds`."""
     recorder = Recorder()
-    rngs = [random.Random(seed * 1000 + n) for n in range(clients)]
+    rngs = [random.Random(seed * 1000 + n) for n in range(load.clients)]
+    bound = int(seconds * MAX_REQUESTS_PER_SECOND) + 1
+    if load.client == "raw":
+
+        def next_request(number: int) -> bytes:
+            rng = rngs[number]
+            key = keys[rng.randrange(len(keys))]
+            return post_request(f"/predict/{key}", bodies[rng.randrange(len(bodies))])
+
+        elapsed = run_async(
+            drive_raw(
+                base_url,
+                "predict",
+                next_request,
+                recorder,
+                clients=load.clients,
+                seconds=seconds,
+                max_operations=bound,
+            )
+        )
+        return recorder, elapsed
 
     async def operation(client: httpx.AsyncClient, number: int) -> None:
         await predict_one(recorder, client, rngs[number], keys, bodies)
 
-    bound = int(seconds * MAX_REQUESTS_PER_SECOND) + 1
     elapsed = run_async(
-        drive(base_url, operation, clients=clients, seconds=seconds, max_operations=bound)
+        drive(base_url, operation, clients=load.clients, seconds=seconds, max_operations=bound)
     )
     return recorder, elapsed
+
+
+@dataclass(frozen=True)
+class LoadShape:
+    """How many clients load a target, and with which HTTP client (see `--client`)."""
+
+    clients: int
+    client: str
 
 
 def interleaved_predict(
     targets: list[tuple[str, ServerProcess, list[str]]],
     bodies: list[bytes],
     *,
-    clients: int,
+    load: LoadShape,
     seconds: float,
     warmup: float,
     rounds: int,
@@ -144,13 +184,13 @@ def interleaved_predict(
         targets: (label, server, keys to predict for).
     """
     for _, server, keys in targets:
-        predict_load(server.base_url, keys, bodies, clients, warmup, seed=0)
+        predict_load(server.base_url, keys, bodies, load, warmup, seed=0)
     figures = {label: PredictFigures() for label, _, _ in targets}
     me = os.getpid()
     for number, (label, server, keys) in alternating(targets, rounds):
         server_cpu, client_cpu = cpu_seconds(server.pid), cpu_seconds(me)
         recorder, elapsed = predict_load(
-            server.base_url, keys, bodies, clients, seconds / rounds, seed=number + 1
+            server.base_url, keys, bodies, load, seconds / rounds, seed=number + 1
         )
         figures[label].add(
             recorder, elapsed, cpu_seconds(server.pid) - server_cpu, cpu_seconds(me) - client_cpu
@@ -193,7 +233,7 @@ def measure_targets(args: argparse.Namespace, workdir: Path) -> P4Run:
                 (BARE_INLINE, bare_inline, keys),
             ],
             bodies,
-            clients=args.clients,
+            load=LoadShape(args.clients, args.client),
             seconds=args.seconds,
             warmup=args.warmup,
             rounds=args.rounds,

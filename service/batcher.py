@@ -12,7 +12,8 @@ context: `Y = W (C[idx] ⊙ X)` is still one GEMM. The batcher exploits it, gree
 
 Each pass runs off the event loop, and each caller gets its own rows back. The one exception is
 the lone request of a few rows on the CPU: when it is the only HTTP request this process is
-handling, no other predict arrived or was answered in the last 100 µs, no pass is in flight or
+handling (still, after one turn of the event loop, which lets in the requests that arrived
+with it), no other predict arrived or was answered in the last 100 µs, no pass is in flight or
 waiting and the model is free, its forward pass (a fraction of a millisecond) runs right on the
 event loop, since the hops to the collector and to a worker thread and back would cost more
 than the pass itself. A request with company goes to the collector, to be batched.
@@ -79,7 +80,11 @@ class PredictBatcher:
         quiet = arrived - self._last_activity >= INLINE_QUIET_SECONDS
         self._last_activity = arrived
         if quiet and self._inline and len(inputs) <= INLINE_MAX_ROWS and self._alone():
-            answered = self._predict_now(inputs, index)
+            # The requests whose bytes arrived with this one's are parsed in the same turn of
+            # the event loop, and only count once their tasks run: one turn lets them in, so
+            # that a burst is batched instead of answered one request at a time.
+            await asyncio.sleep(0)
+            answered = self._predict_now(inputs, index) if self._alone() else None
             self._last_activity = time.perf_counter()
             if answered is not None:
                 return answered

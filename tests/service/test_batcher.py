@@ -147,6 +147,38 @@ async def test_a_lone_small_request_is_answered_on_the_event_loop_unless_the_mod
     assert np.array_equal(inline, queued) and np.array_equal(inline, accompanied)
 
 
+async def test_requests_parsed_in_the_same_turn_are_batched_not_answered_one_by_one() -> None:
+    """Under load the server parses many requests in one turn of the event loop; each task
+    counts itself in flight only when it starts, so the first would find itself alone."""
+    host = _host(8)
+    collected: list[int] = []
+    real_predict = host.predict
+
+    def predict(inputs: np.ndarray, rows: torch.Tensor) -> tuple[np.ndarray, int]:
+        collected.append(len(inputs))
+        return real_predict(inputs, rows)
+
+    host.predict = predict  # type: ignore[method-assign]
+    batcher = PredictBatcher(host, max_rows=4096, max_delay_us=1000)
+    batcher.start(Supervisor())
+    await asyncio.sleep(0.01)
+
+    async def http_request(index: int) -> np.ndarray:
+        REQUESTS_IN_FLIGHT.enter()  # what the metrics middleware does as a request starts
+        try:
+            probabilities, _ = await batcher.predict(np.full((1, 64), index, np.float32), index)
+        finally:
+            REQUESTS_IN_FLIGHT.leave()
+        return probabilities
+
+    answers = await asyncio.gather(*(http_request(i) for i in range(8)))
+    await batcher.stop()
+    assert collected == [8]  # one pass of the collector, none answered alone on the loop
+    for index, probabilities in enumerate(answers):
+        alone, _ = real_predict(np.full((1, 64), index, np.float32), host.bank_rows([index]))
+        assert np.allclose(probabilities, alone, atol=1e-6)
+
+
 def test_answers_over_http_are_the_same_alone_or_among_100_concurrent(make_settings) -> None:
     with TestClient(create_app(make_settings())) as client:
         keys = [f"tenant-{i}" for i in range(10)]
