@@ -270,8 +270,10 @@ def test_grouped_mixed_batch_equals_the_explicit_math(
 ) -> None:
     """A batch mixing contexts (grouped by context in rotation and conv) gives every row
     what its own context's kernel gives it, for every kind and every complex side, whether a
-    convolution loops over its groups or runs one grouped convolution."""
+    convolution loops over its groups or runs grouped convolutions over blocks of rows (here
+    of 4, 4 and 3 rows)."""
     monkeypatch.setattr(LayerContexts, "MAX_LOOPED_GROUPS", max_looped)
+    monkeypatch.setattr(LayerContexts, "ROWS_PER_GROUPED_CONV", 4)
     layer = factory(kind)
     if kind_class(kind).is_complex:
         layer.set_complex_sides(complex_input=sides[0], complex_output=sides[1])
@@ -288,6 +290,7 @@ def test_grouped_mixed_batch_equals_the_explicit_math(
 @pytest.mark.parametrize("max_looped", [16, 0], ids=["looped", "kernel-per-row"])
 def test_grouped_conv_gradients_equal_row_by_row_gradients(kind, max_looped, monkeypatch) -> None:
     monkeypatch.setattr(LayerContexts, "MAX_LOOPED_GROUPS", max_looped)
+    monkeypatch.setattr(LayerContexts, "ROWS_PER_GROUPED_CONV", 3)
     layer = _conv(kind)
     x = torch.randn(7, 3, 9, 7)
     index = torch.tensor([2, 0, 2, 5, 0, 2, 1])
