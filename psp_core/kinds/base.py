@@ -44,8 +44,11 @@ class LayerContexts(nn.Module, ABC):
     uses_power: ClassVar[bool] = False
     is_complex: ClassVar[bool] = False
     table_dtype: ClassVar[torch.dtype] = torch.float32
-    # Above this many distinct contexts in a batch, grouped convolutions beat a loop.
-    MAX_LOOPED_GROUPS: ClassVar[int] = 16
+    # A convolution over at most this many distinct contexts loops over them; above it, rows
+    # are convolved in blocks, each row with its own kernel. Binding a kernel is elementwise
+    # and cheap for most kinds, and on the CPU blocks of rows beat a loop over even 8 groups
+    # (`conv2d`); a kind whose binding is costly loops over more.
+    MAX_LOOPED_GROUPS: ClassVar[int] = 1
     # Rows per grouped convolution on the CPU (see `conv2d`).
     ROWS_PER_GROUPED_CONV: ClassVar[int] = 16
 
@@ -150,9 +153,9 @@ class LayerContexts(nn.Module, ABC):
 
         The rows are grouped by context and each distinct context's kernel `w ⊙ c` is bound once
         (`bound_weights`), so the context costs one kernel-sized product per distinct context
-        rather than a pass over every input patch. Few distinct contexts run one `F.conv2d`
-        each; many (small groups, where a call per group would cost more than its work) run as
-        grouped convolutions with a kernel per row.
+        rather than a pass over every input patch. A batch of one context runs one `F.conv2d`;
+        several run as grouped convolutions over blocks of rows, a kernel per row (a kind whose
+        binding is costly loops over a few contexts instead: `MAX_LOOPED_GROUPS`).
         """
         conv = layer.base_layer
         assert isinstance(conv, nn.Conv2d)
@@ -169,9 +172,11 @@ class LayerContexts(nn.Module, ABC):
         # (N', C', kh, kw), for blocks of b rows, each block's kernels bound just before its
         # convolution. On the CPU, binding and convolving a whole batch of 256 rows at once ran
         # at 0.6-0.8 of the one-context speed (the bound kernels of every row went through
-        # memory several times); blocks of 16 rows stay in cache. A GPU takes the whole batch.
+        # memory several times), and a loop over 8 groups at 0.6-0.9 (sorting the rows and
+        # putting them back); blocks of 16 rows stay in cache and ran at 0.8-1.2. A GPU takes
+        # the whole batch.
         block = self.ROWS_PER_GROUPED_CONV if x.device.type == "cpu" else len(x)
-        outputs, bias = [], None
+        outputs = []
         for start in range(0, len(x), block):
             rows = x[start : start + block]
             weights, bias = self.bound_weights(
@@ -181,15 +186,14 @@ class LayerContexts(nn.Module, ABC):
             out = F.conv2d(
                 rows.flatten(0, 1).unsqueeze(0),
                 kernels,
-                None,
+                None if bias is None else bias.repeat(len(rows)),  # each row's group
                 conv.stride,
                 conv.padding,
                 conv.dilation,
                 groups=len(rows),
             )
             outputs.append(out.view(len(rows), -1, *out.shape[2:]))  # (b, N', H', W')
-        out = torch.cat(outputs)
-        return out if bias is None else out + bias[:, None, None]
+        return torch.cat(outputs)
 
 
 def grown(table: torch.Tensor, count: int, capacity: int) -> torch.Tensor:

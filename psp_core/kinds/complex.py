@@ -125,11 +125,25 @@ class ComplexContexts(LayerContexts):
         a, b, bias = layer.weights()
         assert b is not None
         cos, neg_sin = context[:, None, :].chunk(2, dim=2)  # (U, 1, M) each
-        real, imag = a * cos + b * neg_sin, b * cos - a * neg_sin  # K_r, K_i: (U, N, M)
-        real_rows = torch.cat([real, -imag], dim=2) if layer.complex_input else real
-        if not layer.complex_output:
-            return real_rows, bias
-        imag_rows = torch.cat([imag, real], dim=2) if layer.complex_input else imag
-        if bias is not None:
-            bias = torch.cat([bias, torch.zeros_like(bias)])
-        return torch.cat([real_rows, imag_rows], dim=1), bias
+        real = torch.addcmul(a * cos, b, neg_sin)  # K_r = A cos φ - B sin φ: (U, N, M)
+        if not layer.carries_complex:
+            return real, bias
+        imag = torch.addcmul(b * cos, a, neg_sin, value=-1)  # K_i = B cos φ + A sin φ
+        # The blocks are copied into one kernel rather than concatenated step by step: a
+        # convolution over many contexts binds a kernel per row, so every pass counts.
+        n, m = a.shape
+        kernel = a.new_empty(
+            len(context),
+            2 * n if layer.complex_output else n,
+            2 * m if layer.complex_input else m,
+        )
+        kernel[:, :n, :m] = real
+        if layer.complex_input:
+            kernel[:, :n, m:] = -imag
+        if layer.complex_output:
+            kernel[:, n:, :m] = imag
+            if layer.complex_input:
+                kernel[:, n:, m:] = real
+            if bias is not None:
+                bias = torch.cat([bias, torch.zeros_like(bias)])
+        return kernel, bias

@@ -38,9 +38,13 @@ class RowGroups:
 
     def split(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The rows of `x` `(B, ...)`, one tensor per distinct context."""
+        if len(self.sizes) == 1:  # one context: the batch is its group, copied nowhere
+            return (x,)
         return x[self.order].split(self.sizes)
 
     def merge(self, pieces: Sequence[torch.Tensor]) -> torch.Tensor:
         """Puts per-context results back in the batch's row order (the inverse of `split`)."""
+        if len(pieces) == 1:
+            return pieces[0]
         grouped = torch.cat(list(pieces))
         return grouped.new_empty(grouped.shape).index_copy(0, self.order, grouped)

@@ -24,6 +24,9 @@ class RotationContexts(LayerContexts):
     """
 
     kind = "rotation"
+    # Binding a kernel is an `M×M` product, so a convolution binds each distinct context once
+    # and loops over a few of them rather than binding every row.
+    MAX_LOOPED_GROUPS = 16
 
     def row_shape(self) -> tuple[int, ...]:
         return (self.dim, self.dim)

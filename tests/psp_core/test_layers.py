@@ -272,7 +272,7 @@ def test_grouped_mixed_batch_equals_the_explicit_math(
     what its own context's kernel gives it, for every kind and every complex side, whether a
     convolution loops over its groups or runs grouped convolutions over blocks of rows (here
     of 4, 4 and 3 rows)."""
-    monkeypatch.setattr(LayerContexts, "MAX_LOOPED_GROUPS", max_looped)
+    monkeypatch.setattr(kind_class(kind), "MAX_LOOPED_GROUPS", max_looped)
     monkeypatch.setattr(LayerContexts, "ROWS_PER_GROUPED_CONV", 4)
     layer = factory(kind)
     if kind_class(kind).is_complex:
@@ -289,7 +289,7 @@ def test_grouped_mixed_batch_equals_the_explicit_math(
 @pytest.mark.parametrize("kind", ["rotation", "complex"])
 @pytest.mark.parametrize("max_looped", [16, 0], ids=["looped", "kernel-per-row"])
 def test_grouped_conv_gradients_equal_row_by_row_gradients(kind, max_looped, monkeypatch) -> None:
-    monkeypatch.setattr(LayerContexts, "MAX_LOOPED_GROUPS", max_looped)
+    monkeypatch.setattr(kind_class(kind), "MAX_LOOPED_GROUPS", max_looped)
     monkeypatch.setattr(LayerContexts, "ROWS_PER_GROUPED_CONV", 3)
     layer = _conv(kind)
     x = torch.randn(7, 3, 9, 7)
