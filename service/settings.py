@@ -233,6 +233,9 @@ class Settings(BaseSettings):
     role: Literal["all", "api", "worker"] = "all"
     metrics_port: int = Field(default=9101, ge=1, le=65535)  # `psp worker`'s /metrics, /healthz
     api_keys: list[ApiKeySpec] = Field(default_factory=list)  # JSON; empty: the API is open
+    # FastAPI's own OpenTelemetry traces, metrics and logs, for a process that configures a
+    # provider; off by default, since the service's metrics are Prometheus's (/metrics).
+    opentelemetry: bool = False
     key_prefix: str = "psp:"  # of every Redis key, so deployments (and tests) can share a Redis
     contexts: ContextSettings = Field(default_factory=ContextSettings)
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)

@@ -16,6 +16,7 @@ _GUARDED: dict[int | str, dict[str, Any]] = {
 }
 
 api_router = APIRouter()
-for module in (contexts, train, predict, feedback, model, inference_v2):
+# Routes are matched in this order; predict, the hottest, is tried first.
+for module in (predict, train, contexts, feedback, model, inference_v2):
     api_router.include_router(module.router, responses=_GUARDED)
 api_router.include_router(health.router)
