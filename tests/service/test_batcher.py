@@ -34,6 +34,22 @@ def _host(contexts: int) -> ModelHost:
     return host
 
 
+def _recording_batcher(host: ModelHost) -> tuple[PredictBatcher, list[int]]:
+    """A running batcher over `host`, and the rows of every pass of its collector (a request
+    answered on the event loop makes none)."""
+    collected: list[int] = []
+    real_predict = host.predict
+
+    def predict(inputs: np.ndarray, rows: torch.Tensor) -> tuple[np.ndarray, int]:
+        collected.append(len(inputs))
+        return real_predict(inputs, rows)
+
+    host.predict = predict  # type: ignore[method-assign]
+    batcher = PredictBatcher(host, max_rows=4096, max_delay_us=1000)
+    batcher.start(Supervisor())
+    return batcher, collected
+
+
 async def test_concurrent_requests_share_forward_passes_and_keep_their_answers() -> None:
     host = _host(20)
     batcher = PredictBatcher(host, max_rows=4096, max_delay_us=5000)
@@ -114,16 +130,7 @@ async def test_a_lone_small_request_is_answered_on_the_event_loop_unless_the_mod
     None
 ):
     host = _host(3)
-    collected: list[int] = []
-    real_predict = host.predict
-
-    def predict(inputs: np.ndarray, rows: torch.Tensor) -> tuple[np.ndarray, int]:
-        collected.append(len(inputs))
-        return real_predict(inputs, rows)
-
-    host.predict = predict  # type: ignore[method-assign]
-    batcher = PredictBatcher(host, max_rows=4096, max_delay_us=1000)
-    batcher.start(Supervisor())
+    batcher, collected = _recording_batcher(host)
     x = np.full((2, 64), 0.5, np.float32)
     inline, _ = await batcher.predict(x, 2)
     assert collected == []  # no pass of the collector, no thread
@@ -151,16 +158,7 @@ async def test_requests_parsed_in_the_same_turn_are_batched_not_answered_one_by_
     """Under load the server parses many requests in one turn of the event loop; each task
     counts itself in flight only when it starts, so the first would find itself alone."""
     host = _host(8)
-    collected: list[int] = []
-    real_predict = host.predict
-
-    def predict(inputs: np.ndarray, rows: torch.Tensor) -> tuple[np.ndarray, int]:
-        collected.append(len(inputs))
-        return real_predict(inputs, rows)
-
-    host.predict = predict  # type: ignore[method-assign]
-    batcher = PredictBatcher(host, max_rows=4096, max_delay_us=1000)
-    batcher.start(Supervisor())
+    batcher, collected = _recording_batcher(host)
     await asyncio.sleep(0.01)
 
     async def http_request(index: int) -> np.ndarray:
@@ -175,7 +173,9 @@ async def test_requests_parsed_in_the_same_turn_are_batched_not_answered_one_by_
     await batcher.stop()
     assert collected == [8]  # one pass of the collector, none answered alone on the loop
     for index, probabilities in enumerate(answers):
-        alone, _ = real_predict(np.full((1, 64), index, np.float32), host.bank_rows([index]))
+        alone, _ = ModelHost.predict(
+            host, np.full((1, 64), index, np.float32), host.bank_rows([index])
+        )
         assert np.allclose(probabilities, alone, atol=1e-6)
 
 
