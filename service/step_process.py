@@ -8,6 +8,8 @@ does the torch work: the steps with their rehearsal, divergence guard and fault 
 optimiser state and the replay buffer, and checkpoint saves and restores. The weights live in
 shared memory, so a prediction in the API process reads what the last step wrote, under the
 same cross-process lock (`service.model_state`); the version and the health flag are shared too.
+New contexts reach the child over a second pipe, answered by a thread of its own, so that a
+registration never waits for the training steps in flight.
 
 A child that dies is started again at the next call, knowing the same contexts, and the call
 that found it dead raises `StepProcessDied`: the weights it was writing are marked unhealthy,
@@ -25,6 +27,7 @@ import multiprocessing.util
 import signal
 import threading
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
@@ -63,11 +66,21 @@ def process_context() -> BaseContext:
     return context
 
 
+@dataclass(frozen=True)
+class _Child:
+    """A running child and the two pipes to it."""
+
+    process: BaseProcess
+    steps: Connection  # everything that changes the model, one command at a time
+    contexts: Connection  # new contexts, answered by a thread of their own in the child
+
+
 class ChildStepHost(ModelHost):
     """The model host of the API process when the steps run in a child.
 
     Predictions run here, on the shared weights; every call that changes the weights, the
-    optimiser or the replay buffer is forwarded to the child.
+    optimiser or the replay buffer is forwarded to the child. New contexts go over a pipe of
+    their own, so that a registration does not wait for the training steps in flight.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -87,9 +100,11 @@ class ChildStepHost(ModelHost):
         self._context = context
         self._definitions: list[ContextDefinition] = []
         self._guard: GuardSettings | None = None
-        self._calls = threading.Lock()  # one request and its answer on the pipe at a time
-        self._process: BaseProcess | None = None
-        self._connection: Connection | None = None
+        # One request and its answer on each pipe at a time; `_lifecycle` starts and buries.
+        self._step_calls = threading.Lock()
+        self._context_calls = threading.Lock()
+        self._lifecycle = threading.RLock()  # a child that dies while started is buried
+        self._child: _Child | None = None
 
     # Forwarded to the child -----------------------------------------------------------------
 
@@ -99,8 +114,11 @@ class ChildStepHost(ModelHost):
         new = [d for d in definitions if not self.has_context(d.index)]
         if not new:
             return
-        with self._calls:
-            self._call_locked("add_contexts", new)
+        with self._context_calls:
+            try:
+                self._call_on("contexts", "add_contexts", new)
+            except StepProcessDied:  # the child it went to died: its successor learns them
+                self._call_on("contexts", "add_contexts", new)
             self._definitions.extend(new)
         super().add_contexts(new)
 
@@ -119,9 +137,8 @@ class ChildStepHost(ModelHost):
         return self.train_steps([batch])[0]
 
     def watch_divergence(self, settings: GuardSettings) -> None:
-        with self._calls:
-            self._call_locked("watch_divergence", settings)
-            self._guard = settings
+        self._guard = settings  # before the call: a child started by it gets the guard too
+        self._call("watch_divergence", settings)
 
     @property
     def replays(self) -> bool:
@@ -150,37 +167,51 @@ class ChildStepHost(ModelHost):
         return metadata
 
     def close(self) -> None:
-        """Stops the child, after the call in flight."""
-        with self._calls:
-            if self._process is None or self._connection is None:
+        """Stops the child, after the calls in flight."""
+        with self._step_calls, self._context_calls, self._lifecycle:
+            child, self._child = self._child, None
+            if child is None:
                 return
             with contextlib.suppress(OSError):
-                self._connection.send(("stop", ()))
-            self._process.join(_STOP_WAIT_SECONDS)
-            if self._process.is_alive():
+                child.steps.send(("stop", ()))
+            child.process.join(_STOP_WAIT_SECONDS)
+            if child.process.is_alive():
                 log.warning("shard %d: the training child did not stop; killing it", self.number)
-                self._process.kill()
-                self._process.join()
-            self._connection.close()
-            self._process = self._connection = None
+                child.process.kill()
+                child.process.join()
+            child.steps.close()
+            child.contexts.close()
 
     @property
     def number(self) -> int:
         return self._settings.queue.shard
 
-    # The pipe -------------------------------------------------------------------------------
+    @property
+    def child_pid(self) -> int | None:
+        """The running child's process id, None before the first call or after `close`."""
+        child = self._child
+        return None if child is None else child.process.pid
+
+    # The pipes ------------------------------------------------------------------------------
 
     def _call(self, command: str, *args: Any) -> Any:
-        with self._calls:
-            return self._call_locked(command, *args)
+        with self._step_calls:
+            return self._call_on("steps", command, *args)
 
-    def _call_locked(self, command: str, *args: Any) -> Any:
-        connection = self._running()
+    def _call_on(self, pipe: str, command: str, *args: Any) -> Any:
+        """`command` over the pipe `pipe` ("steps" or "contexts"), whose lock the caller
+        holds."""
+        child = self._running()
+        return self._exchange(child, getattr(child, pipe), command, args)
+
+    def _exchange(
+        self, child: _Child, connection: Connection, command: str, args: tuple[Any, ...]
+    ) -> Any:
         try:
             connection.send((command, args))
             outcome, value = connection.recv()
         except (EOFError, OSError) as err:
-            self._bury()
+            self._bury(child)
             raise StepProcessDied(
                 f"shard {self.number}: the training child died during {command!r}"
             ) from err
@@ -188,71 +219,87 @@ class ChildStepHost(ModelHost):
             raise value
         return value
 
-    def _running(self) -> Connection:
-        """The connection to a live child, started (with every known context) if need be."""
-        if self._process is not None and self._connection is not None:
-            return self._connection
-        parent_end, child_end = self._context.Pipe()
+    def _running(self) -> _Child:
+        """A live child, started (with every known context and the guard) if need be."""
+        with self._lifecycle:
+            if self._child is not None:
+                return self._child
+            child = self._start()
+            if self._definitions:
+                self._exchange(child, child.contexts, "add_contexts", (self._definitions,))
+            if self._guard is not None:
+                self._exchange(child, child.steps, "watch_divergence", (self._guard,))
+            self._child = child
+            return child
+
+    def _start(self) -> _Child:
+        steps, child_steps = self._context.Pipe()
+        contexts, child_contexts = self._context.Pipe()
         parameters = dict(self.learner.model.named_parameters())
         process = self._context.Process(  # type: ignore[attr-defined]
             target=serve,
-            args=(child_end, self._settings, parameters, self.shared_state),
+            args=(child_steps, child_contexts, self._settings, parameters, self.shared_state),
             name=f"psp-steps-{self.number}",
             daemon=True,
         )
         process.start()
-        child_end.close()
-        # A child ends when its pipe closes. multiprocessing joins its children at exit, and
-        # this child ignores SIGTERM, so the pipe must close before that join: a host that was
+        child_steps.close()
+        child_contexts.close()
+        # A child ends when its pipes close. multiprocessing joins its children at exit, and
+        # this child ignores SIGTERM, so the pipes must close before that join: a host that was
         # never `close`d (a start-up that failed) would otherwise hang the exit.
-        multiprocessing.util.Finalize(parent_end, parent_end.close, exitpriority=10)
-        self._process, self._connection = process, parent_end
+        for end in (steps, contexts):
+            multiprocessing.util.Finalize(end, end.close, exitpriority=10)
         log.info("shard %d: training steps run in child process %d", self.number, process.pid)
-        if self._definitions:
-            self._call_locked("add_contexts", self._definitions)
-        if self._guard is not None:
-            self._call_locked("watch_divergence", self._guard)
-        return parent_end
+        return _Child(process, steps, contexts)
 
-    def _bury(self) -> None:
-        """Forgets a dead child, gives back the model lock if it died holding it, and marks
-        the weights unhealthy: it may have died half-way through writing them."""
-        process, connection = self._process, self._connection
-        self._process = self._connection = None
-        if connection is not None:
-            connection.close()
-        if process is not None:
-            process.join(_STOP_WAIT_SECONDS)
-            if process.pid is not None:
-                self.shared_state.lock.release_if_held_by(process.pid)
+    def _bury(self, child: _Child) -> None:
+        """Forgets a dead child (once, whichever pipe found it dead), gives back the model lock
+        if it died holding it, and marks the weights unhealthy: it may have died half-way
+        through writing them."""
+        with self._lifecycle:
+            if self._child is child:
+                self._child = None
+            child.steps.close()
+            child.contexts.close()
+            child.process.join(_STOP_WAIT_SECONDS)
+            if child.process.pid is not None:
+                self.shared_state.lock.release_if_held_by(child.process.pid)
             log.error(
                 "shard %d: the training child %s exited with %s",
                 self.number,
-                process.pid,
-                process.exitcode,
+                child.process.pid,
+                child.process.exitcode,
             )
-        self.healthy = False
+            self.healthy = False
 
 
 # The child ----------------------------------------------------------------------------------
 
 
 def serve(
-    connection: Connection,
+    steps: Connection,
+    contexts: Connection,
     settings: Settings,
     parameters: dict[str, torch.Tensor],
     state: SharedModelState,
 ) -> None:
-    """The child's loop: builds its own host over the shared weights and answers commands
-    until told to stop or until the API process is gone."""
+    """The child's loop: builds its own host over the shared weights and answers the commands
+    of `steps` until told to stop or until the API process is gone; a thread answers
+    `contexts` meanwhile (the host adds contexts safely beside a step)."""
     # Ctrl-C and a signal to the process group are the API process's to handle: it drains
     # the queue into a final checkpoint through this child, then stops it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if settings.training.deterministic:
         torch.use_deterministic_algorithms(True)
-    host = _child_host(settings, parameters, state)
-    commands = _Commands(host)
+    commands = _Commands(_child_host(settings, parameters, state))
+    threading.Thread(target=_answer, args=(contexts, commands), daemon=True).start()
+    _answer(steps, commands)
+
+
+def _answer(connection: Connection, commands: _Commands) -> None:
+    """Answers the commands that arrive on `connection` until "stop" or the end of the pipe."""
     while True:
         try:
             command, args = connection.recv()

@@ -7,6 +7,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -110,6 +112,20 @@ def test_a_context_added_later_trains_in_the_child(child_host: ChildStepHost) ->
     assert not np.array_equal(_probabilities(child_host), before)
 
 
+def test_a_new_context_does_not_wait_for_the_steps_in_flight(
+    child_host: ChildStepHost,
+) -> None:
+    training = threading.Thread(target=child_host.train_steps, args=(_batches(1500),))
+    training.start()
+    time.sleep(0.2)  # the steps are in flight in the child
+
+    child_host.add_contexts([ContextDefinition(8, seed=80, power=None)])
+
+    assert training.is_alive()  # the context was added while the steps went on
+    training.join()
+    assert child_host.has_context(8) and child_host.model_version == 1500
+
+
 def test_a_divergence_in_the_child_stops_predictions_here(tmp_path: Path) -> None:
     settings = _settings(tmp_path, faults={"nonfinite_steps": 1})
     host = ChildStepHost(settings)
@@ -149,10 +165,9 @@ def test_a_dead_child_is_replaced_and_the_restored_checkpoint_is_served(
     child_host.train_steps(_batches(2))
     child_host.save(tmp_path / "two.pt", {})
     saved_answer = _probabilities(child_host)
-    process = child_host._process
-    assert process is not None and process.pid is not None
-    os.kill(process.pid, signal.SIGKILL)
-    process.join(10)
+    pid = child_host.child_pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
 
     with pytest.raises(StepProcessDied, match="training child died"):
         child_host.train_steps(_batches(1))
