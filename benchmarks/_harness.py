@@ -422,23 +422,45 @@ async def drive(
         httpx.AsyncClient(base_url=base_url, timeout=timeout, limits=limits, verify=False)
         for _ in range(clients)
     ]
-    started = 0
-    deadline = time.perf_counter() + seconds
 
-    async def client_loop(client: httpx.AsyncClient, number: int) -> None:
-        nonlocal started
-        while started < max_operations and time.perf_counter() < deadline:
-            started += 1
-            await operation(client, number)
+    async def step(number: int) -> bool:
+        await operation(pool[number], number)
+        return True
 
     try:
-        began = time.perf_counter()
-        deadline = began + seconds
-        await asyncio.gather(*(client_loop(c, n) for n, c in enumerate(pool)))
-        return time.perf_counter() - began
+        return await closed_loops(clients, step, seconds=seconds, max_operations=max_operations)
     finally:
         for client in pool:
             await client.aclose()
+
+
+async def closed_loops(
+    clients: int,
+    step: Callable[[int], Awaitable[bool]],
+    *,
+    seconds: float,
+    max_operations: int,
+) -> float:
+    """`clients` concurrent loops, each calling `step(client number)` again as soon as the
+    last call returned, until `seconds` have passed or `max_operations` calls have started,
+    whichever comes first; a client whose `step` returns False stops.
+
+    Returns:
+        Wall seconds from the first call to the end of the last one.
+    """
+    started = 0
+    began = time.perf_counter()
+    deadline = began + seconds
+
+    async def client_loop(number: int) -> None:
+        nonlocal started
+        while started < max_operations and time.perf_counter() < deadline:
+            started += 1
+            if not await step(number):
+                return
+
+    await asyncio.gather(*(client_loop(n) for n in range(clients)))
+    return time.perf_counter() - began
 
 
 def run_async(main: Awaitable[Any]) -> Any:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import cast
 from urllib.parse import urlsplit
 
-from _harness import Recorder
+from _harness import Recorder, closed_loops
 
 RequestMaker = Callable[[int], bytes]
 """Given the client number, the bytes of the next request (request line, headers and body)."""
@@ -98,26 +98,20 @@ async def drive_raw(
     connections: Sequence[_Answers] = [
         (await loop.create_connection(_Answers, host, port))[1] for _ in range(clients)
     ]
-    started = 0
 
-    async def client_loop(connection: _Answers, number: int) -> None:
-        nonlocal started
-        while started < max_operations and time.perf_counter() < deadline:
-            started += 1
-            began = time.perf_counter()
-            try:
-                status = await connection.exchange(make_request(number))
-            except OSError:
-                recorder.transport_errors[route] += 1
-                return
-            recorder.latencies[route].append(time.perf_counter() - began)
-            recorder.statuses[route, status] += 1
+    async def step(number: int) -> bool:
+        began = time.perf_counter()
+        try:
+            status = await connections[number].exchange(make_request(number))
+        except OSError:
+            recorder.transport_errors[route] += 1
+            return False  # the connection is gone: this client stops
+        recorder.latencies[route].append(time.perf_counter() - began)
+        recorder.statuses[route, status] += 1
+        return True
 
     try:
-        began = time.perf_counter()
-        deadline = began + seconds
-        await asyncio.gather(*(client_loop(c, n) for n, c in enumerate(connections)))
-        return time.perf_counter() - began
+        return await closed_loops(clients, step, seconds=seconds, max_operations=max_operations)
     finally:
         for connection in connections:
             if connection.transport is not None:

@@ -364,7 +364,11 @@ class _Commands:
         return answers
 
     def watch_divergence(self, settings: GuardSettings) -> None:
-        self.host.step_watchers.append(DivergenceGuard(settings, self.host))
+        """Sets the guard; asked twice (a child started by this very call gets the guard as it
+        starts, then the call itself arrives), the child still keeps one."""
+        watchers = self.host.step_watchers
+        watchers[:] = [w for w in watchers if not isinstance(w, DivergenceGuard)]
+        watchers.append(DivergenceGuard(settings, self.host))
 
     def replayed_contexts(self) -> set[int]:
         return self.host.replayed_contexts()
