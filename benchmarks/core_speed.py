@@ -20,7 +20,7 @@ import itertools
 import json
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 
@@ -48,6 +48,18 @@ def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int)
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def interleaved_medians(
+    timed: Mapping[str, Callable[[], object]], device: torch.device, repeats: int, rounds: int = 3
+) -> dict[str, float]:
+    """The median wall time of each of `timed`, measured in `rounds` interleaved rounds so that
+    drift in the machine's load hits every one alike."""
+    times: dict[str, list[float]] = {name: [] for name in timed}
+    for _ in range(rounds):
+        for name, fn in timed.items():
+            times[name].append(median_seconds(fn, device, repeats))
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def plain_mlp(widths: list[int], classes: int) -> nn.Sequential:
@@ -93,8 +105,12 @@ def mixed_context_ratios(args: argparse.Namespace, device: torch.device) -> None
     with torch.inference_mode():
         for kind in timed_kinds(args):
             model = superposed(kind, inputs, hidden, rows, device)
-            t_one = median_seconds(partial(model, x, single), device, args.repeats)
-            t_mix = median_seconds(partial(model, x, distinct), device, args.repeats)
+            medians = interleaved_medians(
+                {"one": partial(model, x, single), "mixed": partial(model, x, distinct)},
+                device,
+                max(3, args.repeats // 3),
+            )
+            t_one, t_mix = medians["one"], medians["mixed"]
             FIGURES[f"mixed_{kind}"] = t_one / t_mix
             print(
                 f"    {kind:<10} {rows / t_one:>15,.0f} {rows / t_mix:>16,.0f} "
@@ -128,14 +144,11 @@ def conv_mixed_context_ratios(args: argparse.Namespace, device: torch.device) ->
         for kind in timed_kinds(args):
             config = ModelConfig(kind=kind, arch="convnet", input_shape=shape, hidden=channels)
             model = with_contexts(build_model(config, device), kind, rows)
-            # Interleaved, so that drift in machine load hits all three alike.
-            times: dict[str, list[float]] = {"one": [], **{name: [] for name in indices}}
-            for _ in range(3):
-                times["one"].append(median_seconds(partial(model, x, single), device, 5))
-                for name, index in indices.items():
-                    times[name].append(median_seconds(partial(model, x, index), device, 5))
-            t_one = statistics.median(times["one"])
-            ratios = {name: t_one / statistics.median(times[name]) for name in indices}
+            timed = {"one": partial(model, x, single)}
+            timed |= {name: partial(model, x, index) for name, index in indices.items()}
+            medians = interleaved_medians(timed, device, 5)
+            t_one = medians["one"]
+            ratios = {name: t_one / medians[name] for name in indices}
             FIGURES[f"conv_mixed_{kind}"] = ratios["distinct"]
             FIGURES[f"conv_8ctx_{kind}"] = ratios["8 ctx"]
             print(
@@ -165,16 +178,12 @@ def train_step_ratios(args: argparse.Namespace, device: torch.device) -> None:
             m.zero_grad(set_to_none=True)
             loss_fn(m(x, index), y).backward()
 
-        # Interleave the two measurements so drift in machine load hits both alike.
-        t_plain, t_psp = [], []
-        for _ in range(3):
-            t_plain.append(median_seconds(plain_step, device, args.repeats))
-            t_psp.append(median_seconds(psp_step, device, args.repeats))
-        ratio = statistics.median(t_psp) / statistics.median(t_plain)
+        medians = interleaved_medians({"plain": plain_step, "psp": psp_step}, device, args.repeats)
+        ratio = medians["psp"] / medians["plain"]
         FIGURES[f"train_{kind}"] = ratio
         print(
-            f"    {kind:<10} plain {statistics.median(t_plain) * 1e3:8.2f} ms  "
-            f"psp {statistics.median(t_psp) * 1e3:8.2f} ms  ratio {ratio:6.3f}  "
+            f"    {kind:<10} plain {medians['plain'] * 1e3:8.2f} ms  "
+            f"psp {medians['psp'] * 1e3:8.2f} ms  ratio {ratio:6.3f}  "
             f"{goals.get(kind, '')}"
         )
 

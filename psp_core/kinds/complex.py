@@ -27,6 +27,7 @@ from torch import nn
 
 from psp_core.contexts import ContextSpec, complex_phases, phases_to_real_pair
 from psp_core.kinds.base import LayerContexts
+from psp_core.kinds.gauss_product import gauss_product
 
 if TYPE_CHECKING:
     from psp_core.layers import SuperposedLayer
@@ -105,11 +106,7 @@ class ComplexContexts(LayerContexts):
         """
         a, b, bias = layer.weights()
         assert b is not None
-        a_real = F.linear(real_u, a)
-        b_imag = F.linear(imag_u, b)
-        mixed = F.linear(real_u + imag_u, a + b)
-        real_out = a_real - b_imag if bias is None else a_real - b_imag + bias
-        return torch.cat([real_out, mixed - a_real - b_imag], dim=1)
+        return gauss_product(real_u, imag_u, a, b, bias)
 
     def bound_weights(
         self, layer: SuperposedLayer, context: torch.Tensor

@@ -265,13 +265,15 @@ KIND_SIDES = [
 @pytest.mark.parametrize(("kind", "sides"), KIND_SIDES, ids=lambda v: str(v))
 @pytest.mark.parametrize(("name", "factory", "shape"), CASES, ids=[c[0] for c in CASES])
 @pytest.mark.parametrize("max_looped", [16, 0], ids=["looped", "kernel-per-row"])
+@pytest.mark.parametrize("autograd", [True, False], ids=["autograd", "no-grad"])
 def test_grouped_mixed_batch_equals_the_explicit_math(
-    kind, sides, name, factory, shape, max_looped, monkeypatch
+    kind, sides, name, factory, shape, max_looped, autograd, monkeypatch
 ) -> None:
     """A batch mixing contexts (grouped by context in rotation and conv) gives every row
     what its own context's kernel gives it, for every kind and every complex side, whether a
     convolution loops over its groups or runs grouped convolutions over blocks of rows (here
-    of 4, 4 and 3 rows)."""
+    of 4, 4 and 3 rows), and whether the blocks are concatenated (autograd) or copied into one
+    output as they come (no grad)."""
     monkeypatch.setattr(kind_class(kind), "MAX_LOOPED_GROUPS", max_looped)
     monkeypatch.setattr(LayerContexts, "ROWS_PER_GROUPED_CONV", 4)
     layer = factory(kind)
@@ -280,7 +282,8 @@ def test_grouped_mixed_batch_equals_the_explicit_math(
     channels = shape[0] * (2 if layer.complex_input else 1)
     x = torch.randn(11, channels, *shape[1:])
     index = torch.tensor([3, 0, 5, 3, 3, 1, 0, 4, 5, 3, 2])
-    got = layer(x, index).double()
+    with torch.set_grad_enabled(autograd):
+        got = layer(x, index).double()
     expected = torch.cat([_explicit_output(layer, x[i : i + 1], int(index[i])) for i in range(11)])
     assert got.shape == expected.shape
     assert torch.allclose(got, expected, atol=1e-4)

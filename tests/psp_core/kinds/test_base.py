@@ -7,6 +7,7 @@ import torch
 
 from psp_core.contexts import ContextSpec
 from psp_core.kinds import CONTEXT_KINDS, BinaryContexts, LayerContexts, kind_class
+from psp_core.kinds.base import stacked
 
 
 def _table(kind: str, dim: int) -> LayerContexts:
@@ -58,3 +59,11 @@ def test_each_kind_checks_what_defines_its_contexts() -> None:
     spec = ContextSpec(seed=3)
     assert kind_class("none").check_spec(spec) is spec
     assert kind_class("rotation").check_spec(spec) is spec
+
+
+def test_stacked_copies_uneven_pieces_into_one_tensor_in_order() -> None:
+    rows = torch.arange(22.0).view(11, 2)
+    pieces = (rows[start : start + 4] for start in range(0, 11, 4))
+    got = stacked(pieces, 11)
+    assert torch.equal(got, rows)
+    assert got.data_ptr() != rows.data_ptr()
