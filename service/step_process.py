@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import logging
 import multiprocessing
 import multiprocessing.util
@@ -294,6 +295,7 @@ def serve(
     if settings.training.deterministic:
         torch.use_deterministic_algorithms(True)
     commands = _Commands(_child_host(settings, parameters, state))
+    gc.freeze()  # what lives as long as the child stays out of every collection (service.app)
     threading.Thread(target=_answer, args=(contexts, commands), daemon=True).start()
     _answer(steps, commands)
 

@@ -211,6 +211,8 @@ def stacked(pieces: Iterator[torch.Tensor], rows: int) -> torch.Tensor:
     from memory); with autograd each copy would add a node that clones the whole gradient.
     """
     first = next(pieces)
+    if len(first) == rows:  # one piece (a GPU takes the whole batch at once): nothing to copy
+        return first
     out = first.new_empty(rows, *first.shape[1:])
     out[: len(first)] = first
     start = len(first)

@@ -67,3 +67,8 @@ def test_stacked_copies_uneven_pieces_into_one_tensor_in_order() -> None:
     got = stacked(pieces, 11)
     assert torch.equal(got, rows)
     assert got.data_ptr() != rows.data_ptr()
+
+
+def test_stacked_returns_a_single_piece_as_it_is() -> None:
+    rows = torch.arange(6.0).view(3, 2)
+    assert stacked(iter([rows]), 3) is rows

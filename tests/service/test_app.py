@@ -1,0 +1,18 @@
+"""The application's lifespan: what it does to the process beyond opening the runtime."""
+
+from __future__ import annotations
+
+import gc
+
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+
+
+def test_startup_freezes_the_long_lived_objects_and_shutdown_thaws_them(make_settings) -> None:
+    gc.unfreeze()
+    with TestClient(create_app(make_settings())) as client:
+        assert client.get("/healthz").status_code == 200
+        # torch, the model and the routes alone are far more than this many objects
+        assert gc.get_freeze_count() > 100_000
+    assert gc.get_freeze_count() == 0
