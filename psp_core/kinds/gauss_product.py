@@ -29,11 +29,6 @@ class GaussProduct(torch.autograd.Function):
         b: torch.Tensor,
         bias: torch.Tensor | None,
     ) -> torch.Tensor:
-        """Args:
-        real_u, imag_u: `(B, M)` halves of the input.
-        a, b: `(N, M)` real and imaginary parts of the weight.
-        bias: `(N,)` or None.
-        """
         weight_sum = a + b
         input_sum = real_u + imag_u
         p1 = real_u @ a.T
@@ -79,7 +74,13 @@ def gauss_product(
     b: torch.Tensor,
     bias: torch.Tensor | None,
 ) -> torch.Tensor:
-    """`W u + b` as `[Re ; Im]` `(B, 2N)` for `W = a + i b` and `u = real_u + i imag_u`."""
+    """`W u + b` as `[Re ; Im]` `(B, 2N)` for `W = a + i b` and `u = real_u + i imag_u`.
+
+    Args:
+        real_u, imag_u: `(B, M)` halves of the input.
+        a, b: `(N, M)` real and imaginary parts of the weight.
+        bias: `(N,)`, added to the real part, or None.
+    """
     out = GaussProduct.apply(real_u, imag_u, a, b, bias)
     assert isinstance(out, torch.Tensor)
     return out
