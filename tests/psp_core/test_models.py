@@ -82,6 +82,39 @@ def test_convnet_takes_flat_or_shaped_rows(kind: str) -> None:
     assert model(x, index).shape == (3, 10)
 
 
+@pytest.mark.parametrize("kind", ["binary", "complex"])
+def test_convnet_pools_before_relu_exactly_as_relu_before_pooling(kind: str) -> None:
+    config = ModelConfig(kind=kind, arch="convnet", input_shape=(1, 8, 8), hidden=(4, 6, 5))
+    model = build_model(config)
+    model.bank.extend([ContextSpec(seed=s) for s in (1, 2, 3)])
+    # Checkpoints name layers by position: the weights keep theirs.
+    assert [name for name in model.state_dict() if name.endswith(".weight")] == [
+        "body.0.base_layer.weight",
+        "body.3.base_layer.weight",
+        "body.6.base_layer.weight",
+        "body.10.base_layer.weight",
+    ]
+    x = torch.randn(6, 1, 8, 8)
+    index = torch.tensor([0, 1, 2, 0, 1, 2])
+
+    def logits_and_gradients() -> list[torch.Tensor]:
+        model.zero_grad()
+        logits = model(x, index)
+        logits.square().sum().backward()
+        gradients = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        return [logits.detach(), *gradients]
+
+    pooled_first = logits_and_gradients()
+    body = model.body
+    assert isinstance(body, nn.Sequential)
+    assert [type(body[i]) for i in (1, 2)] == [nn.MaxPool2d, nn.ReLU] and body[2].inplace
+    # The same modules as conv → ReLU → pool, for each of the three blocks (8x8 → 4x4 → 2x2 → 1x1).
+    model.body = nn.Sequential(*(body[i] for i in (0, 2, 1, 3, 5, 4, 6, 8, 7, 9, 10)))
+    relu_first = logits_and_gradients()
+    for got, expected in zip(pooled_first, relu_first, strict=True):
+        assert torch.equal(got, expected)
+
+
 def test_none_is_the_plain_architecture() -> None:
     plain = build_model(ModelConfig(kind="none", hidden=(16,)))
     binary = build_model(ModelConfig(kind="binary", hidden=(16,)))
