@@ -130,6 +130,9 @@ class ModelHost:
         # Serialises context generation, which runs without `_lock` so predictions go on.
         self._adding = threading.Lock()
         self.step_watchers: list[StepWatcher] = []
+        # Set by a read replica's follower while its shard has announced trained weights that
+        # this process could not load yet: why its own weights must not answer.
+        self.weights_missing: str | None = None
         self._metrics = _HostMetrics.of_shard(shard)
         self._metrics.version.set(0)
 
@@ -199,7 +202,8 @@ class ModelHost:
             float32 `(n, num_classes)` probabilities and the version that produced them.
 
         Raises:
-            ModelUnhealthy: The weights are being restored, or gave a non-finite probability.
+            ModelUnhealthy: The weights are being restored, are not loaded yet (a read replica),
+                or gave a non-finite probability.
         """
         x = torch.from_numpy(inputs).to(self.device, non_blocking=True)
         with self._lock:
@@ -230,6 +234,11 @@ class ModelHost:
             raise ModelUnhealthy(
                 "the model's weights went bad and the last healthy checkpoint is being "
                 "restored; nothing was predicted, retry in a moment"
+            )
+        if self.weights_missing is not None:
+            raise ModelUnhealthy(
+                f"this replica has not loaded its shard's weights yet: {self.weights_missing}; "
+                "nothing was predicted, retry in a moment"
             )
         return self.learner.predict(x, rows), self.state.version
 

@@ -177,7 +177,10 @@ class ModelFollower:
         The file is read from this process's checkpoint volume when it is there (a volume
         shared with the worker), else downloaded from the worker. When neither works (the
         announced file was pruned before it could be read, or the worker is down), the newest
-        checkpoint on the volume is served if it is newer than what is served now.
+        checkpoint on the volume is served if it is newer than what is served now. A process
+        that has served none of the shard's checkpoints then has only untrained weights: it
+        answers 503 to predictions and to `/readyz` (`ModelHost.weights_missing`) until one
+        loads.
         """
         if announcement.sequence <= self.sequence:
             return
@@ -187,9 +190,9 @@ class ModelFollower:
                 info = await self._download(announcement)
             version = await asyncio.to_thread(self.host.swap_weights, info.path)
         except CheckpointError as err:
-            await self._serve_newest(err)
+            await self._serve_newest(announcement, err)
             return
-        self.sequence = announcement.sequence
+        self._served(announcement.sequence)
         staleness = max(0.0, time.time() - announcement.written_at)
         self.last_staleness = staleness
         metrics.CHECKPOINT_STALENESS.observe(staleness)
@@ -207,13 +210,24 @@ class ModelFollower:
             )
         return await self.fetcher.fetch(announcement.file, announcement.url, announcement.sha256)
 
-    async def _serve_newest(self, missed: CheckpointError) -> None:
+    async def _serve_newest(self, announcement: ModelAnnouncement, missed: CheckpointError) -> None:
         newest = self.store.latest()
         if newest is None or newest.sequence <= self.sequence:
             report = log.debug if self._stuck_on == self.sequence else log.warning
             self._stuck_on = self.sequence
             report("%s, and no newer checkpoint is on the volume; retrying every poll", missed)
+            if self.sequence == 0:
+                # Nothing of the shard's is served: the weights here are the untrained ones,
+                # and answering with them would pass noise off as the shard's model.
+                self.host.weights_missing = (
+                    f"its newest checkpoint, {announcement.file} (model version "
+                    f"{announcement.version}), could not be read ({missed})"
+                )
             return
         version = await asyncio.to_thread(self.host.swap_weights, newest.path)
-        self.sequence = newest.sequence
+        self._served(newest.sequence)
         log.warning("%s; serving the newest, %s (version %d)", missed, newest.path.name, version)
+
+    def _served(self, sequence: int) -> None:
+        self.sequence = sequence
+        self.host.weights_missing = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import httpx
+import numpy as np
 import pytest
 import redis
 import torch
@@ -13,7 +14,8 @@ from psp_core.learner import TrainingConfig
 from psp_core.models import ModelConfig
 from service.checkpoint_transfer import CheckpointExports, CheckpointFetcher
 from service.checkpoints import CheckpointStore
-from service.model_host import ModelHost
+from service.context_definition import ContextDefinition
+from service.model_host import ModelHost, ModelUnhealthy
 from service.model_sync import ModelAnnouncement, ModelFollower, ModelPublisher
 from service.queue.keys import ShardKeys
 
@@ -62,3 +64,60 @@ async def test_a_checkpoint_that_cannot_be_exported_is_still_announced_for_share
     assert announced is not None
     assert (announced.sequence, announced.version, announced.file) == (1, 3, vanished.path.name)
     assert (announced.url, announced.sha256) == (None, None)
+
+
+def _host() -> ModelHost:
+    return ModelHost(ModelConfig(kind="binary", hidden=(8,)), TrainingConfig(), torch.device("cpu"))
+
+
+def _predict(host: ModelHost) -> tuple[np.ndarray, int]:
+    host.add_contexts([ContextDefinition(index=0, seed=1, power=None)])
+    return host.predict(np.zeros((1, 64), np.float32), host.bank_rows(np.array([0])))
+
+
+def _worker_down(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(503, text="worker restarting")
+
+
+async def test_a_replica_with_none_of_its_shards_weights_refuses_to_predict_until_one_loads(
+    tmp_path,
+) -> None:
+    host, store = _host(), CheckpointStore(tmp_path, keep=2)
+    fetcher = CheckpointFetcher(store, 0, None, transport=httpx.MockTransport(_worker_down))
+    follower = ModelFollower("redis://127.0.0.1:1/0", ShardKeys(), host, store, fetcher)
+    file = "ckpt-0000000003-v42.safetensors"
+    announced = ModelAnnouncement(3, 42, file, 0.0, f"http://worker/shards/0/checkpoints/{file}")
+
+    await follower.serve(announced)
+    assert host.weights_missing is not None
+    assert file in host.weights_missing and "model version 42" in host.weights_missing
+    with pytest.raises(ModelUnhealthy, match="has not loaded its shard's weights yet"):
+        _predict(host)
+
+    trained = _host()
+    trained.learner.model_version = 42
+    trained.save(tmp_path / file, {})  # the worker's volume becomes readable
+    await follower.serve(announced)
+    await follower.close()
+    assert (host.weights_missing, follower.sequence) == (None, 3)
+    probabilities, version = _predict(host)
+    assert version == 42 and probabilities.shape == (1, 10)
+
+
+async def test_a_replica_that_serves_a_checkpoint_keeps_answering_when_a_newer_one_fails(
+    tmp_path,
+) -> None:
+    host, store = _host(), CheckpointStore(tmp_path, keep=2)
+    fetcher = CheckpointFetcher(store, 0, None, transport=httpx.MockTransport(_worker_down))
+    follower = ModelFollower("redis://127.0.0.1:1/0", ShardKeys(), host, store, fetcher)
+    served = ModelAnnouncement(1, 5, "ckpt-0000000001-v5.safetensors", 0.0)
+    trained = _host()
+    trained.learner.model_version = 5
+    trained.save(tmp_path / served.file, {})
+    await follower.serve(served)
+    newer = "ckpt-0000000002-v9.safetensors"
+    await follower.serve(ModelAnnouncement(2, 9, newer, 0.0, f"http://worker/{newer}"))
+    await follower.close()
+
+    assert host.weights_missing is None and follower.sequence == 1
+    assert _predict(host)[1] == 5

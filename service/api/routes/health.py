@@ -18,16 +18,25 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", responses={503: {"description": "Something the service needs is down."}})
 async def readyz(runtime: RuntimeDep) -> JSONResponse:
-    """200 when every shard's weights are healthy, the registry and every shard's queue
-    answer and every background task runs, else 503 naming what is down."""
+    """200 when every shard's weights are loaded and healthy, the registry and every shard's
+    queue answer and every background task runs, else 503 naming what is down."""
+    missing = {
+        shard.number: shard.host.weights_missing
+        for shard in runtime.shards
+        if shard.host.weights_missing is not None
+    }
     checks = {
+        "weights_loaded": not missing,
         "model": all(shard.host.healthy for shard in runtime.shards),
         "registry": await runtime.registry.ping(),
         "queue": all([await shard.queue.ping() for shard in runtime.shards]),
     }
     tasks_down = runtime.supervisor.down()
     checks["background_tasks"] = not tasks_down
-    problems = []
+    problems = [
+        f"shard {number} has not loaded its weights yet: {reason}"
+        for number, reason in missing.items()
+    ]
     if not checks["model"]:
         problems.append("the model's weights failed their health check and are being restored")
     unreachable = [name for name in ("registry", "queue") if not checks[name]]

@@ -34,6 +34,29 @@ def test_healthz_and_readyz(client: TestClient, monkeypatch) -> None:
     assert "registry" in not_ready.json()["detail"]
 
 
+def test_a_replica_without_its_shards_weights_is_not_ready_and_predicts_nothing(
+    client: TestClient, monkeypatch
+) -> None:
+    register(client, "a")
+    host = client.app.state.runtime.shards[0].host  # type: ignore[attr-defined]
+    monkeypatch.setattr(host, "weights_missing", "its newest checkpoint could not be read")
+
+    not_ready = client.get("/readyz")
+    assert not_ready.status_code == 503
+    assert not_ready.json()["checks"]["weights_loaded"] is False
+    assert (
+        "shard 0 has not loaded its weights yet: its newest checkpoint could not be read"
+        in (not_ready.json()["detail"])
+    )
+    refused = client.post("/predict/a", json={"inputs": rows(1)})
+    assert refused.status_code == 503 and "Retry-After" in refused.headers
+    assert "has not loaded its shard's weights yet" in refused.json()["detail"]
+
+    monkeypatch.setattr(host, "weights_missing", None)
+    assert client.get("/readyz").json()["checks"]["weights_loaded"] is True
+    assert client.post("/predict/a", json={"inputs": rows(1)}).status_code == 200
+
+
 def test_metrics_are_prometheus_text_without_context_keys(client: TestClient) -> None:
     register(client, "secret-tenant-key")
     client.post("/train/secret-tenant-key?wait=true", json={"inputs": rows(4), "labels": [1] * 4})

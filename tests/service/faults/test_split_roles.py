@@ -122,3 +122,40 @@ def test_the_api_follows_one_worker_per_shard(base_env, spawn) -> None:
     workers[1].kill()
     workers[1].start()
     assert _train(base, "b", 4) == 4
+
+
+def test_a_replica_that_cannot_load_its_shards_weights_is_not_ready_until_it_can(
+    base_env, spawn, tmp_path
+) -> None:
+    env = {**base_env, "PSP_CHECKPOINT__EVERY_STEPS": "1", "PSP_CHECKPOINT__EVERY_SECONDS": "0.2"}
+    api = spawn("serve", {**env, "PSP_ROLE": "api"})
+    worker = spawn("worker", {**env, "PSP_ROLE": "worker"})
+    base = f"http://127.0.0.1:{api.port}"
+    assert httpx.post(f"{base}/contexts", json={"key": "t"}, timeout=10).status_code == 201
+    assert _train(base, "t", 3) == 1
+    wait_until(lambda: _shard_model(base, 0)["model_version"] == 1, 20, what="version 1 served")
+    worker.stop()
+
+    # A replica on a volume of its own, started while the worker that could send it the
+    # announced checkpoint is down: it holds only untrained weights.
+    replica = spawn(
+        "serve", {**env, "PSP_ROLE": "api", "PSP_DATA_DIR": str(tmp_path / "replica-data")}
+    )
+    copy = f"http://127.0.0.1:{replica.port}"
+    ready = httpx.get(f"{copy}/readyz", timeout=10)
+    assert ready.status_code == 503 and ready.json()["checks"]["weights_loaded"] is False
+    assert "shard 0 has not loaded its weights yet" in ready.json()["detail"]
+    refused = httpx.post(f"{copy}/predict/t", json={"inputs": [ROW]}, timeout=10)
+    assert refused.status_code == 503, refused.text
+    assert "has not loaded its shard's weights yet" in refused.json()["detail"]
+
+    # The worker comes back (on another port) and announces its next checkpoint.
+    spawn("worker", {**env, "PSP_ROLE": "worker"})
+    assert _train(base, "t", 3) == 2
+    wait_until(
+        lambda: httpx.get(f"{copy}/readyz", timeout=10).status_code == 200,
+        30,
+        what="the replica ready once it loaded the weights",
+    )
+    answer = httpx.post(f"{copy}/predict/t", json={"inputs": [ROW]}, timeout=10)
+    assert answer.status_code == 200 and answer.json()["model_version"] == 2
