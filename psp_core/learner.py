@@ -13,6 +13,10 @@ import torch.nn.functional as F
 from psp_core.models import SuperposedModel
 from psp_core.replay import ReplayBuffer
 
+# Devices where Adam steps every tensor in one fused kernel. For the service's small models the
+# per-tensor Adam, a dozen operations per tensor, was a fifth of a training step on the CPU.
+FUSED_ADAM_DEVICES = ("cpu", "cuda")
+
 
 @dataclass(frozen=True)
 class TrainingConfig:
@@ -40,6 +44,12 @@ class TrainingConfig:
         if self.optimizer == "sgd":
             return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum)
         if self.optimizer == "adam":
+            params = list(params)
+            if all(p.device.type in FUSED_ADAM_DEVICES for p in params):
+                try:
+                    return torch.optim.Adam(params, lr=self.lr, fused=True)
+                except RuntimeError:  # torch < 2.4 has no fused Adam for the CPU
+                    pass
             return torch.optim.Adam(params, lr=self.lr)
         return torch.optim.RMSprop(params, lr=self.lr, momentum=self.momentum)
 

@@ -20,12 +20,16 @@ from psp_core.learner import OnlineLearner, TrainingConfig
 from psp_core.models import ModelConfig, build_model
 
 
-def _trained(kind: str = "complex", optimizer: str = "adam") -> OnlineLearner:
+def _trained(
+    kind: str = "complex", optimizer: str = "adam", *, per_tensor_adam: bool = False
+) -> OnlineLearner:
     model = build_model(ModelConfig(kind=kind, hidden=(16,)))
     model.bank.extend(
         [ContextSpec(power=i / 2) if kind == "onepower" else ContextSpec(seed=i) for i in range(4)]
     )
     learner = OnlineLearner(model, TrainingConfig(optimizer=optimizer, lr=0.01))
+    if per_tensor_adam:  # as checkpoints written before Adam was fused were
+        learner.optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     g = torch.Generator().manual_seed(0)
     for _ in range(5):
         learner.step(
@@ -52,6 +56,21 @@ def test_round_trip_reproduces_predictions_and_training(tmp_path: Path, kind, op
     loaded.step(x, index, y)  # the optimiser state came along too
     for a, b in zip(learner.model.parameters(), loaded.model.parameters(), strict=True):
         assert torch.equal(a, b)
+    if optimizer == "adam":
+        assert loaded.optimizer.param_groups[0]["fused"] is True
+
+
+def test_a_checkpoint_of_per_tensor_adam_resumes_with_the_fused_one(tmp_path: Path) -> None:
+    learner = _trained(per_tensor_adam=True)
+    save_checkpoint(tmp_path / "ckpt", learner)
+    loaded, _ = load_checkpoint(tmp_path / "ckpt")
+    assert loaded.optimizer.param_groups[0]["fused"] is True
+    x, index, y = torch.randn(6, 64), torch.tensor([0, 1, 2, 3, 2, 1]), torch.arange(6)
+    for _ in range(3):
+        learner.step(x, index, y)
+        loaded.step(x, index, y)
+    for a, b in zip(learner.model.parameters(), loaded.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_restore_into_a_bank_that_grew_since(tmp_path: Path) -> None:

@@ -57,6 +57,23 @@ def test_steps_reduce_the_loss(optimizer: str) -> None:
     assert last < first / 2
 
 
+def test_adam_is_fused_on_the_cpu_and_steps_as_per_tensor_adam_does() -> None:
+    fused, reference = _learner(optimizer="adam"), _learner(optimizer="adam")
+    assert fused.optimizer.param_groups[0]["fused"] is True
+    reference.optimizer = torch.optim.Adam(reference.model.parameters(), lr=0.05)
+    assert not reference.optimizer.param_groups[0]["fused"]
+    generator = torch.Generator().manual_seed(3)
+    for _ in range(20):
+        x = torch.randn(16, 64, generator=generator)
+        y = torch.randint(0, 10, (16,), generator=generator)
+        index = torch.randint(0, 3, (16,), generator=generator)
+        fused.step(x, index, y)
+        reference.step(x, index, y)
+    pairs = zip(fused.model.parameters(), reference.model.parameters(), strict=True)
+    for a, b in pairs:
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def _one_element_infinite(grad: torch.Tensor) -> torch.Tensor:
     poisoned = grad.clone()
     poisoned.view(-1)[-1] = float("-inf")
