@@ -112,7 +112,9 @@ class LayerContexts(nn.Module, ABC):
         Returns:
             `(B, *row_shape)` unless the kind says otherwise.
         """
-        return self.table[context_index]
+        # `index_select` rather than `table[context_index]`: on the CPU advanced indexing took
+        # 4-8x as long for a batch of 96 rows, a few percent of a small model's training step.
+        return self.table.index_select(0, context_index)
 
     def __len__(self) -> int:
         return self.count

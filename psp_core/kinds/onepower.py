@@ -70,7 +70,7 @@ class OnePowerContexts(ComplexContexts):
 
     def gather(self, context_index: torch.Tensor) -> torch.Tensor:
         """The cached `(cos kφ, -sin kφ)` of every row of a batch, `(B, 2M)`."""
-        return self.vectors[context_index]
+        return self.vectors.index_select(0, context_index)  # see `LayerContexts.gather`
 
     def bytes_per_context(self) -> int:
         """The exponent and its cached vector (the shared base phases not counted)."""
