@@ -75,16 +75,27 @@ def _predict(host: ModelHost) -> tuple[np.ndarray, int]:
     return host.predict(np.zeros((1, 64), np.float32), host.bank_rows(np.array([0])))
 
 
-def _worker_down(request: httpx.Request) -> httpx.Response:
-    return httpx.Response(503, text="worker restarting")
+def _following_a_worker_that_is_down(tmp_path) -> tuple[ModelHost, ModelFollower]:
+    host, store = _host(), CheckpointStore(tmp_path, keep=2)
+
+    def worker_down(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(503, text="worker restarting")
+
+    fetcher = CheckpointFetcher(store, 0, None, transport=httpx.MockTransport(worker_down))
+    return host, ModelFollower("redis://127.0.0.1:1/0", ShardKeys(), host, store, fetcher)
+
+
+def _write_checkpoint(path, version: int) -> None:
+    """A checkpoint of model `version`, as the worker would leave on a shared volume."""
+    trained = _host()
+    trained.learner.model_version = version
+    trained.save(path, {})
 
 
 async def test_a_replica_with_none_of_its_shards_weights_refuses_to_predict_until_one_loads(
     tmp_path,
 ) -> None:
-    host, store = _host(), CheckpointStore(tmp_path, keep=2)
-    fetcher = CheckpointFetcher(store, 0, None, transport=httpx.MockTransport(_worker_down))
-    follower = ModelFollower("redis://127.0.0.1:1/0", ShardKeys(), host, store, fetcher)
+    host, follower = _following_a_worker_that_is_down(tmp_path)
     file = "ckpt-0000000003-v42.safetensors"
     announced = ModelAnnouncement(3, 42, file, 0.0, f"http://worker/shards/0/checkpoints/{file}")
 
@@ -94,9 +105,7 @@ async def test_a_replica_with_none_of_its_shards_weights_refuses_to_predict_unti
     with pytest.raises(ModelUnhealthy, match="has not loaded its shard's weights yet"):
         _predict(host)
 
-    trained = _host()
-    trained.learner.model_version = 42
-    trained.save(tmp_path / file, {})  # the worker's volume becomes readable
+    _write_checkpoint(tmp_path / file, 42)  # the worker's volume becomes readable
     await follower.serve(announced)
     await follower.close()
     assert (host.weights_missing, follower.sequence) == (None, 3)
@@ -107,13 +116,9 @@ async def test_a_replica_with_none_of_its_shards_weights_refuses_to_predict_unti
 async def test_a_replica_that_serves_a_checkpoint_keeps_answering_when_a_newer_one_fails(
     tmp_path,
 ) -> None:
-    host, store = _host(), CheckpointStore(tmp_path, keep=2)
-    fetcher = CheckpointFetcher(store, 0, None, transport=httpx.MockTransport(_worker_down))
-    follower = ModelFollower("redis://127.0.0.1:1/0", ShardKeys(), host, store, fetcher)
+    host, follower = _following_a_worker_that_is_down(tmp_path)
     served = ModelAnnouncement(1, 5, "ckpt-0000000001-v5.safetensors", 0.0)
-    trained = _host()
-    trained.learner.model_version = 5
-    trained.save(tmp_path / served.file, {})
+    _write_checkpoint(tmp_path / served.file, 5)
     await follower.serve(served)
     newer = "ckpt-0000000002-v9.safetensors"
     await follower.serve(ModelAnnouncement(2, 9, newer, 0.0, f"http://worker/{newer}"))
