@@ -218,10 +218,11 @@ class ModelFollower:
             report("%s, and no newer checkpoint is on the volume; retrying every poll", missed)
             if self.sequence == 0:
                 # Nothing of the shard's is served: the weights here are the untrained ones,
-                # and answering with them would pass noise off as the shard's model.
+                # and answering with them would pass noise off as the shard's model. The
+                # answers say why without the worker's address or the file (logged above).
                 self.host.weights_missing = (
-                    f"its newest checkpoint, {announcement.file} (model version "
-                    f"{announcement.version}), could not be read ({missed})"
+                    f"model version {announcement.version} is announced, but neither this "
+                    "process's volume nor the shard's worker could provide it"
                 )
             return
         version = await asyncio.to_thread(self.host.swap_weights, newest.path)

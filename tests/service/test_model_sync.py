@@ -101,7 +101,8 @@ async def test_a_replica_with_none_of_its_shards_weights_refuses_to_predict_unti
 
     await follower.serve(announced)
     assert host.weights_missing is not None
-    assert file in host.weights_missing and "model version 42" in host.weights_missing
+    assert "model version 42 is announced" in host.weights_missing
+    assert "worker" in host.weights_missing and file not in host.weights_missing
     with pytest.raises(ModelUnhealthy, match="has not loaded its shard's weights yet"):
         _predict(host)
 
