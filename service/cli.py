@@ -69,6 +69,10 @@ def serve(
     settings = _settings_or_exit()
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     if workers == 1:
+        from service.step_process import start_fork_server, steps_run_in_child
+
+        if steps_run_in_child(settings):
+            start_fork_server()  # its imports overlap with the app's start-up
         from service.app import create_app
 
         uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)

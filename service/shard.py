@@ -11,8 +11,6 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-import torch
-
 from service.batcher import PredictBatcher
 from service.checkpoint_transfer import CheckpointExports
 from service.checkpoints import CheckpointStore
@@ -27,7 +25,7 @@ from service.queue.lanes import ShardQueue
 from service.queue.memory_applied import InProcessAppliedNotices
 from service.queue.memory_stream import InProcessQueue
 from service.settings import Settings
-from service.step_process import ChildStepHost
+from service.step_process import ChildStepHost, steps_run_in_child
 from service.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -122,13 +120,12 @@ def _make_host(settings: Settings) -> ModelHost:
     in role `all` on the CPU, with its steps in a child process unless told otherwise."""
     if settings.faults.any:
         log.warning("fault injection is on (PSP_FAULTS__*): %s", settings.faults)
-    device = resolve_device(settings.device)
-    if _steps_in_child(settings, device):
+    if steps_run_in_child(settings):
         return ChildStepHost(settings)  # the child installs the fault injector
     host = ModelHost(
         settings.model.to_config(),
         settings.training.to_config(settings.replay),
-        device,
+        resolve_device(settings.device),
         # Read replicas never train, so they keep no rows to rehearse.
         replay_rows=settings.replay.rows if settings.role != "api" else 0,
         shard=settings.queue.shard,
@@ -136,13 +133,3 @@ def _make_host(settings: Settings) -> ModelHost:
     if settings.faults.any:
         host.step_watchers.append(FaultInjector(settings.faults))
     return host
-
-
-def _steps_in_child(settings: Settings, device: torch.device) -> bool:
-    """Only role `all` serves HTTP and trains in one process; on a GPU the steps are mostly
-    kernels that run while the interpreter goes on."""
-    return (
-        settings.role == "all"
-        and settings.training.steps_in == "child_process"
-        and device.type == "cpu"
-    )

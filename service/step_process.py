@@ -24,6 +24,7 @@ import functools
 import gc
 import logging
 import multiprocessing
+import multiprocessing.forkserver
 import multiprocessing.util
 import signal
 import threading
@@ -43,7 +44,7 @@ from psp_core.learner import StepResult
 from service.context_definition import ContextDefinition
 from service.divergence import DivergenceGuard
 from service.faults import FaultInjector
-from service.model_host import ModelHost, TrainRows
+from service.model_host import ModelHost, TrainRows, resolve_device
 from service.model_state import SharedModelState
 from service.settings import GuardSettings, Settings
 
@@ -65,6 +66,25 @@ def process_context() -> BaseContext:
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([__name__, "torch._dynamo"])
     return context
+
+
+def steps_run_in_child(settings: Settings) -> bool:
+    """Only role `all` serves HTTP and trains in one process; on a GPU the steps are mostly
+    kernels that run while the interpreter goes on."""
+    return (
+        settings.role == "all"
+        and settings.training.steps_in == "child_process"
+        and resolve_device(settings.device).type == "cpu"
+    )
+
+
+def start_fork_server() -> None:
+    """Starts the fork server now, so that its imports (torch, this package: seconds) run on
+    another core while this process imports the app and migrates the registry; the first
+    child then forks from a server that is ready, or nearly. Without this call the first child
+    starts it."""
+    process_context()
+    multiprocessing.forkserver.ensure_running()
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,12 @@ from service.context_definition import ContextDefinition
 from service.divergence import Diverged
 from service.model_host import ModelHost, ModelUnhealthy, TrainRows
 from service.settings import Settings
-from service.step_process import ChildStepHost, StepProcessDied
+from service.step_process import (
+    ChildStepHost,
+    StepProcessDied,
+    start_fork_server,
+    steps_run_in_child,
+)
 
 CONTEXTS = [ContextDefinition(0, seed=11, power=None), ContextDefinition(1, seed=12, power=None)]
 
@@ -197,3 +202,52 @@ def test_a_process_that_never_closed_its_host_still_exits(tmp_path: Path) -> Non
     )
     assert finished.returncode == 0, finished.stderr
     assert finished.stdout == "started\n"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "in_child"),
+    [
+        ({}, True),
+        ({"training": {"steps_in": "thread"}}, False),
+        ({"role": "worker", "redis_url": "redis://127.0.0.1:6379/0"}, False),
+        ({"role": "api", "redis_url": "redis://127.0.0.1:6379/0"}, False),
+    ],
+)
+def test_only_role_all_steps_in_a_child_unless_told_otherwise(
+    tmp_path: Path, overrides: dict[str, Any], in_child: bool
+) -> None:
+    assert steps_run_in_child(_settings(tmp_path, **overrides)) is in_child
+
+
+def _parent_of(pid: int) -> int:
+    # /proc/PID/stat: "pid (name) state ppid ..."; the name may hold spaces, never ")".
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+
+
+def _fork_servers_started_here() -> list[int]:
+    servers = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            is_server = b"multiprocessing.forkserver" in (entry / "cmdline").read_bytes()
+            if is_server and _parent_of(int(entry.name)) == os.getpid():
+                servers.append(int(entry.name))
+        except (FileNotFoundError, ProcessLookupError):  # it exited while being read
+            continue
+    return servers
+
+
+def test_the_fork_server_started_ahead_forks_the_first_child(settings: Settings) -> None:
+    start_fork_server()
+    start_fork_server()  # once started, it is not started again
+    servers = _fork_servers_started_here()
+    assert len(servers) == 1
+
+    host = ChildStepHost(settings)
+    try:
+        host.add_contexts(CONTEXTS)  # starts the child
+        assert host.child_pid is not None
+        assert _parent_of(host.child_pid) == servers[0]
+    finally:
+        host.close()
