@@ -9,15 +9,22 @@ burst  `--burst-clients` clients each send one request of `--burst-rows ÷ --bur
        to its own context at the same moment, so that the batcher forms one forward pass of
        `--burst-rows` rows over mixed contexts; the figure is the p50 over `--bursts` bursts of
        the time from the first send to the last answer.
+training
+       One client predicts as in `idle` while `--train-clients` clients post `--train-rows`-row
+       batches with `wait=true`, so that the trainer always has a step to run: the predict p50
+       and p99 with that load ÷ without it, measured in interleaved rounds of
+       `--training-seconds` each on one service.
 
 Run: `python benchmarks/predict_latency.py [--device cuda] [--kind complex] [--hidden 256,256]
-[--parts idle,burst] [--json PATH]`.
+[--parts idle,burst,training] [--json PATH]`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import random
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +33,8 @@ import httpx
 import numpy as np
 from _harness import (
     JSON_HEADERS,
+    Recorder,
+    drive,
     json_bodies,
     machine_line,
     model_env,
@@ -38,7 +47,9 @@ from _harness import (
     sequential_predicts,
     throwaway_dir,
     torch_thread_env,
+    train_bodies,
 )
+from _raw_http import drive_raw, post_request
 from _serving import bare_server
 from bare_endpoint import context_key
 
@@ -60,7 +71,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--burst-clients", type=int, default=64)
     parser.add_argument("--bursts", type=int, default=20)
     parser.add_argument("--no-bare", action="store_true", help="skip the bare endpoint")
-    parser.add_argument("--parts", default="idle,burst", help="comma-separated: idle, burst")
+    parser.add_argument("--train-clients", type=int, default=4)
+    parser.add_argument("--train-rows", type=int, default=32)
+    parser.add_argument("--training-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--parts", default="idle,burst", help="comma-separated: idle, burst, training"
+    )
     parser.add_argument("--torch-threads", type=int, default=None)
     parser.add_argument("--json", default=None, help="save the figures to this JSON file")
     return parser.parse_args(argv)
@@ -155,6 +171,98 @@ def burst(args: argparse.Namespace, workdir: Path, keys: list[str]) -> dict[str,
     return {"rows": rows, "p50": p50}
 
 
+def _predicts_for(base_url: str, keys: list[str], bodies: list[bytes], seconds: float) -> Recorder:
+    """One client's sequential one-row predicts for `seconds`."""
+    recorder = Recorder()
+    rng = random.Random(int(seconds * 1000))
+
+    async def operation(client: httpx.AsyncClient, number: int) -> None:
+        key = keys[rng.randrange(len(keys))]
+        body = bodies[rng.randrange(len(bodies))]
+        await recorder.send(
+            client, "predict", "POST", f"/predict/{key}", content=body, headers=JSON_HEADERS
+        )
+
+    run_async(drive(base_url, operation, clients=1, seconds=seconds, max_operations=10**9))
+    if recorder.non_ok("predict"):
+        raise RuntimeError(f"{recorder.non_ok('predict')} predicts failed on {base_url}")
+    return recorder
+
+
+def _train_load(
+    args: argparse.Namespace, base_url: str, keys: list[str], bodies: list[bytes]
+) -> tuple[threading.Thread, Recorder]:
+    """`--train-clients` closed loops of `POST /train?wait=true` for `--training-seconds`, on
+    the light HTTP client in a thread of their own (started)."""
+    recorder = Recorder()
+    rngs = [random.Random(n) for n in range(args.train_clients)]
+
+    def next_request(number: int) -> bytes:
+        rng = rngs[number]
+        key = keys[rng.randrange(len(keys))]
+        return post_request(f"/train/{key}?wait=true", bodies[rng.randrange(len(bodies))])
+
+    load = drive_raw(
+        base_url,
+        "train",
+        next_request,
+        recorder,
+        clients=args.train_clients,
+        seconds=args.training_seconds,
+        max_operations=10**9,
+    )
+    thread = threading.Thread(target=run_async, args=(load,), daemon=True)
+    thread.start()
+    return thread, recorder
+
+
+def training(args: argparse.Namespace, workdir: Path, keys: list[str]) -> dict[str, Any]:
+    predict = json_bodies(np.random.default_rng(0), 64, 1, args.input)
+    train = train_bodies(np.random.default_rng(2), 64, args.train_rows, args.input)
+    latencies: dict[str, list[float]] = {"quiet": [], "training": []}
+    trained = 0
+    with running(service(args, workdir)) as (server,):
+        register_contexts(server.base_url, keys)
+        sequential_p50(server.base_url, keys, predict, 50)  # warm-up
+        for _ in range(args.rounds):
+            quiet = _predicts_for(server.base_url, keys, predict, args.training_seconds)
+            latencies["quiet"] += quiet.latencies["predict"]
+            thread, load = _train_load(args, server.base_url, keys, train)
+            time.sleep(0.5)  # the trainer is busy before the first predict
+            busy = _predicts_for(server.base_url, keys, predict, args.training_seconds - 1)
+            latencies["training"] += busy.latencies["predict"]
+            thread.join()
+            trained += load.count("train", 200) * args.train_rows
+            if load.non_ok("train"):
+                raise RuntimeError(f"{load.non_ok('train')} train requests failed")
+    figures: dict[str, Any] = {
+        phase: {"p50": percentile(v, 50), "p99": percentile(v, 99), "predicts": len(v)}
+        for phase, v in latencies.items()
+    }
+    figures["examples_trained_per_second"] = trained / (args.rounds * args.training_seconds)
+    for q in ("p50", "p99"):
+        figures[f"{q}_ratio"] = figures["training"][q] / figures["quiet"][q]
+    print(
+        f"training: one predict client, beside {args.train_clients} clients training "
+        f"{args.train_rows}-row batches (wait=true), {args.kind} {args.input}-{args.hidden}, "
+        f"{args.device}; {figures['examples_trained_per_second']:,.0f} examples/s trained"
+    )
+    print_table(
+        ["phase", "predicts", "p50 ms", "p99 ms"],
+        [
+            [
+                phase,
+                figures[phase]["predicts"],
+                ms(figures[phase]["p50"]),
+                ms(figures[phase]["p99"]),
+            ]
+            for phase in latencies
+        ]
+        + [["training ÷ quiet", "", f"{figures['p50_ratio']:.2f}", f"{figures['p99_ratio']:.2f}"]],
+    )
+    return figures
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     parts = set(args.parts.split(","))
@@ -162,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
     keys = [context_key(n) for n in range(args.contexts)]
     figures: dict[str, Any] = {}
     with throwaway_dir() as workdir:
-        for part, measure in (("idle", idle), ("burst", burst)):
+        for part, measure in (("idle", idle), ("burst", burst), ("training", training)):
             if part in parts:
                 (workdir / part).mkdir()
                 figures[part] = measure(args, workdir / part, keys)

@@ -14,7 +14,7 @@ from psp_core.checkpoint import (
 from psp_core.contexts import ContextSpec
 from psp_core.kinds import CONTEXT_KINDS, KINDS_WITH_CONTEXTS, LayerContexts, kind_class
 from psp_core.layers import SuperposedConv2d, SuperposedLayer, SuperposedLinear, superpose
-from psp_core.learner import OnlineLearner, StepResult, TrainingConfig
+from psp_core.learner import OnlineLearner, PreparedStep, StepResult, TrainingConfig
 from psp_core.models import (
     ModelConfig,
     SuperposedConvNet,
@@ -33,6 +33,7 @@ __all__ = [
     "LayerContexts",
     "ModelConfig",
     "OnlineLearner",
+    "PreparedStep",
     "StepResult",
     "SuperposedConv2d",
     "SuperposedConvNet",

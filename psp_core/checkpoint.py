@@ -191,6 +191,7 @@ def _apply(
     for group, fresh in zip(optimizer.param_groups, fresh_groups, strict=True):
         group.update({k: v for k, v in fresh.items() if k != "params"})
     learner.optimizer = optimizer
+    learner.discard_prepared_step()
     learner.model_version = int(header["model_version"])
     if learner.replay is not None:
         # Rows learned after this checkpoint will be learned (and kept) again on replay.

@@ -78,6 +78,26 @@ class StepResult:
         return float(self.correct.float().mean()) if self.correct.numel() else 0.0
 
 
+@dataclass(frozen=True, eq=False)
+class PreparedStep:
+    """A step whose gradients are computed and whose update is pending (`prepare_step`).
+
+    Attributes:
+        x, context_index, y, context_ids: The new rows, as given to `prepare_step`.
+        loss: The minibatch's mean cross-entropy before the update.
+        correct: The new rows' test-then-train scores (see `StepResult`).
+        finite: Whether the loss and every gradient were finite; a step that is not is refused.
+    """
+
+    x: torch.Tensor
+    context_index: torch.Tensor
+    y: torch.Tensor
+    context_ids: np.ndarray | None
+    loss: float
+    correct: torch.Tensor
+    finite: bool
+
+
 ContextRows = Callable[[np.ndarray], torch.Tensor]
 """Maps the context ids kept in a replay buffer to bank rows on the model's device."""
 
@@ -114,6 +134,7 @@ class OnlineLearner:
         self.refused_steps = 0
         self.replay = replay
         self.rows_of = rows_of or self._bank_rows
+        self._prepared: PreparedStep | None = None
 
     @property
     def device(self) -> torch.device:
@@ -143,31 +164,68 @@ class OnlineLearner:
             context_ids: `(B,)` int64 ids the buffer keeps the rows under; the bank rows when
                 None.
         """
+        return self.commit_step(self.prepare_step(x, context_index, y, context_ids=context_ids))
+
+    def prepare_step(
+        self,
+        x: torch.Tensor,
+        context_index: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        context_ids: np.ndarray | None = None,
+    ) -> PreparedStep:
+        """The first half of `step` (same arguments): the forward and backward passes, which
+        leave the gradients on the parameters and change no weight. Readers of the weights
+        need not wait for it; `commit_step` then updates them, and must come before the next
+        `prepare_step`.
+        """
         fresh = len(y)
         x = x.reshape(fresh, -1)
         replayed = self._replayed_rows()
         if replayed is not None:
-            x = torch.cat([x, replayed[0]])
-            context_index = torch.cat([context_index, replayed[1]])
-            y_all = torch.cat([y, replayed[2]])
+            all_x = torch.cat([x, replayed[0]])
+            all_index = torch.cat([context_index, replayed[1]])
+            all_y = torch.cat([y, replayed[2]])
         else:
-            y_all = y
+            all_x, all_index, all_y = x, context_index, y
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        logits = self.model(x, context_index)
+        logits = self.model(all_x, all_index)
         correct = (logits[:fresh].detach().argmax(dim=1) == y).cpu()
-        loss = F.cross_entropy(logits, y_all)
+        loss = F.cross_entropy(logits, all_y)
         loss_value = float(loss.detach())
-        if torch.isfinite(loss.detach()):
+        finite = bool(torch.isfinite(loss.detach()))
+        if finite:
             loss.backward()
-            if self._finite_gradients_clipped():
-                self.optimizer.step()
-                self.model_version += 1
-                self._remember(x[:fresh], context_index[:fresh], y, context_ids)
-                return StepResult(True, loss_value, correct, self.model_version)
+            finite = self._finite_gradients_clipped()
+        prepared = PreparedStep(x, context_index, y, context_ids, loss_value, correct, finite)
+        self._prepared = prepared
+        return prepared
+
+    def commit_step(self, prepared: PreparedStep) -> StepResult:
+        """The second half of `step`: the optimiser's update, the new version and the rows the
+        buffer keeps, or, for a non-finite step, the refusal.
+
+        Raises:
+            RuntimeError: `prepared` is not the latest `prepare_step`'s, or was committed.
+        """
+        if prepared is not self._prepared:
+            raise RuntimeError("commit_step takes the latest prepare_step's result, once")
+        self._prepared = None
+        if prepared.finite:
+            self.optimizer.step()
+            self.model_version += 1
+            self._remember(prepared.x, prepared.context_index, prepared.y, prepared.context_ids)
+            return StepResult(True, prepared.loss, prepared.correct, self.model_version)
         self.optimizer.zero_grad(set_to_none=True)
         self.refused_steps += 1
-        return StepResult(False, loss_value, correct, self.model_version)
+        return StepResult(False, prepared.loss, prepared.correct, self.model_version)
+
+    def discard_prepared_step(self) -> None:
+        """Forgets a prepared step and its gradients: one prepared on weights that have since
+        been replaced (a checkpoint restored) must never be committed."""
+        self._prepared = None
+        self.optimizer.zero_grad(set_to_none=True)
 
     def _replayed_rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """`config.replay_per_step` rows drawn from the buffer, on the model's device."""

@@ -1,8 +1,20 @@
 """The model host: one superposed model on the best device, shared by predict and the trainer.
 
 The host maps registry indices to bank rows, runs forward passes and training steps, and
-swaps in checkpointed weights. A lock makes each training step atomic with respect to
-predictions: a forward pass never sees a half-applied step.
+swaps in checkpointed weights. Two locks keep predictions apart from training:
+
+- the model lock, held by every forward pass of a prediction, and by a writer only while it
+  changes what a prediction reads: a step's update and its watchers' verdict, a checkpoint's
+  weights, new contexts. A forward pass never sees a half-applied step, and it never waits for a
+  step's own forward and backward passes, which only read the weights.
+- the writing lock, held for the whole of every change to the learner (a step, a checkpoint
+  save or restore, purging the replay buffer), so that nothing comes between a step's backward
+  pass and its update. Within one process there is one writer; the host only keeps its calls
+  apart.
+
+Predictions may run beside a step's forward pass, in train mode, in another thread. The models
+built from `ModelConfig` have no layer that behaves differently in training (no dropout, no batch
+normalisation), so the mode one pass sets does not change the other's answer.
 """
 
 from __future__ import annotations
@@ -65,8 +77,9 @@ class ModelUnhealthy(RuntimeError):
 
 
 class StepWatcher(Protocol):
-    """Code that runs around every training step, under the model lock, so that no forward
-    pass sees weights between the step and the watcher's verdict."""
+    """Code that runs around every training step: `before_step` before its passes, and
+    `after_step` under the model lock with the update, so that no forward pass sees weights
+    between the update and the watcher's verdict."""
 
     def before_step(self, learner: OnlineLearner) -> None: ...
 
@@ -127,6 +140,7 @@ class ModelHost:
         # the steps run in one (`service.step_process`).
         self.state = state or LocalModelState()
         self._lock = self.state.lock
+        self._writing = threading.Lock()  # see the module's docstring
         # Serialises context generation, which runs without `_lock` so predictions go on.
         self._adding = threading.Lock()
         self.step_watchers: list[StepWatcher] = []
@@ -256,7 +270,8 @@ class ModelHost:
     def train_step(self, batch: TrainRows) -> StepResult:
         """One test-then-train step; refused (and counted) when it is not finite.
 
-        The step watchers run under the same lock; one may raise to reject the new weights.
+        The step watchers' verdict comes under the model lock with the update; one may raise
+        to reject the new weights.
         """
         result, replay_rows = self._locked_step(batch)
         self.count_step(result, len(batch.labels), replay_rows)
@@ -267,18 +282,21 @@ class ModelHost:
         return [self.train_step(batch) for batch in batches]
 
     def _locked_step(self, batch: TrainRows) -> tuple[StepResult, int]:
-        """The step under the model lock, and how many rows the replay buffer then holds."""
+        """The step (its passes under the writing lock, its update under the model lock too),
+        and how many rows the replay buffer then holds."""
         rows = self.bank_rows(batch.indices)
         x = torch.from_numpy(np.ascontiguousarray(batch.inputs)).to(self.device)
         y = torch.from_numpy(np.ascontiguousarray(batch.labels)).to(self.device)
-        with self._lock:
+        with self._writing:
             for watcher in self.step_watchers:
                 watcher.before_step(self.learner)
-            result = self.learner.step(x, rows, y, context_ids=batch.indices)
-            self.state.version = self.learner.model_version
-            for watcher in self.step_watchers:
-                watcher.after_step(self.learner, result)
-            replay_rows = self.replay_size
+            prepared = self.learner.prepare_step(x, rows, y, context_ids=batch.indices)
+            with self._lock:
+                result = self.learner.commit_step(prepared)
+                self.state.version = self.learner.model_version
+                for watcher in self.step_watchers:
+                    watcher.after_step(self.learner, result)
+                replay_rows = self.replay_size
         return result, replay_rows
 
     def count_step(self, result: StepResult, examples: int, replay_rows: int) -> None:
@@ -319,7 +337,7 @@ class ModelHost:
         replay = self.learner.replay
         if replay is None:
             return 0
-        with self._lock:
+        with self._writing:
             dropped = replay.purge(set(indices))
             self._metrics.replay_rows.set(len(replay))
         return dropped
@@ -329,7 +347,7 @@ class ModelHost:
 
     def save(self, path: Path, metadata: dict[str, str]) -> None:
         """Writes a checkpoint of the current state."""
-        with self._lock:
+        with self._writing, self._lock:  # the bank too: no context is half-added
             save_checkpoint(path, self.learner, metadata)
 
     def swap_weights(self, path: Path) -> int:
@@ -354,7 +372,7 @@ class ModelHost:
         The bank is not compared with the checkpoint's: the registry is the source of truth for
         contexts, and processes may have learned of them in different orders.
         """
-        with self._lock:
+        with self._writing, self._lock:
             metadata = restore_checkpoint(path, self.learner, verify_contexts=False)
             self.state.version = self.learner.model_version
             self.healthy = True
@@ -364,7 +382,7 @@ class ModelHost:
     def restore_as(self, path: Path, version: int) -> dict[str, str]:
         """`load`s a checkpoint, then names its state `version`: a restored state is a new
         version, so a version always names exactly one set of weights."""
-        with self._lock:
+        with self._writing, self._lock:
             metadata = restore_checkpoint(path, self.learner, verify_contexts=False)
             self.learner.model_version = version
             self.state.version = version

@@ -173,3 +173,15 @@ def test_restore_keeps_the_learners_hyperparameters_but_not_another_optimizer(
     assert learner.optimizer.state  # Adam's moments came back
     with pytest.raises(CheckpointError, match="same optimizer"):
         restore_checkpoint(tmp_path / "c", OnlineLearner(model, TrainingConfig(optimizer="sgd")))
+
+
+def test_a_step_prepared_before_a_restore_is_never_committed(tmp_path: Path) -> None:
+    learner = _trained()
+    x, index, y = torch.randn(4, 64), torch.zeros(4, dtype=torch.long), torch.zeros(4).long()
+    save_checkpoint(tmp_path / "ck.pt", learner)
+    prepared = learner.prepare_step(x, index, y)
+    restore_checkpoint(tmp_path / "ck.pt", learner)
+    with pytest.raises(RuntimeError, match="latest prepare_step"):
+        learner.commit_step(prepared)
+    assert learner.model_version == 5
+    assert all(p.grad is None for p in learner.model.parameters())

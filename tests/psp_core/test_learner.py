@@ -219,3 +219,33 @@ def test_clipping_and_replay_settings_validate() -> None:
         TrainingConfig(clip_norm=0.0)
     with pytest.raises(ValueError, match="replay_per_step"):
         TrainingConfig(replay_per_step=-1)
+
+
+def test_prepare_changes_no_weight_and_commit_steps_as_step_does() -> None:
+    stepped, split = _learner(optimizer="adam"), _learner(optimizer="adam")
+    x, y = torch.randn(16, 64), torch.randint(0, 10, (16,))
+    index = torch.arange(16) % 3
+    before = _snapshot(split)
+
+    prepared = split.prepare_step(x, index, y)
+    assert _snapshot(split) == before and split.model_version == 0
+    assert all(p.grad is not None for p in split.model.parameters())
+    result = split.commit_step(prepared)
+
+    expected = stepped.step(x, index, y)
+    assert (result.applied, result.loss, result.model_version) == (True, expected.loss, 1)
+    assert torch.equal(result.correct, expected.correct)
+    assert _snapshot(split) == _snapshot(stepped)
+
+
+def test_a_step_commits_once_and_only_the_latest_preparation() -> None:
+    learner = _learner()
+    x, y, index = torch.randn(4, 64), torch.randint(0, 10, (4,)), torch.zeros(4).long()
+    first = learner.prepare_step(x, index, y)
+    latest = learner.prepare_step(x, index, y)
+    with pytest.raises(RuntimeError, match="latest prepare_step"):
+        learner.commit_step(first)
+    assert learner.commit_step(latest).model_version == 1
+    with pytest.raises(RuntimeError, match="once"):
+        learner.commit_step(latest)
+    assert learner.model_version == 1
