@@ -40,6 +40,7 @@ from _harness import (
     model_env,
     ms,
     percentile,
+    predict_one,
     print_table,
     register_contexts,
     run_async,
@@ -177,11 +178,7 @@ def _predicts_for(base_url: str, keys: list[str], bodies: list[bytes], seconds: 
     rng = random.Random(int(seconds * 1000))
 
     async def operation(client: httpx.AsyncClient, number: int) -> None:
-        key = keys[rng.randrange(len(keys))]
-        body = bodies[rng.randrange(len(bodies))]
-        await recorder.send(
-            client, "predict", "POST", f"/predict/{key}", content=body, headers=JSON_HEADERS
-        )
+        await predict_one(recorder, client, rng, keys, bodies)
 
     run_async(drive(base_url, operation, clients=1, seconds=seconds, max_operations=10**9))
     if recorder.non_ok("predict"):
