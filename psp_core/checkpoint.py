@@ -68,13 +68,25 @@ def save_checkpoint(
         learner: The learner to save.
         metadata: Caller strings kept beside the state, e.g. the last applied queue entry id.
     """
-    path = Path(path)
+    write_checkpoint(path, checkpoint_bytes(learner, metadata))
+
+
+def checkpoint_bytes(learner: OnlineLearner, metadata: dict[str, str] | None = None) -> bytes:
+    """The checkpoint of the learner's state as it is now, in memory (the first half of
+    `save_checkpoint`): a caller that must keep the learner still while it is read can let go
+    before `write_checkpoint` waits for the disk."""
     tensors, header = _tensors_of(learner)
     header["user"] = metadata or {}
-    blob = save_tensors(tensors, metadata={"psp": json.dumps(header)})
+    return bytes(save_tensors(tensors, metadata={"psp": json.dumps(header)}))
+
+
+def write_checkpoint(path: str | Path, checkpoint: bytes) -> None:
+    """Writes `checkpoint_bytes` to `path` atomically and durably: a temporary file, fsynced,
+    renamed over the target, and the rename fsynced too."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as handle:
-        handle.write(blob)
+        handle.write(checkpoint)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)

@@ -4,9 +4,10 @@ The host maps registry indices to bank rows, runs forward passes and training st
 swaps in checkpointed weights. Two locks keep predictions apart from training:
 
 - the model lock, held by every forward pass of a prediction, and by a writer only while it
-  changes what a prediction reads: a step's update and its watchers' verdict, a checkpoint's
-  weights, new contexts. A forward pass never sees a half-applied step, and it never waits for a
-  step's own forward and backward passes, which only read the weights.
+  changes what a prediction reads (a step's update and its watchers' verdict, a restored
+  checkpoint's weights, new contexts) or takes a checkpoint in memory. A forward pass never sees
+  a half-applied step, and it never waits for a step's own forward and backward passes, which
+  only read the weights, nor for a checkpoint's write to disk.
 - the writing lock, held for the whole of every change to the learner (a step, a checkpoint
   save or restore, purging the replay buffer), so that nothing comes between a step's backward
   pass and its update. Within one process there is one writer; the host only keeps its calls
@@ -29,7 +30,12 @@ import numpy as np
 import torch
 from prometheus_client import Counter, Gauge
 
-from psp_core.checkpoint import read_weights, restore_checkpoint, save_checkpoint
+from psp_core.checkpoint import (
+    checkpoint_bytes,
+    read_weights,
+    restore_checkpoint,
+    write_checkpoint,
+)
 from psp_core.contexts import ContextSpec
 from psp_core.learner import OnlineLearner, StepResult, TrainingConfig
 from psp_core.models import ModelConfig, build_model, parameter_count
@@ -347,8 +353,12 @@ class ModelHost:
 
     def save(self, path: Path, metadata: dict[str, str]) -> None:
         """Writes a checkpoint of the current state."""
-        with self._writing, self._lock:  # the bank too: no context is half-added
-            save_checkpoint(path, self.learner, metadata)
+        with self._writing:
+            with self._lock:  # the bank too: no context is half-added
+                checkpoint = checkpoint_bytes(self.learner, metadata)
+            # The disk write and its fsyncs (tens of milliseconds, more with a full replay
+            # buffer) hold back no prediction.
+            write_checkpoint(path, checkpoint)
 
     def swap_weights(self, path: Path) -> int:
         """Serves a checkpoint's weights (read-only processes): reads the file without the

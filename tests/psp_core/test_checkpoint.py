@@ -8,12 +8,14 @@ import torch
 
 from psp_core.checkpoint import (
     CheckpointError,
+    checkpoint_bytes,
     export_weights,
     load_checkpoint,
     read_metadata,
     read_weights,
     restore_checkpoint,
     save_checkpoint,
+    write_checkpoint,
 )
 from psp_core.contexts import ContextSpec
 from psp_core.learner import OnlineLearner, TrainingConfig
@@ -185,3 +187,11 @@ def test_a_step_prepared_before_a_restore_is_never_committed(tmp_path: Path) -> 
         learner.commit_step(prepared)
     assert learner.model_version == 5
     assert all(p.grad is None for p in learner.model.parameters())
+
+
+def test_a_checkpoint_made_in_memory_is_the_file_save_writes(tmp_path: Path) -> None:
+    learner = _trained()
+    save_checkpoint(tmp_path / "saved.pt", learner, {"entry": "3"})
+    write_checkpoint(tmp_path / "written.pt", checkpoint_bytes(learner, {"entry": "3"}))
+    assert (tmp_path / "written.pt").read_bytes() == (tmp_path / "saved.pt").read_bytes()
+    assert not list(tmp_path.glob(".*tmp*"))  # the temporary files were renamed

@@ -1,5 +1,5 @@
-"""The model host's locks: a prediction waits for a step's update, never for its passes, and
-every other change to the learner waits for the whole step."""
+"""The model host's locks: a prediction waits for a step's update, never for its passes or a
+checkpoint's disk write, and every other change to the learner waits for the whole step."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 import torch
 
+from psp_core.checkpoint import read_metadata
 from psp_core.learner import PreparedStep, TrainingConfig
 from psp_core.models import ModelConfig
+from service import model_host
 from service.context_definition import ContextDefinition
 from service.model_host import ModelHost, TrainRows
 
@@ -101,3 +103,26 @@ def test_a_restore_waits_for_the_step_in_progress_and_comes_after_it(
     assert not step.thread.is_alive() and not restore.is_alive()
     assert host.model_version == 0  # the step was applied (version 1), then restored over
     assert host.replay_size == 0  # the checkpoint's buffer, taken before the step
+
+
+def test_a_prediction_goes_on_while_a_checkpoint_is_written_to_disk(
+    host: ModelHost, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writing, release = threading.Event(), threading.Event()
+    write = model_host.write_checkpoint
+
+    def held_write(path: Path, checkpoint: bytes) -> None:
+        writing.set()
+        assert release.wait(WAIT_SECONDS)
+        write(path, checkpoint)
+
+    monkeypatch.setattr(model_host, "write_checkpoint", held_write)
+    saving = threading.Thread(target=host.save, args=(tmp_path / "ck.pt", {"entry": "7"}))
+    saving.start()
+    try:
+        assert writing.wait(WAIT_SECONDS)
+        assert host.predict_if_free(_rows().inputs, host.bank_rows([0, 0, 0, 0])) is not None
+    finally:
+        release.set()
+        saving.join(WAIT_SECONDS)
+    assert read_metadata(tmp_path / "ck.pt")["user"] == {"entry": "7"}
