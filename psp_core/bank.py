@@ -55,6 +55,15 @@ class ContextBank:
         checked = [self.kind.check_spec(spec) for spec in specs]
         return PreparedContexts(checked, [layer.make_rows(checked) for layer in self.layers])
 
+    def reserve(self, extra: int) -> None:
+        """Grows every layer's table, if need be, so that `extra` more contexts append without
+        growing it. Growing copies every row; a server reserves before it takes the lock of
+        forward passes, which go on reading the old tables meanwhile (the rows they read are
+        the same in both), and holds the lock only for `append_prepared`. Appends must not run
+        beside it."""
+        for layer in self.layers:
+            layer.reserve(extra)
+
     def append_prepared(self, prepared: PreparedContexts) -> range:
         """Appends prepared contexts in order and returns their rows (a memory copy)."""
         for layer, rows in zip(self.layers, prepared.rows, strict=True):

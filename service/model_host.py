@@ -197,6 +197,7 @@ class ModelHost:
                 return
             bank = self.learner.model.bank
             prepared = bank.prepare([ContextSpec(seed=d.seed, power=d.power) for d in new])
+            bank.reserve(len(new))  # a doubling copies every row: not under the lock
             with self._lock:
                 rows = bank.append_prepared(prepared)
                 self._rows.update({d.index: row for d, row in zip(new, rows, strict=True)})

@@ -92,14 +92,21 @@ class LayerContexts(nn.Module, ABC):
             return torch.zeros((0, *self.table.shape[1:]), dtype=self.table.dtype)
         return torch.stack([self.make_row(s) for s in specs]).to(self.table.dtype)
 
-    def append_rows(self, rows: torch.Tensor) -> None:
-        """Appends rows made by `make_rows`, growing the table by doubling."""
-        if not len(rows):
-            return
-        needed = self.count + len(rows)
+    def reserve(self, extra: int) -> None:
+        """Makes room for `extra` more rows, growing the table by doubling, so that appending
+        them copies only their rows. Safe beside forward passes: a pass that read the old table
+        reads the same rows in it (`ContextBank.reserve`)."""
+        needed = self.count + extra
         if needed > self.table.shape[0]:
             capacity = max(needed, 2 * self.table.shape[0], 8)
             self.table = grown(self.table, self.count, capacity)
+
+    def append_rows(self, rows: torch.Tensor) -> None:
+        """Appends rows made by `make_rows`, growing the table by doubling if need be."""
+        if not len(rows):
+            return
+        self.reserve(len(rows))
+        needed = self.count + len(rows)
         self.table[self.count : needed] = rows.to(self.table.device)
         self.count = needed
 

@@ -56,15 +56,19 @@ class OnePowerContexts(ComplexContexts):
             raise ValueError("the power must be a finite number")
         return spec
 
+    def reserve(self, extra: int) -> None:
+        """Makes room for `extra` more exponents and their vectors (see `LayerContexts`)."""
+        super().reserve(extra)
+        if self.vectors.shape[0] < self.table.shape[0]:
+            self.vectors = grown(self.vectors, self.count, self.table.shape[0])
+
     def append_rows(self, rows: torch.Tensor) -> None:
         """Appends exponents and caches their vectors, made on the CPU like the other kinds'
         rows, so they are identical on every device."""
         start = self.count
-        super().append_rows(rows)
+        super().append_rows(rows)  # reserves room in `vectors` too
         if not len(rows):
             return
-        if self.vectors.shape[0] < self.table.shape[0]:
-            self.vectors = grown(self.vectors, start, self.table.shape[0])
         phases = onepower_phases(self.base_phases.cpu(), rows, local_mix=self.local_mix)
         self.vectors[start : self.count] = phases_to_real_pair(phases).to(self.vectors.device)
 

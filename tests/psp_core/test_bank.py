@@ -66,3 +66,27 @@ def test_prepared_contexts_match_contexts_extended_directly() -> None:
     x = torch.randn(3, 4)
     rows = torch.tensor([0, 1, 2])
     assert torch.equal(direct(x, rows), prepared(x, rows))
+
+
+@pytest.mark.parametrize("kind", ["binary", "complex", "onepower", "rotation"])
+def test_reserved_room_takes_the_next_contexts_without_growing(kind: str) -> None:
+    model = build_model(ModelConfig(kind=kind, input_shape=(8,), hidden=(4,)))
+
+    def spec(n: int) -> ContextSpec:
+        return ContextSpec(power=n / 3) if kind == "onepower" else ContextSpec(seed=n)
+
+    model.bank.extend([spec(n) for n in range(8)])  # the tables are full
+    x, index = torch.randn(8, 8), torch.arange(8)
+    before = model(x, index)
+
+    model.bank.reserve(5)
+    tables = [layer.table for layer in model.bank.layers]
+    assert all(len(table) >= 13 for table in tables)
+    assert torch.equal(model(x, index), before)  # the rows came along
+    model.bank.extend([spec(n) for n in range(8, 13)])
+    assert all(layer.table is table for layer, table in zip(model.bank.layers, tables))
+
+    fresh = build_model(ModelConfig(kind=kind, input_shape=(8,), hidden=(4,)))
+    fresh.bank.extend([spec(n) for n in range(13)])
+    every = torch.arange(13)
+    assert torch.equal(model(torch.ones(13, 8), every), fresh(torch.ones(13, 8), every))

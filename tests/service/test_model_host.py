@@ -126,3 +126,29 @@ def test_a_prediction_goes_on_while_a_checkpoint_is_written_to_disk(
         release.set()
         saving.join(WAIT_SECONDS)
     assert read_metadata(tmp_path / "ck.pt")["user"] == {"entry": "7"}
+
+
+def test_a_prediction_goes_on_while_the_bank_grows_for_new_contexts(
+    host: ModelHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bank = host.learner.model.bank
+    growing, release = threading.Event(), threading.Event()
+    reserve = bank.reserve
+
+    def held_reserve(extra: int) -> None:
+        reserve(extra)
+        growing.set()
+        assert release.wait(WAIT_SECONDS)
+
+    monkeypatch.setattr(bank, "reserve", held_reserve)
+    new = [ContextDefinition(n, seed=100 + n, power=None) for n in range(1, 50)]
+    adding = threading.Thread(target=host.add_contexts, args=(new,))
+    adding.start()
+    try:
+        assert growing.wait(WAIT_SECONDS)
+        assert host.predict_if_free(_rows().inputs, host.bank_rows([0, 0, 0, 0])) is not None
+    finally:
+        release.set()
+        adding.join(WAIT_SECONDS)
+    assert host.context_count == 50
+    assert host.predict(_rows().inputs, host.bank_rows([49, 1, 0, 25]))[0].shape == (4, 10)
