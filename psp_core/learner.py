@@ -129,12 +129,25 @@ class OnlineLearner:
     ) -> None:
         self.model = model
         self.config = config
-        self.optimizer = config.build(model.parameters())
+        self._optimizer: torch.optim.Optimizer | None = None
         self.model_version = model_version
         self.refused_steps = 0
         self.replay = replay
         self.rows_of = rows_of or self._bank_rows
         self._prepared: PreparedStep | None = None
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The optimiser, built at its first use: a learner that only ever predicts (a read
+        replica) builds none. Building the first optimiser of a process imports
+        `torch._dynamo`, about a second."""
+        if self._optimizer is None:
+            self._optimizer = self.config.build(self.model.parameters())
+        return self._optimizer
+
+    @optimizer.setter
+    def optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        self._optimizer = optimizer
 
     @property
     def device(self) -> torch.device:

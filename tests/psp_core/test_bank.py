@@ -84,7 +84,7 @@ def test_reserved_room_takes_the_next_contexts_without_growing(kind: str) -> Non
     assert all(len(table) >= 13 for table in tables)
     assert torch.equal(model(x, index), before)  # the rows came along
     model.bank.extend([spec(n) for n in range(8, 13)])
-    assert all(layer.table is table for layer, table in zip(model.bank.layers, tables))
+    assert all(layer.table is table for layer, table in zip(model.bank.layers, tables, strict=True))
 
     fresh = build_model(ModelConfig(kind=kind, input_shape=(8,), hidden=(4,)))
     fresh.bank.extend([spec(n) for n in range(13)])

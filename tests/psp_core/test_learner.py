@@ -249,3 +249,22 @@ def test_a_step_commits_once_and_only_the_latest_preparation() -> None:
     with pytest.raises(RuntimeError, match="once"):
         learner.commit_step(latest)
     assert learner.model_version == 1
+
+
+def test_the_optimizer_is_built_at_its_first_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    built: list[TrainingConfig] = []
+    build = TrainingConfig.build
+
+    def counted(config: TrainingConfig, params: object) -> torch.optim.Optimizer:
+        built.append(config)
+        return build(config, params)
+
+    monkeypatch.setattr(TrainingConfig, "build", counted)
+    learner = _learner(optimizer="adam")
+    x, index = torch.randn(4, 64), torch.zeros(4, dtype=torch.long)
+    learner.predict(x, index)
+    assert built == []  # a learner that only predicts (a read replica) builds none
+    learner.step(x, index, torch.zeros(4).long())
+    learner.step(x, index, torch.zeros(4).long())
+    assert built == [learner.config]
+    assert isinstance(learner.optimizer, torch.optim.Adam)
