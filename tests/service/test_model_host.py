@@ -1,10 +1,12 @@
-"""The model host's locks: a prediction waits for a step's update, never for its passes or a
-checkpoint's disk write, and every other change to the learner waits for the whole step."""
+"""The model host's locks: a prediction waits for a step's update, never for its passes, a
+checkpoint's disk write or the growth of the context tables, and every other change to the
+learner waits for the whole step."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ import pytest
 import torch
 
 from psp_core.checkpoint import read_metadata
-from psp_core.learner import PreparedStep, TrainingConfig
+from psp_core.learner import TrainingConfig
 from psp_core.models import ModelConfig
 from service import model_host
 from service.context_definition import ContextDefinition
@@ -35,31 +37,34 @@ def _rows(n: int = 4) -> TrainRows:
     return TrainRows(np.zeros(n, dtype=np.int64), inputs, np.arange(n) % 10)
 
 
-class _HeldStep:
-    """Holds the host's next training step between its backward pass and its update."""
+@contextmanager
+def _held_after(
+    monkeypatch: pytest.MonkeyPatch,
+    owner: object,
+    name: str,
+    work: Callable[..., object],
+    *args: object,
+) -> Iterator[threading.Thread]:
+    """Runs `work(*args)` in a thread and holds it just after `owner.name` has run, for the
+    block; the thread finishes after the block."""
+    reached, release = threading.Event(), threading.Event()
+    original = getattr(owner, name)
 
-    def __init__(self, host: ModelHost) -> None:
-        self.prepared = threading.Event()
-        self.release = threading.Event()
-        prepare = host.learner.prepare_step
+    def held(*call_args: Any, **call_kwargs: Any) -> Any:
+        result = original(*call_args, **call_kwargs)
+        reached.set()
+        assert release.wait(WAIT_SECONDS)
+        return result
 
-        def held(*args: Any, **kwargs: Any) -> PreparedStep:
-            step = prepare(*args, **kwargs)
-            self.prepared.set()
-            assert self.release.wait(WAIT_SECONDS)
-            return step
-
-        host.learner.prepare_step = held  # type: ignore[method-assign]
-        self.thread = threading.Thread(target=host.train_step, args=(_rows(),))
-
-    def __enter__(self) -> _HeldStep:
-        self.thread.start()
-        assert self.prepared.wait(WAIT_SECONDS)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.release.set()
-        self.thread.join(WAIT_SECONDS)
+    monkeypatch.setattr(owner, name, held)
+    thread = threading.Thread(target=work, args=args)
+    thread.start()
+    try:
+        assert reached.wait(WAIT_SECONDS)
+        yield thread
+    finally:
+        release.set()
+        thread.join(WAIT_SECONDS)
 
 
 @pytest.fixture
@@ -69,38 +74,42 @@ def host() -> Iterator[ModelHost]:
     host.close()
 
 
-def test_a_prediction_is_answered_by_the_old_weights_while_a_step_computes(
-    host: ModelHost,
-) -> None:
-    inputs, rows = _rows().inputs, host.bank_rows([0, 0, 0, 0])
-    before, _ = host.predict(inputs, rows)
+def _answer_if_free(host: ModelHost) -> tuple[np.ndarray, int] | None:
+    """A prediction, or None if the model lock is held."""
+    return host.predict_if_free(_rows().inputs, host.bank_rows([0, 0, 0, 0]))
 
-    with _HeldStep(host):
-        during = host.predict_if_free(inputs, rows)  # None if the model lock were held
+
+def test_a_prediction_is_answered_by_the_old_weights_while_a_step_computes(
+    host: ModelHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before, _ = host.predict(_rows().inputs, host.bank_rows([0, 0, 0, 0]))
+
+    with _held_after(monkeypatch, host.learner, "prepare_step", host.train_step, _rows()):
+        during = _answer_if_free(host)
         assert during is not None
         probabilities, version = during
         assert version == 0
         assert np.array_equal(probabilities, before)
 
-    after, version = host.predict(inputs, rows)
+    after, version = host.predict(_rows().inputs, host.bank_rows([0, 0, 0, 0]))
     assert version == 1
     assert not np.array_equal(after, before)
 
 
 def test_a_restore_waits_for_the_step_in_progress_and_comes_after_it(
-    host: ModelHost, tmp_path: Path
+    host: ModelHost, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     checkpoint = tmp_path / "version-0.pt"
     host.save(checkpoint, {})
     restore = threading.Thread(target=host.load, args=(checkpoint,))
 
-    with _HeldStep(host) as step:
+    with _held_after(monkeypatch, host.learner, "prepare_step", host.train_step, _rows()) as step:
         restore.start()
         restore.join(0.3)
         assert restore.is_alive()  # it waits for the step, not between its halves
     restore.join(WAIT_SECONDS)
 
-    assert not step.thread.is_alive() and not restore.is_alive()
+    assert not step.is_alive() and not restore.is_alive()
     assert host.model_version == 0  # the step was applied (version 1), then restored over
     assert host.replay_size == 0  # the checkpoint's buffer, taken before the step
 
@@ -108,47 +117,19 @@ def test_a_restore_waits_for_the_step_in_progress_and_comes_after_it(
 def test_a_prediction_goes_on_while_a_checkpoint_is_written_to_disk(
     host: ModelHost, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    writing, release = threading.Event(), threading.Event()
-    write = model_host.write_checkpoint
-
-    def held_write(path: Path, checkpoint: bytes) -> None:
-        writing.set()
-        assert release.wait(WAIT_SECONDS)
-        write(path, checkpoint)
-
-    monkeypatch.setattr(model_host, "write_checkpoint", held_write)
-    saving = threading.Thread(target=host.save, args=(tmp_path / "ck.pt", {"entry": "7"}))
-    saving.start()
-    try:
-        assert writing.wait(WAIT_SECONDS)
-        assert host.predict_if_free(_rows().inputs, host.bank_rows([0, 0, 0, 0])) is not None
-    finally:
-        release.set()
-        saving.join(WAIT_SECONDS)
-    assert read_metadata(tmp_path / "ck.pt")["user"] == {"entry": "7"}
+    path = tmp_path / "ck.pt"
+    with _held_after(monkeypatch, model_host, "write_checkpoint", host.save, path, {"entry": "7"}):
+        assert _answer_if_free(host) is not None
+    assert read_metadata(path)["user"] == {"entry": "7"}
 
 
 def test_a_prediction_goes_on_while_the_bank_grows_for_new_contexts(
     host: ModelHost, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bank = host.learner.model.bank
-    growing, release = threading.Event(), threading.Event()
-    reserve = bank.reserve
-
-    def held_reserve(extra: int) -> None:
-        reserve(extra)
-        growing.set()
-        assert release.wait(WAIT_SECONDS)
-
-    monkeypatch.setattr(bank, "reserve", held_reserve)
     new = [ContextDefinition(n, seed=100 + n, power=None) for n in range(1, 50)]
-    adding = threading.Thread(target=host.add_contexts, args=(new,))
-    adding.start()
-    try:
-        assert growing.wait(WAIT_SECONDS)
-        assert host.predict_if_free(_rows().inputs, host.bank_rows([0, 0, 0, 0])) is not None
-    finally:
-        release.set()
-        adding.join(WAIT_SECONDS)
+    with _held_after(monkeypatch, bank, "reserve", host.add_contexts, new):
+        assert len(bank.layers[0].table) >= 50  # grown, not yet appended
+        assert _answer_if_free(host) is not None
     assert host.context_count == 50
     assert host.predict(_rows().inputs, host.bank_rows([49, 1, 0, 25]))[0].shape == (4, 10)
