@@ -285,10 +285,7 @@ class OnlineLearner:
             `(B, num_classes)` float32 probabilities on the model's device.
         """
         self.model.eval()
-        # no_grad, not inference_mode: tensors the model caches during the pass (one-power
-        # contexts) must stay usable by later training steps.
-        with torch.no_grad():
-            return torch.softmax(self.model(x, context_index), dim=1)
+        return torch.softmax(self.model(x, context_index), dim=1)
 
 
 def _all_finite(tensors: list[torch.Tensor]) -> bool:
