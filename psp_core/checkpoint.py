@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -131,10 +132,34 @@ def _specs(tensors: dict[str, torch.Tensor]) -> list[ContextSpec]:
     return [ContextSpec(seed=int(s)) for s in tensors["bank.seed"].tolist()]
 
 
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    """A whole checkpoint file, read into memory (`read_checkpoint`)."""
+
+    path: Path
+    tensors: dict[str, torch.Tensor]
+    header: dict[str, Any]
+
+
+def read_checkpoint(path: str | Path) -> StoredCheckpoint:
+    """Reads a whole checkpoint, the first half of `restore_checkpoint`: a caller that must keep
+    the learner still while it changes can read the file before it stops anything.
+
+    Raises:
+        CheckpointError: The file is torn or not a psp checkpoint.
+    """
+    tensors, header = _read(Path(path))
+    return StoredCheckpoint(Path(path), tensors, header)
+
+
 def restore_checkpoint(
-    path: str | Path, learner: OnlineLearner, *, verify_contexts: bool = True
+    checkpoint: str | Path | StoredCheckpoint,
+    learner: OnlineLearner,
+    *,
+    verify_contexts: bool = True,
 ) -> dict[str, str]:
-    """Loads a checkpoint into an existing learner whose model has the same config.
+    """Loads a checkpoint (a path, or one `read_checkpoint` read) into an existing learner whose
+    model has the same config.
 
     With `verify_contexts`, the learner's bank must hold the checkpoint's contexts as a prefix
     (more may have been registered since). A caller that keeps contexts elsewhere (a registry)
@@ -146,8 +171,15 @@ def restore_checkpoint(
     Raises:
         CheckpointError: The file is torn, not a psp checkpoint, or written for another model.
     """
-    tensors, header = _read(Path(path))
-    return _apply(Path(path), tensors, header, learner, verify_contexts=verify_contexts)
+    if not isinstance(checkpoint, StoredCheckpoint):
+        checkpoint = read_checkpoint(checkpoint)
+    return _apply(
+        checkpoint.path,
+        checkpoint.tensors,
+        checkpoint.header,
+        learner,
+        verify_contexts=verify_contexts,
+    )
 
 
 def _require_full(path: Path, header: dict[str, Any]) -> None:

@@ -7,7 +7,7 @@ swaps in checkpointed weights. Two locks keep predictions apart from training:
   changes what a prediction reads (a step's update and its watchers' verdict, a restored
   checkpoint's weights, new contexts) or takes a checkpoint in memory. A forward pass never sees
   a half-applied step, and it never waits for a step's own forward and backward passes, which
-  only read the weights, nor for a checkpoint's write to disk.
+  only read the weights, nor for a checkpoint's write to or read from disk.
 - the writing lock, held for the whole of every change to the learner (a step, a checkpoint
   save or restore, purging the replay buffer), so that nothing comes between a step's backward
   pass and its update. Within one process there is one writer; the host only keeps its calls
@@ -32,6 +32,7 @@ from prometheus_client import Counter, Gauge
 
 from psp_core.checkpoint import (
     checkpoint_bytes,
+    read_checkpoint,
     read_weights,
     restore_checkpoint,
     write_checkpoint,
@@ -383,8 +384,9 @@ class ModelHost:
         The bank is not compared with the checkpoint's: the registry is the source of truth for
         contexts, and processes may have learned of them in different orders.
         """
+        checkpoint = read_checkpoint(path)  # the disk read holds back no prediction
         with self._writing, self._lock:
-            metadata = restore_checkpoint(path, self.learner, verify_contexts=False)
+            metadata = restore_checkpoint(checkpoint, self.learner, verify_contexts=False)
             self.state.version = self.learner.model_version
             self.healthy = True
         self._metrics.version.set(self.state.version)
@@ -393,8 +395,9 @@ class ModelHost:
     def restore_as(self, path: Path, version: int) -> dict[str, str]:
         """`load`s a checkpoint, then names its state `version`: a restored state is a new
         version, so a version always names exactly one set of weights."""
+        checkpoint = read_checkpoint(path)
         with self._writing, self._lock:
-            metadata = restore_checkpoint(path, self.learner, verify_contexts=False)
+            metadata = restore_checkpoint(checkpoint, self.learner, verify_contexts=False)
             self.learner.model_version = version
             self.state.version = version
         self._metrics.version.set(version)

@@ -11,6 +11,7 @@ from psp_core.checkpoint import (
     checkpoint_bytes,
     export_weights,
     load_checkpoint,
+    read_checkpoint,
     read_metadata,
     read_weights,
     restore_checkpoint,
@@ -195,3 +196,21 @@ def test_a_checkpoint_made_in_memory_is_the_file_save_writes(tmp_path: Path) -> 
     write_checkpoint(tmp_path / "written.pt", checkpoint_bytes(learner, {"entry": "3"}))
     assert (tmp_path / "written.pt").read_bytes() == (tmp_path / "saved.pt").read_bytes()
     assert not list(tmp_path.glob(".*tmp*"))  # the temporary files were renamed
+
+
+def test_a_checkpoint_read_ahead_restores_as_its_path_does(tmp_path: Path) -> None:
+    learner = _trained()
+    save_checkpoint(tmp_path / "ck.pt", learner, {"entry": "5"})
+    from_path, read_ahead = _trained("complex", "adam"), _trained("complex", "adam")
+    for other in (from_path, read_ahead):
+        other.step(torch.randn(8, 64), torch.arange(8) % 4, torch.randint(0, 10, (8,)))
+
+    stored = read_checkpoint(tmp_path / "ck.pt")
+    assert restore_checkpoint(stored, read_ahead) == {"entry": "5"}
+    assert restore_checkpoint(tmp_path / "ck.pt", from_path) == {"entry": "5"}
+    assert read_ahead.model_version == from_path.model_version == 5
+    for a, b in zip(read_ahead.model.parameters(), from_path.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    (tmp_path / "torn.pt").write_bytes((tmp_path / "ck.pt").read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="torn"):
+        read_checkpoint(tmp_path / "torn.pt")

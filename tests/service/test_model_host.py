@@ -1,6 +1,6 @@
 """The model host's locks: a prediction waits for a step's update, never for its passes, a
-checkpoint's disk write or the growth of the context tables, and every other change to the
-learner waits for the whole step."""
+checkpoint's disk write or read, or the growth of the context tables, and every other change to
+the learner waits for the whole step."""
 
 from __future__ import annotations
 
@@ -121,6 +121,17 @@ def test_a_prediction_goes_on_while_a_checkpoint_is_written_to_disk(
     with _held_after(monkeypatch, model_host, "write_checkpoint", host.save, path, {"entry": "7"}):
         assert _answer_if_free(host) is not None
     assert read_metadata(path)["user"] == {"entry": "7"}
+
+
+def test_a_prediction_goes_on_while_a_restore_reads_its_file(
+    host: ModelHost, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "ck.pt"
+    host.save(path, {})
+    host.train_step(_rows())
+    with _held_after(monkeypatch, model_host, "read_checkpoint", host.load, path):
+        assert _answer_if_free(host) is not None
+    assert host.model_version == 0
 
 
 def test_a_prediction_goes_on_while_the_bank_grows_for_new_contexts(
