@@ -173,13 +173,7 @@ def restore_checkpoint(
     """
     if not isinstance(checkpoint, StoredCheckpoint):
         checkpoint = read_checkpoint(checkpoint)
-    return _apply(
-        checkpoint.path,
-        checkpoint.tensors,
-        checkpoint.header,
-        learner,
-        verify_contexts=verify_contexts,
-    )
+    return _apply(checkpoint, learner, verify_contexts=verify_contexts)
 
 
 def _require_full(path: Path, header: dict[str, Any]) -> None:
@@ -192,13 +186,9 @@ def _require_full(path: Path, header: dict[str, Any]) -> None:
 
 
 def _apply(
-    path: Path,
-    tensors: dict[str, torch.Tensor],
-    header: dict[str, Any],
-    learner: OnlineLearner,
-    *,
-    verify_contexts: bool = True,
+    checkpoint: StoredCheckpoint, learner: OnlineLearner, *, verify_contexts: bool = True
 ) -> dict[str, str]:
+    path, tensors, header = checkpoint.path, checkpoint.tensors, checkpoint.header
     _require_full(path, header)
     stored = ModelConfig.from_dict(header["model_config"])
     if stored != learner.model.config:
@@ -258,16 +248,17 @@ def load_checkpoint(
         The learner (model, optimiser and version restored, contexts re-registered) and the
         caller metadata.
     """
-    tensors, header = _read(Path(path))
-    _require_full(Path(path), header)
+    checkpoint = read_checkpoint(path)
+    header = checkpoint.header
+    _require_full(checkpoint.path, header)
     config = ModelConfig.from_dict(header["model_config"])
     model = build_model(config, device)
-    model.bank.extend(_specs(tensors))
+    model.bank.extend(_specs(checkpoint.tensors))
     replay = None
     if header.get("replay"):
         replay = ReplayBuffer(int(header["replay"]["capacity"]), config.input_size)
     learner = OnlineLearner(model, TrainingConfig(**header["training_config"]), replay=replay)
-    return learner, _apply(Path(path), tensors, header, learner)
+    return learner, _apply(checkpoint, learner)
 
 
 def read_weights(
