@@ -18,6 +18,7 @@ from psp_core.bank import ContextBank
 from psp_core.contexts import ContextSpec
 from psp_core.kinds import LayerContexts, kind_class
 from psp_core.layers import batch_rows, superpose
+from psp_core.pooling import MaxPool2x2
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,7 @@ def _convnet_body(config: ModelConfig) -> nn.Sequential:
     for out_channels in config.hidden:
         layers.append(nn.Conv2d(channels, out_channels, kernel_size=3, padding=1))
         if min(height, width) >= 2:  # pool while there is space left to halve
-            layers.append(nn.MaxPool2d(2))
+            layers.append(MaxPool2x2())
             height, width = height // 2, width // 2
         # ReLU after the pooling: max and ReLU commute, and ReLU then touches a quarter of the
         # values, in place (max-pooling's backward needs its indices, not its output).

@@ -10,6 +10,7 @@ from psp_core.contexts import ContextSpec, binary_context
 from psp_core.kinds import CONTEXT_KINDS, kind_class
 from psp_core.layers import SuperposedLinear
 from psp_core.models import ModelConfig, SuperposedModel, build_model, parameter_count
+from psp_core.pooling import MaxPool2x2
 
 M, N = 64, 10
 
@@ -107,12 +108,28 @@ def test_convnet_pools_before_relu_exactly_as_relu_before_pooling(kind: str) -> 
     pooled_first = logits_and_gradients()
     body = model.body
     assert isinstance(body, nn.Sequential)
-    assert [type(body[i]) for i in (1, 2)] == [nn.MaxPool2d, nn.ReLU] and body[2].inplace
+    assert [type(body[i]) for i in (1, 2)] == [MaxPool2x2, nn.ReLU] and body[2].inplace
     # The same modules as conv → ReLU → pool, for each of the three blocks (8x8 → 4x4 → 2x2 → 1x1).
     model.body = nn.Sequential(*(body[i] for i in (0, 2, 1, 3, 5, 4, 6, 8, 7, 9, 10)))
     relu_first = logits_and_gradients()
     for got, expected in zip(pooled_first, relu_first, strict=True):
         assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("kind", CONTEXT_KINDS)
+def test_convnet_predicts_the_logits_it_trains_on(kind: str) -> None:
+    """Without autograd the ConvNet pools another way (`psp_core.pooling`): same logits."""
+    config = ModelConfig(kind=kind, arch="convnet", input_shape=(2, 11, 9), hidden=(4, 6))
+    model = build_model(config)
+    uses_power = kind_class(kind).uses_power
+    model.bank.extend([ContextSpec(power=p) if uses_power else ContextSpec(seed=p) for p in (1, 2)])
+    x = torch.randn(5, 2, 11, 9)
+    index = torch.tensor([0, 1, 1, 0, 1])
+    trained_on = model(x, index)
+    assert trained_on.requires_grad
+    with torch.inference_mode():
+        predicted = model(x, index)
+    assert torch.equal(predicted, trained_on.detach())
 
 
 def test_none_is_the_plain_architecture() -> None:
