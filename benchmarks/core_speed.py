@@ -7,7 +7,10 @@
     contexts, and over 8 contexts, ÷ one context (goal ≥ 0.90). `--rotation` adds rotation
     contexts to (a) and (c) (M×M per context: slow to generate, memory-heavy).
 (b) Forward+backward time of the superposed MLP ÷ a plain `nn.Linear` MLP of the same shape:
-    binary (goal ≤ 1.15), complex (goal ≤ 3.0), and the other kinds for reference.
+    binary (goal ≤ 1.15), complex and onepower (goal ≤ 3.0), and the other kinds for reference.
+    Complex kinds are timed twice: with complex activations (the default, three real GEMMs per
+    weight each way) and keeping each layer's real part (`complex_activations=False`, one GEMM
+    of twice the inner width).
 
 Run: `python benchmarks/core_speed.py [--device cuda] [--rows 1024] [--hidden 1024,1024]
 [--rotation] [--json PATH]`.
@@ -71,9 +74,16 @@ def plain_mlp(widths: list[int], classes: int) -> nn.Sequential:
 
 
 def superposed(
-    kind: str, inputs: int, hidden: tuple[int, ...], contexts: int, device: torch.device
+    kind: str,
+    inputs: int,
+    hidden: tuple[int, ...],
+    contexts: int,
+    device: torch.device,
+    complex_activations: bool = True,
 ) -> nn.Module:
-    config = ModelConfig(kind=kind, input_shape=(inputs,), hidden=hidden)
+    config = ModelConfig(
+        kind=kind, input_shape=(inputs,), hidden=hidden, complex_activations=complex_activations
+    )
     return with_contexts(build_model(config, device), kind, contexts)
 
 
@@ -171,8 +181,11 @@ def train_step_ratios(args: argparse.Namespace, device: torch.device) -> None:
 
     print(f"(b) forward+backward, batch {batch}, mixed over 64 contexts, ÷ plain nn.Linear MLP")
     goals = {"binary": "(goal <= 1.15)", "complex": "(goal <= 3.0)", "onepower": "(goal <= 3.0)"}
-    for kind in timed_kinds(args):
-        model = superposed(kind, inputs, hidden, 64, device)
+    variants = [(kind, True) for kind in timed_kinds(args)]
+    variants += [(kind, False) for kind in timed_kinds(args) if kind_class(kind).is_complex]
+    for kind, complex_activations in variants:
+        model = superposed(kind, inputs, hidden, 64, device, complex_activations)
+        name = kind if complex_activations else f"{kind}, real part"
 
         def psp_step(m: nn.Module = model) -> None:
             m.zero_grad(set_to_none=True)
@@ -180,9 +193,9 @@ def train_step_ratios(args: argparse.Namespace, device: torch.device) -> None:
 
         medians = interleaved_medians({"plain": plain_step, "psp": psp_step}, device, args.repeats)
         ratio = medians["psp"] / medians["plain"]
-        FIGURES[f"train_{kind}"] = ratio
+        FIGURES[f"train_{kind}" if complex_activations else f"train_{kind}_real_part"] = ratio
         print(
-            f"    {kind:<10} plain {medians['plain'] * 1e3:8.2f} ms  "
+            f"    {name:<19} plain {medians['plain'] * 1e3:8.2f} ms  "
             f"psp {medians['psp'] * 1e3:8.2f} ms  ratio {ratio:6.3f}  "
             f"{goals.get(kind, '')}"
         )

@@ -81,6 +81,8 @@ for key, goal in [
     ("train_binary", "<= 1.15"),
     ("train_complex", "<= 3.0"),
     ("train_onepower", "<= 3.0"),
+    ("train_complex_real_part", "<= 3.0"),
+    ("train_onepower_real_part", "<= 3.0"),
 ]:
     value = core.get(key)
     rows.append((f"core_speed {key}", "-" if value is None else f"{value:.3f}", f"goal {goal}"))
