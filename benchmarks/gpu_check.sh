@@ -9,12 +9,15 @@
 # Usage: benchmarks/gpu_check.sh [--dry-run]
 #   --dry-run runs every step on the CPU at small sizes (the CUDA tests then skip), to check the
 #   script itself on a machine without a GPU.
-# Environment: PYTHON (default .venv/bin/python), OUT (where logs and JSON go; a temporary
-# directory by default).
+# Environment: PYTHON (default .venv/bin/python, else python3: on a GPU host whose Python
+# brings torch, run from the checkout with the service's other dependencies and the checkout
+# itself on PYTHONPATH; `psp serve` then runs as `python -m service.cli`), OUT (where logs and
+# JSON go; a temporary directory by default).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PYTHON=${PYTHON:-.venv/bin/python}
+if [[ -x .venv/bin/python ]]; then DEFAULT_PYTHON=.venv/bin/python; else DEFAULT_PYTHON=python3; fi
+PYTHON=${PYTHON:-$DEFAULT_PYTHON}
 OUT=${OUT:-$(mktemp -d -t psp-gpu-check-XXXXXX)}
 mkdir -p "$OUT"
 

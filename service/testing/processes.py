@@ -50,9 +50,12 @@ def wait_until(
     raise TimeoutError(f"{what} did not hold within {timeout} s")
 
 
-def psp_executable() -> str:
-    """The `psp` script of the running interpreter's environment."""
-    return shutil.which("psp", path=str(Path(sys.executable).parent)) or "psp"
+def psp_command() -> list[str]:
+    """The `psp` script of the running interpreter's environment, or, where the package is on
+    the path without being installed (a checkout run with `PYTHONPATH`, as on a GPU host whose
+    Python brings torch), the same CLI as a module of that interpreter."""
+    script = shutil.which("psp", path=str(Path(sys.executable).parent))
+    return [script] if script else [sys.executable, "-m", "service.cli"]
 
 
 @dataclass
@@ -133,7 +136,7 @@ def psp_serve(name: str, env: dict[str, str], log_dir: Path, *options: str) -> S
     Its log is `log_dir / f"{name}.log"`.
     """
     port = free_port()
-    command = [psp_executable(), "serve", "--port", str(port), "--log-level", "warning", *options]
+    command = [*psp_command(), "serve", "--port", str(port), "--log-level", "warning", *options]
     return ServerProcess(name, command, env, port, log_dir / f"{name}.log")
 
 
@@ -142,7 +145,7 @@ def psp_worker(name: str, env: dict[str, str], log_dir: Path, *options: str) -> 
     started)."""
     port = free_port()
     command = [
-        psp_executable(),
+        *psp_command(),
         "worker",
         "--host",
         "127.0.0.1",

@@ -12,7 +12,15 @@ import httpx
 import pytest
 import redis
 
-from service.testing.processes import RedisServer, ServerProcess, free_port, running, wait_until
+from service.testing import processes
+from service.testing.processes import (
+    RedisServer,
+    ServerProcess,
+    free_port,
+    psp_command,
+    running,
+    wait_until,
+)
 
 
 def test_the_service_never_loads_the_helpers() -> None:
@@ -28,6 +36,21 @@ def test_the_service_never_loads_the_helpers() -> None:
         check=True,
     )
     assert loaded.stdout.strip() == "[]"
+
+
+def test_psp_command_is_the_installed_script() -> None:
+    (script,) = psp_command()
+    assert Path(script) == Path(sys.executable).parent / "psp"
+
+
+def test_psp_command_runs_the_cli_as_a_module_where_no_script_is_installed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(processes.shutil, "which", lambda *args, **kwargs: None)
+    command = psp_command()
+    assert command == [sys.executable, "-m", "service.cli"]
+    usage = subprocess.run([*command, "--help"], capture_output=True, text=True, check=True)
+    assert "serve" in usage.stdout and "worker" in usage.stdout
 
 
 def test_wait_until_names_what_did_not_hold() -> None:
