@@ -17,7 +17,9 @@ ratio of the first (higher is faster; 1.0 is one context's speed):
 
 If `grouped, one kernel` is as slow as `all-distinct`, binding is not where the time goes; if
 `conv per image` is slower still, a convolution is fast on this device only when one kernel
-serves many images, which no way of giving each row its own kernel provides.
+serves many images, which no way of giving each row its own kernel provides. Before timing a
+layer, the script checks that the two ways with one shared kernel give the layer's one-context
+output.
 
 Run: `python benchmarks/conv_kernels.py [--device cuda] [--rows 256] [--kinds binary,complex]
 [--json PATH]`.
@@ -86,8 +88,10 @@ def ways_of_convolving(
         for start in range(0, rows, block):
             part = x[start : start + block]
             kernels = kernel.repeat(len(part), 1, 1, 1)
+            part_bias = None if bias is None else bias.repeat(len(part))
             flat = part.flatten(0, 1).unsqueeze(0)
-            pieces.append(convolve(flat, kernels, None, groups=len(part)).view(len(part), -1))
+            out = convolve(flat, kernels, part_bias, groups=len(part))
+            pieces.append(out.view(len(part), -1, *out.shape[2:]))
         return torch.cat(pieces)
 
     def conv_per_image() -> torch.Tensor:
@@ -104,6 +108,14 @@ def ways_of_convolving(
         "conv per image": conv_per_image,
         "unfold + GEMM": unfold_and_gemm,
     }
+
+
+def check_one_kernel_ways(ways: dict[str, Callable[[], torch.Tensor]]) -> None:
+    """Checks that the ways with one shared kernel compute what the layer computes for one
+    context, so that they time the same convolution."""
+    expected = ways["one context"]()
+    for way in ("grouped, one kernel", "conv per image"):
+        torch.testing.assert_close(ways[way](), expected, rtol=1e-4, atol=1e-4, msg=way)
 
 
 def main() -> None:
@@ -137,9 +149,9 @@ def main() -> None:
             )
             model = with_contexts(build_model(config, device), kind, args.rows)
             for position, (layer, layer_x) in enumerate(layer_inputs(model, x)):
-                medians = interleaved_medians(
-                    ways_of_convolving(layer, layer_x), device, args.repeats
-                )
+                ways = ways_of_convolving(layer, layer_x)
+                check_one_kernel_ways(ways)
+                medians = interleaved_medians(ways, device, args.repeats)
                 one = medians["one context"]
                 ratios = {way: one / medians[way] for way in WAYS}
                 figures[f"{kind} conv{position}"] = ratios
