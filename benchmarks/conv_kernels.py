@@ -39,7 +39,7 @@ from core_speed import interleaved_medians, with_contexts
 from torch import nn
 
 from psp_core import ModelConfig, build_model
-from psp_core.layers import SuperposedConv2d, batch_rows
+from psp_core.layers import SuperposedConv2d
 
 WAYS = ("one context", "all-distinct", "grouped, one kernel", "conv per image", "unfold + GEMM")
 
@@ -79,10 +79,6 @@ def ways_of_convolving(
     block = layer.contexts.ROWS_PER_GROUPED_CONV if x.device.type == "cpu" else rows
     row_vectors = torch.randn(rows, weights.shape[2], 1, device=x.device).sign()
 
-    def layer_in(index: torch.Tensor) -> torch.Tensor:
-        with batch_rows(index):
-            return layer(x)
-
     def grouped_one_kernel() -> torch.Tensor:
         pieces = []
         for start in range(0, rows, block):
@@ -102,8 +98,8 @@ def ways_of_convolving(
         return torch.matmul(weights[0], columns.mul_(row_vectors))
 
     return {
-        "one context": partial(layer_in, one_index),
-        "all-distinct": partial(layer_in, distinct_index),
+        "one context": partial(layer, x, one_index),
+        "all-distinct": partial(layer, x, distinct_index),
         "grouped, one kernel": grouped_one_kernel,
         "conv per image": conv_per_image,
         "unfold + GEMM": unfold_and_gemm,
