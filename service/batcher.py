@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service import metrics
-from service.model_host import ModelHost
+from service.model_host import ModelHost, ModelUnhealthy
+from service.payloads import PayloadError
 from service.requests_in_flight import REQUESTS_IN_FLIGHT
 from service.supervisor import Supervisor
 
@@ -147,7 +148,7 @@ class PredictBatcher:
         self._in_flight = True
         try:
             rows = self.host.bank_rows(indices)
-            probabilities, version = await asyncio.to_thread(self.host.predict, inputs, rows)
+            probabilities, version = await asyncio.to_thread(self.host.forward, inputs, rows)
         except Exception as err:  # every caller learns what went wrong
             for request in batch:
                 if not request.future.done():
@@ -159,5 +160,15 @@ class PredictBatcher:
         for request in batch:
             n = len(request.inputs)
             if not request.future.done():  # the caller may have gone away
-                request.future.set_result((probabilities[offset : offset + n], version))
+                self._answer(request, probabilities[offset : offset + n], version)
             offset += n
+
+    def _answer(self, request: _Request, probabilities: np.ndarray, version: int) -> None:
+        """Answers one caller of a shared pass: its probabilities, or, when its own rows
+        overflowed, the error that says so; no caller fails for another's rows."""
+        try:
+            self.host.check_answer(probabilities, request.inputs, version)
+        except (PayloadError, ModelUnhealthy) as err:
+            request.future.set_exception(err)
+            return
+        request.future.set_result((probabilities, version))

@@ -20,6 +20,7 @@ normalisation), so the mode one pass sets does not change the other's answer.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -43,8 +44,9 @@ from psp_core.models import ModelConfig, build_model, parameter_count
 from psp_core.replay import ReplayBuffer
 from service import metrics
 from service.context_definition import ContextDefinition
-from service.divergence import DivergenceGuard
+from service.divergence import DivergenceGuard, largest_weight
 from service.model_state import LocalModelState, ModelState
+from service.payloads import PayloadError
 from service.settings import GuardSettings
 
 
@@ -76,6 +78,19 @@ class TrainRows:
 
 class UnknownContext(KeyError):
     """A registry index the host has no bank row for."""
+
+
+class InputsOverflow(PayloadError):
+    """A request's own rows give a non-finite output: its inputs are too large for the model.
+    Its neighbours in the same forward pass are answered as usual."""
+
+    def __init__(self, inputs: np.ndarray, row: int, version: int) -> None:
+        largest = float(np.abs(inputs[row]).max())
+        super().__init__(
+            f"inputs row {row} gives a non-finite output under model version {version}: its "
+            f"values (largest magnitude {largest:.3g}) are too large for the model; send inputs "
+            "on the scale the context was trained on"
+        )
 
 
 class ModelUnhealthy(RuntimeError):
@@ -214,7 +229,7 @@ class ModelHost:
         return torch.tensor(rows, dtype=torch.int64, device=self.device)
 
     def predict(self, inputs: np.ndarray, rows: torch.Tensor) -> tuple[np.ndarray, int]:
-        """Class probabilities for a batch that may mix contexts.
+        """Class probabilities for a batch that may mix contexts, all of one caller.
 
         Args:
             inputs: float32 `(n, prod(input_shape))`.
@@ -224,13 +239,25 @@ class ModelHost:
             float32 `(n, num_classes)` probabilities and the version that produced them.
 
         Raises:
-            ModelUnhealthy: The weights are being restored, are not loaded yet (a read replica),
-                or gave a non-finite probability.
+            ModelUnhealthy: The weights are being restored or are not loaded yet (a read
+                replica).
+            InputsOverflow: A row gave a non-finite probability.
+        """
+        probabilities, version = self.forward(inputs, rows)
+        self.check_answer(probabilities, inputs, version)
+        return probabilities, version
+
+    def forward(self, inputs: np.ndarray, rows: torch.Tensor) -> tuple[np.ndarray, int]:
+        """`predict` for a batch of several callers: the probabilities are not checked, so
+        that each caller can be told about its own rows only (`check_answer`).
+
+        Raises:
+            ModelUnhealthy: As for `predict`.
         """
         x = torch.from_numpy(inputs).to(self.device, non_blocking=True)
         with self._lock:
             probabilities, version = self._forward(x, rows)
-        return self._checked(probabilities, version)
+        return probabilities.cpu().numpy(), version
 
     def predict_if_free(
         self, inputs: np.ndarray, rows: torch.Tensor
@@ -248,7 +275,28 @@ class ModelHost:
             probabilities, version = self._forward(x, rows)
         finally:
             self._lock.release()
-        return self._checked(probabilities, version)
+        answer = probabilities.cpu().numpy()
+        self.check_answer(answer, inputs, version)
+        return answer, version
+
+    def check_answer(self, probabilities: np.ndarray, inputs: np.ndarray, version: int) -> None:
+        """Refuses probabilities that are not all finite, blaming whoever is at fault.
+
+        Raises:
+            InputsOverflow: A row of `inputs` overflowed finite weights: its sender's fault
+                alone, so only its sender is refused.
+            ModelUnhealthy: The weights themselves are not finite (which the divergence guard
+                should have caught): nobody can be answered.
+        """
+        finite = np.isfinite(probabilities).all(axis=1)
+        if finite.all():
+            return
+        if not math.isfinite(largest_weight(self.learner)):
+            raise ModelUnhealthy(
+                f"model version {version} has non-finite weights and gave a non-finite "
+                "probability; nothing was predicted, retry later"
+            )
+        raise InputsOverflow(inputs, int(np.argmin(finite)), version)
 
     def _forward(self, x: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, int]:
         """The forward pass; the caller holds the model lock."""
@@ -263,17 +311,6 @@ class ModelHost:
                 "nothing was predicted, retry in a moment"
             )
         return self.learner.predict(x, rows), self.state.version
-
-    @staticmethod
-    def _checked(probabilities: torch.Tensor, version: int) -> tuple[np.ndarray, int]:
-        """The probabilities as a host array, refused if any is not finite."""
-        answer = probabilities.cpu().numpy()
-        if not np.isfinite(answer).all():
-            raise ModelUnhealthy(
-                f"model version {version} gave a non-finite probability for these inputs; "
-                "nothing was predicted, retry later"
-            )
-        return answer, version
 
     def train_step(self, batch: TrainRows) -> StepResult:
         """One test-then-train step; refused (and counted) when it is not finite.

@@ -16,7 +16,7 @@ import numpy as np
 
 from service import metrics
 from service.contexts import ContextService
-from service.model_host import ModelHost
+from service.model_host import InputsOverflow, ModelHost
 from service.payloads import PayloadError, TooManyRows, input_matrix
 from service.settings import Settings
 
@@ -103,9 +103,14 @@ class MultiPredictionService:
         )
         metrics.PREDICT_BATCH_ROWS.observe(len(batch))
         rows = host.bank_rows(per_row)
-        probabilities, version = await asyncio.to_thread(host.predict, batch, rows)
+        probabilities, version = await asyncio.to_thread(host.forward, batch, rows)
         split, offset = [], 0
-        for matrix in matrices:
-            split.append(probabilities[offset : offset + len(matrix)])
+        for matrix, position in zip(matrices, positions, strict=True):
+            mine = probabilities[offset : offset + len(matrix)]
+            try:
+                host.check_answer(mine, matrix, version)
+            except InputsOverflow as error:  # say which item is too large
+                raise PayloadError(f"items[{position}]: {error}") from None
+            split.append(mine)
             offset += len(matrix)
         return split, version

@@ -7,6 +7,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pytest
 import torch
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
@@ -16,7 +17,7 @@ from psp_core.models import ModelConfig
 from service.app import create_app
 from service.batcher import INLINE_MAX_ROWS, PredictBatcher
 from service.context_definition import ContextDefinition
-from service.model_host import ModelHost
+from service.model_host import InputsOverflow, ModelHost
 from service.requests_in_flight import REQUESTS_IN_FLIGHT
 from service.supervisor import Supervisor
 from tests.service.api.helpers import register
@@ -38,13 +39,13 @@ def _recording_batcher(host: ModelHost) -> tuple[PredictBatcher, list[int]]:
     """A running batcher over `host`, and the rows of every pass of its collector (a request
     answered on the event loop makes none)."""
     collected: list[int] = []
-    real_predict = host.predict
+    real_forward = host.forward
 
-    def predict(inputs: np.ndarray, rows: torch.Tensor) -> tuple[np.ndarray, int]:
+    def forward(inputs: np.ndarray, rows: torch.Tensor) -> tuple[np.ndarray, int]:
         collected.append(len(inputs))
-        return real_predict(inputs, rows)
+        return real_forward(inputs, rows)
 
-    host.predict = predict  # type: ignore[method-assign]
+    host.forward = forward  # type: ignore[method-assign]
     batcher = PredictBatcher(host, max_rows=4096, max_delay_us=1000)
     batcher.start(Supervisor())
     return batcher, collected
@@ -104,15 +105,15 @@ async def test_a_lone_request_runs_at_once_without_waiting_for_company() -> None
 
 async def test_requests_arriving_during_a_pass_form_the_next_batch() -> None:
     host = _host(4)
-    real_predict = host.predict
+    real_forward = host.forward
     batch_sizes: list[int] = []
 
-    def predict(inputs: np.ndarray, rows: torch.Tensor) -> tuple[np.ndarray, int]:
+    def forward(inputs: np.ndarray, rows: torch.Tensor) -> tuple[np.ndarray, int]:
         batch_sizes.append(len(inputs))
         time.sleep(0.2)  # a long forward pass, so that the others arrive during it
-        return real_predict(inputs, rows)
+        return real_forward(inputs, rows)
 
-    host.predict = predict  # type: ignore[method-assign]
+    host.forward = forward  # type: ignore[method-assign]
     batcher = PredictBatcher(host, max_rows=4096, max_delay_us=1000)
     batcher.start(Supervisor())
     # Too many rows to be answered on the event loop: the first goes to the collector too.
@@ -203,3 +204,41 @@ def test_answers_over_http_are_the_same_alone_or_among_100_concurrent(make_setti
         assert _forward_passes() - before <= 101
         assert among["predictions"] == alone["predictions"]
         assert np.allclose(among["probabilities"], alone["probabilities"], atol=1e-6)
+
+
+async def test_a_request_whose_rows_overflow_fails_alone_and_its_neighbours_are_answered() -> None:
+    host = _host(4)
+    batcher = PredictBatcher(host, max_rows=4096, max_delay_us=5000)
+    batcher.start(Supervisor())
+    normal = np.full((3, 64), 0.5, np.float32)
+    extreme = np.full((2, 64), 3e38, np.float32)  # finite, but the forward pass overflows
+    # Several rows each, so that all of them go to the collector and share its passes.
+    requests = [(normal, 0), (extreme, 1), (normal, 2), (extreme, 3)] * 5
+    answers = await asyncio.gather(
+        *(batcher.predict(x, i) for x, i in requests), return_exceptions=True
+    )
+    await batcher.stop()
+    for (x, index), answer in zip(requests, answers, strict=True):
+        if x is extreme:
+            assert isinstance(answer, InputsOverflow), answer
+            assert "row 0" in str(answer) and "3e+38" in str(answer)
+        else:
+            assert not isinstance(answer, BaseException), answer
+            probabilities, _ = answer
+            alone, _ = host.predict(x, host.bank_rows([index] * len(x)))
+            assert np.allclose(probabilities, alone, atol=1e-6)
+
+
+async def test_a_lone_request_whose_rows_overflow_is_refused_as_its_own_fault() -> None:
+    host = _host(1)
+    batcher = PredictBatcher(host, max_rows=4096, max_delay_us=1000)
+    batcher.start(Supervisor())
+    await asyncio.sleep(0.01)
+    try:
+        for rows in (1, INLINE_MAX_ROWS + 1):  # on the event loop, and through the collector
+            await asyncio.sleep(0.01)
+            with pytest.raises(InputsOverflow):
+                await batcher.predict(np.full((rows, 64), 3e38, np.float32), 0)
+        assert host.healthy
+    finally:
+        await batcher.stop()

@@ -76,5 +76,5 @@ def test_a_non_finite_probability_is_never_answered() -> None:
     host = _host()
     with torch.no_grad():
         next(host.learner.model.parameters()).fill_(float("inf"))
-    with pytest.raises(ModelUnhealthy, match="non-finite probability"):
+    with pytest.raises(ModelUnhealthy, match="non-finite weights"):
         host.predict(_rows().inputs, host.bank_rows([0] * 4))

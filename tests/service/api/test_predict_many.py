@@ -40,13 +40,13 @@ def test_one_forward_pass_for_all_items(app_client: TestClient) -> None:
     register(app_client, "b")
     host = app_client.app.state.runtime.shards[0].host  # type: ignore[attr-defined]
     calls: list[int] = []
-    original = host.predict
+    original = host.forward
 
     def counting(inputs, rows_):  # type: ignore[no-untyped-def]
         calls.append(len(inputs))
         return original(inputs, rows_)
 
-    host.predict = counting
+    host.forward = counting
     items = [{"context": k, "inputs": rows(2)} for k in ("a", "b", "a", "b")]
     assert app_client.post("/predict", json={"items": items}).status_code == 200
     assert calls == [8]
@@ -90,3 +90,22 @@ def test_a_prefixed_key_may_not_reach_other_contexts(make_settings) -> None:  # 
         assert client.post("/predict", json={"items": own}, headers=headers).status_code == 200
         refused = client.post("/predict", json={"items": other}, headers=headers)
     assert refused.status_code == 403 and "rival-1" in refused.json()["detail"]
+
+
+def test_an_item_whose_rows_overflow_is_named_and_nothing_else_fails(
+    app_client: TestClient,
+) -> None:
+    register(app_client, "a")
+    items = [{"context": "a", "inputs": rows(1)}, {"context": "a", "inputs": rows(1, 3e38)}]
+    refused = app_client.post("/predict", json={"items": items})
+    assert refused.status_code == 422
+    assert refused.json()["detail"].startswith("items[1]: inputs row 0 gives a non-finite output")
+    alone = app_client.post("/predict", json={"items": items[:1]})
+    assert alone.status_code == 200
+
+
+def test_a_single_context_request_whose_rows_overflow_is_422(app_client: TestClient) -> None:
+    register(app_client, "a")
+    refused = app_client.post("/predict/a", json={"inputs": rows(2, 3e38)})
+    assert refused.status_code == 422, refused.text
+    assert "too large for the model" in refused.json()["detail"]
