@@ -57,7 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=_runtime_lifespan(settings),
         telemetry=None if settings.opentelemetry else _FASTAPI_TELEMETRY_OFF,
     )
-    app.state.authenticator = Authenticator(settings.api_keys)
+    app.state.authenticator = Authenticator(settings.api_keys, required=settings.auth.required)
     app.include_router(api_router)
     install_openapi(app)
     install_error_handlers(app, settings)

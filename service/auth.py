@@ -5,7 +5,12 @@ life of the process) and the registry database (`psp keys create`, revocable at 
 reread every `PSP_REGISTRY_POLL_SECONDS`). Both hold, per key, the id, a random salt and
 `sha256(salt + secret)`, never the key itself. A fast salted hash is enough here because the
 secrets are 256-bit random tokens, not passwords: there is nothing to brute-force, and the
-check stays cheap on the predict path. With no keys in either place the service is open.
+check stays cheap on the predict path.
+
+Authentication is on when `PSP_AUTH__REQUIRED` says so, when `PSP_API_KEYS` holds a key, or
+once any key has been stored in the registry, revoked ones included: revoking the last key
+locks every caller out instead of opening the API. Only a registry in which no key was ever
+created, without the switch and without `PSP_API_KEYS`, leaves the service open.
 
 Neither a key nor its secret is ever logged; messages name keys by their id at most.
 """
@@ -34,6 +39,14 @@ class ApiKeySpec(BaseModel):
     scopes: list[Scope] = Field(min_length=1)
     key_prefix: str = ""  # the key may only touch contexts whose keys start with this
     name: str = ""  # for people reading the settings; never a secret
+
+
+class AuthSettings(BaseModel):
+    """`PSP_AUTH__*`: whether the API requires keys even before any exists."""
+
+    # On: every request but health, readiness and metrics needs a valid key, from the start.
+    # Off: keys are required as soon as PSP_API_KEYS holds one or one was ever stored.
+    required: bool = False
 
 
 class Unauthorized(Exception):
@@ -105,24 +118,33 @@ def _digest(salt: str, secret: str) -> str:
 class Authenticator:
     """Checks presented keys against the configured specs and the stored ones."""
 
-    def __init__(self, specs: Iterable[ApiKeySpec]) -> None:
+    def __init__(self, specs: Iterable[ApiKeySpec], *, required: bool = False) -> None:
         self._configured = {spec.id: spec for spec in specs}
         self._by_id = dict(self._configured)
+        self._required = required or bool(self._configured)
 
     @property
     def enabled(self) -> bool:
-        return bool(self._by_id)
+        """Whether callers need a key; once true it stays true for the life of the process."""
+        return self._required
 
-    def use_stored(self, specs: Iterable[ApiKeySpec]) -> None:
+    def use_stored(self, specs: Iterable[ApiKeySpec], *, ever_created: bool) -> None:
         """Replaces the keys read from the registry (the valid, unrevoked ones); a revoked key
-        stops working here from this call on. `PSP_API_KEYS` entries always stay."""
+        stops working here from this call on. `PSP_API_KEYS` entries always stay.
+
+        Args:
+            specs: The valid stored keys.
+            ever_created: Whether the registry holds any key, revoked ones included; from
+                then on authentication stays on, even with no valid key left.
+        """
         self._by_id = {spec.id: spec for spec in specs} | self._configured
+        self._required = self._required or ever_created or bool(self._by_id)
 
     def authenticate(self, presented: str | None) -> Principal:
-        """The principal of a presented key; everyone is `OPEN` when no keys are configured.
+        """The principal of a presented key; everyone is `OPEN` while authentication is off.
 
         Raises:
-            Unauthorized: Keys are configured and none, or a wrong one, was presented.
+            Unauthorized: Authentication is on and no key, or a wrong one, was presented.
         """
         if not self.enabled:
             return OPEN

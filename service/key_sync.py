@@ -2,7 +2,8 @@
 
 `psp keys create` and `psp keys revoke` change the registry only; every API process rereads the
 valid keys every `PSP_REGISTRY_POLL_SECONDS`, so a revocation takes effect on every replica
-within that time, without a restart.
+within that time, without a restart. The follower runs under the runtime's supervisor: a crash
+is restarted, and `/readyz` names it (`key-follower`) meanwhile.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ log = logging.getLogger(__name__)
 
 
 async def load_stored_keys(registry: RegistryStore, authenticator: Authenticator) -> None:
-    """Reads the valid stored keys into `authenticator` once."""
-    authenticator.use_stored(await registry.valid_api_keys())
+    """Reads the valid stored keys into `authenticator` once; once any key has been stored,
+    authentication stays on."""
+    stored = await registry.stored_api_keys()
+    authenticator.use_stored(stored.valid, ever_created=stored.ever_created)
 
 
 async def follow_stored_keys(

@@ -308,10 +308,11 @@ class Runtime:
     async def _follow_stored_keys(self, authenticator: Authenticator) -> None:
         """Loads the API keys stored in the registry and keeps following them."""
         await load_stored_keys(self.registry, authenticator)
-        follow = follow_stored_keys(
-            self.registry, authenticator, self.settings.registry_poll_seconds, self._stop
+        registry, every_seconds = self.registry, self.settings.registry_poll_seconds
+        self._supervise(
+            "key-follower",
+            lambda: follow_stored_keys(registry, authenticator, every_seconds, self._stop),
         )
-        self._tasks.append(asyncio.create_task(follow))
 
     async def stop(self) -> None:
         """Stops the trainers (each drains its queue into a final checkpoint) and disconnects."""

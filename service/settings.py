@@ -15,7 +15,7 @@ from psp_core.kinds import CONTEXT_KINDS, kind_class
 from psp_core.learner import TrainingConfig
 from psp_core.models import ModelConfig
 from psp_core.replay import DEFAULT_REPLAY_ROWS
-from service.auth import ApiKeySpec
+from service.auth import ApiKeySpec, AuthSettings
 from service.faults import FaultSettings
 
 # The learning defaults live in psp_core, where the sweep in docs/benchmarks.md chose them.
@@ -232,7 +232,8 @@ class Settings(BaseSettings):
     unavailable_retry_after_seconds: int = Field(default=1, ge=1)
     role: Literal["all", "api", "worker"] = "all"
     metrics_port: int = Field(default=9101, ge=1, le=65535)  # `psp worker`'s /metrics, /healthz
-    api_keys: list[ApiKeySpec] = Field(default_factory=list)  # JSON; empty: the API is open
+    api_keys: list[ApiKeySpec] = Field(default_factory=list)  # JSON
+    auth: AuthSettings = Field(default_factory=AuthSettings)  # when keys are required
     # FastAPI's own OpenTelemetry traces, metrics and logs, for a process that configures a
     # provider; off by default, since the service's metrics are Prometheus's (/metrics).
     opentelemetry: bool = False

@@ -6,7 +6,9 @@ Like the context queries, these functions take keyword arguments, flush and neve
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from dataclasses import dataclass
+
+from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 
 from service.auth import ApiKeySpec
@@ -31,6 +33,27 @@ def store_api_key(*, session: Session, spec: ApiKeySpec) -> ApiKeyRow:
 def list_api_keys(*, session: Session) -> list[ApiKeyRow]:
     """Every stored key, revoked ones included, oldest first."""
     return list(session.scalars(select(ApiKeyRow).order_by(ApiKeyRow.created_at, ApiKeyRow.id)))
+
+
+@dataclass(frozen=True)
+class StoredKeys:
+    """What a serving process reads of the stored keys.
+
+    Attributes:
+        valid: The specs of the keys that are not revoked: what the service accepts.
+        ever_created: Whether any key was ever stored, revoked ones included; authentication
+            stays on from then on.
+    """
+
+    valid: list[ApiKeySpec]
+    ever_created: bool
+
+
+def stored_keys(*, session: Session) -> StoredKeys:
+    """The valid stored keys, and whether any key was ever stored."""
+    valid = valid_api_keys(session=session)
+    ever_created = bool(valid) or bool(session.scalar(select(exists().select_from(ApiKeyRow))))
+    return StoredKeys(valid, ever_created)
 
 
 def valid_api_keys(*, session: Session) -> list[ApiKeySpec]:

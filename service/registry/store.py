@@ -16,7 +16,6 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.auth import ApiKeySpec
 from service.context_definition import ContextDefinition
 from service.entry_ids import entry_id_key
 from service.registry import accuracy, api_keys, counters, queries, registration
@@ -158,9 +157,9 @@ class RegistryStore:
         """The live contexts of each configured shard, by shard number."""
         return await self._run(lambda s: live_per_shard(s, self.shards.count))
 
-    async def valid_api_keys(self) -> list[ApiKeySpec]:
-        """The stored API keys that are not revoked."""
-        return await self._run(lambda s: api_keys.valid_api_keys(session=s))
+    async def stored_api_keys(self) -> api_keys.StoredKeys:
+        """The stored API keys that are not revoked, and whether any was ever stored."""
+        return await self._run(lambda s: api_keys.stored_keys(session=s))
 
     async def context_definitions(
         self, after_index: int = -1, shard: int | None = None

@@ -97,3 +97,24 @@ def test_create_for_the_environment_stores_nothing(psp, database_url: str) -> No
     listed = psp("keys", "list").splitlines()
     assert len(listed) == 1 and "PSP_API_KEYS" in listed[0]  # only the bootstrap key
     assert "unknown scopes" in psp("keys", "create", "--scope", "root", ok=False)
+
+
+def test_revoking_the_last_stored_key_leaves_the_api_closed(
+    make_settings: SettingsFactory, psp
+) -> None:
+    """Once a key has been created, authentication stays on, whatever is revoked later."""
+    settings = make_settings(api_keys=[], registry_poll_seconds=POLL_SECONDS)
+    with TestClient(create_app(settings)) as client:
+        assert client.post("/contexts", json={"key": "before"}).status_code == 201
+        created = psp("keys", "create", "--scope", "admin")
+        key = created.split("key (shown only now): ")[1].split()[0]
+        mine = {"X-API-Key": key}
+        _until(lambda: client.post("/contexts", json={"key": "anon"}).status_code == 401)
+        assert client.post("/contexts", json={"key": "mine"}, headers=mine).status_code == 201
+
+        psp("keys", "revoke", key.split("_")[1])
+        _until(lambda: client.get("/contexts", headers=mine).status_code == 401)
+        time.sleep(POLL_SECONDS * 3)  # several rereads of the keys, none of them valid
+        refused = client.post("/contexts", json={"key": "anon"})
+        assert refused.status_code == 401, refused.text
+        assert "requires an API key" in refused.json()["detail"]

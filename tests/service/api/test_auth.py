@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -175,3 +176,40 @@ def test_listing_filters_by_prefix_within_the_keys_own(secured: TestClient) -> N
     foreign = secured.get("/contexts", params={"prefix": "tenant-b:"}, headers=bearer(TENANT))
     assert foreign.status_code == 403
     assert "starts with 'tenant-a:'" in foreign.json()["detail"]
+
+
+def test_the_required_switch_closes_the_api_before_any_key_exists(make_settings) -> None:
+    settings = make_settings(auth={"required": True})
+    with TestClient(create_app(settings)) as client:
+        refused = client.post("/contexts", json={"key": "anyone"})
+        assert refused.status_code == 401
+        assert "requires an API key" in refused.json()["detail"]
+        assert client.get("/contexts").status_code == 401
+        assert client.get("/healthz").status_code == 200
+
+
+def test_the_key_follower_is_supervised_and_named_by_readyz(make_settings) -> None:
+    settings = make_settings(registry_poll_seconds=0.05)
+    with TestClient(create_app(settings)) as client:
+        runtime = client.app.state.runtime  # type: ignore[attr-defined]
+        runtime.supervisor.settle = 30.0  # a restarted task stays "down" long enough to see
+        crashes = 0
+
+        async def broken() -> None:
+            nonlocal crashes
+            crashes += 1
+            raise RuntimeError("a bug in the key reader")
+
+        runtime.registry.stored_api_keys = broken
+        deadline = time.monotonic() + 5
+        while "key-follower" not in runtime.supervisor.down():
+            assert time.monotonic() < deadline, "the key follower's crash was not noticed"
+            time.sleep(0.02)
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert "key-follower" in ready.json()["detail"]
+        assert ready.json()["tasks_down"] == ["key-follower"]
+        deadline = time.monotonic() + 5
+        while crashes < 2:  # restarted, and it crashed again
+            assert time.monotonic() < deadline, "the key follower was not restarted"
+            time.sleep(0.02)
