@@ -31,6 +31,7 @@ import numpy as np
 from prometheus_client import Counter, Gauge
 
 from psp_core.contexts import derive_seed
+from psp_core.learner import StepResult
 from service import metrics
 from service.checkpoints import CheckpointInfo, CheckpointStore
 from service.contexts import RETIREMENT_OVERLAP
@@ -51,6 +52,12 @@ _STORE_ERRORS = (QueueUnavailable, RegistryUnavailable, OSError)
 REFUSED_STEP = (
     "the trainer refused to learn this batch: the loss or a gradient of its step was not finite "
     "(loss {loss:g}); the weights did not change, so check the rows for extreme values"
+)
+
+
+SET_ASIDE = (
+    "the trainer set this batch aside without learning it ({}); it is kept with the dead "
+    "letters (GET /model/dead-letters), so check its rows before sending them again"
 )
 
 
@@ -221,6 +228,11 @@ class Trainer:
         await self.queue.dead_letter([(queued, reason)])
         self._metrics.dead_lettered_entries.inc()
         self._metrics.dead_lettered_examples.inc(queued.entry.size)
+        # Every entry before it is applied by now (entries are applied in id order), so the
+        # notice settles only its own producer, who hears at once why nothing was learned.
+        await self.applied.publish(
+            [queued.entry_id], self.host.model_version, {queued.entry_id: SET_ASIDE.format(reason)}
+        )
         self._suspects.discard(queued.entry_id)
         del self._attempts[queued.entry_id]
 
@@ -347,29 +359,64 @@ class Trainer:
         batches = self._minibatches(known)
         results = await asyncio.to_thread(self.host.train_steps, batches)
         refused: dict[str, str] = {}
+        shared_refusals = []
         for batch, result in zip(batches, results, strict=True):
-            if not result.applied:
-                self._count_refused(batch)
-                reason = REFUSED_STEP.format(loss=result.loss)
-                positions = () if batch.entry_positions is None else batch.entry_positions
-                refused.update((known[int(p)].entry_id, reason) for p in np.unique(positions))
-                continue
-            correct = result.correct.numpy()
-            for index in np.unique(batch.indices):
-                mine = batch.indices == index
-                counts = self._progress.counts[int(index)]
-                counts[0] += int(mine.sum())
-                counts[1] += int(correct[mine].sum())
-            metrics.record_prequential(int(correct.sum()), len(correct))
-            self._progress.steps += 1
+            if result.applied:
+                self._count_applied(batch, result)
+            elif len(_entry_positions(batch)) > 1:
+                shared_refusals.append(batch)
+            else:
+                self._count_refused(batch, result, known, refused)
+        if shared_refusals:
+            await self._step_entries_alone(shared_refusals, known, refused)
         self._progress.entry_ids.extend(e.entry_id for e in fresh)
         await self.applied.publish([e.entry_id for e in fresh], self.host.model_version, refused)
 
-    def _count_refused(self, batch: TrainRows) -> None:
-        """Counts a refused step's rows as refused, never as seen, per context."""
+    async def _step_entries_alone(
+        self,
+        batches: Sequence[TrainRows],
+        known: Sequence[QueuedEntry],
+        refused: dict[str, str],
+    ) -> None:
+        """Steps the rows of each entry of refused shared minibatches on their own.
+
+        A refused step changed nothing, so its rows can simply be stepped again: one tenant's
+        rows that break a step must not cost the tenants it shared the step with theirs. Only
+        an entry whose own rows are refused again is refused.
+        """
+        alone = [part for batch in batches for part in _split_by_entry(batch)]
+        results = await asyncio.to_thread(self.host.train_steps, alone)
+        for part, result in zip(alone, results, strict=True):
+            if result.applied:
+                self._count_applied(part, result)
+            else:
+                self._count_refused(part, result, known, refused)
+
+    def _count_applied(self, batch: TrainRows, result: StepResult) -> None:
+        """Counts an applied step's rows as seen, with their prequential scores, per context."""
+        correct = result.correct.numpy()
+        for index in np.unique(batch.indices):
+            mine = batch.indices == index
+            counts = self._progress.counts[int(index)]
+            counts[0] += int(mine.sum())
+            counts[1] += int(correct[mine].sum())
+        metrics.record_prequential(int(correct.sum()), len(correct))
+        self._progress.steps += 1
+
+    def _count_refused(
+        self,
+        batch: TrainRows,
+        result: StepResult,
+        known: Sequence[QueuedEntry],
+        refused: dict[str, str],
+    ) -> None:
+        """Counts a refused step's rows as refused, never as seen, per context, and notes the
+        reason for the entries that held them."""
         indices, per_context = np.unique(batch.indices, return_counts=True)
         for index, rows in zip(indices, per_context, strict=True):
             self._progress.counts[int(index)][2] += int(rows)
+        reason = REFUSED_STEP.format(loss=result.loss)
+        refused.update((known[p].entry_id, reason) for p in _entry_positions(batch))
 
     def _minibatches(self, entries: Sequence[QueuedEntry]) -> list[TrainRows]:
         """Cuts entries into `batch_size` minibatches.
@@ -529,6 +576,26 @@ class Trainer:
         stats = await self.queue.stats()
         self._metrics.queue_depth.set(stats.pending_examples)
         self._metrics.queue_lag.set(stats.oldest_age_seconds)
+
+
+def _entry_positions(batch: TrainRows) -> list[int]:
+    """The positions of the entries whose rows the minibatch holds."""
+    if batch.entry_positions is None:
+        return []
+    return [int(p) for p in np.unique(batch.entry_positions)]
+
+
+def _split_by_entry(batch: TrainRows) -> list[TrainRows]:
+    """The minibatch's rows, one minibatch per entry, in the order of the entries."""
+    positions = batch.entry_positions
+    assert positions is not None
+    parts = []
+    for position in _entry_positions(batch):
+        mine = positions == position
+        parts.append(
+            TrainRows(batch.indices[mine], batch.inputs[mine], batch.labels[mine], positions[mine])
+        )
+    return parts
 
 
 def _decode_counts(text: str) -> dict[int, list[int]]:
