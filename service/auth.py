@@ -81,15 +81,17 @@ class Principal:
                     f"{self.key_prefix!r}; {key!r} does not"
                 )
 
-    def require_whole_model(self, scope: Scope) -> None:
+    def require_whole_model(
+        self, scope: Scope, reach: str = "changes the model of every context"
+    ) -> None:
         """Raises Forbidden unless the principal has `scope` for every context: operations
-        without a context key (a rollback) change every tenant's model."""
+        without a context key (a rollback, the dead letters of a shard's queue) reach every
+        tenant's, as `reach` says."""
         self.require(scope)
         if self.key_prefix:
             raise Forbidden(
                 f"this API key may only use contexts whose keys start with {self.key_prefix!r}, "
-                "and this operation changes the model of every context; use an admin key "
-                "without a key prefix"
+                f"and this operation {reach}; use an admin key without a key prefix"
             )
 
     def listing_prefix(self, requested: str) -> str:

@@ -25,6 +25,16 @@ def get_context(*, session: Session, key: str) -> ContextRow | None:
     ).one_or_none()
 
 
+def key_starts_with(prefix: str) -> ColumnElement[bool]:
+    """Keys that start with `prefix`, exactly and case-sensitively on every database.
+
+    Not `LIKE`: SQLite's ignores case (a key limited to `acme-` would see `ACME-victim`), and
+    its `_` and `%` are wildcards. Not a range either: PostgreSQL orders by the database's
+    collation, not by bytes. Comparing the key's first characters with `=` is exact on both.
+    """
+    return func.substr(ContextRow.key, 1, len(prefix)) == prefix
+
+
 def list_contexts(
     *, session: Session, limit: int, offset: int, key_prefix: str = ""
 ) -> tuple[list[ContextRow], int]:
@@ -43,7 +53,7 @@ def list_contexts(
         raise ValueError("limit and offset must be non-negative")
     live: list[ColumnElement[bool]] = [ContextRow.retired_at.is_(None)]
     if key_prefix:
-        live.append(ContextRow.key.startswith(key_prefix, autoescape=True))
+        live.append(key_starts_with(key_prefix))
     rows = session.scalars(
         select(ContextRow).where(*live).order_by(ContextRow.index).limit(limit).offset(offset)
     ).all()

@@ -69,8 +69,10 @@ async def dead_letters(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     shard: ShardQuery = 0,
 ) -> DeadLetterPage:
-    """One shard's train entries set aside as poison, newest first (admin), each with its
-    reason."""
+    """One shard's train entries set aside as poison, newest first (admin without a key
+    prefix), each with its reason."""
+    # The queue is every tenant's, and an entry that could not be decoded names no context.
+    caller.require_whole_model("admin", "reads the train entries of every context")
     letters, total = await runtime.shard(shard).queue.dead_letters(limit)
     return DeadLetterPage(
         items=[

@@ -213,3 +213,42 @@ def test_the_key_follower_is_supervised_and_named_by_readyz(make_settings) -> No
         while crashes < 2:  # restarted, and it crashed again
             assert time.monotonic() < deadline, "the key follower was not restarted"
             time.sleep(0.02)
+
+
+ACME, ACME_SPEC = issue_key(["admin", "predict", "train"], key_prefix="acme-")
+ACME_UNDERSCORE, ACME_UNDERSCORE_SPEC = issue_key(["predict"], key_prefix="ac_e")
+
+
+def test_prefixes_are_exact_and_case_sensitive(make_settings) -> None:
+    """SQLite's LIKE ignores case and `_` is one of its wildcards: neither may widen a prefix."""
+    settings = make_settings(
+        api_keys=[s.model_dump() for s in (ADMIN_SPEC, ACME_SPEC, ACME_UNDERSCORE_SPEC)]
+    )
+    with TestClient(create_app(settings)) as client:
+        for key in ("acme-one", "ACME-victim", "Acme-two", "acmE-three", "acXe", "ac_e"):
+            assert client.post("/contexts", json={"key": key}, headers=bearer(ADMIN)).is_success
+
+        def listed(key: str, prefix: str = "") -> tuple[list[str], int]:
+            response = client.get("/contexts", params={"prefix": prefix}, headers=bearer(key))
+            assert response.status_code == 200, response.text
+            return [item["key"] for item in response.json()["items"]], response.json()["total"]
+
+        assert listed(ACME) == (["acme-one"], 1)
+        assert listed(ACME, "acme-o") == (["acme-one"], 1)
+        assert listed(ADMIN, "ACME-") == (["ACME-victim"], 1)
+        assert listed(ADMIN, "acme") == (["acme-one"], 1)
+        assert listed(ADMIN, "ac_") == (["ac_e"], 1)
+        assert listed(ACME_UNDERSCORE) == (["ac_e"], 1)
+        assert client.get("/contexts?prefix=ACME-", headers=bearer(ACME)).status_code == 403
+        for path in ("/contexts/ACME-victim", "/contexts/ACME-victim/history"):
+            assert client.get(path, headers=bearer(ACME)).status_code == 403
+        assert client.get("/v2/models/ACME-victim", headers=bearer(ACME)).status_code == 403
+        xs = {"inputs": rows(1)}
+        assert client.post("/predict/ACME-victim", json=xs, headers=bearer(ACME)).status_code == 403
+
+
+def test_a_prefixed_admin_key_cannot_read_the_dead_letters(secured: TestClient) -> None:
+    refused = secured.get("/model/dead-letters", headers=bearer(TENANT))
+    assert refused.status_code == 403
+    assert "without a key prefix" in refused.json()["detail"]
+    assert secured.get("/model/dead-letters", headers=bearer(ADMIN)).status_code == 200
