@@ -1,6 +1,6 @@
 """A 4096-row train body as JSON and as msgpack: the server's parse, and the whole request.
 
-Parse: the server's own body reader (`service.api.json_route.OrjsonRequest.json`, which uses
+Parse: the server's own body reader (`service.api.json_route.BoundedRequest.json`, which uses
 orjson for JSON and msgpack for `application/msgpack`) on the same rows, best of `--repeat`.
 Whole request: `POST /train/{key}` to a running `psp serve` with pre-encoded bodies, JSON and
 msgpack requests alternating, median latency of each. The msgpack body holds 32-bit floats
@@ -31,7 +31,7 @@ from _harness import (
     throwaway_dir,
 )
 
-from service.api.json_route import OrjsonRequest
+from service.api.json_route import BoundedRequest
 from service.testing.processes import psp_serve, running
 
 ROWS = 4096
@@ -47,7 +47,7 @@ def server_parse_seconds(body: bytes, content_type: bytes, repeat: int) -> float
             return {"type": "http.request", "body": body, "more_body": False}
 
         scope = {"type": "http", "method": "POST", "headers": [(b"content-type", content_type)]}
-        request = OrjsonRequest(scope, receive)
+        request = BoundedRequest(scope, receive)
         request.is_msgpack = content_type == b"application/msgpack"
         await request.body()  # the bytes arrive before parsing starts; only the parse is timed
         began = time.perf_counter()

@@ -12,6 +12,7 @@ from fastapi.telemetry import TelemetryConfig
 from service import metrics
 from service.api.errors import install_error_handlers
 from service.api.http_metrics import HttpMetrics
+from service.api.json_route import BodyLimits
 from service.api.limits import BodySizeLimit
 from service.api.openapi import install_openapi
 from service.api.routes import api_router, checkpoints, health
@@ -58,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry=None if settings.opentelemetry else _FASTAPI_TELEMETRY_OFF,
     )
     app.state.authenticator = Authenticator(settings.api_keys, required=settings.auth.required)
+    app.state.body_limits = BodyLimits.configured(settings)
     app.include_router(api_router)
     install_openapi(app)
     install_error_handlers(app, settings)

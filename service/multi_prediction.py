@@ -68,21 +68,19 @@ class MultiPredictionService:
 
     def _checked_matrices(self, items: Sequence[tuple[str, Sequence[Any]]]) -> list[np.ndarray]:
         limit = self.settings.limits.max_rows
+        total = sum(len(inputs) for _, inputs in items)
+        if total > limit:  # counted before any item is converted
+            raise TooManyRows(
+                f"the items hold {total} rows together, more than the limit of {limit}; "
+                f"split them into requests of at most {limit} rows"
+            )
         shape = self.settings.model.input_shape
         matrices = []
         for position, (_, inputs) in enumerate(items):
             try:
                 matrices.append(input_matrix(inputs, shape, limit))
-            except TooManyRows:
-                raise
             except PayloadError as error:  # say which item is wrong
                 raise PayloadError(f"items[{position}]: {error}") from None
-        total = sum(len(m) for m in matrices)
-        if total > limit:
-            raise TooManyRows(
-                f"the items hold {total} rows together, more than the limit of {limit}; "
-                f"split them into requests of at most {limit} rows"
-            )
         return matrices
 
     async def _forward(

@@ -42,13 +42,11 @@ def input_matrix(inputs: Sequence[Any], input_shape: Sequence[int], max_rows: in
             f"inputs has {len(inputs)} rows, more than the limit of {max_rows}; "
             f"split it into requests of at most {max_rows} rows"
         )
-    try:
-        array = np.asarray(inputs, dtype=np.float64)
-    except (ValueError, TypeError):
-        raise PayloadError(
-            f"inputs must be a rectangular array of numbers; some rows differ in length or hold "
-            f"non-numbers; {expected}"
-        ) from None
+    array = numbers(
+        inputs,
+        f"inputs must be a rectangular array of numbers; some rows differ in length or hold "
+        f"non-numbers; {expected}",
+    )
     row_shape = array.shape[1:]
     if row_shape != (width,) and row_shape != tuple(input_shape):
         shapes = " or ".join(dict.fromkeys(f"{list(s)}" for s in [(width,), tuple(input_shape)]))
@@ -61,6 +59,34 @@ def input_matrix(inputs: Sequence[Any], input_shape: Sequence[int], max_rows: in
     if np.abs(array).max(initial=0.0) > np.finfo(np.float32).max:
         raise PayloadError("inputs hold numbers too large for float32; send values below 3.4e38")
     return array.reshape(len(array), width).astype(np.float32)
+
+
+_NUMBER_KINDS = "iuf"
+"""NumPy's kinds of signed and unsigned integers and of floats; strings, booleans and objects
+are not numbers to learn from."""
+
+
+def numbers(values: Any, not_numbers: str) -> np.ndarray:
+    """`values` (nested lists) as a float64 array, once NumPy has found them all numbers.
+
+    Raises:
+        PayloadError: `not_numbers` for ragged lists or non-numbers; a sentence of its own for
+            integers beyond every number type.
+    """
+    try:
+        array = np.asarray(values)
+    except (ValueError, TypeError):
+        raise PayloadError(not_numbers) from None
+    if array.dtype.kind in _NUMBER_KINDS:
+        return array.astype(np.float64, copy=False)
+    if array.dtype.kind == "O" and any(_is_integer(v) for v in array.flat):
+        # Integers past 64 bits (valid JSON, and msgpack's past 64 bits) stay Python objects.
+        raise PayloadError("inputs hold numbers too large for float32; send values below 3.4e38")
+    raise PayloadError(not_numbers)
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def label_vector(labels: Sequence[Any], rows: int, num_classes: int) -> np.ndarray:
@@ -76,14 +102,14 @@ def label_vector(labels: Sequence[Any], rows: int, num_classes: int) -> np.ndarr
         raise PayloadError(
             f"labels has {len(labels)} entries but inputs has {rows} rows; send one label per row"
         )
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in labels):
+    if not all(_is_integer(v) for v in labels):
         raise PayloadError(f"labels must be integers in [0, {num_classes}); send class indices")
-    vector = np.asarray(labels, dtype=np.int64)
-    out_of_range = (vector < 0) | (vector >= num_classes)
-    if out_of_range.any():
-        bad = int(np.argmax(out_of_range))
+    # Checked before NumPy sees them: an integer past 64 bits would overflow its int64.
+    bad = next((i for i, v in enumerate(labels) if not 0 <= v < num_classes), None)
+    if bad is not None:
+        shown = str(labels[bad]) if len(str(labels[bad])) <= 20 else f"{str(labels[bad])[:12]}..."
         raise PayloadError(
-            f"label {int(vector[bad])} at position {bad} is out of range; "
+            f"label {shown} at position {bad} is out of range; "
             f"send class indices in [0, {num_classes})"
         )
-    return vector
+    return np.asarray(labels, dtype=np.int64)

@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from service.auth import Forbidden, Unauthorized
+from service.body_budget import TooManyValues
 from service.checkpoint_transfer import ExportNotFound
 from service.contexts import ContextNotFound, ShardNotServed
 from service.control import RollbackFailed, RollbackNotDone, RollbackUnanswered
@@ -98,8 +99,8 @@ def _validation_sentence(request: Request, exc: RequestValidationError) -> str:
     first = exc.errors()[0]
     if first.get("type") == "json_invalid":
         reason = str((first.get("ctx") or {}).get("error", ""))
-        if reason.startswith(("the body is not valid", "the inflated body")):
-            # msgpack or gzip bodies (service.api.json_route)
+        if reason.startswith(("the body ", "the inflated body")):
+            # msgpack, gzip, deep or large bodies (service.body_budget, service.api.json_route)
             return f"{reason}; send a JSON or msgpack object such as {example}"
         return f"the request body is not valid JSON; send a JSON object such as {example}"
     if first.get("type") == "missing" and tuple(first.get("loc", ())) == ("body",):
@@ -199,6 +200,7 @@ class Answer:
 ANSWERS: tuple[Answer, ...] = (
     Answer(PayloadError, 422),
     Answer(TooManyRows, 413),
+    Answer(TooManyValues, 413),
     Answer(InvalidContextParameters, 422),
     Answer(ContextNotFound, 404),
     Answer(ContextConflict, 409),

@@ -1,27 +1,43 @@
-"""Routes whose JSON bodies are parsed by orjson: train bodies are thousands of numbers, and
-Python's `json` spent more time on them than the rest of the request.
+"""Routes whose bodies are read only for a known caller, and decoded within bounds.
 
-orjson refuses what Python's `json` accepts beyond the standard (NaN, Infinity, integers
-past 64 bits). Those bodies are parsed again the standard way, so that validation can answer
-with the exact problem ("row 3 holds NaN") instead of a generic decode error, and malformed
-JSON still raises the `json.JSONDecodeError` that FastAPI turns into a 422.
+The caller's API key is checked before the body is read, so a caller without a valid key costs
+no more than its headers. The body is then decoded within the limits of
+`service.body_budget`: JSON and msgpack bodies may hold no more values than the largest valid
+request, and gzip bodies inflate to at most the body size limit.
+
+JSON is parsed by orjson: train bodies are thousands of numbers, and Python's `json` spent more
+time on them than the rest of the request. orjson refuses what Python's `json` accepts beyond
+the standard (NaN, Infinity, integers past 64 bits); small bodies are parsed again the standard
+way, so that validation can answer with the exact problem ("row 3 holds NaN"). Malformed JSON
+raises the `json.JSONDecodeError` that FastAPI turns into a 422.
 
 The same routes take `Content-Type: application/msgpack` bodies (parsed by msgpack, several
-times faster than JSON for thousands of numbers) and `Content-Encoding: gzip` bodies, inflated
-up to the body size limit.
+times faster than JSON for thousands of numbers) and `Content-Encoding: gzip` bodies.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import zlib
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
-import msgpack
-import orjson
-from fastapi import Request, Response
+from fastapi import HTTPException, Request, Response
 from fastapi.routing import APIRoute
+
+from service.api.deps import presented_key
+from service.body_budget import (
+    TooManyValues,
+    check_json_budget,
+    decode_json,
+    decode_msgpack,
+    json_values,
+    needs_counting,
+    value_budget,
+)
+from service.settings import LimitSettings, ModelSettings, Settings
 
 _UNPARSED = object()
 MSGPACK = b"application/msgpack"
@@ -48,42 +64,82 @@ def inflate(body: bytes, max_bytes: int) -> bytes:
     return data
 
 
-class OrjsonRequest(Request):
+class BodyOverBudget(HTTPException):
+    """413 from inside FastAPI's body parsing, which lets only HTTP exceptions through as
+    they are."""
+
+    def __init__(self, error: TooManyValues) -> None:
+        super().__init__(status_code=413, detail=str(error))
+
+
+@dataclass(frozen=True)
+class BodyLimits:
+    """How far a body may inflate (bytes) and how many values it may decode to."""
+
+    max_inflated_bytes: int
+    max_values: int
+
+    @classmethod
+    def of(cls, limits: LimitSettings, model: ModelSettings) -> BodyLimits:
+        return cls(limits.max_body_bytes, value_budget(limits.max_rows, model.input_shape))
+
+    @classmethod
+    def configured(cls, settings: Settings) -> BodyLimits:
+        return cls.of(settings.limits, settings.model)
+
+
+DEFAULT_LIMITS = BodyLimits.of(LimitSettings(), ModelSettings())
+
+
+class BoundedRequest(Request):
+    """A request whose `json()` decodes JSON, msgpack and gzip bodies within its limits."""
+
     _parsed: Any = _UNPARSED
     is_msgpack = False
-    max_inflated_bytes = 16 * 1024 * 1024
+    limits = DEFAULT_LIMITS
 
     async def body(self) -> bytes:
         if not hasattr(self, "_body"):
             raw = await super().body()
             if self.headers.get("content-encoding", "").lower() == "gzip":
-                raw = inflate(raw, self.max_inflated_bytes)
+                # zlib lets go of the interpreter while it inflates: the event loop runs on.
+                raw = await asyncio.to_thread(inflate, raw, self.limits.max_inflated_bytes)
             self._body = raw
         return self._body
 
     async def json(self) -> Any:
         if self._parsed is _UNPARSED:
             body = await self.body()
-            if self.is_msgpack:
-                try:
-                    self._parsed = msgpack.unpackb(body)
-                except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
-                    raise _malformed("the body is not valid msgpack") from None
-                return self._parsed
             try:
-                self._parsed = orjson.loads(body)
-            except orjson.JSONDecodeError:
-                self._parsed = json.loads(body)
+                self._parsed = await self._decode(body)
+            except TooManyValues as error:
+                raise BodyOverBudget(error) from None
         return self._parsed
 
+    async def _decode(self, body: bytes) -> Any:
+        budget = self.limits.max_values
+        if self.is_msgpack:
+            return decode_msgpack(body, budget)
+        if needs_counting(body, budget):
+            # NumPy counts without the interpreter, so the event loop runs on meanwhile.
+            check_json_budget(await asyncio.to_thread(json_values, body), budget)
+        return decode_json(body)
 
-class OrjsonRoute(APIRoute):
-    """An `APIRoute` that hands its handler an `OrjsonRequest`."""
+
+class BoundedBodyRoute(APIRoute):
+    """An `APIRoute` that authenticates the caller before anything else and hands its handler
+    a `BoundedRequest`."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
-        async def with_orjson(request: Request) -> Response:
+        async def bounded(request: Request) -> Response:
+            state = request.app.state
+            authenticator = getattr(state, "authenticator", None)
+            if authenticator is not None:
+                # Raises Unauthorized (401) before a byte of the body is read; the route's own
+                # dependency checks the scope and the context's prefix later.
+                authenticator.authenticate(presented_key(request))
             scope = request.scope
             content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
             is_msgpack = content_type.encode() == MSGPACK
@@ -91,11 +147,9 @@ class OrjsonRoute(APIRoute):
                 # FastAPI reads only JSON content types as structured bodies.
                 headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
                 scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
-            wrapped = OrjsonRequest(scope, request.receive)
+            wrapped = BoundedRequest(scope, request.receive)
             wrapped.is_msgpack = is_msgpack
-            runtime = getattr(request.app.state, "runtime", None)
-            if runtime is not None:
-                wrapped.max_inflated_bytes = runtime.settings.limits.max_body_bytes
+            wrapped.limits = getattr(state, "body_limits", DEFAULT_LIMITS)
             return await handler(wrapped)
 
-        return with_orjson
+        return bounded

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +16,7 @@ from service.contexts import ContextService
 from service.feedback.ids import new_ids, parse_id
 from service.feedback.store import FeedbackStore, MemoryFeedbackStore, Remembered
 from service.feedback.store import FeedbackUnavailable as FeedbackUnavailable  # the API maps it
-from service.payloads import PayloadError, input_matrix, label_vector
+from service.payloads import PayloadError, TooManyRows, input_matrix, label_vector
 from service.prediction import Prediction, PredictionService
 from service.queue.base import TrainEntry
 from service.queue.lanes import ShardQueue
@@ -125,14 +126,21 @@ class FeedbackService:
         Nothing is claimed unless every id can be: one bad id leaves all of them usable.
 
         Raises:
+            TooManyRows: More ids than `PSP_LIMITS__MAX_ROWS`.
             PayloadError: Wrong lengths, repeated ids, bad labels, or ids of another context.
             UnknownPredictions, ExpiredPredictions, AlreadyLabelled, ContextNotFound,
             RegistryUnavailable, FeedbackUnavailable, QueueFull, QueueUnavailable,
             NotAppliedInTime.
         """
         ids = list(prediction_ids)
+        limit = self.settings.limits.max_rows
+        if len(ids) > limit:  # before any work per id
+            raise TooManyRows(
+                f"prediction_ids has {len(ids)} ids, more than the limit of {limit}; send at "
+                f"most {limit} ids per call"
+            )
         vector = label_vector(labels, len(ids), self.settings.model.num_classes)
-        repeated = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) < len(ids) else []
+        repeated = sorted(i for i, seen in Counter(ids).items() if seen > 1)
         if repeated:
             raise PayloadError(
                 f"prediction_ids repeats {_listed(repeated)}; send each id once with its label"

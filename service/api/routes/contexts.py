@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response, status
 
 from service.api.deps import Admin, KeyPath, Reader, RuntimeDep, check_context_keys
-from service.api.json_route import OrjsonRoute
+from service.api.json_route import BoundedBodyRoute
 from service.api.schemas import (
     KEY_PREFIX_PATTERN,
     AccuracyHistory,
@@ -23,7 +23,7 @@ from service.api.schemas import (
 )
 from service.registry.models import ContextRow
 
-router = APIRouter(tags=["contexts"], route_class=OrjsonRoute)
+router = APIRouter(tags=["contexts"], route_class=BoundedBodyRoute)
 MAX_HISTORY_HOURS = 24 * 366
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response, status
 
 from service.api.deps import KeyPath, RuntimeDep, TrainingCaller
-from service.api.json_route import OrjsonRoute
+from service.api.json_route import BoundedBodyRoute
 from service.api.queued import queued_answer
 from service.api.schemas import (
     FeedbackAccepted,
@@ -17,7 +17,7 @@ from service.api.schemas import (
     problems,
 )
 
-router = APIRouter(tags=["training"], route_class=OrjsonRoute)
+router = APIRouter(tags=["training"], route_class=BoundedBodyRoute)
 
 
 @router.post(

@@ -6,6 +6,7 @@ its outputs are `PROBABILITIES` (FP32 `[rows, classes]`) and `PREDICTIONS` (INT6
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request
@@ -13,7 +14,7 @@ from fastapi.responses import JSONResponse
 
 from service.api.deps import KeyPath, Predictor, Reader, RuntimeDep
 from service.api.schemas import problems
-from service.inference_v2 import decode_infer_request
+from service.inference_v2 import InferLimits, InferRequest, decode_infer_request
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
 ModelName = KeyPath  # each context is a model, named by its key
@@ -38,9 +39,7 @@ async def model_metadata(key: ModelName, runtime: RuntimeDep, caller: Reader) ->
     """A context's model: its name, version, and input and output tensors."""
     host = runtime.host_of(await runtime.contexts.resolve(key))
     model = runtime.settings.model
-    width = 1
-    for d in model.input_shape:
-        width *= d
+    width = math.prod(model.input_shape)
     return {
         "name": key,
         "versions": [str(host.model_version)],
@@ -60,7 +59,16 @@ async def model_ready(key: ModelName, runtime: RuntimeDep, caller: Reader) -> JS
     return JSONResponse({"name": key, "ready": healthy}, status_code=200 if healthy else 503)
 
 
-@router.post("/models/{key}/infer", responses=problems(404, 503, 413, 422))
+@router.post(
+    "/models/{key}/infer",
+    responses=problems(404, 503, 413, 422),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": InferRequest.model_json_schema()}},
+        }
+    },
+)
 async def infer(
     key: ModelName,
     request: Request,
@@ -69,10 +77,18 @@ async def infer(
     inference_header_content_length: Annotated[int | None, Header(ge=0)] = None,
 ) -> JSONResponse:
     """Run the FP32 input tensor through the context's model; outputs are JSON tensors."""
-    matrix, body = decode_infer_request(await request.body(), inference_header_content_length)
-    result = await runtime.prediction.predict(key, list(matrix))
+    settings = runtime.settings
+    limits = InferLimits(
+        max_values=request.app.state.body_limits.max_values,
+        max_rows=settings.limits.max_rows,
+        width=math.prod(settings.model.input_shape),
+    )
+    decoded = await decode_infer_request(
+        await request.body(), inference_header_content_length, limits
+    )
+    result = await runtime.prediction.predict(key, list(decoded.rows))
     probabilities = result.probabilities
-    outputs = {
+    tensors = {
         "PROBABILITIES": {
             "name": "PROBABILITIES",
             "datatype": "FP32",
@@ -86,13 +102,11 @@ async def infer(
             "data": probabilities.argmax(axis=1).tolist(),
         },
     }
-    wanted = [o.get("name") for o in body.get("outputs") or [] if isinstance(o, dict)]
-    chosen = [outputs[name] for name in wanted if name in outputs] or list(outputs.values())
     answer: dict[str, Any] = {
         "model_name": key,
         "model_version": str(result.model_version),
-        "outputs": chosen,
+        "outputs": [tensors[name] for name in decoded.outputs],
     }
-    if isinstance(body.get("id"), str):
-        answer["id"] = body["id"]
+    if decoded.request_id is not None:
+        answer["id"] = decoded.request_id
     return JSONResponse(answer)

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from service.api.deps import Admin, Reader, RuntimeDep
-from service.api.json_route import OrjsonRoute
+from service.api.json_route import BoundedBodyRoute
 from service.api.schemas import (
     DeadLetterOut,
     DeadLetterPage,
@@ -16,7 +16,7 @@ from service.api.schemas import (
     problems,
 )
 
-router = APIRouter(tags=["model"], route_class=OrjsonRoute)
+router = APIRouter(tags=["model"], route_class=BoundedBodyRoute)
 
 
 STORED_BYTES_PER_CONTEXT = 8

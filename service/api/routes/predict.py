@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from service.api.deps import KeyPath, Predictor, RuntimeDep, check_context_keys
-from service.api.json_route import OrjsonRoute
+from service.api.json_route import BoundedBodyRoute
 from service.api.schemas import (
     MultiPredictRequest,
     MultiPredictResponse,
@@ -19,7 +19,7 @@ from service.api.schemas import (
 )
 from service.prediction import Prediction
 
-router = APIRouter(tags=["prediction"], route_class=OrjsonRoute)
+router = APIRouter(tags=["prediction"], route_class=BoundedBodyRoute)
 ERRORS = problems(404, 413, 422, 503)
 
 

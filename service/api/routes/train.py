@@ -7,11 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Response, status
 
 from service.api.deps import KeyPath, RuntimeDep, TrainingCaller
-from service.api.json_route import OrjsonRoute
+from service.api.json_route import BoundedBodyRoute
 from service.api.queued import queued_answer
 from service.api.schemas import KEY_PATTERN, TrainAccepted, TrainApplied, TrainRequest, problems
 
-router = APIRouter(tags=["training"], route_class=OrjsonRoute)
+router = APIRouter(tags=["training"], route_class=BoundedBodyRoute)
 
 
 @router.post(
