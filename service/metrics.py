@@ -173,3 +173,11 @@ def exposition() -> tuple[bytes, str]:
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+CONTEXT_DRIFTS = Counter(
+    "psp_context_drifts_total",
+    "Concept drifts found in the contexts' scores (a context's accuracy fell), by the shard "
+    "that holds the context; which contexts is in GET /contexts/{key} and on the /ui page.",
+    _SHARD,
+)

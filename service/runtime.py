@@ -13,6 +13,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import torch
 from redis.exceptions import RedisError
@@ -34,6 +35,7 @@ from service.multi_prediction import MultiPredictionService
 from service.payloads import PayloadError
 from service.prediction import PredictionService
 from service.registry.database import make_engine
+from service.registry.history import HistoryPolicy
 from service.registry.migrate import upgrade
 from service.registry.shards import ShardPlan
 from service.registry.store import RegistryStore
@@ -74,8 +76,13 @@ async def _open_registry(settings: Settings) -> RegistryStore:
     url = settings.resolved_database_url
     await asyncio.to_thread(upgrade, url)
     shards = ShardPlan(settings.shards.count, settings.shards.capacity)
+    history = HistoryPolicy(
+        drift=settings.drift.to_config(),
+        retention=timedelta(hours=settings.accuracy.retention_hours),
+        max_drift_events=settings.drift.max_events,
+    )
     registry = RegistryStore(
-        make_engine(url), settings.model.kind, settings.contexts.min_power_gap, shards
+        make_engine(url), settings.model.kind, settings.contexts.min_power_gap, shards, history
     )
     try:
         await _check_no_context_is_beyond_the_count(registry, settings)

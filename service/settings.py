@@ -16,11 +16,13 @@ from psp_core.learner import TrainingConfig
 from psp_core.models import ModelConfig
 from psp_core.replay import DEFAULT_REPLAY_ROWS
 from service.auth import ApiKeySpec, AuthSettings
+from service.drift import DriftConfig
 from service.faults import FaultSettings
 
 # The learning defaults live in psp_core, where the sweep in docs/benchmarks.md chose them.
 _TRAINING = TrainingConfig()
 _MODEL = ModelConfig()
+_DRIFT = DriftConfig()
 
 
 class ModelSettings(BaseModel):
@@ -195,6 +197,32 @@ class AccuracySettings(BaseModel):
 
     # The rolling window sums this many hourly buckets, the current one included.
     window_hours: int = Field(default=24, ge=1, le=24 * 366)
+    # Hourly buckets and drift events older than this are deleted, so that each context's
+    # history stays bounded (at most one bucket per hour).
+    retention_hours: int = Field(default=24 * 90, ge=1)
+
+
+class DriftSettings(BaseModel):
+    """Concept-drift detection on each context's scores (`service.drift`); the defaults were
+    tuned by `benchmarks/drift_detection.py`."""
+
+    warmup_rows: int = Field(default=_DRIFT.warmup_rows, ge=1)
+    baseline_rows: int = Field(default=_DRIFT.baseline_rows, ge=1)
+    drop: float = Field(default=_DRIFT.drop, gt=0, lt=1)  # the relative fall looked for
+    threshold: float = Field(default=_DRIFT.threshold, gt=0)
+    min_baseline: float = Field(default=_DRIFT.min_baseline, gt=0, lt=1)
+    confidence: float = Field(default=_DRIFT.confidence, ge=0)
+    max_events: int = Field(default=20, ge=1)  # drift events kept per context
+
+    def to_config(self) -> DriftConfig:
+        return DriftConfig(
+            warmup_rows=self.warmup_rows,
+            baseline_rows=self.baseline_rows,
+            drop=self.drop,
+            threshold=self.threshold,
+            min_baseline=self.min_baseline,
+            confidence=self.confidence,
+        )
 
 
 class ContextSettings(BaseModel):
@@ -241,6 +269,7 @@ class Settings(BaseSettings):
     contexts: ContextSettings = Field(default_factory=ContextSettings)
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
     accuracy: AccuracySettings = Field(default_factory=AccuracySettings)
+    drift: DriftSettings = Field(default_factory=DriftSettings)
     faults: FaultSettings = Field(default_factory=FaultSettings)  # tests only; see service.faults
 
     @model_validator(mode="after")

@@ -248,3 +248,61 @@ class AccuracyHourRow(Base):
     train_correct: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     feedback_seen: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     feedback_correct: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+
+
+class ContextDriftRow(Base):
+    """The drift detector's state for one context and one source of scores (`service.drift`),
+    kept apart from `contexts` so that its rows stay small; created at the first scores.
+
+    Attributes:
+        context_index: The context's bank index.
+        source: `train` (prequential scores, at each checkpoint) or `feedback` (late labels).
+        rows: Rows scored since the first scores or the last drift.
+        baseline: The recent accuracy a fall is measured from.
+        cusum: Evidence of a fall gathered so far.
+        suspect_seen: Rows scored since the evidence last stood at zero.
+        suspect_correct: Of those, the right ones.
+        drifts: Drifts detected from this source, ever.
+        scored_at: When the last scores arrived (for `train`: the context was last trained).
+        last_drift_at: When the last drift was detected; None before the first.
+    """
+
+    __tablename__ = "context_drift"
+
+    context_index: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    source: Mapped[str] = mapped_column(String(8), primary_key=True)
+    rows: Mapped[int] = mapped_column(BigInteger)
+    baseline: Mapped[float] = mapped_column(Float64)
+    cusum: Mapped[float] = mapped_column(Float64)
+    suspect_seen: Mapped[int] = mapped_column(BigInteger)
+    suspect_correct: Mapped[int] = mapped_column(BigInteger)
+    drifts: Mapped[int] = mapped_column(Integer)
+    scored_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_drift_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class DriftEventRow(Base):
+    """One detected drift of one context: when, from which scores, and how far accuracy fell.
+
+    Attributes:
+        id: Increases with every event.
+        context_index: The context's bank index.
+        at: When the drift was detected (UTC): when its scores reached the registry.
+        source: `train` or `feedback`, as in `ContextDriftRow`.
+        accuracy_before: The baseline accuracy the fall was measured from.
+        accuracy_after: The accuracy of the rows that gave the evidence.
+        rows: How many rows that was.
+    """
+
+    __tablename__ = "drift_events"
+    __table_args__ = (Index("ix_drift_events_context_index", "context_index", "id"),)
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    context_index: Mapped[int] = mapped_column(BigInteger)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    source: Mapped[str] = mapped_column(String(8))
+    accuracy_before: Mapped[float] = mapped_column(Float64)
+    accuracy_after: Mapped[float] = mapped_column(Float64)
+    rows: Mapped[int] = mapped_column(BigInteger)

@@ -7,8 +7,9 @@ trainer never hold a session across an `await`.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 from sqlalchemy import func, select
@@ -16,18 +17,22 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from service import metrics
 from service.context_definition import ContextDefinition
 from service.entry_ids import entry_id_key
-from service.registry import accuracy, api_keys, counters, queries, registration
-from service.registry.accuracy import AccuracyHour, Scores
+from service.registry import accuracy, api_keys, counters, drift, queries, registration
+from service.registry.accuracy import AccuracyHour, Scores, hour_of
 from service.registry.counters import TrainingCounts
 from service.registry.database import make_session_factory, ping
-from service.registry.models import ContextRow, TrainerState
+from service.registry.drift import ContextDrift, DriftEvent
+from service.registry.history import HistoryPolicy, forget_old_history
+from service.registry.models import ContextRow, TrainerState, utcnow
 from service.registry.parameters import ContextItem
 from service.registry.powers import DEFAULT_MIN_POWER_GAP
 from service.registry.shards import ShardPlan, live_per_shard
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 UNIQUE_RACE_ATTEMPTS = 5
 """Tries of a registration that lost a race for a seed, power or key to another transaction.
@@ -47,12 +52,15 @@ class RegistryStore:
         kind: str,
         min_power_gap: float = DEFAULT_MIN_POWER_GAP,
         shards: ShardPlan = ShardPlan(),
+        history: HistoryPolicy = HistoryPolicy(),
     ) -> None:
         self.engine = engine
         self.kind = kind
         self.min_power_gap = min_power_gap
         self.shards = shards
+        self.history = history
         self._sessions: sessionmaker[Session] = make_session_factory(engine)
+        self._history_pruned_in: datetime | None = None
 
     async def _run(self, job: Callable[[Session], T]) -> T:
         def in_transaction() -> T:
@@ -183,35 +191,95 @@ class RegistryStore:
         """Adds a checkpoint's counts unless the registry already holds that checkpoint.
 
         The shard's watermark (the last entry id whose counts are in) moves in the same
-        transaction, which makes the update idempotent.
+        transaction, which makes the update idempotent; the scores feed each context's drift
+        detector in that transaction too, so exactly once as well.
 
         Returns:
             True if the counts were added now.
         """
 
-        def job(session: Session) -> bool:
+        def job(session: Session) -> tuple[bool, list[DriftEvent]]:
             state = session.get(TrainerState, shard, with_for_update=True)
             if state is None:
                 state = TrainerState(shard=shard, last_entry_id="0-0")
                 session.add(state)
                 session.flush()
             if entry_id_key(last_entry_id) <= entry_id_key(state.last_entry_id):
-                return False
+                return False, []
             counters.add_training_counts(session=session, counts=counts)
             train = {index: Scores(values[0], values[1]) for index, values in counts.items()}
-            accuracy.add_scores(session=session, train=train)
+            at = utcnow()
+            accuracy.add_scores(session=session, train=train, at=at)
+            found = self._observe(session, "train", train, at)
             state.last_entry_id = last_entry_id
-            return True
+            return True, found
 
-        return await self._run(job)
+        added, found = await self._run(job)
+        _report_drifts(found, {event.context_index: shard for event in found})
+        await self._forget_old_history_if_due()
+        return added
 
     async def add_feedback_scores(self, index: int, scores: Scores) -> None:
-        """Adds scored feedback predictions to the context's bucket of the current hour."""
+        """Adds scored feedback predictions to the context's bucket of the current hour, and
+        feeds them to the context's feedback drift detector."""
 
-        def job(session: Session) -> None:
-            accuracy.add_scores(session=session, feedback={index: scores})
+        def job(session: Session) -> tuple[list[DriftEvent], dict[int, int]]:
+            at = utcnow()
+            accuracy.add_scores(session=session, feedback={index: scores}, at=at)
+            found = self._observe(session, "feedback", {index: scores}, at)
+            shards = drift.shards_of(session=session, indices=[index]) if found else {}
+            return found, shards
 
-        await self._run(job)
+        found, shards = await self._run(job)
+        _report_drifts(found, shards)
+        await self._forget_old_history_if_due()
+
+    def _observe(
+        self, session: Session, source: drift.Source, scores: Mapping[int, Scores], at: datetime
+    ) -> list[DriftEvent]:
+        return drift.observe_scores(
+            session=session,
+            source=source,
+            scores=scores,
+            config=self.history.drift,
+            at=at,
+            max_events=self.history.max_drift_events,
+        )
+
+    async def _forget_old_history_if_due(self) -> None:
+        """Prunes the history past its retention, at most once an hour in this process; an
+        unreachable registry only puts it off."""
+        now = utcnow()
+        if self._history_pruned_in == hour_of(now):
+            return
+        try:
+            await self._run(
+                lambda session: forget_old_history(session=session, policy=self.history, now=now)
+            )
+        except RegistryUnavailable as err:
+            log.warning("could not prune the accuracy and drift history, will retry: %s", err)
+            return
+        self._history_pruned_in = hour_of(now)
+
+    async def context_drift(self, index: int, recent_hours: int) -> ContextDrift:
+        """The context's drift state, count and newest events (a drift within the last
+        `recent_hours` makes it `drifted`)."""
+        return await self._run(
+            lambda session: drift.context_drift(
+                session=session,
+                index=index,
+                config=self.history.drift,
+                recent=timedelta(hours=recent_hours),
+                now=utcnow(),
+                events=self.history.max_drift_events,
+            )
+        )
+
+    async def drift_events(self, index: int, since: datetime) -> list[DriftEvent]:
+        """The context's drifts found at or after `since`, oldest first."""
+        return await self._run(
+            lambda session: drift.events_since(session=session, index=index, since=since)
+        )
 
     async def accuracy_window(self, index: int, hours: int) -> tuple[Scores, Scores]:
         """Train and feedback scores of the context over the last `hours` hourly buckets."""
@@ -223,6 +291,21 @@ class RegistryStore:
         """The context's hourly buckets from the hour of `since` on, oldest first."""
         return await self._run(
             lambda session: accuracy.history(session=session, index=index, since=since)
+        )
+
+
+def _report_drifts(found: Sequence[DriftEvent], shards: Mapping[int, int]) -> None:
+    """Counts committed drifts by shard (`psp_context_drifts_total`) and logs each."""
+    for event in found:
+        shard = shards.get(event.context_index)
+        metrics.CONTEXT_DRIFTS.labels(shard="unknown" if shard is None else str(shard)).inc()
+        log.warning(
+            "context %d drifted: its %s accuracy fell from %.3f to %.3f over %d rows",
+            event.context_index,
+            event.source,
+            event.accuracy_before,
+            event.accuracy_after,
+            event.rows,
         )
 
 
