@@ -4,6 +4,7 @@ commands (contexts, train, predict)."""
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
 import shutil
@@ -124,18 +125,36 @@ def worker(
         None, min=0, help="The shard this worker writes (default: PSP_QUEUE__SHARD, else 0)."
     ),
 ) -> None:
-    """Start the single training writer of one shard (PSP_ROLE=worker); /metrics and /healthz
-    listen on PSP_METRICS_PORT."""
+    """Start the single training writer of one shard (PSP_ROLE=worker); /metrics, /healthz and
+    the checkpoint downloads listen on PSP_METRICS_PORT. Beyond loopback the downloads need
+    PSP_CHECKPOINT__FETCH_TOKEN: without one the worker refuses to start."""
     from service.app import create_worker_app
 
     overrides: dict[str, Any] = {"role": "worker"}
     if shard is not None:
         overrides["queue"] = {"shard": shard}
     settings = _settings_or_exit(**overrides)
+    if settings.checkpoint.fetch_token is None and not is_loopback(host):
+        _fail(
+            f"the worker would serve its checkpoints (the whole model's weights) on {host}:"
+            f"{settings.metrics_port} to anyone who reaches it; set PSP_CHECKPOINT__FETCH_TOKEN "
+            "(API processes send it), or listen on loopback only with --host 127.0.0.1"
+        )
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     uvicorn.run(
         create_worker_app(settings), host=host, port=settings.metrics_port, log_level=log_level
     )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is reachable from this machine only: a loopback address or `localhost`.
+    A name other than `localhost` may resolve anywhere, so it counts as reachable by others."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _registry_sessions() -> sessionmaker[Session]:
