@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
@@ -59,6 +59,11 @@ class ContextOut(BaseModel):
         description="Accuracy over the last PSP_ACCURACY__WINDOW_HOURS hours; only in "
         "GET /contexts/{key}.",
     )
+    drift: DriftOut | None = Field(
+        default=None,
+        description="Whether the context's accuracy fell (a concept drift); only in "
+        "GET /contexts/{key}.",
+    )
 
 
 class RecentAccuracy(BaseModel):
@@ -69,6 +74,34 @@ class RecentAccuracy(BaseModel):
     train_accuracy: float | None = Field(description="Share of those the model got right.")
     feedback_seen: int = Field(description="Remembered predictions whose labels came back.")
     feedback_accuracy: float | None = Field(description="Share of those the labels confirm.")
+
+
+class DriftEventOut(BaseModel):
+    """A detected fall of a context's accuracy: a concept drift."""
+
+    at: datetime = Field(description="When it was found (UTC): when its scores were recorded.")
+    source: Literal["train", "feedback"] = Field(
+        description="train: scores of rows just before they were learned; feedback: "
+        "remembered predictions whose labels came back."
+    )
+    accuracy_before: float = Field(description="The recent accuracy it fell from.")
+    accuracy_after: float = Field(description="The accuracy of the rows that showed the fall.")
+    rows: int = Field(description="How many rows showed it.")
+
+
+class DriftOut(BaseModel):
+    """A context's drift detection."""
+
+    state: Literal["learning", "stable", "falling", "drifted"] = Field(
+        description="learning: too few rows scored to test yet; stable: no fall; falling: "
+        "evidence of a fall is gathering; drifted: a drift was found within the last "
+        "PSP_ACCURACY__WINDOW_HOURS hours."
+    )
+    drifts: int = Field(description="Drifts found so far.")
+    last_drift_at: datetime | None = Field(description="When the newest was found.")
+    events: list[DriftEventOut] = Field(
+        description="The newest drifts, newest first (at most PSP_DRIFT__MAX_EVENTS)."
+    )
 
 
 class AccuracyHourOut(BaseModel):
@@ -87,6 +120,7 @@ class AccuracyHistory(BaseModel):
     key: str
     hours: int = Field(description="How far back the buckets go, the current hour included.")
     buckets: list[AccuracyHourOut]
+    drifts: list[DriftEventOut] = Field(description="Drifts found in those hours, oldest first.")
 
 
 class ContextPage(BaseModel):

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
@@ -42,7 +42,7 @@ class DriftEvent:
 
     context_index: int
     at: datetime
-    source: str
+    source: Source
     accuracy_before: float
     accuracy_after: float
     rows: int
@@ -270,6 +270,7 @@ def forget_before(*, session: Session, before: datetime) -> None:
 
 
 def _event(row: DriftEventRow) -> DriftEvent:
+    source = cast(Source, row.source)
     return DriftEvent(
-        row.context_index, row.at, row.source, row.accuracy_before, row.accuracy_after, row.rows
+        row.context_index, row.at, source, row.accuracy_before, row.accuracy_after, row.rows
     )

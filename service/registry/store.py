@@ -61,6 +61,8 @@ class RegistryStore:
         self.history = history
         self._sessions: sessionmaker[Session] = make_session_factory(engine)
         self._history_pruned_in: datetime | None = None
+        for shard in range(shards.count):  # exported from the start, at zero
+            metrics.CONTEXT_DRIFTS.labels(shard=str(shard))
 
     async def _run(self, job: Callable[[Session], T]) -> T:
         def in_transaction() -> T:

@@ -18,9 +18,13 @@ from service.api.schemas import (
     ContextCreate,
     ContextOut,
     ContextPage,
+    DriftEventOut,
+    DriftOut,
     RecentAccuracy,
     problems,
 )
+from service.registry.accuracy import hour_of
+from service.registry.drift import DriftEvent
 from service.registry.models import ContextRow
 
 router = APIRouter(tags=["contexts"], route_class=BoundedBodyRoute)
@@ -95,11 +99,13 @@ async def list_contexts(
 
 @router.get("/contexts/{key}", responses=problems(404, 422, 503))
 async def get_context(key: KeyPath, runtime: RuntimeDep, caller: Reader) -> ContextOut:
-    """One context, with its examples seen, prequential accuracy and rolling-window accuracy
-    of its train scores and scored feedback."""
+    """One context, with its examples seen, prequential accuracy, rolling-window accuracy
+    of its train scores and scored feedback, and its drift detection."""
     row = await runtime.contexts.get(key)
     hours = runtime.settings.accuracy.window_hours
-    train, feedback = await runtime.contexts.registry.accuracy_window(row.index, hours)
+    registry = runtime.contexts.registry
+    train, feedback = await registry.accuracy_window(row.index, hours)
+    drift = await registry.context_drift(row.index, hours)
     out = _out(row, runtime.settings.model.kind)
     out.recent = RecentAccuracy(
         window_hours=hours,
@@ -108,7 +114,23 @@ async def get_context(key: KeyPath, runtime: RuntimeDep, caller: Reader) -> Cont
         feedback_seen=feedback.seen,
         feedback_accuracy=feedback.accuracy,
     )
+    out.drift = DriftOut(
+        state=drift.state,
+        drifts=drift.drifts,
+        last_drift_at=drift.last_drift_at,
+        events=[_event_out(event) for event in drift.events],
+    )
     return out
+
+
+def _event_out(event: DriftEvent) -> DriftEventOut:
+    return DriftEventOut(
+        at=event.at,
+        source=event.source,
+        accuracy_before=event.accuracy_before,
+        accuracy_after=event.accuracy_after,
+        rows=event.rows,
+    )
 
 
 @router.get("/contexts/{key}/history", responses=problems(404, 422, 503))
@@ -120,11 +142,12 @@ async def get_context_history(
         int, Query(ge=1, le=MAX_HISTORY_HOURS, description="The current hour and those before.")
     ] = 24,
 ) -> AccuracyHistory:
-    """Hourly buckets of a context's train and feedback scores, oldest first; hours without
-    scores are left out."""
+    """Hourly buckets of a context's train and feedback scores, oldest first (hours without
+    scores are left out), and the drifts found in those hours."""
     row = await runtime.contexts.get(key)
-    since = datetime.now(UTC) - timedelta(hours=hours - 1)
+    since = hour_of(datetime.now(UTC)) - timedelta(hours=hours - 1)
     buckets = await runtime.contexts.registry.accuracy_history(row.index, since)
+    drifts = await runtime.contexts.registry.drift_events(row.index, since)
     return AccuracyHistory(
         key=key,
         hours=hours,
@@ -140,6 +163,7 @@ async def get_context_history(
             )
             for bucket in buckets
         ],
+        drifts=[_event_out(event) for event in drifts],
     )
 
 
