@@ -39,6 +39,8 @@ def _tensors_of(learner: OnlineLearner) -> tuple[dict[str, torch.Tensor], dict[s
         for name, value in state.items():
             if isinstance(value, torch.Tensor):
                 tensors[f"optim.{param_id}.{name}"] = value.detach().contiguous().cpu()
+    if learner.scaler is not None:
+        tensors.update({f"scaler.{n}": t for n, t in learner.scaler.state_tensors().items()})
     replay_header = None
     if learner.replay is not None:
         replay_tensors, replay_header = learner.replay.state_tensors()
@@ -227,6 +229,8 @@ def _apply(
     learner.optimizer = optimizer
     learner.discard_prepared_step()
     learner.model_version = int(header["model_version"])
+    if learner.scaler is not None:
+        learner.scaler.load_state_tensors(_scaler_tensors(tensors))
     if learner.replay is not None:
         # Rows learned after this checkpoint will be learned (and kept) again on replay.
         saved = {
@@ -261,30 +265,51 @@ def load_checkpoint(
     return learner, _apply(checkpoint, learner)
 
 
-def read_weights(
-    path: str | Path, config: ModelConfig
-) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The model weights of a checkpoint (no optimiser state), checked against `config`.
+_SERVING = ("model.", "scaler.")
+"""The tensors a reader that only predicts needs: the weights and the input statistics."""
+
+
+def _scaler_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k.removeprefix("scaler."): v for k, v in tensors.items() if k.startswith("scaler.")}
+
+
+@dataclass(frozen=True)
+class ServingWeights:
+    """What a reader that only predicts loads from a checkpoint (`read_weights`).
+
+    Attributes:
+        weights: The model's state dict (CPU tensors).
+        scaler: The input scaler's state (`ContextScaler.load_state_tensors`); empty when the
+            model does not scale its inputs.
+        header: The checkpoint header.
+    """
+
+    weights: dict[str, torch.Tensor]
+    scaler: dict[str, torch.Tensor]
+    header: dict[str, Any]
+
+
+def read_weights(path: str | Path, config: ModelConfig) -> ServingWeights:
+    """The model weights and input statistics of a checkpoint (no optimiser state), checked
+    against `config`.
 
     Readers that only serve predictions load these into their model with `load_state_dict`,
     which keeps the time they hold their model lock to a memory copy.
 
-    Returns:
-        The state dict (CPU tensors) and the checkpoint header.
-
     Raises:
         CheckpointError: The file is torn, not a psp checkpoint, or for another config.
     """
-    tensors, header = _read(Path(path), prefixes=("model.",))
+    tensors, header = _read(Path(path), prefixes=_SERVING)
     stored = ModelConfig.from_dict(header["model_config"])
     if stored != config:
         raise CheckpointError(f"checkpoint {path} was written for {stored}, not {config}")
     weights = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
-    return weights, header
+    return ServingWeights(weights, _scaler_tensors(tensors), header)
 
 
 def export_weights(path: str | Path) -> bytes:
-    """A checkpoint file holding only the model weights, config and version of `path`.
+    """A checkpoint file holding only the model weights, input statistics, config and version
+    of `path`.
 
     This is all a reader that only predicts needs (`read_weights` reads it like a full
     checkpoint), without the optimiser state or the rehearsal rows, so it is a fraction of the
@@ -294,7 +319,7 @@ def export_weights(path: str | Path) -> bytes:
     Raises:
         CheckpointError: `path` is torn or not a psp checkpoint.
     """
-    tensors, header = _read(Path(path), prefixes=("model.",))
+    tensors, header = _read(Path(path), prefixes=_SERVING)
     weights_header = {
         "format": FORMAT,
         "weights_only": True,

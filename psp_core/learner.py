@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from psp_core.models import SuperposedModel
 from psp_core.replay import ReplayBuffer
+from psp_core.scaling import ContextScaler, ScalerRows
 
 # Devices where Adam steps every tensor in one fused kernel. For the service's small models the
 # per-tensor Adam, a dozen operations per tensor, was a fifth of a training step on the CPU.
@@ -65,12 +66,15 @@ class StepResult:
             (the prequential, test-then-train score of each new example; replayed rows are
             never scored).
         model_version: The version after this step.
+        bounded: `(B,)` bool: the new rows whose size the input scaling bounded (see
+            `psp_core.scaling`); empty when the model does not scale its inputs.
     """
 
     applied: bool
     loss: float
     correct: torch.Tensor
     model_version: int
+    bounded: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
     @property
     def accuracy(self) -> float:
@@ -83,19 +87,25 @@ class PreparedStep:
     """A step whose gradients are computed and whose update is pending (`prepare_step`).
 
     Attributes:
-        x, context_index, y, context_ids: The new rows, as given to `prepare_step`.
+        x, context_index, y: The new rows, as given to `prepare_step`.
+        context_ids: The ids the new rows are kept and scaled under.
         loss: The minibatch's mean cross-entropy before the update.
         correct: The new rows' test-then-train scores (see `StepResult`).
         finite: Whether the loss and every gradient were finite; a step that is not is refused.
+        scaling: The contexts' input statistics with the new rows in, stored when the step is
+            committed; None when the model does not scale its inputs.
+        bounded: The new rows whose size the input scaling bounded.
     """
 
     x: torch.Tensor
     context_index: torch.Tensor
     y: torch.Tensor
-    context_ids: np.ndarray | None
+    context_ids: np.ndarray
     loss: float
     correct: torch.Tensor
     finite: bool
+    scaling: ScalerRows | None
+    bounded: np.ndarray
 
 
 ContextRows = Callable[[np.ndarray], torch.Tensor]
@@ -135,6 +145,12 @@ class OnlineLearner:
         self.replay = replay
         self.rows_of = rows_of or self._bank_rows
         self._prepared: PreparedStep | None = None
+        # Keyed by the same context ids as the replay buffer; part of what a checkpoint holds.
+        self.scaler = (
+            ContextScaler(model.config.input_size)
+            if model.config.input_scaling == "context"
+            else None
+        )
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:
@@ -174,8 +190,8 @@ class OnlineLearner:
             x: `(B, *input_shape)` or `(B, prod(input_shape))` float inputs.
             context_index: `(B,)` int64 bank rows.
             y: `(B,)` int64 class labels.
-            context_ids: `(B,)` int64 ids the buffer keeps the rows under; the bank rows when
-                None.
+            context_ids: `(B,)` int64 ids the buffer keeps the rows under and the input
+                scaling follows; the bank rows when None.
         """
         return self.commit_step(self.prepare_step(x, context_index, y, context_ids=context_ids))
 
@@ -194,13 +210,20 @@ class OnlineLearner:
         """
         fresh = len(y)
         x = x.reshape(fresh, -1)
-        replayed = self._replayed_rows()
+        ids = context_ids if context_ids is not None else context_index.cpu().numpy()
+        scaling, bounded = None, np.zeros(fresh, dtype=bool)
+        model_x = x
+        if self.scaler is not None:
+            scaling = self.scaler.fold(ids, x)
+            scaled = self.scaler.transform(ids, x, scaling)
+            model_x, bounded = scaled.inputs, scaled.bounded
+        replayed = self._replayed_rows(scaling)
         if replayed is not None:
-            all_x = torch.cat([x, replayed[0]])
+            all_x = torch.cat([model_x, replayed[0]])
             all_index = torch.cat([context_index, replayed[1]])
             all_y = torch.cat([y, replayed[2]])
         else:
-            all_x, all_index, all_y = x, context_index, y
+            all_x, all_index, all_y = model_x, context_index, y
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         logits = self.model(all_x, all_index)
@@ -211,7 +234,9 @@ class OnlineLearner:
         if finite:
             loss.backward()
             finite = self._finite_gradients_clipped()
-        prepared = PreparedStep(x, context_index, y, context_ids, loss_value, correct, finite)
+        prepared = PreparedStep(
+            x, context_index, y, ids, loss_value, correct, finite, scaling, bounded
+        )
         self._prepared = prepared
         return prepared
 
@@ -228,11 +253,17 @@ class OnlineLearner:
         if prepared.finite:
             self.optimizer.step()
             self.model_version += 1
-            self._remember(prepared.x, prepared.context_index, prepared.y, prepared.context_ids)
-            return StepResult(True, prepared.loss, prepared.correct, self.model_version)
+            if self.scaler is not None and prepared.scaling is not None:
+                self.scaler.apply(prepared.scaling)
+            self._remember(prepared.x, prepared.y, prepared.context_ids)
+            return StepResult(
+                True, prepared.loss, prepared.correct, self.model_version, prepared.bounded
+            )
         self.optimizer.zero_grad(set_to_none=True)
         self.refused_steps += 1
-        return StepResult(False, prepared.loss, prepared.correct, self.model_version)
+        return StepResult(
+            False, prepared.loss, prepared.correct, self.model_version, prepared.bounded
+        )
 
     def discard_prepared_step(self) -> None:
         """Forgets a prepared step and its gradients: one prepared on weights that have since
@@ -240,17 +271,19 @@ class OnlineLearner:
         self._prepared = None
         self.optimizer.zero_grad(set_to_none=True)
 
-    def _replayed_rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-        """`config.replay_per_step` rows drawn from the buffer, on the model's device."""
+    def _replayed_rows(
+        self, scaling: ScalerRows | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """`config.replay_per_step` rows drawn from the buffer, on the model's device, scaled
+        like the new rows (the buffer keeps rows as they were sent)."""
         if self.replay is None or not len(self.replay) or not self.config.replay_per_step:
             return None
         inputs, ids, labels = self.replay.sample(self.config.replay_per_step)
         device = self.device
-        return (
-            torch.from_numpy(inputs).to(device),
-            self.rows_of(ids),
-            torch.from_numpy(labels).to(device),
-        )
+        x = torch.from_numpy(inputs).to(device)
+        if self.scaler is not None:
+            x = self.scaler.transform(ids, x, scaling).inputs
+        return x, self.rows_of(ids), torch.from_numpy(labels).to(device)
 
     def _finite_gradients_clipped(self) -> bool:
         """Whether every gradient is finite, after clipping them to `config.clip_norm`."""
@@ -261,30 +294,34 @@ class OnlineLearner:
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_norm)
         return bool(torch.isfinite(norm))
 
-    def _remember(
+    def _remember(self, x: torch.Tensor, y: torch.Tensor, context_ids: np.ndarray) -> None:
+        if self.replay is None:
+            return
+        self.replay.add(x.detach().cpu().numpy(), context_ids, y.cpu().numpy())
+
+    @torch.inference_mode()
+    def predict(
         self,
         x: torch.Tensor,
         context_index: torch.Tensor,
-        y: torch.Tensor,
-        context_ids: np.ndarray | None,
-    ) -> None:
-        if self.replay is None:
-            return
-        ids = context_ids if context_ids is not None else context_index.cpu().numpy()
-        self.replay.add(x.detach().cpu().numpy(), ids, y.cpu().numpy())
-
-    @torch.inference_mode()
-    def predict(self, x: torch.Tensor, context_index: torch.Tensor) -> torch.Tensor:
+        *,
+        context_ids: np.ndarray | None = None,
+    ) -> torch.Tensor:
         """Class probabilities.
 
         Args:
             x: `(B, *input_shape)` or `(B, prod(input_shape))` float inputs.
             context_index: `(B,)` int64 bank rows; rows may differ.
+            context_ids: `(B,)` int64 ids the inputs are scaled under, as in `step`; the bank
+                rows when None.
 
         Returns:
             `(B, num_classes)` float32 probabilities on the model's device.
         """
         self.model.eval()
+        if self.scaler is not None:
+            ids = context_ids if context_ids is not None else context_index.cpu().numpy()
+            x = self.scaler.transform(ids, x.reshape(len(x), -1)).inputs
         return torch.softmax(self.model(x, context_index), dim=1)
 
 

@@ -20,6 +20,8 @@ from psp_core.kinds import LayerContexts, kind_class
 from psp_core.layers import batch_rows, superpose
 from psp_core.pooling import MaxPool2x2
 
+INPUT_SCALINGS = ("context", "none")
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -35,9 +37,18 @@ class ModelConfig:
     # Complex and one-power kinds carry complex activations between layers (ReLU on the real and
     # imaginary parts) instead of keeping each layer's real part; the real kinds have none.
     complex_activations: bool = True
+    # `context`: each context's inputs are standardised by its own running statistics and each
+    # row's size is bounded (psp_core.scaling), so no context weighs more than its share of the
+    # shared weights whatever the scale of its inputs; `none`: inputs go in as they are.
+    input_scaling: str = "context"
 
     def __post_init__(self) -> None:
         kind = kind_class(self.kind)
+        if self.input_scaling not in INPUT_SCALINGS:
+            raise ValueError(
+                f"input_scaling must be one of {', '.join(INPUT_SCALINGS)}, not "
+                f"{self.input_scaling!r}"
+            )
         if self.arch not in ("mlp", "convnet"):
             raise ValueError(f"arch must be 'mlp' or 'convnet', not {self.arch!r}")
         if self.arch == "convnet" and len(self.input_shape) != 3:
@@ -78,6 +89,8 @@ class ModelConfig:
             local_mix=bool(data.get("local_mix", False)),
             # Checkpoints from before the option kept each layer's real part.
             complex_activations=bool(data.get("complex_activations", False)),
+            # Checkpoints from before the option fed inputs in as they were.
+            input_scaling=str(data.get("input_scaling", "none")),
         )
 
 

@@ -98,8 +98,7 @@ class PredictBatcher:
 
     def _predict_now(self, inputs: np.ndarray, index: int) -> tuple[np.ndarray, int] | None:
         """Answers on the event loop if the model is free; None if a step or a swap holds it."""
-        rows = self.host.bank_rows(np.full(len(inputs), index, dtype=np.int64))
-        answered = self.host.predict_if_free(inputs, rows)
+        answered = self.host.predict_if_free(inputs, np.full(len(inputs), index, dtype=np.int64))
         if answered is not None:
             metrics.PREDICT_QUEUE_WAIT.observe(0.0)
             metrics.PREDICT_BATCH_ROWS.observe(len(inputs))
@@ -147,8 +146,7 @@ class PredictBatcher:
         metrics.PREDICT_BATCH_ROWS.observe(len(inputs))
         self._in_flight = True
         try:
-            rows = self.host.bank_rows(indices)
-            probabilities, version = await asyncio.to_thread(self.host.forward, inputs, rows)
+            probabilities, version = await asyncio.to_thread(self.host.forward, inputs, indices)
         except Exception as err:  # every caller learns what went wrong
             for request in batch:
                 if not request.future.done():

@@ -228,12 +228,12 @@ class ModelHost:
             raise UnknownContext(err.args[0]) from None
         return torch.tensor(rows, dtype=torch.int64, device=self.device)
 
-    def predict(self, inputs: np.ndarray, rows: torch.Tensor) -> tuple[np.ndarray, int]:
+    def predict(self, inputs: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, int]:
         """Class probabilities for a batch that may mix contexts, all of one caller.
 
         Args:
             inputs: float32 `(n, prod(input_shape))`.
-            rows: int64 `(n,)` bank rows from `bank_rows`.
+            indices: int64 `(n,)` registry indices of the rows' contexts.
 
         Returns:
             float32 `(n, num_classes)` probabilities and the version that produced them.
@@ -242,25 +242,27 @@ class ModelHost:
             ModelUnhealthy: The weights are being restored or are not loaded yet (a read
                 replica).
             InputsOverflow: A row gave a non-finite probability.
+            UnknownContext: An index has no bank row here.
         """
-        probabilities, version = self.forward(inputs, rows)
+        probabilities, version = self.forward(inputs, indices)
         self.check_answer(probabilities, inputs, version)
         return probabilities, version
 
-    def forward(self, inputs: np.ndarray, rows: torch.Tensor) -> tuple[np.ndarray, int]:
+    def forward(self, inputs: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, int]:
         """`predict` for a batch of several callers: the probabilities are not checked, so
         that each caller can be told about its own rows only (`check_answer`).
 
         Raises:
             ModelUnhealthy: As for `predict`.
         """
+        rows = self.bank_rows(indices)
         x = torch.from_numpy(inputs).to(self.device, non_blocking=True)
         with self._lock:
-            probabilities, version = self._forward(x, rows)
+            probabilities, version = self._forward(x, rows, indices)
         return probabilities.cpu().numpy(), version
 
     def predict_if_free(
-        self, inputs: np.ndarray, rows: torch.Tensor
+        self, inputs: np.ndarray, indices: np.ndarray
     ) -> tuple[np.ndarray, int] | None:
         """`predict`, but only if no training step or weight swap holds the model right now;
         None if one does (the caller then waits its turn off the event loop).
@@ -268,11 +270,12 @@ class ModelHost:
         For callers on the event loop with a few rows on the CPU: the forward pass is shorter
         than a hop to a worker thread and back.
         """
+        rows = self.bank_rows(indices)
         x = torch.from_numpy(inputs).to(self.device)
         if not self._lock.acquire(False):
             return None
         try:
-            probabilities, version = self._forward(x, rows)
+            probabilities, version = self._forward(x, rows, indices)
         finally:
             self._lock.release()
         answer = probabilities.cpu().numpy()
@@ -298,8 +301,11 @@ class ModelHost:
             )
         raise InputsOverflow(inputs, int(np.argmin(finite)), version)
 
-    def _forward(self, x: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """The forward pass; the caller holds the model lock."""
+    def _forward(
+        self, x: torch.Tensor, rows: torch.Tensor, indices: np.ndarray
+    ) -> tuple[torch.Tensor, int]:
+        """The forward pass; the caller holds the model lock (the input statistics change
+        under it too)."""
         if not self.healthy:
             raise ModelUnhealthy(
                 "the model's weights went bad and the last healthy checkpoint is being "
@@ -310,7 +316,7 @@ class ModelHost:
                 f"this replica has not loaded its shard's weights yet: {self.weights_missing}; "
                 "nothing was predicted, retry in a moment"
             )
-        return self.learner.predict(x, rows), self.state.version
+        return self.learner.predict(x, rows, context_ids=indices), self.state.version
 
     def train_step(self, batch: TrainRows) -> StepResult:
         """One test-then-train step; refused (and counted) when it is not finite.
@@ -374,16 +380,21 @@ class ModelHost:
         return replay.contexts() if replay is not None else set()
 
     def forget_contexts(self, indices: Iterable[int]) -> int:
-        """Drops the replay rows of deleted contexts, and refuses their rows from now on.
+        """Drops the replay rows and input statistics of deleted contexts, and refuses their
+        rows from now on.
 
         Returns:
             How many rows were dropped.
         """
-        replay = self.learner.replay
-        if replay is None:
-            return 0
+        forgotten = set(indices)
         with self._writing:
-            dropped = replay.purge(set(indices))
+            if self.learner.scaler is not None:
+                with self._lock:
+                    self.learner.scaler.forget(forgotten)
+            replay = self.learner.replay
+            if replay is None:
+                return 0
+            dropped = replay.purge(forgotten)
             self._metrics.replay_rows.set(len(replay))
         return dropped
 
@@ -406,10 +417,12 @@ class ModelHost:
         Returns:
             The model version now served.
         """
-        weights, header = read_weights(path, self.config)
+        serving = read_weights(path, self.config)
         with self._lock:
-            self.learner.model.load_state_dict(weights, strict=True)
-            self.learner.model_version = int(header["model_version"])
+            self.learner.model.load_state_dict(serving.weights, strict=True)
+            if self.learner.scaler is not None:
+                self.learner.scaler.load_state_tensors(serving.scaler)
+            self.learner.model_version = int(serving.header["model_version"])
             self.state.version = self.learner.model_version
             self.healthy = True
         self._metrics.version.set(self.learner.model_version)

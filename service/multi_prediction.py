@@ -100,8 +100,7 @@ class MultiPredictionService:
             ]
         )
         metrics.PREDICT_BATCH_ROWS.observe(len(batch))
-        rows = host.bank_rows(per_row)
-        probabilities, version = await asyncio.to_thread(host.forward, batch, rows)
+        probabilities, version = await asyncio.to_thread(host.forward, batch, per_row)
         split, offset = [], 0
         for matrix, position in zip(matrices, positions, strict=True):
             mine = probabilities[offset : offset + len(matrix)]

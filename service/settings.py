@@ -37,6 +37,10 @@ class ModelSettings(BaseModel):
     local_mix: bool = False
     # complex and onepower: carry complex activations between layers (see psp_core.kinds.complex)
     complex_activations: bool = _MODEL.complex_activations
+    # `context`: standardise each context's inputs by its own running statistics and bound each
+    # row's size, so that no tenant moves the shared weights more than its share, whatever the
+    # scale of its inputs (psp_core.scaling); `none`: feed inputs in as they are.
+    input_scaling: Literal["context", "none"] = _MODEL.input_scaling  # type: ignore[assignment]
 
     @field_validator("kind")
     @classmethod
@@ -61,6 +65,7 @@ class ModelSettings(BaseModel):
             seed=self.seed,
             local_mix=self.local_mix,
             complex_activations=self.complex_activations,
+            input_scaling=self.input_scaling,
         )
 
 

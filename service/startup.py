@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from psp_core.checkpoint import CheckpointError, read_metadata
+from psp_core.models import ModelConfig
 from service.settings import Settings
 
 _CHECKPOINT_NAME = re.compile(r"^ckpt-(\d{10})-v\d+\.safetensors$")
@@ -55,7 +56,7 @@ def check_checkpoint_fits(settings: Settings) -> None:
         f"PSP_MODEL__{k.upper()}": v for k, v in settings.model.to_config().to_dict().items()
     }
     stored: dict[str, Any] = {
-        f"PSP_MODEL__{k.upper()}": v for k, v in header.get("model_config", {}).items()
+        f"PSP_MODEL__{k.upper()}": v for k, v in _stored_model(header).items()
     }
     wanted["PSP_TRAINING__OPTIMIZER"] = settings.training.optimizer
     stored["PSP_TRAINING__OPTIMIZER"] = header.get("training_config", {}).get("optimizer")
@@ -67,6 +68,16 @@ def check_checkpoint_fits(settings: Settings) -> None:
             f"the newest checkpoint {newest} was made with {made}, but the settings say {now}; "
             "point PSP_DATA_DIR at a new directory, or change the settings to match"
         )
+
+
+def _stored_model(header: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's model config with the defaults of its time filled in (a checkpoint
+    from before an option was added says what it did without it)."""
+    stored: dict[str, Any] = header.get("model_config", {})
+    try:
+        return ModelConfig.from_dict(stored).to_dict()
+    except (KeyError, TypeError, ValueError):
+        return stored
 
 
 def _show(value: Any) -> str:

@@ -41,6 +41,7 @@ import torch
 import torch.multiprocessing  # registers how tensors are shared between processes
 
 from psp_core.learner import StepResult
+from psp_core.scaling import ScalerRows
 from service.context_definition import ContextDefinition
 from service.divergence import DivergenceGuard
 from service.faults import FaultInjector
@@ -144,15 +145,27 @@ class ChildStepHost(ModelHost):
         super().add_contexts(new)
 
     def train_steps(self, batches: Sequence[TrainRows]) -> list[StepResult]:
-        answers = self._call("train_steps", list(batches))
+        answers, scaling = self._call("train_steps", list(batches))
+        self._mirror_scaling(scaling)
         results = []
-        for batch, (applied, loss, correct, version, replay_rows) in zip(
+        for batch, (applied, loss, correct, version, replay_rows, bounded) in zip(
             batches, answers, strict=True
         ):
-            result = StepResult(applied, loss, torch.from_numpy(correct), version)
+            result = StepResult(applied, loss, torch.from_numpy(correct), version, bounded)
             self.count_step(result, len(batch.labels), replay_rows)
             results.append(result)
         return results
+
+    def _mirror_scaling(self, scaling: ScalerRows | None, *, whole: bool = False) -> None:
+        """Copies the child's input statistics of the contexts it just trained (or all of
+        them), which predictions here scale their rows by."""
+        scaler = self.learner.scaler
+        if scaler is None or scaling is None:
+            return
+        with self._lock:
+            if whole:
+                scaler.load_state_tensors({})
+            scaler.apply(scaling)
 
     def train_step(self, batch: TrainRows) -> StepResult:
         return self.train_steps([batch])[0]
@@ -170,22 +183,28 @@ class ChildStepHost(ModelHost):
         return contexts
 
     def forget_contexts(self, indices: Iterable[int]) -> int:
-        dropped, replay_rows = self._call("forget_contexts", set(indices))
+        forgotten = set(indices)
+        dropped, replay_rows = self._call("forget_contexts", forgotten)
         self._metrics.replay_rows.set(replay_rows)
+        if self.learner.scaler is not None:
+            with self._lock:
+                self.learner.scaler.forget(forgotten)
         return int(dropped)
 
     def save(self, path: Path, metadata: dict[str, str]) -> None:
         self._call("save", path, metadata)
 
     def load(self, path: Path) -> dict[str, str]:
-        metadata: dict[str, str] = self._call("load", path)
+        metadata, scaling = self._call("load", path)
+        self._mirror_scaling(scaling, whole=True)
         self._metrics.version.set(self.state.version)
-        return metadata
+        return dict(metadata)
 
     def restore_as(self, path: Path, version: int) -> dict[str, str]:
-        metadata: dict[str, str] = self._call("restore_as", path, version)
+        metadata, scaling = self._call("restore_as", path, version)
+        self._mirror_scaling(scaling, whole=True)
         self._metrics.version.set(self.state.version)
-        return metadata
+        return dict(metadata)
 
     def close(self) -> None:
         """Stops the child, after the calls in flight."""
@@ -370,7 +389,8 @@ class _Commands:
 
     def train_steps(
         self, batches: list[TrainRows]
-    ) -> list[tuple[bool, float, np.ndarray, int, int]]:
+    ) -> tuple[list[tuple[bool, float, np.ndarray, int, int, np.ndarray]], ScalerRows | None]:
+        """Each step's result, and the input statistics of the contexts trained."""
         answers = []
         for batch in batches:
             result = self.host.train_step(batch)
@@ -381,9 +401,16 @@ class _Commands:
                     result.correct.numpy(),
                     result.model_version,
                     self.host.replay_size,
+                    result.bounded,
                 )
             )
-        return answers
+        trained = np.concatenate([batch.indices for batch in batches]) if batches else None
+        return answers, self._scaling(trained)
+
+    def _scaling(self, indices: np.ndarray | None) -> ScalerRows | None:
+        """The input statistics of these contexts (all of them when None)."""
+        scaler = self.host.learner.scaler
+        return None if scaler is None else scaler.rows(indices)
 
     def watch_divergence(self, settings: GuardSettings) -> None:
         """Sets the guard; asked twice (a child started by this very call gets the guard as it
@@ -401,8 +428,8 @@ class _Commands:
     def save(self, path: Path, metadata: dict[str, str]) -> None:
         self.host.save(path, metadata)
 
-    def load(self, path: Path) -> dict[str, str]:
-        return self.host.load(path)
+    def load(self, path: Path) -> tuple[dict[str, str], ScalerRows | None]:
+        return self.host.load(path), self._scaling(None)
 
-    def restore_as(self, path: Path, version: int) -> dict[str, str]:
-        return self.host.restore_as(path, version)
+    def restore_as(self, path: Path, version: int) -> tuple[dict[str, str], ScalerRows | None]:
+        return self.host.restore_as(path, version), self._scaling(None)

@@ -99,15 +99,15 @@ def test_an_export_holds_the_weights_alone_and_serves_the_same_predictions(
     (tmp_path / "export").write_bytes(export)
     assert len(export) < (tmp_path / "full").stat().st_size / 2  # no Adam moments
 
-    weights, header = read_weights(tmp_path / "export", learner.model.config)
-    assert header["model_version"] == 5 and "user" not in header
-    reader = build_model(learner.model.config)
-    reader.bank.extend(learner.model.bank.specs)
-    reader.load_state_dict(weights, strict=True)
+    serving = read_weights(tmp_path / "export", learner.model.config)
+    assert serving.header["model_version"] == 5 and "user" not in serving.header
+    reader = OnlineLearner(build_model(learner.model.config), TrainingConfig())
+    reader.model.bank.extend(learner.model.bank.specs)
+    reader.model.load_state_dict(serving.weights, strict=True)
+    assert reader.scaler is not None and len(serving.scaler["ids"]) == 4  # every context's
+    reader.scaler.load_state_tensors(serving.scaler)
     x, index = torch.randn(5, 64), torch.tensor([0, 1, 2, 3, 0])
-    reader.eval()
-    with torch.no_grad():
-        assert torch.equal(reader(x, index), learner.model(x, index))
+    assert torch.equal(reader.predict(x, index), learner.predict(x, index))
     with pytest.raises(CheckpointError, match="weights only"):
         load_checkpoint(tmp_path / "export")
     with pytest.raises(CheckpointError, match="weights only"):

@@ -10,8 +10,10 @@ from psp_core.models import ModelConfig, build_model
 from psp_core.replay import ReplayBuffer
 
 
-def _learner(kind: str = "complex", optimizer: str = "sgd") -> OnlineLearner:
-    model = build_model(ModelConfig(kind=kind, hidden=(32,)))
+def _learner(
+    kind: str = "complex", optimizer: str = "sgd", input_scaling: str = "context"
+) -> OnlineLearner:
+    model = build_model(ModelConfig(kind=kind, hidden=(32,), input_scaling=input_scaling))
     model.bank.extend(
         [
             ContextSpec(power=float(i)) if kind == "onepower" else ContextSpec(seed=i)
@@ -33,7 +35,9 @@ def _snapshot(learner: OnlineLearner) -> list[bytes]:
 
 
 def test_step_scores_before_learning() -> None:
-    learner = _learner()
+    # Unscaled, so that `predict` and the step's own scoring see the rows the same way (a
+    # scaled step scores with input statistics that already include its rows).
+    learner = _learner(input_scaling="none")
     x, index = torch.randn(16, 64), torch.zeros(16, dtype=torch.long)
     y = learner.predict(x, index).argmax(1)  # labels the current model already gets right
     result = learner.step(x, index, y)

@@ -27,9 +27,11 @@ def _forward_passes() -> float:
     return REGISTRY.get_sample_value("psp_predict_batch_rows_count") or 0.0
 
 
-def _host(contexts: int) -> ModelHost:
+def _host(contexts: int, input_scaling: str = "context") -> ModelHost:
     host = ModelHost(
-        ModelConfig(kind="complex", hidden=(32,)), TrainingConfig(), torch.device("cpu")
+        ModelConfig(kind="complex", hidden=(32,), input_scaling=input_scaling),
+        TrainingConfig(),
+        torch.device("cpu"),
     )
     host.add_contexts(ContextDefinition(i, i, None) for i in range(contexts))
     return host
@@ -66,7 +68,7 @@ async def test_concurrent_requests_share_forward_passes_and_keep_their_answers()
     await batcher.stop()
     assert passes < 20  # 100 requests, a handful of forward passes
     for (x, index), (probabilities, version) in zip(requests, results, strict=True):
-        alone, _ = host.predict(x, host.bank_rows([index] * len(x)))
+        alone, _ = host.predict(x, np.array([index] * len(x)))
         assert probabilities.shape == alone.shape and version == 0
         assert np.array_equal(probabilities.argmax(1), alone.argmax(1))
         assert np.allclose(probabilities, alone, atol=1e-6)
@@ -99,7 +101,7 @@ async def test_a_lone_request_runs_at_once_without_waiting_for_company() -> None
     elapsed = time.perf_counter() - started
     await batcher.stop()
     assert elapsed < 0.5  # far below the 2 s maximum delay
-    alone, _ = host.predict(x, host.bank_rows([1] * len(x)))
+    alone, _ = host.predict(x, np.array([1] * len(x)))
     assert np.allclose(probabilities, alone, atol=1e-6)
 
 
@@ -174,9 +176,7 @@ async def test_requests_parsed_in_the_same_turn_are_batched_not_answered_one_by_
     await batcher.stop()
     assert collected == [8]  # one pass of the collector, none answered alone on the loop
     for index, probabilities in enumerate(answers):
-        alone, _ = ModelHost.predict(
-            host, np.full((1, 64), index, np.float32), host.bank_rows([index])
-        )
+        alone, _ = ModelHost.predict(host, np.full((1, 64), index, np.float32), np.array([index]))
         assert np.allclose(probabilities, alone, atol=1e-6)
 
 
@@ -206,8 +206,11 @@ def test_answers_over_http_are_the_same_alone_or_among_100_concurrent(make_setti
         assert np.allclose(among["probabilities"], alone["probabilities"], atol=1e-6)
 
 
-async def test_a_request_whose_rows_overflow_fails_alone_and_its_neighbours_are_answered() -> None:
-    host = _host(4)
+@pytest.mark.parametrize("input_scaling", ["none", "context"])
+async def test_a_request_whose_rows_overflow_fails_alone_and_its_neighbours_are_answered(
+    input_scaling: str,
+) -> None:
+    host = _host(4, input_scaling)
     batcher = PredictBatcher(host, max_rows=4096, max_delay_us=5000)
     batcher.start(Supervisor())
     normal = np.full((3, 64), 0.5, np.float32)
@@ -219,18 +222,21 @@ async def test_a_request_whose_rows_overflow_fails_alone_and_its_neighbours_are_
     )
     await batcher.stop()
     for (x, index), answer in zip(requests, answers, strict=True):
-        if x is extreme:
+        if x is extreme and input_scaling == "context":  # bounded: an answer like any other
+            assert not isinstance(answer, BaseException), answer
+            assert np.isfinite(answer[0]).all()
+        elif x is extreme:
             assert isinstance(answer, InputsOverflow), answer
             assert "row 0" in str(answer) and "3e+38" in str(answer)
         else:
             assert not isinstance(answer, BaseException), answer
             probabilities, _ = answer
-            alone, _ = host.predict(x, host.bank_rows([index] * len(x)))
+            alone, _ = host.predict(x, np.array([index] * len(x)))
             assert np.allclose(probabilities, alone, atol=1e-6)
 
 
 async def test_a_lone_request_whose_rows_overflow_is_refused_as_its_own_fault() -> None:
-    host = _host(1)
+    host = _host(1, input_scaling="none")
     batcher = PredictBatcher(host, max_rows=4096, max_delay_us=1000)
     batcher.start(Supervisor())
     await asyncio.sleep(0.01)

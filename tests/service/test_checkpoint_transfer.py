@@ -90,9 +90,9 @@ def test_a_download_with_the_announced_checksum_is_stored_and_serves_the_weights
     assert seen[0].headers["Authorization"] == "Bearer s3cret"
     assert (info.version, info.path) == (4, replica.directory / exported.file)
     assert [i.version for i in replica.list()] == [4]
-    weights, header = read_weights(info.path, CONFIG)
-    assert header["model_version"] == 4
-    assert all(torch.all(tensor == 0.4) for tensor in weights.values())
+    serving = read_weights(info.path, CONFIG)
+    assert serving.header["model_version"] == 4
+    assert all(torch.all(tensor == 0.4) for tensor in serving.weights.values())
     assert _fetches("3", "ok") == before + 1
 
 

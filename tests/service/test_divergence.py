@@ -16,8 +16,9 @@ from service.settings import GuardSettings
 
 
 def _host(lr: float = 0.05) -> ModelHost:
-    config = ModelConfig(kind="binary", input_shape=(8,), hidden=(16,))
-    # Plain SGD: the step size follows the gradient, so a huge learning rate or input shows.
+    # Plain SGD on unscaled inputs: the step size follows the gradient, so a huge learning rate
+    # or input shows.
+    config = ModelConfig(kind="binary", input_shape=(8,), hidden=(16,), input_scaling="none")
     host = ModelHost(config, TrainingConfig(optimizer="sgd", lr=lr), torch.device("cpu"))
     host.add_contexts([ContextDefinition(0, seed=1, power=None)])
     return host
@@ -39,7 +40,7 @@ def test_non_finite_weights_mark_the_host_unhealthy_and_predict_refuses() -> Non
         host.train_step(_rows())
     assert not host.healthy
     with pytest.raises(ModelUnhealthy, match="being restored"):
-        host.predict(_rows().inputs, host.bank_rows([0]))
+        host.predict(_rows().inputs, np.array([0]))
 
 
 def test_a_huge_learning_rate_is_caught_by_the_weight_ceiling() -> None:
@@ -68,7 +69,7 @@ def test_healthy_steps_pass_and_predictions_stay_finite() -> None:
     host.step_watchers.append(DivergenceGuard(GuardSettings(), host))
     for _ in range(10):
         assert host.train_step(_rows()).applied
-    probabilities, version = host.predict(_rows().inputs, host.bank_rows([0] * 4))
+    probabilities, version = host.predict(_rows().inputs, np.array([0] * 4))
     assert version == 10 and np.isfinite(probabilities).all()
 
 
@@ -77,4 +78,4 @@ def test_a_non_finite_probability_is_never_answered() -> None:
     with torch.no_grad():
         next(host.learner.model.parameters()).fill_(float("inf"))
     with pytest.raises(ModelUnhealthy, match="non-finite weights"):
-        host.predict(_rows().inputs, host.bank_rows([0] * 4))
+        host.predict(_rows().inputs, np.array([0] * 4))

@@ -76,13 +76,13 @@ def host() -> Iterator[ModelHost]:
 
 def _answer_if_free(host: ModelHost) -> tuple[np.ndarray, int] | None:
     """A prediction, or None if the model lock is held."""
-    return host.predict_if_free(_rows().inputs, host.bank_rows([0, 0, 0, 0]))
+    return host.predict_if_free(_rows().inputs, np.array([0, 0, 0, 0]))
 
 
 def test_a_prediction_is_answered_by_the_old_weights_while_a_step_computes(
     host: ModelHost, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    before, _ = host.predict(_rows().inputs, host.bank_rows([0, 0, 0, 0]))
+    before, _ = host.predict(_rows().inputs, np.array([0, 0, 0, 0]))
 
     with _held_after(monkeypatch, host.learner, "prepare_step", host.train_step, _rows()):
         during = _answer_if_free(host)
@@ -91,7 +91,7 @@ def test_a_prediction_is_answered_by_the_old_weights_while_a_step_computes(
         assert version == 0
         assert np.array_equal(probabilities, before)
 
-    after, version = host.predict(_rows().inputs, host.bank_rows([0, 0, 0, 0]))
+    after, version = host.predict(_rows().inputs, np.array([0, 0, 0, 0]))
     assert version == 1
     assert not np.array_equal(after, before)
 
@@ -143,4 +143,4 @@ def test_a_prediction_goes_on_while_the_bank_grows_for_new_contexts(
         assert len(bank.layers[0].table) >= 50  # grown, not yet appended
         assert _answer_if_free(host) is not None
     assert host.context_count == 50
-    assert host.predict(_rows().inputs, host.bank_rows([49, 1, 0, 25]))[0].shape == (4, 10)
+    assert host.predict(_rows().inputs, np.array([49, 1, 0, 25]))[0].shape == (4, 10)

@@ -72,7 +72,7 @@ def _host() -> ModelHost:
 
 def _predict(host: ModelHost) -> tuple[np.ndarray, int]:
     host.add_contexts([ContextDefinition(index=0, seed=1, power=None)])
-    return host.predict(np.zeros((1, 64), np.float32), host.bank_rows(np.array([0])))
+    return host.predict(np.zeros((1, 64), np.float32), np.array([0]))
 
 
 def _following_a_worker_that_is_down(tmp_path) -> tuple[ModelHost, ModelFollower]:

@@ -85,3 +85,20 @@ def test_a_worker_shard_beyond_the_count_is_refused_with_one_line(tmp_path: Path
         "exist: with PSP_SHARDS__COUNT=2 the shards are 0 to 1; pick one of those, or raise "
         "PSP_SHARDS__COUNT"
     )
+
+
+def test_a_checkpoint_from_before_input_scaling_names_the_setting(tmp_path: Path) -> None:
+    _checkpoint(tmp_path, hidden=(32,))
+    path = tmp_path / "checkpoints" / "ckpt-0000000001-v0.safetensors"
+    learner = OnlineLearner(
+        build_model(ModelConfig(kind="complex", hidden=(32,), input_scaling="none")),
+        TrainingConfig(),
+    )
+    save_checkpoint(path, learner)  # what a checkpoint written before the option says
+    settings = Settings(data_dir=tmp_path, model={"hidden": [32], "kind": "complex"})
+    with pytest.raises(StartupError, match="PSP_MODEL__INPUT_SCALING=none, but the settings"):
+        check_checkpoint_fits(settings)
+    fitting = Settings(
+        data_dir=tmp_path, model={"hidden": [32], "kind": "complex", "input_scaling": "none"}
+    )
+    check_checkpoint_fits(fitting)

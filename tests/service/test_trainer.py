@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 
+from psp_bench.tenants import TenantsStream
 from service.contexts import ContextService
 from service.queue.base import TrainEntry
 from service.registry.database import make_engine
@@ -45,7 +44,9 @@ class Bench:
 
 
 async def _bench(tmp_path: Path, **overrides: Any) -> Bench:
-    settings = sqlite_settings(tmp_path, training={"steps_in": "thread"}, **overrides)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    values: dict[str, Any] = {"training": {"steps_in": "thread"}, **overrides}
+    settings = sqlite_settings(tmp_path, **values)
     upgrade(settings.resolved_database_url)
     registry = RegistryStore(make_engine(settings.resolved_database_url), settings.model.kind)
     shard = Shard.build(settings.for_shard(0))
@@ -62,19 +63,18 @@ async def _bench(tmp_path: Path, **overrides: Any) -> Bench:
     return Bench(settings, shard, trainer, contexts, registry)
 
 
-@pytest.fixture
-async def bench(tmp_path: Path) -> AsyncIterator[Bench]:
-    built = await _bench(tmp_path)
-    yield built
-    await built.shard.close()
-    built.registry.engine.dispose()
-
-
 def _rows(n: int, value: float = 0.5) -> np.ndarray:
     return np.random.default_rng(n).random((n, WIDTH)) * value
 
 
-async def test_a_poisoned_row_refuses_only_its_own_entry_in_a_shared_step(bench: Bench) -> None:
+UNSCALED = {"kind": "complex", "input_shape": [WIDTH], "hidden": [32], "input_scaling": "none"}
+
+
+async def test_a_poisoned_row_refuses_only_its_own_entry_in_a_shared_step(
+    tmp_path: Path,
+) -> None:
+    # Without input scaling, a row of 3e38 makes its step's loss non-finite.
+    bench = await _bench(tmp_path, model=UNSCALED)
     victim, poisoner = await bench.index_of("b"), await bench.index_of("a")
     normal = await bench.enqueue(victim, _rows(64), np.arange(64) % 10)
     poison = await bench.enqueue(poisoner, np.full((1, WIDTH), 3e38), np.array([1]))
@@ -90,6 +90,8 @@ async def test_a_poisoned_row_refuses_only_its_own_entry_in_a_shared_step(bench:
     counts = bench.trainer._progress.counts
     assert counts[victim][0] == 64 and counts[victim][2] == 0  # seen, none refused
     assert counts[poisoner][0] == 0 and counts[poisoner][2] == 1
+    await bench.shard.close()
+    bench.registry.engine.dispose()
 
 
 async def test_a_waiting_producer_hears_at_once_that_its_entry_was_set_aside(
@@ -112,3 +114,50 @@ async def test_a_waiting_producer_hears_at_once_that_its_entry_was_set_aside(
         bench.registry.engine.dispose()
     assert waited < 1.0
     assert reason is not None and "set this batch aside" in reason and "non-finite" in reason
+
+
+async def _victims_accuracy(bench: Bench, *, attacker_scale: float | None) -> list[float]:
+    """Six tenants learn label-permuted digits from interleaved blocks of 50 rows, read eight
+    entries at a time as the trainer's loop reads them; with `attacker_scale`, a seventh tenant
+    sends as many rows as all of them together, multiplied by that much, with random labels."""
+    stream = TenantsStream(tenants=7, rows_per_tenant=600, block_rows=50, seed=3)
+    indices = [await bench.index_of(f"tenant-{t}") for t in range(7)]
+    rng = np.random.default_rng(0)
+    blocks = []
+    for position in range(len(stream.blocks)):
+        tenant, x, y = stream.block(position)
+        if tenant < 6:
+            blocks.append((indices[tenant], x.numpy(), y.numpy()))
+            if attacker_scale is not None:  # one attacker block for every victim block
+                noise = stream.block(position)[1].numpy()[::-1] * attacker_scale
+                blocks.append((indices[6], noise, rng.integers(0, 10, len(noise))))
+    for start in range(0, len(blocks), 8):
+        for index, x, y in blocks[start : start + 8]:
+            await bench.enqueue(index, x, y)
+        await bench.trainer.apply(await bench.shard.queue.read(max_entries=64, block_ms=0))
+    accuracies = []
+    for tenant in range(6):
+        x, y = stream.test_set(tenant)
+        chosen = np.full(len(y), indices[tenant], dtype=np.int64)
+        probabilities, _ = bench.shard.host.predict(x.numpy(), chosen)
+        accuracies.append(float((probabilities.argmax(1) == y.numpy()).mean()))
+    return accuracies
+
+
+async def test_a_tenant_with_inputs_a_million_times_larger_costs_the_others_nothing(
+    tmp_path: Path,
+) -> None:
+    model = {"kind": "complex", "input_shape": [WIDTH], "hidden": [64]}
+    training = {"steps_in": "thread", "lr": 0.002}
+    clean = await _bench(tmp_path / "clean", model=model, training=training)
+    attacked = await _bench(tmp_path / "attacked", model=model, training=training)
+    try:
+        alone = await _victims_accuracy(clean, attacker_scale=None)
+        beside = await _victims_accuracy(attacked, attacker_scale=1e6)
+    finally:
+        for bench in (clean, attacked):
+            await bench.shard.close()
+            bench.registry.engine.dispose()
+    assert np.mean(alone) > 0.8
+    assert np.mean(beside) >= np.mean(alone) - 0.03
+    assert min(beside) >= min(alone) - 0.05

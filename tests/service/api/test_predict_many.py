@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
@@ -92,20 +95,34 @@ def test_a_prefixed_key_may_not_reach_other_contexts(make_settings) -> None:  # 
     assert refused.status_code == 403 and "rival-1" in refused.json()["detail"]
 
 
+@pytest.fixture
+def unscaled_client(tmp_path: Path) -> Iterator[TestClient]:
+    """A model that feeds inputs in as they are, so that extreme rows overflow it."""
+    model = {"kind": "complex", "input_shape": [64], "hidden": [32], "input_scaling": "none"}
+    with TestClient(create_app(sqlite_settings(tmp_path, model=model))) as client:
+        yield client
+
+
 def test_an_item_whose_rows_overflow_is_named_and_nothing_else_fails(
-    app_client: TestClient,
+    unscaled_client: TestClient,
 ) -> None:
-    register(app_client, "a")
+    register(unscaled_client, "a")
     items = [{"context": "a", "inputs": rows(1)}, {"context": "a", "inputs": rows(1, 3e38)}]
-    refused = app_client.post("/predict", json={"items": items})
+    refused = unscaled_client.post("/predict", json={"items": items})
     assert refused.status_code == 422
     assert refused.json()["detail"].startswith("items[1]: inputs row 0 gives a non-finite output")
-    alone = app_client.post("/predict", json={"items": items[:1]})
+    alone = unscaled_client.post("/predict", json={"items": items[:1]})
     assert alone.status_code == 200
 
 
-def test_a_single_context_request_whose_rows_overflow_is_422(app_client: TestClient) -> None:
-    register(app_client, "a")
-    refused = app_client.post("/predict/a", json={"inputs": rows(2, 3e38)})
+def test_a_single_context_request_whose_rows_overflow_is_422(unscaled_client: TestClient) -> None:
+    register(unscaled_client, "a")
+    refused = unscaled_client.post("/predict/a", json={"inputs": rows(2, 3e38)})
     assert refused.status_code == 422, refused.text
     assert "too large for the model" in refused.json()["detail"]
+
+
+def test_extreme_rows_of_a_scaled_model_are_answered(app_client: TestClient) -> None:
+    register(app_client, "a")
+    answer = app_client.post("/predict/a", json={"inputs": rows(2, 3e38)})
+    assert answer.status_code == 200, answer.text

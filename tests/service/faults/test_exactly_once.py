@@ -131,8 +131,9 @@ def test_split_roles_apply_every_accepted_example_once_and_replay_exactly(
         torch.set_num_threads(threads)
     latest = CheckpointStore(tmp_path / "data" / "checkpoints", keep=50).latest()
     assert latest is not None
-    weights, header = read_weights(latest.path, config)
-    assert header["model_version"] == learner.model_version
+    serving = read_weights(latest.path, config)
+    weights = serving.weights
+    assert serving.header["model_version"] == learner.model_version
     assert learner.replay is not None and len(learner.replay) == sum(expected.values())
     for name, tensor in learner.model.state_dict().items():
         assert torch.equal(weights[name], tensor), name
