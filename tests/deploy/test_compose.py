@@ -42,11 +42,30 @@ GRAFANA_DATASOURCES = DEPLOY / "grafana" / "provisioning" / "datasources" / "pro
 GRAFANA_PROVIDERS = DEPLOY / "grafana" / "provisioning" / "dashboards" / "dashboards.yaml"
 DASHBOARD_FILE = DEPLOY / "grafana" / "dashboards" / "psp.json"
 
-SECRETS = ("POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD")
+SECRETS = ("POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "PSP_CHECKPOINT__FETCH_TOKEN")
 """Variables compose must refuse to run without (`${VAR:?message}`)."""
 
-TEST_ENV = {"POSTGRES_PASSWORD": "s3cret", "GRAFANA_ADMIN_PASSWORD": "s3cret"}
+TEST_ENV = {name: "s3cret" for name in SECRETS}
 """What a filled-in deploy/.env provides, for interpolating compose values in these tests."""
+
+FIXED_IN_COMPOSE = {
+    "PSP_DATABASE_URL": None,  # the compose services' own
+    "PSP_REDIS_URL": None,
+    "PSP_DATA_DIR": None,
+    "PSP_AUTH__REQUIRED": "true",  # closed by default: keys from the first start
+    "PSP_CHECKPOINT__FETCH_TOKEN": None,  # a secret, required
+}
+"""Shared settings that compose sets itself instead of passing an empty default from .env."""
+
+IMAGE_VARIABLES = {
+    "PSP_POSTGRES_IMAGE": "postgres:15",
+    "PSP_REDIS_IMAGE": "redis:7",
+    "PSP_NGINX_IMAGE": "nginx:1.27-alpine",
+    "PSP_PROMETHEUS_IMAGE": "prom/prometheus:v2.53.1",
+    "PSP_GRAFANA_IMAGE": "grafana/grafana:11.1.0",
+    "PSP_BASE_IMAGE": "python:3.11-slim-bookworm",
+}
+"""Compose variables naming images (no service settings), with their upstream defaults."""
 
 PROMETHEUS_PORT = 9090
 """Prometheus listens on its default port (compose passes no --web.listen-address)."""
@@ -377,10 +396,12 @@ def test_dockerfile_is_multi_stage_with_a_base_image_argument() -> None:
     ]
     assert copies_from, "the runtime stage copies the builder's environment"
     assert all(c.split()[0].removeprefix("--from=") in stage_names for c in copies_from)
-    stage_args = [a for keyword, a in instructions[first_from:] if keyword == "ARG"]
-    assert any(
-        a.startswith("TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu") for a in stage_args
+    stage_args = dict(
+        a.split("=", 1) for keyword, a in instructions[first_from:] if keyword == "ARG"
     )
+    assert stage_args["TORCH_VARIANT"] == "cpu"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", stage_args["TORCH_VERSION"]), "torch is pinned"
+    assert stage_args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/${TORCH_VARIANT}"
 
 
 def test_dockerfile_runtime_stage_is_non_root_healthy_and_serves() -> None:
@@ -492,6 +513,8 @@ def test_every_psp_variable_is_a_settings_field(compose: dict[str, Any]) -> None
     used |= set(re.findall(r"\$\{(PSP_[A-Z0-9_]+)", COMPOSE_FILE.read_text()))
     used |= {name for name in env_example_entries() if name.startswith("PSP_")}
     assert used, "compose sets PSP_ variables"
+    assert not set(IMAGE_VARIABLES) & valid, "an image variable collides with a setting"
+    used -= set(IMAGE_VARIABLES)
     unknown = sorted(used - valid)
     assert not unknown, f"not fields of service.settings.Settings: {unknown}"
 
@@ -540,10 +563,10 @@ def test_defaults_in_compose_are_those_of_settings(
             assert Settings().model_dump() == baseline, f"an empty {key} changes the settings"
             monkeypatch.delenv(key)
             from_env_file.add(key)
-    fixed = {"PSP_DATABASE_URL", "PSP_REDIS_URL", "PSP_DATA_DIR"}  # the compose services' own
+    fixed = set(FIXED_IN_COMPOSE)
     assert from_env_file == shared_env_names() - fixed, "every shared setting comes from .env"
     for key, shown in env_example_entries().items():
-        if not key.startswith("PSP_"):
+        if not key.startswith("PSP_") or key in fixed or key in IMAGE_VARIABLES:
             continue
         monkeypatch.setenv(key, shown)
         assert Settings().model_dump() == baseline, f".env.example shows {key}={shown}"
@@ -567,11 +590,11 @@ def test_secrets_are_required_and_documented(compose: dict[str, Any]) -> None:
 
 def test_postgres_and_redis_are_durable_and_healthchecked(compose: dict[str, Any]) -> None:
     postgres, redis = compose["services"]["postgres"], compose["services"]["redis"]
-    assert postgres["image"] == "postgres:15"
+    assert interpolate(postgres["image"]) == "postgres:15"
     assert "pg_isready" in json.dumps(postgres["healthcheck"]["test"])
     assert named_volume_mounts(postgres).get("postgres-data") == "/var/lib/postgresql/data"
 
-    assert redis["image"].startswith("redis:7")
+    assert interpolate(redis["image"]).startswith("redis:7")
     test = json.dumps(redis["healthcheck"]["test"])
     assert "redis-cli" in test and "ping" in test
     command = command_of(redis)
@@ -647,8 +670,8 @@ def test_exactly_one_worker_can_run(compose: dict[str, Any]) -> None:
         assert len(service.get("profiles", [])) == 1, f"{name}: exactly one profile"
         profiles[name] = service["profiles"][0]
     assert len(set(profiles.values())) == len(profiles), "one profile per worker variant"
-    assert env_example_entries()["COMPOSE_PROFILES"] in profiles.values()
-    assert "," not in env_example_entries()["COMPOSE_PROFILES"]
+    enabled = env_example_entries()["COMPOSE_PROFILES"].split(",")
+    assert len(set(enabled) & set(profiles.values())) == 1, "exactly one worker profile"
     # The single-writer guard: one fixed host port that every worker container publishes.
     guards = {tuple(published_ports(service)) for service in workers.values()}
     assert len(guards) == 1, guards
@@ -793,8 +816,8 @@ def test_grafana_provisioning_points_at_the_mounted_dashboards(
     env = environment(grafana)
     home = env["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
     assert home == f"{dashboards_dir}/{DASHBOARD_FILE.name}"
-    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "true"
-    assert env["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false", "sign-in required"
+    assert "GF_AUTH_ANONYMOUS_ORG_ROLE" not in env
     assert "GRAFANA_ADMIN_PASSWORD:?" in env["GF_SECURITY_ADMIN_PASSWORD"]
 
 

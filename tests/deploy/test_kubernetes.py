@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import os
+import shlex
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -53,6 +54,27 @@ def container(workload: dict[str, Any]) -> dict[str, Any]:
     return dict(only)
 
 
+def psp_containers(objects: Objects) -> dict[str, dict[str, Any]]:
+    """The containers that run psp: the API, its migration (an init container) and the writer."""
+    api = find(objects, "Deployment", "psp-api")
+    (migrate,) = api["spec"]["template"]["spec"]["initContainers"]
+    return {
+        "api": container(api),
+        "migrate": dict(migrate),
+        "worker": container(find(objects, "StatefulSet", "psp-worker")),
+    }
+
+
+def psp_argv(spec: dict[str, Any]) -> list[str]:
+    """The `psp` command line a container runs: its command, or what its `sh -c` script execs."""
+    command = list(spec["command"])
+    if command[:2] == ["sh", "-c"]:
+        script = command[2]
+        assert script.count("exec psp ") == 1, script
+        return shlex.split(script[script.index("exec psp ") + len("exec ") :])
+    return command
+
+
 def data_of(obj: dict[str, Any]) -> dict[str, str]:
     """A ConfigMap's or Secret's values, decoded."""
     data = obj.get("data", {})
@@ -66,9 +88,13 @@ FROM_THE_POD = "0"
 
 
 def pod_environment(objects: Objects, workload: dict[str, Any]) -> dict[str, str]:
-    """What the psp container reads: its envFrom ConfigMaps and Secrets, then its own env."""
+    """What a workload's psp container reads: its envFrom ConfigMaps and Secrets, then its env."""
+    return container_environment(objects, container(workload))
+
+
+def container_environment(objects: Objects, spec: dict[str, Any]) -> dict[str, str]:
+    """What a container reads: its envFrom ConfigMaps and Secrets, then its own env."""
     env: dict[str, str] = {}
-    spec = container(workload)
     for source in spec.get("envFrom", []):
         if "configMapRef" in source:
             env |= data_of(find(objects, "ConfigMap", source["configMapRef"]["name"]))
@@ -152,11 +178,7 @@ def test_every_object_validates_against_the_kubernetes_schemas(
 
 def test_the_psp_workloads_run_real_commands(overlay: tuple[str, Objects]) -> None:
     _, objects = overlay
-    commands = {
-        "api": resolve_cli(container(find(objects, "Deployment", "psp-api"))["command"]),
-        "worker": resolve_cli(container(find(objects, "StatefulSet", "psp-worker"))["command"]),
-        "migrate": resolve_cli(container(find(objects, "Job", "psp-migrate"))["command"]),
-    }
+    commands = {role: resolve_cli(psp_argv(spec)) for role, spec in psp_containers(objects).items()}
     assert commands["api"][0].name == "serve"
     assert commands["api"][1]["host"] == "0.0.0.0"
     assert commands["worker"][0].name == "worker"
@@ -174,7 +196,8 @@ def test_every_psp_variable_is_a_settings_field(overlay: tuple[str, Objects]) ->
         if obj["kind"] in ("ConfigMap", "Secret") and obj["metadata"]["name"].startswith("psp-"):
             used |= set(data_of(obj))
         if obj["kind"] in ("Deployment", "StatefulSet", "Job"):
-            for spec in obj["spec"]["template"]["spec"]["containers"]:
+            pod = obj["spec"]["template"]["spec"]
+            for spec in [*pod["containers"], *pod.get("initContainers", [])]:
                 used |= {item["name"] for item in spec.get("env", [])}
     psp_names = {key for key in used if key.startswith("PSP_")}
     assert psp_names, name
@@ -187,28 +210,20 @@ def test_api_workers_and_migrations_share_every_setting(
 ) -> None:
     """One ConfigMap and one Secret carry every shared setting; the pods set only their own."""
     name, objects = overlay
-    workloads = [
-        find(objects, "Deployment", "psp-api"),
-        find(objects, "StatefulSet", "psp-worker"),
-        find(objects, "Job", "psp-migrate"),
-    ]
-    sources = [container(workload)["envFrom"] for workload in workloads]
+    containers = psp_containers(objects)
+    sources = [spec["envFrom"] for spec in containers.values()]
     assert all(source == sources[0] for source in sources), f"{name}: envFrom differs"
-    shared = pod_environment(objects, workloads[-1])
+    shared = container_environment(objects, containers["migrate"])
     missing = sorted(shared_env_names() - set(shared))
     assert not missing, f"{name}: no pod receives {missing}"
-    for workload in workloads:
-        own = {
-            item["name"]
-            for item in container(workload).get("env", [])
-            if item["name"].startswith("PSP_")
-        }
-        assert own <= PER_PROCESS, f"{workload['metadata']['name']} overrides {own - PER_PROCESS}"
-        settings = settings_from(pod_environment(objects, workload), monkeypatch)
+    for role, spec in containers.items():
+        own = {item["name"] for item in spec.get("env", []) if item["name"].startswith("PSP_")}
+        assert own <= PER_PROCESS, f"{role} overrides {own - PER_PROCESS}"
+        settings = settings_from(container_environment(objects, spec), monkeypatch)
         assert str(settings.data_dir) == "/data"
         assert settings.redis_url and settings.database_url
-    api = settings_from(pod_environment(objects, workloads[0]), monkeypatch)
-    worker = settings_from(pod_environment(objects, workloads[1]), monkeypatch)
+    api = settings_from(container_environment(objects, containers["api"]), monkeypatch)
+    worker = settings_from(container_environment(objects, containers["worker"]), monkeypatch)
     assert (api.role, worker.role) == ("api", "worker")
     assert api.model == worker.model and api.training == worker.training
     assert api.replay == worker.replay
@@ -217,9 +232,11 @@ def test_api_workers_and_migrations_share_every_setting(
 def test_the_base_settings_are_the_service_defaults(
     base: Objects, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The ConfigMap lists the defaults of service.settings (an overlay changes them)."""
+    """The ConfigMap lists the defaults of service.settings (an overlay changes them), but for
+    the data directory and keys being required from the start."""
     values = data_of(find(base, "ConfigMap", "psp-settings"))
     assert values.pop("PSP_DATA_DIR") == "/data"
+    assert values.pop("PSP_AUTH__REQUIRED") == "true"
     assert (
         settings_from(values, monkeypatch).model_dump()
         == settings_from({}, monkeypatch).model_dump()
@@ -252,9 +269,8 @@ def test_workers_are_a_statefulset_whose_ordinal_is_the_shard(
         "/healthz",
     }
     (claim,) = workers["spec"]["volumeClaimTemplates"]
-    (mount,) = spec["volumeMounts"]
-    assert mount["name"] == claim["metadata"]["name"]
-    assert mount["mountPath"] == str(settings.data_dir)
+    mounts = {mount["name"]: mount["mountPath"] for mount in spec["volumeMounts"]}
+    assert mounts[claim["metadata"]["name"]] == str(settings.data_dir)
     service = find(objects, "Service", "psp-worker")
     # Each writer announces its checkpoints at its own stable name behind the headless Service.
     env = {item["name"]: item for item in spec["env"]}
@@ -265,6 +281,8 @@ def test_workers_are_a_statefulset_whose_ordinal_is_the_shard(
     )
     assert settings.checkpoint.fetch_token is not None
     assert service["spec"]["clusterIP"] == "None"
+    # Checkpoint URLs resolve while a writer catches up after a restart (not ready yet).
+    assert service["spec"]["publishNotReadyAddresses"] is True
     assert workers["spec"]["serviceName"] == service["metadata"]["name"]
     assert selects(service["spec"]["selector"], workers)
     assert [p["targetPort"] for p in service["spec"]["ports"]] == [port["name"]]

@@ -62,7 +62,7 @@ def test_promtool_checks_every_prometheus_configuration() -> None:
 def test_alert_rules_pass_promtool_and_their_tests() -> None:
     (rules,) = prometheus_files("rules")
     output = promtool("check", "rules", str(rules))
-    assert "SUCCESS: 5 rules found" in output
+    assert "SUCCESS: 12 rules found" in output
     alerts = {
         rule["alert"]
         for group in yaml.safe_load(rules.read_text())["groups"]
@@ -70,9 +70,16 @@ def test_alert_rules_pass_promtool_and_their_tests() -> None:
     }
     assert alerts == {
         "PspTrainingLag",
+        "PspTrainQueueBacklog",
         "PspRefusedSteps",
+        "PspTrainingDiverged",
+        "PspDeadLetters",
         "PspBackgroundTaskDown",
         "PspProcessDown",
+        "PspReplicaBehindWorker",
+        "PspCheckpointFetchFailing",
+        "PspServerErrors",
+        "PspBackPressure",
         "PspShardNearCapacity",
     }
     (tests,) = prometheus_files("tests")
