@@ -27,6 +27,7 @@ from service.registry.database import make_session_factory, ping
 from service.registry.drift import ContextDrift, DriftEvent
 from service.registry.history import HistoryPolicy, forget_old_history
 from service.registry.models import ContextRow, TrainerState, utcnow
+from service.registry.overview import ContextSummary, SortKey, overview_page
 from service.registry.parameters import ContextItem
 from service.registry.powers import DEFAULT_MIN_POWER_GAP
 from service.registry.shards import ShardPlan, live_per_shard
@@ -275,6 +276,29 @@ class RegistryStore:
                 now=utcnow(),
                 events=self.history.max_drift_events,
             )
+        )
+
+    async def overview(
+        self, key_prefix: str, sort: SortKey, descending: bool, limit: int, offset: int
+    ) -> tuple[list[ContextSummary], int]:
+        """A sorted page of live contexts for the operator's page, and how many match."""
+        return await self._run(
+            lambda session: overview_page(
+                session=session,
+                key_prefix=key_prefix,
+                sort=sort,
+                descending=descending,
+                limit=limit,
+                offset=offset,
+            )
+        )
+
+    async def accuracy_histories(
+        self, indices: Sequence[int], since: datetime
+    ) -> dict[int, list[AccuracyHour]]:
+        """The hourly buckets of several contexts from the hour of `since` on, oldest first."""
+        return await self._run(
+            lambda session: accuracy.histories(session=session, indices=indices, since=since)
         )
 
     async def drift_events(self, index: int, since: datetime) -> list[DriftEvent]:

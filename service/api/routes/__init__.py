@@ -6,6 +6,7 @@ from fastapi import APIRouter
 
 from service.api.routes import contexts, feedback, health, inference_v2, model, predict, train
 from service.api.schemas import Problem
+from service.ui import routes as ui
 
 # Any route behind API keys can answer these; any route with a body can be too large.
 _GUARDED: dict[int | str, dict[str, Any]] = {
@@ -20,3 +21,4 @@ api_router = APIRouter()
 for module in (predict, train, contexts, feedback, model, inference_v2):
     api_router.include_router(module.router, responses=_GUARDED)
 api_router.include_router(health.router)
+api_router.include_router(ui.router)  # the operator's HTML page, outside the OpenAPI document
