@@ -34,6 +34,7 @@ from service.model_sync import ModelFollower, ModelPublisher, redis_client
 from service.multi_prediction import MultiPredictionService
 from service.payloads import PayloadError
 from service.prediction import PredictionService
+from service.queue.memory_stream import IdempotencyMemory
 from service.registry.database import make_engine
 from service.registry.history import HistoryPolicy
 from service.registry.migrate import upgrade
@@ -133,7 +134,10 @@ class Runtime:
         registry."""
         _prepare_process(settings)
         registry = await _open_registry(settings)
-        shards = [Shard.build(settings.for_shard(k)) for k in _shard_numbers(settings)]
+        idempotency = IdempotencyMemory()  # one key names one batch on every shard
+        shards = [
+            Shard.build(settings.for_shard(k), idempotency) for k in _shard_numbers(settings)
+        ]
         runtime = await cls._assemble(settings, registry, shards)
         for shard in shards:
             if settings.role == "api":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import socket
 from functools import lru_cache
 from pathlib import Path
@@ -154,8 +155,15 @@ class QueueSettings(BaseModel):
     """Limits of the train queue."""
 
     max_pending_examples: int = Field(default=100_000, ge=1)
+    # The most of those one context may hold, as a share of `max_pending_examples`: a tenant
+    # that floods the queue is refused (429) at its share while the others still get in.
+    context_share: float = Field(default=0.1, gt=0, le=1)
     retry_after_seconds: int = Field(default=1, ge=1)
     shard: int = Field(default=0, ge=0)
+
+    @property
+    def max_pending_per_context(self) -> int:
+        return max(1, math.ceil(self.context_share * self.max_pending_examples))
 
 
 class ShardSettings(BaseModel):
@@ -195,6 +203,13 @@ class FeedbackSettings(BaseModel):
     ttl_seconds: float = Field(default=24 * 3600, gt=0)
     # The in-memory store's cap (without Redis); the oldest rows are pushed out beyond it.
     max_rows: int = Field(default=100_000, ge=1)
+    # The most rows one context may keep waiting for labels, as a share of `max_rows` (in
+    # Redis too): a context past its share loses its own oldest rows, never another's.
+    context_share: float = Field(default=0.1, gt=0, le=1)
+
+    @property
+    def max_rows_per_context(self) -> int:
+        return max(1, math.ceil(self.context_share * self.max_rows))
 
 
 class AccuracySettings(BaseModel):

@@ -23,7 +23,7 @@ from service.queue.base import TrainQueue
 from service.queue.keys import ShardKeys
 from service.queue.lanes import ShardQueue
 from service.queue.memory_applied import InProcessAppliedNotices
-from service.queue.memory_stream import InProcessQueue
+from service.queue.memory_stream import IdempotencyMemory, InProcessQueue
 from service.settings import Settings
 from service.step_process import ChildStepHost, steps_run_in_child
 from service.trainer import Trainer
@@ -51,11 +51,12 @@ class Shard:
     exports: CheckpointExports | None = None  # a worker's, served to the API replicas
 
     @classmethod
-    def build(cls, settings: Settings) -> Shard:
+    def build(cls, settings: Settings, idempotency: IdempotencyMemory | None = None) -> Shard:
         """The model (freshly initialised), the queue, the checkpoint store and the batcher of
-        the shard `settings` names; the batcher is not started yet."""
+        the shard `settings` names; the batcher is not started yet. The in-process queues of
+        one process share `idempotency`."""
         host = _make_host(settings)
-        queue, applied = make_queue_and_notices(settings)
+        queue, applied = make_queue_and_notices(settings, idempotency)
         batcher = PredictBatcher(
             host, max_rows=settings.batcher.max_rows, max_delay_us=settings.batcher.max_delay_us
         )
@@ -85,9 +86,12 @@ class Shard:
         await asyncio.to_thread(self.host.close)
 
 
-def make_queue_and_notices(settings: Settings) -> tuple[TrainQueue, AppliedNotices]:
+def make_queue_and_notices(
+    settings: Settings, idempotency: IdempotencyMemory | None = None
+) -> tuple[TrainQueue, AppliedNotices]:
     """The train queue and its applied notices of the shard `settings.queue.shard`: on Redis
-    (sharing one connection) when `PSP_REDIS_URL` is set, else in this process."""
+    (sharing one connection) when `PSP_REDIS_URL` is set, else in this process (remembering
+    idempotency keys in `idempotency`, which the process's shards share)."""
     if settings.redis_url:
         from service.queue.redis_applied import RedisAppliedNotices
         from service.queue.redis_link import RedisLink
@@ -101,6 +105,7 @@ def make_queue_and_notices(settings: Settings) -> tuple[TrainQueue, AppliedNotic
             # it finds its own unacknowledged entries at once instead of waiting to claim them.
             consumer=f"trainer-{settings.queue.shard}",
             max_pending_examples=settings.queue.max_pending_examples,
+            max_pending_per_context=settings.queue.max_pending_per_context,
             retry_after_seconds=settings.queue.retry_after_seconds,
             key_prefix=settings.key_prefix,
         )
@@ -110,7 +115,9 @@ def make_queue_and_notices(settings: Settings) -> tuple[TrainQueue, AppliedNotic
         return queue, applied
     in_process = InProcessQueue(
         max_pending_examples=settings.queue.max_pending_examples,
+        max_pending_per_context=settings.queue.max_pending_per_context,
         retry_after_seconds=settings.queue.retry_after_seconds,
+        idempotency=idempotency,
     )
     return in_process, InProcessAppliedNotices()
 

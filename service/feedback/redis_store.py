@@ -6,6 +6,8 @@ its row: the script checks every id, then deletes the rows and leaves used marke
 
 from __future__ import annotations
 
+import time
+from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -13,11 +15,12 @@ import msgpack
 import numpy as np
 from redis.exceptions import RedisError
 
+from service.feedback.ids import PredictionId, parse_id
 from service.feedback.store import Claim, FeedbackStore, FeedbackUnavailable, Remembered
 from service.model_sync import redis_client
 
 _CLAIM = """
-local n = #KEYS / 2
+local n = #KEYS / 3
 local values = {}
 local missing = {}
 local used = {}
@@ -38,8 +41,35 @@ for i = 1, n do
   local ttl = redis.call('PTTL', KEYS[i])
   redis.call('DEL', KEYS[i])
   redis.call('SET', KEYS[n + i], '1', 'PX', math.max(ttl, 1))
+  redis.call('ZREM', KEYS[2 * n + i], ARGV[i])
 end
 return {1, values}
+"""
+
+# KEYS: the context's waiting ids (a sorted set by creation time), its pushed-out mark, then the
+# row keys. ARGV: ttl ms, share, now ms, row key prefix, then (payload, id, created ms) per row.
+# A context past its share loses its own oldest waiting rows, never another context's.
+_REMEMBER = """
+local waiting, mark = KEYS[1], KEYS[2]
+local ttl, share, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', waiting, '-inf', now - ttl)
+for i = 3, #KEYS do
+  local at = 5 + (i - 3) * 3
+  redis.call('SET', KEYS[i], ARGV[at], 'PX', ttl)
+  redis.call('ZADD', waiting, ARGV[at + 2], ARGV[at + 1])
+end
+local over = redis.call('ZCARD', waiting) - share
+if over > 0 then
+  local oldest = redis.call('ZPOPMIN', waiting, over)
+  local pushed = tonumber(redis.call('GET', mark) or '-1')
+  for j = 1, #oldest, 2 do
+    redis.call('DEL', ARGV[4] .. oldest[j])
+    pushed = math.max(pushed, tonumber(oldest[j + 1]))
+  end
+  redis.call('SET', mark, pushed, 'PX', ttl)
+end
+redis.call('PEXPIRE', waiting, ttl)
+return over
 """
 
 
@@ -64,13 +94,23 @@ def _unavailable_on_redis_errors() -> Iterator[None]:
 
 
 class RedisFeedbackStore(FeedbackStore):
-    """Rows under `<prefix>feedback:<id>`, used markers under `<prefix>feedback-used:<id>`."""
+    """Rows under `<prefix>feedback:<id>`, used markers under `<prefix>feedback-used:<id>`; each
+    context's waiting ids in `<prefix>feedback-waiting:<index>`, at most
+    `max_rows_per_context` of them (its oldest are pushed out first)."""
 
-    def __init__(self, url: str, key_prefix: str, ttl_seconds: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        key_prefix: str,
+        ttl_seconds: float,
+        max_rows_per_context: int = 10_000,
+    ) -> None:
         self._redis = redis_client(url)
         self._prefix = key_prefix
         self.ttl_ms = max(1, int(ttl_seconds * 1000))
+        self.max_rows_per_context = max_rows_per_context
         self._claim = self._redis.register_script(_CLAIM)
+        self._remember = self._redis.register_script(_REMEMBER)
 
     def _row_key(self, prediction_id: str) -> str:
         return f"{self._prefix}feedback:{prediction_id}"
@@ -78,17 +118,38 @@ class RedisFeedbackStore(FeedbackStore):
     def _used_key(self, prediction_id: str) -> str:
         return f"{self._prefix}feedback-used:{prediction_id}"
 
+    def _waiting_key(self, context: int) -> str:
+        return f"{self._prefix}feedback-waiting:{context}"
+
+    def _pushed_key(self, context: int) -> str:
+        return f"{self._prefix}feedback-pushed:{context}"
+
     async def remember(self, ids: Sequence[str], rows: Sequence[Remembered]) -> None:
+        by_context: dict[int, list[tuple[PredictionId, Remembered]]] = defaultdict(list)
+        for prediction_id, row in zip(ids, rows, strict=True):
+            parsed = parse_id(prediction_id) or PredictionId(prediction_id, -1, 0)
+            by_context[parsed.context_index].append((parsed, row))
+        now_ms = int(time.time() * 1000)
         with _unavailable_on_redis_errors():
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for prediction_id, row in zip(ids, rows, strict=True):
-                    pipe.set(self._row_key(prediction_id), _encode(row), px=self.ttl_ms)
-                await pipe.execute()
+            for context, kept in by_context.items():
+                args: list[bytes | str | int] = [
+                    self.ttl_ms,
+                    self.max_rows_per_context,
+                    now_ms,
+                    self._row_key(""),
+                ]
+                for parsed, row in kept:
+                    args += [_encode(row), parsed.text, parsed.created_ms]
+                keys = [self._waiting_key(context), self._pushed_key(context)]
+                keys += [self._row_key(parsed.text) for parsed, _ in kept]
+                await self._remember(keys=keys, args=args)
 
     async def claim(self, ids: Sequence[str]) -> Claim:
+        contexts = [_context_of(i) for i in ids]
         keys = [self._row_key(i) for i in ids] + [self._used_key(i) for i in ids]
+        keys += [self._waiting_key(c) for c in contexts]
         with _unavailable_on_redis_errors():
-            answer = await self._claim(keys=keys)
+            answer = await self._claim(keys=keys, args=list(ids))
         if int(answer[0]) == 1:
             return Claim([_decode(value) for value in answer[1]], [], [])
         missing = [ids[int(position) - 1] for position in answer[1]]
@@ -101,10 +162,28 @@ class RedisFeedbackStore(FeedbackStore):
                 for prediction_id, row in zip(ids, rows, strict=True):
                     pipe.delete(self._used_key(prediction_id))
                     pipe.set(self._row_key(prediction_id), _encode(row), px=self.ttl_ms)
+                    parsed = parse_id(prediction_id)
+                    if parsed is not None:
+                        waiting = self._waiting_key(parsed.context_index)
+                        pipe.zadd(waiting, {prediction_id: parsed.created_ms})
                 await pipe.execute()
 
-    async def pushed_out_before_ms(self) -> int:
-        return -1  # Redis keeps every row for its whole time to live
+    async def pushed_out(self, ids: Sequence[str]) -> list[str]:
+        parsed = [p for p in map(parse_id, ids) if p is not None]
+        contexts = sorted({p.context_index for p in parsed})
+        with _unavailable_on_redis_errors():
+            marks = (
+                await self._redis.mget([self._pushed_key(c) for c in contexts]) if contexts else []
+            )
+        mark_of = {c: int(m) if m is not None else -1 for c, m in zip(contexts, marks, strict=True)}
+        return [p.text for p in parsed if p.created_ms <= mark_of[p.context_index]]
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+def _context_of(prediction_id: str) -> int:
+    """The context an id was issued for; -1 for a string that is no prediction id (its row is
+    then simply missing)."""
+    parsed = parse_id(prediction_id)
+    return -1 if parsed is None else parsed.context_index

@@ -78,8 +78,15 @@ def make_feedback_store(settings: Settings) -> FeedbackStore:
     if settings.redis_url:
         from service.feedback.redis_store import RedisFeedbackStore
 
-        return RedisFeedbackStore(settings.redis_url, settings.key_prefix, feedback.ttl_seconds)
-    return MemoryFeedbackStore(feedback.ttl_seconds, feedback.max_rows)
+        return RedisFeedbackStore(
+            settings.redis_url,
+            settings.key_prefix,
+            feedback.ttl_seconds,
+            max_rows_per_context=feedback.max_rows_per_context,
+        )
+    return MemoryFeedbackStore(
+        feedback.ttl_seconds, feedback.max_rows, max_rows_per_context=feedback.max_rows_per_context
+    )
 
 
 class FeedbackService:
@@ -211,8 +218,7 @@ class FeedbackService:
 
     async def _explain_failed_claim(self, missing: list[str], used: list[str]) -> None:
         if missing:
-            pushed_out_ms = await self.store.pushed_out_before_ms()
-            gone = [i for i in missing if (p := parse_id(i)) and p.created_ms <= pushed_out_ms]
+            gone = await self.store.pushed_out(missing)
             if gone:
                 raise ExpiredPredictions(self._expired_sentence(gone))
             raise UnknownPredictions(

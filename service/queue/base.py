@@ -30,6 +30,19 @@ class QueueFull(Exception):
         self.retry_after = retry_after
 
 
+class ContextShareFull(QueueFull):
+    """One context holds its whole share of the queue's pending examples; the other contexts
+    are still accepted."""
+
+    def __init__(self, retry_after: int, pending_examples: int, limit: int) -> None:
+        Exception.__init__(
+            self,
+            f"this context has {pending_examples} examples pending in the train queue, its "
+            f"whole share of {limit}; the other contexts are not held up by it",
+        )
+        self.retry_after = retry_after
+
+
 class QueueUnavailable(Exception):
     """The queue's backing store cannot be reached."""
 
@@ -160,6 +173,8 @@ class TrainQueue(abc.ABC):
     """
 
     max_pending_examples: int
+    # One context's share of the pending examples; None: no share, only the whole limit.
+    max_pending_per_context: int | None
     retry_after_seconds: int
     # Whether accepted entries survive a crash of this process (Redis: yes; in-process: no).
     durable: bool = False
@@ -172,8 +187,13 @@ class TrainQueue(abc.ABC):
         within `IDEMPOTENCY_SECONDS` answers with the first put's id and queues nothing, so a
         client may retry a request whose answer it lost.
 
+        Idempotency keys are remembered across the shards of a deployment: the same key with
+        the same entry on any shard is the same put.
+
         Raises:
             IdempotencyConflict: The key was first used with a different entry.
+            ContextShareFull: Accepting it would take the entry's context past its share of
+                the pending examples (`max_pending_per_context`).
             QueueFull: Accepting it would exceed the pending-examples limit.
             QueueUnavailable: The backing store cannot be reached.
         """

@@ -2,7 +2,8 @@
 
 Names are built from a key prefix (so test runs and deployments can share one Redis) and the
 shard (each shard owns one stream). All of a shard's train-queue keys
-share the stem `{prefix}train:{shard}`, so one `SCAN MATCH` finds them.
+share the stem `{prefix}train:{shard}`, so one `SCAN MATCH` finds them; the put tokens, which
+every shard shares, live under `{prefix}train:put:`.
 """
 
 from __future__ import annotations
@@ -44,6 +45,12 @@ class ShardKeys:
         return f"{self.stream}:pending-examples"
 
     @property
+    def pending_by_context(self) -> str:
+        """Hash of unacknowledged examples per context index, the input of each context's
+        share of the queue."""
+        return f"{self.stream}:pending-by-context"
+
+    @property
     def dead_letters(self) -> str:
         """Stream of entries set aside as poison, each with its reason (newest last)."""
         return f"{self.stream}:dead"
@@ -78,5 +85,6 @@ class ShardKeys:
         return f"{self.stream}:refused:{entry_id}"
 
     def put_token(self, token: str) -> str:
-        """Short-lived marker of one `put`, so a retried put does not queue its batch twice."""
-        return f"{self.stream}:put:{token}"
+        """Short-lived marker of one `put`, so a retried put does not queue its batch twice;
+        shared by every shard, so that one idempotency key names one batch on any of them."""
+        return f"{self.prefix}train:put:{token}"

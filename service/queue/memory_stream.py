@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from service.queue.base import (
     DEAD_LETTERS_KEPT,
     IDEMPOTENCY_SECONDS,
+    ContextShareFull,
     DeadLetter,
     Enqueued,
     IdempotencyConflict,
@@ -25,27 +26,50 @@ from service.queue.base import (
 )
 
 
+class IdempotencyMemory:
+    """The idempotency keys of recent puts, shared by the queues of every shard of a process,
+    so that one key names one batch whichever shard it went to."""
+
+    def __init__(self) -> None:
+        # Idempotency key -> (entry id, entry fingerprint, when).
+        self._puts: OrderedDict[str, tuple[str, str, float]] = OrderedDict()
+
+    def recall(self, key: str) -> tuple[str, str] | None:
+        """The entry id and fingerprint first put under `key`, if that was recent."""
+        horizon = time.monotonic() - IDEMPOTENCY_SECONDS
+        while self._puts and next(iter(self._puts.values()))[2] < horizon:
+            self._puts.popitem(last=False)
+        known = self._puts.get(key)
+        return None if known is None else (known[0], known[1])
+
+    def remember(self, key: str, entry_id: str, fingerprint: str) -> None:
+        self._puts[key] = (entry_id, fingerprint, time.monotonic())
+
+
 class InProcessQueue(TrainQueue):
     """Entries are kept until acknowledged; ids are `"<ms>-<seq>"` and strictly increasing."""
 
-    def __init__(self, *, max_pending_examples: int, retry_after_seconds: int = 1) -> None:
+    def __init__(
+        self,
+        *,
+        max_pending_examples: int,
+        max_pending_per_context: int | None = None,
+        retry_after_seconds: int = 1,
+        idempotency: IdempotencyMemory | None = None,
+    ) -> None:
         self.max_pending_examples = max_pending_examples
+        self.max_pending_per_context = max_pending_per_context
         self.retry_after_seconds = retry_after_seconds
         self._entries: OrderedDict[str, TrainEntry] = OrderedDict()
         self._undelivered: deque[str] = deque()
         self._delivered: set[str] = set()
         self._pending_examples = 0
+        self._pending_by_context: dict[int, int] = {}
         self._last_id = (0, 0)
         self._changed = asyncio.Condition()
-        # Idempotency key -> (entry id, entry fingerprint, when).
-        self._idempotency: OrderedDict[str, tuple[str, str, float]] = OrderedDict()
+        self._idempotency = idempotency or IdempotencyMemory()
         # Like the queue itself, the dead letters live as long as the process.
         self._dead: deque[DeadLetter] = deque(maxlen=DEAD_LETTERS_KEPT)
-
-    def _forget_old_idempotency_keys(self) -> None:
-        horizon = time.monotonic() - IDEMPOTENCY_SECONDS
-        while self._idempotency and next(iter(self._idempotency.values()))[2] < horizon:
-            self._idempotency.popitem(last=False)
 
     def _next_id(self) -> str:
         millis = int(time.time() * 1000)
@@ -56,12 +80,16 @@ class InProcessQueue(TrainQueue):
     async def enqueue(self, entry: TrainEntry, idempotency_key: str | None = None) -> Enqueued:
         fingerprint = entry.fingerprint() if idempotency_key is not None else ""
         if idempotency_key is not None:
-            self._forget_old_idempotency_keys()
-            known = self._idempotency.get(idempotency_key)
+            known = self._idempotency.recall(idempotency_key)
             if known is not None:
                 if known[1] != fingerprint:
                     raise IdempotencyConflict(idempotency_key)
                 return Enqueued(known[0], repeated=True)
+        context = entry.context_index
+        mine = self._pending_by_context.get(context, 0)
+        share = self.max_pending_per_context
+        if share is not None and mine + entry.size > share:
+            raise ContextShareFull(self.retry_after_seconds, mine, share)
         if self._pending_examples + entry.size > self.max_pending_examples:
             raise QueueFull(
                 self.retry_after_seconds, self._pending_examples, self.max_pending_examples
@@ -70,8 +98,9 @@ class InProcessQueue(TrainQueue):
         self._entries[entry_id] = entry
         self._undelivered.append(entry_id)
         self._pending_examples += entry.size
+        self._pending_by_context[context] = mine + entry.size
         if idempotency_key is not None:
-            self._idempotency[idempotency_key] = (entry_id, fingerprint, time.monotonic())
+            self._idempotency.remember(idempotency_key, entry_id, fingerprint)
         async with self._changed:
             self._changed.notify_all()
         return Enqueued(entry_id)
@@ -100,7 +129,7 @@ class InProcessQueue(TrainQueue):
             if entry_id not in self._delivered:
                 continue
             self._delivered.discard(entry_id)
-            self._pending_examples -= self._entries.pop(entry_id).size
+            self._release(self._entries.pop(entry_id))
 
     async def dead_letter(self, entries: Sequence[tuple[QueuedEntry, str]]) -> None:
         for queued, reason in entries:
@@ -108,10 +137,19 @@ class InProcessQueue(TrainQueue):
                 continue  # already acknowledged or set aside
             self._delivered.discard(queued.entry_id)
             entry = self._entries.pop(queued.entry_id)
-            self._pending_examples -= entry.size
+            self._release(entry)
             self._dead.append(
                 DeadLetter(queued.entry_id, reason, entry.context_index, entry.size, time.time())
             )
+
+    def _release(self, entry: TrainEntry) -> None:
+        """Takes an entry that left the queue out of the pending counts."""
+        self._pending_examples -= entry.size
+        left = self._pending_by_context.get(entry.context_index, 0) - entry.size
+        if left > 0:
+            self._pending_by_context[entry.context_index] = left
+        else:
+            self._pending_by_context.pop(entry.context_index, None)
 
     async def dead_letters(self, limit: int) -> tuple[list[DeadLetter], int]:
         return list(reversed(self._dead))[:limit], len(self._dead)

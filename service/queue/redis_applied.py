@@ -228,7 +228,7 @@ class RedisAppliedNotices(AppliedNotices):
     ) -> None:
         self.keys = ShardKeys(key_prefix, shard)
         self._link = link
-        self._publish_script = self._link.script("publish_applied", with_helpers=True)
+        self._publish_script = self._link.script("publish_applied", needs=("helpers",))
         self._watch = _AppliedWatch(self._link.client, self.keys, self._link.where)
 
     async def publish(

@@ -82,11 +82,9 @@ class RedisLink:
             retry=Retry(NoBackoff(), 0),
         )
 
-    def script(self, name: str, *, with_helpers: bool = False) -> AsyncScript:
-        """Registers `lua/<name>.lua`, after `lua/helpers.lua` when it uses the helpers."""
-        source = lua_source(name)
-        if with_helpers:
-            source = lua_source("helpers") + source
+    def script(self, name: str, *, needs: tuple[str, ...] = ()) -> AsyncScript:
+        """Registers `lua/<name>.lua`, after the files of local functions it `needs`."""
+        source = "".join(lua_source(library) for library in needs) + lua_source(name)
         return self.client.register_script(source)
 
     async def call(

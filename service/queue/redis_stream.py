@@ -34,6 +34,7 @@ from service.entry_ids import entry_id_key
 from service.queue.base import (
     DEAD_LETTERS_KEPT,
     IDEMPOTENCY_SECONDS,
+    ContextShareFull,
     DeadLetter,
     Enqueued,
     IdempotencyConflict,
@@ -76,6 +77,7 @@ class RedisStreamQueue(TrainQueue):
         consumer: This reader's name in the group; a restarted trainer that keeps its name finds
             its own pending entries at once, others only after `claim_idle_ms`.
         max_pending_examples: `put` refuses batches beyond this many unacknowledged examples.
+        max_pending_per_context: ... and beyond this many of one context (None: no share).
         retry_after_seconds: The `Retry-After` hint carried by `QueueFull`.
         key_prefix: Prefix of every key, so deployments and tests can share one Redis.
         claim_idle_ms: `pending` takes over entries another consumer has held unacknowledged
@@ -92,11 +94,13 @@ class RedisStreamQueue(TrainQueue):
         shard: int = 0,
         consumer: str | None = None,
         max_pending_examples: int,
+        max_pending_per_context: int | None = None,
         retry_after_seconds: int = 1,
         key_prefix: str = DEFAULT_KEY_PREFIX,
         claim_idle_ms: int = 30_000,
     ) -> None:
         self.max_pending_examples = max_pending_examples
+        self.max_pending_per_context = max_pending_per_context
         self.retry_after_seconds = retry_after_seconds
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.keys = ShardKeys(key_prefix, shard)
@@ -104,10 +108,10 @@ class RedisStreamQueue(TrainQueue):
         self._link = link
         self._client = self._link.client
         self._put_script = self._link.script("put")
-        self._ack_script = self._link.script("ack")
-        self._trim_script = self._link.script("trim", with_helpers=True)
-        self._stats_script = self._link.script("stats", with_helpers=True)
-        self._dead_letter_script = self._link.script("dead_letter")
+        self._ack_script = self._link.script("ack", needs=("release",))
+        self._trim_script = self._link.script("trim", needs=("helpers",))
+        self._stats_script = self._link.script("stats", needs=("helpers",))
+        self._dead_letter_script = self._link.script("dead_letter", needs=("release",))
         # Entries that could not be decoded while reading, set aside after the read.
         self._undecodable: dict[str, str] = {}
         self._group_ready = False
@@ -118,22 +122,33 @@ class RedisStreamQueue(TrainQueue):
 
     async def enqueue(self, entry: TrainEntry, idempotency_key: str | None = None) -> Enqueued:
         token = self.keys.put_token(idempotency_key or uuid.uuid4().hex)
+        share = self.max_pending_per_context
         outcome, value = await self._call(
             partial(
                 self._put_script,
-                keys=[self.keys.stream, self.keys.pending_examples, token],
+                keys=[
+                    self.keys.stream,
+                    self.keys.pending_examples,
+                    token,
+                    self.keys.pending_by_context,
+                ],
                 args=[
                     self.max_pending_examples,
                     entry.size,
                     entry.encode(),
                     IDEMPOTENCY_SECONDS,
                     entry.fingerprint(),
+                    entry.context_index,
+                    "" if share is None else share,
                 ],
             ),
             "queue a train batch",
         )
         if outcome == 0:
             raise QueueFull(self.retry_after_seconds, int(value), self.max_pending_examples)
+        if outcome == 4:
+            assert share is not None
+            raise ContextShareFull(self.retry_after_seconds, int(value), share)
         if outcome == 2:
             raise IdempotencyConflict(idempotency_key or "")
         # A one-off token seen again is this very put, retried after a lost reply.
@@ -165,13 +180,9 @@ class RedisStreamQueue(TrainQueue):
     async def ack(self, entry_ids: Sequence[str]) -> None:
         if not entry_ids:
             return
-        args: list[str | int] = [self.keys.group]
-        for entry_id in entry_ids:
-            args += [entry_id, self._sizes.get(entry_id, -1)]
+        keys = [self.keys.stream, self.keys.pending_examples, self.keys.pending_by_context]
         await self._call(
-            partial(
-                self._ack_script, keys=[self.keys.stream, self.keys.pending_examples], args=args
-            ),
+            partial(self._ack_script, keys=keys, args=[self.keys.group, *entry_ids]),
             "acknowledge train entries",
         )
         for entry_id in entry_ids:
@@ -185,7 +196,12 @@ class RedisStreamQueue(TrainQueue):
         await self._call(
             partial(
                 self._dead_letter_script,
-                keys=[self.keys.stream, self.keys.pending_examples, self.keys.dead_letters],
+                keys=[
+                    self.keys.stream,
+                    self.keys.pending_examples,
+                    self.keys.dead_letters,
+                    self.keys.pending_by_context,
+                ],
                 args=[
                     self.keys.group,
                     entry_id,

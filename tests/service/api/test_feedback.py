@@ -121,7 +121,7 @@ def test_expired_ids_are_410(tmp_path: Path) -> None:
 
 
 def test_rows_pushed_out_by_the_cap_are_410(tmp_path: Path) -> None:
-    settings = sqlite_settings(tmp_path, feedback={"max_rows": 2})
+    settings = sqlite_settings(tmp_path, feedback={"max_rows": 2, "context_share": 1.0})
     with TestClient(create_app(settings)) as client:
         register(client, "t")
         first = remember(client, "t", rows(1))["prediction_ids"]

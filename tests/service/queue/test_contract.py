@@ -22,11 +22,12 @@ from service.queue import (
     TrainQueue,
     entry_id_key,
 )
-from service.queue.memory_stream import InProcessQueue
+from service.queue.memory_stream import IdempotencyMemory, InProcessQueue
 from service.queue.redis_link import RedisLink
 from service.queue.redis_stream import RedisStreamQueue
 
 LIMIT = 20
+CONTEXT_LIMIT = 12  # one context's share of the queue
 RETRY_AFTER = 2
 
 
@@ -43,6 +44,7 @@ class Backend:
 
     name: str
     open: Callable[[], TrainQueue]
+    open_shard: Callable[[int], TrainQueue]
     opened: list[TrainQueue] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -52,6 +54,10 @@ class Backend:
         queue = self.open()
         self.opened.append(queue)
         return queue
+
+    async def other_shard(self) -> TrainQueue:
+        """The queue of another shard of the same process (or deployment)."""
+        return self.open_shard(1)
 
     async def reopen(self) -> TrainQueue:
         """A new handle after a trainer restart; the in-process queue lives in the process."""
@@ -65,21 +71,35 @@ class Backend:
 @pytest.fixture(params=["memory", "redis"])
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     if request.param == "memory":
-        memory = InProcessQueue(max_pending_examples=LIMIT, retry_after_seconds=RETRY_AFTER)
-        backend = Backend("memory", lambda: memory)
+        # The shards of one process share what they remember of idempotency keys.
+        memory = IdempotencyMemory()
+
+        def in_process(shard: int) -> TrainQueue:
+            return InProcessQueue(
+                max_pending_examples=LIMIT,
+                max_pending_per_context=CONTEXT_LIMIT,
+                retry_after_seconds=RETRY_AFTER,
+                idempotency=memory,
+            )
+
+        first = in_process(0)
+        backend = Backend("memory", lambda: first, in_process)
     else:
         url = request.getfixturevalue("redis_url")
         prefix = request.getfixturevalue("key_prefix")
-        backend = Backend(
-            "redis",
-            lambda: RedisStreamQueue(
+
+        def on_redis(shard: int) -> TrainQueue:
+            return RedisStreamQueue(
                 RedisLink(url),
-                consumer="trainer-1",
+                shard=shard,
+                consumer=f"trainer-{shard}",
                 max_pending_examples=LIMIT,
+                max_pending_per_context=CONTEXT_LIMIT,
                 retry_after_seconds=RETRY_AFTER,
                 key_prefix=prefix,
-            ),
-        )
+            )
+
+        backend = Backend("redis", lambda: on_redis(0), on_redis)
     yield backend
     for queue in backend.opened:
         await queue.close()
@@ -235,10 +255,10 @@ async def test_ack_of_an_undelivered_entry_changes_nothing(queue: TrainQueue) ->
 
 async def test_put_over_the_limit_raises_queue_full_until_acked(queue: TrainQueue) -> None:
     first = await queue.put(make_entry(12))
-    await queue.put(make_entry(8))  # exactly at the limit of 20
+    await queue.put(make_entry(8, context_index=1))  # exactly at the limit of 20
 
     with pytest.raises(QueueFull) as refused:
-        await queue.put(make_entry(1))
+        await queue.put(make_entry(1, context_index=2))
 
     assert refused.value.retry_after == RETRY_AFTER
     assert "20 pending examples" in str(refused.value)
@@ -315,3 +335,39 @@ async def test_dead_lettered_entries_leave_the_queue_with_their_reason(
     assert (letters[0].context_index, letters[0].examples) == (0, 3)
     again = await backend.reopen()  # a restarted trainer never sees it again
     assert ids_of(await again.pending()) == [ids[0], ids[2]]
+
+
+async def test_a_context_over_its_share_is_refused_and_the_others_are_not(
+    queue: TrainQueue,
+) -> None:
+    first = await queue.put(make_entry(10, context_index=3))
+    await queue.put(make_entry(2, context_index=3))  # exactly its share of 12
+
+    with pytest.raises(QueueFull) as refused:
+        await queue.put(make_entry(1, context_index=3))
+
+    assert refused.value.retry_after == RETRY_AFTER
+    assert "this context has 12 examples pending" in str(refused.value)
+    assert "share of 12" in str(refused.value)
+    await queue.put(make_entry(8, context_index=4))  # another context still gets in
+    assert (await queue.stats()).pending_examples == 20
+
+    delivered = await queue.read(max_entries=3, block_ms=100)
+    await queue.ack([first])
+    await queue.dead_letter([(delivered[1], "set aside")])
+    assert (await queue.stats()).pending_examples == 8
+    await queue.put(make_entry(12, context_index=3))  # its share is free again
+
+
+async def test_an_idempotency_key_is_one_batch_across_every_shard(backend: Backend) -> None:
+    entry = make_entry(2, context_index=1)
+    first = await backend.queue.enqueue(entry, "client:key-1")
+    other_shard = await backend.other_shard()
+    try:
+        again = await other_shard.enqueue(entry, "client:key-1")
+        assert (again.entry_id, again.repeated) == (first.entry_id, True)
+        with pytest.raises(IdempotencyConflict):
+            await other_shard.enqueue(make_entry(3, context_index=1), "client:key-1")
+        assert (await other_shard.stats()).pending_examples == 0
+    finally:
+        await other_shard.close()

@@ -14,4 +14,5 @@ def test_shard_keys_layout() -> None:
     assert keys.applied == "psp:train:3:applied"
     assert keys.applied_channel == "psp:applied:3"
     assert keys.model_channel == "psp:model:3"
-    assert keys.put_token("abc") == "psp:train:3:put:abc"
+    assert keys.put_token("abc") == "psp:train:put:abc"  # every shard's, the same key
+    assert keys.pending_by_context == "psp:train:3:pending-by-context"

@@ -63,11 +63,12 @@ async def test_put_writes_the_shard_stream_and_counter(
 
     [(stored_id, fields)] = await stored(redis_client, f"{key_prefix}train:2")
     assert stored_id == entry_id
-    assert fields[b"n"] == b"3"
+    assert fields[b"n"] == b"3" and fields[b"c"] == b"5"
     assert TrainEntry.decode(fields[b"e"]).size == 3
     assert await redis_client.get(f"{key_prefix}train:2:pending-examples") == b"3"
+    assert await redis_client.hgetall(f"{key_prefix}train:2:pending-by-context") == {b"5": b"3"}
     # The put token expires on its own.
-    [token] = [key async for key in redis_client.scan_iter(match=f"{key_prefix}train:2:put:*")]
+    [token] = [key async for key in redis_client.scan_iter(match=f"{key_prefix}train:put:*")]
     assert 0 < await redis_client.ttl(token) <= IDEMPOTENCY_SECONDS
 
 
