@@ -10,7 +10,8 @@ context: `Y = W (C[idx] ⊙ X)` is still one GEMM. The batcher exploits it, gree
   waiting or `max_delay_us` has passed since the first of them arrived (usually already, since
   they waited for the previous pass).
 
-Each pass runs off the event loop, and each caller gets its own rows back. The one exception is
+Each pass runs off the event loop, on a thread of the batcher's own, and each caller gets its own
+rows back. The one exception is
 the lone request of a few rows on the CPU: when it is the only HTTP request this process is
 handling (still, after one turn of the event loop, which lets in the requests that arrived
 with it), no other predict arrived or was answered in the last 100 µs, no pass is in flight or
@@ -24,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -58,6 +60,9 @@ class PredictBatcher:
         self.host = host
         self.max_rows = max_rows
         self.max_delay = max_delay_us / 1e6
+        # A thread of its own: the registry's calls, which may wait seconds for a database
+        # lock, and the trainer's run in asyncio's shared pool and never hold a pass back.
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="predict")
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._in_flight = False  # a pass of the collector is running
@@ -73,6 +78,13 @@ class PredictBatcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        self._executor.shutdown(wait=False)
+
+    async def forward(self, inputs: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, int]:
+        """`ModelHost.forward` on this batcher's own thread, for a pass formed elsewhere (the
+        items of a multi-context request)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.host.forward, inputs, indices)
 
     async def predict(self, inputs: np.ndarray, index: int) -> tuple[np.ndarray, int]:
         """Probabilities `(n, num_classes)` for `inputs` under context `index`, and the model
@@ -146,7 +158,7 @@ class PredictBatcher:
         metrics.PREDICT_BATCH_ROWS.observe(len(inputs))
         self._in_flight = True
         try:
-            probabilities, version = await asyncio.to_thread(self.host.forward, inputs, indices)
+            probabilities, version = await self.forward(inputs, indices)
         except Exception as err:  # every caller learns what went wrong
             for request in batch:
                 if not request.future.done():

@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 
 from service import metrics
+from service.batcher import PredictBatcher
 from service.contexts import ContextService
-from service.model_host import InputsOverflow, ModelHost
+from service.model_host import InputsOverflow
 from service.payloads import PayloadError, TooManyRows, input_matrix
 from service.settings import Settings
 
@@ -36,10 +37,10 @@ class MultiPredictionService:
     forward pass of that shard's model."""
 
     def __init__(
-        self, contexts: ContextService, hosts: Mapping[int, ModelHost], settings: Settings
+        self, contexts: ContextService, batchers: Mapping[int, PredictBatcher], settings: Settings
     ) -> None:
         self.contexts = contexts
-        self.hosts = dict(hosts)  # by shard
+        self.batchers = dict(batchers)  # by shard
         self.settings = settings
 
     async def predict(self, items: Sequence[tuple[str, Sequence[Any]]]) -> list[ItemPrediction]:
@@ -56,7 +57,9 @@ class MultiPredictionService:
             positions_by_shard.setdefault(self.contexts.shard_of(index), []).append(position)
         answers: list[ItemPrediction | None] = [None] * len(items)
         passes = [
-            self._forward(self.hosts[shard], [matrices[p] for p in positions], indices, positions)
+            self._forward(
+                self.batchers[shard], [matrices[p] for p in positions], indices, positions
+            )
             for shard, positions in positions_by_shard.items()
         ]
         for positions, (probabilities, version) in zip(
@@ -85,7 +88,7 @@ class MultiPredictionService:
 
     async def _forward(
         self,
-        host: ModelHost,
+        batcher: PredictBatcher,
         matrices: Sequence[np.ndarray],
         indices: Sequence[int],
         positions: Sequence[int],
@@ -100,12 +103,12 @@ class MultiPredictionService:
             ]
         )
         metrics.PREDICT_BATCH_ROWS.observe(len(batch))
-        probabilities, version = await asyncio.to_thread(host.forward, batch, per_row)
+        probabilities, version = await batcher.forward(batch, per_row)
         split, offset = [], 0
         for matrix, position in zip(matrices, positions, strict=True):
             mine = probabilities[offset : offset + len(matrix)]
             try:
-                host.check_answer(mine, matrix, version)
+                batcher.host.check_answer(mine, matrix, version)
             except InputsOverflow as error:  # say which item is too large
                 raise PayloadError(f"items[{position}]: {error}") from None
             split.append(mine)

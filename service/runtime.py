@@ -88,7 +88,7 @@ async def _open_registry(settings: Settings) -> RegistryStore:
     try:
         await _check_no_context_is_beyond_the_count(registry, settings)
     except StartupError:
-        registry.engine.dispose()
+        registry.close()
         raise
     return registry
 
@@ -135,9 +135,7 @@ class Runtime:
         _prepare_process(settings)
         registry = await _open_registry(settings)
         idempotency = IdempotencyMemory()  # one key names one batch on every shard
-        shards = [
-            Shard.build(settings.for_shard(k), idempotency) for k in _shard_numbers(settings)
-        ]
+        shards = [Shard.build(settings.for_shard(k), idempotency) for k in _shard_numbers(settings)]
         runtime = await cls._assemble(settings, registry, shards)
         for shard in shards:
             if settings.role == "api":
@@ -180,9 +178,7 @@ class Runtime:
             train_intake=TrainIntake(contexts, lanes, settings),
             prediction=prediction,
             feedback=FeedbackService(contexts, prediction, lanes, feedback_store, settings),
-            multi_prediction=MultiPredictionService(
-                contexts, {shard.number: shard.host for shard in shards}, settings
-            ),
+            multi_prediction=MultiPredictionService(contexts, batchers, settings),
         )
         for shard in shards:
             shard.batcher.start(runtime.supervisor, shard.task_name("batcher"))
@@ -335,4 +331,4 @@ class Runtime:
             await close()
         for shard in self.shards:
             await shard.close()
-        self.registry.engine.dispose()
+        self.registry.close()

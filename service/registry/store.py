@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import TypeVar
 
@@ -40,6 +41,10 @@ UNIQUE_RACE_ATTEMPTS = 5
 The retry reads the winner's committed row, so it answers 200, 409 or 422 like any request."""
 
 
+REGISTRY_THREADS = 4
+"""Registry calls that may run at once in one process."""
+
+
 class RegistryUnavailable(Exception):
     """The registry database cannot be reached."""
 
@@ -61,6 +66,9 @@ class RegistryStore:
         self.shards = shards
         self.history = history
         self._sessions: sessionmaker[Session] = make_session_factory(engine)
+        # Threads of its own: a call may wait seconds for a database lock (SQLite's busy
+        # timeout), and must not hold up the other work that runs in threads.
+        self._executor = ThreadPoolExecutor(REGISTRY_THREADS, thread_name_prefix="registry")
         self._history_pruned_in: datetime | None = None
         for shard in range(shards.count):  # exported from the start, at zero
             metrics.CONTEXT_DRIFTS.labels(shard=str(shard))
@@ -78,8 +86,9 @@ class RegistryStore:
                         raise
             raise AssertionError("unreachable")
 
+        loop = asyncio.get_running_loop()
         try:
-            return await asyncio.to_thread(in_transaction)
+            return await loop.run_in_executor(self._executor, in_transaction)
         except (OperationalError, InterfaceError) as err:
             raise RegistryUnavailable(str(err.orig or err)) from err
         except DBAPIError as err:
@@ -88,7 +97,12 @@ class RegistryStore:
             raise
 
     async def ping(self) -> bool:
-        return await asyncio.to_thread(ping, self.engine)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, ping, self.engine)
+
+    def close(self) -> None:
+        """Closes the connections and lets the registry's threads go."""
+        self._executor.shutdown(wait=False)
+        self.engine.dispose()
 
     async def create(
         self, key: str, seed: int | None, power: float | None
