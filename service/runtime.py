@@ -65,6 +65,7 @@ def _shard_numbers(settings: Settings) -> list[int]:
 
 def _prepare_process(settings: Settings) -> None:
     """Process-wide switches and checks that come before anything is built."""
+    torch.set_num_threads(settings.resolved_torch_threads)
     if settings.training.deterministic:
         torch.use_deterministic_algorithms(True)
     settings.data_dir.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import socket
 from functools import lru_cache
 from pathlib import Path
@@ -275,6 +276,11 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     device: str = "auto"
     registry_poll_seconds: float = Field(default=5.0, gt=0)  # for keys deleted elsewhere
+    # torch's intra-op threads in each process that runs the model (the API, a worker, the
+    # training child). Unset: half the CPUs this process may use, at least one: a role-`all`
+    # server runs two such processes, and torch's threads spin while they wait for a peer
+    # that a busy neighbour has descheduled (docs/benchmarks.md, "Noisy neighbours").
+    torch_threads: int | None = Field(default=None, ge=1)
     # The Retry-After of the 503s answered while a store or the model is unavailable (a full
     # queue's 429 has its own, `queue.retry_after_seconds`).
     unavailable_retry_after_seconds: int = Field(default=1, ge=1)
@@ -318,6 +324,13 @@ class Settings(BaseSettings):
         if value not in ("auto", "cpu") and not value.startswith("cuda"):
             raise ValueError("must be 'auto', 'cpu' or 'cuda[:n]'")
         return value
+
+    @property
+    def resolved_torch_threads(self) -> int:
+        """`torch_threads`, or half the CPUs this process may run on (at least one)."""
+        if self.torch_threads is not None:
+            return self.torch_threads
+        return max(1, len(os.sched_getaffinity(0)) // 2)
 
     @property
     def resolved_database_url(self) -> str:

@@ -331,6 +331,7 @@ def serve(
     # the queue into a final checkpoint through this child, then stops it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    torch.set_num_threads(settings.resolved_torch_threads)
     if settings.training.deterministic:
         torch.use_deterministic_algorithms(True)
     commands = _Commands(_child_host(settings, parameters, state))

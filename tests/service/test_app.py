@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import gc
+from pathlib import Path
 
+import torch
 from fastapi.testclient import TestClient
 
 from service.app import create_app
+from tests.service.api.helpers import sqlite_settings
 
 
 def test_startup_freezes_the_long_lived_objects_and_shutdown_thaws_them(make_settings) -> None:
@@ -16,3 +19,12 @@ def test_startup_freezes_the_long_lived_objects_and_shutdown_thaws_them(make_set
         # torch, the model and the routes alone are far more than this many objects
         assert gc.get_freeze_count() > 100_000
     assert gc.get_freeze_count() == 0
+
+
+def test_the_server_sets_torch_threads_from_the_settings(tmp_path: Path) -> None:
+    before = torch.get_num_threads()
+    try:
+        with TestClient(create_app(sqlite_settings(tmp_path, torch_threads=1))):
+            assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -45,3 +45,13 @@ def test_a_queue_shard_beyond_the_count_is_named() -> None:
         "shard 2 (psp worker --shard, or PSP_QUEUE__SHARD) does not exist: with "
         "PSP_SHARDS__COUNT=2 the shards are 0 to 1; pick one of those, or raise PSP_SHARDS__COUNT"
     )
+
+
+def test_torch_threads_default_to_half_the_cpus_the_process_may_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5})
+    assert Settings().resolved_torch_threads == 3
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0})
+    assert Settings().resolved_torch_threads == 1
+    assert Settings(torch_threads=4).resolved_torch_threads == 4
