@@ -62,7 +62,7 @@ def test_promtool_checks_every_prometheus_configuration() -> None:
 def test_alert_rules_pass_promtool_and_their_tests() -> None:
     (rules,) = prometheus_files("rules")
     output = promtool("check", "rules", str(rules))
-    assert "SUCCESS: 12 rules found" in output
+    assert "SUCCESS: 13 rules found" in output
     alerts = {
         rule["alert"]
         for group in yaml.safe_load(rules.read_text())["groups"]
@@ -81,6 +81,7 @@ def test_alert_rules_pass_promtool_and_their_tests() -> None:
         "PspServerErrors",
         "PspBackPressure",
         "PspShardNearCapacity",
+        "PspManyContextsDrifted",
     }
     (tests,) = prometheus_files("tests")
     tested = {
