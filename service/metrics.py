@@ -69,6 +69,17 @@ REFUSED_STEPS = Counter(
     "Steps refused because the loss or a gradient was not finite.",
     _SHARD,
 )
+REFUSED_ROWS = Counter(
+    "psp_trainer_refused_rows_total",
+    "Rows refused because their own step was not finite (a refused step shared with other "
+    "entries is stepped again without them first).",
+    _SHARD,
+)
+BOUNDED_ROWS = Counter(
+    "psp_trainer_bounded_rows_total",
+    "Rows whose size the input scaling bounded: far outside their context's usual values.",
+    _SHARD,
+)
 DIVERGENCES = Counter(
     "psp_trainer_divergences_total",
     "Times the weights went non-finite or the loss ran away, and the last healthy checkpoint "

@@ -39,6 +39,7 @@ from service.control import ControlInbox, RollbackFailed
 from service.divergence import Diverged
 from service.entry_ids import entry_id_key
 from service.model_host import ModelHost, TrainRows
+from service.noisy_contexts import NoisyContexts
 from service.queue.applied import AppliedNotices
 from service.queue.base import QueuedEntry, QueueUnavailable, TrainQueue
 from service.registry.store import RegistryStore, RegistryUnavailable
@@ -84,11 +85,15 @@ class _TrainerMetrics:
     dead_lettered_examples: Counter
     queue_depth: Gauge
     queue_lag: Gauge
+    refused_rows: Counter
+    bounded_rows: Counter
 
     @classmethod
     def of_shard(cls, shard: int) -> _TrainerMetrics:
         label = str(shard)
         return cls(
+            refused_rows=metrics.REFUSED_ROWS.labels(label),
+            bounded_rows=metrics.BOUNDED_ROWS.labels(label),
             divergences=metrics.DIVERGENCES.labels(label),
             dead_lettered_entries=metrics.DEAD_LETTERED_ENTRIES.labels(label),
             dead_lettered_examples=metrics.DEAD_LETTERED_EXAMPLES.labels(label),
@@ -130,6 +135,7 @@ class Trainer:
         self._last_checkpoint_at = time.monotonic()
         self._retirements_checked = datetime.now(UTC)
         self._metrics = _TrainerMetrics.of_shard(settings.queue.shard)
+        self.noisy = NoisyContexts(settings.queue.shard, registry.live_keys)
         host.watch_divergence(settings.guard)
         # The entries of the apply under way, and why it failed if it did.
         self._in_flight: list[QueuedEntry] = []
@@ -268,6 +274,7 @@ class Trainer:
                 if self.control is not None:
                     await self.control.serve_one(self)
                 await self._report_queue()
+                await self.noisy.report_if_due()
             except _STORE_ERRORS as err:
                 if self._needs_rewind:
                     raise  # the supervisor rewinds once the stores answer again
@@ -394,6 +401,7 @@ class Trainer:
 
     def _count_applied(self, batch: TrainRows, result: StepResult) -> None:
         """Counts an applied step's rows as seen, with their prequential scores, per context."""
+        self._count_bounded(batch, result, refused=False)
         correct = result.correct.numpy()
         for index in np.unique(batch.indices):
             mine = batch.indices == index
@@ -412,11 +420,19 @@ class Trainer:
     ) -> None:
         """Counts a refused step's rows as refused, never as seen, per context, and notes the
         reason for the entries that held them."""
+        self._count_bounded(batch, result, refused=True)
+        self._metrics.refused_rows.inc(len(batch.indices))
         indices, per_context = np.unique(batch.indices, return_counts=True)
         for index, rows in zip(indices, per_context, strict=True):
             self._progress.counts[int(index)][2] += int(rows)
         reason = REFUSED_STEP.format(loss=result.loss)
         refused.update((known[p].entry_id, reason) for p in _entry_positions(batch))
+
+    def _count_bounded(self, batch: TrainRows, result: StepResult, *, refused: bool) -> None:
+        bounded = result.bounded
+        if len(bounded):
+            self._metrics.bounded_rows.inc(int(bounded.sum()))
+        self.noisy.count(batch.indices, bounded, refused=refused)
 
     def _minibatches(self, entries: Sequence[QueuedEntry]) -> list[TrainRows]:
         """Cuts entries into `batch_size` minibatches.

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
+from prometheus_client import REGISTRY
 
 from psp_bench.tenants import TenantsStream
 from service.contexts import ContextService
@@ -161,3 +164,26 @@ async def test_a_tenant_with_inputs_a_million_times_larger_costs_the_others_noth
     assert np.mean(alone) > 0.8
     assert np.mean(beside) >= np.mean(alone) - 0.03
     assert min(beside) >= min(alone) - 0.05
+
+
+async def test_rows_far_from_their_context_are_bounded_counted_and_their_context_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    bench = await _bench(tmp_path)
+    try:
+        index = await bench.index_of("acme-1")
+        await bench.enqueue(index, _rows(64), np.arange(64) % 10)
+        await bench.trainer.apply(await bench.shard.queue.read(max_entries=64, block_ms=0))
+        before = REGISTRY.get_sample_value("psp_trainer_bounded_rows_total", {"shard": "0"}) or 0
+        far = np.full((4, WIDTH), 1000.0) * np.arange(1, WIDTH + 1) / WIDTH
+        await bench.enqueue(index, far, np.array([1, 2, 3, 4]))
+        await bench.trainer.apply(await bench.shard.queue.read(max_entries=64, block_ms=0))
+        after = REGISTRY.get_sample_value("psp_trainer_bounded_rows_total", {"shard": "0"}) or 0
+        bench.trainer.noisy.every_seconds = 0
+        with caplog.at_level(logging.WARNING, logger="service.noisy_contexts"):
+            await bench.trainer.noisy.report_if_due()
+    finally:
+        await bench.shard.close()
+        bench.registry.engine.dispose()
+    assert after - before == 4
+    assert "'acme-1' (4 bounded, 0 refused)" in caplog.text
