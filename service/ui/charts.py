@@ -60,7 +60,7 @@ def accuracy_chart(
     series: Sequence[Series],
     markers: Sequence[Marker] = (),
     *,
-    width: int = 760,
+    width: int = 960,
     height: int = 240,
 ) -> Markup:
     """Accuracy curves over `hours` with a 0-1 axis, a time axis and drift markers."""
@@ -85,7 +85,7 @@ def accuracy_chart(
 
 
 def bar_chart(
-    hours: Sequence[datetime], values: Sequence[int], *, width: int = 760, height: int = 140
+    hours: Sequence[datetime], values: Sequence[int], *, width: int = 960, height: int = 140
 ) -> Markup:
     """Rows per hour as bars, with the largest value marked on the axis."""
     top = max(values, default=0) or 1
@@ -167,10 +167,13 @@ def _time_axis(hours: Sequence[datetime], x: Scale, height: int, labels: int = 6
     if not hours:
         return ""
     step = max(1, (len(hours) - 1) // (labels - 1)) if len(hours) > 1 else 1
+    slots = list(range(0, len(hours), step))
     texts = []
-    for slot in range(0, len(hours), step):
+    for slot in slots:
+        # The first and the last labels stay inside the chart.
+        anchor = "start" if slot == 0 else "end" if slot == slots[-1] else "middle"
         texts.append(
-            f'<text class="axis" x="{x(slot):.1f}" y="{height - 8}" text-anchor="middle">'
+            f'<text class="axis" x="{x(slot):.1f}" y="{height - 8}" text-anchor="{anchor}">'
             f"{escape(_hour_label(hours[slot]))}</text>"
         )
     return "".join(texts)
