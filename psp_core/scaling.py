@@ -68,6 +68,9 @@ class Scaled:
 class ContextScaler:
     """The running statistics of every context's inputs, and the transform they define.
 
+    The statistics live in arrays with one slot per context, so that a step or a prediction
+    costs a few array operations whatever the number of contexts.
+
     Args:
         width: Values per row.
         row_bound: The largest root mean square of a standardised row.
@@ -86,21 +89,40 @@ class ContextScaler:
         self.width = width
         self.row_bound = row_bound
         self.memory_values = float(memory_rows) * width
-        self._stats = ScalerRows.empty()  # sorted by id
+        # Context id -> its slot in the arrays, -1 for none: ids are small non-negative
+        # integers (bank rows, registry indices), so a dense table is the fastest lookup.
+        self._table = np.full(0, -1, dtype=np.int64)
+        self._size = 0
+        self._ids = np.zeros(0, dtype=np.int64)
+        self._count = np.zeros(0, dtype=np.float64)
+        self._mean = np.zeros(0, dtype=np.float64)
+        self._m2 = np.zeros(0, dtype=np.float64)
 
     def __len__(self) -> int:
-        return len(self._stats.ids)
+        return self._size
+
+    def _slots_of(self, ids: np.ndarray) -> np.ndarray:
+        """Each id's slot, -1 where the scaler keeps none."""
+        inside = ids < len(self._table)
+        slots = np.full(len(ids), -1, dtype=np.int64)
+        slots[inside] = self._table[ids[inside]]
+        return slots
 
     # Reading ----------------------------------------------------------------------------------
 
     def rows(self, ids: np.ndarray | None = None) -> ScalerRows:
         """The statistics of `ids` that the scaler knows (all of them when None)."""
-        stats = self._stats
         if ids is None:
-            return stats
-        slots, found = self._find(np.unique(np.asarray(ids, dtype=np.int64)))
-        slots = slots[found]
-        return ScalerRows(stats.ids[slots], stats.count[slots], stats.mean[slots], stats.m2[slots])
+            slots = np.arange(self._size)
+        else:
+            found = self._slots_of(np.unique(np.asarray(ids, dtype=np.int64)))
+            slots = found[found >= 0]
+        return ScalerRows(
+            self._ids[slots].copy(),
+            self._count[slots].copy(),
+            self._mean[slots].copy(),
+            self._m2[slots].copy(),
+        )
 
     def transform(
         self, ids: np.ndarray, inputs: torch.Tensor, pending: ScalerRows | None = None
@@ -114,8 +136,22 @@ class ContextScaler:
                 A context known to neither is only bounded, not shifted or scaled.
         """
         shift, scale = self._shift_and_scale(np.asarray(ids, dtype=np.int64), pending)
-        device = inputs.device
-        z = inputs.reshape(len(ids), -1).to(torch.float64)
+        rows = inputs.reshape(len(shift), -1)
+        if rows.device.type != "cpu":
+            return self._transform_on(rows, shift, scale)
+        z = _float64_rows(rows, len(shift))
+        z -= shift[:, None]
+        z /= scale[:, None]
+        rms = np.sqrt(np.einsum("ij,ij->i", z, z) / max(z.shape[1], 1))
+        over = rms > self.row_bound
+        if over.any():
+            z[over] *= (self.row_bound / rms[over])[:, None]
+        return Scaled(torch.from_numpy(z.astype(np.float32)), over)
+
+    def _transform_on(self, rows: torch.Tensor, shift: np.ndarray, scale: np.ndarray) -> Scaled:
+        """`transform` on an accelerator, where the rows already are."""
+        device = rows.device
+        z = rows.to(torch.float64)
         z = (z - torch.from_numpy(shift).to(device)[:, None]) / torch.from_numpy(scale).to(device)[
             :, None
         ]
@@ -127,19 +163,25 @@ class ContextScaler:
     def _shift_and_scale(
         self, ids: np.ndarray, pending: ScalerRows | None
     ) -> tuple[np.ndarray, np.ndarray]:
-        shift = np.zeros(len(ids), dtype=np.float64)
-        scale = np.ones(len(ids), dtype=np.float64)
-        for stats in (self._stats, pending):
-            if stats is None or not len(stats.ids):
-                continue
-            slots = np.minimum(np.searchsorted(stats.ids, ids), len(stats.ids) - 1)
-            known = stats.ids[slots] == ids
-            counts = stats.count[slots[known]]
-            shift[known] = stats.mean[slots[known]]
-            std = np.sqrt(stats.m2[slots[known]] / counts)
-            # A context whose values never varied is only shifted; the row bound still holds.
-            scale[known] = np.where(std > 0, std, 1.0)
-        return shift, scale
+        """Each row's mean and standard deviation: `pending`'s, else the stored ones, else
+        0 and 1."""
+        count = np.ones(len(ids), dtype=np.float64)
+        mean = np.zeros(len(ids), dtype=np.float64)
+        m2 = np.zeros(len(ids), dtype=np.float64)
+        slots = self._slots_of(ids)
+        stored = slots >= 0
+        count[stored] = self._count[slots[stored]]
+        mean[stored] = self._mean[slots[stored]]
+        m2[stored] = self._m2[slots[stored]]
+        if pending is not None and len(pending.ids):  # its ids are sorted (`fold`)
+            at = np.minimum(np.searchsorted(pending.ids, ids), len(pending.ids) - 1)
+            fresh = pending.ids[at] == ids
+            count[fresh] = pending.count[at[fresh]]
+            mean[fresh] = pending.mean[at[fresh]]
+            m2[fresh] = pending.m2[at[fresh]]
+        std = np.sqrt(m2 / count)
+        # A context whose values never varied is only shifted; the row bound still holds.
+        return mean, np.where(std > 0, std, 1.0)
 
     # Learning ---------------------------------------------------------------------------------
 
@@ -147,13 +189,16 @@ class ContextScaler:
         """The statistics of the contexts of `ids` once `inputs` are added; nothing is stored
         until `apply` (a refused training step leaves the scaler as it was)."""
         ids = np.asarray(ids, dtype=np.int64)
-        values = inputs.reshape(len(ids), -1).to(torch.float64)
-        row_sums = values.sum(dim=1).cpu().numpy()
-        row_squares = values.square().sum(dim=1).cpu().numpy()
-        contexts, where = np.unique(ids, return_inverse=True)
-        k = np.bincount(where, minlength=len(contexts)).astype(np.float64) * values.shape[1]
-        batch_mean = np.bincount(where, weights=row_sums, minlength=len(contexts)) / k
-        squares = np.bincount(where, weights=row_squares, minlength=len(contexts))
+        values = _float64_rows(inputs, len(ids))
+        order = np.argsort(ids, kind="stable")
+        ordered = ids[order]
+        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+        contexts = ordered[starts]
+        width = values.shape[1]
+        k = np.diff(np.r_[starts, len(ids)]).astype(np.float64) * width
+        sums = np.add.reduceat(values.sum(axis=1)[order], starts)
+        squares = np.add.reduceat(np.einsum("ij,ij->i", values, values)[order], starts)
+        batch_mean = sums / k
         batch_m2 = np.maximum(squares - k * batch_mean**2, 0.0)
         old = self._aligned(contexts)
         # Older values fade once a context has sent more than `memory_rows` rows.
@@ -169,71 +214,102 @@ class ContextScaler:
         """Stores statistics (a `fold`, or rows copied from another scaler)."""
         if not len(update.ids):
             return
-        stats = self._stats
-        slots, found = self._find(update.ids)
-        count, mean, m2 = stats.count.copy(), stats.mean.copy(), stats.m2.copy()
-        count[slots[found]] = update.count[found]
-        mean[slots[found]] = update.mean[found]
-        m2[slots[found]] = update.m2[found]
-        new = ~found
-        ids = np.concatenate([stats.ids, update.ids[new]])
-        order = np.argsort(ids, kind="stable")
-        self._stats = ScalerRows(
-            ids[order],
-            np.concatenate([count, update.count[new]])[order],
-            np.concatenate([mean, update.mean[new]])[order],
-            np.concatenate([m2, update.m2[new]])[order],
-        )
+        slots = self._slots_of(update.ids)
+        new = slots < 0
+        if new.any():
+            slots[new] = self._grow(update.ids[new])
+        self._count[slots] = update.count
+        self._mean[slots] = update.mean
+        self._m2[slots] = update.m2
+
+    def _grow(self, ids: np.ndarray) -> np.ndarray:
+        """Gives new contexts slots (zeros), doubling the arrays when they are full; their
+        slots."""
+        start, end = self._size, self._size + len(ids)
+        if end > len(self._ids):
+            capacity = max(end, 2 * len(self._ids), 64)
+            for name in ("_ids", "_count", "_mean", "_m2"):
+                old = getattr(self, name)
+                grown = np.zeros(capacity, dtype=old.dtype)
+                grown[:start] = old[:start]
+                setattr(self, name, grown)
+        highest = int(ids.max())
+        if highest >= len(self._table):
+            table = np.full(max(highest + 1, 2 * len(self._table), 64), -1, dtype=np.int64)
+            table[: len(self._table)] = self._table
+            self._table = table
+        slots = np.arange(start, end)
+        self._table[ids] = slots
+        self._ids[start:end] = ids
+        self._size = end
+        return slots
 
     def forget(self, ids: set[int] | list[int]) -> None:
         """Drops the statistics of these contexts (deleted ones)."""
-        keep = ~np.isin(self._stats.ids, np.asarray(sorted(ids), dtype=np.int64))
-        stats = self._stats
-        self._stats = ScalerRows(
-            stats.ids[keep], stats.count[keep], stats.mean[keep], stats.m2[keep]
+        gone = np.asarray(sorted(int(i) for i in ids), dtype=np.int64)
+        if not (self._slots_of(gone) >= 0).any():
+            return
+        everything = self.rows()
+        keep = ~np.isin(everything.ids, gone)
+        self._clear()
+        self.apply(
+            ScalerRows(
+                everything.ids[keep],
+                everything.count[keep],
+                everything.mean[keep],
+                everything.m2[keep],
+            )
         )
 
-    def _find(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Each id's slot among the stored ids, and whether it is stored there."""
-        stored = self._stats.ids
-        if not len(stored):
-            return np.zeros(len(ids), dtype=np.int64), np.zeros(len(ids), dtype=bool)
-        slots = np.minimum(np.searchsorted(stored, ids), len(stored) - 1)
-        return slots, stored[slots] == ids
+    def _clear(self) -> None:
+        self._table = np.full(0, -1, dtype=np.int64)
+        self._size = 0
+        self._ids = np.zeros(0, dtype=np.int64)
+        self._count = np.zeros(0, dtype=np.float64)
+        self._mean = np.zeros(0, dtype=np.float64)
+        self._m2 = np.zeros(0, dtype=np.float64)
 
     def _aligned(self, ids: np.ndarray) -> ScalerRows:
         """The stored statistics of `ids`, zeros for the ones not stored, in the order given."""
-        slots, found = self._find(ids)
-        stats = self._stats
-        zeros = np.zeros(len(ids), dtype=np.float64)
-        count, mean, m2 = zeros.copy(), zeros.copy(), zeros.copy()
-        count[found] = stats.count[slots[found]]
-        mean[found] = stats.mean[slots[found]]
-        m2[found] = stats.m2[slots[found]]
+        slots = self._slots_of(ids)
+        known = slots >= 0
+        count, mean, m2 = (np.zeros(len(ids), dtype=np.float64) for _ in range(3))
+        count[known] = self._count[slots[known]]
+        mean[known] = self._mean[slots[known]]
+        m2[known] = self._m2[slots[known]]
         return ScalerRows(ids, count, mean, m2)
 
     # Checkpoints ------------------------------------------------------------------------------
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """The statistics as CPU tensors."""
-        stats = self._stats
+        stats = self.rows()
         return {
-            "ids": torch.from_numpy(stats.ids.copy()),
-            "count": torch.from_numpy(stats.count.copy()),
-            "mean": torch.from_numpy(stats.mean.copy()),
-            "m2": torch.from_numpy(stats.m2.copy()),
+            "ids": torch.from_numpy(stats.ids),
+            "count": torch.from_numpy(stats.count),
+            "mean": torch.from_numpy(stats.mean),
+            "m2": torch.from_numpy(stats.m2),
         }
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         """Replaces the statistics with saved ones (empty when `tensors` is)."""
+        self._clear()
         if not tensors:
-            self._stats = ScalerRows.empty()
             return
-        ids = tensors["ids"].numpy().astype(np.int64)
-        order = np.argsort(ids, kind="stable")
-        self._stats = ScalerRows(
-            ids[order],
-            tensors["count"].numpy().astype(np.float64)[order],
-            tensors["mean"].numpy().astype(np.float64)[order],
-            tensors["m2"].numpy().astype(np.float64)[order],
+        self.apply(
+            ScalerRows(
+                tensors["ids"].numpy().astype(np.int64),
+                tensors["count"].numpy().astype(np.float64),
+                tensors["mean"].numpy().astype(np.float64),
+                tensors["m2"].numpy().astype(np.float64),
+            )
         )
+
+
+def _float64_rows(inputs: torch.Tensor, count: int) -> np.ndarray:
+    """The rows as a float64 host array: any float32 input then standardises to a finite
+    row."""
+    rows = inputs.detach().reshape(count, -1)
+    if rows.device.type != "cpu":
+        rows = rows.cpu()
+    return rows.numpy().astype(np.float64)
