@@ -1,4 +1,8 @@
-"""Request and response bodies of the HTTP contract (docs/design.md)."""
+"""Request and response bodies of the HTTP contract (docs/design.md).
+
+Request bodies are strict: a number is a number, never a string or a boolean that could be
+read as one, as the OpenAPI schema says (msgpack bodies reach validation as they are).
+"""
 
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 class ContextCreate(BaseModel):
     """Registers a context; the server picks the seed or power when omitted."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     key: ContextKey
     seed: Annotated[int, Field(ge=0, lt=2**63)] | None = None
@@ -29,7 +33,7 @@ class ContextCreate(BaseModel):
 class ContextBatchCreate(BaseModel):
     """Registers up to 10 000 contexts in one transaction."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     contexts: Annotated[list[ContextCreate], Field(min_length=1, max_length=10_000)]
 
@@ -136,7 +140,7 @@ class ContextBatchOut(BaseModel):
 class TrainRequest(BaseModel):
     """Labelled rows for one context; rows are flat or nested to the model's input shape."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     inputs: Annotated[list[list[Any]], Field(min_length=1, examples=[[[0.0, 0.5, 1.0]]])]
     labels: Annotated[list[StrictInt], Field(min_length=1, examples=[[3]])]
@@ -156,7 +160,7 @@ class TrainApplied(TrainAccepted):
 
 
 class PredictRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     inputs: Annotated[list[list[Any]], Field(min_length=1, examples=[[[0.0, 0.5, 1.0]]])]
 
@@ -183,7 +187,7 @@ class PredictResponse(BaseModel):
 class PredictItem(BaseModel):
     """Rows for one context, inside a many-context predict request."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     context: ContextKey
     inputs: Annotated[list[list[Any]], Field(min_length=1, examples=[[[0.0, 0.5, 1.0]]])]
@@ -192,7 +196,7 @@ class PredictItem(BaseModel):
 class MultiPredictRequest(BaseModel):
     """Rows for many contexts, answered by one forward pass."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     items: Annotated[list[PredictItem], Field(min_length=1, max_length=1000)]
 
@@ -224,7 +228,7 @@ class RememberedPredictResponse(PredictResponse):
 class FeedbackRequest(BaseModel):
     """True labels of remembered predictions, one per id."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     prediction_ids: Annotated[
         list[Annotated[str, Field(max_length=64)]],
@@ -298,7 +302,7 @@ class DeadLetterPage(BaseModel):
 
 
 class RollbackRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     version: Annotated[int, Field(ge=0)]
     shard: Annotated[int, Field(ge=0, description="The shard whose model rolls back.")] = 0

@@ -16,9 +16,12 @@ _GUARDED: dict[int | str, dict[str, Any]] = {
     422: {"model": Problem, "description": "The request is invalid; the detail says why."},
 }
 
-api_router = APIRouter()
 # Routes are matched in this order; predict, the hottest, is tried first.
-for module in (predict, train, contexts, feedback, model, inference_v2):
-    api_router.include_router(module.router, responses=_GUARDED)
+RESOURCE_ROUTERS = tuple(
+    module.router for module in (predict, train, contexts, feedback, model, inference_v2)
+)
+api_router = APIRouter()
+for resource in RESOURCE_ROUTERS:
+    api_router.include_router(resource, responses=_GUARDED)
 api_router.include_router(health.router)
 api_router.include_router(ui.router)  # the operator's HTML page, outside the OpenAPI document

@@ -119,3 +119,23 @@ def test_inputs_must_be_numbers(client: TestClient, inputs) -> None:
     response = client.post("/predict/a", json={"inputs": inputs})
     assert response.status_code == 422, response.text
     assert "numbers" in response.json()["detail"] or "shape" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/contexts", {"key": "s", "seed": "5"}),
+        ("/contexts", {"key": "s", "seed": True}),
+        ("/contexts", {"key": "s", "seed": 5.0}),
+        ("/model/rollback", {"version": True}),
+        ("/model/rollback", {"version": "0"}),
+    ],
+)
+def test_numbers_are_not_read_from_strings_or_booleans(client: TestClient, path, body) -> None:
+    """As the OpenAPI schema says; msgpack bodies reach validation as they are, so JSON and
+    msgpack answer alike."""
+    before = snapshot(client)
+    for content, headers in ((json.dumps(body).encode(), JSON), (msgpack.packb(body), MSGPACK)):
+        response = client.post(path, content=content, headers=headers)
+        assert response.status_code == 422, response.text
+    assert snapshot(client) == before
