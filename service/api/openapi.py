@@ -57,7 +57,7 @@ def _declare_msgpack_bodies(schema: dict[str, Any]) -> None:
     for route in routes:
         if not isinstance(route, BoundedBodyRoute):
             continue
-        for method in route.methods:
+        for method in route.methods or ():
             operation = schema["paths"].get(route.path_format, {}).get(method.lower(), {})
             content = operation.get("requestBody", {}).get("content", {})
             if "application/json" in content:
