@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, cast
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Table, delete, false, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from service.drift import DetectorState, DriftConfig, observe
@@ -115,7 +116,7 @@ def observe_scores(
                 "last_drift_at": last_drift_at,
             }
         )
-    session.execute(update(ContextDriftRow), updates)
+    _write_states(session, updates)
     if events:
         session.add_all(DriftEventRow(**vars(event)) for event in events)
         session.flush()
@@ -127,37 +128,66 @@ def observe_scores(
 def _locked_states(
     session: Session, source: Source, indices: Sequence[int], at: datetime
 ) -> dict[int, tuple[DetectorState, int, datetime | None]]:
-    """Each context's detector state, drift count and last drift, with its row locked.
+    """Each context's detector state, drift count and last drift, read under a lock, so that
+    two transactions feeding one detector take turns instead of both updating what they read.
 
-    The rows are created first when missing. That insert also takes SQLite's write lock before
-    anything is read, so on both databases two transactions feeding one detector take turns
-    instead of both updating what they read.
+    PostgreSQL locks the rows read (`FOR UPDATE`). SQLite has no row locks: its one write lock
+    is taken before anything is read. Missing rows are created first (`ON CONFLICT DO
+    NOTHING`, then read under the lock, which waits for a concurrent creator to commit).
     """
-    fresh = {name: getattr(DetectorState(), name) for name in _STATE_COLUMNS}
-    empty = [
-        {"context_index": i, "source": source, **fresh, "drifts": 0, "scored_at": at}
-        for i in indices
-    ]
-    statement = insert_with_on_conflict(session, ContextDriftRow).on_conflict_do_nothing(
-        index_elements=["context_index", "source"]
-    )
-    session.execute(statement, empty)
-    table = ContextDriftRow
+    if session.get_bind().dialect.name == "sqlite":
+        # An UPDATE that matches nothing still takes the write lock.
+        session.execute(update(ContextDriftRow).where(false()).values(rows=ContextDriftRow.rows))
+    found = _read_states(session, source, indices)
+    missing = [index for index in indices if index not in found]
+    if missing:
+        fresh = {name: getattr(DetectorState(), name) for name in _STATE_COLUMNS}
+        rows = [
+            {"context_index": i, "source": source, **fresh, "drifts": 0, "scored_at": at}
+            for i in missing
+        ]
+        statement = insert_with_on_conflict(session, ContextDriftRow).on_conflict_do_nothing(
+            index_elements=["context_index", "source"]
+        )
+        session.execute(statement, rows)
+        found.update(_read_states(session, source, missing))
+    return found
+
+
+def _read_states(
+    session: Session, source: Source, indices: Sequence[int]
+) -> dict[int, tuple[DetectorState, int, datetime | None]]:
+    table = cast(Table, ContextDriftRow.__table__).c
     found: dict[int, tuple[DetectorState, int, datetime | None]] = {}
     for chunk in in_chunks(indices):
-        rows = session.execute(
+        # Through the connection: plain rows, without the ORM's loading.
+        rows = session.connection().execute(
             select(
                 table.context_index,
-                *(getattr(table, name) for name in _STATE_COLUMNS),
+                *(table[name] for name in _STATE_COLUMNS),
                 table.drifts,
                 table.last_drift_at,
             )
             .where(table.source == source, table.context_index.in_(chunk))
             .with_for_update()
         )
-        for index, rows_, baseline, cusum, seen, correct, drifts, last in rows:
-            found[index] = (DetectorState(rows_, baseline, cusum, seen, correct), drifts, last)
+        for index, learned, baseline, cusum, seen, correct, drifts, last in cast(Any, rows):
+            found[index] = (DetectorState(learned, baseline, cusum, seen, correct), drifts, last)
     return found
+
+
+def _write_states(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Stores the detectors' new states: multi-row upserts of the table itself, since an
+    UPDATE per row, or the ORM's bulk path, costs more than the detectors' arithmetic."""
+    table = cast(Table, ContextDriftRow.__table__)
+    dialect = session.get_bind().dialect.name
+    statement = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+    changed = (*_STATE_COLUMNS, "drifts", "scored_at", "last_drift_at")
+    statement = statement.on_conflict_do_update(
+        index_elements=["context_index", "source"],
+        set_={name: statement.excluded[name] for name in changed},
+    )
+    session.connection().execute(statement, rows)
 
 
 def _keep_newest_events(session: Session, index: int, keep: int) -> None:
