@@ -72,6 +72,17 @@ class ContextBank:
         self.specs.extend(prepared.specs)
         return range(start, len(self.specs))
 
+    def place_prepared(self, rows: Sequence[int], prepared: PreparedContexts) -> None:
+        """Writes prepared contexts into existing rows, one per context, in order: a server
+        reuses the rows of contexts it let go, so that its bank holds what is live, not
+        everything ever registered. The tables do not grow."""
+        if len(rows) != len(prepared.specs):
+            raise ValueError(f"{len(prepared.specs)} contexts need as many rows, not {len(rows)}")
+        for layer, layer_rows in zip(self.layers, prepared.rows, strict=True):
+            layer.write_rows(rows, layer_rows)
+        for row, spec in zip(rows, prepared.specs, strict=True):
+            self.specs[row] = spec
+
     def bytes_per_context(self) -> int:
         """Bytes stored on the device for each additional context."""
         return sum(layer.bytes_per_context() for layer in self.layers)
@@ -104,3 +115,10 @@ class PreparedContexts:
 
     specs: list[ContextSpec]
     rows: list[torch.Tensor]
+
+    def split(self, count: int) -> tuple[PreparedContexts, PreparedContexts]:
+        """The first `count` contexts, and the rest."""
+        return (
+            PreparedContexts(self.specs[:count], [r[:count] for r in self.rows]),
+            PreparedContexts(self.specs[count:], [r[count:] for r in self.rows]),
+        )

@@ -131,10 +131,24 @@ class ContextService:
         return await self.registry.page(limit, offset, key_prefix)
 
     async def delete(self, key: str) -> None:
+        index = self._live.get(key)
         retired = await self.registry.retire(key)
         self._live.pop(key, None)
         if not retired:
             raise ContextNotFound(key)
+        if index is not None:
+            await self._forget([index])
+
+    async def _forget(self, indices: Sequence[int]) -> None:
+        """Lets the models of this process forget deleted contexts: their bank rows (and, in
+        a writer, their replay rows and input statistics) go."""
+        by_shard: dict[int, list[int]] = {}
+        for index in indices:
+            shard = self._shard_of.get(index)
+            if shard in self.hosts:
+                by_shard.setdefault(shard, []).append(index)
+        for shard, mine in by_shard.items():
+            await asyncio.to_thread(self.hosts[shard].forget_contexts, mine)
 
     async def resolve(self, key: str) -> int:
         """The bank index of a live key.
@@ -157,11 +171,13 @@ class ContextService:
         started = datetime.now(UTC)
         since = self._retirements_checked - RETIREMENT_OVERLAP
         forgotten = 0
-        for key, index in await self.registry.retired_since(since):
+        retired = await self.registry.retired_since(since)
+        for key, index in retired:
             # A key deleted and registered again maps to its new index: keep that one.
             if self._live.get(key) == index:
                 del self._live[key]
                 forgotten += 1
+        await self._forget([index for _, index in retired])
         self._retirements_checked = started
         return forgotten
 

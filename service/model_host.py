@@ -77,7 +77,13 @@ class TrainRows:
 
 
 class UnknownContext(KeyError):
-    """A registry index the host has no bank row for."""
+    """A registry index the host has no bank row for: its context was deleted."""
+
+    def __str__(self) -> str:
+        return (
+            f"the context (index {self.args[0]}) was deleted; register it again with "
+            "POST /contexts before using it"
+        )
 
 
 class InputsOverflow(PayloadError):
@@ -157,6 +163,7 @@ class ModelHost:
         self.config = model_config
         self.device = device
         self._rows: dict[int, int] = {}
+        self._free_rows: list[int] = []  # bank rows of deleted contexts, reused first
         self._max_index = -1
         # The lock, the version served and the health flag; shared with a training child when
         # the steps run in one (`service.step_process`).
@@ -191,7 +198,14 @@ class ModelHost:
 
     @property
     def context_count(self) -> int:
+        """The contexts this host serves (deleted ones are let go)."""
         return len(self._rows)
+
+    @property
+    def bank_size(self) -> int:
+        """The rows of the in-memory bank: the contexts served, plus rows that deleted
+        contexts left for the next new ones."""
+        return len(self.learner.model.bank)
 
     def has_context(self, index: int) -> bool:
         return index in self._rows
@@ -215,10 +229,21 @@ class ModelHost:
             prepared = bank.prepare([ContextSpec(seed=d.seed, power=d.power) for d in new])
             bank.reserve(len(new))  # a doubling copies every row: not under the lock
             with self._lock:
-                rows = bank.append_prepared(prepared)
+                # The rows of deleted contexts first: the bank holds what is live.
+                reused = self._free_rows[: len(new)]
+                del self._free_rows[: len(reused)]
+                placed, appended = prepared.split(len(reused))
+                bank.place_prepared(reused, placed)
+                rows = [*reused, *bank.append_prepared(appended)]
                 self._rows.update({d.index: row for d, row in zip(new, rows, strict=True)})
                 self._max_index = max(self._max_index, *(d.index for d in new))
         self._metrics.contexts.set(len(self._rows))
+
+    def _release_rows(self, indices: set[int]) -> None:
+        """Lets the bank rows of deleted contexts go, for the next new contexts; the caller
+        holds the model lock, so no forward pass is between looking a row up and using it."""
+        freed = [self._rows.pop(index) for index in indices if index in self._rows]
+        self._free_rows.extend(freed)
 
     def bank_rows(self, indices: Sequence[int] | np.ndarray) -> torch.Tensor:
         """Bank rows for registry indices, as an int64 tensor on the model's device."""
@@ -255,10 +280,9 @@ class ModelHost:
         Raises:
             ModelUnhealthy: As for `predict`.
         """
-        rows = self.bank_rows(indices)
         x = torch.from_numpy(inputs).to(self.device, non_blocking=True)
-        with self._lock:
-            probabilities, version = self._forward(x, rows, indices)
+        with self._lock:  # a deleted context's row is let go under it too
+            probabilities, version = self._forward(x, indices)
         return probabilities.cpu().numpy(), version
 
     def predict_if_free(
@@ -270,12 +294,11 @@ class ModelHost:
         For callers on the event loop with a few rows on the CPU: the forward pass is shorter
         than a hop to a worker thread and back.
         """
-        rows = self.bank_rows(indices)
         x = torch.from_numpy(inputs).to(self.device)
         if not self._lock.acquire(False):
             return None
         try:
-            probabilities, version = self._forward(x, rows, indices)
+            probabilities, version = self._forward(x, indices)
         finally:
             self._lock.release()
         answer = probabilities.cpu().numpy()
@@ -301,9 +324,7 @@ class ModelHost:
             )
         raise InputsOverflow(inputs, int(np.argmin(finite)), version)
 
-    def _forward(
-        self, x: torch.Tensor, rows: torch.Tensor, indices: np.ndarray
-    ) -> tuple[torch.Tensor, int]:
+    def _forward(self, x: torch.Tensor, indices: np.ndarray) -> tuple[torch.Tensor, int]:
         """The forward pass; the caller holds the model lock (the input statistics change
         under it too)."""
         if not self.healthy:
@@ -316,6 +337,7 @@ class ModelHost:
                 f"this replica has not loaded its shard's weights yet: {self.weights_missing}; "
                 "nothing was predicted, retry in a moment"
             )
+        rows = self.bank_rows(indices)
         return self.learner.predict(x, rows, context_ids=indices), self.state.version
 
     def train_step(self, batch: TrainRows) -> StepResult:
@@ -380,22 +402,24 @@ class ModelHost:
         return replay.contexts() if replay is not None else set()
 
     def forget_contexts(self, indices: Iterable[int]) -> int:
-        """Drops the replay rows and input statistics of deleted contexts, and refuses their
-        rows from now on.
+        """Forgets deleted contexts: drops their replay rows (and refuses their rows from now
+        on) and their input statistics, then lets their bank rows go for new contexts.
 
         Returns:
-            How many rows were dropped.
+            How many replay rows were dropped.
         """
         forgotten = set(indices)
-        with self._writing:
-            if self.learner.scaler is not None:
-                with self._lock:
-                    self.learner.scaler.forget(forgotten)
+        dropped = 0
+        with self._writing:  # no step is under way, so none samples their replay rows
             replay = self.learner.replay
-            if replay is None:
-                return 0
-            dropped = replay.purge(forgotten)
-            self._metrics.replay_rows.set(len(replay))
+            if replay is not None:
+                dropped = replay.purge(forgotten)
+                self._metrics.replay_rows.set(len(replay))
+            with self._lock:
+                if self.learner.scaler is not None:
+                    self.learner.scaler.forget(forgotten)
+                self._release_rows(forgotten)
+        self._metrics.contexts.set(len(self._rows))
         return dropped
 
     def close(self) -> None:

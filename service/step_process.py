@@ -183,13 +183,21 @@ class ChildStepHost(ModelHost):
         return contexts
 
     def forget_contexts(self, indices: Iterable[int]) -> int:
+        """Forgets deleted contexts in the child (over the contexts pipe: a delete does not
+        wait for the steps in flight), then here."""
         forgotten = set(indices)
-        dropped, replay_rows = self._call("forget_contexts", forgotten)
+        with self._context_calls:
+            dropped, replay_rows = self._call_on("contexts", "forget_contexts", forgotten)
+            self._definitions = [d for d in self._definitions if d.index not in forgotten]
         self._metrics.replay_rows.set(replay_rows)
-        if self.learner.scaler is not None:
-            with self._lock:
-                self.learner.scaler.forget(forgotten)
+        super().forget_contexts(forgotten)  # this process's statistics and bank rows
         return int(dropped)
+
+    def child_bank_rows(self) -> int:
+        """The rows of the child's bank (for tests and diagnostics)."""
+        with self._context_calls:
+            rows: int = self._call_on("contexts", "bank_rows")
+        return rows
 
     def save(self, path: Path, metadata: dict[str, str]) -> None:
         self._call("save", path, metadata)
@@ -425,6 +433,9 @@ class _Commands:
 
     def forget_contexts(self, indices: set[int]) -> tuple[int, int]:
         return self.host.forget_contexts(indices), self.host.replay_size
+
+    def bank_rows(self) -> int:
+        return self.host.bank_size
 
     def save(self, path: Path, metadata: dict[str, str]) -> None:
         self.host.save(path, metadata)

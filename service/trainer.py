@@ -134,6 +134,8 @@ class Trainer:
         self._unacked: list[str] = []
         self._last_checkpoint_at = time.monotonic()
         self._retirements_checked = datetime.now(UTC)
+        self._retirements_looked = time.monotonic()
+        self._look_every = settings.registry_poll_seconds
         self._metrics = _TrainerMetrics.of_shard(settings.queue.shard)
         self.noisy = NoisyContexts(settings.queue.shard, registry.live_keys)
         host.watch_divergence(settings.guard)
@@ -271,6 +273,9 @@ class Trainer:
                         await self._rewind_after_divergence(err)
                 if self._checkpoint_due():
                     await self._hand_to_checkpoint_writer()
+                if time.monotonic() - self._retirements_looked >= self._look_every:
+                    async with self._exclusive:  # the bank of an idle writer keeps up too
+                        await self._forget_retired_contexts()
                 if self.control is not None:
                     await self.control.serve_one(self)
                 await self._report_queue()
@@ -493,10 +498,10 @@ class Trainer:
         await asyncio.to_thread(self.host.forget_contexts, buffered - live)
 
     async def _forget_retired_contexts(self) -> None:
-        """Drops the replay rows of contexts deleted since the last look (any process may
-        delete). Indices are never reused, so forgetting one twice is harmless."""
-        if not self.host.replays:
-            return
+        """Forgets the contexts deleted since the last look (any process may delete): their
+        replay rows, input statistics and bank rows. Indices are never reused, so forgetting
+        one twice is harmless."""
+        self._retirements_looked = time.monotonic()
         started = datetime.now(UTC)
         since = self._retirements_checked - RETIREMENT_OVERLAP
         try:

@@ -110,6 +110,14 @@ class LayerContexts(nn.Module, ABC):
         self.table[self.count : needed] = rows.to(self.table.device)
         self.count = needed
 
+    def write_rows(self, positions: Sequence[int], rows: torch.Tensor) -> None:
+        """Overwrites existing rows (of contexts that were let go) with rows from
+        `make_rows`."""
+        if not len(rows):
+            return
+        index = torch.tensor(list(positions), dtype=torch.int64, device=self.table.device)
+        self.table[index] = rows.to(self.table.device)
+
     def gather(self, context_index: torch.Tensor) -> torch.Tensor:
         """The context of every row of a batch, as `linear` and `bound_weights` take it.
 

@@ -22,7 +22,7 @@ from service.feedback.service import (
     FeedbackUnavailable,
     UnknownPredictions,
 )
-from service.model_host import ModelUnhealthy
+from service.model_host import ModelUnhealthy, UnknownContext
 from service.payloads import PayloadError, TooManyRows
 from service.queue.base import IdempotencyConflict, QueueFull, QueueUnavailable
 from service.registry.errors import (
@@ -203,6 +203,7 @@ ANSWERS: tuple[Answer, ...] = (
     Answer(TooManyValues, 413),
     Answer(InvalidContextParameters, 422),
     Answer(ContextNotFound, 404),
+    Answer(UnknownContext, 404),
     Answer(ContextConflict, 409),
     Answer(ContextParameterTaken, 409),
     Answer(ShardsFull, 409),

@@ -189,12 +189,12 @@ class RegistryStore:
     async def context_definitions(
         self, after_index: int = -1, shard: int | None = None
     ) -> list[ContextDefinition]:
-        """Every context, live or retired, in index order: what the models' banks hold (of
-        one shard, or of all when `shard` is None)."""
+        """Every live context, in index order: what the models' banks hold (of one shard, or
+        of all when `shard` is None)."""
 
         def job(session: Session) -> list[ContextDefinition]:
             query = select(ContextRow.index, ContextRow.seed, ContextRow.power, ContextRow.shard)
-            query = query.where(ContextRow.index > after_index)
+            query = query.where(ContextRow.index > after_index, ContextRow.retired_at.is_(None))
             if shard is not None:
                 query = query.where(ContextRow.shard == shard)
             rows = session.execute(query.order_by(ContextRow.index))

@@ -90,3 +90,17 @@ def test_reserved_room_takes_the_next_contexts_without_growing(kind: str) -> Non
     fresh.bank.extend([spec(n) for n in range(13)])
     every = torch.arange(13)
     assert torch.equal(model(torch.ones(13, 8), every), fresh(torch.ones(13, 8), every))
+
+
+def test_a_context_placed_in_a_reused_row_answers_as_if_it_were_appended() -> None:
+    config = ModelConfig(kind="complex", input_shape=(8,), hidden=(16,))
+    reused, appended = build_model(config), build_model(config)
+    reused.bank.extend([ContextSpec(seed=s) for s in (1, 2, 3)])
+    appended.bank.extend([ContextSpec(seed=s) for s in (1, 9, 3)])
+    reused.bank.place_prepared([1], reused.bank.prepare([ContextSpec(seed=9)]))
+    assert len(reused.bank) == 3 and reused.bank.specs == appended.bank.specs
+    x, rows = torch.randn(6, 8), torch.tensor([0, 1, 2, 1, 0, 2])
+    with torch.no_grad():
+        assert torch.equal(reused(x, rows), appended(x, rows))
+    with pytest.raises(ValueError, match="need as many rows"):
+        reused.bank.place_prepared([0, 1], reused.bank.prepare([ContextSpec(seed=4)]))

@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
 from psp_core.learner import TrainingConfig
 from psp_core.models import ModelConfig
+from service.app import create_app
 from service.contexts import ContextNotFound, ContextService
 from service.model_host import ModelHost
 from service.registry.database import make_engine
 from service.registry.models import ContextRow
 from service.registry.store import RegistryStore, RegistryUnavailable
+from service.step_process import ChildStepHost
+from service.testing.processes import wait_until
+from tests.service.api.helpers import register, rows, sqlite_settings
 
 
 def _process(engine: Engine) -> ContextService:
@@ -152,3 +159,39 @@ async def test_a_worker_loads_the_bank_without_mapping_keys(registry_engine: Eng
     assert worker.hosts[0].bank_rows([row.index]).tolist() == [0]
     assert await worker.resolve("tenant") == row.index
     assert store.lookups == 1
+
+
+@pytest.mark.parametrize("steps_in", ["thread", "child_process"])
+def test_register_and_delete_cycles_keep_the_bank_within_the_live_contexts(
+    tmp_path: Path, steps_in: str
+) -> None:
+    settings = sqlite_settings(
+        tmp_path,
+        shards={"count": 1, "capacity": 4},
+        training={"steps_in": steps_in},
+        registry_poll_seconds=0.2,
+    )
+    with TestClient(create_app(settings)) as client:
+        register(client, "stays")
+        for cycle in range(40):
+            register(client, f"churn-{cycle}")
+            assert client.delete(f"/contexts/churn-{cycle}").status_code == 204
+        assert client.get("/model").json()["bank_rows"] <= 4
+        # The writer forgets them too, and a new context still learns and answers.
+        shard = client.app.state.runtime.shards[0]  # type: ignore[attr-defined]
+        wait_until(lambda: _writer_bank_rows(client, shard) <= 4, 10, what="writer's bank")
+        register(client, "new")
+        applied = client.post(
+            "/train/new?wait=true", json={"inputs": rows(4), "labels": [1, 2, 3, 4]}
+        )
+        assert applied.status_code == 200 and applied.json()["applied"]
+        assert client.post("/predict/new", json={"inputs": rows(1)}).status_code == 200
+        assert client.post("/predict/churn-3", json={"inputs": rows(1)}).status_code == 404
+
+
+def _writer_bank_rows(client: TestClient, shard: Any) -> int:
+    """The rows of the bank of the model that trains: the child's, or the one host's."""
+    host = shard.host
+    if isinstance(host, ChildStepHost):
+        return int(host.child_bank_rows())
+    return len(host.learner.model.bank)

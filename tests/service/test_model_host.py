@@ -144,3 +144,22 @@ def test_a_prediction_goes_on_while_the_bank_grows_for_new_contexts(
         assert _answer_if_free(host) is not None
     assert host.context_count == 50
     assert host.predict(_rows().inputs, np.array([49, 1, 0, 25]))[0].shape == (4, 10)
+
+
+def test_a_forgotten_context_leaves_its_bank_row_to_the_next_new_one() -> None:
+    host = _host()
+    host.add_contexts([ContextDefinition(i, seed=10 + i, power=None) for i in (1, 2)])
+    host.train_step(TrainRows(np.array([1, 1]), np.ones((2, 8), np.float32), np.array([1, 2])))
+    assert host.bank_size == 3
+    host.forget_contexts([1])
+    assert not host.has_context(1) and host.context_count == 2
+    assert 1 not in host.replayed_contexts()
+    with pytest.raises(model_host.UnknownContext):
+        host.predict(np.ones((1, 8), np.float32), np.array([1]))
+    host.add_contexts([ContextDefinition(3, seed=13, power=None)])
+    assert host.bank_size == 3  # the row of context 1 now serves context 3
+    fresh = _host()
+    fresh.add_contexts([ContextDefinition(3, seed=13, power=None)])
+    x = np.random.default_rng(0).random((2, 8)).astype(np.float32)
+    fresh.learner.model.load_state_dict(host.learner.model.state_dict())
+    assert np.allclose(host.predict(x, np.array([3, 3]))[0], fresh.predict(x, np.array([3, 3]))[0])

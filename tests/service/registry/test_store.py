@@ -38,16 +38,17 @@ async def test_commit_training_is_idempotent_per_watermark(registry_engine: Engi
     assert row_a.prequential_accuracy == pytest.approx(11 / 33)
 
 
-async def test_context_definitions_include_retired_rows_in_index_order(
+async def test_context_definitions_are_the_live_rows_in_index_order(
     registry_engine: Engine,
 ) -> None:
     store = RegistryStore(registry_engine, "binary")
-    rows = [(await store.create(key, seed, None))[0] for key, seed in [("x", 5), ("y", 6)]]
-    assert await store.retire("x") is True
+    made = [("x", 5), ("y", 6), ("z", 7)]
+    rows = [(await store.create(key, seed, None))[0] for key, seed in made]
+    assert await store.retire("y") is True  # the models let a deleted context go
     definitions = await store.context_definitions()
-    assert [(d.index, d.seed) for d in definitions] == [(rows[0].index, 5), (rows[1].index, 6)]
+    assert [(d.index, d.seed) for d in definitions] == [(rows[0].index, 5), (rows[2].index, 7)]
     assert await store.context_definitions(after_index=rows[0].index) == definitions[1:]
-    assert await store.count_live() == 1
+    assert await store.count_live() == 2
 
 
 async def test_unreachable_database_raises_registry_unavailable(tmp_path) -> None:
