@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
@@ -37,7 +36,7 @@ from service.checkpoints import CheckpointInfo, CheckpointStore
 from service.contexts import RETIREMENT_OVERLAP
 from service.control import ControlInbox, RollbackFailed
 from service.divergence import Diverged
-from service.entry_ids import entry_id_key
+from service.ledger import Ledger, Staged
 from service.model_host import ModelHost, TrainRows
 from service.noisy_contexts import NoisyContexts
 from service.queue.applied import AppliedNotices
@@ -60,20 +59,6 @@ SET_ASIDE = (
     "the trainer set this batch aside without learning it ({}); it is kept with the dead "
     "letters (GET /model/dead-letters), so check its rows before sending them again"
 )
-
-
-def _new_counts() -> list[int]:
-    """Per context: [examples learned, of those right before learning, examples refused]."""
-    return [0, 0, 0]
-
-
-@dataclass
-class _Progress:
-    """What has been applied since the last checkpoint."""
-
-    entry_ids: list[str] = field(default_factory=list)
-    counts: dict[int, list[int]] = field(default_factory=lambda: defaultdict(_new_counts))
-    steps: int = 0
 
 
 @dataclass(frozen=True)
@@ -127,11 +112,7 @@ class Trainer:
         self.control = control
         # Rollbacks arrive from the API while the loop runs; one thing changes the weights at once.
         self._exclusive = asyncio.Lock()
-        self.checkpointed_id: str | None = None
-        self._progress = _Progress()
-        # Checkpointed but not yet in the registry / not yet acknowledged (either store was down).
-        self._uncommitted_counts: dict[int, list[int]] = defaultdict(_new_counts)
-        self._unacked: list[str] = []
+        self.ledger = Ledger()
         self._last_checkpoint_at = time.monotonic()
         self._retirements_checked = datetime.now(UTC)
         self._retirements_looked = time.monotonic()
@@ -163,26 +144,24 @@ class Trainer:
                 return
             except Diverged as err:
                 await self._set_aside_after(f"training on it {err}", poison_now=True)
-                self._forget_unsaved()
+                self.ledger.forget_unsaved()
 
     async def _recover_once(self) -> None:
         latest = self.store.latest()
         if latest is None:
             # Version 0 on disk is the healthy state a divergence before the first checkpoint
             # goes back to.
-            await self._write_checkpoint()
+            await self._write_checkpoint(self.ledger.stage())
         else:
             metadata = await asyncio.to_thread(self.host.load, latest.path)
-            self.checkpointed_id = metadata.get("last_entry_id") or None
-            for index, counts in _decode_counts(metadata.get("counts", "{}")).items():
-                self._uncommitted_counts[index] = counts
+            self.ledger.restore(metadata)
             await self._settle()  # finishes the registry update if a crash came before it
         await self._forget_deleted_contexts()
         self._needs_rewind = False
         pending = await self.queue.pending()
-        done = [p.entry_id for p in pending if self._is_checkpointed(p.entry_id)]
+        done = [p.entry_id for p in pending if self.ledger.is_checkpointed(p.entry_id)]
         await self.queue.ack(done)
-        todo = [p for p in pending if not self._is_checkpointed(p.entry_id)]
+        todo = [p for p in pending if not self.ledger.is_checkpointed(p.entry_id)]
         for group in self._isolating_suspects(todo):
             await self.apply(group)
 
@@ -202,7 +181,7 @@ class Trainer:
         async with self._exclusive:
             reason = self._failure or "its training step failed"
             await self._set_aside_after(reason, poison_now=False)
-            self._forget_unsaved()
+            self.ledger.forget_unsaved()
             await self.recover()
 
     async def _rewind_after_divergence(self, err: Diverged) -> None:
@@ -215,7 +194,7 @@ class Trainer:
         )
         self._metrics.divergences.inc()
         await self._set_aside_after(f"training on it {err}", poison_now=True)
-        self._forget_unsaved()
+        self.ledger.forget_unsaved()
         await self.recover()
 
     async def _set_aside_after(self, reason: str, *, poison_now: bool) -> None:
@@ -243,18 +222,6 @@ class Trainer:
         )
         self._suspects.discard(queued.entry_id)
         del self._attempts[queued.entry_id]
-
-    def _forget_unsaved(self) -> None:
-        """Drops what was applied since the newest checkpoint; `recover` re-applies it."""
-        self._progress = _Progress()
-        self._uncommitted_counts.clear()
-        self._unacked = []
-        self.checkpointed_id = None
-
-    def _is_checkpointed(self, entry_id: str) -> bool:
-        return self.checkpointed_id is not None and entry_id_key(entry_id) <= entry_id_key(
-            self.checkpointed_id
-        )
 
     # The loop -------------------------------------------------------------------------------
 
@@ -336,12 +303,12 @@ class Trainer:
             await self._checkpoint()
             newest = max([self.host.model_version, *(i.version for i in self.store.list())])
             await asyncio.to_thread(self.host.restore_as, target.path, newest + 1)
-            await self._write_checkpoint({"restored_from": str(version)})
+            await self._write_checkpoint(self.ledger.stage(), {"restored_from": str(version)})
             return self.host.model_version
 
     async def apply(self, entries: Sequence[QueuedEntry]) -> None:
         """Learns from entries in id order and tells waiting producers."""
-        fresh = [e for e in entries if not self._is_checkpointed(e.entry_id)]
+        fresh = [e for e in entries if not self.ledger.is_checkpointed(e.entry_id)]
         if not fresh:
             return
         self._in_flight = list(fresh)
@@ -381,7 +348,7 @@ class Trainer:
                 self._count_refused(batch, result, known, refused)
         if shared_refusals:
             await self._step_entries_alone(shared_refusals, known, refused)
-        self._progress.entry_ids.extend(e.entry_id for e in fresh)
+        self.ledger.progress.entry_ids.extend(e.entry_id for e in fresh)
         await self.applied.publish([e.entry_id for e in fresh], self.host.model_version, refused)
 
     async def _step_entries_alone(
@@ -410,11 +377,11 @@ class Trainer:
         correct = result.correct.numpy()
         for index in np.unique(batch.indices):
             mine = batch.indices == index
-            counts = self._progress.counts[int(index)]
+            counts = self.ledger.progress.counts[int(index)]
             counts[0] += int(mine.sum())
             counts[1] += int(correct[mine].sum())
         metrics.record_prequential(int(correct.sum()), len(correct))
-        self._progress.steps += 1
+        self.ledger.progress.steps += 1
 
     def _count_refused(
         self,
@@ -429,7 +396,7 @@ class Trainer:
         self._metrics.refused_rows.inc(len(batch.indices))
         indices, per_context = np.unique(batch.indices, return_counts=True)
         for index, rows in zip(indices, per_context, strict=True):
-            self._progress.counts[int(index)][2] += int(rows)
+            self.ledger.progress.counts[int(index)][2] += int(rows)
         reason = REFUSED_STEP.format(loss=result.loss)
         refused.update((known[p].entry_id, reason) for p in _entry_positions(batch))
 
@@ -517,10 +484,10 @@ class Trainer:
     def _checkpoint_due(self) -> bool:
         every = self.settings.checkpoint
         elapsed = time.monotonic() - self._last_checkpoint_at
-        if not self._progress.entry_ids:
-            unsettled = bool(self._uncommitted_counts or self._unacked)
-            return unsettled and elapsed >= every.every_seconds
-        return self._progress.steps >= every.every_steps or elapsed >= every.every_seconds
+        progress = self.ledger.progress
+        if not progress.entry_ids:
+            return self.ledger.unsettled and elapsed >= every.every_seconds
+        return progress.steps >= every.every_steps or elapsed >= every.every_seconds
 
     async def checkpoint(self) -> None:
         """Checkpoints now, between steps (what an operator or a test asks for)."""
@@ -533,35 +500,25 @@ class Trainer:
 
         The checkpoint carries every count the registry has not yet taken, so if the registry
         or the queue is down now, a later checkpoint (or the next start-up) still delivers
-        them exactly once.
+        them exactly once. A checkpoint that fails to write changes nothing (see
+        `service.ledger`).
         """
         await self._forget_retired_contexts()
-        progress = self._progress
-        if not progress.entry_ids and self.store.latest() is not None:
+        if not self.ledger.progress.entry_ids and self.store.latest() is not None:
             self._last_checkpoint_at = time.monotonic()
             await self._settle()
             return
-        for index, counts in progress.counts.items():
-            totals = self._uncommitted_counts[index]
-            for field_at, count in enumerate(counts):
-                totals[field_at] += count
-        self._unacked.extend(progress.entry_ids)
-        if progress.entry_ids:
-            self.checkpointed_id = max(progress.entry_ids, key=entry_id_key)
-        self._progress = _Progress()
-        await self._write_checkpoint()
+        staged = self.ledger.stage()
+        await self._write_checkpoint(staged)
+        self.ledger.adopt(staged)
         await self._settle()
 
-    async def _write_checkpoint(self, extra: dict[str, str] | None = None) -> None:
-        """Saves the current state with what the registry has not taken yet (and `extra`
-        metadata), and announces it."""
+    async def _write_checkpoint(self, staged: Staged, extra: dict[str, str] | None = None) -> None:
+        """Saves the current state as `staged` says (and `extra` metadata), fsynced, and
+        announces it."""
         if not self.host.healthy:
             raise RuntimeError("refusing to checkpoint weights that failed their health check")
-        metadata = {
-            "last_entry_id": self.checkpointed_id or "",
-            "counts": json.dumps({str(k): v for k, v in self._uncommitted_counts.items()}),
-            **(extra or {}),
-        }
+        metadata = {**staged.metadata(), **(extra or {})}
         started = time.perf_counter()
         target = self.store.next(self.host.model_version)
         await asyncio.to_thread(self.host.save, target.path, metadata)
@@ -572,24 +529,27 @@ class Trainer:
             await self.announce(target)
 
     async def _settle(self) -> None:
-        """Moves checkpointed counts into the registry and acknowledges checkpointed entries."""
-        if self.checkpointed_id is None:
+        """Moves checkpointed counts into the registry, one checkpoint's batch at a time and
+        in order, then acknowledges checkpointed entries."""
+        ledger = self.ledger
+        if ledger.checkpointed_id is None:
             return
         try:
-            if self._uncommitted_counts:
+            while ledger.batches:
+                batch = ledger.batches[0]
                 await self.registry.commit_training(
                     shard=self.settings.queue.shard,
-                    last_entry_id=self.checkpointed_id,
-                    counts={k: (v[0], v[1], v[2]) for k, v in self._uncommitted_counts.items()},
+                    last_entry_id=batch.last_entry_id,
+                    counts=batch.counts,
                 )
-                self._uncommitted_counts.clear()
+                ledger.batches.pop(0)
         except RegistryUnavailable as err:
             log.warning("registry unavailable, counts kept for the next checkpoint: %s", err)
         try:
-            if self._unacked:
-                await self.queue.ack(self._unacked)
-                self._unacked = []
-                await self.queue.trim_below(self.checkpointed_id)
+            if ledger.unacked:
+                await self.queue.ack(ledger.unacked)
+                ledger.unacked = []
+                await self.queue.trim_below(ledger.checkpointed_id)
         except QueueUnavailable as err:
             log.warning("queue unavailable, acknowledgements retried later: %s", err)
 
@@ -617,8 +577,3 @@ def _split_by_entry(batch: TrainRows) -> list[TrainRows]:
             TrainRows(batch.indices[mine], batch.inputs[mine], batch.labels[mine], positions[mine])
         )
     return parts
-
-
-def _decode_counts(text: str) -> dict[int, list[int]]:
-    """A checkpoint's counts; those written before refusals were counted have two fields."""
-    return {int(k): [*map(int, v), 0][:3] for k, v in json.loads(text).items()}

@@ -18,7 +18,7 @@ from service.contexts import ContextService
 from service.queue.base import TrainEntry
 from service.registry.database import make_engine
 from service.registry.migrate import upgrade
-from service.registry.store import RegistryStore
+from service.registry.store import RegistryStore, RegistryUnavailable
 from service.settings import Settings
 from service.shard import Shard
 from service.trainer import Trainer
@@ -90,7 +90,7 @@ async def test_a_poisoned_row_refuses_only_its_own_entry_in_a_shared_step(
     assert await bench.shard.applied.refusal(normal) is None
     assert "not finite" in (await bench.shard.applied.refusal(poison) or "")
     assert bench.shard.host.model_version - before >= 2  # the 64 rows took their steps
-    counts = bench.trainer._progress.counts
+    counts = bench.trainer.ledger.progress.counts
     assert counts[victim][0] == 64 and counts[victim][2] == 0  # seen, none refused
     assert counts[poisoner][0] == 0 and counts[poisoner][2] == 1
     await bench.shard.close()
@@ -187,3 +187,61 @@ async def test_rows_far_from_their_context_are_bounded_counted_and_their_context
         bench.registry.engine.dispose()
     assert after - before == 4
     assert "'acme-1' (4 bounded, 0 refused)" in caplog.text
+
+
+async def test_a_checkpoint_that_fails_to_write_acknowledges_and_counts_nothing(
+    tmp_path: Path,
+) -> None:
+    bench = await _bench(tmp_path)
+    try:
+        index = await bench.index_of("a")
+        entry_id = await bench.enqueue(index, _rows(8), np.arange(8) % 10)
+        await bench.trainer.apply(await bench.shard.queue.read(max_entries=64, block_ms=0))
+        real_save = bench.shard.host.save
+
+        def disk_full(path: Path, metadata: dict[str, str]) -> None:
+            raise OSError(28, "No space left on device")
+
+        bench.shard.host.save = disk_full  # type: ignore[method-assign]
+        for _ in range(2):  # the writer tries again later, and fails again: nothing settles
+            with pytest.raises(OSError):
+                await bench.trainer.checkpoint()
+        assert [p.entry_id for p in await bench.shard.queue.pending()] == [entry_id]
+        assert (await bench.registry.get("a")).examples_seen == 0  # type: ignore[union-attr]
+        bench.shard.host.save = real_save  # type: ignore[method-assign]
+        await bench.trainer.checkpoint()
+        assert await bench.shard.queue.pending() == []
+        assert (await bench.registry.get("a")).examples_seen == 8  # type: ignore[union-attr]
+    finally:
+        await bench.shard.close()
+        bench.registry.engine.dispose()
+
+
+class _LostAnswers(RegistryStore):
+    """A registry whose first `commit_training` commits, then fails as a lost answer would."""
+
+    lose_next = True
+
+    async def commit_training(self, **arguments: Any) -> bool:
+        added = await super().commit_training(**arguments)
+        if self.lose_next:
+            self.lose_next = False
+            raise RegistryUnavailable("the connection dropped before the answer came")
+        return added
+
+
+async def test_counts_whose_commit_answer_was_lost_are_never_added_twice(tmp_path: Path) -> None:
+    bench = await _bench(tmp_path)
+    registry = _LostAnswers(bench.registry.engine, bench.settings.model.kind)
+    bench.trainer.registry = registry
+    try:
+        index = await bench.index_of("a")
+        for size in (8, 5):
+            await bench.enqueue(index, _rows(size), np.arange(size) % 10)
+            await bench.trainer.apply(await bench.shard.queue.read(max_entries=64, block_ms=0))
+            await bench.trainer.checkpoint()  # the first commit's answer is lost
+        row = await bench.registry.get("a")
+        assert row is not None and row.examples_seen == 13
+    finally:
+        await bench.shard.close()
+        bench.registry.engine.dispose()
