@@ -24,7 +24,7 @@ from service.registry.database import make_engine, make_session_factory
 from service.registry.drift import observe_scores
 from service.registry.models import ContextRow
 
-CHECKPOINTS_PER_HOUR = 6
+CHECKPOINTS_PER_HOUR = 2
 
 
 def seed_history(
@@ -56,13 +56,15 @@ def seed_history(
             with sessions.begin() as session:
                 for hour in range(hours):
                     for checkpoint in range(CHECKPOINTS_PER_HOUR):
-                        at = start + timedelta(hours=hour, minutes=10 * checkpoint)
+                        at = start + timedelta(
+                            hours=hour, minutes=60 * checkpoint // CHECKPOINTS_PER_HOUR
+                        )
                         accuracy = _accuracy(hour + checkpoint / CHECKPOINTS_PER_HOUR, falls_at)
-                        seen = rng.randint(20, 90)
+                        seen = rng.randint(60, 270)
                         correct = sum(rng.random() < accuracy for _ in range(seen))
                         _checkpoint(session, index_of[key], Scores(seen, correct), at)
                         if key in with_feedback and checkpoint % 2 == 0:
-                            labelled = rng.randint(5, 30)
+                            labelled = rng.randint(15, 90)
                             right = sum(rng.random() < accuracy - 0.03 for _ in range(labelled))
                             _feedback(session, index_of[key], Scores(labelled, right), at)
     finally:
