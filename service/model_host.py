@@ -99,6 +99,10 @@ class InputsOverflow(PayloadError):
         )
 
 
+class RestoreNeeded(RuntimeError):
+    """The state that trains may be torn; the trainer restores the newest checkpoint."""
+
+
 class ModelUnhealthy(RuntimeError):
     """The served weights cannot give finite answers right now; the message is the sentence
     a client sees."""
@@ -176,6 +180,9 @@ class ModelHost:
         # Set by a read replica's follower while its shard has announced trained weights that
         # this process could not load yet: why its own weights must not answer.
         self.weights_missing: str | None = None
+        # Set when the state that trains may be torn (a training child died): why the trainer
+        # must restore the newest checkpoint before it steps again; a load clears it.
+        self.restore_needed: str | None = None
         self._metrics = _HostMetrics.of_shard(shard)
         self._metrics.version.set(0)
 
@@ -463,6 +470,7 @@ class ModelHost:
             metadata = restore_checkpoint(checkpoint, self.learner, verify_contexts=False)
             self.state.version = self.learner.model_version
             self.healthy = True
+            self.restore_needed = None
         self._metrics.version.set(self.state.version)
         return metadata
 

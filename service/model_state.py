@@ -8,8 +8,12 @@ the API's predictions and the child's steps then take the same lock and read the
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import tempfile
 import threading
+import time
 from multiprocessing.context import BaseContext
 from types import TracebackType
 from typing import Protocol
@@ -48,22 +52,63 @@ class LocalModelState:
 
 
 class ProcessLock:
-    """A lock shared by processes that remembers which process holds it, so that the lock of a
-    process that died holding it can be given back (`release_if_held_by`)."""
+    """A lock shared by processes, which the kernel gives back the moment its holder dies.
 
-    def __init__(self, context: BaseContext) -> None:
-        self._lock = context.Lock()
-        self._holder = context.RawValue("q", 0)
+    Between processes it is an exclusive `flock` on a file of its own; within a process a
+    thread lock keeps threads apart first (`flock` is per open file, not per thread). A
+    process killed at any point, even right after it took the lock, holds nothing once it is
+    dead, so no step child that dies leaves predictions waiting.
+
+    Pickled into a child process, it opens the file again there.
+    """
+
+    def __init__(self) -> None:
+        handle, path = tempfile.mkstemp(prefix="psp-model-lock-")
+        os.close(handle)
+        self.path = path
+        self._owner = os.getpid()  # the process that made the file removes it
+        self._open()
+
+    def _open(self) -> None:
+        self._threads = threading.Lock()
+        self._fd = os.open(self.path, os.O_RDWR)
+
+    def __getstate__(self) -> dict[str, object]:
+        return {"path": self.path, "_owner": self._owner}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._open()
 
     def acquire(self, block: bool = True, timeout: float = -1, /) -> bool:
-        acquired = self._lock.acquire(block, None if timeout < 0 else timeout)
-        if acquired:
-            self._holder.value = os.getpid()
-        return acquired
+        if not self._threads.acquire(block, timeout):
+            return False
+        try:
+            if self._flock(block, timeout):
+                return True
+        except BaseException:
+            self._threads.release()
+            raise
+        self._threads.release()
+        return False
+
+    def _flock(self, block: bool, timeout: float) -> bool:
+        if block and timeout < 0:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            return True
+        deadline = time.monotonic() + (timeout if block else 0.0)
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.001)
 
     def release(self) -> None:
-        self._holder.value = 0
-        self._lock.release()
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._threads.release()
 
     def __enter__(self) -> bool:
         return self.acquire()
@@ -76,12 +121,13 @@ class ProcessLock:
     ) -> None:
         self.release()
 
-    def release_if_held_by(self, pid: int) -> bool:
-        """Gives the lock back if process `pid` (which has died) holds it."""
-        if self._holder.value != pid:
-            return False
-        self.release()
-        return True
+    def close(self) -> None:
+        """Closes the file, and removes it in the process that made it."""
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+        if os.getpid() == self._owner:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
 
 
 class SharedModelState:
@@ -89,7 +135,7 @@ class SharedModelState:
     written by its training child; passed to the child when it starts."""
 
     def __init__(self, context: BaseContext) -> None:
-        self.lock = ProcessLock(context)
+        self.lock = ProcessLock()
         self._version = context.RawValue("q", 0)
         self._healthy = context.RawValue("b", 1)
 

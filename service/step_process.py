@@ -14,7 +14,7 @@ registration never waits for the training steps in flight.
 A child that dies is started again at the next call, knowing the same contexts, and the call
 that found it dead raises `StepProcessDied`: the weights it was writing are marked unhealthy,
 and the trainer's supervisor restores the newest checkpoint into the new child, as after any
-crashed step.
+crashed step. A model lock the child held is free as soon as it is dead.
 """
 
 from __future__ import annotations
@@ -137,11 +137,12 @@ class ChildStepHost(ModelHost):
         if not new:
             return
         with self._context_calls:
+            with self._lifecycle:  # a child started from now on is given them as it starts
+                self._definitions.extend(new)
             try:
                 self._call_on("contexts", "add_contexts", new)
-            except StepProcessDied:  # the child it went to died: its successor learns them
+            except StepProcessDied:  # the child it went to died; its successor knows them
                 self._call_on("contexts", "add_contexts", new)
-            self._definitions.extend(new)
         super().add_contexts(new)
 
     def train_steps(self, batches: Sequence[TrainRows]) -> list[StepResult]:
@@ -188,7 +189,8 @@ class ChildStepHost(ModelHost):
         forgotten = set(indices)
         with self._context_calls:
             dropped, replay_rows = self._call_on("contexts", "forget_contexts", forgotten)
-            self._definitions = [d for d in self._definitions if d.index not in forgotten]
+            with self._lifecycle:
+                self._definitions = [d for d in self._definitions if d.index not in forgotten]
         self._metrics.replay_rows.set(replay_rows)
         super().forget_contexts(forgotten)  # this process's statistics and bank rows
         return int(dropped)
@@ -206,6 +208,7 @@ class ChildStepHost(ModelHost):
         metadata, scaling = self._call("load", path)
         self._mirror_scaling(scaling, whole=True)
         self._metrics.version.set(self.state.version)
+        self.restore_needed = None
         return dict(metadata)
 
     def restore_as(self, path: Path, version: int) -> dict[str, str]:
@@ -218,17 +221,20 @@ class ChildStepHost(ModelHost):
         """Stops the child, after the calls in flight."""
         with self._step_calls, self._context_calls, self._lifecycle:
             child, self._child = self._child, None
-            if child is None:
-                return
-            with contextlib.suppress(OSError):
-                child.steps.send(("stop", ()))
-            child.process.join(_STOP_WAIT_SECONDS)
-            if child.process.is_alive():
-                log.warning("shard %d: the training child did not stop; killing it", self.number)
-                child.process.kill()
-                child.process.join()
-            child.steps.close()
-            child.contexts.close()
+            if child is not None:
+                self._stop(child)
+        self.shared_state.lock.close()
+
+    def _stop(self, child: _Child) -> None:
+        with contextlib.suppress(OSError):
+            child.steps.send(("stop", ()))
+        child.process.join(_STOP_WAIT_SECONDS)
+        if child.process.is_alive():
+            log.warning("shard %d: the training child did not stop; killing it", self.number)
+            child.process.kill()
+            child.process.join()
+        child.steps.close()
+        child.contexts.close()
 
     @property
     def number(self) -> int:
@@ -311,8 +317,7 @@ class ChildStepHost(ModelHost):
             child.steps.close()
             child.contexts.close()
             child.process.join(_STOP_WAIT_SECONDS)
-            if child.process.pid is not None:
-                self.shared_state.lock.release_if_held_by(child.process.pid)
+            # A lock it held went with it: the kernel let go of its `flock`.
             log.error(
                 "shard %d: the training child %s exited with %s",
                 self.number,
@@ -320,6 +325,11 @@ class ChildStepHost(ModelHost):
                 child.process.exitcode,
             )
             self.healthy = False
+            # Whichever pipe found it dead, the trainer must restore a checkpoint into its
+            # successor, which starts with a fresh optimiser and an empty rehearsal buffer.
+            self.restore_needed = (
+                f"shard {self.number}: the training child {child.process.pid} died"
+            )
 
 
 # The child ----------------------------------------------------------------------------------

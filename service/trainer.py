@@ -37,7 +37,7 @@ from service.contexts import RETIREMENT_OVERLAP
 from service.control import ControlInbox, RollbackFailed
 from service.divergence import Diverged
 from service.ledger import Ledger, Staged
-from service.model_host import ModelHost, TrainRows
+from service.model_host import ModelHost, RestoreNeeded, TrainRows
 from service.noisy_contexts import NoisyContexts
 from service.queue.applied import AppliedNotices
 from service.queue.base import QueuedEntry, QueueUnavailable, TrainQueue
@@ -231,6 +231,8 @@ class Trainer:
         Call `recover` first.
         """
         while not stop.is_set():
+            if self.host.restore_needed:  # the supervisor rewinds, restoring a checkpoint
+                raise RestoreNeeded(self.host.restore_needed)
             try:
                 entries = await self.queue.read(max_entries=64, block_ms=100)
                 async with self._exclusive:

@@ -16,7 +16,9 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from fastapi.testclient import TestClient
 
+from service.app import create_app
 from service.context_definition import ContextDefinition
 from service.divergence import Diverged
 from service.model_host import ModelHost, ModelUnhealthy, TrainRows
@@ -27,6 +29,9 @@ from service.step_process import (
     start_fork_server,
     steps_run_in_child,
 )
+from service.testing.processes import wait_until
+from tests.service.api.helpers import register, sqlite_settings
+from tests.service.api.helpers import rows as api_rows
 
 CONTEXTS = [ContextDefinition(0, seed=11, power=None), ContextDefinition(1, seed=12, power=None)]
 
@@ -251,3 +256,68 @@ def test_the_fork_server_started_ahead_forks_the_first_child(settings: Settings)
         assert _parent_of(host.child_pid) == servers[0]
     finally:
         host.close()
+
+
+def test_a_context_added_while_the_child_is_replaced_is_known_to_the_new_child(
+    child_host: ChildStepHost,
+) -> None:
+    child_host.train_steps(_batches(1))
+    real_call_on = child_host._call_on
+    new = ContextDefinition(2, seed=13, power=None)
+
+    def add_then_lose_the_child(pipe: str, command: str, *args: Any) -> Any:
+        answer = real_call_on(pipe, command, *args)
+        if command == "add_contexts" and args[0] == [new]:
+            # The child dies right after it learned the context, and another thread's call
+            # starts its successor before this call has returned.
+            pid = child_host.child_pid
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            with pytest.raises(StepProcessDied):
+                child_host.train_steps(_batches(1))
+            child_host.replayed_contexts()  # starts the successor
+        return answer
+
+    child_host._call_on = add_then_lose_the_child  # type: ignore[method-assign]
+    child_host.add_contexts([new])
+    child_host._call_on = real_call_on  # type: ignore[method-assign]
+    rows = TrainRows(np.array([2, 2]), np.ones((2, 16), np.float32), np.array([1, 2]))
+    assert child_host.train_steps([rows])[0].applied
+
+
+def test_a_child_that_dies_on_the_contexts_pipe_asks_for_a_restore(
+    child_host: ChildStepHost, tmp_path: Path
+) -> None:
+    child_host.train_steps(_batches(2))
+    assert child_host.restore_needed is None
+    pid = child_host.child_pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    child_host.add_contexts([ContextDefinition(2, seed=13, power=None)])  # finds it dead
+    assert not child_host.healthy
+    assert "training child" in str(child_host.restore_needed)
+    child_host.save(tmp_path / "fresh.pt", {})  # the successor's state, for the load below
+    child_host.load(tmp_path / "fresh.pt")
+    assert child_host.restore_needed is None and child_host.healthy
+
+
+def test_the_trainer_restores_a_checkpoint_when_the_child_died_on_a_registration(
+    tmp_path: Path,
+) -> None:
+    settings = sqlite_settings(tmp_path, training={"steps_in": "child_process"})
+    with TestClient(create_app(settings)) as client:
+        register(client, "a")
+        body = {"inputs": api_rows(4), "labels": [1, 2, 3, 4]}
+        assert client.post("/train/a?wait=true", json=body).json()["applied"]
+        host = client.app.state.runtime.shards[0].host  # type: ignore[attr-defined]
+        pid = host.child_pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        register(client, "b")  # the registration finds the child dead
+        wait_until(
+            lambda: client.post("/predict/a", json={"inputs": api_rows(1)}).status_code == 200,
+            30,
+            what="predictions answered again after the restore",
+        )
+        assert host.restore_needed is None and host.child_pid not in (None, pid)
+        assert client.post("/train/b?wait=true", json=body).json()["applied"]
