@@ -225,7 +225,7 @@ if [ -n "${SMOKE_SCREENSHOT:-}" ]; then
   curl -sf -o /dev/null "http://127.0.0.1:$PROMETHEUS_PORT$page" || page=/classic/targets
   chromium --headless --no-sandbox --disable-gpu --disable-background-networking \
     --disable-component-update --disable-sync --no-first-run --hide-scrollbars \
-    --user-data-dir="$WORK/chromium" --window-size=1280,900 \
+    --user-data-dir="$WORK/chromium" --window-size=1280,520 \
     --screenshot="$SMOKE_SCREENSHOT" "http://127.0.0.1:$PROMETHEUS_PORT$page" \
     > "$WORK/chromium.log" 2>&1 || { cat "$WORK/chromium.log" >&2; fail "chromium"; }
   done_step "$SMOKE_SCREENSHOT"
@@ -250,7 +250,7 @@ step "every accepted example learned once ($ACCEPTED)"
 wait_for 120 "examples_seen + refused to reach $ACCEPTED" all_learned
 done_step
 
-compose ps
+COLUMNS=160 compose ps
 step "compose down -v"
 compose down -v --remove-orphans > "$WORK/down.log" 2>&1 || { cat "$WORK/down.log" >&2; fail "compose down"; }
 rm -f "$ENV_FILE"

@@ -110,18 +110,37 @@ prepare_extras() {
 }
 
 # Always built: the layer cache makes a build without changes take seconds, and the image then
-# holds the working tree's code.
+# holds the working tree's code. The builder stage is tagged too, so that its layers stay
+# cached; the images each build replaces are removed, not left dangling (1.3 GB each).
 build_psp() {
-  local image=psp-service:cpu
+  local image=psp-service:cpu builder=psp-service:cpu-builder
+  local before_image before_builder
+  before_image=$(image_id "$image")
+  before_builder=$(image_id "$builder")
   prepare_extras
   step "$image: docker build -f docker/Dockerfile (torch $TORCH_VERSION, cpu)"
-  docker build --quiet -f "$ROOT/docker/Dockerfile" \
-    --build-arg "BASE_IMAGE=$PREFIX/python:$SUITE" \
-    --build-arg "TORCH_VERSION=$TORCH_VERSION" \
-    --build-arg TORCH_VARIANT=cpu \
-    --build-arg "TORCH_INDEX_URL=$TORCH_INDEX_URL" \
-    --build-arg "PIP_CA_BUNDLE=$CA_ARG" \
-    -t "$image" "$ROOT" >/dev/null
+  local args=(
+    -f "$ROOT/docker/Dockerfile"
+    --build-arg "BASE_IMAGE=$PREFIX/python:$SUITE"
+    --build-arg "TORCH_VERSION=$TORCH_VERSION"
+    --build-arg TORCH_VARIANT=cpu
+    --build-arg "TORCH_INDEX_URL=$TORCH_INDEX_URL"
+    --build-arg "PIP_CA_BUNDLE=$CA_ARG"
+  )
+  docker build --quiet "${args[@]}" --target builder -t "$builder" "$ROOT" >/dev/null
+  docker build --quiet "${args[@]}" -t "$image" "$ROOT" >/dev/null
+  remove_if_replaced "$before_image" "$image"
+  remove_if_replaced "$before_builder" "$builder"
+}
+
+image_id() { docker image inspect -f '{{.Id}}' "$1" 2>/dev/null || true; }
+
+# The image `tag` named before a build, once the build has moved the tag to a new one.
+remove_if_replaced() {
+  local before=$1 tag=$2
+  if [ -n "$before" ] && [ "$before" != "$(image_id "$tag")" ]; then
+    docker image rm "$before" >/dev/null 2>&1 || true
+  fi
 }
 
 write_env() {
@@ -141,13 +160,14 @@ EOF
 }
 
 docker info >/dev/null 2>&1 || { echo "docker does not answer: start dockerd first" >&2; exit 1; }
+# One build at a time on this machine: a second run waits, then finds the images built.
+exec 9>"${TMPDIR:-/tmp}/psp-offline-build.lock"
+flock 9
 build_debian
 for service in python postgres redis prometheus nginx; do
   build_service "$service"
 done
-CA_ARG=
 build_psp
-[ -f "$EXTRAS/ca-bundle.crt" ] && CA_ARG=ca-bundle.crt
 write_env
 step "done; sizes:"
 docker image ls --format '{{.Repository}}:{{.Tag}}  {{.Size}}' \

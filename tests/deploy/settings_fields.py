@@ -15,6 +15,7 @@ PER_PROCESS = {
     "PSP_METRICS_PORT",
     "PSP_QUEUE__SHARD",
     "PSP_CHECKPOINT__ADVERTISE_URL",
+    "PSP_TORCH_THREADS",  # each role's share of the CPUs
 }
 """Settings that legitimately differ between the API replicas and the workers."""
 
