@@ -179,10 +179,14 @@ class Trainer:
         """Brings the trainer back to its newest checkpoint after its loop crashed (called by
         the supervisor before restarting `run`)."""
         async with self._exclusive:
-            reason = self._failure or "its training step failed"
-            await self._set_aside_after(reason, poison_now=False)
-            self.ledger.forget_unsaved()
-            await self.recover()
+            await self._rewind_after_failure()
+
+    async def _rewind_after_failure(self) -> None:
+        """The caller holds `_exclusive`."""
+        reason = self._failure or "its training step failed"
+        await self._set_aside_after(reason, poison_now=False)
+        self.ledger.forget_unsaved()
+        await self.recover()
 
     async def _rewind_after_divergence(self, err: Diverged) -> None:
         latest = self.store.latest()
@@ -255,13 +259,29 @@ class Trainer:
                 log.warning("trainer waiting for its stores: %s", err)
                 await asyncio.sleep(0.5)
         if not self.queue.durable:  # what a durable queue holds is simply trained next time
-            try:
-                while entries := await self.queue.read(max_entries=256, block_ms=0):
-                    await self.apply(entries)
-            except QueueUnavailable as err:
-                log.warning("could not drain the queue before stopping: %s", err)
+            await self._drain()
         async with self._exclusive:
             await self._checkpoint()
+
+    async def _drain(self) -> None:
+        """Applies what the in-process queue still holds, as the loop would: a divergence
+        rewinds and sets its entry aside, a step that raises is retried and set aside after
+        `PSP_GUARD__POISON_ATTEMPTS`; then the final checkpoint holds everything accepted."""
+        while True:
+            async with self._exclusive:
+                try:
+                    entries = await self.queue.read(max_entries=256, block_ms=0)
+                    if not entries:
+                        return
+                    await self.apply(entries)
+                except Diverged as err:
+                    await self._rewind_after_divergence(err)
+                except QueueUnavailable as err:
+                    log.warning("could not drain the queue before stopping: %s", err)
+                    return
+                except Exception:
+                    log.exception("a training step failed while draining the queue")
+                    await self._rewind_after_failure()
 
     async def write_checkpoints(self, stop: asyncio.Event) -> None:
         """The checkpoint writer: checkpoints whenever one is due, until `stop` is set (the

@@ -245,3 +245,22 @@ async def test_counts_whose_commit_answer_was_lost_are_never_added_twice(tmp_pat
     finally:
         await bench.shard.close()
         bench.registry.engine.dispose()
+
+
+async def test_a_divergence_while_draining_at_shutdown_loses_no_accepted_entry(
+    tmp_path: Path,
+) -> None:
+    bench = await _bench(tmp_path, faults={"nonfinite_steps": 1})  # the first step breaks
+    try:
+        index = await bench.index_of("a")
+        for _ in range(2):
+            await bench.enqueue(index, _rows(4), np.array([1, 2, 3, 4]))
+        stop = asyncio.Event()
+        stop.set()  # stopping already: the queue is only drained, into a final checkpoint
+        await bench.trainer.run(stop)
+        row = await bench.registry.get("a")
+        assert row is not None and row.examples_seen == 8
+        assert await bench.shard.queue.pending() == []
+    finally:
+        await bench.shard.close()
+        bench.registry.engine.dispose()
