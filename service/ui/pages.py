@@ -7,6 +7,7 @@ and the dead letters (every tenant's train entries) only with an admin key witho
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,6 +22,7 @@ from service.registry.drift import DriftEvent, judge
 from service.registry.models import ContextRow
 from service.registry.overview import ContextSummary, SortKey
 from service.runtime import Runtime
+from service.settings import Settings
 from service.ui import charts
 
 SPARKLINE_HOURS = 48
@@ -88,7 +90,6 @@ async def context_list(runtime: Runtime, caller: Principal, query: ListQuery) ->
         "pages": max(1, math.ceil(total / query.per_page)),
         "query": query,
         "prefix": prefix,
-        "now": now,
         "sparkline_hours": SPARKLINE_HOURS,
     }
 
@@ -100,15 +101,12 @@ async def model_panel(runtime: Runtime, caller: Principal) -> dict[str, Any]:
     whole_model = "admin" in caller.scopes and not caller.key_prefix
     shards, letters = [], []
     for shard in runtime.shards:
-        stats = None
-        try:
+        stats, total = None, None
+        with contextlib.suppress(QueueUnavailable):  # shown as unknown
             stats = await shard.queue.stats()
-            total = None
             if whole_model:
                 newest, total = await shard.queue.dead_letters(DEAD_LETTERS_SHOWN)
                 letters += [(shard.number, letter) for letter in newest]
-        except QueueUnavailable:
-            total = None
         shards.append(
             ShardLine(
                 number=shard.number,
@@ -122,6 +120,7 @@ async def model_panel(runtime: Runtime, caller: Principal) -> dict[str, Any]:
             )
         )
     letters.sort(key=lambda pair: pair[1].dead_lettered_at, reverse=True)
+    del letters[DEAD_LETTERS_SHOWN:]
     host = runtime.shards[0].host
     return {
         "shards": shards,
@@ -191,7 +190,6 @@ async def context_detail(
         "drift": drift,
         "recent": {"hours": window, "train": train, "feedback": feedback},
         "calls": _calls(base_url, row.key, runtime.settings),
-        "now": now,
     }
 
 
@@ -222,7 +220,7 @@ def _event_label(event: DriftEvent) -> str:
     )
 
 
-def _calls(base_url: str, key: str, settings: Any) -> list[tuple[str, str]]:
+def _calls(base_url: str, key: str, settings: Settings) -> list[tuple[str, str]]:
     """How to call the context, as copyable shell lines (the key alphabet needs no quoting)."""
     width = math.prod(settings.model.input_shape)
     auth = '-H "Authorization: Bearer $PSP_API_KEY"'
