@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections import Counter
@@ -38,6 +39,12 @@ class ExpiredPredictions(LookupError):
 
 class AlreadyLabelled(ValueError):
     """Ids whose label was already given (409); the message lists them."""
+
+
+def _idempotency_key(index: int, ids: Sequence[str]) -> str:
+    """The queue's idempotency key of one set of labelled prediction ids."""
+    digest = hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
+    return f"feedback:{index}:{digest}"
 
 
 def _listed(ids: Sequence[str]) -> str:
@@ -167,13 +174,17 @@ class FeedbackService:
         matrix = np.stack([row.inputs for row in rows]).astype(np.float32, copy=False)
         correct = sum(1 for row, label in zip(rows, vector, strict=True) if row.predicted == label)
         lane = self.lanes[self.contexts.shard_of(index)]
+        entry = TrainEntry(index, matrix, vector, time.time())
         try:
-            queued = await lane.queue.enqueue(TrainEntry(index, matrix, vector, time.time()))
+            # Keyed by the ids: labels sent again after an answer that was lost (the rows were
+            # queued, the ids released) find the first batch instead of queueing a second.
+            queued = await lane.queue.enqueue(entry, _idempotency_key(index, ids))
         except BaseException:
             await self.store.release(ids, rows)
             raise
-        metrics.TRAIN_ACCEPTED.inc(len(vector))
-        await self._record_scores(index, Scores(len(vector), correct))
+        if not queued.repeated:
+            metrics.TRAIN_ACCEPTED.inc(len(vector))
+            await self._record_scores(index, Scores(len(vector), correct))
         if not wait:
             return Scored(queued.entry_id, len(vector), correct)
         timeout = self.settings.limits.wait_seconds

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from fastapi.testclient import TestClient
 
 from service.app import create_app
+from service.queue.base import Enqueued, QueueUnavailable, TrainEntry
+from service.queue.lanes import ShardQueue
 from tests.service.api.helpers import register, rows, sqlite_settings
 
 
@@ -30,3 +33,36 @@ def test_a_loud_tenant_pushes_out_only_its_own_remembered_predictions(tmp_path: 
         assert pushed.status_code == 410
         newest = client.post("/feedback/a", json={"prediction_ids": loud[-10:], "labels": [1] * 10})
         assert newest.status_code == 202
+
+
+class _LostAnswer:
+    """A queue whose next put queues the entry, then fails as a lost answer would."""
+
+    def __init__(self, queue: Any) -> None:
+        self.queue = queue
+        self.lose_next = True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.queue, name)
+
+    async def enqueue(self, entry: TrainEntry, idempotency_key: str | None = None) -> Enqueued:
+        queued = await self.queue.enqueue(entry, idempotency_key)
+        if self.lose_next:
+            self.lose_next = False
+            raise QueueUnavailable("the connection dropped before the answer came")
+        return queued
+
+
+def test_labels_sent_again_after_a_lost_answer_are_queued_once(tmp_path: Path) -> None:
+    with TestClient(create_app(sqlite_settings(tmp_path))) as client:
+        register(client, "a")
+        ids = _remember(client, "a", 3)
+        shard = client.app.state.runtime.shards[0]  # type: ignore[attr-defined]
+        lost = _LostAnswer(shard.queue)
+        client.app.state.runtime.feedback.lanes[0] = ShardQueue(lost, shard.applied)  # type: ignore[attr-defined]
+        body = {"prediction_ids": ids, "labels": [1, 2, 3]}
+        assert client.post("/feedback/a", json=body).status_code == 503
+        again = client.post("/feedback/a", json=body)
+        assert again.status_code == 202, again.text
+        pending = client.portal.call(shard.queue.stats).pending_examples  # type: ignore[union-attr]
+        assert pending == 3  # queued once, though asked twice
