@@ -7,10 +7,15 @@ can watch the service recover without restarting it:
 - `PSP_FAULTS__NONFINITE_STEPS=N`: the step leaves NaN in the weights;
 - `PSP_FAULTS__FAILING_STEPS=N`: the step raises `InjectedFault`;
 - `PSP_FAULTS__HUGE_LR_STEPS=N`: the step runs at `PSP_FAULTS__HUGE_LR` (1e30), and the
-  configured learning rate is back from step N + 1.
+  configured learning rate is back from step N + 1;
+- `PSP_FAULTS__DISK_FULL_WHILE=<path>`: while that file exists, every checkpoint write fails
+  as a full disk would (`OSError` ENOSPC), so a test can fill and free the disk at will.
 """
 
 from __future__ import annotations
+
+import errno
+from pathlib import Path
 
 import torch
 from pydantic import BaseModel, Field
@@ -25,10 +30,16 @@ class FaultSettings(BaseModel):
     failing_steps: int = Field(default=0, ge=0)
     huge_lr_steps: int = Field(default=0, ge=0)
     huge_lr: float = Field(default=1e30, gt=0)
+    disk_full_while: Path | None = None
 
     @property
     def any(self) -> bool:
         return bool(self.nonfinite_steps or self.failing_steps or self.huge_lr_steps)
+
+    def check_checkpoint_write(self) -> None:
+        """Raises the error of a full disk while `disk_full_while` exists."""
+        if self.disk_full_while is not None and self.disk_full_while.exists():
+            raise OSError(errno.ENOSPC, "No space left on device (injected)")
 
 
 class InjectedFault(RuntimeError):

@@ -541,6 +541,7 @@ class Trainer:
         if not self.host.healthy:
             raise RuntimeError("refusing to checkpoint weights that failed their health check")
         metadata = {**staged.metadata(), **(extra or {})}
+        self.settings.faults.check_checkpoint_write()
         started = time.perf_counter()
         target = self.store.next(self.host.model_version)
         await asyncio.to_thread(self.host.save, target.path, metadata)

@@ -264,3 +264,23 @@ async def test_a_divergence_while_draining_at_shutdown_loses_no_accepted_entry(
     finally:
         await bench.shard.close()
         bench.registry.engine.dispose()
+
+
+async def test_an_injected_full_disk_fails_checkpoints_while_its_file_exists(
+    tmp_path: Path,
+) -> None:
+    flag = tmp_path / "disk-full"
+    bench = await _bench(tmp_path, faults={"disk_full_while": str(flag)})
+    try:
+        index = await bench.index_of("a")
+        await bench.enqueue(index, _rows(4), np.array([1, 2, 3, 4]))
+        await bench.trainer.apply(await bench.shard.queue.read(max_entries=64, block_ms=0))
+        flag.touch()
+        with pytest.raises(OSError, match="No space left on device"):
+            await bench.trainer.checkpoint()
+        flag.unlink()
+        await bench.trainer.checkpoint()
+        assert (await bench.registry.get("a")).examples_seen == 4  # type: ignore[union-attr]
+    finally:
+        await bench.shard.close()
+        bench.registry.engine.dispose()
