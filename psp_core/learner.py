@@ -214,10 +214,12 @@ class OnlineLearner:
         scaling, bounded = None, np.zeros(fresh, dtype=bool)
         model_x = x
         if self.scaler is not None:
-            scaling = self.scaler.fold(ids, x)
-            scaled = self.scaler.transform(ids, x, scaling)
+            # The rows are scaled as a prediction made now would scale them, so `correct` is
+            # exactly the test-then-train score; their statistics join on commit.
+            scaled = self.scaler.transform(ids, x)
             model_x, bounded = scaled.inputs, scaled.bounded
-        replayed = self._replayed_rows(scaling)
+            scaling = self.scaler.fold(ids, x)
+        replayed = self._replayed_rows()
         if replayed is not None:
             all_x = torch.cat([model_x, replayed[0]])
             all_index = torch.cat([context_index, replayed[1]])
@@ -271,9 +273,7 @@ class OnlineLearner:
         self._prepared = None
         self.optimizer.zero_grad(set_to_none=True)
 
-    def _replayed_rows(
-        self, scaling: ScalerRows | None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    def _replayed_rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """`config.replay_per_step` rows drawn from the buffer, on the model's device, scaled
         like the new rows (the buffer keeps rows as they were sent)."""
         if self.replay is None or not len(self.replay) or not self.config.replay_per_step:
@@ -282,7 +282,7 @@ class OnlineLearner:
         device = self.device
         x = torch.from_numpy(inputs).to(device)
         if self.scaler is not None:
-            x = self.scaler.transform(ids, x, scaling).inputs
+            x = self.scaler.transform(ids, x).inputs
         return x, self.rows_of(ids), torch.from_numpy(labels).to(device)
 
     def _finite_gradients_clipped(self) -> bool:

@@ -14,9 +14,10 @@ standardises its inputs per context gives every context the same scale:
 
 The statistics are kept in float64, so any float32 input (up to 3.4e38) standardises to a finite
 row. They follow the most recent `memory_rows` rows of each context, so a context whose inputs
-change scale is standardised by its new scale soon. A context's rows are standardised with
-statistics that already include them (`fold`), so its very first rows are on the common scale
-too.
+change scale is standardised by its new scale soon. A training step standardises its rows
+with the statistics from before them, as a prediction made at that moment would (so the step's
+test-then-train score is honest), and folds them in once it is applied. A context's very first
+rows, with no statistics yet, are only bounded.
 
 Contexts are named by the caller's stable ids (a model's bank rows, or a registry's indices), as
 in the replay buffer; the scaler never interprets them.

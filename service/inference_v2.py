@@ -83,7 +83,8 @@ async def decode_infer_request(
     head, tail = (body[:header_length], body[header_length:]) if header_length else (body, b"")
     if needs_counting(head, limits.max_values):
         # NumPy counts without the interpreter, so the event loop runs on meanwhile.
-        check_json_budget(await asyncio.to_thread(json_values, head), limits.max_values)
+        counted = await asyncio.to_thread(json_values, head, limits.max_values)
+        check_json_budget(counted, limits.max_values)
     try:
         request = InferRequest.model_validate(decode_json(head))
     except (json.JSONDecodeError, ValueError) as error:

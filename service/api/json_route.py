@@ -28,6 +28,7 @@ from fastapi import HTTPException, Request, Response
 from fastapi.routing import APIRoute
 
 from service.api.deps import presented_key
+from service.api.schemas import MAX_BATCH_CONTEXTS, MAX_PREDICT_ITEMS
 from service.body_budget import (
     TooManyValues,
     check_json_budget,
@@ -64,6 +65,23 @@ def inflate(body: bytes, max_bytes: int) -> bytes:
     return data
 
 
+async def read_body(request: Request) -> bytes:
+    """The request's body in one buffer, sized by its Content-Length when it declares one, so
+    that a large body is not held twice, as chunks and then joined (Starlette's `body()`).
+
+    The body size limit (`service.api.limits`) has already refused a declared length over it.
+    """
+    declared = request.headers.get("content-length", "")
+    buffer = bytearray(int(declared) if declared.isdigit() else 0)
+    filled = 0
+    async for chunk in request.stream():
+        buffer[filled : filled + len(chunk)] = chunk  # past the end, it grows the buffer
+        filled += len(chunk)
+    del buffer[filled:]
+    # orjson, msgpack, zlib and NumPy read a bytearray as they read bytes, without a copy.
+    return buffer  # type: ignore[return-value]
+
+
 class BodyOverBudget(HTTPException):
     """413 from inside FastAPI's body parsing, which lets only HTTP exceptions through as
     they are."""
@@ -74,14 +92,58 @@ class BodyOverBudget(HTTPException):
 
 @dataclass(frozen=True)
 class BodyLimits:
-    """How far a body may inflate (bytes) and how many values it may decode to."""
+    """How far a body may inflate (bytes), how many values it may decode to, how long each of
+    its lists may be, and how many rows it may hold."""
 
     max_inflated_bytes: int
     max_values: int
+    max_rows: int
 
     @classmethod
     def of(cls, limits: LimitSettings, model: ModelSettings) -> BodyLimits:
-        return cls(limits.max_body_bytes, value_budget(limits.max_rows, model.input_shape))
+        budget = value_budget(limits.max_rows, model.input_shape)
+        return cls(limits.max_body_bytes, budget, limits.max_rows)
+
+    def list_caps(self) -> dict[str, tuple[int, str]]:
+        """The longest list each top-level field of a body may hold, and what it holds."""
+        rows = self.max_rows
+        return {
+            "inputs": (rows, "rows"),
+            "labels": (rows, "labels"),
+            "prediction_ids": (rows, "ids"),
+            "items": (MAX_PREDICT_ITEMS, "items"),
+            "contexts": (MAX_BATCH_CONTEXTS, "contexts"),
+        }
+
+    def check_lists(self, body: Any) -> None:
+        """Refuses a decoded body whose lists are longer than a valid request's, before any of
+        their items is validated or used.
+
+        Raises:
+            TooManyValues: A list over its cap, or items holding more rows together than
+                `max_rows`.
+        """
+        if not isinstance(body, dict):
+            return
+        for name, (cap, unit) in self.list_caps().items():
+            entries = body.get(name)
+            if isinstance(entries, list) and len(entries) > cap:
+                raise TooManyValues(
+                    f"{name} has {len(entries)} {unit}, more than the limit of {cap}; split it "
+                    f"into requests of at most {cap} {unit}"
+                )
+        items = body.get("items")
+        if isinstance(items, list):
+            rows = sum(
+                len(item["inputs"])
+                for item in items
+                if isinstance(item, dict) and isinstance(item.get("inputs"), list)
+            )
+            if rows > self.max_rows:
+                raise TooManyValues(
+                    f"the items hold {rows} rows together, more than the limit of "
+                    f"{self.max_rows}; split them into requests of at most {self.max_rows} rows"
+                )
 
     @classmethod
     def configured(cls, settings: Settings) -> BodyLimits:
@@ -100,7 +162,7 @@ class BoundedRequest(Request):
 
     async def body(self) -> bytes:
         if not hasattr(self, "_body"):
-            raw = await super().body()
+            raw = await read_body(self)
             if self.headers.get("content-encoding", "").lower() == "gzip":
                 # zlib lets go of the interpreter while it inflates: the event loop runs on.
                 raw = await asyncio.to_thread(inflate, raw, self.limits.max_inflated_bytes)
@@ -111,9 +173,11 @@ class BoundedRequest(Request):
         if self._parsed is _UNPARSED:
             body = await self.body()
             try:
-                self._parsed = await self._decode(body)
+                parsed = await self._decode(body)
+                self.limits.check_lists(parsed)
             except TooManyValues as error:
                 raise BodyOverBudget(error) from None
+            self._parsed = parsed
         return self._parsed
 
     async def _decode(self, body: bytes) -> Any:
@@ -122,7 +186,7 @@ class BoundedRequest(Request):
             return decode_msgpack(body, budget)
         if needs_counting(body, budget):
             # NumPy counts without the interpreter, so the event loop runs on meanwhile.
-            check_json_budget(await asyncio.to_thread(json_values, body), budget)
+            check_json_budget(await asyncio.to_thread(json_values, body, budget), budget)
         return decode_json(body)
 
 

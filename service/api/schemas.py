@@ -11,10 +11,16 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
+from service.body_budget import MOST_LISTED_ITEMS
 from service.registry.models import KEY_CHARACTERS, KEY_MAX_LENGTH, KEY_PATTERN
 
 KEY_PREFIX_PATTERN = rf"^[{KEY_CHARACTERS}]{{0,{KEY_MAX_LENGTH}}}$"
 """The start of a context key, possibly empty (`GET /contexts?prefix=`)."""
+
+MAX_BATCH_CONTEXTS = MOST_LISTED_ITEMS
+"""Contexts one `POST /contexts:batch` may register."""
+MAX_PREDICT_ITEMS = 1000
+"""Items one `POST /predict` may carry."""
 
 ContextKey = Annotated[str, Field(pattern=KEY_PATTERN, examples=["tenant-42"])]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
@@ -35,7 +41,7 @@ class ContextBatchCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    contexts: Annotated[list[ContextCreate], Field(min_length=1, max_length=10_000)]
+    contexts: Annotated[list[ContextCreate], Field(min_length=1, max_length=MAX_BATCH_CONTEXTS)]
 
 
 class ContextOut(BaseModel):
@@ -198,7 +204,7 @@ class MultiPredictRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    items: Annotated[list[PredictItem], Field(min_length=1, max_length=1000)]
+    items: Annotated[list[PredictItem], Field(min_length=1, max_length=MAX_PREDICT_ITEMS)]
 
 
 class PredictItemOut(BaseModel):

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
 
 from service.api.deps import KeyPath, Predictor, Reader, RuntimeDep
+from service.api.json_route import read_body
 from service.api.schemas import problems
 from service.inference_v2 import InferLimits, InferRequest, decode_infer_request
 
@@ -84,7 +85,7 @@ async def infer(
         width=math.prod(settings.model.input_shape),
     )
     decoded = await decode_infer_request(
-        await request.body(), inference_header_content_length, limits
+        await read_body(request), inference_header_content_length, limits
     )
     result = await runtime.prediction.predict(key, list(decoded.rows))
     probabilities = result.probabilities

@@ -143,3 +143,33 @@ def test_infer_rows_are_capped_before_the_data_is_read(app_client: TestClient) -
     response = app_client.post("/v2/models/a/infer", json={"inputs": [tensor]})
     assert response.status_code == 413, response.text
     assert f"at most {limit} rows" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("path", "field", "cap"),
+    [
+        ("/contexts:batch", "contexts", 10_000),
+        ("/predict", "items", 1000),
+        ("/feedback/a", "prediction_ids", 4096),
+        ("/train/a", "labels", 4096),
+        ("/predict/a", "inputs", 4096),
+    ],
+)
+def test_a_list_over_its_cap_is_refused_before_any_item_is_read(
+    app_client: TestClient, path: str, field: str, cap: int
+) -> None:
+    """Items that would each fail validation: the cap answers first, without reading one."""
+    register(app_client, "a")
+    response = app_client.post(path, json={field: [None] * (cap + 1)})
+    assert response.status_code == 413, response.text
+    assert f"{field} has {cap + 1} " in response.json()["detail"]
+    assert f"at most {cap}" in response.json()["detail"]
+
+
+def test_multi_predict_rows_are_counted_before_any_item_is_read(app_client: TestClient) -> None:
+    register(app_client, "a")
+    limit = app_client.app.state.runtime.settings.limits.max_rows  # type: ignore[attr-defined]
+    items = [{"context": "a", "inputs": [None] * (limit // 2 + 1), "junk": 1} for _ in range(2)]
+    response = app_client.post("/predict", json={"items": items})
+    assert response.status_code == 413, response.text
+    assert "rows together" in response.json()["detail"]

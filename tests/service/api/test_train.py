@@ -137,7 +137,9 @@ def test_body_over_the_size_limit_is_413(make_settings) -> None:
 
 
 def test_full_queue_is_429_with_retry_after(make_settings) -> None:
-    settings = make_settings(queue={"max_pending_examples": 5, "retry_after_seconds": 3})
+    # One context may fill the whole queue here: the total, not the share, is under test.
+    queue = {"max_pending_examples": 5, "retry_after_seconds": 3, "context_share": 1.0}
+    settings = make_settings(queue=queue)
     with TestClient(create_app(settings)) as client:
         register(client, "t")
         before = snapshot(client)
@@ -192,7 +194,16 @@ def test_an_idempotency_key_with_another_batch_is_refused_and_counted_once(
     assert snapshot(client) == before
 
 
-def test_wait_says_when_the_trainer_refused_the_step(client: TestClient) -> None:
+def test_wait_says_when_the_trainer_refused_the_step(make_settings) -> None:
+    # Without input scaling nothing bounds the rows, so the overflowing step is refused.
+    settings = make_settings(
+        model={"kind": "complex", "input_shape": [64], "hidden": [32], "input_scaling": "none"}
+    )
+    with TestClient(create_app(settings)) as client:
+        _refused_then_applied(client)
+
+
+def _refused_then_applied(client: TestClient) -> None:
     register(client, "t", seed=11)  # a fixed seed and model: the same step every run
     # Rows of +-3.4e38 with random signs: some hidden unit overflows to infinity for certain.
     signs = np.random.default_rng(0).choice([-3.4e38, 3.4e38], size=(32, WIDTH))

@@ -1,0 +1,320 @@
+"""Adversarial requests against a live `psp serve`, while a prober times `GET /healthz`.
+
+One server on defaults (complex 2x256, SQLite, the in-process queue) with one admin key, so
+that authentication is on. Each case sends its request `--repeat` times from `--senders`
+concurrent clients; a separate process asks `/healthz` every 10 ms throughout and reads the
+server's resident memory (VmRSS of the API process) at each probe. Per case the table gives
+the answers' statuses, the request's median latency, `/healthz`'s median, p99 and worst
+latency while the case ran, and the API process's RSS above its level before the first case.
+
+The cases: bodies of millions of empty lists or objects (JSON, msgpack, gzip of each), sent
+without a key and with one; deep nesting; 16 MB of whitespace or of one string; 30,000
+repeated prediction ids, and as many as one call may carry; numbers with 400 digits;
+malformed Open Inference Protocol requests; lists over their caps (multi-predict rows, infer
+rows, contexts to register); and the largest valid train, predict, multi-predict and infer
+requests, for comparison.
+
+Targets: `/healthz` p99 below 50 ms over every case, RSS growth below 100 MB, no 5xx.
+
+    python benchmarks/adversarial.py
+    python benchmarks/adversarial.py --repeat 3 --cases feedback-30k-repeats,json-bomb
+    PYTHONPATH=/path/to/other/checkout python benchmarks/adversarial.py   # another tree's server
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gzip
+import json
+import multiprocessing
+import statistics
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import msgpack
+from _harness import machine_line, percentile, print_table, save_json, throwaway_dir
+
+from service.auth import issue_key
+from service.testing.processes import psp_serve
+
+ADMIN, ADMIN_SPEC = issue_key(["admin", "predict", "train"])
+AUTH = {"X-API-Key": ADMIN}
+JSON = {"content-type": "application/json"}
+MSGPACK = {"content-type": "application/msgpack"}
+BODY_BYTES = 16 * 1024 * 1024 - 64
+"""Just under the default body limit (`PSP_LIMITS__MAX_BODY_BYTES`, 16 MiB)."""
+ROWS, WIDTH = 4096, 64
+"""The default row limit and model width."""
+HUGE = "1" + "0" * 400
+PROBE_SECONDS = 0.01
+
+
+@dataclass
+class Case:
+    """One adversarial request: its route, body and headers; `keyed` sends the admin key."""
+
+    name: str
+    path: str
+    body: bytes
+    headers: dict[str, str] = field(default_factory=lambda: dict(JSON))
+    keyed: bool = True
+    reference: bool = False  # a valid request, for comparison; outside the targets
+
+
+def _empties(opening: bytes, count: int) -> bytes:
+    return b'{"inputs": [' + (opening + b",") * (count - 1) + opening + b"]}"
+
+
+def _msgpack_empties(count: int) -> bytes:
+    header = b"\x81" + msgpack.packb("inputs") + b"\xdd" + count.to_bytes(4, "big")
+    return header + b"\x90" * count
+
+
+def _row(value: str) -> str:
+    return "[" + ",".join(["0.5"] * (WIDTH - 1) + [value]) + "]"
+
+
+def _tensor(**fields: Any) -> dict[str, Any]:
+    rows = fields.pop("rows", 1)
+    return {"name": "INPUT", "shape": [rows, WIDTH], "datatype": "FP32", **fields}
+
+
+def cases() -> list[Case]:
+    """Every case, its body built once, before the clock starts."""
+    json_bomb = _empties(b"[]", BODY_BYTES // 3)
+    msgpack_bomb = _msgpack_empties(BODY_BYTES - 16)
+    gzip_json = {**JSON, "content-encoding": "gzip"}
+    gzip_msgpack = {**MSGPACK, "content-encoding": "gzip"}
+    full_rows = [[0.123456] * WIDTH for _ in range(ROWS)]
+    repeated = {"prediction_ids": ["p0.0.0000000000000000"] * 30_000, "labels": [0] * 30_000}
+    at_cap = {"prediction_ids": ["p0.0.0000000000000000"] * ROWS, "labels": [0] * ROWS}
+    train = {"inputs": full_rows, "labels": [1] * ROWS}
+    predict = {"inputs": full_rows}
+    items = {"items": [{"context": "a", "inputs": full_rows[:4]} for _ in range(1000)]}
+    infer = {"inputs": [_tensor(rows=ROWS, data=[0.5] * ROWS * WIDTH)]}
+    return [
+        Case("json-bomb, no key", "/predict/a", json_bomb, keyed=False),
+        Case("msgpack-bomb, no key", "/train/a", msgpack_bomb, MSGPACK, keyed=False),
+        Case("gzip-json-bomb, no key", "/predict/a", gzip.compress(json_bomb), gzip_json, False),
+        Case("json-bomb", "/predict/a", json_bomb),
+        Case("json-objects-bomb", "/predict", _empties(b"{}", BODY_BYTES // 3)),
+        Case("gzip-json-bomb", "/train/a", gzip.compress(json_bomb), gzip_json),
+        Case("msgpack-bomb", "/train/a", msgpack_bomb, MSGPACK),
+        Case("gzip-msgpack-bomb", "/predict/a", gzip.compress(msgpack_bomb), gzip_msgpack),
+        Case("infer-json-bomb", "/v2/models/a/infer", json_bomb),
+        Case("deep-nesting", "/predict/a", b"[" * BODY_BYTES),
+        Case("16MB-whitespace", "/predict/a", b'{"inputs": ' + b" " * BODY_BYTES + b"[]}"),
+        Case("16MB-string", "/predict/a", b'{"inputs": "' + b"x" * BODY_BYTES + b'"}'),
+        Case("feedback-30k-repeats", "/feedback/a", json.dumps(repeated).encode()),
+        Case("feedback-4096-repeats", "/feedback/a", json.dumps(at_cap).encode()),
+        Case("400-digit-input", "/predict/a", f'{{"inputs": [{_row(HUGE)}]}}'.encode()),
+        Case(
+            "400-digit-label",
+            "/train/a",
+            f'{{"inputs": [{_row("0")}], "labels": [{HUGE}]}}'.encode(),
+        ),
+        Case(
+            "infer-parameters-list",
+            "/v2/models/a/infer",
+            json.dumps({"inputs": [_tensor(data=[0.5] * WIDTH, parameters=[1])]}).encode(),
+        ),
+        Case(
+            "infer-output-name-list",
+            "/v2/models/a/infer",
+            json.dumps(
+                {"inputs": [_tensor(data=[0.5] * WIDTH)], "outputs": [{"name": ["x"]}]}
+            ).encode(),
+        ),
+        Case(
+            "infer-rows-over-cap",
+            "/v2/models/a/infer",
+            json.dumps({"inputs": [_tensor(rows=10**9, data=[0.5] * WIDTH)]}).encode(),
+        ),
+        Case(
+            "multi-predict-rows-over-cap",
+            "/predict",
+            json.dumps({"items": [{"context": "a", "inputs": full_rows[:5]}] * 1000}).encode(),
+        ),
+        Case(
+            "contexts-batch-10001",
+            "/contexts:batch",
+            json.dumps({"contexts": [{"key": f"k{i}"} for i in range(10_001)]}).encode(),
+        ),
+        Case("largest-train", "/train/a", json.dumps(train).encode(), reference=True),
+        Case("largest-predict", "/predict/a", json.dumps(predict).encode(), reference=True),
+        Case("largest-multi-predict", "/predict", json.dumps(items).encode(), reference=True),
+        Case("largest-infer", "/v2/models/a/infer", json.dumps(infer).encode(), reference=True),
+    ]
+
+
+# The prober: a process of its own, so that the load generator's work never delays it. --------
+
+
+def _rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def probe(base_url: str, pid: int, stop: Any, out: Any) -> None:
+    """Times `GET /healthz` every `PROBE_SECONDS` and reads the server's RSS, until `stop`."""
+    samples = []
+    with httpx.Client(base_url=base_url, timeout=60) as client:
+        while not stop.is_set():
+            began = time.perf_counter()
+            with contextlib.suppress(httpx.HTTPError):  # a probe that fails counts its wait
+                client.get("/healthz")
+            ended = time.perf_counter()
+            samples.append((time.time(), ended - began, _rss_bytes(pid)))
+            time.sleep(max(0.0, PROBE_SECONDS - (time.perf_counter() - began)))
+    out.put(samples)
+
+
+# The attack ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    case: str
+    reference: bool
+    began: float
+    ended: float
+    statuses: Counter[int]
+    latencies: list[float]
+
+
+async def attack(base_url: str, case: Case, repeat: int, senders: int) -> Outcome:
+    headers = {**case.headers, **(AUTH if case.keyed else {})}
+    statuses: Counter[int] = Counter()
+    latencies: list[float] = []
+    left = repeat
+
+    async def sender() -> None:
+        nonlocal left
+        async with httpx.AsyncClient(base_url=base_url, timeout=120) as client:
+            while left > 0:
+                left -= 1
+                began = time.perf_counter()
+                try:
+                    answer = await client.post(case.path, content=case.body, headers=headers)
+                    statuses[answer.status_code] += 1
+                except httpx.TransportError:
+                    statuses[0] += 1  # no answer: the server closed the connection
+                latencies.append(time.perf_counter() - began)
+
+    began = time.time()
+    await asyncio.gather(*(sender() for _ in range(senders)))
+    return Outcome(case.name, case.reference, began, time.time(), statuses, latencies)
+
+
+def prepare(base_url: str) -> None:
+    with httpx.Client(base_url=base_url, headers=AUTH, timeout=60) as client:
+        client.post("/contexts", json={"key": "a"}).raise_for_status()
+        client.post("/predict/a", json={"inputs": [[0.5] * WIDTH]}).raise_for_status()
+
+
+def during(samples: list[tuple[float, float, int]], outcome: Outcome) -> list[tuple[float, int]]:
+    return [(latency, rss) for at, latency, rss in samples if outcome.began <= at <= outcome.ended]
+
+
+def report(samples: list[tuple[float, float, int]], outcomes: list[Outcome]) -> dict[str, Any]:
+    baseline_rss = samples[0][2]
+    rows: list[list[str]] = []
+    figures: dict[str, dict[str, Any]] = {}
+    growths: list[float] = []
+    for outcome in outcomes:
+        window = during(samples, outcome) or [(float("nan"), baseline_rss)]
+        probes = [latency for latency, _ in window]
+        growth = (max(rss for _, rss in window) - baseline_rss) / 2**20
+        if not outcome.reference:
+            growths.append(growth)
+        statuses = " ".join(f"{s}x{n}" for s, n in sorted(outcome.statuses.items()))
+        name = f"{outcome.case} (valid)" if outcome.reference else outcome.case
+        figures[outcome.case] = {
+            "statuses": dict(outcome.statuses),
+            "request_median_ms": statistics.median(outcome.latencies) * 1e3,
+            "healthz_p50_ms": percentile(probes, 50) * 1e3,
+            "healthz_p99_ms": percentile(probes, 99) * 1e3,
+            "healthz_max_ms": max(probes) * 1e3,
+            "rss_growth_mb": growth,
+        }
+        f = figures[outcome.case]
+        rows.append(
+            [
+                name,
+                statuses,
+                f"{f['request_median_ms']:.0f}",
+                f"{f['healthz_p50_ms']:.1f}",
+                f"{f['healthz_p99_ms']:.1f}",
+                f"{f['healthz_max_ms']:.1f}",
+                f"{growth:.0f}",
+            ]
+        )
+    print_table(["case", "statuses", "request ms", "healthz p50", "p99", "max", "RSS +MB"], rows)
+    adversarial = [o for o in outcomes if not o.reference]
+    attacked = [latency for outcome in adversarial for latency, _ in during(samples, outcome)]
+    overall: dict[str, float] = {
+        "healthz_p99_ms": percentile(attacked, 99) * 1e3,
+        "healthz_max_ms": max(attacked) * 1e3,
+        "healthz_probes": len(attacked),
+        "rss_growth_mb": max(growths),
+        "rss_before_mb": baseline_rss / 2**20,
+        "server_errors": sum(n for o in outcomes for s, n in o.statuses.items() if s >= 500),
+        "no_answer": sum(o.statuses[0] for o in outcomes),
+    }
+    print(
+        "\n/healthz over every adversarial case (the valid ones left out): p99 "
+        f"{overall['healthz_p99_ms']:.1f} ms, worst "
+        f"{overall['healthz_max_ms']:.1f} ms ({overall['healthz_probes']} probes; target p99 < "
+        f"50 ms); RSS {overall['rss_before_mb']:.0f} MB before, at most "
+        f"+{overall['rss_growth_mb']:.0f} MB (target < 100 MB); 5xx: "
+        f"{overall['server_errors']}, no answer: {overall['no_answer']}"
+    )
+    return {"cases": figures, "overall": overall}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeat", type=int, default=6, help="requests per case")
+    parser.add_argument("--senders", type=int, default=2, help="concurrent clients per case")
+    parser.add_argument("--cases", default="", help="comma-separated case names (default: all)")
+    parser.add_argument("--json", help="write the figures to this file")
+    args = parser.parse_args()
+    print(machine_line())
+    chosen = [c for c in cases() if not args.cases or c.name in args.cases.split(",")]
+    context = multiprocessing.get_context("spawn")
+    with throwaway_dir() as directory:
+        env = {
+            "PSP_DATA_DIR": str(directory / "data"),
+            "PSP_API_KEYS": f"[{ADMIN_SPEC.model_dump_json()}]",
+        }
+        server = psp_serve("adversarial", env, directory)
+        server.start()
+        try:
+            prepare(server.base_url)
+            stop, out = context.Event(), context.Queue()
+            prober = context.Process(target=probe, args=(server.base_url, server.pid, stop, out))
+            prober.start()
+            time.sleep(1.0)  # the RSS before the first case
+            outcomes = [
+                asyncio.run(attack(server.base_url, case, args.repeat, args.senders))
+                for case in chosen
+            ]
+            time.sleep(0.5)
+            stop.set()
+            samples = out.get(timeout=120)
+            prober.join(30)
+        finally:
+            server.stop()
+    save_json(args.json, report(samples, outcomes))
+
+
+if __name__ == "__main__":
+    main()
