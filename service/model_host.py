@@ -403,10 +403,14 @@ class ModelHost:
         """How many rows the replay buffer holds."""
         return len(self.learner.replay) if self.learner.replay is not None else 0
 
-    def replayed_contexts(self) -> set[int]:
-        """Registry indices that have rows in the replay buffer."""
-        replay = self.learner.replay
-        return replay.contexts() if replay is not None else set()
+    def remembered_contexts(self) -> set[int]:
+        """Registry indices whose rows the replay buffer holds or whose input statistics the
+        scaler holds: what a deleted context may leave behind."""
+        replay, scaler = self.learner.replay, self.learner.scaler
+        held = replay.contexts() if replay is not None else set()
+        if scaler is not None:
+            held |= {int(i) for i in scaler.rows().ids.tolist()}
+        return held
 
     def forget_contexts(self, indices: Iterable[int]) -> int:
         """Forgets deleted contexts: drops their replay rows (and refuses their rows from now

@@ -179,8 +179,8 @@ class ChildStepHost(ModelHost):
     def replays(self) -> bool:
         return self._settings.replay.rows > 0
 
-    def replayed_contexts(self) -> set[int]:
-        contexts: set[int] = self._call("replayed_contexts")
+    def remembered_contexts(self) -> set[int]:
+        contexts: set[int] = self._call("remembered_contexts")
         return contexts
 
     def forget_contexts(self, indices: Iterable[int]) -> int:
@@ -438,8 +438,8 @@ class _Commands:
         watchers[:] = [w for w in watchers if not isinstance(w, DivergenceGuard)]
         watchers.append(DivergenceGuard(settings, self.host))
 
-    def replayed_contexts(self) -> set[int]:
-        return self.host.replayed_contexts()
+    def remembered_contexts(self) -> set[int]:
+        return self.host.remembered_contexts()
 
     def forget_contexts(self, indices: set[int]) -> tuple[int, int]:
         return self.host.forget_contexts(indices), self.host.replay_size

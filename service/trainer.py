@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 import numpy as np
 from prometheus_client import Counter, Gauge
 
+from psp_core.checkpoint_scrub import forget_contexts_in
 from psp_core.contexts import derive_seed
 from psp_core.learner import StepResult
 from service import metrics
@@ -115,6 +116,8 @@ class Trainer:
         self.ledger = Ledger()
         self._last_checkpoint_at = time.monotonic()
         self._retirements_checked = datetime.now(UTC)
+        self._forgotten: set[int] = set()  # deleted contexts forgotten since start-up
+        self._unscrubbed: set[int] = set()  # deleted contexts kept files may still hold
         self._retirements_looked = time.monotonic()
         self._look_every = settings.registry_poll_seconds
         self._metrics = _TrainerMetrics.of_shard(settings.queue.shard)
@@ -325,6 +328,7 @@ class Trainer:
             await self._checkpoint()
             newest = max([self.host.model_version, *(i.version for i in self.store.list())])
             await asyncio.to_thread(self.host.restore_as, target.path, newest + 1)
+            await self._forget_deleted_contexts()  # deleted since: they stay deleted
             await self._write_checkpoint(self.ledger.stage(), {"restored_from": str(version)})
             return self.host.model_version
 
@@ -479,12 +483,16 @@ class Trainer:
             await asyncio.to_thread(self.host.add_contexts, every)
 
     async def _forget_deleted_contexts(self) -> None:
-        """Drops the replay rows of every context that is no longer live (at start-up)."""
-        buffered = await asyncio.to_thread(self.host.replayed_contexts)
-        if not buffered:
+        """Forgets every context the learner remembers that is no longer live (after a load or
+        a rollback: the registry, not a checkpoint, says which contexts are deleted)."""
+        remembered = await asyncio.to_thread(self.host.remembered_contexts)
+        if not remembered:
             return
         live = {index for _, index in await self.registry.live_keys()}
-        await asyncio.to_thread(self.host.forget_contexts, buffered - live)
+        deleted = remembered - live
+        if deleted:
+            await asyncio.to_thread(self.host.forget_contexts, deleted)
+            self._unscrubbed |= deleted
 
     async def _forget_retired_contexts(self) -> None:
         """Forgets the contexts deleted since the last look (any process may delete): their
@@ -498,7 +506,11 @@ class Trainer:
         except RegistryUnavailable as err:
             log.warning("cannot check for deleted contexts, will retry: %s", err)
             return
-        await asyncio.to_thread(self.host.forget_contexts, [index for _, index in retired])
+        indices = {index for _, index in retired}
+        await asyncio.to_thread(self.host.forget_contexts, indices)
+        # The look-back overlaps the last one: only newly deleted contexts call for a scrub.
+        self._unscrubbed |= indices - self._forgotten
+        self._forgotten |= indices
         self._retirements_checked = started
 
     # Checkpoints ----------------------------------------------------------------------------
@@ -507,6 +519,8 @@ class Trainer:
         every = self.settings.checkpoint
         elapsed = time.monotonic() - self._last_checkpoint_at
         progress = self.ledger.progress
+        if self._unscrubbed:
+            return True  # kept files still hold a deleted context's rows
         if not progress.entry_ids:
             return self.ledger.unsettled and elapsed >= every.every_seconds
         return progress.steps >= every.every_steps or elapsed >= every.every_seconds
@@ -528,12 +542,25 @@ class Trainer:
         await self._forget_retired_contexts()
         if not self.ledger.progress.entry_ids and self.store.latest() is not None:
             self._last_checkpoint_at = time.monotonic()
-            await self._settle()
-            return
-        staged = self.ledger.stage()
-        await self._write_checkpoint(staged)
-        self.ledger.adopt(staged)
+        else:
+            staged = self.ledger.stage()
+            await self._write_checkpoint(staged)
+            self.ledger.adopt(staged)
         await self._settle()
+        await self._scrub_kept_checkpoints()
+
+    async def _scrub_kept_checkpoints(self) -> None:
+        """Rewrites every kept checkpoint that still holds rows or input statistics of a
+        deleted context, in place (same version, same weights). The learner forgot them
+        first, so no later checkpoint holds them either. The caller holds `_exclusive`, so no
+        checkpoint is written or pruned meanwhile."""
+        if not self._unscrubbed:
+            return
+        deleted, self._unscrubbed = self._unscrubbed, set()
+        for info in self.store.list():
+            dropped = await asyncio.to_thread(forget_contexts_in, info.path, deleted)
+            if dropped:
+                log.info("removed %d rows of deleted contexts from %s", dropped, info.path.name)
 
     async def _write_checkpoint(self, staged: Staged, extra: dict[str, str] | None = None) -> None:
         """Saves the current state as `staged` says (and `extra` metadata), fsynced, and

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 from fastapi.testclient import TestClient
+from safetensors import safe_open
 
 from service.app import create_app
+from service.testing.processes import wait_until
 from tests.service.api.helpers import register, rows
 
 
@@ -69,3 +74,37 @@ def test_versions_only_grow_across_rollbacks(make_settings) -> None:
         again = client.post("/predict/t", json=probe).json()
         assert again["probabilities"] == answers[1]["probabilities"]
         assert again["model_version"] == 8
+
+
+def _buffered_contexts(path: Path) -> set[int]:
+    """The registry indices whose rows a checkpoint's rehearsal buffer holds."""
+    with safe_open(str(path), framework="pt") as handle:
+        return set(handle.get_tensor("replay.ids").tolist())
+
+
+def test_a_deleted_tenants_rows_stay_out_of_every_checkpoint_even_after_a_rollback(
+    make_settings,
+) -> None:
+    settings = make_settings(registry_poll_seconds=0.2, checkpoint={"keep": 5})
+    with TestClient(create_app(settings)) as client:
+        shard = client.app.state.runtime.shards[0]  # type: ignore[attr-defined]
+        alice, bob = register(client, "alice")["index"], register(client, "bob")["index"]
+        for key in ("alice", "bob"):
+            _train(client, key, 1)
+        client.portal.call(shard.trainer.checkpoint)
+        before_delete = client.get("/model").json()["model_version"]
+        assert _buffered_contexts(shard.store.latest().path) == {alice, bob}
+
+        assert client.delete("/contexts/alice").status_code == 204
+
+        def scrubbed() -> bool:
+            return all(alice not in _buffered_contexts(i.path) for i in shard.store.list())
+
+        wait_until(scrubbed, 15, what="every kept checkpoint without alice's rows")
+        rolled = client.post("/model/rollback", json={"version": before_delete})
+        assert rolled.status_code == 200, rolled.text
+        assert _buffered_contexts(shard.store.latest().path) == {bob}
+        assert alice not in client.portal.call(  # type: ignore[union-attr]
+            asyncio.to_thread, shard.host.remembered_contexts
+        )
+        assert scrubbed()

@@ -153,7 +153,7 @@ def test_a_forgotten_context_leaves_its_bank_row_to_the_next_new_one() -> None:
     assert host.bank_size == 3
     host.forget_contexts([1])
     assert not host.has_context(1) and host.context_count == 2
-    assert 1 not in host.replayed_contexts()
+    assert 1 not in host.remembered_contexts()
     with pytest.raises(model_host.UnknownContext):
         host.predict(np.ones((1, 8), np.float32), np.array([1]))
     host.add_contexts([ContextDefinition(3, seed=13, power=None)])

@@ -64,18 +64,18 @@ def test_a_deleted_context_leaves_the_buffer_and_stays_out(make_settings) -> Non
         _train(client, "a", 30, rng)
         _train(client, "b", 30, rng)
         host = _runtime(client).shards[0].host
-        assert host.replayed_contexts() == set(indices.values())
+        assert host.remembered_contexts() == set(indices.values())
         # Accepted before the delete, trained after it: its rows must not come back.
         client.post("/train/b", json={"inputs": rng.random((5, 64)).tolist(), "labels": [1] * 5})
         assert client.delete("/contexts/b").status_code == 204
         _train(client, "a", 30, rng)  # after b's queued rows, and past a checkpoint
         deadline_checks = 0
-        while host.replayed_contexts() != {indices["a"]} and deadline_checks < 50:
+        while host.remembered_contexts() != {indices["a"]} and deadline_checks < 50:
             _train(client, "a", 1, rng)
             deadline_checks += 1
-        assert host.replayed_contexts() == {indices["a"]}
+        assert host.remembered_contexts() == {indices["a"]}
     with TestClient(create_app(settings)) as client:
-        assert _runtime(client).shards[0].host.replayed_contexts() == {indices["a"]}
+        assert _runtime(client).shards[0].host.remembered_contexts() == {indices["a"]}
 
 
 def test_replay_off_keeps_no_rows(make_settings) -> None:

@@ -106,7 +106,7 @@ def test_the_api_process_predicts_from_the_weights_the_child_trained(
         assert torch.equal(mine.correct, theirs.correct)
     assert np.allclose(_probabilities(child_host), _probabilities(in_thread), atol=1e-6)
     # The buffer lives in the child, and rehearsal drew on it as in one process.
-    assert child_host.replayed_contexts() == in_thread.replayed_contexts() == {0, 1}
+    assert child_host.remembered_contexts() == in_thread.remembered_contexts() == {0, 1}
 
 
 def test_a_context_added_later_trains_in_the_child(child_host: ChildStepHost) -> None:
@@ -275,7 +275,7 @@ def test_a_context_added_while_the_child_is_replaced_is_known_to_the_new_child(
             os.kill(pid, signal.SIGKILL)
             with pytest.raises(StepProcessDied):
                 child_host.train_steps(_batches(1))
-            child_host.replayed_contexts()  # starts the successor
+            child_host.remembered_contexts()  # starts the successor
         return answer
 
     child_host._call_on = add_then_lose_the_child  # type: ignore[method-assign]
