@@ -15,12 +15,19 @@
 # Needs docker (with debootstrap for the first build), docker compose v2 or docker-compose 1.29,
 # curl and python3 on the host. Environment:
 #   SMOKE_PROJECT     compose project name (default psp-smoke; never your own `psp`)
+#   SMOKE_IMAGES      `offline` (default): the images of offline/build-images.sh; `upstream`:
+#                     the registry's images, and the psp image built by compose
 #   SMOKE_SCREENSHOT  a .png path: Prometheus's targets page, rendered by headless Chromium
 #   SMOKE_KEEP=1      leave the stack running
 set -euo pipefail
 
 DEPLOY=$(cd "$(dirname "$0")" && pwd)
 PROJECT=${SMOKE_PROJECT:-psp-smoke}
+IMAGES=${SMOKE_IMAGES:-offline}
+case "$IMAGES" in
+  offline | upstream) ;;
+  *) echo "smoke: SMOKE_IMAGES is '$IMAGES'; set it to offline (the default) or upstream" >&2; exit 2 ;;
+esac
 WORK=$(mktemp -d /tmp/psp-smoke.XXXXXX)
 ENV_FILE=$WORK/smoke.env
 CONTEXTS=(smoke-a smoke-b smoke-c)
@@ -59,13 +66,18 @@ write_env_file() {
   PROMETHEUS_PORT=$(free_port)
   WORKER_METRICS_PORT=$(free_port)
   {
-    grep -v '^#' "$DEPLOY/offline/images.env"
+    if [ "$IMAGES" = offline ]; then
+      grep -v '^#' "$DEPLOY/offline/images.env"
+    else
+      echo "COMPOSE_PROFILES=cpu,grafana"
+    fi
     echo "POSTGRES_PASSWORD=$(secret)"
     echo "GRAFANA_ADMIN_PASSWORD=$(secret)"
     echo "PSP_CHECKPOINT__FETCH_TOKEN=$(secret)"
     echo "HTTP_PORT=$HTTP_PORT"
     echo "PROMETHEUS_PORT=$PROMETHEUS_PORT"
     echo "WORKER_METRICS_PORT=$WORKER_METRICS_PORT"
+    echo "GRAFANA_PORT=$(free_port)"
   } > "$ENV_FILE"
 }
 
@@ -78,7 +90,7 @@ cleanup() {
   if [ "${SMOKE_KEEP:-0}" = 1 ] && [ -f "$ENV_FILE" ]; then
     echo "kept: ${COMPOSE[*]} --project-name $PROJECT --env-file $ENV_FILE -f $DEPLOY/compose.yaml down -v"
   else
-    [ -f "$ENV_FILE" ] && compose down -v --remove-orphans >/dev/null 2>&1 || true
+    if [ -f "$ENV_FILE" ]; then compose down -v --remove-orphans >/dev/null 2>&1 || true; fi
     rm -rf "$WORK"
   fi
   exit "$status"
@@ -162,12 +174,21 @@ worker_back() {
 
 # --- the run -----------------------------------------------------------------------------------
 
-step "images (offline/build-images.sh)"
-"$DEPLOY/offline/build-images.sh" > "$WORK/build.log" 2>&1 || { cat "$WORK/build.log" >&2; fail "image build"; }
-done_step "$(grep -c ': present' "$WORK/build.log") of 7 cached"
+if [ "$IMAGES" = offline ]; then
+  step "images (offline/build-images.sh)"
+  "$DEPLOY/offline/build-images.sh" > "$WORK/build.log" 2>&1 || { cat "$WORK/build.log" >&2; fail "image build"; }
+  done_step "$(grep -c ': present' "$WORK/build.log") of 6 base images kept; the psp image built on its layer cache"
+fi
 
 write_env_file
 API=http://127.0.0.1:$HTTP_PORT
+
+if [ "$IMAGES" = upstream ]; then
+  step "images (compose pull and build)"
+  { compose pull --ignore-pull-failures && compose build; } > "$WORK/build.log" 2>&1 \
+    || { cat "$WORK/build.log" >&2; fail "image pull or build"; }
+  done_step
+fi
 
 step "compose up -d"
 compose up -d > "$WORK/up.log" 2>&1 || { cat "$WORK/up.log" >&2; fail "compose up"; }
