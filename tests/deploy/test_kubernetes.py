@@ -188,6 +188,21 @@ def test_the_psp_workloads_run_real_commands(overlay: tuple[str, Objects]) -> No
     assert port["containerPort"] == api_port
 
 
+def test_migrations_leave_nothing_that_blocks_a_reapply(overlay: tuple[str, Objects]) -> None:
+    """A finished Job's pod template is immutable, and it names the settings ConfigMap by its
+    hashed name: the next `kubectl apply` with changed settings would be refused. Migrations
+    run in the API pods' init container instead, before each replica starts."""
+    name, objects = overlay
+    jobs = [obj["metadata"]["name"] for obj in objects if obj["kind"] in ("Job", "CronJob")]
+    assert jobs == [], f"{name}: a Job blocks the next apply: {jobs}"
+    api = find(objects, "Deployment", "psp-api")
+    init_commands = [
+        resolve_cli(psp_argv(spec))[0].name
+        for spec in api["spec"]["template"]["spec"]["initContainers"]
+    ]
+    assert init_commands == ["upgrade"], name
+
+
 def test_every_psp_variable_is_a_settings_field(overlay: tuple[str, Objects]) -> None:
     name, objects = overlay
     valid = settings_env_names()
