@@ -55,6 +55,9 @@ def test_the_compose_stack_serves_trains_and_survives_a_worker_crash(
 ) -> None:
     reason = docker_missing()
     if reason:
+        # Printed as well: a plain pytest run lists skips without their reasons.
+        with capsys.disabled():
+            print(f"\ndeploy/smoke.sh skipped: {reason}")
         pytest.skip(reason)
     result = subprocess.run(
         [str(SMOKE)],
