@@ -9,8 +9,10 @@ from typing import Any
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY
 
 from service.app import create_app
+from service.auth import issue_key
 from service.runtime import Runtime
 from service.shard import Shard
 from service.startup import StartupError
@@ -226,3 +228,35 @@ def test_a_context_on_a_shard_this_process_does_not_hold_is_503_with_the_fix(
             "the context belongs to shard 1, but this process serves shards 0 to 0; start "
             "every process with PSP_SHARDS__COUNT=2 or more"
         )
+
+
+def test_an_idempotency_key_names_one_batch_across_shards_for_each_api_key(
+    make_settings: SettingsFactory,
+) -> None:
+    first_key, first_spec = issue_key(["admin", "train"], name="first")
+    other_key, other_spec = issue_key(["train"], name="other")
+    settings = make_settings(shards={"count": 2}, api_keys=[first_spec, other_spec])
+    with TestClient(create_app(settings)) as client:
+        for key in ("a", "b"):
+            made = client.post("/contexts", json={"key": key}, headers={"X-API-Key": first_key})
+            assert made.status_code == 201, made.text
+        shards = client.get("/contexts", headers={"X-API-Key": first_key}).json()["items"]
+        assert [(item["key"], item["shard"]) for item in shards] == [("a", 0), ("b", 1)]
+        first = {"X-API-Key": first_key, "Idempotency-Key": "batch-0001"}
+        queued = client.post("/train/a", json={"inputs": rows(2), "labels": [1, 2]}, headers=first)
+        assert queued.status_code == 202, queued.text
+        accepted = REGISTRY.get_sample_value("psp_train_accepted_examples_total")
+
+        # The same key with a batch for a context of the other shard is the same caller's
+        # other batch: refused, and nothing is queued there.
+        elsewhere = client.post("/train/b", json={"inputs": rows(1), "labels": [3]}, headers=first)
+        assert elsewhere.status_code == 422, elsewhere.text
+        assert "first used with a different batch" in elsewhere.json()["detail"]
+        assert REGISTRY.get_sample_value("psp_train_accepted_examples_total") == accepted
+
+        # Another API key's idempotency keys are its own.
+        other = {"X-API-Key": other_key, "Idempotency-Key": "batch-0001"}
+        theirs = client.post("/train/b", json={"inputs": rows(1), "labels": [3]}, headers=other)
+        assert theirs.status_code == 202, theirs.text
+        assert theirs.json()["batch_id"] != queued.json()["batch_id"]
+        assert REGISTRY.get_sample_value("psp_train_accepted_examples_total") == accepted + 1

@@ -160,6 +160,21 @@ def test_a_prefixed_key_sees_only_its_contexts(keyed_client: TestClient) -> None
     assert keyed_client.get("/ui", follow_redirects=False).status_code == 303
 
 
+def test_a_prefix_is_exact_and_case_sensitive_on_the_page(keyed_client: TestClient) -> None:
+    """SQLite compares with LIKE without case: `acme-` must still not show `ACME-victim`."""
+    for key in ("ACME-victim", "Acme-4", "acmeX"):
+        made = keyed_client.post("/contexts", json={"key": key}, headers={"X-API-Key": ADMIN})
+        assert made.status_code == 201, made.text
+    mine = {"X-API-Key": ACME}
+    page = keyed_client.get("/ui", headers=mine)
+    assert page.status_code == 200
+    assert sorted(_keys_shown(page.text)) == ["acme-1", "acme-2", "acme-3"]
+    assert keyed_client.get("/ui/contexts/ACME-victim", headers=mine).status_code == 403
+    assert keyed_client.get("/ui", params={"prefix": "ACME-"}, headers=mine).status_code == 403
+    everyone = keyed_client.get("/ui", params={"prefix": "ACME-"}, headers={"X-API-Key": ADMIN})
+    assert _keys_shown(everyone.text) == ["ACME-victim"]
+
+
 def test_a_key_in_a_header_needs_no_login(keyed_client: TestClient) -> None:
     page = keyed_client.get("/ui", headers={"Authorization": f"Bearer {ADMIN}"})
     assert page.status_code == 200
