@@ -48,7 +48,6 @@ which other tests use. PostgreSQL refuses to run as root: under root its server 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import pwd
 import shutil
@@ -69,6 +68,7 @@ import redis
 
 from psp_core.checkpoint import CheckpointError, read_checkpoint
 from service.checkpoints import CheckpointStore
+from service.feedback.service import _idempotency_key as feedback_idempotency_key
 from service.queue.keys import ShardKeys
 from service.testing.processes import (
     RedisServer,
@@ -313,9 +313,9 @@ def send_until_settled(
 
 def feedback_token(prefix: str, index: int, prediction_ids: list[str]) -> str:
     """The Redis key that marks a feedback batch as queued: the queue's put token under the
-    idempotency key that `FeedbackService.label` derives from the context and the ids."""
-    digest = hashlib.sha256("\n".join(sorted(prediction_ids)).encode()).hexdigest()
-    return ShardKeys(prefix).put_token(f"feedback:{index}:{digest}")
+    idempotency key that `FeedbackService.label` derives from the context and the ids (its own
+    function, so that the two cannot drift apart)."""
+    return ShardKeys(prefix).put_token(feedback_idempotency_key(index, prediction_ids))
 
 
 class Traffic(threading.Thread):
@@ -876,7 +876,11 @@ class Campaign:
                 self.rollbacks["no answer"] += 1
                 return
         self.rollbacks[str(response.status_code)] += 1
-        self.log(f"  rollback to {version}: {response.status_code} {response.text[:200]}")
+        if response.status_code == 200:
+            outcome = f"served as version {response.json()['model_version']}"
+        else:
+            outcome = response.text[:200]
+        self.log(f"  rollback to version {version}: {response.status_code}, {outcome}")
         if response.status_code not in (200, 404, 503, 504):
             self.record.note_unexpected(f"rollback to {version}", response)
 
