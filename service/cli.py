@@ -10,7 +10,8 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -76,7 +77,9 @@ def serve(
             start_fork_server()  # its imports overlap with the app's start-up
         from service.app import create_app
 
-        uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+        if settings.role == "all":
+            _wait_for_writer_leases(settings, range(settings.shards.count))
+        _run_writer(create_app(settings), host=host, port=port, log_level=log_level)
         return
     if settings.role != "api":
         raise typer.BadParameter(
@@ -141,9 +144,45 @@ def worker(
             "(API processes send it), or listen on loopback only with --host 127.0.0.1"
         )
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
-    uvicorn.run(
+    _wait_for_writer_leases(settings, [settings.queue.shard])
+    _run_writer(
         create_worker_app(settings), host=host, port=settings.metrics_port, log_level=log_level
     )
+
+
+def _wait_for_writer_leases(settings: Settings, shards: Iterable[int]) -> None:
+    """Waits, up to PSP_WRITER__WAIT_SECONDS, until no other live process writes these shards;
+    ends the command with one line when one still does. The runtime then claims them (and
+    refuses to start if another process claimed one meanwhile)."""
+    from service.registry.writers import WriterTaken, holder
+
+    sessions = _registry_sessions(settings)
+    deadline = time.monotonic() + settings.writer.wait_seconds
+    for shard in shards:
+        while True:
+            with sessions.begin() as session:
+                held = holder(session=session, shard=shard)
+            if held is None:
+                break
+            if time.monotonic() >= deadline:
+                _fail(str(WriterTaken(shard, held)))
+            time.sleep(0.5)
+
+
+def _run_writer(app: Any, *, host: str, port: int, log_level: str) -> None:
+    """Serves `app` until it stops; a writer that a newer one replaced stops its server and
+    ends the command with exit status 2 and the reason."""
+    from service.writer_lease import lost_lease_message, stop_process_when_fenced
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level))
+    stop_process_when_fenced(lambda: setattr(server, "should_exit", True))
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    message = lost_lease_message()
+    if message is not None:
+        _fail(message)
+    if not server.started:
+        sys.exit(3)  # start-up failed; uvicorn said why
 
 
 def is_loopback(host: str) -> bool:
@@ -157,12 +196,12 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _registry_sessions() -> sessionmaker[Session]:
-    """Sessions on the migrated registry database of the current settings."""
+def _registry_sessions(settings: Settings | None = None) -> sessionmaker[Session]:
+    """Sessions on the migrated registry database of `settings` (the current ones by default)."""
     from service.registry.database import make_engine, make_session_factory
     from service.registry.migrate import upgrade
 
-    settings = get_settings()
+    settings = settings or get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.resolved_database_url)
     return make_session_factory(make_engine(settings.resolved_database_url))

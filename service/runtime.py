@@ -40,6 +40,7 @@ from service.registry.history import HistoryPolicy
 from service.registry.migrate import upgrade
 from service.registry.shards import ShardPlan
 from service.registry.store import RegistryStore
+from service.registry.writers import WriterTaken
 from service.settings import Settings
 from service.shard import Shard
 from service.shard_load import report_shard_load
@@ -47,6 +48,7 @@ from service.startup import StartupError, check_checkpoint_fits
 from service.supervisor import Supervisor
 from service.train_intake import TrainIntake
 from service.trainer import Trainer
+from service.writer_lease import WriterLease
 
 log = logging.getLogger(__name__)
 
@@ -251,6 +253,13 @@ class Runtime:
             control_client = redis_client(settings.redis_url)
             announce, control = publisher.announce, ControlInbox(control_client, shard.keys)
             self._closers += [publisher.close, control_client.aclose]
+        lease = WriterLease(self.registry, shard.number, settings.writer)
+        try:
+            await lease.claim()
+        except WriterTaken as taken:
+            raise StartupError(str(taken)) from None
+        await shard.queue.fence(lease.token)
+        self._supervise(shard.task_name("writer-lease"), lambda: lease.keep(self._stop))
         trainer = Trainer(
             host=shard.host,
             queue=shard.queue,
@@ -260,10 +269,12 @@ class Runtime:
             settings=settings,
             announce=announce,
             control=control,
+            lease=lease,
         )
         shard.trainer = trainer
         await trainer.recover()
         shard.rollback = trainer
+        self._closers.append(lease.release)
         self._supervise(
             shard.task_name("trainer"),
             lambda: trainer.run(self._stop),

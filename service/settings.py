@@ -167,6 +167,17 @@ class QueueSettings(BaseModel):
         return max(1, math.ceil(self.context_share * self.max_pending_examples))
 
 
+class WriterSettings(BaseModel):
+    """The lease that makes each shard's writer the only one (`service.writer_lease`)."""
+
+    # How long a claim lasts unless renewed (every third of it): a writer that stalls longer
+    # than this may be replaced, and is then fenced out.
+    lease_seconds: float = Field(default=15.0, ge=2)
+    # How long a starting writer waits for another's lease to lapse before it gives up with
+    # one line (exit status 2): a restart after a crash on another host waits out the lease.
+    wait_seconds: float = Field(default=30.0, ge=0)
+
+
 class ShardSettings(BaseModel):
     """How contexts are spread over superposed models.
 
@@ -269,6 +280,7 @@ class Settings(BaseSettings):
     checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)
     queue: QueueSettings = Field(default_factory=QueueSettings)
     shards: ShardSettings = Field(default_factory=ShardSettings)
+    writer: WriterSettings = Field(default_factory=WriterSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     batcher: BatcherSettings = Field(default_factory=BatcherSettings)
     data_dir: Path = Path("./psp-data")

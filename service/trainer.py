@@ -37,6 +37,7 @@ from service.checkpoints import CheckpointInfo, CheckpointStore
 from service.contexts import RETIREMENT_OVERLAP
 from service.control import ControlInbox, RollbackFailed
 from service.divergence import Diverged
+from service.fencing import WriterFenced
 from service.ledger import Ledger, Staged
 from service.model_host import ModelHost, RestoreNeeded, TrainRows
 from service.noisy_contexts import NoisyContexts
@@ -44,10 +45,11 @@ from service.queue.applied import AppliedNotices
 from service.queue.base import QueuedEntry, QueueUnavailable, TrainQueue
 from service.registry.store import RegistryStore, RegistryUnavailable
 from service.settings import Settings
+from service.writer_lease import LeaseLapsed, WriterLease
 
 log = logging.getLogger(__name__)
 
-_STORE_ERRORS = (QueueUnavailable, RegistryUnavailable, OSError)
+_STORE_ERRORS = (QueueUnavailable, RegistryUnavailable, OSError, LeaseLapsed)
 
 
 REFUSED_STEP = (
@@ -102,8 +104,10 @@ class Trainer:
         settings: Settings,
         announce: Callable[[CheckpointInfo], Awaitable[None]] | None = None,
         control: ControlInbox | None = None,
+        lease: WriterLease | None = None,
     ) -> None:
         self.host = host
+        self.lease = lease
         self.queue = queue
         self.applied = applied
         self.store = store
@@ -237,7 +241,21 @@ class Trainer:
 
         Call `recover` first.
         """
+        try:
+            await self._run(stop)
+        except WriterFenced as err:
+            self._stop_writing(err)
+
+    def _stop_writing(self, err: WriterFenced) -> None:
+        """A newer writer holds the shard: this one writes nothing more, for good."""
+        if self.lease is not None:
+            self.lease.lose(str(err))
+        log.error("stopped writing shard %d: %s", self.settings.queue.shard, err)
+
+    async def _run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            if self.lease is not None:
+                self.lease.raise_if_fenced()
             if self.host.restore_needed:  # the supervisor rewinds, restoring a checkpoint
                 raise RestoreNeeded(self.host.restore_needed)
             try:
@@ -261,6 +279,8 @@ class Trainer:
                     raise  # the supervisor rewinds once the stores answer again
                 log.warning("trainer waiting for its stores: %s", err)
                 await asyncio.sleep(0.5)
+        if self.lease is not None:
+            self.lease.raise_if_fenced()
         if not self.queue.durable:  # what a durable queue holds is simply trained next time
             await self._drain()
         async with self._exclusive:
@@ -293,9 +313,16 @@ class Trainer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._checkpoint_wanted.wait(), 0.1)
             self._checkpoint_wanted.clear()
-            async with self._exclusive:
-                if self._checkpoint_due() and not self._needs_rewind:
-                    await self._checkpoint()
+            try:
+                async with self._exclusive:
+                    if self._checkpoint_due() and not self._needs_rewind:
+                        await self._checkpoint()
+            except WriterFenced as err:
+                self._stop_writing(err)
+                return
+            except LeaseLapsed as err:
+                log.warning("%s", err)
+                await asyncio.sleep(1.0)
             self._checkpoint_written.set()
 
     async def _hand_to_checkpoint_writer(self) -> None:
@@ -539,6 +566,8 @@ class Trainer:
         them exactly once. A checkpoint that fails to write changes nothing (see
         `service.ledger`).
         """
+        if self.lease is not None:
+            self.lease.check()
         await self._forget_retired_contexts()
         if not self.ledger.progress.entry_ids and self.store.latest() is not None:
             self._last_checkpoint_at = time.monotonic()
@@ -591,6 +620,7 @@ class Trainer:
                     shard=self.settings.queue.shard,
                     last_entry_id=batch.last_entry_id,
                     counts=batch.counts,
+                    writer_token=self.lease.token if self.lease is not None else None,
                 )
                 ledger.batches.pop(0)
         except RegistryUnavailable as err:

@@ -180,6 +180,11 @@ class TrainQueue(abc.ABC):
     durable: bool = False
 
     @abc.abstractmethod
+    async def fence(self, token: int) -> None:
+        """Makes the trainer's acknowledgements, trims and set-asides carry its writer token,
+        and refuses those of older writers from now on (`service.fencing`)."""
+
+    @abc.abstractmethod
     async def enqueue(self, entry: TrainEntry, idempotency_key: str | None = None) -> Enqueued:
         """Appends an entry durably.
 

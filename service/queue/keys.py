@@ -84,6 +84,11 @@ class ShardKeys:
         """Why the trainer refused an entry, kept a while for producers waiting on it."""
         return f"{self.stream}:refused:{entry_id}"
 
+    @property
+    def fence(self) -> str:
+        """The newest writer token seen for the shard (`service.fencing`)."""
+        return f"{self.prefix}writer:{self.shard}:fence"
+
     def put_token(self, token: str) -> str:
         """Short-lived marker of one `put`, so a retried put does not queue its batch twice;
         shared by every shard, so that one idempotency key names one batch on any of them."""

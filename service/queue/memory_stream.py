@@ -122,6 +122,9 @@ class InProcessQueue(TrainQueue):
     async def pending(self) -> list[QueuedEntry]:
         return [QueuedEntry(i, e) for i, e in self._entries.items() if i in self._delivered]
 
+    async def fence(self, token: int) -> None:
+        """Nothing to fence: the queue lives in its writer's process, which has no rival."""
+
     async def ack(self, entry_ids: Sequence[str]) -> None:
         for entry_id in entry_ids:
             # Like XACK, only a delivered entry can be acknowledged; an undelivered one stays

@@ -22,6 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from service.fencing import WriterFenced
 from service.queue.base import QueueUnavailable
 
 T = TypeVar("T")
@@ -109,6 +110,8 @@ class RedisLink:
             try:
                 return await operation()
             except ResponseError as error:
+                if str(error).startswith("FENCED"):
+                    raise WriterFenced(f"cannot {doing}: {error}") from error
                 lost_group = str(error).startswith("NOGROUP")
                 if on_lost_group is None or regrouped or not lost_group:
                     raise self._unavailable(doing, "refused", error) from error

@@ -108,10 +108,12 @@ class RedisStreamQueue(TrainQueue):
         self._link = link
         self._client = self._link.client
         self._put_script = self._link.script("put")
-        self._ack_script = self._link.script("ack", needs=("release",))
-        self._trim_script = self._link.script("trim", needs=("helpers",))
+        self._ack_script = self._link.script("ack", needs=("release", "fence"))
+        self._trim_script = self._link.script("trim", needs=("helpers", "fence"))
         self._stats_script = self._link.script("stats", needs=("helpers",))
-        self._dead_letter_script = self._link.script("dead_letter", needs=("release",))
+        self._dead_letter_script = self._link.script("dead_letter", needs=("release", "fence"))
+        self._fence_script = self._link.script("fence")
+        self._token = ""  # the writer token the trainer's writes carry; '' for none
         # Entries that could not be decoded while reading, set aside after the read.
         self._undecodable: dict[str, str] = {}
         self._group_ready = False
@@ -177,12 +179,25 @@ class RedisStreamQueue(TrainQueue):
         self._unseen_deliveries = False
         return entries
 
+    async def fence(self, token: int) -> None:
+        self._token = str(token)
+        await self._call(
+            partial(self._fence_script, keys=[self.keys.fence], args=[self._token]),
+            "fence out older writers",
+            needs_group=False,
+        )
+
     async def ack(self, entry_ids: Sequence[str]) -> None:
         if not entry_ids:
             return
-        keys = [self.keys.stream, self.keys.pending_examples, self.keys.pending_by_context]
+        keys = [
+            self.keys.stream,
+            self.keys.pending_examples,
+            self.keys.pending_by_context,
+            self.keys.fence,
+        ]
         await self._call(
-            partial(self._ack_script, keys=keys, args=[self.keys.group, *entry_ids]),
+            partial(self._ack_script, keys=keys, args=[self._token, self.keys.group, *entry_ids]),
             "acknowledge train entries",
         )
         for entry_id in entry_ids:
@@ -201,8 +216,10 @@ class RedisStreamQueue(TrainQueue):
                     self.keys.pending_examples,
                     self.keys.dead_letters,
                     self.keys.pending_by_context,
+                    self.keys.fence,
                 ],
                 args=[
+                    self._token,
                     self.keys.group,
                     entry_id,
                     reason,
@@ -251,7 +268,11 @@ class RedisStreamQueue(TrainQueue):
         a trim can only ever remove acknowledged history.
         """
         await self._call(
-            partial(self._trim_script, keys=[self.keys.stream], args=[self.keys.group, entry_id]),
+            partial(
+                self._trim_script,
+                keys=[self.keys.stream, self.keys.fence],
+                args=[self._token, self.keys.group, entry_id],
+            ),
             "trim the train stream",
         )
 

@@ -190,12 +190,20 @@ class TrainerState(Base):
     `last_entry_id` is the id of the last queue entry whose counts are in `contexts`. The
     trainer advances it in the same transaction as the counts, which makes applying a
     checkpoint's counts idempotent (exactly-once).
+
+    The writer lease (`service.registry.writers`): `writer_token` grows by one with each
+    writer that claims the shard, and only the newest writer's token may commit counts;
+    `writer_owner` names that writer (`host:pid`) and `lease_until` is when its claim lapses
+    unless renewed.
     """
 
     __tablename__ = "trainer_state"
 
     shard: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     last_entry_id: Mapped[str] = mapped_column(String(64))
+    writer_token: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    writer_owner: Mapped[str] = mapped_column(String(200), default="", server_default=text("''"))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 

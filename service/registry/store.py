@@ -21,7 +21,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from service import metrics
 from service.context_definition import ContextDefinition
 from service.entry_ids import entry_id_key
-from service.registry import accuracy, api_keys, counters, drift, queries, registration
+from service.registry import (
+    accuracy,
+    api_keys,
+    counters,
+    drift,
+    queries,
+    registration,
+    writers,
+)
 from service.registry.accuracy import AccuracyHour, Scores, hour_of
 from service.registry.counters import TrainingCounts
 from service.registry.database import make_session_factory, ping
@@ -203,7 +211,12 @@ class RegistryStore:
         return await self._run(job)
 
     async def commit_training(
-        self, *, shard: int, last_entry_id: str, counts: Mapping[int, TrainingCounts]
+        self,
+        *,
+        shard: int,
+        last_entry_id: str,
+        counts: Mapping[int, TrainingCounts],
+        writer_token: int | None = None,
     ) -> bool:
         """Adds a checkpoint's counts unless the registry already holds that checkpoint.
 
@@ -213,14 +226,18 @@ class RegistryStore:
 
         Returns:
             True if the counts were added now.
+
+        Raises:
+            WriterFenced: `writer_token` is not the shard's newest writer's.
         """
 
         def job(session: Session) -> tuple[bool, list[DriftEvent]]:
             state = session.get(TrainerState, shard, with_for_update=True)
             if state is None:
-                state = TrainerState(shard=shard, last_entry_id="0-0")
+                state = TrainerState(shard=shard, last_entry_id="0-0", writer_token=0)
                 session.add(state)
                 session.flush()
+            writers.check_token(state, shard, writer_token)
             if entry_id_key(last_entry_id) <= entry_id_key(state.last_entry_id):
                 return False, []
             counters.add_training_counts(session=session, counts=counts)
@@ -235,6 +252,24 @@ class RegistryStore:
         _report_drifts(found, {event.context_index: shard for event in found})
         await self._forget_old_history_if_due()
         return added
+
+    async def claim_writer(self, shard: int, owner: str, lease_seconds: float) -> int:
+        """Claims the shard's writer lease; returns its fencing token (see `writers`)."""
+        return await self._run(
+            lambda s: writers.claim(
+                session=s, shard=shard, owner=owner, lease_seconds=lease_seconds
+            )
+        )
+
+    async def renew_writer(self, shard: int, token: int, lease_seconds: float) -> datetime:
+        return await self._run(
+            lambda s: writers.renew(
+                session=s, shard=shard, token=token, lease_seconds=lease_seconds
+            )
+        )
+
+    async def release_writer(self, shard: int, token: int) -> None:
+        await self._run(lambda s: writers.release(session=s, shard=shard, token=token))
 
     async def add_feedback_scores(self, index: int, scores: Scores) -> None:
         """Adds scored feedback predictions to the context's bucket of the current hour, and

@@ -20,7 +20,7 @@ def started(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, redis_url: str) -> 
     monkeypatch.setenv("PSP_REDIS_URL", redis_url)
     monkeypatch.delenv("PSP_CHECKPOINT__FETCH_TOKEN", raising=False)
     calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(service.cli.uvicorn, "run", lambda app, **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(service.cli, "_run_writer", lambda app, **kwargs: calls.append(kwargs))
     get_settings.cache_clear()
     yield calls
     get_settings.cache_clear()

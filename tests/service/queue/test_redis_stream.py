@@ -12,6 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from service.fencing import WriterFenced
 from service.queue import QueueUnavailable, TrainEntry, redis_stream
 from service.queue.base import IDEMPOTENCY_SECONDS
 from service.queue.redis_link import RedisLink
@@ -296,3 +297,30 @@ async def test_a_restart_between_calls_goes_unnoticed(throwaway_redis: RedisServ
         assert (await queue.stats()).pending_examples == 2
     finally:
         await queue.close()
+
+
+async def test_a_replaced_writer_can_acknowledge_trim_or_set_aside_nothing(
+    open_queue: Any, redis_client: aioredis.Redis
+) -> None:
+    old = open_queue(consumer="trainer-0")
+    await old.fence(1)
+    for _ in range(3):
+        await old.put(make_entry())
+    entries = await old.read(max_entries=3, block_ms=0)
+    await old.ack([entries[0].entry_id])
+    new = open_queue(consumer="trainer-0")
+    await new.fence(2)  # the next writer claimed the shard
+    before = await stored(redis_client, old.keys.stream)
+    pending_before = await redis_client.get(old.keys.pending_examples)
+    for refused in (
+        old.ack([entries[1].entry_id]),
+        old.trim_below(entries[2].entry_id),
+        old.dead_letter([(entries[1], "no reason")]),
+    ):
+        with pytest.raises(WriterFenced, match="writer token 1 is older than 2"):
+            await refused
+    assert await stored(redis_client, old.keys.stream) == before
+    assert await redis_client.get(old.keys.pending_examples) == pending_before
+    assert await redis_client.xlen(old.keys.dead_letters) == 0
+    await new.ack([entries[1].entry_id, entries[2].entry_id])  # the new writer's go through
+    assert await redis_client.get(old.keys.pending_examples) == b"0"
