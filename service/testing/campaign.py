@@ -29,11 +29,16 @@ accepted, as a careful client would.
 Invariants, checked after the last fault has healed and the trainer has drained:
 
 - exactly once: for every live context, `examples_seen` = accepted - refused - dead-lettered;
-- deleted contexts' rows are not in the rehearsal buffer of the newest checkpoint;
+- deleted contexts' rows are neither in the rehearsal buffer of the newest checkpoint nor in any
+  kept checkpoint once the writer checkpointed after the delete, and no checkpoint written
+  `DELETE_GRACE_SECONDS` after a delete holds them (every checkpoint is read as it comes, so a
+  rollback that brings rows back is seen even when later checkpoints drop them again);
 - predictions answer within `recovery_seconds` of each fault's healing;
 - the served `model_version` never goes down (a rollback is a new, higher version);
 - with `second_writer`: each second writer was turned away;
-- every request was settled, and answered as documented.
+- every request was settled, and answered as documented;
+- feedback ids answered 409 (already labelled) after a lost answer were queued (Redis keeps the
+  queue's idempotency token of every queued feedback batch for five minutes).
 
 The seed fixes the sequence of faults (their kinds, how long each lasts, which ones nest) and
 the traffic's content; when each lands against the traffic depends on the machine, so a
@@ -65,8 +70,8 @@ from typing import Any, Literal
 import httpx
 import numpy as np
 import redis
+from safetensors import SafetensorError, safe_open
 
-from psp_core.checkpoint import CheckpointError, read_checkpoint
 from service.checkpoints import CheckpointStore
 from service.feedback.service import _idempotency_key as feedback_idempotency_key
 from service.queue.keys import ShardKeys
@@ -90,6 +95,10 @@ NUM_CLASSES = 10
 
 SETTLE_SECONDS = 120.0
 """How long a client sends a request again before it gives up on settling it."""
+
+DELETE_GRACE_SECONDS = 10.0
+"""How long after a delete was answered a new checkpoint may still hold the context's rows:
+the writer's registry poll (1 s), its next checkpoint (1 s) and a PostgreSQL restart."""
 
 NESTING_SHARE = 0.3
 """The share of store outages and full disks that hold a second fault inside them."""
@@ -218,6 +227,7 @@ class Tenant:
     accepted: int = 0
     deleting: bool = False
     deleted: bool = False
+    deleted_at: float | None = None  # Unix time the delete was answered
 
 
 @dataclass
@@ -228,6 +238,7 @@ class ClientRecord:
     requests: Counter[str] = field(default_factory=Counter)
     unsettled: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
+    labels_lost: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def count(self, what: str, amount: int = 1) -> None:
@@ -455,7 +466,12 @@ class Traffic(threading.Thread):
                 self.record.accept(key, rows)
                 self.record.count("feedback accepted")
             else:
+                # The service says the ids have their labels, yet it never queued them.
                 self.record.count("feedback claimed but never queued")
+                with self.record.lock:
+                    self.record.labels_lost.append(
+                        f"{key}: {len(ids)} ids at {time.strftime('%H:%M:%S')}"
+                    )
         elif answer.status == 404 and self.record.tenants[key].deleting:
             self.record.count("feedback of a deleted context")
         elif answer.response is None:
@@ -511,12 +527,71 @@ class Traffic(threading.Thread):
         if answer.status == 204 or (answer.status == 404 and answer.ambiguous):
             with self.record.lock:
                 tenant.deleted = True
+                tenant.deleted_at = time.time()
             self.record.count("delete")
         elif answer.response is None:
             self.record.count("delete unsettled")
             self.record.note_unsettled(f"delete {key}")
         else:
             self.record.note_unexpected(f"delete {key}", answer.response)
+
+
+def replay_contexts(path: Path) -> Counter[int]:
+    """The rehearsal rows of a checkpoint file, counted by context index (registry index).
+
+    Raises:
+        OSError, SafetensorError: The file went (pruned) or is not a checkpoint.
+    """
+    with safe_open(str(path), framework="pt") as handle:
+        stored: list[str] = handle.keys()
+        if "replay.ids" not in stored:
+            return Counter()
+        return Counter(int(i) for i in handle.get_tensor("replay.ids").tolist())
+
+
+class CheckpointWatch(threading.Thread):
+    """Reads every checkpoint the writer publishes, soon after, and keeps each one that holds
+    rows of a context deleted more than `DELETE_GRACE_SECONDS` before it was written: a delete
+    reaches the writer within its registry poll, and its next checkpoint leaves the rows out
+    (a rollback or a restore included)."""
+
+    def __init__(self, directory: Path, record: ClientRecord, stop: threading.Event) -> None:
+        super().__init__(name="campaign-checkpoint-watch", daemon=True)
+        self.directory = directory
+        self.record = record
+        self.stop = stop
+        self.read: set[str] = set()
+        self.holding: list[str] = []
+
+    def run(self) -> None:
+        while not self.stop.wait(0.5):
+            self.look()
+
+    def look(self) -> None:
+        if not self.directory.is_dir():
+            return
+        with self.record.lock:
+            deleted = {
+                t.index: (t.key, t.deleted_at)
+                for t in self.record.tenants.values()
+                if t.deleted_at is not None
+            }
+        for path in sorted(self.directory.glob("ckpt-*.safetensors")):
+            if path.name in self.read:
+                continue
+            try:
+                written = path.stat().st_mtime
+                rows = replay_contexts(path)
+            except (OSError, SafetensorError):
+                continue  # pruned meanwhile
+            self.read.add(path.name)
+            for index, count in rows.items():
+                key, deleted_at = deleted.get(index, ("", None))
+                if deleted_at is not None and written - deleted_at > DELETE_GRACE_SECONDS:
+                    self.holding.append(
+                        f"{path.name} holds {count} rows of {key}, written "
+                        f"{written - deleted_at:.0f} s after its delete"
+                    )
 
 
 class VersionWatch(threading.Thread):
@@ -739,6 +814,11 @@ class Campaign:
     def base_url(self) -> str:
         return self.api.base_url
 
+    @property
+    def checkpoints(self) -> Path:
+        """Where the writer of shard 0 keeps its checkpoints."""
+        return self.directory / "data" / "checkpoints"
+
     def env(self) -> dict[str, str]:
         return {
             "PSP_DATA_DIR": str(self.directory / "data"),
@@ -750,10 +830,12 @@ class Campaign:
             "PSP_MODEL__HIDDEN": "[32]",
             "PSP_MODEL__INPUT_SHAPE": f"[{INPUT_WIDTH}]",
             "PSP_REGISTRY_POLL_SECONDS": "1",
-            "PSP_CHECKPOINT__EVERY_STEPS": "4",
-            "PSP_CHECKPOINT__EVERY_SECONDS": "0.5",
-            # Rollbacks reach back past deletes, not only the last seconds.
-            "PSP_CHECKPOINT__KEEP": "20",
+            "PSP_CHECKPOINT__EVERY_STEPS": "20",
+            "PSP_CHECKPOINT__EVERY_SECONDS": "1",
+            # Rollbacks reach back minutes, past deletes that the writer's look back at recent
+            # deletes (a minute) no longer sees; a small buffer keeps the files small.
+            "PSP_CHECKPOINT__KEEP": "150",
+            "PSP_REPLAY__ROWS": "2000",
             "PSP_LIMITS__WAIT_SECONDS": "10",
             "PSP_FAULTS__DISK_FULL_WHILE": str(self.disk_full_flag),
             "OMP_NUM_THREADS": "1",
@@ -965,7 +1047,10 @@ class Campaign:
         numbers = f"{first}-{self.fault_count}" if self.fault_count > first else f"{first}"
         self._recovery()
         took = time.monotonic() - began
-        self.log(f"  fault {numbers}: {described}, held {hold:.1f} s, healed in {took:.1f} s")
+        self.log(
+            f"  {time.strftime('%H:%M:%S')} fault {numbers}: {described}, held {hold:.1f} s, "
+            f"healed in {took:.1f} s"
+        )
 
     @property
     def fault_count(self) -> int:
@@ -980,7 +1065,7 @@ class Campaign:
 
     # Checks -----------------------------------------------------------------------------------
 
-    def drain_and_check(self, watch: VersionWatch) -> list[Check]:
+    def drain_and_check(self, watch: VersionWatch, checkpoints: CheckpointWatch) -> list[Check]:
         record = self.record
         with httpx.Client(base_url=self.base_url, timeout=30) as client:
             # Deletes reach the writer within its registry poll; the batch after them makes a
@@ -998,7 +1083,7 @@ class Campaign:
             if last.status == 200:
                 record.accept(STABLE_TENANTS[0], 1)
             checks = [self._exactly_once(client)]
-        checks.append(self._deleted_rows())
+        checks.extend(self._deleted_rows(checkpoints))
         recovered = max(self.recoveries, default=0.0)
         checks.append(
             Check(
@@ -1049,6 +1134,14 @@ class Campaign:
                 f"{len(record.unexpected)} unexpected {record.unexpected[:5]}",
             )
         )
+        checks.append(
+            Check(
+                "feedback ids answered 409 were learned",
+                not record.labels_lost,
+                f"{len(record.labels_lost)} calls whose ids were taken but never queued "
+                f"{record.labels_lost[:5]}",
+            )
+        )
         return checks
 
     def _counted(self, client: httpx.Client) -> dict[str, int]:
@@ -1093,30 +1186,43 @@ class Campaign:
             f"duplicated {sum(doubled.values())} {doubled or ''}",
         )
 
-    def _deleted_rows(self) -> Check:
+    def _deleted_rows(self, watch: CheckpointWatch) -> list[Check]:
+        """The newest checkpoint and every kept one, read after the drain: a delete's rows
+        leave the buffer and, at the writer's next checkpoint, every kept file."""
         deleted = {t.index: t.key for t in self.record.tenants.values() if t.deleted}
-        store = CheckpointStore(self.directory / "data" / "checkpoints", keep=1000)
-        kept = store.list()
+        kept = CheckpointStore(self.checkpoints, keep=1_000_000).list()
         if not kept:
-            return Check("no deleted context's rows in the newest checkpoint", False, "none kept")
+            return [Check("no deleted context's rows in the newest checkpoint", False, "none")]
         holding: dict[str, dict[str, int]] = {}
         for info in kept:
-            with contextlib.suppress(CheckpointError):  # pruned meanwhile
-                ids = read_checkpoint(info.path).tensors.get("replay.ids")
-                if ids is None:
-                    continue
-                found = Counter(int(i) for i in ids.tolist() if int(i) in deleted)
+            with contextlib.suppress(OSError, SafetensorError):  # pruned meanwhile
+                found = {
+                    deleted[i]: n for i, n in replay_contexts(info.path).items() if i in deleted
+                }
                 if found:
-                    holding[info.path.name] = {deleted[i]: n for i, n in found.items()}
+                    holding[info.path.name] = found
         newest = kept[-1].path.name
-        older = len([name for name in holding if name != newest])
-        return Check(
-            "no deleted context's rows in the newest checkpoint",
-            newest not in holding,
-            f"{len(deleted)} contexts deleted; newest {newest} holds "
-            f"{holding.get(newest, 'none of their rows')}; "
-            f"{older} of {len(kept) - 1} older kept checkpoints hold some",
-        )
+        older = [name for name in holding if name != newest]
+        watch.look()
+        return [
+            Check(
+                "no deleted context's rows in the newest checkpoint",
+                newest not in holding,
+                f"{len(deleted)} contexts deleted; {newest} holds "
+                f"{holding.get(newest, 'none of their rows')}",
+            ),
+            Check(
+                "no deleted context's rows in kept checkpoints",
+                not older,
+                f"{len(older)} of {len(kept) - 1} older kept checkpoints hold some {older[:3]}",
+            ),
+            Check(
+                f"no checkpoint written {DELETE_GRACE_SECONDS:g} s after a delete holds its rows",
+                not watch.holding,
+                f"{len(watch.read)} checkpoints read as they came, {len(watch.holding)} held "
+                f"rows of a deleted context {watch.holding[:3]}",
+            ),
+        ]
 
     # The campaign -----------------------------------------------------------------------------
 
@@ -1129,11 +1235,12 @@ class Campaign:
             self.register_stable_tenants()
             stop = threading.Event()
             watch = VersionWatch(self.base_url, stop)
+            checkpoints = CheckpointWatch(self.checkpoints, self.record, stop)
             clients = [
                 Traffic(n, self.base_url, self.record, plan.seed, stop, self.redis.url)
                 for n in range(plan.clients)
             ]
-            for thread in [watch, *clients]:
+            for thread in [watch, checkpoints, *clients]:
                 thread.start()
             campaign_started = time.monotonic()
             phases = {"start-up": campaign_started - started}
@@ -1153,9 +1260,10 @@ class Campaign:
                 if thread.failure is not None:
                     failure = thread.failure
             watch.join(5)
+            checkpoints.join(5)
             checks_started = time.monotonic()
             phases["faults"] = checks_started - campaign_started
-            checks = self.drain_and_check(watch)
+            checks = self.drain_and_check(watch, checkpoints)
             phases["drain and checks"] = time.monotonic() - checks_started
         if failure is not None:
             checks.append(Check("clients ran to the end", False, repr(failure)))
