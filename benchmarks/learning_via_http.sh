@@ -9,6 +9,7 @@
 #   benchmarks/learning_via_http.sh                  # tenants stream, then permuted-10, seeds 0-2
 #   RUNS="tenants" SEEDS="0" benchmarks/learning_via_http.sh
 #   SHARDS=8 RUNS="tenants" SEEDS="0" benchmarks/learning_via_http.sh   # 8 models, one process
+#   INPUT_SCALING=none RUNS="tenants" SEEDS="0" benchmarks/learning_via_http.sh  # rows as sent
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PSP=${PSP:-.venv/bin/psp}
@@ -17,12 +18,13 @@ SEEDS=${SEEDS:-"0 1 2"}
 RUNS=${RUNS:-"tenants permuted-10"}
 METHOD=${METHOD:-complex-replay}  # the service replays by default
 SHARDS=${SHARDS:-1}  # PSP_SHARDS__COUNT: new contexts spread over this many models
+INPUT_SCALING=${INPUT_SCALING:-}  # PSP_MODEL__INPUT_SCALING; empty: the default (context)
 summary=()
 
 serve() {  # serve SEED: starts a fresh server and waits until it answers
   data=$(mktemp -d)
   OMP_NUM_THREADS=1 PSP_DATA_DIR="$data" PSP_MODEL__KIND="${METHOD%%-*}" PSP_MODEL__SEED="$1" \
-    PSP_SHARDS__COUNT="$SHARDS" \
+    PSP_SHARDS__COUNT="$SHARDS" PSP_MODEL__INPUT_SCALING="$INPUT_SCALING" \
     "$PSP" serve --host 127.0.0.1 --port "$PORT" --log-level warning &
   server=$!
   for _ in $(seq 120); do
@@ -55,7 +57,7 @@ for run in $RUNS; do
     stop
     line=$(python3 -c "import json,sys; m=json.load(open(sys.argv[1]))['methods'][0]; \
 print(f\"{m['average_accuracy']:.3f} mean, {m['minimum_accuracy']:.3f} min\")" "$out/results.json")
-    summary+=("$run seed $seed, $SHARDS shard(s): $line ($(( $(date +%s) - started )) s)")
+    summary+=("$run seed $seed, $SHARDS shard(s), input scaling ${INPUT_SCALING:-context}: $line ($(( $(date +%s) - started )) s)")
   done
 done
 printf '%s\n' "${summary[@]}"

@@ -75,7 +75,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=_path_list,
         default=_path_list("memory,redis,split"),
         help="comma-separated: memory and redis (role all), split (api + worker), split-K "
-        "(api + K workers over K shards)",
+        "(api + K workers over K shards), memory-unscaled (memory without the per-context "
+        "input scaling: the scaling's cost is memory's rate over this one's)",
     )
     add_service_options(parser)
     return parser.parse_args(argv)
@@ -84,9 +85,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def _path_list(text: str) -> list[str]:
     paths = [path.strip() for path in text.split(",") if path.strip()]
     for path in paths:
-        if path not in ("memory", "redis", "split") and not _split_workers(path):
+        if path not in ("memory", "memory-unscaled", "redis", "split") and not _split_workers(path):
             raise argparse.ArgumentTypeError(
-                f"unknown path {path!r}; use memory, redis, split or split-K with K >= 1"
+                f"unknown path {path!r}; use memory, memory-unscaled, redis, split or split-K "
+                "with K >= 1"
             )
     return paths
 
@@ -377,6 +379,12 @@ def service_paths(args: argparse.Namespace, workdir: Path) -> dict[str, TrainFig
         if path == "memory":
             figures[path_label(path)] = service_training_rate(args, workdir, "psp-memory", {})
             continue
+        if path == "memory-unscaled":
+            unscaled = {"PSP_MODEL__INPUT_SCALING": "none"}
+            figures[path_label(path)] = service_training_rate(
+                args, workdir, "psp-memory-unscaled", unscaled
+            )
+            continue
         with throwaway_stores(postgres=False, redis=True) as redis_env:
             workers = _split_workers(path)
             figures[path_label(path)] = service_training_rate(
@@ -389,7 +397,11 @@ def path_label(path: str) -> str:
     """How the tables name a path of `--paths`."""
     workers = _split_workers(path)
     if not workers:
-        return {"memory": "in-process queue", "redis": "Redis queue"}[path]
+        return {
+            "memory": "in-process queue",
+            "memory-unscaled": "in-process queue, no input scaling",
+            "redis": "Redis queue",
+        }[path]
     if workers == 1:
         return "Redis, api + worker"
     return f"Redis, api + {workers} workers ({workers} shards)"
@@ -399,7 +411,11 @@ def path_json_name(path: str) -> str:
     """How the JSON names a path of `--paths`."""
     workers = _split_workers(path)
     if not workers:
-        return {"memory": "in_process", "redis": "redis"}[path]
+        return {
+            "memory": "in_process",
+            "memory-unscaled": "in_process_unscaled",
+            "redis": "redis",
+        }[path]
     return "redis_split_roles" if workers == 1 else f"redis_split_roles_{workers}_shards"
 
 
