@@ -9,7 +9,7 @@ names the seed and the command that runs it again; the exit status is 1 when an 
 failed.
 
 Run: `python benchmarks/fault_campaign.py [--faults 200] [--minutes 10] [--seed 0]
-[--topology split|all] [--second-writer] [--keep] [--json PATH]`.
+[--topology split|all] [--no-second-writer] [--keep] [--json PATH]`.
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--second-writer",
-        action="store_true",
-        help="also start a second worker for shard 0 now and then, which must exit with status 2",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="start a second worker for shard 0 now and then, which must exit with status 2",
     )
     parser.add_argument(
         "--recovery-seconds",

@@ -1,7 +1,8 @@
 """A short randomized fault campaign: an API process and a worker on a PostgreSQL and a Redis of
-their own, several tenants' traffic, and faults drawn from a seed; every accepted example must be
-applied exactly once, deleted tenants must stay out of the newest checkpoint, predictions must
-come back after each fault and the served version must never go down.
+their own, several tenants' traffic, and faults drawn from a seed (kills, store restarts, a full
+disk, rollbacks, a second worker for the shard); every accepted example must be applied exactly
+once, deleted tenants must stay out of the checkpoints, predictions must come back after each
+fault, the served version must never go down and the second worker must be turned away.
 
 `PSP_FAULT_CAMPAIGN_SEED` picks another seed; a failing run prints the command that replays its
 seed at length (benchmarks/fault_campaign.py).
@@ -17,16 +18,18 @@ import pytest
 from service.testing.campaign import CampaignPlan, run_campaign
 
 SEED = int(os.environ.get("PSP_FAULT_CAMPAIGN_SEED", "1"))
-FAULTS = 8
+FAULTS = 7
+"""One round: each kind of fault once (a nested one may add one more)."""
 
 
 def test_a_short_fault_campaign_loses_and_doubles_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    plan = CampaignPlan(seed=SEED, faults=FAULTS, topology="split", pause_seconds=0.5)
+    plan = CampaignPlan(seed=SEED, faults=FAULTS, topology="split")
     result = run_campaign(plan, tmp_path)
     with capsys.disabled():  # the fault count and the verdicts belong in every CI log
         print("\n" + result.summary())
-    assert result.fault_count >= FAULTS and len(result.faults) >= 3, result.summary()
+    assert result.fault_count >= FAULTS, result.summary()
+    assert set(result.faults) == set(plan.kinds()), "every kind of fault is met"
     failed = [check for check in result.checks if check.passed is False]
     assert not failed, result.summary()
