@@ -82,6 +82,17 @@ class StepResult:
         return float(self.correct.float().mean()) if self.correct.numel() else 0.0
 
 
+@dataclass(frozen=True)
+class _Replayed:
+    """Rows drawn from the replay buffer for one step: inputs as sent, their context ids, the
+    bank rows of those ids, and labels."""
+
+    inputs: torch.Tensor
+    ids: np.ndarray
+    rows: torch.Tensor
+    labels: torch.Tensor
+
+
 @dataclass(frozen=True, eq=False)
 class PreparedStep:
     """A step whose gradients are computed and whose update is pending (`prepare_step`).
@@ -212,20 +223,20 @@ class OnlineLearner:
         x = x.reshape(fresh, -1)
         ids = context_ids if context_ids is not None else context_index.cpu().numpy()
         scaling, bounded = None, np.zeros(fresh, dtype=bool)
-        model_x = x
-        if self.scaler is not None:
-            # The rows are scaled as a prediction made now would scale them, so `correct` is
-            # exactly the test-then-train score; their statistics join on commit.
-            scaled = self.scaler.transform(ids, x)
-            model_x, bounded = scaled.inputs, scaled.bounded
-            scaling = self.scaler.fold(ids, x)
+        all_x, all_index, all_y = x, context_index, y
         replayed = self._replayed_rows()
         if replayed is not None:
-            all_x = torch.cat([model_x, replayed[0]])
-            all_index = torch.cat([context_index, replayed[1]])
-            all_y = torch.cat([y, replayed[2]])
-        else:
-            all_x, all_index, all_y = model_x, context_index, y
+            all_x = torch.cat([x, replayed.inputs])
+            all_index = torch.cat([context_index, replayed.rows])
+            all_y = torch.cat([y, replayed.labels])
+        if self.scaler is not None:
+            # The rows are scaled as a prediction made now would scale them, so `correct` is
+            # exactly the test-then-train score; their statistics join on commit. The buffer
+            # keeps rows as they were sent, so replayed rows are scaled in the same call.
+            all_ids = ids if replayed is None else np.concatenate([ids, replayed.ids])
+            scaled = self.scaler.transform(all_ids, all_x)
+            all_x, bounded = scaled.inputs, scaled.bounded[:fresh]
+            scaling = self.scaler.fold(ids, x)
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         logits = self.model(all_x, all_index)
@@ -273,17 +284,19 @@ class OnlineLearner:
         self._prepared = None
         self.optimizer.zero_grad(set_to_none=True)
 
-    def _replayed_rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-        """`config.replay_per_step` rows drawn from the buffer, on the model's device, scaled
-        like the new rows (the buffer keeps rows as they were sent)."""
+    def _replayed_rows(self) -> _Replayed | None:
+        """`config.replay_per_step` rows drawn from the buffer, on the model's device, as they
+        were sent."""
         if self.replay is None or not len(self.replay) or not self.config.replay_per_step:
             return None
         inputs, ids, labels = self.replay.sample(self.config.replay_per_step)
         device = self.device
-        x = torch.from_numpy(inputs).to(device)
-        if self.scaler is not None:
-            x = self.scaler.transform(ids, x).inputs
-        return x, self.rows_of(ids), torch.from_numpy(labels).to(device)
+        return _Replayed(
+            torch.from_numpy(inputs).to(device),
+            ids,
+            self.rows_of(ids),
+            torch.from_numpy(labels).to(device),
+        )
 
     def _finite_gradients_clipped(self) -> bool:
         """Whether every gradient is finite, after clipping them to `config.clip_norm`."""
