@@ -78,6 +78,8 @@ class RedisRollback:
         reply = json.loads(answer)
         if "error" in reply:
             raise RollbackFailed(reply["error"])
+        if "not_done" in reply:
+            raise RollbackNotDone(reply["not_done"])
         return int(reply["version"])
 
     async def _answer(self, reply_key: str) -> bytes | str | None:
@@ -130,6 +132,8 @@ class ControlInbox:
             reply = {"version": await target.rollback(int(command["version"]))}
         except RollbackFailed as err:
             reply = {"error": str(err)}
+        except RollbackNotDone as err:
+            reply = {"not_done": str(err)}
         try:
             await self._redis.rpush(command["reply"], json.dumps(reply))
             await self._redis.expire(command["reply"], 60)

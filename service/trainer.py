@@ -35,7 +35,7 @@ from psp_core.learner import StepResult
 from service import metrics
 from service.checkpoints import CheckpointInfo, CheckpointStore
 from service.contexts import RETIREMENT_OVERLAP
-from service.control import ControlInbox, RollbackFailed
+from service.control import ControlInbox, RollbackFailed, RollbackNotDone
 from service.divergence import Diverged
 from service.fencing import WriterFenced
 from service.ledger import Ledger, Staged
@@ -352,7 +352,13 @@ class Trainer:
                 raise RollbackFailed(
                     f"no kept checkpoint has model version {version}; kept versions: {kept}"
                 )
-            await self._checkpoint()
+            try:
+                await self._checkpoint()
+            except (OSError, LeaseLapsed) as err:
+                # Nothing was restored: what was applied so far stays the newest state.
+                raise RollbackNotDone(
+                    f"the checkpoint before it could not be written ({err})"
+                ) from err
             newest = max([self.host.model_version, *(i.version for i in self.store.list())])
             await asyncio.to_thread(self.host.restore_as, target.path, newest + 1)
             await self._forget_deleted_contexts()  # deleted since: they stay deleted

@@ -108,3 +108,26 @@ def test_a_deleted_tenants_rows_stay_out_of_every_checkpoint_even_after_a_rollba
             asyncio.to_thread, shard.host.remembered_contexts
         )
         assert scrubbed()
+
+
+def test_a_rollback_while_checkpoints_cannot_be_written_is_503_and_restores_nothing(
+    make_settings, tmp_path: Path
+) -> None:
+    disk_full = tmp_path / "disk-full"
+    settings = make_settings(faults={"disk_full_while": str(disk_full)})
+    with TestClient(create_app(settings)) as client:
+        shard = client.app.state.runtime.shards[0]  # type: ignore[attr-defined]
+        register(client, "t")
+        first = _train(client, "t", 1)
+        client.portal.call(shard.trainer.checkpoint)
+        _train(client, "t", 2)
+        disk_full.touch()
+        before = client.get("/model").json()["model_version"]
+        answer = client.post("/model/rollback", json={"version": first})
+        assert answer.status_code == 503, answer.text
+        detail = answer.json()["detail"]
+        assert detail.startswith("the rollback did not happen: the checkpoint before it could")
+        assert "the model is unchanged, retry later" in detail
+        assert client.get("/model").json()["model_version"] == before
+        disk_full.unlink()
+        assert client.post("/model/rollback", json={"version": first}).status_code == 200
