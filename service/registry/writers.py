@@ -74,16 +74,19 @@ def _state(session: Session, shard: int) -> TrainerState:
     return state
 
 
-def holder(*, session: Session, shard: int) -> Holder | None:
-    """The live holder of the shard's lease, if another process holds one."""
-    state = session.get(TrainerState, shard)
+def _other_live_holder(state: TrainerState | None, owner: str) -> Holder | None:
+    """Who holds the lease in `state`, unless nobody does, it lapsed, it is `owner`, or it is a
+    process of this host that no longer runs."""
     if state is None or state.lease_until is None or not state.writer_owner:
         return None
-    if state.lease_until <= utcnow() or state.writer_owner == this_process():
-        return None
-    if _gone(state.writer_owner):
+    if state.lease_until <= utcnow() or state.writer_owner == owner or _gone(state.writer_owner):
         return None
     return Holder(state.writer_owner, state.lease_until)
+
+
+def holder(*, session: Session, shard: int) -> Holder | None:
+    """The live holder of the shard's lease, if another process holds one."""
+    return _other_live_holder(session.get(TrainerState, shard), this_process())
 
 
 def claim(*, session: Session, shard: int, owner: str, lease_seconds: float) -> int:
@@ -93,14 +96,12 @@ def claim(*, session: Session, shard: int, owner: str, lease_seconds: float) -> 
         WriterTaken: Another live process holds the lease.
     """
     state = _state(session, shard)
-    now = utcnow()
-    held = state.lease_until is not None and state.lease_until > now and state.writer_owner
-    if held and state.writer_owner != owner and not _gone(state.writer_owner):
-        assert state.lease_until is not None
-        raise WriterTaken(shard, Holder(state.writer_owner, state.lease_until))
+    held = _other_live_holder(state, owner)
+    if held is not None:
+        raise WriterTaken(shard, held)
     state.writer_token += 1
     state.writer_owner = owner
-    state.lease_until = now + timedelta(seconds=lease_seconds)
+    state.lease_until = utcnow() + timedelta(seconds=lease_seconds)
     return state.writer_token
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 from service.testing.processes import psp_worker
@@ -42,10 +41,13 @@ def test_a_writer_that_stalled_past_its_lease_is_fenced_and_exits(
     written = sorted(path.name for path in checkpoints.rglob("*"))
     os.kill(first.pid, signal.SIGSTOP)  # a long pause: garbage collection, a frozen VM
     try:
-        time.sleep(2.5)  # its lease lapses
-        successor = psp_worker(
-            "successor", {**env, "PSP_DATA_DIR": str(tmp_path / "successor")}, tmp_path
-        )
+        # The successor waits for the frozen writer's lease to lapse, then claims the shard.
+        successor_env = {
+            **env,
+            "PSP_DATA_DIR": str(tmp_path / "successor"),
+            "PSP_WRITER__WAIT_SECONDS": "60",
+        }
+        successor = psp_worker("successor", successor_env, tmp_path)
         successor.start()  # healthy: it claimed the shard
     finally:
         os.kill(first.pid, signal.SIGCONT)
