@@ -8,6 +8,8 @@ restored an older model version.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +31,7 @@ class CheckpointStore:
     def __init__(self, directory: Path, keep: int) -> None:
         self.directory = directory
         self.keep = keep
+        self._spared: set[Path] = set()
         directory.mkdir(parents=True, exist_ok=True)
 
     def list(self) -> list[CheckpointInfo]:
@@ -70,6 +73,17 @@ class CheckpointStore:
         return CheckpointInfo(int(match[1]), int(match[2]), self.directory / name)
 
     def prune(self) -> None:
-        """Deletes all but the newest `keep` checkpoints."""
+        """Deletes all but the newest `keep` checkpoints, and any one being spared."""
         for info in self.list()[: -self.keep]:
-            info.path.unlink(missing_ok=True)
+            if info.path not in self._spared:
+                info.path.unlink(missing_ok=True)
+
+    @contextmanager
+    def sparing(self, info: CheckpointInfo) -> Iterator[None]:
+        """Keeps `info` through any prune in the block: a rollback reads its target after
+        writing the checkpoint before it, which may prune the oldest file."""
+        self._spared.add(info.path)
+        try:
+            yield
+        finally:
+            self._spared.discard(info.path)

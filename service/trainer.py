@@ -352,15 +352,16 @@ class Trainer:
                 raise RollbackFailed(
                     f"no kept checkpoint has model version {version}; kept versions: {kept}"
                 )
-            try:
-                await self._checkpoint()
-            except (OSError, LeaseLapsed) as err:
-                # Nothing was restored: what was applied so far stays the newest state.
-                raise RollbackNotDone(
-                    f"the checkpoint before it could not be written ({err})"
-                ) from err
-            newest = max([self.host.model_version, *(i.version for i in self.store.list())])
-            await asyncio.to_thread(self.host.restore_as, target.path, newest + 1)
+            with self.store.sparing(target):
+                try:
+                    await self._checkpoint()
+                except (OSError, LeaseLapsed) as err:
+                    # Nothing was restored: what was applied so far stays the newest state.
+                    raise RollbackNotDone(
+                        f"the checkpoint before it could not be written ({err})"
+                    ) from err
+                newest = max([self.host.model_version, *(i.version for i in self.store.list())])
+                await asyncio.to_thread(self.host.restore_as, target.path, newest + 1)
             await self._forget_deleted_contexts()  # deleted since: they stay deleted
             await self._write_checkpoint(self.ledger.stage(), {"restored_from": str(version)})
             return self.host.model_version

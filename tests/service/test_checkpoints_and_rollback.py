@@ -131,3 +131,31 @@ def test_a_rollback_while_checkpoints_cannot_be_written_is_503_and_restores_noth
         assert client.get("/model").json()["model_version"] == before
         disk_full.unlink()
         assert client.post("/model/rollback", json={"version": first}).status_code == 200
+
+
+def test_a_rollback_to_the_oldest_kept_version_survives_the_checkpoint_before_it(
+    make_settings,
+) -> None:
+    """The checkpoint written before a rollback prunes the oldest file; the rollback's target
+    must not be that file."""
+    settings = make_settings(checkpoint={"every_steps": 100, "every_seconds": 60, "keep": 2})
+    with TestClient(create_app(settings)) as client:
+        shard = client.app.state.runtime.shards[0]  # type: ignore[attr-defined]
+        register(client, "t")
+        probe = {"inputs": rows(2, 0.3)}
+        oldest = _train(client, "t", 1)
+        client.portal.call(shard.trainer.checkpoint)
+        oldest_answer = client.post("/predict/t", json=probe).json()["probabilities"]
+        _train(client, "t", 2)
+        client.portal.call(shard.trainer.checkpoint)
+        newest = _train(client, "t", 3)  # applied, not yet checkpointed
+        assert client.get("/model").json()["checkpoints"] == [oldest, oldest + 1]
+
+        rolled = client.post("/model/rollback", json={"version": oldest})
+        assert rolled.status_code == 200, rolled.text
+        assert (rolled.json()["model_version"], rolled.json()["restored_from"]) == (
+            newest + 1,
+            oldest,
+        )
+        assert rolled.json()["checkpoints"] == [newest, newest + 1]
+        assert client.post("/predict/t", json=probe).json()["probabilities"] == oldest_answer
