@@ -44,7 +44,7 @@ import httpx
 import msgpack
 from _harness import machine_line, percentile, print_table, save_json, throwaway_dir
 
-from service.auth import issue_key
+from service.api.auth import issue_key
 from service.testing.processes import psp_serve
 
 ADMIN, ADMIN_SPEC = issue_key(["admin", "predict", "train"])

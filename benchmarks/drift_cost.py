@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 
 from _harness import machine_line, print_table, throwaway_postgres
 
-from service.drift import DriftConfig
+from service.feedback.drift import DriftConfig
 from service.registry.accuracy import Scores, add_scores
 from service.registry.counters import add_training_counts
 from service.registry.database import make_engine, make_session_factory

@@ -11,7 +11,7 @@
 #   script itself on a machine without a GPU.
 # Environment: PYTHON (default .venv/bin/python, else python3: on a GPU host whose Python
 # brings torch, run from the checkout with the service's other dependencies and the checkout
-# itself on PYTHONPATH; `psp serve` then runs as `python -m service.cli`), OUT (where logs and
+# itself on PYTHONPATH; `psp serve` then runs as `python -m service.cli.commands`), OUT (where logs and
 # JSON go; a temporary directory by default).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -26,7 +26,7 @@ from _harness import machine_line, percentile, print_table, throwaway_postgres
 from selenium import webdriver
 from selenium.webdriver.common.by import By
 
-from service.auth import issue_key
+from service.api.auth import issue_key
 from service.testing.browser import headless_chromium
 from service.testing.processes import psp_serve, running
 from service.testing.tenant_history import seed_history

@@ -10,14 +10,14 @@ from fastapi import FastAPI, Response
 from fastapi.telemetry import TelemetryConfig
 
 from service import metrics
+from service.api.auth import Authenticator
 from service.api.errors import install_error_handlers
 from service.api.http_metrics import HttpMetrics
 from service.api.json_route import BodyLimits
 from service.api.limits import BodySizeLimit
 from service.api.openapi import install_openapi
 from service.api.routes import api_router, checkpoints, health
-from service.auth import Authenticator
-from service.runtime import Runtime
+from service.runtime.runtime import Runtime
 from service.settings import Settings, get_settings
 
 # FastAPI's own OpenTelemetry checks for a configured provider on every request, a twentieth

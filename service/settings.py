@@ -17,9 +17,9 @@ from psp_core.kinds import CONTEXT_KINDS, kind_class
 from psp_core.learner import TrainingConfig
 from psp_core.models import ModelConfig
 from psp_core.replay import DEFAULT_REPLAY_ROWS
-from service.auth import ApiKeySpec, AuthSettings
-from service.drift import DriftConfig
+from service.api.auth import ApiKeySpec, AuthSettings
 from service.faults import FaultSettings
+from service.feedback.drift import DriftConfig
 
 # The learning defaults live in psp_core, where the sweep in docs/benchmarks.md chose them.
 _TRAINING = TrainingConfig()
@@ -86,7 +86,7 @@ class TrainingSettings(BaseModel):
     coalesce: bool = True
     deterministic: bool = False
     # Where role `all` runs the training steps on the CPU: a child process of their own
-    # (`service.step_process`), so that they and the HTTP work do not take turns on one
+    # (`service.model.step_process`), so that they and the HTTP work do not take turns on one
     # interpreter; or a thread of the API process. Workers and GPU models step in a thread.
     steps_in: Literal["child_process", "thread"] = "child_process"
 
@@ -168,7 +168,7 @@ class QueueSettings(BaseModel):
 
 
 class WriterSettings(BaseModel):
-    """The lease that makes each shard's writer the only one (`service.writer_lease`)."""
+    """The lease that makes each shard's writer the only one (`service.training.writer_lease`)."""
 
     # How long a claim lasts unless renewed (every third of it): a writer that stalls longer
     # than this may be replaced, and is then fenced out.
@@ -235,8 +235,8 @@ class AccuracySettings(BaseModel):
 
 
 class DriftSettings(BaseModel):
-    """Concept-drift detection on each context's scores (`service.drift`); the defaults were
-    tuned by `benchmarks/drift_detection.py`."""
+    """Concept-drift detection on each context's scores (`service.feedback.drift`); the
+    defaults were tuned by `benchmarks/drift_detection.py`."""
 
     warmup_rows: int = Field(default=_DRIFT.warmup_rows, ge=1)
     baseline_rows: int = Field(default=_DRIFT.baseline_rows, ge=1)

@@ -8,10 +8,10 @@ from typing import Annotated
 
 from fastapi import Depends, Path, Request
 
+from service.api.auth import Authenticator, Principal, Scope
+from service.api.payloads import PayloadError
 from service.api.schemas import KEY_PATTERN
-from service.auth import Authenticator, Principal, Scope
-from service.payloads import PayloadError
-from service.runtime import Runtime
+from service.runtime.runtime import Runtime
 
 
 async def get_runtime(request: Request) -> Runtime:
@@ -68,7 +68,8 @@ def _principal(scope: Scope | None) -> Callable[..., Awaitable[Principal]]:
 
 
 # The authenticated caller, by the scope its API key must hold. These are roles of callers,
-# not components: a `TrainingCaller` may queue rows, which `service.trainer.Trainer` learns.
+# not components: a `TrainingCaller` may queue rows, which
+# `service.training.trainer.Trainer` learns.
 Reader = Annotated[Principal, Depends(_principal(None))]
 Predictor = Annotated[Principal, Depends(_principal("predict"))]
 TrainingCaller = Annotated[Principal, Depends(_principal("train"))]

@@ -11,19 +11,19 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from service.auth import Forbidden, Unauthorized
-from service.body_budget import TooManyValues
-from service.checkpoint_transfer import ExportNotFound
-from service.contexts import ContextNotFound, ShardNotServed
-from service.control import RollbackFailed, RollbackNotDone, RollbackUnanswered
+from service.api.auth import Forbidden, Unauthorized
+from service.api.body_budget import TooManyValues
+from service.api.payloads import PayloadError, TooManyRows
+from service.checkpoints.rollback_relay import RollbackFailed, RollbackNotDone, RollbackUnanswered
+from service.checkpoints.transfer import ExportNotFound
+from service.contexts.service import ContextNotFound, ShardNotServed
 from service.feedback.service import (
     AlreadyLabelled,
     ExpiredPredictions,
     FeedbackUnavailable,
     UnknownPredictions,
 )
-from service.model_host import ModelUnhealthy, UnknownContext
-from service.payloads import PayloadError, TooManyRows
+from service.model.host import ModelUnhealthy, UnknownContext
 from service.queue.base import IdempotencyConflict, QueueFull, QueueUnavailable
 from service.registry.errors import (
     ContextConflict,
@@ -33,7 +33,7 @@ from service.registry.errors import (
 )
 from service.registry.store import RegistryUnavailable
 from service.settings import Settings
-from service.train_intake import NotAppliedInTime
+from service.training.intake import NotAppliedInTime
 
 _EXAMPLES = {
     "/predict/": '{"inputs": [[0.0, 0.5, ...], ...]}',
@@ -100,7 +100,7 @@ def _validation_sentence(request: Request, exc: RequestValidationError) -> str:
     if first.get("type") == "json_invalid":
         reason = str((first.get("ctx") or {}).get("error", ""))
         if reason.startswith(("the body ", "the inflated body")):
-            # msgpack, gzip, deep or large bodies (service.body_budget, service.api.json_route)
+            # msgpack, gzip, deep or large bodies (service.api.body_budget, service.api.json_route)
             return f"{reason}; send a JSON or msgpack object such as {example}"
         return f"the request body is not valid JSON; send a JSON object such as {example}"
     if first.get("type") == "missing" and tuple(first.get("loc", ())) == ("body",):

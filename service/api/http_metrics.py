@@ -1,5 +1,5 @@
 """A pure ASGI middleware that times every request and counts it by route template, and keeps
-the count of requests in flight (`service.requests_in_flight`).
+the count of requests in flight (`service.api.requests_in_flight`).
 
 It reads the matched route from the ASGI scope after the app has handled the request, so routing
 happens once. Unmatched paths are labelled `none`, which keeps the label set bounded whatever
@@ -13,7 +13,7 @@ import time
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import metrics
-from service.requests_in_flight import REQUESTS_IN_FLIGHT
+from service.api.requests_in_flight import REQUESTS_IN_FLIGHT
 
 UNMATCHED = "none"
 SKIPPED = frozenset({"/metrics"})

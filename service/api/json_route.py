@@ -2,7 +2,7 @@
 
 The caller's API key is checked before the body is read, so a caller without a valid key costs
 no more than its headers. The body is then decoded within the limits of
-`service.body_budget`: JSON and msgpack bodies may hold no more values than the largest valid
+`service.api.body_budget`: JSON and msgpack bodies may hold no more values than the largest valid
 request, and gzip bodies inflate to at most the body size limit.
 
 JSON is parsed by orjson: train bodies are thousands of numbers, and Python's `json` spent more
@@ -27,9 +27,7 @@ from typing import Any
 from fastapi import HTTPException, Request, Response
 from fastapi.routing import APIRoute
 
-from service.api.deps import presented_key
-from service.api.schemas import MAX_BATCH_CONTEXTS, MAX_PREDICT_ITEMS
-from service.body_budget import (
+from service.api.body_budget import (
     TooManyValues,
     check_json_budget,
     decode_json,
@@ -38,6 +36,8 @@ from service.body_budget import (
     needs_counting,
     value_budget,
 )
+from service.api.deps import presented_key
+from service.api.schemas import MAX_BATCH_CONTEXTS, MAX_PREDICT_ITEMS
 from service.settings import LimitSettings, ModelSettings, Settings
 
 _UNPARSED = object()

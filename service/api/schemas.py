@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
-from service.body_budget import MOST_LISTED_ITEMS
+from service.api.body_budget import MOST_LISTED_ITEMS
 from service.registry.models import KEY_CHARACTERS, KEY_MAX_LENGTH, KEY_PATTERN
 
 KEY_PREFIX_PATTERN = rf"^[{KEY_CHARACTERS}]{{0,{KEY_MAX_LENGTH}}}$"

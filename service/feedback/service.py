@@ -13,18 +13,18 @@ from typing import Any
 import numpy as np
 
 from service import metrics
-from service.contexts import ContextService
+from service.api.payloads import PayloadError, TooManyRows, input_matrix, label_vector
+from service.contexts.service import ContextService
 from service.feedback.ids import new_ids, parse_id
 from service.feedback.store import FeedbackStore, MemoryFeedbackStore, Remembered
 from service.feedback.store import FeedbackUnavailable as FeedbackUnavailable  # the API maps it
-from service.payloads import PayloadError, TooManyRows, input_matrix, label_vector
-from service.prediction import Prediction, PredictionService
 from service.queue.base import TrainEntry
 from service.queue.lanes import ShardQueue
 from service.registry.accuracy import Scores
 from service.registry.store import RegistryUnavailable
+from service.serving.prediction import Prediction, PredictionService
 from service.settings import Settings
-from service.train_intake import NotAppliedInTime
+from service.training.intake import NotAppliedInTime
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,6 @@ behind one interface.
   and `lua/` their scripts); `keys` names every Redis key.
 """
 
-from service.entry_ids import entry_id_key
 from service.queue.applied import AppliedNotices
 from service.queue.base import (
     Enqueued,
@@ -20,6 +19,7 @@ from service.queue.base import (
     TrainEntry,
     TrainQueue,
 )
+from service.queue.entry_ids import entry_id_key
 
 __all__ = [
     "AppliedNotices",

@@ -86,7 +86,7 @@ class ShardKeys:
 
     @property
     def fence(self) -> str:
-        """The newest writer token seen for the shard (`service.fencing`)."""
+        """The newest writer token seen for the shard (`service.training.fencing`)."""
         return f"{self.prefix}writer:{self.shard}:fence"
 
     def put_token(self, token: str) -> str:

@@ -22,8 +22,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from service.fencing import WriterFenced
 from service.queue.base import QueueUnavailable
+from service.training.fencing import WriterFenced
 
 T = TypeVar("T")
 

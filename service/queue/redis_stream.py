@@ -30,7 +30,6 @@ from typing import Any, TypeVar
 
 from redis.exceptions import ResponseError
 
-from service.entry_ids import entry_id_key
 from service.queue.base import (
     DEAD_LETTERS_KEPT,
     IDEMPOTENCY_SECONDS,
@@ -45,6 +44,7 @@ from service.queue.base import (
     TrainEntry,
     TrainQueue,
 )
+from service.queue.entry_ids import entry_id_key
 from service.queue.keys import DEFAULT_KEY_PREFIX, ShardKeys
 from service.queue.redis_link import RedisLink, text
 

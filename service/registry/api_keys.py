@@ -1,6 +1,6 @@
 """Query functions of the stored API keys: create, list, revoke.
 
-Only salted hashes are stored (`service.auth`); the key itself is shown once, when created.
+Only salted hashes are stored (`service.api.auth`); the key itself is shown once, when created.
 Like the context queries, these functions take keyword arguments, flush and never commit.
 """
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 
-from service.auth import ApiKeySpec
+from service.api.auth import ApiKeySpec
 from service.registry.models import ApiKeyRow, utcnow
 
 

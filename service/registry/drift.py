@@ -3,7 +3,7 @@ reader sees of them.
 
 `observe_scores` runs in the transaction that records the scores (a checkpoint's counts, or one
 feedback call), so every batch of scores reaches the detector exactly once, as it reaches the
-counters, and every process reads the same state. The detector (`service.drift`) keeps five
+counters, and every process reads the same state. The detector (`service.feedback.drift`) keeps five
 numbers per context and source; the drifts it finds are kept as events, at most `max_events`
 per context (older ones are dropped as new ones come) and never beyond the history's retention
 (`forget_before`).
@@ -22,7 +22,7 @@ from sqlalchemy import Table, delete, false, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from service.drift import DetectorState, DriftConfig, observe
+from service.feedback.drift import DetectorState, DriftConfig, observe
 from service.registry.accuracy import Scores
 from service.registry.database import in_chunks, insert_with_on_conflict
 from service.registry.models import ContextDriftRow, ContextRow, DriftEventRow

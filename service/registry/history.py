@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
-from service.drift import DriftConfig
+from service.feedback.drift import DriftConfig
 from service.registry import accuracy, drift
 
 DEFAULT_RETENTION = timedelta(days=90)

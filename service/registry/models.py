@@ -208,7 +208,7 @@ class TrainerState(Base):
 
 
 class ApiKeyRow(Base):
-    """An API key created at run time; only its salted hash is kept (see `service.auth`).
+    """An API key created at run time; only its salted hash is kept (see `service.api.auth`).
 
     Attributes:
         id: The public part of the key (`psp_<id>_<secret>`).
@@ -259,8 +259,9 @@ class AccuracyHourRow(Base):
 
 
 class ContextDriftRow(Base):
-    """The drift detector's state for one context and one source of scores (`service.drift`),
-    kept apart from `contexts` so that its rows stay small; created at the first scores.
+    """The drift detector's state for one context and one source of scores
+    (`service.feedback.drift`), kept apart from `contexts` so that its rows stay small; created
+    at the first scores.
 
     Attributes:
         context_index: The context's bank index.

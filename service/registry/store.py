@@ -19,8 +19,8 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, Operation
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import metrics
-from service.context_definition import ContextDefinition
-from service.entry_ids import entry_id_key
+from service.contexts.definition import ContextDefinition
+from service.queue.entry_ids import entry_id_key
 from service.registry import (
     accuracy,
     api_keys,

@@ -21,8 +21,8 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
-from service.fencing import WriterFenced
 from service.registry.models import TrainerState, utcnow
+from service.training.fencing import WriterFenced
 
 
 @dataclass(frozen=True)

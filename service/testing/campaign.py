@@ -75,7 +75,7 @@ import numpy as np
 import redis
 from safetensors import SafetensorError, safe_open
 
-from service.checkpoints import CheckpointStore
+from service.checkpoints.store import CheckpointStore
 from service.feedback.service import _idempotency_key as feedback_idempotency_key
 from service.queue.keys import ShardKeys
 from service.testing.processes import (

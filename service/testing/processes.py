@@ -55,7 +55,7 @@ def psp_command() -> list[str]:
     the path without being installed (a checkout run with `PYTHONPATH`, as on a GPU host whose
     Python brings torch), the same CLI as a module of that interpreter."""
     script = shutil.which("psp", path=str(Path(sys.executable).parent))
-    return [script] if script else [sys.executable, "-m", "service.cli"]
+    return [script] if script else [sys.executable, "-m", "service.cli.commands"]
 
 
 @dataclass

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.drift import DriftConfig
+from service.feedback.drift import DriftConfig
 from service.registry.accuracy import Scores, add_scores, hour_of
 from service.registry.counters import add_training_counts
 from service.registry.database import make_engine, make_session_factory

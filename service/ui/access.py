@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from fastapi import Request, Response
 
+from service.api.auth import Authenticator, Principal, Unauthorized
 from service.api.deps import presented_key
-from service.auth import Authenticator, Principal, Unauthorized
 
 COOKIE = "psp_ui_key"
 PATH = "/ui"

@@ -15,13 +15,13 @@ from typing import Any
 
 from prometheus_client import REGISTRY
 
-from service.auth import Principal
+from service.api.auth import Principal
 from service.queue.base import DeadLetter, QueueUnavailable
 from service.registry.accuracy import AccuracyHour, hour_of
 from service.registry.drift import DriftEvent, judge
 from service.registry.models import ContextRow
 from service.registry.overview import ContextSummary, SortKey
-from service.runtime import Runtime
+from service.runtime.runtime import Runtime
 from service.settings import Settings
 from service.ui import charts
 

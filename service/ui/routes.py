@@ -17,10 +17,10 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
+from service.api.auth import Forbidden, Principal, Unauthorized
 from service.api.deps import KeyPath, RuntimeDep
 from service.api.schemas import KEY_PREFIX_PATTERN
-from service.auth import Forbidden, Principal, Unauthorized
-from service.contexts import ContextNotFound
+from service.contexts.service import ContextNotFound
 from service.registry.overview import SortKey
 from service.registry.store import RegistryUnavailable
 from service.ui import access, pages

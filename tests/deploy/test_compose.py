@@ -25,7 +25,7 @@ import yaml
 from fastapi.testclient import TestClient
 
 from service.app import create_app, create_worker_app
-from service.cli import app as cli_app
+from service.cli.commands import app as cli_app
 from service.settings import Settings
 from tests.deploy.settings_fields import settings_env_names, shared_env_names
 
@@ -884,7 +884,7 @@ def test_the_image_copies_every_package_the_service_imports() -> None:
     find = tomllib.loads(PYPROJECT.read_text())["tool"]["setuptools"]["packages"]["find"]
     ours = sorted(pattern.rstrip("*") for pattern in find["include"])
     probe = (
-        "import sys, service.app, service.cli; "
+        "import sys, service.app, service.cli.commands; "
         f"print(' '.join(sorted({{n.split('.')[0] for n in sys.modules}} & set({ours!r}))))"
     )
     imported = subprocess.run(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from service.cli import private_metrics_dir
+from service.cli.commands import private_metrics_dir
 
 
 def test_a_fresh_private_directory_is_used_and_removed(

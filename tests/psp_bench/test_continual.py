@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from psp_bench.cli import bench_app
 from psp_bench.continual import ContinualConfig, ContinualResults, run_continual
 from psp_bench.plots import plot_all
-from service.cli import app as psp_app
+from service.cli.commands import app as psp_app
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

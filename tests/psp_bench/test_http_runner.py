@@ -20,8 +20,8 @@ from psp_bench.methods import Method
 from psp_bench.runners import PSPRunner
 from psp_bench.streams import make_stream
 from psp_core import ContextSpec, ModelConfig, TrainingConfig
+from service.api.auth import issue_key
 from service.app import create_app
-from service.auth import issue_key
 from tests.service.api.helpers import sqlite_settings
 
 # The model of `sqlite_settings`; the service trains with psp_core's default TrainingConfig.

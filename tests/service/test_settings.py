@@ -6,8 +6,8 @@ import pytest
 from pydantic import ValidationError
 
 from psp_core.kinds import CONTEXT_KINDS
+from service.runtime.startup import describe_settings_error
 from service.settings import ModelSettings, Settings
-from service.startup import describe_settings_error
 
 
 @pytest.mark.parametrize("kind", CONTEXT_KINDS)

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Path, Response
 
 from service.api.deps import RuntimeDep
-from service.checkpoint_transfer import check_fetch_token
+from service.checkpoints.transfer import check_fetch_token
 
 router = APIRouter(tags=["checkpoints"])
 

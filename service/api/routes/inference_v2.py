@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from service.api.deps import KeyPath, Predictor, Reader, RuntimeDep
 from service.api.json_route import read_body
 from service.api.schemas import problems
-from service.inference_v2 import InferLimits, InferRequest, decode_infer_request
+from service.api.v2_decoding import InferLimits, InferRequest, decode_infer_request
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
 ModelName = KeyPath  # each context is a model, named by its key

@@ -17,7 +17,7 @@ from service.api.schemas import (
     RememberedPredictResponse,
     problems,
 )
-from service.prediction import Prediction
+from service.serving.prediction import Prediction
 
 router = APIRouter(tags=["prediction"], route_class=BoundedBodyRoute)
 ERRORS = problems(404, 413, 422, 503)

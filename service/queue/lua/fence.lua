@@ -1,4 +1,4 @@
--- Writer fencing (service/fencing.py). KEYS[#KEYS] of a fenced script holds the newest writer
+-- Writer fencing (service/training/fencing.py). KEYS[#KEYS] of a fenced script holds the newest writer
 -- token seen for the shard, ARGV[1] is the caller's token ('' for an unfenced caller). An older
 -- token is refused with a FENCED error before anything changes; a newer one becomes the newest.
 local function check_fence(key, token)

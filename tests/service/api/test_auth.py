@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
+from service.api.auth import Authenticator, issue_key
 from service.app import create_app
-from service.auth import Authenticator, issue_key
 from tests.service.api.helpers import rows, snapshot
 
 PREDICT, PREDICT_SPEC = issue_key(["predict"], name="reader")

@@ -13,8 +13,8 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
+from service.api.auth import issue_key
 from service.app import create_app
-from service.auth import issue_key
 from tests.service.api.helpers import register, rows, snapshot, sqlite_settings
 
 MSGPACK = {"content-type": "application/msgpack"}

@@ -10,9 +10,9 @@ import redis.asyncio as aioredis
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.control import RedisRollback, RollbackNotDone
+from service.checkpoints.rollback_relay import RedisRollback, RollbackNotDone
 from service.feedback.service import FeedbackUnavailable
-from service.model_host import ModelUnhealthy
+from service.model.host import ModelUnhealthy
 from service.queue.base import QueueFull, QueueUnavailable
 from service.queue.keys import ShardKeys
 from service.registry.store import RegistryUnavailable

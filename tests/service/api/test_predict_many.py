@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from service.api.auth import issue_key
 from service.app import create_app
-from service.auth import issue_key
 from service.settings import Settings
 from tests.service.api.helpers import register, rows, snapshot, sqlite_settings
 from tests.service.api.test_feedback import varied_rows

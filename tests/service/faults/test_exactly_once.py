@@ -15,7 +15,7 @@ from psp_core.contexts import ContextSpec
 from psp_core.learner import OnlineLearner, TrainingConfig
 from psp_core.models import ModelConfig, build_model
 from psp_core.replay import DEFAULT_REPLAY_ROWS, ReplayBuffer
-from service.checkpoints import CheckpointStore
+from service.checkpoints.store import CheckpointStore
 from service.testing.processes import wait_until
 from tests.service.faults.traffic import (
     Accepted,

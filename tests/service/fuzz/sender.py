@@ -7,7 +7,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 from httpx import Response
 
-from service.auth import issue_key
+from service.api.auth import issue_key
 from tests.service.fuzz.strategies import encode
 from tests.service.fuzz.tally import record
 

@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, settings
 from schemathesis.config import SchemathesisConfig
 from schemathesis.specs.openapi.checks import ignored_auth, positive_data_acceptance
 
+from service.api.auth import issue_key
 from service.app import create_app
-from service.auth import issue_key
-from service.entry_ids import entry_id_key
+from service.queue.entry_ids import entry_id_key
 from service.settings import Settings
 from tests.service.fuzz.tally import record
 

@@ -12,12 +12,12 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from service.fencing import WriterFenced
 from service.queue import QueueUnavailable, TrainEntry, redis_stream
 from service.queue.base import IDEMPOTENCY_SECONDS
 from service.queue.redis_link import RedisLink
 from service.queue.redis_stream import RedisStreamQueue
 from service.testing.processes import RedisServer
+from service.training.fencing import WriterFenced
 
 
 def make_entry(size: int = 2) -> TrainEntry:

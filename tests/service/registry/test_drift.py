@@ -10,7 +10,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from service.drift import DriftConfig
+from service.feedback.drift import DriftConfig
 from service.registry.accuracy import Scores
 from service.registry.database import make_session_factory
 from service.registry.drift import DriftEvent, judge, observe_scores

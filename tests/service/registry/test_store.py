@@ -110,7 +110,7 @@ def test_the_store_loads_neither_the_model_nor_the_queue() -> None:
     kinds it checks against: it loads neither the model host, the queue nor redis."""
     probe = (
         "import sys, service.registry.store; "
-        "print(sorted(m for m in ('redis', 'service.model_host', 'service.queue') "
+        "print(sorted(m for m in ('redis', 'service.model.host', 'service.queue') "
         "if m in sys.modules))"
     )
     loaded = subprocess.run(

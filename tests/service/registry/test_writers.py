@@ -9,9 +9,9 @@ import sys
 import pytest
 from sqlalchemy import Engine
 
-from service.fencing import WriterFenced
 from service.registry.store import RegistryStore
 from service.registry.writers import WriterTaken, this_process
+from service.training.fencing import WriterFenced
 
 
 async def test_a_second_owner_is_refused_while_the_lease_runs(registry_engine: Engine) -> None:

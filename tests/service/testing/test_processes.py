@@ -28,7 +28,7 @@ def test_the_service_never_loads_the_helpers() -> None:
         [
             sys.executable,
             "-c",
-            "import sys, service.app, service.cli; "
+            "import sys, service.app, service.cli.commands; "
             "print(sorted(m for m in sys.modules if m.startswith('service.testing')))",
         ],
         capture_output=True,
@@ -48,7 +48,7 @@ def test_psp_command_runs_the_cli_as_a_module_where_no_script_is_installed(
 ) -> None:
     monkeypatch.setattr(processes.shutil, "which", lambda *args, **kwargs: None)
     command = psp_command()
-    assert command == [sys.executable, "-m", "service.cli"]
+    assert command == [sys.executable, "-m", "service.cli.commands"]
     usage = subprocess.run([*command, "--help"], capture_output=True, text=True, check=True)
     assert "serve" in usage.stdout and "worker" in usage.stdout
 

@@ -16,7 +16,7 @@ from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from service.auth import issue_key
+from service.api.auth import issue_key
 from service.testing.browser import headless_chromium, missing
 from service.testing.processes import psp_serve, running
 from service.testing.tenant_history import seed_history

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from service.api.auth import issue_key
 from service.app import create_app
-from service.auth import issue_key
 from service.testing.processes import wait_until
 from service.ui import access
 from tests.service.api.helpers import rows, sqlite_settings
