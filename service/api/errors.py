@@ -14,7 +14,7 @@ from starlette.routing import Match
 from service.api.auth import Forbidden, Unauthorized
 from service.api.body_budget import TooManyValues
 from service.api.payloads import PayloadError, TooManyRows
-from service.checkpoints.rollback_relay import RollbackFailed, RollbackNotDone, RollbackUnanswered
+from service.checkpoints.rollback import RollbackFailed, RollbackNotDone, RollbackUnanswered
 from service.checkpoints.transfer import ExportNotFound
 from service.contexts.service import ContextNotFound, ShardNotServed
 from service.feedback.service import (

@@ -15,7 +15,7 @@ import msgpack
 import numpy as np
 from redis.exceptions import RedisError
 
-from service.checkpoints.announcements import redis_client
+from service.queue.redis_link import redis_client
 from service.feedback.ids import PredictionId, parse_id
 from service.feedback.store import Claim, FeedbackStore, FeedbackUnavailable, Remembered
 

@@ -134,3 +134,15 @@ class RedisLink:
         """Drops the connections. A later call opens new ones, so each user of a shared link
         may close it."""
         await self.client.aclose()
+
+
+def redis_client(url: str) -> aioredis.Redis:
+    """A plain client with the same timeouts, for the code that handles Redis's exceptions
+    itself (checkpoint announcements, rollback commands, feedback): it fails fast while Redis is
+    down and reconnects by itself afterwards."""
+    return aioredis.Redis.from_url(
+        url,
+        socket_connect_timeout=CONNECT_TIMEOUT_S,
+        socket_timeout=SOCKET_TIMEOUT_S,
+        health_check_interval=HEALTH_CHECK_INTERVAL_S,
+    )

@@ -20,8 +20,9 @@ from redis.exceptions import RedisError
 
 from service.api.auth import Authenticator
 from service.api.payloads import PayloadError
-from service.checkpoints.announcements import ModelFollower, ModelPublisher, redis_client
-from service.checkpoints.rollback_relay import ControlInbox, RedisRollback
+from service.checkpoints.announce import ModelPublisher
+from service.checkpoints.rollback_inbox import ControlInbox
+from service.checkpoints.rollback_sender import RedisRollback
 from service.checkpoints.transfer import (
     CheckpointExports,
     CheckpointFetcher,
@@ -32,6 +33,7 @@ from service.contexts.service import ContextService
 from service.feedback.service import FeedbackService, make_feedback_store
 from service.model.host import ModelHost
 from service.queue.memory_stream import IdempotencyMemory
+from service.queue.redis_link import redis_client
 from service.registry.database import make_engine
 from service.registry.history import HistoryPolicy
 from service.registry.migrate import upgrade
@@ -43,6 +45,7 @@ from service.runtime.shard import Shard
 from service.runtime.shard_load import report_shard_load
 from service.runtime.startup import StartupError, check_checkpoint_fits
 from service.runtime.supervisor import Supervisor
+from service.serving.model_follower import ModelFollower
 from service.serving.multi_prediction import MultiPredictionService
 from service.serving.prediction import PredictionService
 from service.settings import Settings

@@ -11,13 +11,12 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from service.checkpoints.announcements import ModelFollower
-from service.checkpoints.rollback_relay import RollbackTarget
+from service.checkpoints.rollback import RollbackTarget
 from service.checkpoints.store import CheckpointStore
 from service.checkpoints.transfer import CheckpointExports
-from service.faults import FaultInjector
 from service.model.host import ModelHost, resolve_device
-from service.model.step_process import ChildStepHost, steps_run_in_child
+from service.model.step_client import ChildStepHost, steps_run_in_child
+from service.model.training_hooks import installed_training_hooks
 from service.queue.applied import AppliedNotices
 from service.queue.base import TrainQueue
 from service.queue.keys import ShardKeys
@@ -25,6 +24,7 @@ from service.queue.lanes import ShardQueue
 from service.queue.memory_applied import InProcessAppliedNotices
 from service.queue.memory_stream import IdempotencyMemory, InProcessQueue
 from service.serving.batcher import PredictBatcher
+from service.serving.model_follower import ModelFollower
 from service.settings import Settings
 from service.training.trainer import Trainer
 
@@ -123,12 +123,11 @@ def make_queue_and_notices(
 
 
 def _make_host(settings: Settings) -> ModelHost:
-    """The model, freshly initialised, with the fault injector watching its steps if asked;
+    """The model, freshly initialised, with the step watchers of the process's training hooks;
     in role `all` on the CPU, with its steps in a child process unless told otherwise."""
-    if settings.faults.any:
-        log.warning("fault injection is on (PSP_FAULTS__*): %s", settings.faults)
+    hooks = installed_training_hooks()
     if steps_run_in_child(settings):
-        return ChildStepHost(settings)  # the child installs the fault injector
+        return ChildStepHost(settings, hooks.step_watchers)  # the child builds the watchers
     host = ModelHost(
         settings.model.to_config(),
         settings.training.to_config(settings.replay),
@@ -137,6 +136,5 @@ def _make_host(settings: Settings) -> ModelHost:
         replay_rows=settings.replay.rows if settings.role != "api" else 0,
         shard=settings.queue.shard,
     )
-    if settings.faults.any:
-        host.step_watchers.append(FaultInjector(settings.faults))
+    host.step_watchers.extend(hooks.new_step_watchers())
     return host

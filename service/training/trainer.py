@@ -33,7 +33,8 @@ from psp_core.checkpoint_scrub import forget_contexts_in
 from psp_core.contexts import derive_seed
 from psp_core.learner import StepResult
 from service import metrics
-from service.checkpoints.rollback_relay import ControlInbox, RollbackFailed, RollbackNotDone
+from service.checkpoints.rollback import RollbackFailed, RollbackNotDone
+from service.checkpoints.rollback_inbox import ControlInbox
 from service.checkpoints.store import CheckpointInfo, CheckpointStore
 from service.contexts.service import RETIREMENT_OVERLAP
 from service.model.divergence import Diverged

@@ -10,7 +10,8 @@ import redis.asyncio as aioredis
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.checkpoints.rollback_relay import RedisRollback, RollbackNotDone
+from service.checkpoints.rollback import RollbackNotDone
+from service.checkpoints.rollback_sender import RedisRollback
 from service.feedback.service import FeedbackUnavailable
 from service.model.host import ModelUnhealthy
 from service.queue.base import QueueFull, QueueUnavailable

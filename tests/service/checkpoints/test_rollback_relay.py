@@ -8,14 +8,9 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from service.checkpoints.rollback_relay import (
-    WAIT_SLICE_SECONDS,
-    ControlInbox,
-    RedisRollback,
-    RollbackFailed,
-    RollbackNotDone,
-    RollbackUnanswered,
-)
+from service.checkpoints.rollback import RollbackFailed, RollbackNotDone, RollbackUnanswered
+from service.checkpoints.rollback_inbox import ControlInbox
+from service.checkpoints.rollback_sender import WAIT_SLICE_SECONDS, RedisRollback
 from service.queue.base import QueueUnavailable
 from service.queue.keys import ShardKeys
 

@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 import redis
 
-from service.checkpoints.announcements import ModelAnnouncement
+from service.checkpoints.announce import ModelAnnouncement
 from service.queue.base import TrainEntry
 from service.queue.keys import ShardKeys
 from service.queue.redis_link import RedisLink

@@ -13,7 +13,7 @@ from collections import Counter
 import httpx
 import redis
 
-from service.checkpoints.announcements import ModelAnnouncement
+from service.checkpoints.announce import ModelAnnouncement
 from service.queue.keys import ShardKeys
 from service.testing.processes import wait_until
 from tests.service.faults.traffic import (

@@ -7,17 +7,17 @@ import logging
 import httpx
 import numpy as np
 import pytest
-import redis
 import torch
 
 from psp_core.learner import TrainingConfig
 from psp_core.models import ModelConfig
-from service.checkpoints.announcements import ModelAnnouncement, ModelFollower, ModelPublisher
+from service.checkpoints.announce import ModelAnnouncement
 from service.checkpoints.store import CheckpointStore
-from service.checkpoints.transfer import CheckpointExports, CheckpointFetcher
+from service.checkpoints.transfer import CheckpointFetcher
 from service.contexts.definition import ContextDefinition
 from service.model.host import ModelHost, ModelUnhealthy
 from service.queue.keys import ShardKeys
+from service.serving.model_follower import ModelFollower
 
 
 async def test_an_unreachable_checkpoint_is_retried_and_reported_once(
@@ -37,7 +37,7 @@ async def test_an_unreachable_checkpoint_is_retried_and_reported_once(
     announced = ModelAnnouncement(
         7, 7, file, 0.0, f"http://worker/shards/0/checkpoints/{file}", "0"
     )
-    caplog.set_level(logging.DEBUG, logger="service.checkpoints.announcements")
+    caplog.set_level(logging.DEBUG, logger="service.serving.model_follower")
     for _ in range(3):
         await follower.serve(announced)
     await follower.close()
@@ -47,23 +47,6 @@ async def test_an_unreachable_checkpoint_is_retried_and_reported_once(
     reports = [r for r in caplog.records if "retrying every poll" in r.getMessage()]
     assert [r.levelno for r in reports] == [logging.WARNING, logging.DEBUG, logging.DEBUG]
     assert "answered 503 worker restarting" in reports[0].getMessage()
-
-
-async def test_a_checkpoint_that_cannot_be_exported_is_still_announced_for_shared_volumes(
-    tmp_path, redis_url: str, key_prefix: str
-) -> None:
-    store = CheckpointStore(tmp_path, keep=2)
-    keys = ShardKeys(key_prefix, 1)
-    publisher = ModelPublisher(redis_url, keys, CheckpointExports(store), "http://worker:9101")
-    vanished = store.next(3)  # named, never written
-    await publisher.announce(vanished)
-    await publisher.close()
-
-    stored = redis.Redis.from_url(redis_url).get(keys.model_latest)
-    announced = ModelAnnouncement.decode(stored)
-    assert announced is not None
-    assert (announced.sequence, announced.version, announced.file) == (1, 3, vanished.path.name)
-    assert (announced.url, announced.sha256) == (None, None)
 
 
 def _host() -> ModelHost:

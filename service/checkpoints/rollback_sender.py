@@ -1,9 +1,9 @@
-"""Admin commands for the single writer: rollback to a kept checkpoint.
+"""The API side of a rollback in the split roles: relays the command to the worker.
 
-In the `all` role the API calls the trainer directly. In the split roles the API process
-pushes the command onto a Redis list that the worker polls between steps, and waits for the
-worker's reply on a per-request key. A command the worker has not taken when the API stops
-waiting is withdrawn, so a rollback the caller heard had failed never happens later.
+The API process pushes the command onto a Redis list that the worker polls between steps
+(`service.checkpoints.rollback_inbox`), and waits for the worker's reply on a per-request key. A
+command the worker has not taken when the API stops waiting is withdrawn, so a rollback the
+caller heard had failed never happens later.
 """
 
 from __future__ import annotations
@@ -11,41 +11,21 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import NoReturn, Protocol
+from typing import NoReturn
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from service.queue.base import QueueUnavailable
+from service.checkpoints.rollback import RollbackFailed, RollbackNotDone, RollbackUnanswered
 from service.queue.keys import ShardKeys
 
 WAIT_SLICE_SECONDS = 1.0
 """How long one BLPOP for the worker's reply blocks: below the socket timeout of the service's
-Redis clients (`service.checkpoints.announcements.redis_client`)."""
-
-
-class RollbackFailed(Exception):
-    """The requested version is not among the kept checkpoints (or the worker refused)."""
-
-
-class RollbackNotDone(Exception):
-    """The rollback did not happen: the worker could not be reached, or did not take the
-    command in time and it was withdrawn."""
-
-
-class RollbackUnanswered(Exception):
-    """The worker may have taken the rollback, but its answer did not come: whether it
-    happened is unknown."""
-
-
-class RollbackTarget(Protocol):
-    async def rollback(self, version: int) -> int:
-        """Restores checkpointed `version`; returns the version now trained and served."""
-        ...
+Redis clients (`service.queue.redis_link.redis_client`)."""
 
 
 class RedisRollback:
-    """API side of a rollback in split mode."""
+    """A `RollbackTarget` that relays the rollback to the shard's worker through Redis."""
 
     def __init__(self, client: aioredis.Redis, keys: ShardKeys, timeout: float = 30.0) -> None:
         self._redis = client
@@ -104,41 +84,3 @@ class RedisRollback:
         if withdrawn:
             raise RollbackNotDone(not_taken)
         raise RollbackUnanswered(unanswered)
-
-
-class ControlInbox:
-    """Worker side: takes pending commands, runs them, replies."""
-
-    def __init__(self, client: aioredis.Redis, keys: ShardKeys) -> None:
-        self._redis = client
-        self._keys = keys
-
-    async def serve_one(self, target: RollbackTarget) -> bool:
-        """Runs the oldest pending command, if any; returns whether there was one.
-
-        Raises:
-            QueueUnavailable: Redis cannot be reached.
-        """
-        try:
-            raw = await self._redis.lpop(self._keys.control)
-        except (RedisError, OSError) as err:
-            raise QueueUnavailable(f"cannot read admin commands from Redis: {err}") from err
-        if raw is None:
-            return False
-        assert isinstance(raw, bytes | str)
-        command = json.loads(raw)
-        reply: dict[str, int | str]
-        try:
-            reply = {"version": await target.rollback(int(command["version"]))}
-        except RollbackFailed as err:
-            reply = {"error": str(err)}
-        except RollbackNotDone as err:
-            reply = {"not_done": str(err)}
-        try:
-            await self._redis.rpush(command["reply"], json.dumps(reply))
-            await self._redis.expire(command["reply"], 60)
-        except (RedisError, OSError) as err:
-            raise QueueUnavailable(
-                f"cannot reply to an admin command through Redis: {err}"
-            ) from err
-        return True

@@ -1,118 +1,30 @@
-"""Publishing new weights from the worker and hot-swapping them into API processes.
+"""Hot-swapping the weights the shard's worker announces into an API process.
 
-The worker announces each checkpoint through Redis: it sets `model:<shard>:latest` and
-publishes the same JSON on the `model:<shard>` channel. The announcement names the file, the
-URL the worker serves its weights at and their SHA-256 (`service.checkpoints.transfer`). API
+The worker announces each checkpoint through Redis (`service.checkpoints.announce`). API
 processes listen, and also read the `latest` key every second, so a message missed during a
 Redis outage is caught up. A process that shares the worker's checkpoint volume reads the file
 from it; one that does not downloads it and checks the hash first. A swap reads the file outside
-the model lock and copies the weights in under it, so no request is dropped. The announcement
-carries the write time, from which the staleness (checkpoint to served) is measured.
+the model lock and copies the weights in under it, so no request is dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-from dataclasses import asdict, dataclass
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from psp_core.checkpoint import CheckpointError
 from service import metrics
+from service.checkpoints.announce import ModelAnnouncement
 from service.checkpoints.store import CheckpointInfo, CheckpointStore
-from service.checkpoints.transfer import CheckpointExports, CheckpointFetcher
+from service.checkpoints.transfer import CheckpointFetcher
 from service.model.host import ModelHost
 from service.queue.keys import ShardKeys
+from service.queue.redis_link import redis_client
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ModelAnnouncement:
-    """A checkpoint the worker has made durable."""
-
-    sequence: int
-    version: int
-    file: str
-    written_at: float
-    # Where the worker serves the checkpoint's weights, and their SHA-256; absent from the
-    # announcements of versions that predate the download.
-    url: str | None = None
-    sha256: str | None = None
-
-    def encode(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def decode(cls, text: bytes | str | None) -> ModelAnnouncement | None:
-        if not text:
-            return None
-        data = json.loads(text)
-        return cls(
-            int(data["sequence"]),
-            int(data["version"]),
-            str(data["file"]),
-            float(data["written_at"]),
-            data.get("url"),
-            data.get("sha256"),
-        )
-
-
-def redis_client(url: str) -> aioredis.Redis:
-    """A client that fails fast while Redis is down and reconnects by itself afterwards."""
-    return aioredis.Redis.from_url(
-        url, socket_connect_timeout=1, socket_timeout=5, health_check_interval=10
-    )
-
-
-class ModelPublisher:
-    """The worker side: exports and announces each checkpoint.
-
-    Args:
-        url: Redis.
-        keys: The shard's Redis keys.
-        exports: The exports this worker serves over HTTP.
-        base_url: Where API replicas reach this worker's health and metrics port.
-    """
-
-    def __init__(
-        self, url: str, keys: ShardKeys, exports: CheckpointExports, base_url: str
-    ) -> None:
-        self._redis = redis_client(url)
-        self._keys = keys
-        self._exports = exports
-        self._base_url = base_url
-
-    async def announce(self, checkpoint: CheckpointInfo) -> None:
-        url, sha256 = None, None
-        try:
-            exported = await asyncio.to_thread(self._exports.export, checkpoint)
-            url = f"{self._base_url}/shards/{self._keys.shard}/checkpoints/{exported.file}"
-            sha256 = exported.sha256
-        except (CheckpointError, OSError) as err:
-            # Still announced: API processes that share the volume read the file itself.
-            log.warning("could not export checkpoint %s for download: %s", checkpoint.path, err)
-        message = ModelAnnouncement(
-            checkpoint.sequence,
-            checkpoint.version,
-            checkpoint.path.name,
-            time.time(),
-            url,
-            sha256,
-        ).encode()
-        try:
-            await self._redis.set(self._keys.model_latest, message)
-            await self._redis.publish(self._keys.model_channel, message)
-        except (RedisError, OSError) as err:
-            # Readers poll `latest`, so the next successful announcement brings them up to date.
-            log.warning("could not announce checkpoint %s: %s", checkpoint.path.name, err)
-
-    async def close(self) -> None:
-        await self._redis.aclose()
 
 
 class ModelFollower:
