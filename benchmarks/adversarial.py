@@ -91,17 +91,17 @@ def _tensor(**fields: Any) -> dict[str, Any]:
 
 def cases() -> list[Case]:
     """Every case, its body built once, before the clock starts."""
+    full_rows = [[0.123456] * WIDTH for _ in range(ROWS)]
+    return [*_bomb_cases(), *_malformed_cases(full_rows), *_reference_cases(full_rows)]
+
+
+def _bomb_cases() -> list[Case]:
+    """Bodies that cost the server far more to parse than to send: millions of empty lists or
+    objects, deep nesting, 16 MB of whitespace or of one string."""
     json_bomb = _empties(b"[]", BODY_BYTES // 3)
     msgpack_bomb = _msgpack_empties(BODY_BYTES - 16)
     gzip_json = {**JSON, "content-encoding": "gzip"}
     gzip_msgpack = {**MSGPACK, "content-encoding": "gzip"}
-    full_rows = [[0.123456] * WIDTH for _ in range(ROWS)]
-    repeated = {"prediction_ids": ["p0.0.0000000000000000"] * 30_000, "labels": [0] * 30_000}
-    at_cap = {"prediction_ids": ["p0.0.0000000000000000"] * ROWS, "labels": [0] * ROWS}
-    train = {"inputs": full_rows, "labels": [1] * ROWS}
-    predict = {"inputs": full_rows}
-    items = {"items": [{"context": "a", "inputs": full_rows[:4]} for _ in range(1000)]}
-    infer = {"inputs": [_tensor(rows=ROWS, data=[0.5] * ROWS * WIDTH)]}
     return [
         Case("json-bomb-no-key", "/predict/a", json_bomb, keyed=False),
         Case("msgpack-bomb-no-key", "/train/a", msgpack_bomb, MSGPACK, keyed=False),
@@ -115,6 +115,17 @@ def cases() -> list[Case]:
         Case("deep-nesting", "/predict/a", b"[" * BODY_BYTES),
         Case("16MB-whitespace", "/predict/a", b'{"inputs": ' + b" " * BODY_BYTES + b"[]}"),
         Case("16MB-string", "/predict/a", b'{"inputs": "' + b"x" * BODY_BYTES + b'"}'),
+    ]
+
+
+def _malformed_cases(full_rows: list[list[float]]) -> list[Case]:
+    """Well-formed JSON that breaks a rule: repeated ids, 400-digit numbers, malformed Open
+    Inference Protocol requests, lists over their caps."""
+    repeated = {"prediction_ids": ["p0.0.0000000000000000"] * 30_000, "labels": [0] * 30_000}
+    at_cap = {"prediction_ids": ["p0.0.0000000000000000"] * ROWS, "labels": [0] * ROWS}
+    infer_path = "/v2/models/a/infer"
+    one_row = _tensor(data=[0.5] * WIDTH)
+    return [
         Case("feedback-30k-repeats", "/feedback/a", json.dumps(repeated).encode()),
         Case("feedback-4096-repeats", "/feedback/a", json.dumps(at_cap).encode()),
         Case("400-digit-input", "/predict/a", f'{{"inputs": [{_row(HUGE)}]}}'.encode()),
@@ -125,19 +136,17 @@ def cases() -> list[Case]:
         ),
         Case(
             "infer-parameters-list",
-            "/v2/models/a/infer",
-            json.dumps({"inputs": [_tensor(data=[0.5] * WIDTH, parameters=[1])]}).encode(),
+            infer_path,
+            json.dumps({"inputs": [{**one_row, "parameters": [1]}]}).encode(),
         ),
         Case(
             "infer-output-name-list",
-            "/v2/models/a/infer",
-            json.dumps(
-                {"inputs": [_tensor(data=[0.5] * WIDTH)], "outputs": [{"name": ["x"]}]}
-            ).encode(),
+            infer_path,
+            json.dumps({"inputs": [one_row], "outputs": [{"name": ["x"]}]}).encode(),
         ),
         Case(
             "infer-rows-over-cap",
-            "/v2/models/a/infer",
+            infer_path,
             json.dumps({"inputs": [_tensor(rows=10**9, data=[0.5] * WIDTH)]}).encode(),
         ),
         Case(
@@ -150,6 +159,16 @@ def cases() -> list[Case]:
             "/contexts:batch",
             json.dumps({"contexts": [{"key": f"k{i}"} for i in range(10_001)]}).encode(),
         ),
+    ]
+
+
+def _reference_cases(full_rows: list[list[float]]) -> list[Case]:
+    """The largest valid train, predict, multi-predict and infer requests, for comparison."""
+    train = {"inputs": full_rows, "labels": [1] * ROWS}
+    predict = {"inputs": full_rows}
+    items = {"items": [{"context": "a", "inputs": full_rows[:4]} for _ in range(1000)]}
+    infer = {"inputs": [_tensor(rows=ROWS, data=[0.5] * ROWS * WIDTH)]}
+    return [
         Case("largest-train", "/train/a", json.dumps(train).encode(), reference=True),
         Case("largest-predict", "/predict/a", json.dumps(predict).encode(), reference=True),
         Case("largest-multi-predict", "/predict", json.dumps(items).encode(), reference=True),
@@ -299,61 +318,75 @@ def slow_probes(probes: list[Probe]) -> dict[str, float]:
 
 
 def report(samples: list[Probe], outcomes: list[Outcome]) -> dict[str, Any]:
+    """Prints the table of every case and the overall figures against the targets, and
+    returns the figures."""
     baseline_rss = samples[0].rss
-    rows: list[list[str]] = []
-    figures: dict[str, dict[str, Any]] = {}
-    growths: list[float] = []
-    for outcome in outcomes:
-        window = during(samples, outcome)
-        if not window:
-            raise RuntimeError(f"no /healthz probe was answered during {outcome.case}")
-        probes = [p.latency for p in window]
-        worst = max(window, key=lambda p: p.latency)
-        growth = (max(p.rss for p in window) - baseline_rss) / 2**20
-        if not outcome.reference:
-            growths.append(growth)
-        statuses = " ".join(f"{s}x{n}" for s, n in sorted(outcome.statuses.items()))
-        name = f"{outcome.case} (valid)" if outcome.reference else outcome.case
-        figures[outcome.case] = {
-            "statuses": dict(outcome.statuses),
-            "request_median_ms": statistics.median(outcome.latencies) * 1e3,
-            "healthz_p50_ms": percentile(probes, 50) * 1e3,
-            "healthz_p99_ms": percentile(probes, 99) * 1e3,
-            "healthz_max_ms": worst.latency * 1e3,
-            "loop_cpu_per_request_ms": loop_seconds_per_request(samples, outcome) * 1e3,
-            "worst_probe_loop_ran_ms": worst.loop_ran * 1e3,
-            "worst_probe_loop_waited_ms": worst.loop_waited * 1e3,
-            "rss_growth_mb": growth,
-        }
-        f = figures[outcome.case]
-        rows.append(
-            [
-                name,
-                statuses,
-                f"{f['request_median_ms']:.0f}",
-                f"{f['healthz_p50_ms']:.1f}",
-                f"{f['healthz_p99_ms']:.1f}",
-                f"{f['healthz_max_ms']:.1f}",
-                f"{f['worst_probe_loop_ran_ms']:.0f} / {f['worst_probe_loop_waited_ms']:.0f}",
-                f"{f['loop_cpu_per_request_ms']:.0f}",
-                f"{growth:.0f}",
-            ]
-        )
+    figures = {o.case: case_figures(samples, o, baseline_rss) for o in outcomes}
+    rows = [_table_row(o, figures[o.case]) for o in outcomes]
     headers = ["case", "statuses", "request ms", "healthz p50", "p99", "max"]
     print_table([*headers, "max: loop ran / waited ms", "loop ms/request", "RSS +MB"], rows)
+    overall = overall_figures(samples, outcomes, figures)
+    _print_overall(overall)
+    return {"cases": figures, "overall": overall}
+
+
+def case_figures(samples: list[Probe], outcome: Outcome, baseline_rss: int) -> dict[str, Any]:
+    """One case's answers, its requests' median latency, and `/healthz` and the server while
+    it ran."""
+    window = during(samples, outcome)
+    if not window:
+        raise RuntimeError(f"no /healthz probe was answered during {outcome.case}")
+    probes = [p.latency for p in window]
+    worst = max(window, key=lambda p: p.latency)
+    return {
+        "statuses": dict(outcome.statuses),
+        "request_median_ms": statistics.median(outcome.latencies) * 1e3,
+        "healthz_p50_ms": percentile(probes, 50) * 1e3,
+        "healthz_p99_ms": percentile(probes, 99) * 1e3,
+        "healthz_max_ms": worst.latency * 1e3,
+        "loop_cpu_per_request_ms": loop_seconds_per_request(samples, outcome) * 1e3,
+        "worst_probe_loop_ran_ms": worst.loop_ran * 1e3,
+        "worst_probe_loop_waited_ms": worst.loop_waited * 1e3,
+        "rss_growth_mb": (max(p.rss for p in window) - baseline_rss) / 2**20,
+    }
+
+
+def _table_row(outcome: Outcome, f: dict[str, Any]) -> list[str]:
+    statuses = " ".join(f"{s}x{n}" for s, n in sorted(outcome.statuses.items()))
+    return [
+        f"{outcome.case} (valid)" if outcome.reference else outcome.case,
+        statuses,
+        f"{f['request_median_ms']:.0f}",
+        f"{f['healthz_p50_ms']:.1f}",
+        f"{f['healthz_p99_ms']:.1f}",
+        f"{f['healthz_max_ms']:.1f}",
+        f"{f['worst_probe_loop_ran_ms']:.0f} / {f['worst_probe_loop_waited_ms']:.0f}",
+        f"{f['loop_cpu_per_request_ms']:.0f}",
+        f"{f['rss_growth_mb']:.0f}",
+    ]
+
+
+def overall_figures(
+    samples: list[Probe], outcomes: list[Outcome], figures: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """`/healthz` and RSS over every adversarial case (the valid ones left out), and the
+    answers that failed over every case."""
     adversarial = [o for o in outcomes if not o.reference]
     attacked = [probe for outcome in adversarial for probe in during(samples, outcome)]
     latencies = [p.latency for p in attacked]
-    overall: dict[str, Any] = {
+    return {
         "healthz_p99_ms": percentile(latencies, 99) * 1e3,
         "healthz_max_ms": max(latencies) * 1e3,
         "healthz_probes": len(attacked),
         "slow_probes": slow_probes(attacked),
-        "rss_growth_mb": max(growths),
-        "rss_before_mb": baseline_rss / 2**20,
+        "rss_growth_mb": max(figures[o.case]["rss_growth_mb"] for o in adversarial),
+        "rss_before_mb": samples[0].rss / 2**20,
         "server_errors": sum(n for o in outcomes for s, n in o.statuses.items() if s >= 500),
         "no_answer": sum(o.statuses[0] for o in outcomes),
     }
+
+
+def _print_overall(overall: dict[str, Any]) -> None:
     slow = overall["slow_probes"]
     print(
         "\n/healthz over every adversarial case (the valid ones left out): p99 "
@@ -370,7 +403,6 @@ def report(samples: list[Probe], outcomes: list[Outcome]) -> dict[str, Any]:
             f"{slow['loop_waited_for_cpu_share']:.0%}; the server's other threads ran "
             f"{slow['other_threads_ran_share']:.0%}"
         )
-    return {"cases": figures, "overall": overall}
 
 
 def main() -> None:

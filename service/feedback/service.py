@@ -18,7 +18,7 @@ from service.contexts.service import ContextService
 from service.feedback.ids import new_ids, parse_id
 from service.feedback.store import FeedbackStore, MemoryFeedbackStore, Remembered
 from service.feedback.store import FeedbackUnavailable as FeedbackUnavailable  # the API maps it
-from service.queue.base import TrainEntry
+from service.queue.base import Enqueued, TrainEntry
 from service.queue.lanes import ShardQueue
 from service.registry.accuracy import Scores
 from service.registry.store import RegistryUnavailable
@@ -147,12 +147,7 @@ class FeedbackService:
             NotAppliedInTime.
         """
         ids = list(prediction_ids)
-        limit = self.settings.limits.max_rows
-        if len(ids) > limit:  # before any work per id
-            raise TooManyRows(
-                f"prediction_ids has {len(ids)} ids, more than the limit of {limit}; send at "
-                f"most {limit} ids per call"
-            )
+        self._check_count(ids)
         vector = label_vector(labels, len(ids), self.settings.model.num_classes)
         repeated = sorted(i for i, seen in Counter(ids).items() if seen > 1)
         if repeated:
@@ -160,31 +155,11 @@ class FeedbackService:
                 f"prediction_ids repeats {_listed(repeated)}; send each id once with its label"
             )
         index = await self.contexts.resolve(key)
-        parsed = [parse_id(i) for i in ids]
-        foreign = [i for i, p in zip(ids, parsed, strict=True) if p and p.context_index != index]
-        if foreign:
-            raise PayloadError(
-                f"prediction ids {_listed(foreign)} were issued for another context; send them "
-                "to /feedback/ with the key they were predicted under"
-            )
-        self._check_expiry(ids, parsed)
+        self._check_issued_for(index, ids)
         claim = await self.store.claim(ids)
         await self._explain_failed_claim(claim.missing, claim.used)
-        rows = claim.rows
-        matrix = np.stack([row.inputs for row in rows]).astype(np.float32, copy=False)
-        correct = sum(1 for row, label in zip(rows, vector, strict=True) if row.predicted == label)
         lane = self.lanes[self.contexts.shard_of(index)]
-        entry = TrainEntry(index, matrix, vector, time.time())
-        try:
-            # Keyed by the ids: labels sent again after an answer that was lost (the rows were
-            # queued, the ids released) find the first batch instead of queueing a second.
-            queued = await lane.queue.enqueue(entry, _idempotency_key(index, ids))
-        except BaseException:
-            await self.store.release(ids, rows)
-            raise
-        if not queued.repeated:
-            metrics.TRAIN_ACCEPTED.inc(len(vector))
-            await self._record_scores(index, Scores(len(vector), correct))
+        queued, correct = await self._queue_claimed(lane, index, ids, claim.rows, vector)
         if not wait:
             return Scored(queued.entry_id, len(vector), correct)
         timeout = self.settings.limits.wait_seconds
@@ -197,6 +172,55 @@ class FeedbackService:
             ) from None
         refused = await lane.applied.refusal(queued.entry_id)
         return Scored(queued.entry_id, len(vector), correct, version, refused)
+
+    def _check_count(self, ids: list[str]) -> None:
+        """Raises TooManyRows for more ids than the limit, before any work per id."""
+        limit = self.settings.limits.max_rows
+        if len(ids) > limit:
+            raise TooManyRows(
+                f"prediction_ids has {len(ids)} ids, more than the limit of {limit}; send at "
+                f"most {limit} ids per call"
+            )
+
+    def _check_issued_for(self, index: int, ids: list[str]) -> None:
+        """Raises unless every id was issued for context `index` and has not expired."""
+        parsed = [parse_id(i) for i in ids]
+        foreign = [i for i, p in zip(ids, parsed, strict=True) if p and p.context_index != index]
+        if foreign:
+            raise PayloadError(
+                f"prediction ids {_listed(foreign)} were issued for another context; send them "
+                "to /feedback/ with the key they were predicted under"
+            )
+        self._check_expiry(ids, parsed)
+
+    async def _queue_claimed(
+        self,
+        lane: ShardQueue,
+        index: int,
+        ids: list[str],
+        rows: list[Remembered],
+        vector: np.ndarray,
+    ) -> tuple[Enqueued, int]:
+        """Queues the claimed rows with their labels and records their scores once; releases
+        the claim when they could not be queued.
+
+        Returns:
+            What the queue answered, and how many rows the model had predicted right.
+        """
+        matrix = np.stack([row.inputs for row in rows]).astype(np.float32, copy=False)
+        correct = sum(1 for row, label in zip(rows, vector, strict=True) if row.predicted == label)
+        entry = TrainEntry(index, matrix, vector, time.time())
+        try:
+            # Keyed by the ids: labels sent again after an answer that was lost (the rows were
+            # queued, the ids released) find the first batch instead of queueing a second.
+            queued = await lane.queue.enqueue(entry, _idempotency_key(index, ids))
+        except BaseException:
+            await self.store.release(ids, rows)
+            raise
+        if not queued.repeated:
+            metrics.TRAIN_ACCEPTED.inc(len(vector))
+            await self._record_scores(index, Scores(len(vector), correct))
+        return queued, correct
 
     async def _record_scores(self, index: int, scores: Scores) -> None:
         """Adds the scores to the context's hourly bucket and the aggregate metrics. The rows

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, get_args
 
-from sqlalchemy import ColumnElement, Float, and_, case, cast, func, select
+from sqlalchemy import ColumnElement, Float, Select, and_, case, cast, func, select
 from sqlalchemy.orm import Session, aliased
 
 from service.registry.models import ContextDriftRow, ContextRow
@@ -56,16 +56,20 @@ def overview_page(
     missing values last, then registration order), and how many match in all."""
     if limit < 0 or offset < 0:
         raise ValueError("limit and offset must be non-negative")
+    where = _live(key_prefix)
+    query = _sorted_summaries(sort, descending).where(*where).limit(limit).offset(offset)
+    summaries = [_summary(row) for row in session.execute(query)]
+    total = session.scalar(select(func.count()).select_from(ContextRow).where(*where)) or 0
+    return summaries, total
+
+
+def _sorted_summaries(sort: SortKey, descending: bool) -> Select[Any]:
+    """Every context joined to its train and feedback drift detectors, in the columns `_summary`
+    reads, sorted by `sort`."""
     train = aliased(ContextDriftRow, name="train")
     feedback = aliased(ContextDriftRow, name="feedback")
     last_drift = _later(train.last_drift_at, feedback.last_drift_at)
-    accuracy = case(
-        (
-            ContextRow.prequential_seen > 0,
-            cast(ContextRow.prequential_correct, Float) / ContextRow.prequential_seen,
-        ),
-        else_=None,
-    )
+    accuracy = _prequential_accuracy()
     sort_columns: dict[str, Any] = {
         "key": ContextRow.key,
         "shard": ContextRow.shard,
@@ -77,8 +81,7 @@ def overview_page(
     }
     column = sort_columns[sort]
     order = column.desc() if descending else column.asc()
-    where = _live(key_prefix)
-    query = (
+    return (
         select(
             ContextRow.index,
             ContextRow.key,
@@ -99,14 +102,19 @@ def overview_page(
             feedback,
             and_(feedback.context_index == ContextRow.index, feedback.source == "feedback"),
         )
-        .where(*where)
         .order_by(order.nulls_last(), ContextRow.index)
-        .limit(limit)
-        .offset(offset)
     )
-    summaries = [_summary(row) for row in session.execute(query)]
-    total = session.scalar(select(func.count()).select_from(ContextRow).where(*where)) or 0
-    return summaries, total
+
+
+def _prequential_accuracy() -> ColumnElement[Any]:
+    """A context's test-then-train accuracy, NULL before it has scored a row."""
+    return case(
+        (
+            ContextRow.prequential_seen > 0,
+            cast(ContextRow.prequential_correct, Float) / ContextRow.prequential_seen,
+        ),
+        else_=None,
+    )
 
 
 def _live(key_prefix: str) -> list[ColumnElement[bool]]:
