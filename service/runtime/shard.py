@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from service.checkpoints.rollback import RollbackTarget
 from service.checkpoints.store import CheckpointStore
 from service.checkpoints.transfer import CheckpointExports
+from service.faults import FaultInjector
 from service.model.host import ModelHost, resolve_device
-from service.model.step_client import ChildStepHost, steps_run_in_child
-from service.model.training_hooks import installed_training_hooks
+from service.model.step_process import ChildStepHost, steps_run_in_child
 from service.queue.applied import AppliedNotices
 from service.queue.base import TrainQueue
 from service.queue.keys import ShardKeys
@@ -123,11 +123,12 @@ def make_queue_and_notices(
 
 
 def _make_host(settings: Settings) -> ModelHost:
-    """The model, freshly initialised, with the step watchers of the process's training hooks;
+    """The model, freshly initialised, with the fault injector watching its steps if asked;
     in role `all` on the CPU, with its steps in a child process unless told otherwise."""
-    hooks = installed_training_hooks()
+    if settings.faults.any:
+        log.warning("fault injection is on (PSP_FAULTS__*): %s", settings.faults)
     if steps_run_in_child(settings):
-        return ChildStepHost(settings, hooks.step_watchers)  # the child builds the watchers
+        return ChildStepHost(settings)  # the child installs the fault injector
     host = ModelHost(
         settings.model.to_config(),
         settings.training.to_config(settings.replay),
@@ -136,5 +137,6 @@ def _make_host(settings: Settings) -> ModelHost:
         replay_rows=settings.replay.rows if settings.role != "api" else 0,
         shard=settings.queue.shard,
     )
-    host.step_watchers.extend(hooks.new_step_watchers())
+    if settings.faults.any:
+        host.step_watchers.append(FaultInjector(settings.faults))
     return host
