@@ -145,8 +145,10 @@ def continual(
         str | None,
         typer.Option(
             help="Comma-separated methods: none, binary, complex, rotation, onepower, separate, "
-            "ewc; -local (complex, onepower), -continuous (onepower) and -replay (rehearsal) "
-            "variants. Default: every method, with and without replay.",
+            "ewc, embed, gains, river; -local (complex, onepower), -continuous (onepower), "
+            "-replay (rehearsal) and -forest (river) variants. Default: the superposed kinds "
+            "with and without replay, separate and ewc (tenants: embed-replay, "
+            "gains-replay and river, not ewc).",
         ),
     ] = None,
     hidden: Annotated[str, typer.Option(help="Hidden widths of the MLP.")] = "256,256",
@@ -265,7 +267,7 @@ def _chosen_methods(kinds: str | None, stream: str, via_http: str | None) -> tup
         )
     if via_http and any(method.family != "psp" for method in methods):
         raise typer.BadParameter(
-            "--via-http measures the service's own kind; separate and ewc run in-process only",
+            "--via-http measures the service's own kind; the baselines run in-process only",
             param_hint="--kinds",
         )
     return methods

@@ -5,6 +5,11 @@
   index, or for one-power the power = task index.
 - `separate`: one independent plain network per task (an upper bound that pays the memory).
 - `ewc`: one plain network trained with online EWC (see `baselines.OnlineEWC`).
+- `embed`: one plain network whose input is the row beside a learned embedding of its context;
+  `gains`: one plain network whose every layer multiplies its input by the context's learned
+  gains, random signs at first (`tenant_models`). The models a practitioner would build instead.
+- `river`: one river softmax regression per context; `river-forest`: one adaptive random forest
+  per context (`river_runner`; the `bench` extra installs river).
 
 Suffixes, in any order: `-local` mixes each context with its neighbours (paper eq. 7; complex
 and one-power only); `-continuous` lets a one-power context follow the stream's position through
@@ -12,7 +17,8 @@ a fractional power, so a rotating input gets a new context at every step (paper 
 `-real` keeps each layer's real part instead of carrying complex activations between layers
 (complex and one-power only; see `psp_core.kinds.complex`); `-replay` rehearses: every step mixes in
 rows drawn from a bounded buffer of past rows, as the service does by default (any kind, `none`
-included, so that what superposition adds on top of rehearsal is measured); `-reservoir`, with
+included, and `embed` and `gains`, so that what superposition adds on top of rehearsal is
+measured); `-reservoir`, with
 `-replay`, keeps one plain reservoir sample of all rows instead of sharing the buffer equally
 among contexts (the comparison of the two in docs/benchmarks.md).
 """
@@ -24,11 +30,23 @@ from dataclasses import dataclass, replace
 from psp_core import CONTEXT_KINDS, ContextSpec, ModelConfig
 
 PSP_KINDS = CONTEXT_KINDS
-BASELINES = ("separate", "ewc")
-DEFAULT_METHODS = (*PSP_KINDS, *(f"{kind}-replay" for kind in PSP_KINDS), *BASELINES)
+# Learned per-context parameters on one plain network: what rehearses like the superposed kinds.
+LEARNED_CONTEXTS = ("embed", "gains")
+BASELINES = ("separate", "ewc", *LEARNED_CONTEXTS, "river")
+DEFAULT_METHODS = (
+    *PSP_KINDS,
+    *(f"{kind}-replay" for kind in PSP_KINDS),
+    "separate",
+    "ewc",
+)
 # Online EWC consolidates when the task changes, which an interleaved stream does at every block.
-TENANTS_METHODS = (*PSP_KINDS, *(f"{kind}-replay" for kind in PSP_KINDS), "separate")
-_FLAGS = ("local", "continuous", "real", "replay", "reservoir")
+TENANTS_METHODS = (
+    *PSP_KINDS,
+    *(f"{kind}-replay" for kind in (*PSP_KINDS, *LEARNED_CONTEXTS)),
+    "separate",
+    "river",
+)
+_FLAGS = ("local", "continuous", "real", "replay", "reservoir", "forest")
 
 
 @dataclass(frozen=True)
@@ -37,13 +55,15 @@ class Method:
 
     Attributes:
         name: The name it was given by, e.g. `onepower-continuous`.
-        family: `psp` (a `psp_core` kind, `none` included), `separate` or `ewc`.
+        family: `psp` (a `psp_core` kind, `none` included), or a baseline's name: `separate`,
+            `ewc`, `embed`, `gains` or `river`.
         kind: The `psp_core` context kind; `none` for the two baselines.
         local_mix: Mix each context with its neighbours (paper eq. 7).
         continuous: Follow the stream's fractional position with a fractional power.
         real_part: Keep each layer's real part (complex kinds), not complex activations.
         replay: Mix rows of a replay buffer into every step.
         plain_reservoir: The buffer is one reservoir over all rows, not balanced by context.
+        forest: (`river`) an adaptive random forest, not a softmax regression.
     """
 
     name: str
@@ -54,6 +74,7 @@ class Method:
     replay: bool = False
     real_part: bool = False
     plain_reservoir: bool = False
+    forest: bool = False
 
     @classmethod
     def parse(cls, name: str) -> Method:
@@ -69,8 +90,8 @@ class Method:
         unknown = [flag for flag in flags if flag not in _FLAGS]
         if unknown or len(set(flags)) != len(flags):
             raise ValueError(
-                f"method {name!r}: suffixes are -local, -continuous, -real, -replay and "
-                "-reservoir, each at most once"
+                f"method {name!r}: suffixes are -local, -continuous, -real, -replay, "
+                "-reservoir and -forest, each at most once"
             )
         local_mix, continuous, replay = "local" in flags, "continuous" in flags, "replay" in flags
         if local_mix and base not in ("complex", "onepower"):
@@ -83,12 +104,25 @@ class Method:
         plain_reservoir = "reservoir" in flags
         if plain_reservoir and not replay:
             raise ValueError(f"method {name!r}: -reservoir describes the buffer of -replay")
-        if replay and base in BASELINES:
-            raise ValueError(f"method {name!r}: -replay applies to the superposed kinds and none")
+        if replay and base in BASELINES and base not in LEARNED_CONTEXTS:
+            raise ValueError(
+                f"method {name!r}: -replay applies to the superposed kinds, none, embed and gains"
+            )
+        forest = "forest" in flags
+        if forest and base != "river":
+            raise ValueError(f"method {name!r}: -forest applies to river only")
         family = base if base in BASELINES else "psp"
         kind = "none" if base in BASELINES else base
         return cls(
-            name.strip(), family, kind, local_mix, continuous, replay, real_part, plain_reservoir
+            name.strip(),
+            family,
+            kind,
+            local_mix,
+            continuous,
+            replay,
+            real_part,
+            plain_reservoir,
+            forest,
         )
 
     def context(self, task: int, position: float) -> tuple[str, ContextSpec]:

@@ -16,7 +16,8 @@ from typing import Protocol
 import torch
 
 from psp_bench.baselines import EWCConfig, OnlineEWC, SeparateModels
-from psp_bench.methods import Method
+from psp_bench.methods import LEARNED_CONTEXTS, Method
+from psp_bench.tenant_models import TENANT_MODELS
 from psp_core import ContextSpec, ModelConfig, OnlineLearner, TrainingConfig, build_model
 from psp_core.replay import ReplayBuffer
 
@@ -106,13 +107,15 @@ def _predict_in_chunks(
 
 
 class PSPRunner(InProcessRunner):
-    """One superposed network (or the plain one, kind `none`) with a context per key.
+    """One superposed network (or the plain one, kind `none`) with a context per key; or a
+    plain network with learned per-key parameters (`tenant_models`), which learns the same way.
 
     Args:
         config: The architecture and kind.
         training: The optimiser, clipping and rows replayed per step.
         replay_rows: Capacity of the replay buffer; 0 trains without one.
         balanced: Share the buffer equally among contexts (else one plain reservoir).
+        model: The network, when not `build_model(config)`.
     """
 
     def __init__(
@@ -122,18 +125,30 @@ class PSPRunner(InProcessRunner):
         replay_rows: int = 0,
         *,
         balanced: bool = True,
+        model: torch.nn.Module | None = None,
     ) -> None:
         replay = (
             ReplayBuffer(replay_rows, config.input_size, seed=config.seed, balanced=balanced)
             if replay_rows
             else None
         )
-        self.learner = OnlineLearner(build_model(config), training, replay=replay)
+        network = model if model is not None else build_model(config)
+        self.learner = OnlineLearner(network, training, replay=replay)  # type: ignore[arg-type]
         self.rows: dict[str, int] = {}
 
     def register(self, key: str, spec: ContextSpec) -> None:
         if key not in self.rows:
-            self.rows[key] = self.learner.model.bank.add(spec)
+            self.rows[key] = self.learner.model.add_context(spec)
+            self._optimise_new_parameters()
+
+    def _optimise_new_parameters(self) -> None:
+        """Hands the optimiser the parameters a new key added (a block of learned per-key
+        rows), leaving the state of the others as it is."""
+        optimizer = self.learner.optimizer
+        known = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        fresh = [p for p in self.learner.model.parameters() if id(p) not in known]
+        if fresh:
+            optimizer.add_param_group({"params": fresh})
 
     def train(self, key: str, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.learner.step(x, _rows(self.rows[key], len(x)), y).correct
@@ -232,7 +247,19 @@ def in_process_runner(
         return SeparateRunner(config, training)
     if method.family == "ewc":
         return EWCRunner(config, training, ewc)
+    if method.family == "river":
+        from psp_bench.river_runner import RiverRunner  # river is needed by this method only
+
+        return RiverRunner(forest=method.forest)
     architecture = method.architecture(config)
+    if method.family in LEARNED_CONTEXTS:
+        return PSPRunner(
+            architecture,
+            training,
+            replay_rows if method.replay else 0,
+            balanced=not method.plain_reservoir,
+            model=TENANT_MODELS[method.family](architecture),
+        )
     return PSPRunner(
         architecture,
         training,

@@ -29,12 +29,20 @@ def test_names_parse_into_families_and_kinds() -> None:
         ("complex-local-local", "suffixes"),
         ("binary-local", "complex and onepower only"),
         ("complex-continuous", "onepower only"),
-        ("separate-replay", "superposed kinds and none"),
+        ("separate-replay", "superposed kinds, none, embed and gains"),
+        ("river-replay", "superposed kinds, none, embed and gains"),
+        ("complex-forest", "river only"),
     ],
 )
 def test_bad_names_are_refused(name: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Method.parse(name)
+
+
+def test_the_learned_context_baselines_rehearse_and_river_may_be_a_forest() -> None:
+    assert Method.parse("gains-replay") == Method("gains-replay", "gains", "none", replay=True)
+    assert Method.parse("embed") == Method("embed", "embed", "none")
+    assert Method.parse("river-forest") == Method("river-forest", "river", "none", forest=True)
 
 
 def test_a_list_needs_distinct_names() -> None:
