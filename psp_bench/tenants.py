@@ -63,18 +63,43 @@ class TenantsStream:
         weights = (torch.arange(tenants, dtype=torch.float64) + 1) ** -skew
         sizes = (weights / weights.mean() * rows_per_tenant).round().long().clamp(min=block_rows)
         self.rows_sent: list[int] = sizes.tolist()
-        blocks = []
-        for tenant, size in enumerate(self.rows_sent):
-            rows = torch.randint(0, len(self.dataset.y_train), (size,), generator=generator)
-            blocks += [
-                (tenant, rows[start : start + block_rows]) for start in range(0, size, block_rows)
+        # The stream is a few flat tensors, whatever its length: the training rows of every
+        # tenant one after another, and per block its tenant, first row and length.
+        self._rows = torch.cat(
+            [
+                torch.randint(0, len(self.dataset.y_train), (size,), generator=generator)
+                for size in self.rows_sent
             ]
-        order = torch.randperm(len(blocks), generator=generator).tolist()
-        self.blocks = [blocks[i] for i in order]
+        ).int()
+        first_row = torch.cat([torch.zeros(1, dtype=torch.long), sizes.cumsum(0)[:-1]])
+        per_tenant = (sizes + block_rows - 1) // block_rows
+        tenants_of = torch.repeat_interleave(torch.arange(tenants), per_tenant)
+        block_in_tenant = torch.arange(len(tenants_of)) - torch.repeat_interleave(
+            per_tenant.cumsum(0) - per_tenant, per_tenant
+        )
+        starts = first_row[tenants_of] + block_in_tenant * block_rows
+        ends = torch.minimum(starts + block_rows, (first_row + sizes)[tenants_of])
+        order = torch.randperm(len(tenants_of), generator=generator)
+        self._block_tenant = tenants_of[order].int()
+        self._block_start = starts[order]
+        self._block_end = ends[order]
+
+    def __len__(self) -> int:
+        """Blocks in the stream."""
+        return len(self._block_tenant)
+
+    def block_tenant(self, position: int) -> int:
+        """The tenant whose block is sent at `position`."""
+        return int(self._block_tenant[position])
+
+    def block_rows_of(self, position: int) -> torch.Tensor:
+        """The training rows of the dataset that the block at `position` sends."""
+        start, end = int(self._block_start[position]), int(self._block_end[position])
+        return self._rows[start:end].long()
 
     def block(self, position: int) -> tuple[int, torch.Tensor, torch.Tensor]:
         """The tenant, `(b, D)` inputs and `(b,)` labels of the block sent at `position`."""
-        tenant, rows = self.blocks[position]
+        tenant, rows = self.block_tenant(position), self.block_rows_of(position)
         labels = self.label_maps[tenant][self.dataset.y_train[rows]]
         return tenant, self.dataset.x_train[rows], labels
 
@@ -91,7 +116,7 @@ class TenantsStream:
             "rows_per_tenant": self.rows_per_tenant,
             "block_rows": self.block_rows,
             "skew": self.skew,
-            "blocks": len(self.blocks),
+            "blocks": len(self),
             "test_rows": len(self.dataset.y_test),
             "input_size": self.dataset.input_size,
         }
@@ -131,7 +156,7 @@ def run_tenants_method(
             keys[tenant] = key
         return keys[tenant]
 
-    total = len(stream.blocks)
+    total = len(stream)
     correct, scored = 0, 0
     for position in range(total):
         tenant, x, y = stream.block(position)

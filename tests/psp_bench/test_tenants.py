@@ -17,9 +17,12 @@ from psp_core import ModelConfig, TrainingConfig
 
 def test_each_tenant_sends_its_rows_in_blocks_under_its_own_labels() -> None:
     stream = TenantsStream(tenants=5, rows_per_tenant=120, block_rows=50, seed=3)
-    assert sorted(Counter(tenant for tenant, _ in stream.blocks).values()) == [3] * 5
-    assert sorted(len(rows) for tenant, rows in stream.blocks if tenant == 0) == [20, 50, 50]
-    order = [tenant for tenant, _ in stream.blocks]
+    order = [stream.block_tenant(position) for position in range(len(stream))]
+    assert sorted(Counter(order).values()) == [3] * 5
+    tenant_0 = [p for p in range(len(stream)) if order[p] == 0]
+    assert sorted(len(stream.block_rows_of(p)) for p in tenant_0) == [20, 50, 50]
+    rows_of_0 = torch.cat([stream.block_rows_of(p) for p in sorted(tenant_0)])
+    assert len(set(rows_of_0.tolist())) > 100  # 120 rows drawn, not one block repeated
     assert order != sorted(order)  # interleaved, not one tenant after another
     for tenant in range(5):
         assert sorted(stream.label_maps[tenant].tolist()) == list(range(10))
@@ -27,7 +30,7 @@ def test_each_tenant_sends_its_rows_in_blocks_under_its_own_labels() -> None:
         original = stream.dataset.y_test
         assert torch.equal(y_test, stream.label_maps[tenant][original])
     tenant, x, y = stream.block(0)
-    rows = stream.blocks[0][1]
+    rows = stream.block_rows_of(0)
     assert torch.equal(x, stream.dataset.x_train[rows])
     assert torch.equal(y, stream.label_maps[tenant][stream.dataset.y_train[rows]])
 
