@@ -73,7 +73,7 @@ def ways_of_convolving(
     rows, channels = x.shape[:2]
     one_index = torch.zeros(rows, dtype=torch.long, device=x.device)
     distinct_index = torch.arange(rows, device=x.device)
-    weights, bias = layer.contexts.bound_weights(layer, layer.contexts.gather(one_index[:1]))
+    weights, bias = layer.bound_weights(one_index[:1])
     kernel = weights[0].view(-1, channels, *conv.kernel_size)  # (N', C', kh, kw)
     convolve = partial(F.conv2d, stride=conv.stride, padding=padding)
     block = layer.contexts.ROWS_PER_GROUPED_CONV if x.device.type == "cpu" else rows

@@ -76,11 +76,6 @@ class StepResult:
     model_version: int
     bounded: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
-    @property
-    def accuracy(self) -> float:
-        """The prequential accuracy of this minibatch."""
-        return float(self.correct.float().mean()) if self.correct.numel() else 0.0
-
 
 @dataclass(frozen=True)
 class _Replayed:

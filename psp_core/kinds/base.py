@@ -4,25 +4,52 @@ A kind is a subclass of `LayerContexts`, and every superposed layer holds one in
 `layer.contexts` (the state lives on the layer, as in peft's tuner layers). The subclass decides
 what a context's row is (`row_shape`, `make_row`), which spec defines it (`check_spec`), and how
 the rows bind a batch: `linear` for a Linear layer, `bound_weights` for a convolution's kernel
-(eq. 10), which `conv2d` convolves each row with.
+(eq. 10). The layers own their forward passes and hand the kinds what the maths needs (the
+weights as `LayerWeights`, the complex sides as `ComplexSides`), so nothing here knows a layer.
 """
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import Sequence
+from typing import ClassVar, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from psp_core.contexts import ContextSpec
-from psp_core.kinds.groups import RowGroups
 
-if TYPE_CHECKING:
-    from psp_core.layers import SuperposedLayer
+
+class LayerWeights(NamedTuple):
+    """A superposed layer's weights as its contexts bind them.
+
+    Attributes:
+        real: `W`, or its real part `A` for complex kinds, as an `(N, M)` matrix.
+        imag: The imaginary part `B` `(N, M)` for complex kinds, else None.
+        bias: `(N,)`, or None.
+    """
+
+    real: torch.Tensor
+    imag: torch.Tensor | None
+    bias: torch.Tensor | None
+
+
+class ComplexSides(NamedTuple):
+    """Which sides of a layer carry complex activations as `[Re ; Im]` (complex kinds only).
+
+    Attributes:
+        input: The layer receives complex activations.
+        output: The layer returns them.
+    """
+
+    input: bool = False
+    output: bool = False
+
+    @property
+    def either(self) -> bool:
+        """Whether either side is complex."""
+        return self.input or self.output
 
 
 class LayerContexts(nn.Module, ABC):
@@ -47,9 +74,9 @@ class LayerContexts(nn.Module, ABC):
     # A convolution over at most this many distinct contexts loops over them; above it, rows
     # are convolved in blocks, each row with its own kernel. Binding a kernel is elementwise
     # and cheap for most kinds, and on the CPU blocks of rows beat a loop over even 8 groups
-    # (`conv2d`); a kind whose binding is costly loops over more.
+    # (`SuperposedConv2d`); a kind whose binding is costly loops over more.
     MAX_LOOPED_GROUPS: ClassVar[int] = 1
-    # Rows per grouped convolution on the CPU (see `conv2d`).
+    # Rows per grouped convolution on the CPU (see `SuperposedConv2d`).
     ROWS_PER_GROUPED_CONV: ClassVar[int] = 16
 
     def __init__(self, *, model_seed: int, layer_index: int, dim: int, local_mix: bool) -> None:
@@ -81,10 +108,6 @@ class LayerContexts(nn.Module, ABC):
         if spec.seed is None:
             raise ValueError(f"{cls.kind} contexts are defined by an integer seed")
         return spec
-
-    def append(self, specs: Sequence[ContextSpec]) -> None:
-        """Adds one row per spec, growing the table in place."""
-        self.append_rows(self.make_rows(specs))
 
     def make_rows(self, specs: Sequence[ContextSpec]) -> torch.Tensor:
         """The stacked rows of several contexts, generated on the CPU (see `make_row`)."""
@@ -144,113 +167,29 @@ class LayerContexts(nn.Module, ABC):
 
     @abstractmethod
     def linear(
-        self, layer: SuperposedLayer, x: torch.Tensor, context_index: torch.Tensor
+        self,
+        x: torch.Tensor,
+        context_index: torch.Tensor,
+        weights: LayerWeights,
+        sides: ComplexSides,
     ) -> torch.Tensor:
         """A Linear layer's output, each row of `x` under the context of its `context_index`."""
 
     @abstractmethod
     def bound_weights(
-        self, layer: SuperposedLayer, context: torch.Tensor
+        self, context: torch.Tensor, weights: LayerWeights, sides: ComplexSides
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`W` bound to each of `U` contexts (eq. 10's `w ⊙ c`), as the real matrices that
         multiply the layer's flattened input directly, and the bias.
 
         Args:
-            layer: The layer whose weights are bound.
             context: `U` contexts from `gather`.
+            weights: The layer's weights.
+            sides: Which sides of the layer are complex.
 
         Returns:
             `(U, N', M')` matrices and the `(N',)` bias (or None).
         """
-
-    def conv2d(
-        self, layer: SuperposedLayer, x: torch.Tensor, context_index: torch.Tensor
-    ) -> torch.Tensor:
-        """A convolution's output, each row of `x` convolved with its context's kernel.
-
-        The rows are grouped by context and each distinct context's kernel `w ⊙ c` is bound once
-        (`bound_weights`), so the context costs one kernel-sized product per distinct context
-        rather than a pass over every input patch. A batch of one context runs one `F.conv2d`;
-        several run as grouped convolutions over blocks of rows, a kernel per row (a kind whose
-        binding is costly loops over a few contexts instead: `MAX_LOOPED_GROUPS`).
-        """
-        conv = layer.base_layer
-        assert isinstance(conv, nn.Conv2d)
-        groups = RowGroups.of(context_index)
-        if len(groups) <= self.MAX_LOOPED_GROUPS:
-            weights, bias = self.bound_weights(layer, self.gather(groups.contexts))
-            kernels = weights.view(len(weights), -1, x.shape[1], *conv.kernel_size)
-            outputs = [
-                F.conv2d(rows, kernel, bias, conv.stride, conv.padding, conv.dilation)
-                for rows, kernel in zip(groups.split(x), kernels, strict=True)
-            ]
-            return groups.merge(outputs)
-        # Each row is its own group, with its own kernel: (1, b·C', H, W) with b kernels of
-        # (N', C', kh, kw), for blocks of b rows, each block's kernels bound just before its
-        # convolution. On the CPU, binding and convolving a whole batch of 256 rows at once ran
-        # at 0.6-0.8 of the one-context speed (the bound kernels of every row went through
-        # memory several times), and a loop over 8 groups at 0.6-0.9 (sorting the rows and
-        # putting them back); blocks of 16 rows stay in cache and ran at 0.8-1.2. A GPU takes
-        # the whole batch.
-        block = self.ROWS_PER_GROUPED_CONV if x.device.type == "cpu" else len(x)
-        # The bias is the same for every context: repeated once for a block's groups rather
-        # than by every block (`repeat` took 5 % of a binary ConvNet's pass that way).
-        _, bias = self.bound_weights(layer, self.gather(context_index[:0]))
-        block_bias = None if bias is None else bias.repeat(min(block, len(x)))
-        blocks = (
-            self._conv_block(
-                layer, x[start : start + block], context_index[start : start + block], block_bias
-            )
-            for start in range(0, len(x), block)
-        )
-        if torch.is_grad_enabled():
-            return torch.cat(list(blocks))
-        return stacked(blocks, len(x))
-
-    def _conv_block(
-        self,
-        layer: SuperposedLayer,
-        rows: torch.Tensor,
-        context_index: torch.Tensor,
-        block_bias: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """One grouped convolution of `rows`, each row with its own context's kernel.
-
-        Args:
-            block_bias: The bias repeated for every row of a full block, or None.
-        """
-        conv = layer.base_layer
-        assert isinstance(conv, nn.Conv2d)
-        weights, _ = self.bound_weights(layer, self.gather(context_index))
-        kernels = weights.view(len(rows) * weights.shape[1], rows.shape[1], *conv.kernel_size)
-        out = F.conv2d(
-            rows.flatten(0, 1).unsqueeze(0),
-            kernels,
-            None if block_bias is None else block_bias[: len(kernels)],  # each row's group
-            conv.stride,
-            conv.padding,
-            conv.dilation,
-            groups=len(rows),
-        )
-        return out.view(len(rows), -1, *out.shape[2:])  # (b, N', H', W')
-
-
-def stacked(pieces: Iterator[torch.Tensor], rows: int) -> torch.Tensor:
-    """The rows of `pieces` in one `(rows, ...)` tensor, each piece copied in as soon as it is
-    made, while it is still in cache. Without autograd this beat `torch.cat` of every piece at
-    the end by about a third of a 256-row convolution on the CPU (`cat` reads every piece back
-    from memory); with autograd each copy would add a node that clones the whole gradient.
-    """
-    first = next(pieces)
-    if len(first) == rows:  # one piece (a GPU takes the whole batch at once): nothing to copy
-        return first
-    out = first.new_empty(rows, *first.shape[1:])
-    out[: len(first)] = first
-    start = len(first)
-    for piece in pieces:
-        out[start : start + len(piece)] = piece
-        start += len(piece)
-    return out
 
 
 def grown(table: torch.Tensor, count: int, capacity: int) -> torch.Tensor:

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 
 from psp_core.contexts import ContextSpec, binary_context
-from psp_core.kinds.base import LayerContexts
-
-if TYPE_CHECKING:
-    from psp_core.layers import SuperposedLayer
+from psp_core.kinds.base import ComplexSides, LayerContexts, LayerWeights
 
 
 class BinaryContexts(LayerContexts):
@@ -27,15 +22,17 @@ class BinaryContexts(LayerContexts):
         return binary_context(self.model_seed, spec.seed, self.layer_index, self.dim)
 
     def linear(
-        self, layer: SuperposedLayer, x: torch.Tensor, context_index: torch.Tensor
+        self,
+        x: torch.Tensor,
+        context_index: torch.Tensor,
+        weights: LayerWeights,
+        sides: ComplexSides,
     ) -> torch.Tensor:
         """`W (c ⊙ x) + b`: each row bound to its own context, then one GEMM for the batch."""
-        weights = layer.weights()
         return F.linear(x * self.gather(context_index), weights.real, weights.bias)
 
     def bound_weights(
-        self, layer: SuperposedLayer, context: torch.Tensor
+        self, context: torch.Tensor, weights: LayerWeights, sides: ComplexSides
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`W ⊙ c` `(U, N, M)` for contexts `(U, M)`."""
-        weights = layer.weights()
         return weights.real * context[:, None, :], weights.bias

@@ -13,24 +13,21 @@ is the layer's `weight_imag`, and compute in real arithmetic in one of two ways:
   GEMM with `[A B]` of twice the inner width; the hidden activations are `ReLU(Re(·))`.
 
 A layer learns which of its sides are complex from `set_complex_sides`, which the model calls:
-the first layer's input and the last layer's output are always real.
+the first layer's input and the last layer's output are always real. The layer hands its sides
+to every call here as `ComplexSides`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from psp_core.contexts import ContextSpec, complex_phases, phases_to_real_pair
-from psp_core.kinds.base import LayerContexts
+from psp_core.kinds.base import ComplexSides, LayerContexts, LayerWeights
 from psp_core.kinds.gauss_product import gauss_product
-
-if TYPE_CHECKING:
-    from psp_core.layers import SuperposedLayer
 
 
 class ComplexContexts(LayerContexts):
@@ -59,57 +56,50 @@ class ComplexContexts(LayerContexts):
         return nn.Parameter(imag)
 
     def linear(
-        self, layer: SuperposedLayer, x: torch.Tensor, context_index: torch.Tensor
+        self,
+        x: torch.Tensor,
+        context_index: torch.Tensor,
+        weights: LayerWeights,
+        sides: ComplexSides,
     ) -> torch.Tensor:
         """`W (c ⊙ x) + b` as `[Re ; Im]` when the layer carries complex activations, else its
         real part; each row bound to its own context, then one GEMM for the batch.
 
         Args:
-            x: `(B, M)` real inputs, or `(B, 2M)` `[Re ; Im]` when `complex_input`.
+            x: `(B, M)` real inputs, or `(B, 2M)` `[Re ; Im]` when `sides.input`.
         """
         context = self.gather(context_index)
-        if layer.carries_complex:
-            real_u, imag_u = self.bind_complex(layer, x, context)
-            if layer.complex_output:
-                return self.complex_product(layer, real_u, imag_u)
-            a, b, bias = layer.weights()
-            assert b is not None
+        a, b, bias = weights
+        assert b is not None
+        if sides.either:
+            real_u, imag_u = self.bind_complex(x, context, complex_input=sides.input)
+            if sides.output:
+                # Gauss's product: forward and backward do three quarters of the work of one
+                # GEMM with `[[A, -B], [B, A]]`.
+                return gauss_product(real_u, imag_u, a, b, bias)
             return F.linear(real_u, a, bias) - F.linear(imag_u, b)
-        weights = layer.weights()
-        assert weights.imag is not None
-        real_part_matrix = torch.cat([weights.real, weights.imag], dim=1)  # [A B] (N, 2M)
-        return F.linear(x.repeat(1, 2) * context, real_part_matrix, weights.bias)
+        real_part_matrix = torch.cat([a, b], dim=1)  # [A B] (N, 2M)
+        return F.linear(x.repeat(1, 2) * context, real_part_matrix, bias)
 
     def bind_complex(
-        self, layer: SuperposedLayer, flat: torch.Tensor, context: torch.Tensor
+        self, flat: torch.Tensor, context: torch.Tensor, *, complex_input: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`u = c ⊙ h` as the pair `(Re u, Im u)`, each `(B, M)` (kept apart, never
         concatenated: every product below takes the halves one at a time).
 
         Args:
-            layer: The layer, which says whether its input is complex.
             flat: `(B, M)` real inputs, or `(B, 2M)` `[Re h ; Im h]` when `complex_input`.
             context: `(B, 2M)` `(cos φ, -sin φ)` from `gather`.
+            complex_input: Whether the layer's input is complex.
         """
         cos, neg_sin = context.chunk(2, dim=1)
-        if not layer.complex_input:
+        if not complex_input:
             return cos * flat, -neg_sin * flat
         real, imag = flat.chunk(2, dim=1)
         return cos * real + neg_sin * imag, cos * imag - neg_sin * real
 
-    def complex_product(
-        self, layer: SuperposedLayer, real_u: torch.Tensor, imag_u: torch.Tensor
-    ) -> torch.Tensor:
-        """`W u + b` as `[Re ; Im]` `(B, 2N)`, in three real GEMMs (Gauss's product: forward
-        and backward do three quarters of the work of one GEMM with `[[A, -B], [B, A]]`).
-        The bias is added to the real part.
-        """
-        a, b, bias = layer.weights()
-        assert b is not None
-        return gauss_product(real_u, imag_u, a, b, bias)
-
     def bound_weights(
-        self, layer: SuperposedLayer, context: torch.Tensor
+        self, context: torch.Tensor, weights: LayerWeights, sides: ComplexSides
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The complex kernel `K = W ⊙ c = K_r + i K_i` for contexts `(U, 2M)`, in real blocks.
 
@@ -119,27 +109,25 @@ class ComplexContexts(LayerContexts):
             `(U, 2N, 2M)`, less the imaginary input columns or output rows that a real side does
             not have. The bias is added to the real part.
         """
-        a, b, bias = layer.weights()
+        a, b, bias = weights
         assert b is not None
         cos, neg_sin = context[:, None, :].chunk(2, dim=2)  # (U, 1, M) each
         real = torch.addcmul(a * cos, b, neg_sin)  # K_r = A cos φ - B sin φ: (U, N, M)
-        if not layer.carries_complex:
+        if not sides.either:
             return real, bias
         imag = torch.addcmul(b * cos, a, neg_sin, value=-1)  # K_i = B cos φ + A sin φ
         # The blocks are copied into one kernel rather than concatenated step by step: a
         # convolution over many contexts binds a kernel per row, so every pass counts.
         n, m = a.shape
         kernel = a.new_empty(
-            len(context),
-            2 * n if layer.complex_output else n,
-            2 * m if layer.complex_input else m,
+            len(context), 2 * n if sides.output else n, 2 * m if sides.input else m
         )
         kernel[:, :n, :m] = real
-        if layer.complex_input:
+        if sides.input:
             kernel[:, :n, m:] = -imag
-        if layer.complex_output:
+        if sides.output:
             kernel[:, n:, :m] = imag
-            if layer.complex_input:
+            if sides.input:
                 kernel[:, n:, m:] = real
             if bias is not None:
                 bias = torch.cat([bias, torch.zeros_like(bias)])

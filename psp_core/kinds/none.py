@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 
 from psp_core.contexts import ContextSpec
-from psp_core.kinds.base import LayerContexts
-
-if TYPE_CHECKING:
-    from psp_core.layers import SuperposedLayer
+from psp_core.kinds.base import ComplexSides, LayerContexts, LayerWeights
 
 
 class NoContexts(LayerContexts):
-    """Layers run their wrapped plain layer; contexts are registered but store nothing."""
+    """Contexts are registered but store nothing and bind nothing: the layers run their wrapped
+    plain layer (they ask `has_contexts`), and the maths below is the plain layer's."""
 
     kind = "none"
     has_contexts = False
@@ -34,20 +32,17 @@ class NoContexts(LayerContexts):
         return spec
 
     def linear(
-        self, layer: SuperposedLayer, x: torch.Tensor, context_index: torch.Tensor
+        self,
+        x: torch.Tensor,
+        context_index: torch.Tensor,
+        weights: LayerWeights,
+        sides: ComplexSides,
     ) -> torch.Tensor:
-        output: torch.Tensor = layer.base_layer(x)
-        return output
-
-    def conv2d(
-        self, layer: SuperposedLayer, x: torch.Tensor, context_index: torch.Tensor
-    ) -> torch.Tensor:
-        output: torch.Tensor = layer.base_layer(x)
-        return output
+        """`W x + b` whatever the rows."""
+        return F.linear(x, weights.real, weights.bias)
 
     def bound_weights(
-        self, layer: SuperposedLayer, context: torch.Tensor
+        self, context: torch.Tensor, weights: LayerWeights, sides: ComplexSides
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`W` itself for each context: the plain model's contexts leave it unbound."""
-        weights = layer.weights()
         return weights.real.expand(len(context), -1, -1), weights.bias

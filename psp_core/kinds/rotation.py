@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 
 from psp_core.contexts import ContextSpec, rotation_context
-from psp_core.kinds.base import LayerContexts
+from psp_core.kinds.base import ComplexSides, LayerContexts, LayerWeights
 from psp_core.kinds.groups import RowGroups
-
-if TYPE_CHECKING:
-    from psp_core.layers import SuperposedLayer
 
 
 class RotationContexts(LayerContexts):
@@ -36,10 +31,13 @@ class RotationContexts(LayerContexts):
         return rotation_context(self.model_seed, spec.seed, self.layer_index, self.dim)
 
     def linear(
-        self, layer: SuperposedLayer, x: torch.Tensor, context_index: torch.Tensor
+        self,
+        x: torch.Tensor,
+        context_index: torch.Tensor,
+        weights: LayerWeights,
+        sides: ComplexSides,
     ) -> torch.Tensor:
         """`W C_k x + b`, each row rotated by its own context."""
-        weights = layer.weights()
         return F.linear(self.rotate(x, context_index), weights.real, weights.bias)
 
     def rotate(self, flat: torch.Tensor, context_index: torch.Tensor) -> torch.Tensor:
@@ -58,8 +56,7 @@ class RotationContexts(LayerContexts):
         return groups.merge(rotated)
 
     def bound_weights(
-        self, layer: SuperposedLayer, context: torch.Tensor
+        self, context: torch.Tensor, weights: LayerWeights, sides: ComplexSides
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`W C` `(U, N, M)` for contexts `(U, M, M)`."""
-        weights = layer.weights()
         return torch.matmul(weights.real, context), weights.bias

@@ -17,6 +17,7 @@ from psp_core.layers import (
     SuperposedLinear,
     batch_rows,
     make_superposed,
+    stacked,
     superpose,
 )
 
@@ -29,7 +30,7 @@ def _spec(kind: str, i: int) -> ContextSpec:
 def _linear(kind: str) -> SuperposedLinear:
     torch.manual_seed(0)
     layer = SuperposedLinear(nn.Linear(12, 5), kind, model_seed=3, layer_index=0)
-    layer.contexts.append([_spec(kind, i) for i in range(6)])
+    layer.contexts.append_rows(layer.contexts.make_rows([_spec(kind, i) for i in range(6)]))
     return layer
 
 
@@ -37,7 +38,7 @@ def _conv(kind: str) -> SuperposedConv2d:
     torch.manual_seed(0)
     base = nn.Conv2d(3, 4, kernel_size=3, padding=1, stride=2)
     layer = SuperposedConv2d(base, kind, model_seed=3, layer_index=0)
-    layer.contexts.append([_spec(kind, i) for i in range(6)])
+    layer.contexts.append_rows(layer.contexts.make_rows([_spec(kind, i) for i in range(6)]))
     return layer
 
 
@@ -216,7 +217,7 @@ def _explicit_output(layer: SuperposedLinear | SuperposedConv2d, x: torch.Tensor
         c = torch.polar(torch.ones(layer.context_dim, dtype=torch.float64), _phases(layer, row))
         kernel = torch.complex(weight, layer.weight_imag.double()) * c.view(weight.shape[1:])
     x = x.double()
-    if layer.complex_input:
+    if layer.sides.input:
         half = x.shape[1] // 2
         x = torch.complex(x[:, :half], x[:, half:])
     elif kernel.is_complex():
@@ -238,7 +239,7 @@ def _explicit_output(layer: SuperposedLinear | SuperposedConv2d, x: torch.Tensor
     if not out.is_complex():
         return out + bias.view(shape)
     out = out + bias.view(shape).to(out.dtype)
-    return torch.cat([out.real, out.imag], dim=1) if layer.complex_output else out.real
+    return torch.cat([out.real, out.imag], dim=1) if layer.sides.output else out.real
 
 
 def _phases(layer: SuperposedLinear | SuperposedConv2d, row: int) -> torch.Tensor:
@@ -279,7 +280,7 @@ def test_grouped_mixed_batch_equals_the_explicit_math(
     layer = factory(kind)
     if kind_class(kind).is_complex:
         layer.set_complex_sides(complex_input=sides[0], complex_output=sides[1])
-    channels = shape[0] * (2 if layer.complex_input else 1)
+    channels = shape[0] * (2 if layer.sides.input else 1)
     x = torch.randn(11, channels, *shape[1:])
     index = torch.tensor([3, 0, 5, 3, 3, 1, 0, 4, 5, 3, 2])
     with torch.set_grad_enabled(autograd):
@@ -318,3 +319,16 @@ def test_a_layer_takes_its_rows_from_the_enclosing_batch_rows_block() -> None:
         assert torch.equal(layer(x, torch.zeros(4, dtype=torch.long))[1], layer(x)[1])
     with pytest.raises(TypeError, match="needs the batch's context rows"):
         layer(x)
+
+
+def test_stacked_copies_uneven_pieces_into_one_tensor_in_order() -> None:
+    rows = torch.arange(22.0).view(11, 2)
+    pieces = (rows[start : start + 4] for start in range(0, 11, 4))
+    got = stacked(pieces, 11)
+    assert torch.equal(got, rows)
+    assert got.data_ptr() != rows.data_ptr()
+
+
+def test_stacked_returns_a_single_piece_as_it_is() -> None:
+    rows = torch.arange(6.0).view(3, 2)
+    assert stacked(iter([rows]), 3) is rows

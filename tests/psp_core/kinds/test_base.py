@@ -7,7 +7,6 @@ import torch
 
 from psp_core.contexts import ContextSpec
 from psp_core.kinds import CONTEXT_KINDS, BinaryContexts, LayerContexts, kind_class
-from psp_core.kinds.base import stacked
 
 
 def _table(kind: str, dim: int) -> LayerContexts:
@@ -16,9 +15,9 @@ def _table(kind: str, dim: int) -> LayerContexts:
 
 def test_table_grows_by_doubling_and_keeps_rows() -> None:
     table = BinaryContexts(model_seed=0, layer_index=0, dim=4, local_mix=False)
-    table.append([ContextSpec(seed=0)])
+    table.append_rows(table.make_rows([ContextSpec(seed=0)]))
     first = table.table[0].clone()
-    table.append([ContextSpec(seed=i) for i in range(1, 20)])
+    table.append_rows(table.make_rows([ContextSpec(seed=i) for i in range(1, 20)]))
     assert len(table) == 20 and table.table.shape[0] >= 20
     assert torch.equal(table.table[0], first)
     assert table.bytes_per_context() == 16
@@ -42,7 +41,9 @@ def test_bytes_per_context_per_kind(kind: str, per_context: int) -> None:
 def test_rows_have_the_kinds_shape_and_are_not_in_the_state_dict(kind: str) -> None:
     table = _table(kind, 6)
     uses_power = table.uses_power
-    table.append([ContextSpec(power=0.5) if uses_power else ContextSpec(seed=2)] * 3)
+    table.append_rows(
+        table.make_rows([ContextSpec(power=0.5) if uses_power else ContextSpec(seed=2)] * 3)
+    )
     assert table.table[: len(table)].shape == (3, *table.row_shape())
     assert table.state_dict() == {}
 
@@ -59,16 +60,3 @@ def test_each_kind_checks_what_defines_its_contexts() -> None:
     spec = ContextSpec(seed=3)
     assert kind_class("none").check_spec(spec) is spec
     assert kind_class("rotation").check_spec(spec) is spec
-
-
-def test_stacked_copies_uneven_pieces_into_one_tensor_in_order() -> None:
-    rows = torch.arange(22.0).view(11, 2)
-    pieces = (rows[start : start + 4] for start in range(0, 11, 4))
-    got = stacked(pieces, 11)
-    assert torch.equal(got, rows)
-    assert got.data_ptr() != rows.data_ptr()
-
-
-def test_stacked_returns_a_single_piece_as_it_is() -> None:
-    rows = torch.arange(6.0).view(3, 2)
-    assert stacked(iter([rows]), 3) is rows
