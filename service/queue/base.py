@@ -17,7 +17,7 @@ import msgpack
 import numpy as np
 
 IDEMPOTENCY_SECONDS = 300
-"""How long a put's idempotency key is remembered."""
+"""How long an `enqueue`'s idempotency key is remembered."""
 
 
 class QueueFull(Exception):
@@ -60,12 +60,12 @@ class IdempotencyConflict(Exception):
 
 @dataclass(frozen=True)
 class Enqueued:
-    """What a put did.
+    """What an `enqueue` did.
 
     Attributes:
         entry_id: The id of the queued entry.
-        repeated: True when an earlier put with the same idempotency key queued it, and this
-            one queued nothing.
+        repeated: True when an earlier `enqueue` with the same idempotency key queued it, and
+            this one queued nothing.
     """
 
     entry_id: str
@@ -168,7 +168,7 @@ class QueueStats:
 class TrainQueue(abc.ABC):
     """A durable (Redis) or in-memory (embedded) queue of train entries.
 
-    Producers call `put`; the single trainer calls `read`, `pending`, `ack` and `trim_below`.
+    Producers call `enqueue`; the single trainer calls `read`, `pending`, `ack` and `trim_below`.
     Producers waiting for their entries to be applied use `service.queue.applied.AppliedNotices`.
     """
 
@@ -202,10 +202,6 @@ class TrainQueue(abc.ABC):
             QueueFull: Accepting it would exceed the pending-examples limit.
             QueueUnavailable: The backing store cannot be reached.
         """
-
-    async def put(self, entry: TrainEntry, idempotency_key: str | None = None) -> str:
-        """`enqueue`, answering only the entry's id."""
-        return (await self.enqueue(entry, idempotency_key)).entry_id
 
     @abc.abstractmethod
     async def read(self, max_entries: int, block_ms: int) -> list[QueuedEntry]:

@@ -232,7 +232,7 @@ def test_the_follower_serves_the_newest_checkpoint_when_the_announced_one_was_pr
             RedisLink(redis_url), key_prefix=key_prefix, max_pending_examples=1000
         )
         entry = TrainEntry(index, np.full((1, 64), 0.25, np.float32), np.array([1]), time.time())
-        await queue.put(entry)
+        await queue.enqueue(entry)
         await queue.close()
 
     for version in range(2, 6):  # one checkpoint per version; only the last two are kept

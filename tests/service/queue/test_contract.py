@@ -114,12 +114,12 @@ def ids_of(entries: list[QueuedEntry]) -> list[str]:
     return [queued.entry_id for queued in entries]
 
 
-async def put_all(queue: TrainQueue, sizes: list[int]) -> list[str]:
-    return [await queue.put(make_entry(size)) for size in sizes]
+async def enqueue_all(queue: TrainQueue, sizes: list[int]) -> list[str]:
+    return [(await queue.enqueue(make_entry(size))).entry_id for size in sizes]
 
 
-async def test_put_returns_increasing_stream_ids(queue: TrainQueue) -> None:
-    ids = await put_all(queue, [1, 1, 1, 1, 1])
+async def test_enqueue_returns_increasing_stream_ids(queue: TrainQueue) -> None:
+    ids = await enqueue_all(queue, [1, 1, 1, 1, 1])
 
     assert all(re.fullmatch(r"\d+-\d+", entry_id) for entry_id in ids)
     keys = [entry_id_key(entry_id) for entry_id in ids]
@@ -128,9 +128,9 @@ async def test_put_returns_increasing_stream_ids(queue: TrainQueue) -> None:
 
 
 async def test_a_repeated_idempotency_key_queues_once(queue: TrainQueue) -> None:
-    first = await queue.put(make_entry(3), idempotency_key="client-batch-1")
-    again = await queue.put(make_entry(3), idempotency_key="client-batch-1")
-    other = await queue.put(make_entry(2), idempotency_key="client-batch-2")
+    first = (await queue.enqueue(make_entry(3), idempotency_key="client-batch-1")).entry_id
+    again = (await queue.enqueue(make_entry(3), idempotency_key="client-batch-1")).entry_id
+    other = (await queue.enqueue(make_entry(2), idempotency_key="client-batch-2")).entry_id
 
     assert again == first and other != first
     assert (await queue.stats()).pending_examples == 5
@@ -148,7 +148,7 @@ async def test_an_idempotency_key_is_bound_to_its_entry(queue: TrainQueue) -> No
 
 
 async def test_read_delivers_in_order_up_to_max_entries(queue: TrainQueue) -> None:
-    ids = await put_all(queue, [1, 1, 1, 1, 1])
+    ids = await enqueue_all(queue, [1, 1, 1, 1, 1])
 
     first = await queue.read(max_entries=3, block_ms=100)
     rest = await queue.read(max_entries=10, block_ms=100)
@@ -167,11 +167,11 @@ async def test_read_returns_nothing_after_block_ms(queue: TrainQueue) -> None:
     assert 0.25 <= elapsed < 2.0
 
 
-async def test_read_wakes_up_for_an_entry_put_while_blocked(queue: TrainQueue) -> None:
+async def test_read_wakes_up_for_an_entry_queued_while_blocked(queue: TrainQueue) -> None:
     reader = asyncio.create_task(queue.read(max_entries=10, block_ms=5_000))
     await asyncio.sleep(0.1)
     started = time.monotonic()
-    entry_id = await queue.put(make_entry())
+    entry_id = (await queue.enqueue(make_entry())).entry_id
 
     entries = await asyncio.wait_for(reader, timeout=5)
 
@@ -181,7 +181,7 @@ async def test_read_wakes_up_for_an_entry_put_while_blocked(queue: TrainQueue) -
 
 async def test_entry_round_trips_arrays_and_context(queue: TrainQueue) -> None:
     sent = make_entry(size=4, context_index=1234, features=5)
-    entry_id = await queue.put(sent)
+    entry_id = (await queue.enqueue(sent)).entry_id
 
     [received] = await queue.read(max_entries=1, block_ms=100)
 
@@ -196,7 +196,7 @@ async def test_entry_round_trips_arrays_and_context(queue: TrainQueue) -> None:
 
 
 async def test_pending_returns_delivered_unacked_entries_after_restart(backend: Backend) -> None:
-    ids = await put_all(backend.queue, [1, 2, 3])
+    ids = await enqueue_all(backend.queue, [1, 2, 3])
     delivered = await backend.queue.read(max_entries=10, block_ms=100)
     await backend.queue.ack([ids[0]])
 
@@ -212,7 +212,7 @@ async def test_pending_returns_delivered_unacked_entries_after_restart(backend: 
 
 
 async def test_pending_leaves_out_undelivered_entries(queue: TrainQueue) -> None:
-    ids = await put_all(queue, [1, 1, 1])
+    ids = await enqueue_all(queue, [1, 1, 1])
     await queue.read(max_entries=1, block_ms=100)
 
     assert ids_of(await queue.pending()) == ids[:1]
@@ -220,7 +220,7 @@ async def test_pending_leaves_out_undelivered_entries(queue: TrainQueue) -> None
 
 
 async def test_acked_entries_are_not_pending_after_restart(backend: Backend) -> None:
-    ids = await put_all(backend.queue, [1, 1])
+    ids = await enqueue_all(backend.queue, [1, 1])
     await backend.queue.read(max_entries=10, block_ms=100)
     await backend.queue.ack(ids)
 
@@ -230,7 +230,7 @@ async def test_acked_entries_are_not_pending_after_restart(backend: Backend) -> 
 
 
 async def test_ack_releases_examples_exactly_once(queue: TrainQueue) -> None:
-    ids = await put_all(queue, [2, 3])
+    ids = await enqueue_all(queue, [2, 3])
     await queue.read(max_entries=10, block_ms=100)
 
     await queue.ack([ids[0]])
@@ -245,7 +245,7 @@ async def test_ack_releases_examples_exactly_once(queue: TrainQueue) -> None:
 
 
 async def test_ack_of_an_undelivered_entry_changes_nothing(queue: TrainQueue) -> None:
-    [entry_id] = await put_all(queue, [4])
+    [entry_id] = await enqueue_all(queue, [4])
 
     await queue.ack([entry_id])
 
@@ -253,12 +253,12 @@ async def test_ack_of_an_undelivered_entry_changes_nothing(queue: TrainQueue) ->
     assert ids_of(await queue.read(max_entries=10, block_ms=100)) == [entry_id]
 
 
-async def test_put_over_the_limit_raises_queue_full_until_acked(queue: TrainQueue) -> None:
-    first = await queue.put(make_entry(12))
-    await queue.put(make_entry(8, context_index=1))  # exactly at the limit of 20
+async def test_enqueue_over_the_limit_raises_queue_full_until_acked(queue: TrainQueue) -> None:
+    first = (await queue.enqueue(make_entry(12))).entry_id
+    await queue.enqueue(make_entry(8, context_index=1))  # exactly at the limit of 20
 
     with pytest.raises(QueueFull) as refused:
-        await queue.put(make_entry(1, context_index=2))
+        await queue.enqueue(make_entry(1, context_index=2))
 
     assert refused.value.retry_after == RETRY_AFTER
     assert "20 pending examples" in str(refused.value)
@@ -266,7 +266,7 @@ async def test_put_over_the_limit_raises_queue_full_until_acked(queue: TrainQueu
 
     await queue.read(max_entries=1, block_ms=100)
     await queue.ack([first])
-    accepted = await queue.put(make_entry(12))
+    accepted = (await queue.enqueue(make_entry(12))).entry_id
 
     assert entry_id_key(accepted) > entry_id_key(first)
     assert (await queue.stats()).pending_examples == 20
@@ -274,7 +274,7 @@ async def test_put_over_the_limit_raises_queue_full_until_acked(queue: TrainQueu
 
 async def test_stats_count_unacknowledged_examples_and_their_age(queue: TrainQueue) -> None:
     assert await queue.stats() == QueueStats(0, 0.0)
-    ids = await put_all(queue, [2, 3, 4])
+    ids = await enqueue_all(queue, [2, 3, 4])
     await asyncio.sleep(0.25)
 
     waiting = await queue.stats()
@@ -294,7 +294,7 @@ async def test_stats_count_unacknowledged_examples_and_their_age(queue: TrainQue
 
 
 async def test_trim_below_keeps_entries_from_the_given_id(queue: TrainQueue) -> None:
-    ids = await put_all(queue, [1, 1, 1, 1, 1])
+    ids = await enqueue_all(queue, [1, 1, 1, 1, 1])
     await queue.read(max_entries=10, block_ms=100)
     await queue.ack(ids[:3])
 
@@ -305,7 +305,7 @@ async def test_trim_below_keeps_entries_from_the_given_id(queue: TrainQueue) -> 
 
 
 async def test_trim_below_never_drops_unacknowledged_entries(queue: TrainQueue) -> None:
-    ids = await put_all(queue, [1, 1, 1, 1])
+    ids = await enqueue_all(queue, [1, 1, 1, 1])
     await queue.read(max_entries=2, block_ms=100)
 
     await queue.trim_below(ids[3])
@@ -322,7 +322,7 @@ async def test_ping_answers_true(queue: TrainQueue) -> None:
 async def test_dead_lettered_entries_leave_the_queue_with_their_reason(
     backend: Backend, queue: TrainQueue
 ) -> None:
-    ids = await put_all(queue, [2, 3, 4])
+    ids = await enqueue_all(queue, [2, 3, 4])
     delivered = await queue.read(max_entries=10, block_ms=100)
     await queue.dead_letter([(delivered[1], "training on it made the weights non-finite")])
     await queue.dead_letter([(delivered[1], "a second time changes nothing")])
@@ -340,23 +340,23 @@ async def test_dead_lettered_entries_leave_the_queue_with_their_reason(
 async def test_a_context_over_its_share_is_refused_and_the_others_are_not(
     queue: TrainQueue,
 ) -> None:
-    first = await queue.put(make_entry(10, context_index=3))
-    await queue.put(make_entry(2, context_index=3))  # exactly its share of 12
+    first = (await queue.enqueue(make_entry(10, context_index=3))).entry_id
+    await queue.enqueue(make_entry(2, context_index=3))  # exactly its share of 12
 
     with pytest.raises(QueueFull) as refused:
-        await queue.put(make_entry(1, context_index=3))
+        await queue.enqueue(make_entry(1, context_index=3))
 
     assert refused.value.retry_after == RETRY_AFTER
     assert "this context has 12 examples pending" in str(refused.value)
     assert "share of 12" in str(refused.value)
-    await queue.put(make_entry(8, context_index=4))  # another context still gets in
+    await queue.enqueue(make_entry(8, context_index=4))  # another context still gets in
     assert (await queue.stats()).pending_examples == 20
 
     delivered = await queue.read(max_entries=3, block_ms=100)
     await queue.ack([first])
     await queue.dead_letter([(delivered[1], "set aside")])
     assert (await queue.stats()).pending_examples == 8
-    await queue.put(make_entry(12, context_index=3))  # its share is free again
+    await queue.enqueue(make_entry(12, context_index=3))  # its share is free again
 
 
 async def test_an_idempotency_key_is_one_batch_across_every_shard(backend: Backend) -> None:

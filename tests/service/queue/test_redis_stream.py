@@ -12,7 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from service.queue import QueueUnavailable, TrainEntry, redis_stream
+from service.queue import QueueUnavailable, TrainEntry, redis_reader
 from service.queue.base import IDEMPOTENCY_SECONDS
 from service.queue.redis_link import RedisLink
 from service.queue.redis_stream import RedisStreamQueue
@@ -55,12 +55,12 @@ async def open_queue(redis_url: str, key_prefix: str) -> AsyncIterator[Any]:
         await queue.close()
 
 
-async def test_put_writes_the_shard_stream_and_counter(
+async def test_enqueue_writes_the_shard_stream_and_counter(
     open_queue: Any, redis_client: aioredis.Redis, key_prefix: str
 ) -> None:
     queue = open_queue(shard=2)
 
-    entry_id = await queue.put(make_entry(3))
+    entry_id = (await queue.enqueue(make_entry(3))).entry_id
 
     [(stored_id, fields)] = await stored(redis_client, f"{key_prefix}train:2")
     assert stored_id == entry_id
@@ -77,7 +77,7 @@ async def test_pending_claims_stale_entries_of_a_dead_consumer(
     open_queue: Any, redis_client: aioredis.Redis, key_prefix: str
 ) -> None:
     dead = open_queue(consumer="trainer-a")
-    ids = [await dead.put(make_entry(size)) for size in (1, 2, 3)]
+    ids = [(await dead.enqueue(make_entry(size))).entry_id for size in (1, 2, 3)]
     await dead.read(max_entries=10, block_ms=100)
     await dead.close()
 
@@ -101,7 +101,7 @@ async def test_ack_looks_up_sizes_of_entries_delivered_to_an_earlier_process(
     open_queue: Any,
 ) -> None:
     first = open_queue()
-    ids = [await first.put(make_entry(size)) for size in (2, 5)]
+    ids = [(await first.enqueue(make_entry(size))).entry_id for size in (2, 5)]
     await first.read(max_entries=10, block_ms=100)
     await first.close()
 
@@ -117,7 +117,7 @@ async def test_counter_never_goes_negative(
     open_queue: Any, redis_client: aioredis.Redis, key_prefix: str
 ) -> None:
     queue = open_queue()
-    entry_id = await queue.put(make_entry(4))
+    entry_id = (await queue.enqueue(make_entry(4))).entry_id
     await queue.read(max_entries=1, block_ms=100)
     await redis_client.set(f"{key_prefix}train:0:pending-examples", 1)
 
@@ -131,7 +131,7 @@ async def test_trim_below_removes_only_acknowledged_history(
 ) -> None:
     queue = open_queue()
     stream = f"{key_prefix}train:0"
-    ids = [await queue.put(make_entry(1)) for _ in range(6)]
+    ids = [(await queue.enqueue(make_entry(1))).entry_id for _ in range(6)]
     await queue.read(max_entries=4, block_ms=100)
     await queue.ack(ids[:2])
 
@@ -144,7 +144,7 @@ async def test_trim_below_removes_only_acknowledged_history(
     assert await redis_client.xlen(stream) == 2
 
 
-async def test_a_retried_put_is_queued_once(
+async def test_a_retried_enqueue_is_queued_once(
     open_queue: Any, redis_client: aioredis.Redis, key_prefix: str
 ) -> None:
     queue = open_queue()
@@ -160,7 +160,7 @@ async def test_a_retried_put_is_queued_once(
         return result
 
     queue._put_script = reply_lost_once
-    entry_id = await queue.put(make_entry(3))
+    entry_id = (await queue.enqueue(make_entry(3))).entry_id
 
     assert calls == 2
     assert await stored_ids(redis_client, f"{key_prefix}train:0") == [entry_id]
@@ -169,7 +169,7 @@ async def test_a_retried_put_is_queued_once(
 
 async def test_entries_of_a_lost_read_reply_come_with_the_next_read(open_queue: Any) -> None:
     queue = open_queue()
-    ids = [await queue.put(make_entry(1)) for _ in range(3)]
+    ids = [(await queue.enqueue(make_entry(1))).entry_id for _ in range(3)]
     xreadgroup = queue._client.xreadgroup
 
     async def reply_lost(*args: Any, **kwargs: Any) -> Any:
@@ -194,7 +194,7 @@ async def test_entries_of_a_lost_read_reply_come_with_the_next_read(open_queue: 
 async def test_long_blocks_are_split_below_the_socket_timeout(
     open_queue: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(redis_stream, "BLOCK_SLICE_MS", 100)
+    monkeypatch.setattr(redis_reader, "BLOCK_SLICE_MS", 100)
     queue = open_queue()
 
     started = time.monotonic()
@@ -203,7 +203,7 @@ async def test_long_blocks_are_split_below_the_socket_timeout(
 
     reader = asyncio.create_task(queue.read(max_entries=10, block_ms=2_000))
     await asyncio.sleep(0.25)
-    entry_id = await queue.put(make_entry())
+    entry_id = (await queue.enqueue(make_entry())).entry_id
     assert [q.entry_id for q in await asyncio.wait_for(reader, 5)] == [entry_id]
 
 
@@ -214,7 +214,7 @@ async def test_a_refused_command_raises_queue_unavailable(
     queue = open_queue()
 
     with pytest.raises(QueueUnavailable, match=r"cannot queue a train batch: .* refused"):
-        await queue.put(make_entry())
+        await queue.enqueue(make_entry())
     with pytest.raises(QueueUnavailable, match=r"cannot read train queue stats: .* refused"):
         await queue.stats()
 
@@ -226,7 +226,7 @@ async def test_unreachable_redis_raises_queue_unavailable(key_prefix: str) -> No
     started = time.monotonic()
     try:
         with pytest.raises(QueueUnavailable, match=r"127\.0\.0\.1:1") as refused:
-            await queue.put(make_entry())
+            await queue.enqueue(make_entry())
         assert "secret" not in str(refused.value)
         for call in (
             queue.read(max_entries=1, block_ms=100),
@@ -249,18 +249,18 @@ async def test_recovers_when_redis_comes_back_without_its_data(
 ) -> None:
     queue = RedisStreamQueue(RedisLink(throwaway_redis.url), max_pending_examples=100)
     try:
-        before = await queue.put(make_entry(2))
+        before = (await queue.enqueue(make_entry(2))).entry_id
         assert [q.entry_id for q in await queue.read(max_entries=10, block_ms=100)] == [before]
 
         throwaway_redis.kill()
         with pytest.raises(QueueUnavailable):
-            await queue.put(make_entry(2))
+            await queue.enqueue(make_entry(2))
         assert await queue.ping() is False
         with pytest.raises(QueueUnavailable):
             await queue.read(max_entries=10, block_ms=100)
 
         throwaway_redis.start()
-        after = await queue.put(make_entry(3))
+        after = (await queue.enqueue(make_entry(3))).entry_id
         delivered = await queue.read(max_entries=10, block_ms=1_000)
         stats = await queue.stats()
 
@@ -278,7 +278,7 @@ async def test_recovers_when_redis_comes_back_without_its_data(
 async def test_a_restart_between_calls_goes_unnoticed(throwaway_redis: RedisServer) -> None:
     queue = RedisStreamQueue(RedisLink(throwaway_redis.url), max_pending_examples=100)
     try:
-        await queue.put(make_entry(1))
+        await queue.enqueue(make_entry(1))
         # Several pooled connections, all of which the restart below leaves dead.
         await asyncio.gather(*(queue.stats() for _ in range(5)))
 
@@ -288,7 +288,7 @@ async def test_a_restart_between_calls_goes_unnoticed(throwaway_redis: RedisServ
         # meet a dead connection of their own.
         nothing = await queue.read(max_entries=10, block_ms=100)
         counted = await asyncio.gather(*(queue.stats() for _ in range(5)))
-        entry_id = await queue.put(make_entry(2))
+        entry_id = (await queue.enqueue(make_entry(2))).entry_id
         delivered = await queue.read(max_entries=10, block_ms=1_000)
 
         assert nothing == []
@@ -305,7 +305,7 @@ async def test_a_replaced_writer_can_acknowledge_trim_or_set_aside_nothing(
     old = open_queue(consumer="trainer-0")
     await old.fence(1)
     for _ in range(3):
-        await old.put(make_entry())
+        await old.enqueue(make_entry())
     entries = await old.read(max_entries=3, block_ms=0)
     await old.ack([entries[0].entry_id])
     new = open_queue(consumer="trainer-0")
