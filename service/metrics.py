@@ -101,6 +101,12 @@ BACKGROUND_RESTARTS = Counter(
     "Restarts of a crashed background task, by task.",
     ["task"],
 )
+BACKGROUND_POLL_FAILURES = Counter(
+    "psp_background_poll_failures_total",
+    "Polls of a background task that failed and wait for the next tick (the registry was "
+    "unreachable), by task.",
+    ["task"],
+)
 PREQUENTIAL_CORRECT = Counter(
     "psp_prequential_correct_total", "Examples the model got right just before learning them."
 )

@@ -25,6 +25,18 @@ class CheckpointInfo:
     path: Path
 
 
+def checkpoints_in(directory: Path) -> list[CheckpointInfo]:
+    """The checkpoint files in `directory`, oldest first; none when it does not exist."""
+    if not directory.is_dir():
+        return []
+    found = []
+    for path in directory.iterdir():
+        match = _NAME.match(path.name)
+        if match:
+            found.append(CheckpointInfo(int(match[1]), int(match[2]), path))
+    return sorted(found, key=lambda info: info.sequence)
+
+
 class CheckpointStore:
     """Lists, names and prunes checkpoint files in one directory."""
 
@@ -36,12 +48,7 @@ class CheckpointStore:
 
     def list(self) -> list[CheckpointInfo]:
         """All checkpoints, oldest first."""
-        found = []
-        for path in self.directory.iterdir():
-            match = _NAME.match(path.name)
-            if match:
-                found.append(CheckpointInfo(int(match[1]), int(match[2]), path))
-        return sorted(found, key=lambda info: info.sequence)
+        return checkpoints_in(self.directory)
 
     def latest(self) -> CheckpointInfo | None:
         checkpoints = self.list()

@@ -1,57 +1,48 @@
 """Everything a running process holds, built from the settings and torn down in order.
 
 The app's lifespan (and `psp worker`) create one `Runtime`: the registry engine and, for each
-shard this process holds (`service.runtime.shard`), the model host, the train queue and its applied
-notices, the checkpoint store, the predict batcher and, in the `all` and `worker` roles, the
-trainer.
+shard this process holds (`service.runtime.shard_roles`), the model host, the train queue and its
+applied notices, the checkpoint store, the predict batcher and, in the `all` and `worker` roles,
+the trainer, in the `api` role the follower of the shard's worker.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
-from redis.exceptions import RedisError
 
 from service.api.auth import Authenticator
 from service.api.payloads import PayloadError
-from service.checkpoints.announce import ModelPublisher
-from service.checkpoints.rollback_inbox import ControlInbox
-from service.checkpoints.rollback_sender import RedisRollback
-from service.checkpoints.transfer import (
-    CheckpointExports,
-    CheckpointFetcher,
-    ExportedCheckpoint,
-    ExportNotFound,
-)
+from service.checkpoints.transfer import ExportedCheckpoint, ExportNotFound
 from service.contexts.service import ContextService
 from service.feedback.service import FeedbackService, make_feedback_store
 from service.model.host import ModelHost
 from service.queue.memory_stream import IdempotencyMemory
-from service.queue.redis_link import redis_client
 from service.registry.database import make_engine
 from service.registry.history import HistoryPolicy
 from service.registry.migrate import upgrade
 from service.registry.shards import ShardPlan
 from service.registry.store import RegistryStore
-from service.registry.writers import WriterTaken
-from service.runtime.key_sync import follow_stored_keys, load_stored_keys
-from service.runtime.shard import Shard
-from service.runtime.shard_load import report_shard_load
+from service.runtime.background import Background
+from service.runtime.registry_polls import (
+    load_stored_keys,
+    report_shard_capacity,
+    retired_contexts_poll,
+    shard_load_poll,
+    stored_keys_poll,
+)
+from service.runtime.shard import ShardParts
+from service.runtime.shard_roles import Shard, start_replica, start_writer
 from service.runtime.startup import StartupError, check_checkpoint_fits
 from service.runtime.supervisor import Supervisor
-from service.serving.model_follower import ModelFollower
 from service.serving.multi_prediction import MultiPredictionService
 from service.serving.prediction import PredictionService
 from service.settings import Settings
 from service.training.intake import TrainIntake
-from service.training.trainer import Trainer
-from service.training.writer_lease import WriterLease
 
 log = logging.getLogger(__name__)
 
@@ -127,10 +118,7 @@ class Runtime:
     prediction: PredictionService
     feedback: FeedbackService
     multi_prediction: MultiPredictionService
-    supervisor: Supervisor = field(default_factory=Supervisor)
-    _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
-    _stop: asyncio.Event = field(default_factory=asyncio.Event)
-    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    background: Background
 
     @classmethod
     async def start(cls, settings: Settings, authenticator: Authenticator | None = None) -> Runtime:
@@ -140,43 +128,50 @@ class Runtime:
         registry."""
         _prepare_process(settings)
         registry = await _open_registry(settings)
+        background = Background()
         idempotency = IdempotencyMemory()  # one key names one batch on every shard
-        shards = [Shard.build(settings.for_shard(k), idempotency) for k in _shard_numbers(settings)]
-        runtime = await cls._assemble(settings, registry, shards)
+        numbers = _shard_numbers(settings)
+        parts = [ShardParts.build(settings.for_shard(k), idempotency) for k in numbers]
+        contexts = ContextService(registry, {part.number: part.host for part in parts})
+        await contexts.load_bank(map_keys=_serves_predict(settings))
+        for part in parts:
+            part.batcher.start(background.supervisor, part.task_name("batcher"))
+        shards = [
+            await (
+                start_replica(part, background)
+                if settings.role == "api"
+                else start_writer(part, registry, background)
+            )
+            for part in parts
+        ]
+        runtime = cls._over(settings, registry, shards, contexts, background)
+        await runtime._follow_registry(authenticator)
         for shard in shards:
-            if settings.role == "api":
-                await runtime._follow_worker(shard)
-            else:
-                await runtime._start_trainer(shard)
-        if _serves_predict(settings):
-            runtime._poll_retirements()
-            runtime._report_shard_load()
-        if authenticator is not None:
-            await runtime._follow_stored_keys(authenticator)
-        for shard in shards:
-            host = shard.host
             log.info(
                 "shard %d: model on %s at version %d with %d contexts",
                 shard.number,
-                host.device,
-                host.model_version,
-                host.context_count,
+                shard.host.device,
+                shard.host.model_version,
+                shard.host.context_count,
             )
         return runtime
 
     @classmethod
-    async def _assemble(
-        cls, settings: Settings, registry: RegistryStore, shards: list[Shard]
+    def _over(
+        cls,
+        settings: Settings,
+        registry: RegistryStore,
+        shards: list[Shard],
+        contexts: ContextService,
+        background: Background,
     ) -> Runtime:
-        """The services over the registry and the shards, with every model's bank loaded and
-        the predict batchers running."""
-        contexts = ContextService(registry, {shard.number: shard.host for shard in shards})
-        await contexts.load_bank(map_keys=_serves_predict(settings))
+        """The services over the registry and the shards."""
         lanes = {shard.number: shard.lane for shard in shards}
         batchers = {shard.number: shard.batcher for shard in shards}
         prediction = PredictionService(contexts, batchers, settings)
         feedback_store = make_feedback_store(settings)
-        runtime = cls(
+        background.close_at_stop(feedback_store.close)
+        return cls(
             settings=settings,
             registry=registry,
             shards=shards,
@@ -185,11 +180,25 @@ class Runtime:
             prediction=prediction,
             feedback=FeedbackService(contexts, prediction, lanes, feedback_store, settings),
             multi_prediction=MultiPredictionService(contexts, batchers, settings),
+            background=background,
         )
-        for shard in shards:
-            shard.batcher.start(runtime.supervisor, shard.task_name("batcher"))
-        runtime._closers.append(feedback_store.close)
-        return runtime
+
+    async def _follow_registry(self, authenticator: Authenticator | None) -> None:
+        """Starts the polls of the registry (`service.runtime.registry_polls`) this process
+        needs; the stored API keys are read once first."""
+        every_seconds = self.settings.registry_poll_seconds
+        if _serves_predict(self.settings):
+            self.background.poll(retired_contexts_poll(self.contexts, every_seconds))
+            report_shard_capacity(self.registry)
+            self.background.poll(shard_load_poll(self.registry, every_seconds))
+        if authenticator is not None:
+            await load_stored_keys(self.registry, authenticator)
+            self.background.poll(stored_keys_poll(self.registry, authenticator, every_seconds))
+
+    @property
+    def supervisor(self) -> Supervisor:
+        """Knows which background tasks are down, for `/readyz`."""
+        return self.background.supervisor
 
     def shard(self, number: int) -> Shard:
         """Shard `number`, as a request names it.
@@ -232,118 +241,9 @@ class Runtime:
         """The model of the shard that holds the resolved context `index`."""
         return self.shard(self.contexts.shard_of(index)).host
 
-    def _supervise(
-        self,
-        name: str,
-        run: Callable[[], Awaitable[None]],
-        before_restart: Callable[[], Awaitable[None]] | None = None,
-    ) -> None:
-        self._tasks.append(
-            self.supervisor.spawn(name, run, self._stop, before_restart=before_restart)
-        )
-
-    async def _start_trainer(self, shard: Shard) -> None:
-        """The shard's writer: in `all` it serves rollbacks directly; as `worker` it announces
-        its checkpoints and takes rollbacks from the API through Redis."""
-        settings = shard.settings
-        announce, control = None, None
-        if settings.role == "worker":
-            assert settings.redis_url is not None
-            shard.exports = CheckpointExports(shard.store)
-            publisher = ModelPublisher(
-                settings.redis_url, shard.keys, shard.exports, settings.checkpoint_base_url
-            )
-            control_client = redis_client(settings.redis_url)
-            announce, control = publisher.announce, ControlInbox(control_client, shard.keys)
-            self._closers += [publisher.close, control_client.aclose]
-        lease = WriterLease(self.registry, shard.number, settings.writer)
-        try:
-            await lease.claim()
-        except WriterTaken as taken:
-            raise StartupError(str(taken)) from None
-        await shard.queue.fence(lease.token)
-        self._supervise(shard.task_name("writer-lease"), lambda: lease.keep(self._stop))
-        trainer = Trainer(
-            host=shard.host,
-            queue=shard.queue,
-            applied=shard.applied,
-            store=shard.store,
-            registry=self.registry,
-            settings=settings,
-            announce=announce,
-            control=control,
-            lease=lease,
-        )
-        shard.trainer = trainer
-        await trainer.recover()
-        shard.rollback = trainer
-        self._closers.append(lease.release)
-        self._supervise(
-            shard.task_name("trainer"),
-            lambda: trainer.run(self._stop),
-            before_restart=trainer.rewind_after_crash,
-        )
-        self._supervise(
-            shard.task_name("checkpoint-writer"), lambda: trainer.write_checkpoints(self._stop)
-        )
-
-    async def _follow_worker(self, shard: Shard) -> None:
-        """A read replica of the shard: serves its newest checkpoint (on its volume, else the
-        newest announced one, downloaded) and follows its worker's announcements."""
-        settings = shard.settings
-        assert settings.redis_url is not None
-        latest = shard.store.latest()
-        if latest is not None:
-            await asyncio.to_thread(shard.host.swap_weights, latest.path)
-        token = settings.checkpoint.fetch_token
-        fetcher = CheckpointFetcher(
-            shard.store, shard.number, token.get_secret_value() if token else None
-        )
-        follower = ModelFollower(settings.redis_url, shard.keys, shard.host, shard.store, fetcher)
-        shard.follower = follower
-        if latest is not None:
-            follower.sequence = latest.sequence
-        try:
-            await follower.catch_up()
-        except (RedisError, OSError) as err:
-            # Not fatal: the follower keeps trying, and predictions answer meanwhile.
-            log.warning("shard %d: no newest checkpoint announced yet: %s", shard.number, err)
-        control_client = redis_client(settings.redis_url)
-        shard.rollback = RedisRollback(control_client, shard.keys)
-        self._closers += [follower.close, control_client.aclose]
-        self._supervise(shard.task_name("follower"), lambda: follower.run(self._stop))
-
-    def _poll_retirements(self) -> None:
-        """Polls the registry for contexts that other processes retire, and forgets their keys."""
-        contexts, every_seconds = self.contexts, self.settings.registry_poll_seconds
-        self._supervise(
-            "registry-poller", lambda: contexts.poll_retirements(every_seconds, self._stop)
-        )
-
-    def _report_shard_load(self) -> None:
-        """Keeps the gauges of live contexts per shard and of the capacity current."""
-        registry, every_seconds = self.registry, self.settings.registry_poll_seconds
-        self._supervise(
-            "shard-load", lambda: report_shard_load(registry, every_seconds, self._stop)
-        )
-
-    async def _follow_stored_keys(self, authenticator: Authenticator) -> None:
-        """Loads the API keys stored in the registry and keeps following them."""
-        await load_stored_keys(self.registry, authenticator)
-        registry, every_seconds = self.registry, self.settings.registry_poll_seconds
-        self._supervise(
-            "key-follower",
-            lambda: follow_stored_keys(registry, authenticator, every_seconds, self._stop),
-        )
-
     async def stop(self) -> None:
         """Stops the trainers (each drains its queue into a final checkpoint) and disconnects."""
-        self._stop.set()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        for close in self._closers:
-            await close()
+        await self.background.stop_all()
         for shard in self.shards:
             await shard.close()
         self.registry.close()

@@ -1,8 +1,9 @@
-"""One shard: a superposed model with its own train queue, applied notices, checkpoints and
-predict batcher; in the writer also its trainer, in a read replica its follower.
+"""The parts of one shard that every role holds, and how they are built: a superposed model
+with its own train queue, applied notices, checkpoint store and predict batcher.
 
 Every shard is built from `Settings.for_shard`, so shard 0 keeps the configured model seed, the
-checkpoint directory and the Redis keys of a one-model deployment.
+checkpoint directory and the Redis keys of a one-model deployment. What each role adds to the
+parts (a trainer, or a follower of the worker) is in `service.runtime.shard_roles`.
 """
 
 from __future__ import annotations
@@ -11,9 +12,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from service.checkpoints.rollback import RollbackTarget
 from service.checkpoints.store import CheckpointStore
-from service.checkpoints.transfer import CheckpointExports
 from service.faults import FaultInjector
 from service.model.host import ModelHost, resolve_device
 from service.model.step_process import ChildStepHost, steps_run_in_child
@@ -24,16 +23,14 @@ from service.queue.lanes import ShardQueue
 from service.queue.memory_applied import InProcessAppliedNotices
 from service.queue.memory_stream import IdempotencyMemory, InProcessQueue
 from service.serving.batcher import PredictBatcher
-from service.serving.model_follower import ModelFollower
 from service.settings import Settings
-from service.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class Shard:
-    """The parts of one shard that this process holds.
+class ShardParts:
+    """The parts of one shard that this process holds whatever its role.
 
     Attributes:
         settings: The shard's own settings (`Settings.for_shard`).
@@ -45,13 +42,9 @@ class Shard:
     applied: AppliedNotices
     store: CheckpointStore
     batcher: PredictBatcher
-    trainer: Trainer | None = None
-    rollback: RollbackTarget | None = None
-    follower: ModelFollower | None = None
-    exports: CheckpointExports | None = None  # a worker's, served to the API replicas
 
     @classmethod
-    def build(cls, settings: Settings, idempotency: IdempotencyMemory | None = None) -> Shard:
+    def build(cls, settings: Settings, idempotency: IdempotencyMemory | None = None) -> ShardParts:
         """The model (freshly initialised), the queue, the checkpoint store and the batcher of
         the shard `settings` names; the batcher is not started yet. The in-process queues of
         one process share `idempotency`."""

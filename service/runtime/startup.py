@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from pydantic import ValidationError
 
 from psp_core.checkpoint import CheckpointError, read_metadata
 from psp_core.models import ModelConfig
+from service.checkpoints.store import checkpoints_in
 from service.settings import Settings
-
-_CHECKPOINT_NAME = re.compile(r"^ckpt-(\d{10})-v\d+\.safetensors$")
 
 
 class StartupError(Exception):
@@ -39,13 +37,10 @@ def check_checkpoint_fits(settings: Settings) -> None:
         StartupError: It was made for another model or optimiser; the message names the
             fields that differ and what to do.
     """
-    directory = settings.checkpoint_dir
-    if not directory.is_dir():
+    checkpoints = checkpoints_in(settings.checkpoint_dir)
+    if not checkpoints:
         return
-    names = sorted(p.name for p in directory.iterdir() if _CHECKPOINT_NAME.match(p.name))
-    if not names:
-        return
-    newest = directory / names[-1]
+    newest = checkpoints[-1].path
     try:
         header = read_metadata(newest)
     except CheckpointError as err:

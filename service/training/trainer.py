@@ -36,7 +36,7 @@ from service import metrics
 from service.checkpoints.rollback import RollbackFailed, RollbackNotDone
 from service.checkpoints.rollback_inbox import ControlInbox
 from service.checkpoints.store import CheckpointInfo, CheckpointStore
-from service.contexts.service import RETIREMENT_OVERLAP
+from service.contexts.retirements import RETIREMENT_OVERLAP
 from service.model.divergence import Diverged
 from service.model.host import ModelHost, RestoreNeeded, TrainRows
 from service.queue.applied import AppliedNotices

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -105,32 +104,6 @@ async def test_a_local_delete_answers_not_found_at_once(registry_engine: Engine)
         await service.resolve("gone")
     with pytest.raises(ContextNotFound):
         await service.delete("gone")
-
-
-async def test_poll_retirements_runs_until_stopped(registry_engine: Engine) -> None:
-    writer, reader = _process(registry_engine), _process(registry_engine)
-    await writer.load_bank(map_keys=True)
-    await writer.register("tenant", None, None)
-    await reader.load_bank(map_keys=True)
-    stop = asyncio.Event()
-    polling = asyncio.create_task(reader.poll_retirements(0.05, stop))
-    await writer.delete("tenant")
-
-    async def still_answers() -> bool:
-        try:
-            await reader.resolve("tenant")
-        except ContextNotFound:
-            return False
-        return True
-
-    for _ in range(100):
-        await asyncio.sleep(0.05)
-        if not await still_answers():
-            break
-    assert not await still_answers()
-    stop.set()
-    await asyncio.wait_for(polling, 5)
-    assert polling.done() and polling.exception() is None
 
 
 async def test_known_keys_answer_while_the_database_is_down(registry_engine: Engine) -> None:

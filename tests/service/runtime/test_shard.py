@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY
 from service.api.auth import issue_key
 from service.app import create_app
 from service.runtime.runtime import Runtime
-from service.runtime.shard import Shard
+from service.runtime.shard_roles import Shard
 from service.runtime.startup import StartupError
 from service.testing.processes import wait_until
 from tests.service.api.helpers import register, rows

@@ -19,7 +19,7 @@ from service.queue.base import TrainEntry
 from service.registry.database import make_engine
 from service.registry.migrate import upgrade
 from service.registry.store import RegistryStore, RegistryUnavailable
-from service.runtime.shard import Shard
+from service.runtime.shard import ShardParts
 from service.settings import Settings
 from service.training.trainer import Trainer
 from tests.service.api.helpers import sqlite_settings
@@ -32,7 +32,7 @@ class Bench:
     """A trainer over one shard, on a SQLite registry, with the steps in a thread."""
 
     settings: Settings
-    shard: Shard
+    shard: ShardParts
     trainer: Trainer
     contexts: ContextService
     registry: RegistryStore
@@ -52,7 +52,7 @@ async def _bench(tmp_path: Path, **overrides: Any) -> Bench:
     settings = sqlite_settings(tmp_path, **values)
     upgrade(settings.resolved_database_url)
     registry = RegistryStore(make_engine(settings.resolved_database_url), settings.model.kind)
-    shard = Shard.build(settings.for_shard(0))
+    shard = ShardParts.build(settings.for_shard(0))
     contexts = ContextService(registry, {0: shard.host})
     trainer = Trainer(
         host=shard.host,
