@@ -90,14 +90,13 @@ class ContextScaler:
         self.width = width
         self.row_bound = row_bound
         self.memory_values = float(memory_rows) * width
-        # Context id -> its slot in the arrays, -1 for none: ids are small non-negative
-        # integers (bank rows, registry indices), so a dense table is the fastest lookup.
-        self._table = np.full(0, -1, dtype=np.int64)
-        self._size = 0
-        self._ids = np.zeros(0, dtype=np.int64)
-        self._count = np.zeros(0, dtype=np.float64)
-        self._mean = np.zeros(0, dtype=np.float64)
-        self._m2 = np.zeros(0, dtype=np.float64)
+        self._table: np.ndarray  # context id -> its slot in the arrays (see `_clear`)
+        self._size: int
+        self._ids: np.ndarray
+        self._count: np.ndarray
+        self._mean: np.ndarray
+        self._m2: np.ndarray
+        self._clear()
 
     def __len__(self) -> int:
         return self._size
@@ -263,6 +262,9 @@ class ContextScaler:
         )
 
     def _clear(self) -> None:
+        """Forgets every context's statistics."""
+        # Context id -> its slot in the arrays, -1 for none: ids are small non-negative
+        # integers (bank rows, registry indices), so a dense table is the fastest lookup.
         self._table = np.full(0, -1, dtype=np.int64)
         self._size = 0
         self._ids = np.zeros(0, dtype=np.int64)

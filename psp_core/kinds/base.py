@@ -167,13 +167,10 @@ class LayerContexts(nn.Module, ABC):
 
     @abstractmethod
     def linear(
-        self,
-        x: torch.Tensor,
-        context_index: torch.Tensor,
-        weights: LayerWeights,
-        sides: ComplexSides,
+        self, x: torch.Tensor, rows: torch.Tensor, weights: LayerWeights, sides: ComplexSides
     ) -> torch.Tensor:
-        """A Linear layer's output, each row of `x` under the context of its `context_index`."""
+        """A Linear layer's output, each row of `x` under the context of its entry in `rows`
+        (`(B,)` int64 row indices into the table)."""
 
     @abstractmethod
     def bound_weights(

@@ -22,14 +22,10 @@ class BinaryContexts(LayerContexts):
         return binary_context(self.model_seed, spec.seed, self.layer_index, self.dim)
 
     def linear(
-        self,
-        x: torch.Tensor,
-        context_index: torch.Tensor,
-        weights: LayerWeights,
-        sides: ComplexSides,
+        self, x: torch.Tensor, rows: torch.Tensor, weights: LayerWeights, sides: ComplexSides
     ) -> torch.Tensor:
         """`W (c ⊙ x) + b`: each row bound to its own context, then one GEMM for the batch."""
-        return F.linear(x * self.gather(context_index), weights.real, weights.bias)
+        return F.linear(x * self.gather(rows), weights.real, weights.bias)
 
     def bound_weights(
         self, context: torch.Tensor, weights: LayerWeights, sides: ComplexSides

@@ -56,11 +56,7 @@ class ComplexContexts(LayerContexts):
         return nn.Parameter(imag)
 
     def linear(
-        self,
-        x: torch.Tensor,
-        context_index: torch.Tensor,
-        weights: LayerWeights,
-        sides: ComplexSides,
+        self, x: torch.Tensor, rows: torch.Tensor, weights: LayerWeights, sides: ComplexSides
     ) -> torch.Tensor:
         """`W (c ⊙ x) + b` as `[Re ; Im]` when the layer carries complex activations, else its
         real part; each row bound to its own context, then one GEMM for the batch.
@@ -68,7 +64,7 @@ class ComplexContexts(LayerContexts):
         Args:
             x: `(B, M)` real inputs, or `(B, 2M)` `[Re ; Im]` when `sides.input`.
         """
-        context = self.gather(context_index)
+        context = self.gather(rows)
         a, b, bias = weights
         assert b is not None
         if sides.either:

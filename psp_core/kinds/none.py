@@ -32,11 +32,7 @@ class NoContexts(LayerContexts):
         return spec
 
     def linear(
-        self,
-        x: torch.Tensor,
-        context_index: torch.Tensor,
-        weights: LayerWeights,
-        sides: ComplexSides,
+        self, x: torch.Tensor, rows: torch.Tensor, weights: LayerWeights, sides: ComplexSides
     ) -> torch.Tensor:
         """`W x + b` whatever the rows."""
         return F.linear(x, weights.real, weights.bias)

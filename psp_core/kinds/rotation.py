@@ -31,14 +31,10 @@ class RotationContexts(LayerContexts):
         return rotation_context(self.model_seed, spec.seed, self.layer_index, self.dim)
 
     def linear(
-        self,
-        x: torch.Tensor,
-        context_index: torch.Tensor,
-        weights: LayerWeights,
-        sides: ComplexSides,
+        self, x: torch.Tensor, rows: torch.Tensor, weights: LayerWeights, sides: ComplexSides
     ) -> torch.Tensor:
         """`W C_k x + b`, each row rotated by its own context."""
-        return F.linear(self.rotate(x, context_index), weights.real, weights.bias)
+        return F.linear(self.rotate(x, rows), weights.real, weights.bias)
 
     def rotate(self, flat: torch.Tensor, context_index: torch.Tensor) -> torch.Tensor:
         """`C_k x`: one `(n, M) @ (M, M)` product per distinct context.
