@@ -18,7 +18,6 @@ from psp_core.learner import TrainingConfig
 from psp_core.models import ModelConfig
 from psp_core.replay import DEFAULT_REPLAY_ROWS
 from service.api.auth import ApiKeySpec, AuthSettings
-from service.faults import FaultSettings
 from service.feedback.drift import DriftConfig
 
 # The learning defaults live in psp_core, where the sweep in docs/benchmarks.md chose them.
@@ -86,7 +85,7 @@ class TrainingSettings(BaseModel):
     coalesce: bool = True
     deterministic: bool = False
     # Where role `all` runs the training steps on the CPU: a child process of their own
-    # (`service.model.step_process`), so that they and the HTTP work do not take turns on one
+    # (`service.model.step_client`), so that they and the HTTP work do not take turns on one
     # interpreter; or a thread of the API process. Workers and GPU models step in a thread.
     steps_in: Literal["child_process", "thread"] = "child_process"
 
@@ -308,7 +307,6 @@ class Settings(BaseSettings):
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
     accuracy: AccuracySettings = Field(default_factory=AccuracySettings)
     drift: DriftSettings = Field(default_factory=DriftSettings)
-    faults: FaultSettings = Field(default_factory=FaultSettings)  # tests only; see service.faults
 
     @model_validator(mode="after")
     def _split_roles_need_redis(self) -> Settings:
@@ -372,16 +370,11 @@ class Settings(BaseSettings):
         every other shard draws its initial weights from a seed of its own, so the shards are
         independent models.
         """
-        if shard == 0:
-            return self.model_copy(update={"queue": self.queue.model_copy(update={"shard": 0})})
-        return self.model_copy(
-            update={
-                "queue": self.queue.model_copy(update={"shard": shard}),
-                "model": self.model.model_copy(
-                    update={"seed": derive_seed("shard", self.model.seed, shard)}
-                ),
-            }
-        )
+        update: dict[str, object] = {"queue": self.queue.model_copy(update={"shard": shard})}
+        if shard != 0:
+            seed = derive_seed("shard", self.model.seed, shard)
+            update["model"] = self.model.model_copy(update={"seed": seed})
+        return self.model_copy(update=update)
 
     @property
     def checkpoint_base_url(self) -> str:

@@ -23,7 +23,8 @@ from service.feedback.service import (
     FeedbackUnavailable,
     UnknownPredictions,
 )
-from service.model.host import ModelUnhealthy, UnknownContext
+from service.model.answers import ModelUnhealthy
+from service.model.bank_rows import UnknownContext
 from service.queue.base import IdempotencyConflict, QueueFull, QueueUnavailable
 from service.registry.errors import (
     ContextConflict,

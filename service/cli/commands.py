@@ -71,7 +71,8 @@ def serve(
     settings = _settings_or_exit()
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     if workers == 1:
-        from service.model.step_process import start_fork_server, steps_run_in_child
+        from service.model.step_child import start_fork_server
+        from service.model.step_client import steps_run_in_child
 
         if steps_run_in_child(settings):
             start_fork_server()  # its imports overlap with the app's start-up

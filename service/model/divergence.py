@@ -11,15 +11,12 @@ offending entries aside.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 
 from psp_core.learner import OnlineLearner, StepResult
+from service.model.state import ModelState
 from service.settings import GuardSettings
-
-if TYPE_CHECKING:
-    from service.model.host import ModelHost
 
 
 class Diverged(Exception):
@@ -34,11 +31,12 @@ def largest_weight(learner: OnlineLearner) -> float:
 
 
 class DivergenceGuard:
-    """Checks the weights and the loss after each step (a `StepWatcher` of the host)."""
+    """Checks the weights and the loss after each step (a `StepWatcher` of the host); a
+    verdict against them clears the health flag of `state`, which predictions read."""
 
-    def __init__(self, settings: GuardSettings, host: ModelHost) -> None:
+    def __init__(self, settings: GuardSettings, state: ModelState) -> None:
         self.settings = settings
-        self.host = host
+        self.state = state
         self.mean_loss: float | None = None  # exponential moving average of applied steps
         self.steps_seen = 0
 
@@ -49,7 +47,7 @@ class DivergenceGuard:
         reason = self._verdict(learner, result)
         if reason is None:
             return
-        self.host.healthy = False  # under the model lock: no forward pass sees these weights
+        self.state.healthy = False  # under the model lock: no forward pass sees these weights
         raise Diverged(reason)
 
     def _verdict(self, learner: OnlineLearner, result: StepResult) -> str | None:

@@ -20,16 +20,13 @@ normalisation), so the mode one pass sets does not change the other's answer.
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
-from prometheus_client import Counter, Gauge
 
 from psp_core.checkpoint import (
     checkpoint_bytes,
@@ -42,11 +39,13 @@ from psp_core.contexts import ContextSpec
 from psp_core.learner import OnlineLearner, StepResult, TrainingConfig
 from psp_core.models import ModelConfig, build_model, parameter_count
 from psp_core.replay import ReplayBuffer
-from service import metrics
-from service.api.payloads import PayloadError
 from service.contexts.definition import ContextDefinition
-from service.model.divergence import DivergenceGuard, largest_weight
+from service.model.answers import ModelUnhealthy, check_answer
+from service.model.bank_rows import BankRows
+from service.model.divergence import DivergenceGuard
+from service.model.host_metrics import HostMetrics
 from service.model.state import LocalModelState, ModelState
+from service.model.training_hooks import StepWatcher
 from service.settings import GuardSettings
 
 
@@ -76,70 +75,8 @@ class TrainRows:
     entry_positions: np.ndarray | None = None
 
 
-class UnknownContext(KeyError):
-    """A registry index the host has no bank row for: its context was deleted."""
-
-    def __str__(self) -> str:
-        return (
-            f"the context (index {self.args[0]}) was deleted; register it again with "
-            "POST /contexts before using it"
-        )
-
-
-class InputsOverflow(PayloadError):
-    """A request's own rows give a non-finite output: its inputs are too large for the model.
-    Its neighbours in the same forward pass are answered as usual."""
-
-    def __init__(self, inputs: np.ndarray, row: int, version: int) -> None:
-        largest = float(np.abs(inputs[row]).max())
-        super().__init__(
-            f"inputs row {row} gives a non-finite output under model version {version}: its "
-            f"values (largest magnitude {largest:.3g}) are too large for the model; send inputs "
-            "on the scale the context was trained on"
-        )
-
-
 class RestoreNeeded(RuntimeError):
     """The state that trains may be torn; the trainer restores the newest checkpoint."""
-
-
-class ModelUnhealthy(RuntimeError):
-    """The served weights cannot give finite answers right now; the message is the sentence
-    a client sees."""
-
-
-class StepWatcher(Protocol):
-    """Code that runs around every training step: `before_step` before its passes, and
-    `after_step` under the model lock with the update, so that no forward pass sees weights
-    between the update and the watcher's verdict."""
-
-    def before_step(self, learner: OnlineLearner) -> None: ...
-
-    def after_step(self, learner: OnlineLearner, result: StepResult) -> None: ...
-
-
-@dataclass(frozen=True)
-class _HostMetrics:
-    """The series of one shard's model."""
-
-    version: Gauge
-    steps: Counter
-    examples: Counter
-    refused_steps: Counter
-    replay_rows: Gauge
-    contexts: Gauge
-
-    @classmethod
-    def of_shard(cls, shard: int) -> _HostMetrics:
-        label = str(shard)
-        return cls(
-            version=metrics.MODEL_VERSION.labels(label),
-            steps=metrics.TRAIN_STEPS.labels(label),
-            examples=metrics.TRAINED_EXAMPLES.labels(label),
-            refused_steps=metrics.REFUSED_STEPS.labels(label),
-            replay_rows=metrics.REPLAY_ROWS.labels(label),
-            contexts=metrics.CONTEXTS.labels(label),
-        )
 
 
 class ModelHost:
@@ -166,11 +103,9 @@ class ModelHost:
         self.learner = OnlineLearner(model, training, replay=replay, rows_of=self.bank_rows)
         self.config = model_config
         self.device = device
-        self._rows: dict[int, int] = {}
-        self._free_rows: list[int] = []  # bank rows of deleted contexts, reused first
-        self._max_index = -1
+        self._rows = BankRows()
         # The lock, the version served and the health flag; shared with a training child when
-        # the steps run in one (`service.model.step_process`).
+        # the steps run in one (`service.model.step_client`).
         self.state = state or LocalModelState()
         self._lock = self.state.lock
         self._writing = threading.Lock()  # see the module's docstring
@@ -183,7 +118,7 @@ class ModelHost:
         # Set when the state that trains may be torn (a training child died): why the trainer
         # must restore the newest checkpoint before it steps again; a load clears it.
         self.restore_needed: str | None = None
-        self._metrics = _HostMetrics.of_shard(shard)
+        self._metrics = HostMetrics.of_shard(shard)
         self._metrics.version.set(0)
 
     @property
@@ -220,7 +155,7 @@ class ModelHost:
     @property
     def max_index(self) -> int:
         """The highest registry index in the bank, -1 when empty."""
-        return self._max_index
+        return self._rows.max_index
 
     def add_contexts(self, definitions: Iterable[ContextDefinition]) -> None:
         """Adds the contexts the bank does not hold yet, in the order given.
@@ -236,29 +171,16 @@ class ModelHost:
             prepared = bank.prepare([ContextSpec(seed=d.seed, power=d.power) for d in new])
             bank.reserve(len(new))  # a doubling copies every row: not under the lock
             with self._lock:
-                # The rows of deleted contexts first: the bank holds what is live.
-                reused = self._free_rows[: len(new)]
-                del self._free_rows[: len(reused)]
-                placed, appended = prepared.split(len(reused))
-                bank.place_prepared(reused, placed)
-                rows = [*reused, *bank.append_prepared(appended)]
-                self._rows.update({d.index: row for d, row in zip(new, rows, strict=True)})
-                self._max_index = max(self._max_index, *(d.index for d in new))
+                self._rows.place([d.index for d in new], bank, prepared)
         self._metrics.contexts.set(len(self._rows))
 
-    def _release_rows(self, indices: set[int]) -> None:
-        """Lets the bank rows of deleted contexts go, for the next new contexts; the caller
-        holds the model lock, so no forward pass is between looking a row up and using it."""
-        freed = [self._rows.pop(index) for index in indices if index in self._rows]
-        self._free_rows.extend(freed)
-
     def bank_rows(self, indices: Sequence[int] | np.ndarray) -> torch.Tensor:
-        """Bank rows for registry indices, as an int64 tensor on the model's device."""
-        try:
-            rows = [self._rows[int(i)] for i in indices]
-        except KeyError as err:
-            raise UnknownContext(err.args[0]) from None
-        return torch.tensor(rows, dtype=torch.int64, device=self.device)
+        """Bank rows for registry indices, as an int64 tensor on the model's device.
+
+        Raises:
+            UnknownContext: An index has no bank row here.
+        """
+        return torch.tensor(self._rows.of(indices), dtype=torch.int64, device=self.device)
 
     def predict(self, inputs: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, int]:
         """Class probabilities for a batch that may mix contexts, all of one caller.
@@ -313,23 +235,8 @@ class ModelHost:
         return answer, version
 
     def check_answer(self, probabilities: np.ndarray, inputs: np.ndarray, version: int) -> None:
-        """Refuses probabilities that are not all finite, blaming whoever is at fault.
-
-        Raises:
-            InputsOverflow: A row of `inputs` overflowed finite weights: its sender's fault
-                alone, so only its sender is refused.
-            ModelUnhealthy: The weights themselves are not finite (which the divergence guard
-                should have caught): nobody can be answered.
-        """
-        finite = np.isfinite(probabilities).all(axis=1)
-        if finite.all():
-            return
-        if not math.isfinite(largest_weight(self.learner)):
-            raise ModelUnhealthy(
-                f"model version {version} has non-finite weights and gave a non-finite "
-                "probability; nothing was predicted, retry later"
-            )
-        raise InputsOverflow(inputs, int(np.argmin(finite)), version)
+        """Refuses probabilities that are not all finite (`service.model.answers`)."""
+        check_answer(probabilities, inputs, version, self.learner)
 
     def _forward(self, x: torch.Tensor, indices: np.ndarray) -> tuple[torch.Tensor, int]:
         """The forward pass; the caller holds the model lock (the input statistics change
@@ -354,7 +261,7 @@ class ModelHost:
         to reject the new weights.
         """
         result, replay_rows = self._locked_step(batch)
-        self.count_step(result, len(batch.labels), replay_rows)
+        self._metrics.record_step(result, len(batch.labels), replay_rows)
         return result
 
     def train_steps(self, batches: Sequence[TrainRows]) -> list[StepResult]:
@@ -379,19 +286,9 @@ class ModelHost:
                 replay_rows = self.replay_size
         return result, replay_rows
 
-    def count_step(self, result: StepResult, examples: int, replay_rows: int) -> None:
-        """Records a step in the shard's metrics."""
-        self._metrics.replay_rows.set(replay_rows)
-        if result.applied:
-            self._metrics.steps.inc()
-            self._metrics.examples.inc(examples)
-            self._metrics.version.set(result.model_version)
-        else:
-            self._metrics.refused_steps.inc()
-
     def watch_divergence(self, settings: GuardSettings) -> None:
         """Checks the weights after every step from now on (`service.model.divergence`)."""
-        self.step_watchers.append(DivergenceGuard(settings, self))
+        self.step_watchers.append(DivergenceGuard(settings, self.state))
 
     @property
     def replays(self) -> bool:
@@ -429,7 +326,8 @@ class ModelHost:
             with self._lock:
                 if self.learner.scaler is not None:
                     self.learner.scaler.forget(forgotten)
-                self._release_rows(forgotten)
+                # Under the model lock: no forward pass is between looking a row up and using it.
+                self._rows.release(forgotten)
         self._metrics.contexts.set(len(self._rows))
         return dropped
 

@@ -3,7 +3,7 @@ a step atomic, the version served and whether the weights are healthy.
 
 `LocalModelState` serves a model whose trainer runs in the same process. `SharedModelState`
 lives in shared memory, for a model whose steps run in a child process
-(`service.model.step_process`): the API's predictions and the child's steps then take the
+(`service.model.step_client`): the API's predictions and the child's steps then take the
 same lock and read the same version.
 """
 

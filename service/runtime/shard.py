@@ -13,9 +13,9 @@ import logging
 from dataclasses import dataclass
 
 from service.checkpoints.store import CheckpointStore
-from service.faults import FaultInjector
 from service.model.host import ModelHost, resolve_device
-from service.model.step_process import ChildStepHost, steps_run_in_child
+from service.model.step_client import ChildStepHost, steps_run_in_child
+from service.model.training_hooks import installed_training_hooks
 from service.queue.applied import AppliedNotices
 from service.queue.base import TrainQueue
 from service.queue.keys import ShardKeys
@@ -116,12 +116,11 @@ def make_queue_and_notices(
 
 
 def _make_host(settings: Settings) -> ModelHost:
-    """The model, freshly initialised, with the fault injector watching its steps if asked;
+    """The model, freshly initialised, with the step watchers of the process's training hooks;
     in role `all` on the CPU, with its steps in a child process unless told otherwise."""
-    if settings.faults.any:
-        log.warning("fault injection is on (PSP_FAULTS__*): %s", settings.faults)
+    hooks = installed_training_hooks()
     if steps_run_in_child(settings):
-        return ChildStepHost(settings)  # the child installs the fault injector
+        return ChildStepHost(settings, hooks.step_watchers)  # the child builds the watchers
     host = ModelHost(
         settings.model.to_config(),
         settings.training.to_config(settings.replay),
@@ -130,6 +129,5 @@ def _make_host(settings: Settings) -> ModelHost:
         replay_rows=settings.replay.rows if settings.role != "api" else 0,
         shard=settings.queue.shard,
     )
-    if settings.faults.any:
-        host.step_watchers.append(FaultInjector(settings.faults))
+    host.step_watchers.extend(hooks.new_step_watchers())
     return host

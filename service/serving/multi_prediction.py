@@ -17,7 +17,7 @@ import numpy as np
 from service import metrics
 from service.api.payloads import PayloadError, TooManyRows, input_matrix
 from service.contexts.service import ContextService
-from service.model.host import InputsOverflow
+from service.model.answers import InputsOverflow
 from service.serving.batcher import PredictBatcher
 from service.settings import Settings
 

@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,10 +50,19 @@ def wait_until(
     raise TimeoutError(f"{what} did not hold within {timeout} s")
 
 
-def psp_command() -> list[str]:
+FAULT_SETTINGS_PREFIX = "PSP_FAULTS__"
+"""Settings of `service.testing.faults`: a process given one runs the `psp` command with faults."""
+
+
+def psp_command(env: Mapping[str, str] | None = None) -> list[str]:
     """The `psp` script of the running interpreter's environment, or, where the package is on
     the path without being installed (a checkout run with `PYTHONPATH`, as on a GPU host whose
-    Python brings torch), the same CLI as a module of that interpreter."""
+    Python brings torch), the same CLI as a module of that interpreter.
+
+    A process whose `env` holds fault settings (`PSP_FAULTS__*`) runs the same command line
+    through `service.testing.faulty_psp`, which injects them."""
+    if env is not None and any(name.startswith(FAULT_SETTINGS_PREFIX) for name in env):
+        return [sys.executable, "-m", "service.testing.faulty_psp"]
     script = shutil.which("psp", path=str(Path(sys.executable).parent))
     return [script] if script else [sys.executable, "-m", "service.cli.commands"]
 
@@ -136,7 +145,7 @@ def psp_serve(name: str, env: dict[str, str], log_dir: Path, *options: str) -> S
     Its log is `log_dir / f"{name}.log"`.
     """
     port = free_port()
-    command = [*psp_command(), "serve", "--port", str(port), "--log-level", "warning", *options]
+    command = [*psp_command(env), "serve", "--port", str(port), "--log-level", "warning", *options]
     return ServerProcess(name, command, env, port, log_dir / f"{name}.log")
 
 
@@ -145,7 +154,7 @@ def psp_worker(name: str, env: dict[str, str], log_dir: Path, *options: str) -> 
     started)."""
     port = free_port()
     command = [
-        *psp_command(),
+        *psp_command(env),
         "worker",
         "--host",
         "127.0.0.1",

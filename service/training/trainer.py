@@ -39,6 +39,7 @@ from service.checkpoints.store import CheckpointInfo, CheckpointStore
 from service.contexts.retirements import RETIREMENT_OVERLAP
 from service.model.divergence import Diverged
 from service.model.host import ModelHost, RestoreNeeded, TrainRows
+from service.model.training_hooks import installed_training_hooks
 from service.queue.applied import AppliedNotices
 from service.queue.base import QueuedEntry, QueueUnavailable, TrainQueue
 from service.registry.store import RegistryStore, RegistryUnavailable
@@ -605,7 +606,7 @@ class Trainer:
         if not self.host.healthy:
             raise RuntimeError("refusing to checkpoint weights that failed their health check")
         metadata = {**staged.metadata(), **(extra or {})}
-        self.settings.faults.check_checkpoint_write()
+        installed_training_hooks().check_checkpoint_write()
         started = time.perf_counter()
         target = self.store.next(self.host.model_version)
         await asyncio.to_thread(self.host.save, target.path, metadata)

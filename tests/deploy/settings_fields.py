@@ -19,9 +19,6 @@ PER_PROCESS = {
 }
 """Settings that legitimately differ between the API replicas and the workers."""
 
-TEST_ONLY_PREFIXES = ("PSP_FAULTS__",)
-"""Fault injection is for the test suite; a deployment never sets it."""
-
 
 def settings_env_names(model: type[BaseModel] = Settings, prefix: str = "PSP_") -> set[str]:
     """Every environment variable `Settings` reads, nested groups included (`__` delimiter)."""
@@ -50,8 +47,4 @@ def leaf_env_names(model: type[BaseModel] = Settings, prefix: str = "PSP_") -> s
 
 def shared_env_names() -> set[str]:
     """Every setting that the API replicas and the workers must receive with the same value."""
-    return {
-        name
-        for name in leaf_env_names()
-        if name not in PER_PROCESS and not name.startswith(TEST_ONLY_PREFIXES)
-    }
+    return {name for name in leaf_env_names() if name not in PER_PROCESS}

@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 from safetensors import safe_open
 
 from service.app import create_app
+from service.testing.faults import FaultSettings, injected_faults
 from service.testing.processes import wait_until
 from tests.service.api.helpers import register, rows
 
@@ -114,8 +115,9 @@ def test_a_rollback_while_checkpoints_cannot_be_written_is_503_and_restores_noth
     make_settings, tmp_path: Path
 ) -> None:
     disk_full = tmp_path / "disk-full"
-    settings = make_settings(faults={"disk_full_while": str(disk_full)})
-    with TestClient(create_app(settings)) as client:
+    settings = make_settings()
+    faults = FaultSettings(disk_full_while=disk_full)
+    with injected_faults(faults), TestClient(create_app(settings)) as client:
         shard = client.app.state.runtime.shards[0]  # type: ignore[attr-defined]
         register(client, "t")
         first = _train(client, "t", 1)

@@ -15,7 +15,7 @@ from psp_core.models import ModelConfig
 from service.app import create_app
 from service.contexts.service import ContextNotFound, ContextService
 from service.model.host import ModelHost
-from service.model.step_process import ChildStepHost
+from service.model.step_client import ChildStepHost
 from service.registry.database import make_engine
 from service.registry.models import ContextRow
 from service.registry.store import RegistryStore, RegistryUnavailable

@@ -9,10 +9,11 @@ import torch
 from psp_core.learner import TrainingConfig
 from psp_core.models import ModelConfig
 from service.contexts.definition import ContextDefinition
-from service.faults import FaultInjector, FaultSettings
+from service.model.answers import ModelUnhealthy
 from service.model.divergence import Diverged, DivergenceGuard, largest_weight
-from service.model.host import ModelHost, ModelUnhealthy, TrainRows
+from service.model.host import ModelHost, TrainRows
 from service.settings import GuardSettings
+from service.testing.faults import FaultInjector, FaultSettings
 
 
 def _host(lr: float = 0.05) -> ModelHost:
@@ -34,7 +35,7 @@ def test_non_finite_weights_mark_the_host_unhealthy_and_predict_refuses() -> Non
     host = _host()
     host.step_watchers += [
         FaultInjector(FaultSettings(nonfinite_steps=1)),
-        DivergenceGuard(GuardSettings(), host),
+        DivergenceGuard(GuardSettings(), host.state),
     ]
     with pytest.raises(Diverged, match="the weights became non-finite"):
         host.train_step(_rows())
@@ -45,7 +46,7 @@ def test_non_finite_weights_mark_the_host_unhealthy_and_predict_refuses() -> Non
 
 def test_a_huge_learning_rate_is_caught_by_the_weight_ceiling() -> None:
     host = _host(lr=1e30)
-    host.step_watchers.append(DivergenceGuard(GuardSettings(), host))
+    host.step_watchers.append(DivergenceGuard(GuardSettings(), host.state))
     with pytest.raises(Diverged, match="above PSP_GUARD__MAX_ABS_WEIGHT=1e\\+06"):
         host.train_step(_rows())
     assert largest_weight(host.learner) > 1e6
@@ -54,7 +55,7 @@ def test_a_huge_learning_rate_is_caught_by_the_weight_ceiling() -> None:
 def test_a_runaway_loss_is_caught_after_the_warm_up() -> None:
     host = _host()
     guard = DivergenceGuard(
-        GuardSettings(warmup_steps=3, runaway_factor=10, runaway_min_loss=1), host
+        GuardSettings(warmup_steps=3, runaway_factor=10, runaway_min_loss=1), host.state
     )
     host.step_watchers.append(guard)
     for _ in range(5):
@@ -66,7 +67,7 @@ def test_a_runaway_loss_is_caught_after_the_warm_up() -> None:
 
 def test_healthy_steps_pass_and_predictions_stay_finite() -> None:
     host = _host()
-    host.step_watchers.append(DivergenceGuard(GuardSettings(), host))
+    host.step_watchers.append(DivergenceGuard(GuardSettings(), host.state))
     for _ in range(10):
         assert host.train_step(_rows()).applied
     probabilities, version = host.predict(_rows().inputs, np.array([0] * 4))

@@ -19,6 +19,7 @@ from psp_core.learner import TrainingConfig
 from psp_core.models import ModelConfig
 from service.contexts.definition import ContextDefinition
 from service.model import host as model_host
+from service.model.bank_rows import UnknownContext
 from service.model.host import ModelHost, TrainRows
 
 WAIT_SECONDS = 10
@@ -154,7 +155,7 @@ def test_a_forgotten_context_leaves_its_bank_row_to_the_next_new_one() -> None:
     host.forget_contexts([1])
     assert not host.has_context(1) and host.context_count == 2
     assert 1 not in host.remembered_contexts()
-    with pytest.raises(model_host.UnknownContext):
+    with pytest.raises(UnknownContext):
         host.predict(np.ones((1, 8), np.float32), np.array([1]))
     host.add_contexts([ContextDefinition(3, seed=13, power=None)])
     assert host.bank_size == 3  # the row of context 1 now serves context 3

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from service.model.state import ProcessLock, SharedModelState
-from service.model.step_process import process_context
+from service.model.step_child import process_context
 
 
 def test_the_state_a_child_writes_is_read_here() -> None:

@@ -17,7 +17,8 @@ from psp_core.models import ModelConfig
 from service.api.requests_in_flight import REQUESTS_IN_FLIGHT
 from service.app import create_app
 from service.contexts.definition import ContextDefinition
-from service.model.host import InputsOverflow, ModelHost
+from service.model.answers import InputsOverflow
+from service.model.host import ModelHost
 from service.runtime.supervisor import Supervisor
 from service.serving.batcher import INLINE_MAX_ROWS, PredictBatcher
 from tests.service.api.helpers import register

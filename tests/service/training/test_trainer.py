@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from service.registry.migrate import upgrade
 from service.registry.store import RegistryStore, RegistryUnavailable
 from service.runtime.shard import ShardParts
 from service.settings import Settings
+from service.testing.faults import FaultSettings, injected_faults
 from service.training.trainer import Trainer
 from tests.service.api.helpers import sqlite_settings
 
@@ -44,6 +46,21 @@ class Bench:
     async def enqueue(self, index: int, inputs: np.ndarray, labels: np.ndarray) -> str:
         entry = TrainEntry(index, inputs.astype(np.float32), labels.astype(np.int64), 0.0)
         return (await self.shard.queue.enqueue(entry)).entry_id
+
+
+@pytest.fixture
+def first_step_nonfinite() -> Iterator[None]:
+    """The first training step of the test leaves NaN in the weights."""
+    with injected_faults(FaultSettings(nonfinite_steps=1)):
+        yield
+
+
+@pytest.fixture
+def disk_full_flag(tmp_path: Path) -> Iterator[Path]:
+    """While this file exists, every checkpoint write of the test fails as on a full disk."""
+    flag = tmp_path / "disk-full"
+    with injected_faults(FaultSettings(disk_full_while=flag)):
+        yield flag
 
 
 async def _bench(tmp_path: Path, **overrides: Any) -> Bench:
@@ -97,10 +114,11 @@ async def test_a_poisoned_row_refuses_only_its_own_entry_in_a_shared_step(
     bench.registry.engine.dispose()
 
 
+@pytest.mark.usefixtures("first_step_nonfinite")
 async def test_a_waiting_producer_hears_at_once_that_its_entry_was_set_aside(
     tmp_path: Path,
 ) -> None:
-    bench = await _bench(tmp_path, faults={"nonfinite_steps": 1})  # the first step breaks
+    bench = await _bench(tmp_path)
     stop = asyncio.Event()
     loop = asyncio.create_task(bench.trainer.run(stop))
     try:
@@ -247,10 +265,11 @@ async def test_counts_whose_commit_answer_was_lost_are_never_added_twice(tmp_pat
         bench.registry.engine.dispose()
 
 
+@pytest.mark.usefixtures("first_step_nonfinite")
 async def test_a_divergence_while_draining_at_shutdown_loses_no_accepted_entry(
     tmp_path: Path,
 ) -> None:
-    bench = await _bench(tmp_path, faults={"nonfinite_steps": 1})  # the first step breaks
+    bench = await _bench(tmp_path)
     try:
         index = await bench.index_of("a")
         for _ in range(2):
@@ -267,10 +286,10 @@ async def test_a_divergence_while_draining_at_shutdown_loses_no_accepted_entry(
 
 
 async def test_an_injected_full_disk_fails_checkpoints_while_its_file_exists(
-    tmp_path: Path,
+    tmp_path: Path, disk_full_flag: Path
 ) -> None:
-    flag = tmp_path / "disk-full"
-    bench = await _bench(tmp_path, faults={"disk_full_while": str(flag)})
+    flag = disk_full_flag
+    bench = await _bench(tmp_path)
     try:
         index = await bench.index_of("a")
         await bench.enqueue(index, _rows(4), np.array([1, 2, 3, 4]))

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from service.api.auth import issue_key
 from service.app import create_app
+from service.testing.faults import FaultSettings, injected_faults
 from service.testing.processes import wait_until
 from service.ui import access
 from tests.service.api.helpers import rows, sqlite_settings
@@ -185,10 +186,9 @@ def test_a_key_in_a_header_needs_no_login(keyed_client: TestClient) -> None:
 def test_an_admin_sees_divergences_and_dead_letters(tmp_path: Path) -> None:
     # The first step leaves NaN in the weights: the trainer restores the last checkpoint and
     # sets the entry aside.
-    settings = sqlite_settings(
-        tmp_path, training={"steps_in": "thread"}, faults={"nonfinite_steps": 1}
-    )
-    with TestClient(create_app(settings)) as client:
+    settings = sqlite_settings(tmp_path, training={"steps_in": "thread"})
+    faults = FaultSettings(nonfinite_steps=1)
+    with injected_faults(faults), TestClient(create_app(settings)) as client:
         client.post("/contexts", json={"key": "poisoned"})
         client.post("/train/poisoned", json={"inputs": rows(3), "labels": [1, 2, 3]})
         wait_until(lambda: 'id="dead-letters"' in client.get("/ui").text, 30)

@@ -1,15 +1,15 @@
-"""Training steps in a child process of their own, for role `all` on the CPU.
+"""Training steps in a child process of their own, for role `all` on the CPU: the API process's
+end.
 
 In one process the HTTP work and the training steps take turns on one interpreter lock: while
 clients posted, the trainer applied a third of what the bare loop learns. With
 `PSP_TRAINING__STEPS_IN=child_process` (the default) the API process keeps the trainer's
 bookkeeping (the queue, checkpoint metadata, the registry, applied notices) and a child process
-does the torch work: the steps with their rehearsal, divergence guard and fault injection, the
-optimiser state and the replay buffer, and checkpoint saves and restores. The weights live in
-shared memory, so a prediction in the API process reads what the last step wrote, under the
-same cross-process lock (`service.model.state`); the version and the health flag are shared too.
-New contexts reach the child over a second pipe, answered by a thread of its own, so that a
-registration never waits for the training steps in flight.
+(`service.model.step_child`) does the torch work: the steps with their rehearsal, divergence
+guard and step watchers, the optimiser state and the replay buffer, and checkpoint saves and
+restores. The weights live in shared memory, so a prediction in the API process reads what the
+last step wrote, under the same cross-process lock (`service.model.state`); the version and the
+health flag are shared too.
 
 A child that dies is started again at the next call, knowing the same contexts, and the call
 that found it dead raises `StepProcessDied`: the weights it was writing are marked unhealthy,
@@ -20,33 +20,25 @@ crashed step. A model lock the child held is free as soon as it is dead.
 from __future__ import annotations
 
 import contextlib
-import functools
-import gc
 import logging
-import multiprocessing
-import multiprocessing.forkserver
 import multiprocessing.util
-import signal
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.multiprocessing  # registers how tensors are shared between processes
 
 from psp_core.learner import StepResult
 from psp_core.scaling import ScalerRows
 from service.contexts.definition import ContextDefinition
-from service.faults import FaultInjector
-from service.model.divergence import DivergenceGuard
 from service.model.host import ModelHost, TrainRows, resolve_device
 from service.model.state import SharedModelState
+from service.model.step_child import process_context, serve
+from service.model.training_hooks import StepWatcherFactory
 from service.settings import GuardSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -59,16 +51,6 @@ class StepProcessDied(RuntimeError):
     checkpoint is restored."""
 
 
-@functools.cache
-def process_context() -> BaseContext:
-    """Children fork from a server that has imported torch once, so each starts in a fraction
-    of a second, and none inherits the API process's threads or event loop. torch imports
-    `torch._dynamo` (a second) lazily on the first model built; the server imports it too."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__, "torch._dynamo"])
-    return context
-
-
 def steps_run_in_child(settings: Settings) -> bool:
     """Only role `all` serves HTTP and trains in one process; on a GPU the steps are mostly
     kernels that run while the interpreter goes on."""
@@ -77,15 +59,6 @@ def steps_run_in_child(settings: Settings) -> bool:
         and settings.training.steps_in == "child_process"
         and resolve_device(settings.device).type == "cpu"
     )
-
-
-def start_fork_server() -> None:
-    """Starts the fork server now, so that its imports (torch, this package: seconds) run on
-    another core while this process imports the app and migrates the registry; the first
-    child then forks from a server that is ready, or nearly. Without this call the first child
-    starts it."""
-    process_context()
-    multiprocessing.forkserver.ensure_running()
 
 
 @dataclass(frozen=True)
@@ -105,7 +78,11 @@ class ChildStepHost(ModelHost):
     their own, so that a registration does not wait for the training steps in flight.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, step_watchers: Sequence[StepWatcherFactory] = ()
+    ) -> None:
+        """`step_watchers` are pickled to each child, which builds its own watchers from them
+        (`service.model.training_hooks`)."""
         context = process_context()
         super().__init__(
             settings.model.to_config(),
@@ -122,6 +99,7 @@ class ChildStepHost(ModelHost):
         self._context = context
         self._definitions: list[ContextDefinition] = []
         self._guard: GuardSettings | None = None
+        self._step_watchers = tuple(step_watchers)
         # One request and its answer on each pipe at a time; `_lifecycle` starts and buries.
         self._step_calls = threading.Lock()
         self._context_calls = threading.Lock()
@@ -153,7 +131,7 @@ class ChildStepHost(ModelHost):
             batches, answers, strict=True
         ):
             result = StepResult(applied, loss, torch.from_numpy(correct), version, bounded)
-            self.count_step(result, len(batch.labels), replay_rows)
+            self._metrics.record_step(result, len(batch.labels), replay_rows)
             results.append(result)
         return results
 
@@ -292,7 +270,14 @@ class ChildStepHost(ModelHost):
         parameters = dict(self.learner.model.named_parameters())
         process = self._context.Process(  # type: ignore[attr-defined]
             target=serve,
-            args=(child_steps, child_contexts, self._settings, parameters, self.shared_state),
+            args=(
+                child_steps,
+                child_contexts,
+                self._settings,
+                parameters,
+                self.shared_state,
+                self._step_watchers,
+            ),
             name=f"psp-steps-{self.number}",
             daemon=True,
         )
@@ -330,128 +315,3 @@ class ChildStepHost(ModelHost):
             self.restore_needed = (
                 f"shard {self.number}: the training child {child.process.pid} died"
             )
-
-
-# The child ----------------------------------------------------------------------------------
-
-
-def serve(
-    steps: Connection,
-    contexts: Connection,
-    settings: Settings,
-    parameters: dict[str, torch.Tensor],
-    state: SharedModelState,
-) -> None:
-    """The child's loop: builds its own host over the shared weights and answers the commands
-    of `steps` until told to stop or until the API process is gone; a thread answers
-    `contexts` meanwhile (the host adds contexts safely beside a step)."""
-    # Ctrl-C and a signal to the process group are the API process's to handle: it drains
-    # the queue into a final checkpoint through this child, then stops it.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    torch.set_num_threads(settings.resolved_torch_threads)
-    if settings.training.deterministic:
-        torch.use_deterministic_algorithms(True)
-    commands = _Commands(_child_host(settings, parameters, state))
-    gc.freeze()  # what lives as long as the child stays out of every collection (service.app)
-    threading.Thread(target=_answer, args=(contexts, commands), daemon=True).start()
-    _answer(steps, commands)
-
-
-def _answer(connection: Connection, commands: _Commands) -> None:
-    """Answers the commands that arrive on `connection` until "stop" or the end of the pipe."""
-    while True:
-        try:
-            command, args = connection.recv()
-        except EOFError:
-            return
-        if command == "stop":
-            return
-        try:
-            answer: tuple[str, Any] = ("ok", getattr(commands, command)(*args))
-        except Exception as err:  # every failure goes back to the caller, which decides
-            answer = ("error", err)
-        try:
-            connection.send(answer)
-        except Exception as err:  # an exception that cannot be pickled still gets through
-            connection.send(("error", RuntimeError(f"{type(err).__name__}: {answer[1]}")))
-
-
-def _child_host(
-    settings: Settings, parameters: dict[str, torch.Tensor], state: SharedModelState
-) -> ModelHost:
-    host = ModelHost(
-        settings.model.to_config(),
-        settings.training.to_config(settings.replay),
-        torch.device("cpu"),
-        replay_rows=settings.replay.rows,
-        shard=settings.queue.shard,
-        state=state,
-    )
-    with torch.no_grad():
-        for name, parameter in host.learner.model.named_parameters():
-            parameter.data = parameters[name]
-    host.learner.model_version = state.version
-    if settings.faults.any:
-        host.step_watchers.append(FaultInjector(settings.faults))
-    return host
-
-
-class _Commands:
-    """What the API process may ask of the child; each answer is plain data."""
-
-    def __init__(self, host: ModelHost) -> None:
-        self.host = host
-
-    def add_contexts(self, definitions: list[ContextDefinition]) -> None:
-        self.host.add_contexts(definitions)
-
-    def train_steps(
-        self, batches: list[TrainRows]
-    ) -> tuple[list[tuple[bool, float, np.ndarray, int, int, np.ndarray]], ScalerRows | None]:
-        """Each step's result, and the input statistics of the contexts trained."""
-        answers = []
-        for batch in batches:
-            result = self.host.train_step(batch)
-            answers.append(
-                (
-                    result.applied,
-                    result.loss,
-                    result.correct.numpy(),
-                    result.model_version,
-                    self.host.replay_size,
-                    result.bounded,
-                )
-            )
-        trained = np.concatenate([batch.indices for batch in batches]) if batches else None
-        return answers, self._scaling(trained)
-
-    def _scaling(self, indices: np.ndarray | None) -> ScalerRows | None:
-        """The input statistics of these contexts (all of them when None)."""
-        scaler = self.host.learner.scaler
-        return None if scaler is None else scaler.rows(indices)
-
-    def watch_divergence(self, settings: GuardSettings) -> None:
-        """Sets the guard; asked twice (a child started by this very call gets the guard as it
-        starts, then the call itself arrives), the child still keeps one."""
-        watchers = self.host.step_watchers
-        watchers[:] = [w for w in watchers if not isinstance(w, DivergenceGuard)]
-        watchers.append(DivergenceGuard(settings, self.host))
-
-    def remembered_contexts(self) -> set[int]:
-        return self.host.remembered_contexts()
-
-    def forget_contexts(self, indices: set[int]) -> tuple[int, int]:
-        return self.host.forget_contexts(indices), self.host.replay_size
-
-    def bank_rows(self) -> int:
-        return self.host.bank_size
-
-    def save(self, path: Path, metadata: dict[str, str]) -> None:
-        self.host.save(path, metadata)
-
-    def load(self, path: Path) -> tuple[dict[str, str], ScalerRows | None]:
-        return self.host.load(path), self._scaling(None)
-
-    def restore_as(self, path: Path, version: int) -> tuple[dict[str, str], ScalerRows | None]:
-        return self.host.restore_as(path, version), self._scaling(None)

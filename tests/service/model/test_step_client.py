@@ -20,15 +20,13 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.contexts.definition import ContextDefinition
+from service.model.answers import ModelUnhealthy
 from service.model.divergence import Diverged
-from service.model.host import ModelHost, ModelUnhealthy, TrainRows
-from service.model.step_process import (
-    ChildStepHost,
-    StepProcessDied,
-    start_fork_server,
-    steps_run_in_child,
-)
+from service.model.host import ModelHost, TrainRows
+from service.model.step_child import start_fork_server
+from service.model.step_client import ChildStepHost, StepProcessDied, steps_run_in_child
 from service.settings import Settings
+from service.testing.faults import FaultSettings, fault_hooks
 from service.testing.processes import wait_until
 from tests.service.api.helpers import register, sqlite_settings
 from tests.service.api.helpers import rows as api_rows
@@ -137,8 +135,9 @@ def test_a_new_context_does_not_wait_for_the_steps_in_flight(
 
 
 def test_a_divergence_in_the_child_stops_predictions_here(tmp_path: Path) -> None:
-    settings = _settings(tmp_path, faults={"nonfinite_steps": 1})
-    host = ChildStepHost(settings)
+    settings = _settings(tmp_path)
+    faults = fault_hooks(FaultSettings(nonfinite_steps=1))  # pickled to the child
+    host = ChildStepHost(settings, faults.step_watchers)
     try:
         host.add_contexts(CONTEXTS)
         host.watch_divergence(settings.guard)
@@ -196,7 +195,7 @@ def test_a_process_that_never_closed_its_host_still_exits(tmp_path: Path) -> Non
     program = (
         "from pathlib import Path\n"
         "from service.settings import Settings\n"
-        "from service.model.step_process import ChildStepHost\n"
+        "from service.model.step_client import ChildStepHost\n"
         "from service.contexts.definition import ContextDefinition\n"
         f"host = ChildStepHost(Settings(data_dir=Path({str(tmp_path)!r}), device='cpu'))\n"
         "host.add_contexts([ContextDefinition(0, seed=1, power=None)])\n"
