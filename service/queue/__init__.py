@@ -5,7 +5,9 @@ behind one interface.
 - `applied`: the interface of the applied notices (`AppliedNotices`) that `?wait=true` awaits;
 - `memory_stream`, `memory_applied`: both in this process;
 - `redis_stream`, `redis_applied`: both on Redis (`redis_link` holds their connection handling
-  and `lua/` their scripts); `keys` names every Redis key.
+  and `lua/` their scripts); the stream queue reads through `redis_reader`, in the consumer
+  group of `redis_group`, and keeps its set-aside entries in `redis_dead_letters`; `keys` names
+  every Redis key.
 """
 
 from service.queue.applied import AppliedNotices

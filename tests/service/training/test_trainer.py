@@ -63,12 +63,14 @@ def disk_full_flag(tmp_path: Path) -> Iterator[Path]:
         yield flag
 
 
-async def _bench(tmp_path: Path, **overrides: Any) -> Bench:
+async def _bench(
+    tmp_path: Path, registry_type: type[RegistryStore] = RegistryStore, **overrides: Any
+) -> Bench:
     tmp_path.mkdir(parents=True, exist_ok=True)
     values: dict[str, Any] = {"training": {"steps_in": "thread"}, **overrides}
     settings = sqlite_settings(tmp_path, **values)
     upgrade(settings.resolved_database_url)
-    registry = RegistryStore(make_engine(settings.resolved_database_url), settings.model.kind)
+    registry = registry_type(make_engine(settings.resolved_database_url), settings.model.kind)
     shard = ShardParts.build(settings.for_shard(0))
     contexts = ContextService(registry, {0: shard.host})
     trainer = Trainer(
@@ -145,7 +147,7 @@ async def _victims_accuracy(bench: Bench, *, attacker_scale: float | None) -> li
     indices = [await bench.index_of(f"tenant-{t}") for t in range(7)]
     rng = np.random.default_rng(0)
     blocks = []
-    for position in range(len(stream.blocks)):
+    for position in range(len(stream)):
         tenant, x, y = stream.block(position)
         if tenant < 6:
             blocks.append((indices[tenant], x.numpy(), y.numpy()))
@@ -249,9 +251,7 @@ class _LostAnswers(RegistryStore):
 
 
 async def test_counts_whose_commit_answer_was_lost_are_never_added_twice(tmp_path: Path) -> None:
-    bench = await _bench(tmp_path)
-    registry = _LostAnswers(bench.registry.engine, bench.settings.model.kind)
-    bench.trainer.registry = registry
+    bench = await _bench(tmp_path, registry_type=_LostAnswers)
     try:
         index = await bench.index_of("a")
         for size in (8, 5):
