@@ -21,6 +21,9 @@ from service.runtime.registry_polls import (
     shard_load_poll,
 )
 
+# Retirements and live counts are read from the registry: every test runs on SQLite and PostgreSQL.
+pytestmark = pytest.mark.both_databases
+
 
 def _process(engine: Engine) -> ContextService:
     host = ModelHost(
