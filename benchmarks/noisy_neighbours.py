@@ -116,7 +116,7 @@ def _learn(base: str, attack: str | None, rows_per_tenant: int) -> list[float]:
     register(base, [*keys, "attacker"])
     rng = np.random.default_rng(1)
     with httpx.Client(base_url=base, timeout=120) as http:
-        for position in range(len(stream.blocks)):
+        for position in range(len(stream)):
             tenant, x, y = stream.block(position)
             http.post(f"/train/{keys[tenant]}", json={"inputs": x.tolist(), "labels": y.tolist()})
             if attack is not None:
