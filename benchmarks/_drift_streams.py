@@ -155,10 +155,10 @@ def learn_stream(
     for tenant in range(stream.tenants):
         runner.register(f"tenant-{tenant}", ContextSpec(seed=tenant))
     scored = []
-    for position in range(len(stream)):
+    for position in range(len(stream.blocks)):
         tenant, x, y, after = stream.block(position)
         correct = runner.send(f"tenant-{tenant}", x, y, batch_size=batch_size, wait=False)
         scored.append(ScoredBlock(tenant, len(y), int(correct.sum()), after))
         if progress is not None and position % 500 == 0:
-            progress(position, len(stream))
+            progress(position, len(stream.blocks))
     return scored
