@@ -76,6 +76,9 @@ class ChildStepHost(ModelHost):
     Predictions run here, on the shared weights; every call that changes the weights, the
     optimiser or the replay buffer is forwarded to the child. New contexts go over a pipe of
     their own, so that a registration does not wait for the training steps in flight.
+
+    Its own learner only predicts: it never steps, and its `learner.replay` is None (the
+    buffer is the child's); `replays` and `remembered_contexts` answer for the child.
     """
 
     def __init__(
