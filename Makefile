@@ -5,7 +5,7 @@ VENV := .venv
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint bench-core
+.PHONY: serve test test-fast lint bench-core
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ serve: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest
+
+# The tests that start no real `psp` process, server or container: a quick check while editing.
+test-fast: $(STAMP)
+	$(VENV)/bin/python -m pytest -m "not real_process" -p no:cacheprovider -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy

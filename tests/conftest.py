@@ -1,11 +1,23 @@
 """Shared pytest fixtures.
 
 Sections are self-contained; add new fixtures in a section of their own.
+
+Registry databases: a test that uses `database_url`, `migrated_database_url` or the `registry_*`
+fixtures (and so every service test built on `make_settings` or `client`) runs on SQLite only.
+A test module whose subject is the database itself (queries, locking, concurrency, migrations,
+the writer lease) asks for PostgreSQL too with
+
+    pytestmark = pytest.mark.both_databases
+
+(or the marker on one test or class): each such test then runs once per database, with the ids
+`[sqlite]` and `[postgresql]`. A test that needs PostgreSQL alone takes `postgres_database_url`
+(empty) or `migrated_postgres_database_url` (migrated) directly.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,13 +33,33 @@ from service.registry.migrate import upgrade
 from service.testing.processes import RedisServer
 
 # ------------------------------------------------------------------------------------------------
-# Registry databases: every registry test runs on SQLite and on PostgreSQL.
+# Registry databases: SQLite for every test, PostgreSQL as well where the test asks for it with
+# the `both_databases` marker.
 #
 # PostgreSQL tests are never skipped: a missing server fails them with a message saying how to
-# point them at one (PSP_TEST_POSTGRES_URL, an admin URL allowed to create databases).
+# point them at one (PSP_TEST_POSTGRES_URL, an admin URL allowed to create databases). Migrated
+# PostgreSQL databases are copies of one template migrated once per run, since running the
+# migrations costs far more than copying their result.
 # ------------------------------------------------------------------------------------------------
 
 DEFAULT_POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+BACKENDS = ("sqlite", "postgresql")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Runs each registry-database test on SQLite, and on PostgreSQL too under `both_databases`."""
+    if "database_backend" not in metafunc.fixturenames:
+        return
+    wants_both = metafunc.definition.get_closest_marker("both_databases") is not None
+    backends = BACKENDS if wants_both else BACKENDS[:1]
+    metafunc.parametrize("database_backend", backends, indirect=True)
+
+
+@pytest.fixture
+def database_backend(request: pytest.FixtureRequest) -> str:
+    """`sqlite` or `postgresql`: the database this run of the test is on."""
+    backend: str = getattr(request, "param", BACKENDS[0])
+    return backend
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +84,7 @@ def postgres_admin_engine() -> Iterator[Engine]:
     engine.dispose()
 
 
-def _drop_database(admin: Engine, name: str) -> None:
+def _disconnect_all(admin: Engine, name: str) -> None:
     with admin.connect() as connection:
         connection.execute(
             text(
@@ -61,36 +93,89 @@ def _drop_database(admin: Engine, name: str) -> None:
             ),
             {"name": name},
         )
+
+
+def _create_database(admin: Engine, template: str | None = None) -> str:
+    name = f"psp_test_{uuid.uuid4().hex}"
+    copied_from = f' TEMPLATE "{template}"' if template else ""
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"{copied_from}'))
+    return name
+
+
+def _drop_database(admin: Engine, name: str) -> None:
+    _disconnect_all(admin, name)
+    with admin.connect() as connection:
         connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+def _url_of(admin: Engine, name: str) -> str:
+    return admin.url.set(database=name).render_as_string(hide_password=False)
+
+
 @pytest.fixture
-def postgres_database_url(request: pytest.FixtureRequest) -> Iterator[str]:
+def postgres_database_url(postgres_admin_engine: Engine) -> Iterator[str]:
     """The URL of a fresh, empty PostgreSQL database, dropped after the test."""
-    admin: Engine = request.getfixturevalue("postgres_admin_engine")
-    name = f"psp_test_{uuid.uuid4().hex}"
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    name = _create_database(postgres_admin_engine)
     try:
-        yield admin.url.set(database=name).render_as_string(hide_password=False)
+        yield _url_of(postgres_admin_engine, name)
     finally:
-        _drop_database(admin, name)
+        _drop_database(postgres_admin_engine, name)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+@pytest.fixture(scope="session")
+def postgres_template(postgres_admin_engine: Engine) -> Iterator[str]:
+    """The name of a PostgreSQL database migrated to the latest revision, dropped at the end."""
+    name = _create_database(postgres_admin_engine)
+    try:
+        upgrade(_url_of(postgres_admin_engine, name))
+        # CREATE DATABASE ... TEMPLATE refuses a template anyone is connected to.
+        _disconnect_all(postgres_admin_engine, name)
+        yield name
+    finally:
+        _drop_database(postgres_admin_engine, name)
+
+
+@pytest.fixture
+def migrated_postgres_database_url(
+    postgres_admin_engine: Engine, postgres_template: str
+) -> Iterator[str]:
+    """A fresh PostgreSQL database with the registry schema at the latest revision."""
+    name = _create_database(postgres_admin_engine, template=postgres_template)
+    try:
+        yield _url_of(postgres_admin_engine, name)
+    finally:
+        _drop_database(postgres_admin_engine, name)
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite registry file migrated to the latest revision, copied by the tests that want one."""
+    path = tmp_path_factory.mktemp("registry-template") / "registry.db"
+    upgrade(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest, database_backend: str, tmp_path: Path) -> str:
     """An empty registry database: a SQLite file, or a throwaway PostgreSQL database."""
-    if request.param == "sqlite":
+    if database_backend == "sqlite":
         return f"sqlite:///{tmp_path / 'registry.db'}"
     url: str = request.getfixturevalue("postgres_database_url")
     return url
 
 
 @pytest.fixture
-def migrated_database_url(database_url: str) -> str:
-    """`database_url` with the registry schema migrated to the latest revision."""
-    upgrade(database_url)
-    return database_url
+def migrated_database_url(
+    request: pytest.FixtureRequest, database_backend: str, tmp_path: Path
+) -> str:
+    """A registry database with the schema migrated to the latest revision."""
+    if database_backend == "sqlite":
+        path = tmp_path / "registry.db"
+        shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+        return f"sqlite:///{path}"
+    url: str = request.getfixturevalue("migrated_postgres_database_url")
+    return url
 
 
 @pytest.fixture

@@ -138,6 +138,7 @@ def scrape_config_for(ports: dict[str, int], rules_dir: Path) -> dict[str, Any]:
     return config
 
 
+@pytest.mark.real_process
 def test_a_real_prometheus_scrapes_the_api_and_the_worker(
     running_stack: dict[str, int], tmp_path: Path
 ) -> None:

@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+# Every test here starts real `psp` processes; `make test-fast` leaves them out.
+pytestmark = pytest.mark.real_process
+
 SMOKE = Path(__file__).resolve().parents[2] / "deploy" / "smoke.sh"
 SMOKE_TIMEOUT_SECONDS = 1200
 """A first run builds every image (about 5 minutes here); a cached one takes about one."""

@@ -23,6 +23,9 @@ from psp_client import (
 from service.testing.processes import wait_until
 from tests.psp_client.conftest import serving
 
+# The tests here talk to real `psp serve` processes; `make test-fast` leaves them out.
+pytestmark = pytest.mark.real_process
+
 WIDTH = 8
 
 

@@ -11,6 +11,9 @@ from tritonclient.utils import InferenceServerException
 
 from psp_client import Client
 
+# The tests here talk to real `psp serve` processes; `make test-fast` leaves them out.
+pytestmark = pytest.mark.real_process
+
 
 @pytest.fixture(scope="module")
 def context(server: str) -> str:

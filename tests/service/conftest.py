@@ -1,4 +1,13 @@
-"""Fixtures for service tests: settings on a throwaway registry and a running app."""
+"""Fixtures for service tests: settings on a throwaway registry and a running app.
+
+The settings run the training steps in a thread of the test process (`steps_in="thread"`): a
+child process per app costs a fork and a pipe round trip per step, and only the tests of the
+child itself (tests/service/model/test_step_client.py, the fault tests) need one; they ask
+for it with `training={"steps_in": "child_process"}` or run real `psp` processes.
+
+The registry is SQLite unless the test module asks for PostgreSQL as well (see the
+`both_databases` marker in tests/conftest.py).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +23,9 @@ from service.settings import Settings
 
 SettingsFactory = Callable[..., Settings]
 
+TEST_TRAINING: dict[str, Any] = {"batch_size": 32, "steps_in": "thread"}
+"""Training settings of the tests; a `training` override is merged into them."""
+
 
 @pytest.fixture
 def make_settings(tmp_path: Path, database_url: str) -> SettingsFactory:
@@ -25,10 +37,10 @@ def make_settings(tmp_path: Path, database_url: str) -> SettingsFactory:
             "database_url": database_url,
             "device": "cpu",
             "model": {"kind": "complex", "input_shape": [64], "hidden": [32]},
-            "training": {"batch_size": 32},
             "checkpoint": {"every_steps": 50, "every_seconds": 60},
         }
         values.update(overrides)
+        values["training"] = {**TEST_TRAINING, **overrides.get("training", {})}
         return Settings(**values)
 
     return build
@@ -36,6 +48,6 @@ def make_settings(tmp_path: Path, database_url: str) -> SettingsFactory:
 
 @pytest.fixture
 def client(make_settings: SettingsFactory) -> Iterator[TestClient]:
-    """A running app (lifespan started) on SQLite and on PostgreSQL."""
+    """A running app (lifespan started) on this test's registry database."""
     with TestClient(create_app(make_settings())) as test_client:
         yield test_client

@@ -47,6 +47,8 @@ def wait_for_version(client: TestClient, version: int, timeout: float = 30.0) ->
 
 
 def sqlite_settings(directory: Path, **overrides: Any) -> Settings:
+    """Settings for a small model on a SQLite registry under `directory`; the training steps run
+    in a thread unless `training={"steps_in": "child_process"}` asks for a child."""
     values: dict[str, Any] = {
         "data_dir": directory,
         "database_url": f"sqlite:///{directory / 'registry.db'}",
@@ -55,4 +57,5 @@ def sqlite_settings(directory: Path, **overrides: Any) -> Settings:
         "checkpoint": {"every_steps": 50, "every_seconds": 60},
         **overrides,
     }
+    values["training"] = {"steps_in": "thread", **overrides.get("training", {})}
     return Settings(**values)

@@ -18,6 +18,9 @@ from service.registry.database import make_engine
 from service.settings import get_settings
 from tests.service.conftest import SettingsFactory
 
+# Keys are stored in the registry and reread by the app: the tests run on SQLite and PostgreSQL.
+pytestmark = pytest.mark.both_databases
+
 POLL_SECONDS = 0.2
 ENV_KEY, ENV_SPEC = issue_key(["admin", "predict", "train"], name="bootstrap")
 

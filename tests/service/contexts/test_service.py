@@ -22,6 +22,9 @@ from service.registry.store import RegistryStore, RegistryUnavailable
 from service.testing.processes import wait_until
 from tests.service.api.helpers import register, rows, sqlite_settings
 
+# Lookups and retirements are read from the registry: every test runs on SQLite and PostgreSQL.
+pytestmark = pytest.mark.both_databases
+
 
 def _process(engine: Engine) -> ContextService:
     """One serving process's view of the registry: its own model host and key map."""

@@ -17,6 +17,9 @@ import pytest
 
 from service.testing.campaign import CampaignPlan, run_campaign
 
+# Every test here starts real `psp` processes; `make test-fast` leaves them out.
+pytestmark = pytest.mark.real_process
+
 SEED = int(os.environ.get("PSP_FAULT_CAMPAIGN_SEED", "1"))
 FAULTS = 7
 """One round: each kind of fault once (a nested one may add one more)."""

@@ -8,6 +8,7 @@ import time
 
 import httpx
 import numpy as np
+import pytest
 import torch
 
 from psp_core.checkpoint import read_weights
@@ -23,6 +24,9 @@ from tests.service.faults.traffic import (
     expected_counts,
     stream_batches,
 )
+
+# Every test here starts real `psp` processes; `make test-fast` leaves them out.
+pytestmark = pytest.mark.real_process
 
 KEYS = ["tenant-a", "tenant-b", "tenant-c"]
 

@@ -6,8 +6,12 @@ import re
 from pathlib import Path
 
 import httpx
+import pytest
 
 from service.testing.processes import psp_serve, running, wait_until
+
+# Every test here starts real `psp` processes; `make test-fast` leaves them out.
+pytestmark = pytest.mark.real_process
 
 
 def _processes_with_metrics(directory: Path) -> set[str]:

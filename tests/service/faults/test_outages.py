@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import re
+
 import httpx
+import pytest
 from sqlalchemy.engine import make_url
 
 from service.testing.processes import wait_until
 from tests.service.faults.proxy import TcpProxy
+
+# Every test here starts real `psp` processes; `make test-fast` leaves them out.
+pytestmark = pytest.mark.real_process
 
 ROW = [0.25] * 64
 
@@ -20,6 +26,14 @@ def _train(base: str, key: str = "t", wait: bool = False) -> httpx.Response:
 
 def _predict(base: str, key: str = "t") -> httpx.Response:
     return httpx.post(f"{base}/predict/{key}", json={"inputs": [ROW]}, timeout=15)
+
+
+def _failed_registry_polls(base: str) -> float:
+    """How many polls for deleted contexts found the registry unreachable."""
+    sample = 'psp_background_poll_failures_total{task="registry-poller"}'
+    metrics = httpx.get(f"{base}/metrics", timeout=10).text
+    found = re.search(rf"^{re.escape(sample)} (\S+)$", metrics, re.MULTILINE)
+    return float(found[1]) if found else 0.0
 
 
 def test_redis_outage_answers_503_on_train_while_predict_works(
@@ -59,9 +73,14 @@ def test_postgres_outage_keeps_predict_and_answers_503_on_registration(base_env,
         register = httpx.post(f"{base}/contexts", json={"key": "new"}, timeout=30)
         assert register.status_code == 503
         assert "registry is unreachable" in register.json()["detail"]
-        for _ in range(3):  # across several polls for deletions, predict still answers
+        failed_before = _failed_registry_polls(base)
+        for more in (1, 2, 3):  # across several failed polls for deletions, predict still answers
             assert _predict(base).status_code == 200
-            wait_until(lambda: True, 0.6)
+            wait_until(
+                lambda more=more: _failed_registry_polls(base) >= failed_before + more,
+                30,
+                what=f"failed poll number {more} for deleted contexts",
+            )
         assert _predict(base).json()["predictions"] and _train(base).status_code == 202
         assert httpx.get(f"{base}/readyz", timeout=30).status_code == 503
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 import redis
 
 from service.checkpoints.announce import ModelAnnouncement
@@ -21,6 +22,9 @@ from service.queue.redis_link import RedisLink
 from service.queue.redis_stream import RedisStreamQueue
 from service.testing.processes import wait_until
 from tests.service.faults.proxy import TcpProxy
+
+# Every test here starts real `psp` processes; `make test-fast` leaves them out.
+pytestmark = pytest.mark.real_process
 
 ROW = [0.25] * 64
 

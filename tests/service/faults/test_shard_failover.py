@@ -11,6 +11,7 @@ import time
 from collections import Counter
 
 import httpx
+import pytest
 import redis
 
 from service.checkpoints.announce import ModelAnnouncement
@@ -22,6 +23,9 @@ from tests.service.faults.traffic import (
     expected_counts,
     stream_batches,
 )
+
+# Every test here starts real `psp` processes; `make test-fast` leaves them out.
+pytestmark = pytest.mark.real_process
 
 ROW = [0.3] * 64
 KEYS = ["t-0", "t-1", "t-2", "t-3"]

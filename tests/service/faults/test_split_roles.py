@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from service.testing.processes import wait_until
+
+# Every test here starts real `psp` processes; `make test-fast` leaves them out.
+pytestmark = pytest.mark.real_process
 
 ROW = [0.3] * 64
 

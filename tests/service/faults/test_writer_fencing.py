@@ -8,8 +8,13 @@ import signal
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from service.testing.processes import psp_worker
 from tests.service.faults.conftest import ProcessFactory
+
+# Every test here starts real `psp` processes; `make test-fast` leaves them out.
+pytestmark = pytest.mark.real_process
 
 
 def _second_worker(

@@ -85,6 +85,8 @@ def live() -> Iterator[TestClient]:
             model={"kind": "binary", "input_shape": [WIDTH], "hidden": [8], "num_classes": CLASSES},
             limits={"max_rows": MAX_ROWS, "max_body_bytes": 64 * 1024, "wait_seconds": 5},
             api_keys=KEY_SPECS,
+            # The steps in a thread: the routes under fuzz are the same, without a child process.
+            training={"steps_in": "thread"},
         )
     )
     with TestClient(app) as client:

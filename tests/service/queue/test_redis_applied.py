@@ -18,6 +18,13 @@ from service.queue.redis_link import RedisLink
 from service.testing.processes import RedisServer
 
 
+async def _until_subscribed(redis_url: str, channel: str) -> None:
+    """Waits until a listener is subscribed to `channel`."""
+    async with aioredis.Redis.from_url(redis_url) as probe, asyncio.timeout(10):
+        while (await probe.pubsub_numsub(channel))[0][1] == 0:
+            await asyncio.sleep(0.01)
+
+
 @pytest.fixture
 async def applied(redis_url: str, key_prefix: str) -> AsyncIterator[RedisAppliedNotices]:
     notices = RedisAppliedNotices(RedisLink(redis_url), key_prefix=key_prefix)
@@ -26,13 +33,14 @@ async def applied(redis_url: str, key_prefix: str) -> AsyncIterator[RedisApplied
 
 
 async def test_waiters_share_one_subscription(
-    applied: RedisAppliedNotices, redis_client: aioredis.Redis, key_prefix: str
+    applied: RedisAppliedNotices, redis_client: aioredis.Redis, redis_url: str, key_prefix: str
 ) -> None:
     ids = [f"1700000000000-{sequence}" for sequence in range(50)]
     waiters = [asyncio.create_task(applied.wait(i, timeout=10)) for i in ids]
-    await asyncio.sleep(0.2)
+    channel = f"{key_prefix}applied:0"
+    await _until_subscribed(redis_url, channel)  # by now all fifty waiters are waiting
 
-    [(_, subscribers)] = await redis_client.pubsub_numsub(f"{key_prefix}applied:0")
+    [(_, subscribers)] = await redis_client.pubsub_numsub(channel)
     await applied.publish(ids, 4)
 
     assert subscribers == 1
@@ -84,7 +92,7 @@ async def test_a_waiter_outlives_redis_losing_its_data(throwaway_redis: RedisSer
     try:
         before, after = "1700000000000-1", "1700000000000-2"
         waiter = asyncio.create_task(applied.wait(before, timeout=30))
-        await asyncio.sleep(0.2)
+        await _until_subscribed(throwaway_redis.url, applied.keys.applied_channel)
 
         throwaway_redis.kill()
         with pytest.raises(QueueUnavailable):

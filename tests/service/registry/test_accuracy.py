@@ -6,11 +6,15 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from service.registry.accuracy import Scores, add_scores, hour_of, window_totals
 from service.registry.store import RegistryStore
+
+# The registry is the subject here: every test runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.both_databases
 
 
 async def test_train_scores_arrive_once_per_checkpoint(registry_engine: Engine) -> None:

@@ -11,6 +11,9 @@ from service.registry.queries import get_context
 from service.registry.registration import create_context
 from tests.service.registry.helpers import run_concurrently
 
+# The registry is the subject here: every test runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.both_databases
+
 
 def test_add_training_counts_adds_to_the_counters(registry_session: Session) -> None:
     a, b, c = (

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
@@ -18,6 +19,9 @@ from service.registry.history import HistoryPolicy
 from service.registry.models import ContextDriftRow
 from service.registry.store import RegistryStore
 from tests.service.registry.helpers import run_concurrently
+
+# The registry is the subject here: every test runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.both_databases
 
 GOOD = (50, 45)
 BAD = (50, 5)

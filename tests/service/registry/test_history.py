@@ -14,6 +14,9 @@ from service.registry.history import HistoryPolicy, forget_old_history
 from service.registry.models import AccuracyHourRow, ContextDriftRow, DriftEventRow
 from service.registry.store import RegistryStore
 
+# The registry is the subject here: every test runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.both_databases
+
 RETENTION = timedelta(hours=48)
 
 

@@ -8,6 +8,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -16,6 +17,9 @@ from sqlalchemy import inspect, text
 from service.registry.database import make_engine
 from service.registry.migrate import alembic_config, downgrade, upgrade
 from service.registry.models import LIVE_KEY_INDEX, Base
+
+# The registry is the subject here: every test runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.both_databases
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[3]
 
@@ -133,7 +137,7 @@ def test_upgrade_accepts_a_plain_postgresql_url(postgres_database_url: str) -> N
 def test_concurrent_upgrades_on_postgresql_wait_for_each_other(
     postgres_database_url: str,
 ) -> None:
-    # Separate processes, as an API and a worker starting together would be.
+    # Two separate processes, as an API and a worker starting together would be.
     script = "import sys; from service.registry.migrate import upgrade; upgrade(sys.argv[1])"
     processes = [
         subprocess.Popen(
@@ -142,7 +146,7 @@ def test_concurrent_upgrades_on_postgresql_wait_for_each_other(
             stderr=subprocess.PIPE,
             text=True,
         )
-        for _ in range(4)
+        for _ in range(2)
     ]
     for process in processes:
         _, stderr = process.communicate(timeout=120)

@@ -10,6 +10,9 @@ from service.registry.accuracy import Scores
 from service.registry.overview import SORT_KEYS, SortKey
 from service.registry.store import RegistryStore
 
+# The registry is the subject here: every test runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.both_databases
+
 
 async def _store(engine: Engine) -> tuple[RegistryStore, dict[str, int]]:
     """Four contexts: `b` trained well then drifted, `c` trained and refused some, `a` and

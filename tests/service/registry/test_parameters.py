@@ -12,6 +12,9 @@ from service.registry.parameters import MAX_BULK_CONTEXTS
 from service.registry.queries import count_live_contexts
 from service.registry.registration import create_context, create_contexts
 
+# The registry is the subject here: every test runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.both_databases
+
 
 def test_an_unknown_kind_is_refused(registry_session: Session) -> None:
     with pytest.raises(ValueError, match="unknown context kind 'quantum'; expected one of"):

@@ -12,6 +12,9 @@ from service.registry.queries import retire_context
 from service.registry.registration import create_context, create_contexts
 from tests.service.registry.helpers import run_concurrently
 
+# The registry is the subject here: every test runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.both_databases
+
 
 def test_onepower_chooses_the_smallest_unused_integer_power(registry_session: Session) -> None:
     def auto(key: str) -> float | None:

@@ -19,6 +19,9 @@ from service.registry.queries import (
 from service.registry.registration import create_context, create_contexts
 from tests.service.registry.helpers import all_rows
 
+# The registry is the subject here: every test runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.both_databases
+
 
 def test_indices_are_monotonic_and_never_reused(registry_session: Session) -> None:
     rows = [

@@ -17,6 +17,9 @@ from service.registry.queries import count_live_contexts, get_context
 from service.registry.registration import create_context, create_contexts
 from tests.service.registry.helpers import all_rows, run_concurrently
 
+# The registry is the subject here: every test runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.both_databases
+
 
 def test_create_returns_a_new_row_with_a_server_chosen_seed(registry_session: Session) -> None:
     before = datetime.now(UTC)

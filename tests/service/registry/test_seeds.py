@@ -10,6 +10,9 @@ from service.registry.queries import get_context, retire_context
 from service.registry.registration import create_context, create_contexts
 from tests.service.registry.helpers import all_rows
 
+# The registry is the subject here: every test runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.both_databases
+
 
 def test_seeds_are_random_63_bit(registry_session: Session) -> None:
     rows = [

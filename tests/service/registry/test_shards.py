@@ -13,6 +13,9 @@ from service.registry.registration import create_context, create_contexts
 from service.registry.shards import ShardPlan, live_per_shard
 from tests.service.registry.helpers import all_rows, run_concurrently
 
+# The registry is the subject here: every test runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.both_databases
+
 
 def _register(session: Session, keys: list[str], plan: ShardPlan) -> list[int]:
     rows = [

@@ -13,6 +13,9 @@ from service.registry.database import make_engine
 from service.registry.errors import ContextParameterTaken
 from service.registry.store import RegistryStore, RegistryUnavailable
 
+# The registry is the subject here: every test runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.both_databases
+
 
 async def test_commit_training_is_idempotent_per_watermark(registry_engine: Engine) -> None:
     store = RegistryStore(registry_engine, "complex")

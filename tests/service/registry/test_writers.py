@@ -13,6 +13,9 @@ from service.registry.store import RegistryStore
 from service.registry.writers import WriterTaken, this_process
 from service.training.fencing import WriterFenced
 
+# The registry is the subject here: every test runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.both_databases
+
 
 async def test_a_second_owner_is_refused_while_the_lease_runs(registry_engine: Engine) -> None:
     store = RegistryStore(registry_engine, "complex")

@@ -34,6 +34,7 @@ def _checkpoint(data_dir: Path, hidden: tuple[int, ...]) -> None:
     )
 
 
+@pytest.mark.real_process
 def test_worker_without_redis_prints_one_line(tmp_path: Path) -> None:
     result = _run(["worker"], {"PSP_DATA_DIR": str(tmp_path)})
     assert result.returncode == 2
@@ -43,6 +44,7 @@ def test_worker_without_redis_prints_one_line(tmp_path: Path) -> None:
     assert "set PSP_REDIS_URL=redis://" in lines[0]
 
 
+@pytest.mark.real_process
 def test_a_bad_setting_value_is_named(tmp_path: Path) -> None:
     result = _run(["serve"], {"PSP_DATA_DIR": str(tmp_path), "PSP_TRAINING__LR": "-1"})
     assert result.returncode == 2
@@ -50,6 +52,7 @@ def test_a_bad_setting_value_is_named(tmp_path: Path) -> None:
     assert len(lines) == 1 and lines[0].startswith("psp: invalid settings: PSP_TRAINING__LR:")
 
 
+@pytest.mark.real_process
 def test_a_checkpoint_of_another_shape_names_the_fields_that_differ(tmp_path: Path) -> None:
     _checkpoint(tmp_path, hidden=(256, 256))
     settings = Settings(data_dir=tmp_path, model={"hidden": [32], "kind": "complex"})
@@ -72,6 +75,7 @@ def test_a_matching_checkpoint_passes(tmp_path: Path) -> None:
     check_checkpoint_fits(Settings(data_dir=tmp_path, model={"hidden": [32]}))
 
 
+@pytest.mark.real_process
 def test_a_worker_shard_beyond_the_count_is_refused_with_one_line(tmp_path: Path) -> None:
     env = {
         "PSP_DATA_DIR": str(tmp_path),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from prometheus_client import REGISTRY
 
@@ -12,6 +13,16 @@ from service.runtime.supervisor import Supervisor
 def _restarts(task: str) -> float:
     value = REGISTRY.get_sample_value("psp_background_restarts_total", {"task": task})
     return value or 0.0
+
+
+async def _until(condition: Callable[[], bool], what: str, seconds: float = 5.0) -> None:
+    """Waits on the event loop, without blocking it, until `condition` holds."""
+    try:
+        async with asyncio.timeout(seconds):
+            while not condition():
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        raise AssertionError(f"waited {seconds} s for {what}") from None
 
 
 async def test_a_crashing_task_is_restarted_after_its_state_is_reset_and_reported_down() -> None:
@@ -36,8 +47,7 @@ async def test_a_crashing_task_is_restarted_after_its_state_is_reset_and_reporte
     while len(runs) < 3:
         await asyncio.sleep(0.01)
     assert supervisor.down() == ["flaky"]  # restarted, but not yet settled
-    await asyncio.sleep(0.3)
-    assert supervisor.down() == []
+    await _until(lambda: supervisor.down() == [], what="the task to settle")
     assert resets == [1, 2]
     assert _restarts("flaky") - before == 2
     stop.set()

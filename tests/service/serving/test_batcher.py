@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,6 +23,7 @@ from service.model.answers import InputsOverflow
 from service.model.host import ModelHost
 from service.runtime.supervisor import Supervisor
 from service.serving.batcher import INLINE_MAX_ROWS, PredictBatcher
+from service.testing.processes import wait_until
 from tests.service.api.helpers import register
 
 
@@ -110,10 +113,12 @@ async def test_requests_arriving_during_a_pass_form_the_next_batch() -> None:
     host = _host(4)
     real_forward = host.forward
     batch_sizes: list[int] = []
+    in_flight, released = threading.Event(), threading.Event()
 
     def forward(inputs: np.ndarray, rows: torch.Tensor) -> tuple[np.ndarray, int]:
         batch_sizes.append(len(inputs))
-        time.sleep(0.2)  # a long forward pass, so that the others arrive during it
+        in_flight.set()
+        released.wait(10)  # a long forward pass, so that the others arrive during it
         return real_forward(inputs, rows)
 
     host.forward = forward  # type: ignore[method-assign]
@@ -122,8 +127,13 @@ async def test_requests_arriving_during_a_pass_form_the_next_batch() -> None:
     # Too many rows to be answered on the event loop: the first goes to the collector too.
     first_rows = INLINE_MAX_ROWS + 1
     first = asyncio.ensure_future(batcher.predict(np.ones((first_rows, 64), np.float32), 0))
-    await asyncio.sleep(0.05)  # the first pass is now in flight
-    later = [batcher.predict(np.full((2, 64), i, np.float32), i) for i in range(1, 4)]
+    assert await asyncio.to_thread(in_flight.wait, 10)  # the first pass is now in flight
+    later = [
+        asyncio.ensure_future(batcher.predict(np.full((2, 64), i, np.float32), i))
+        for i in range(1, 4)
+    ]
+    await asyncio.sleep(0)  # one turn of the event loop: the three queue behind the pass
+    released.set()
     results = await asyncio.gather(first, *later)
     await batcher.stop()
     assert batch_sizes == [first_rows, 6]
@@ -181,7 +191,9 @@ async def test_requests_parsed_in_the_same_turn_are_batched_not_answered_one_by_
         assert np.allclose(probabilities, alone, atol=1e-6)
 
 
-def test_answers_over_http_are_the_same_alone_or_among_100_concurrent(make_settings) -> None:
+def test_answers_over_http_are_the_same_alone_or_among_100_concurrent(
+    make_settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with TestClient(create_app(make_settings())) as client:
         keys = [f"tenant-{i}" for i in range(10)]
         for key in keys:
@@ -194,15 +206,27 @@ def test_answers_over_http_are_the_same_alone_or_among_100_concurrent(make_setti
             body = {"inputs": rng.random((2, 64)).tolist()}
             return client.post(f"/predict/{keys[i % 10]}", json=body).status_code
 
+        # The batched passes wait until every thread has a request in flight, so that the
+        # requests queued meanwhile must share passes whatever the timing of the threads.
+        host = client.app.state.runtime.shards[0].host  # type: ignore[attr-defined]
+        forward, crowd_arrived = host.forward, threading.Event()
+
+        def forward_once_the_crowd_is_in(*args: Any) -> Any:
+            crowd_arrived.wait(30)
+            return forward(*args)
+
+        monkeypatch.setattr(host, "forward", forward_once_the_crowd_is_in)
         before = _forward_passes()
         with ThreadPoolExecutor(16) as pool:
             others = [pool.submit(other, i) for i in range(100)]
             crowded = pool.submit(client.post, "/predict/tenant-0", json=probe)
+            wait_until(lambda: REQUESTS_IN_FLIGHT.count >= 16, 30, what="16 requests in flight")
+            crowd_arrived.set()
             statuses = [f.result() for f in others]
             among = crowded.result().json()
         assert statuses == [200] * 100
-        # Some requests run alone (on the event loop when they arrive apart), none twice.
-        assert _forward_passes() - before <= 101
+        # Fewer passes than requests: some of the 101 requests shared a forward pass.
+        assert _forward_passes() - before < 101
         assert among["predictions"] == alone["predictions"]
         assert np.allclose(among["probabilities"], alone["probabilities"], atol=1e-6)
 

@@ -10,7 +10,9 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
+from service.api.requests_in_flight import REQUESTS_IN_FLIGHT
 from service.app import create_app
+from service.testing.processes import wait_until
 from tests.service.api.helpers import register, rows, sqlite_settings
 
 
@@ -35,7 +37,8 @@ def test_predictions_keep_their_latency_while_the_sqlite_registry_is_locked(
                     pool.submit(client.post, "/contexts", json={"key": f"new-{i}"})
                     for i in range(12)
                 ]
-                time.sleep(0.5)
+                # Every registration is in flight; those past the lending threads queue behind.
+                wait_until(lambda: REQUESTS_IN_FLIGHT.count >= 12, 10, what="12 registrations")
                 latencies = []
                 for _ in range(5):
                     started = time.perf_counter()

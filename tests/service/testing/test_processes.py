@@ -77,6 +77,7 @@ def http_server(tmp_path: Path) -> ServerProcess:
     return ServerProcess("http.server", command, {}, port, tmp_path / "http.log", health_path="/")
 
 
+@pytest.mark.real_process
 def test_a_server_is_healthy_while_running_and_gone_after(tmp_path: Path) -> None:
     server = http_server(tmp_path)
     with running(server):
@@ -87,6 +88,7 @@ def test_a_server_is_healthy_while_running_and_gone_after(tmp_path: Path) -> Non
         httpx.get(server.base_url, timeout=5)
 
 
+@pytest.mark.real_process
 def test_a_killed_server_starts_again_on_its_port(tmp_path: Path) -> None:
     server = http_server(tmp_path)
     with running(server):

@@ -7,6 +7,7 @@ import numpy as np
 from fastapi.testclient import TestClient
 
 from service.app import create_app
+from service.metrics import REPLAY_ROWS
 from service.runtime.runtime import Runtime
 
 
@@ -79,9 +80,18 @@ def test_a_deleted_context_leaves_the_buffer_and_stays_out(make_settings) -> Non
 
 
 def test_replay_off_keeps_no_rows(make_settings) -> None:
-    settings = make_settings(replay={"rows": 0})
+    settings = make_settings(
+        replay={"rows": 0},
+        # The learner that steps is read in this process, so the steps must run here too.
+        training={"steps_in": "thread"},
+    )
     with TestClient(create_app(settings)) as client:
-        client.post("/contexts", json={"key": "a"})
+        host = _runtime(client).shards[0].host
+        # A value no step reports, so that the zero read below comes from the step.
+        REPLAY_ROWS.labels("0").set(-1)
+        assert client.post("/contexts", json={"key": "a"}).status_code == 201
         _train(client, "a", 10, np.random.default_rng(2))
-        assert _runtime(client).shards[0].host.learner.replay is None
+        assert host.model_version >= 1  # the rows were learned by this learner
+        assert host.learner.replay is None
+        assert REPLAY_ROWS.labels("0")._value.get() == 0
         assert client.get("/model").json()["training"]["replay_rows"] == 0

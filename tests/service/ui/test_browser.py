@@ -21,6 +21,9 @@ from service.testing.browser import headless_chromium, missing
 from service.testing.processes import psp_serve, running
 from service.testing.tenant_history import seed_history
 
+# Every test here starts real `psp` processes; `make test-fast` leaves them out.
+pytestmark = pytest.mark.real_process
+
 ADMIN, ADMIN_SPEC = issue_key(["admin", "predict", "train"], name="operator")
 ACME, ACME_SPEC = issue_key(["predict"], key_prefix="acme-", name="acme")
 ACME_KEYS = [f"acme-{n:04d}" for n in range(500)]
