@@ -37,6 +37,8 @@ APP = create_app(
         model={"kind": "binary", "hidden": [8]},
         limits={"wait_seconds": 5},
         api_keys=[SPEC],
+        # The steps in a thread: the routes under fuzz are the same, without a child process.
+        training={"steps_in": "thread"},
     )
 )
 # How a request that violates the schema may be refused: schemathesis's own list, and 413,

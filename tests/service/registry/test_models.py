@@ -5,15 +5,13 @@ from __future__ import annotations
 from sqlalchemy import func, select, text
 
 from service.registry.database import make_engine, make_session_factory
-from service.registry.migrate import upgrade
 from service.registry.parameters import MAX_BULK_CONTEXTS
 from service.registry.queries import count_live_contexts
 from service.registry.registration import create_contexts
 
 
-def test_postgresql_row_costs_at_most_200_bytes(postgres_database_url: str) -> None:
-    upgrade(postgres_database_url)
-    engine = make_engine(postgres_database_url)
+def test_postgresql_row_costs_at_most_200_bytes(migrated_postgres_database_url: str) -> None:
+    engine = make_engine(migrated_postgres_database_url)
     rows = 20_000
     try:
         factory = make_session_factory(engine)
