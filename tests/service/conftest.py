@@ -6,7 +6,9 @@ child itself (tests/service/model/test_step_client.py, the fault tests) need one
 for it with `training={"steps_in": "child_process"}` or run real `psp` processes.
 
 The registry is SQLite unless the test module asks for PostgreSQL as well (see the
-`both_databases` marker in tests/conftest.py).
+`both_databases` marker in tests/conftest.py), and a copy of one already migrated: the app's
+start-up migration finds nothing to do. The apps built on `sqlite_settings`
+(tests/service/api/helpers.py) start from an empty file and migrate it themselves.
 """
 
 from __future__ import annotations
@@ -28,13 +30,13 @@ TEST_TRAINING: dict[str, Any] = {"batch_size": 32, "steps_in": "thread"}
 
 
 @pytest.fixture
-def make_settings(tmp_path: Path, database_url: str) -> SettingsFactory:
+def make_settings(tmp_path: Path, migrated_database_url: str) -> SettingsFactory:
     """Builds settings for a small model on this test's registry database and data dir."""
 
     def build(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
             "data_dir": tmp_path / "data",
-            "database_url": database_url,
+            "database_url": migrated_database_url,
             "device": "cpu",
             "model": {"kind": "complex", "input_shape": [64], "hidden": [32]},
             "checkpoint": {"every_steps": 50, "every_seconds": 60},

@@ -26,9 +26,11 @@ ENV_KEY, ENV_SPEC = issue_key(["admin", "predict", "train"], name="bootstrap")
 
 
 @pytest.fixture
-def psp(database_url: str, tmp_path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable]:
+def psp(
+    migrated_database_url: str, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable]:
     """Runs `psp ...` in-process against this test's registry; returns its output."""
-    monkeypatch.setenv("PSP_DATABASE_URL", database_url)
+    monkeypatch.setenv("PSP_DATABASE_URL", migrated_database_url)
     monkeypatch.setenv("PSP_DATA_DIR", str(tmp_path / "cli"))
     monkeypatch.setenv("PSP_API_KEYS", f"[{ENV_SPEC.model_dump_json()}]")
     get_settings.cache_clear()
@@ -52,7 +54,10 @@ def _until(condition: Callable[[], bool], seconds: float = 5.0) -> float:
 
 
 def test_stored_keys_work_and_revocation_takes_effect_without_a_restart(
-    make_settings: SettingsFactory, database_url: str, psp, caplog: pytest.LogCaptureFixture
+    make_settings: SettingsFactory,
+    migrated_database_url: str,
+    psp,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     settings = make_settings(api_keys=[ENV_SPEC], registry_poll_seconds=POLL_SECONDS)
@@ -82,7 +87,7 @@ def test_stored_keys_work_and_revocation_takes_effect_without_a_restart(
         # The key from the environment is unaffected.
         assert client.get("/contexts", headers={"X-API-Key": ENV_KEY}).status_code == 200
 
-    engine = make_engine(database_url)
+    engine = make_engine(migrated_database_url)
     try:
         with engine.connect() as connection:
             stored = connection.execute(text("SELECT * FROM api_keys")).mappings().all()
@@ -94,7 +99,7 @@ def test_stored_keys_work_and_revocation_takes_effect_without_a_restart(
     assert secret not in logged and ENV_KEY not in logged
 
 
-def test_create_for_the_environment_stores_nothing(psp, database_url: str) -> None:
+def test_create_for_the_environment_stores_nothing(psp, migrated_database_url: str) -> None:
     output = psp("keys", "create", "--scope", "train", "--env")
     assert "PSP_API_KEYS entry:" in output and '"scopes":["train"]' in output
     listed = psp("keys", "list").splitlines()
