@@ -136,7 +136,7 @@ def test_a_killed_shard_worker_stops_nothing_else_and_loses_nothing(
         kwargs={"retry_seconds": 60},
     )
     stream.start()
-    time.sleep(1.0)
+    wait_until(lambda: len(accepted) >= 5, 30, what="the stream under way")
     last_version_of_1 = _version(bases[0], 1)
     workers[1].kill()
     killed_at = len(predictor.answers)
@@ -155,7 +155,9 @@ def test_a_killed_shard_worker_stops_nothing_else_and_loses_nothing(
     )
     assert while_down.status_code == 202
     posted[on_shard_1[0]] += 3
-    time.sleep(1.0)
+    wait_until(
+        lambda: len(predictor.answers) - killed_at >= 10, 30, what="answers while shard 1 is down"
+    )
     down_answers = predictor.answers[killed_at:]
     assert len(down_answers) >= 10
     # From the last checkpoint, not from fresh weights.
