@@ -1,8 +1,8 @@
 """Superposed Linear and Conv2d layers: `y = W (c(k) ⊙ x)` with one context per batch row.
 
-Following the adapter pattern of peft, `SuperposedLayer` is a mixin holding the shared state
-(the wrapped `base_layer`, the context dimension, the imaginary weight of complex kinds and the
-layer's contexts), and `SuperposedLinear` / `SuperposedConv2d` are concrete `nn.Module`s.
+Following the adapter pattern of peft, `SuperposedLayer` holds the shared state (the wrapped
+`base_layer`, the context dimension, the imaginary weight of complex kinds and the layer's
+contexts), and `SuperposedLinear` / `SuperposedConv2d` add what a layer type computes.
 `superpose` turns every `nn.Linear` and `nn.Conv2d` of a plain architecture into its superposed
 twin. What a context is and how it binds a batch belongs to the layer's kind
 (`layer.contexts`, a `psp_core.kinds.LayerContexts`); the layers own their forward passes and
@@ -16,7 +16,8 @@ layers work at any depth of nested containers and custom blocks.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
@@ -53,8 +54,9 @@ def _rows_of(layer: nn.Module, context_index: torch.Tensor | None) -> torch.Tens
     return rows
 
 
-class SuperposedLayer:
-    """Shared state of superposed layers (the mixin of the peft pattern).
+class SuperposedLayer(nn.Module, ABC):
+    """Shared state of superposed layers; each layer type says what its context dimension is
+    (`context_dim_of`) and computes its forward pass.
 
     Attributes:
         base_layer: The wrapped plain layer; its weight is `W` (the real part for complex kinds).
@@ -65,30 +67,43 @@ class SuperposedLayer:
         sides: Which sides receive and return complex activations as `[Re ; Im]`.
     """
 
-    base_layer: nn.Module
-    context_dim: int
-    contexts: LayerContexts
-    weight_imag: nn.Parameter | None
-    sides: ComplexSides
-
-    def _init_superposition(
+    def __init__(
         self,
         base_layer: nn.Module,
-        weight: torch.Tensor,
         kind: str,
         *,
-        context_dim: int,
         model_seed: int,
         layer_index: int,
-        local_mix: bool,
+        local_mix: bool = False,
     ) -> None:
+        """Wraps `base_layer` with contexts of kind `kind` (a name in
+        `psp_core.kinds.CONTEXT_KINDS`); `layer_index` is part of each context's seed.
+
+        Raises:
+            TypeError, ValueError: This layer type cannot wrap `base_layer`.
+        """
+        super().__init__()
+        self.context_dim = self.context_dim_of(base_layer)
         self.base_layer = base_layer
-        self.context_dim = context_dim
-        self.contexts = kind_class(kind)(
-            model_seed=model_seed, layer_index=layer_index, dim=context_dim, local_mix=local_mix
+        self.contexts: LayerContexts = kind_class(kind)(
+            model_seed=model_seed,
+            layer_index=layer_index,
+            dim=self.context_dim,
+            local_mix=local_mix,
         )
+        weight = base_layer.weight
+        assert isinstance(weight, torch.Tensor)
         self.weight_imag = self.contexts.imaginary_weight(weight)
         self.sides = ComplexSides()
+
+    @staticmethod
+    @abstractmethod
+    def context_dim_of(base_layer: nn.Module) -> int:
+        """`M` of a superposed twin of `base_layer`.
+
+        Raises:
+            TypeError, ValueError: This layer type cannot wrap `base_layer`.
+        """
 
     def set_complex_sides(self, *, complex_input: bool, complex_output: bool) -> None:
         """Whether this layer receives and returns complex activations as `[Re ; Im]`.
@@ -117,28 +132,17 @@ class SuperposedLayer:
         return self.contexts.bound_weights(context, self.weights(), self.sides)
 
 
-class SuperposedLinear(nn.Module, SuperposedLayer):
+class SuperposedLinear(SuperposedLayer):
     """`y = Re(W (c[idx] ⊙ x)) + b` for a batch that may mix any contexts."""
 
-    def __init__(
-        self,
-        base_layer: nn.Linear,
-        kind: str,
-        *,
-        model_seed: int,
-        layer_index: int,
-        local_mix: bool = False,
-    ) -> None:
-        super().__init__()
-        self._init_superposition(
-            base_layer,
-            base_layer.weight,
-            kind,
-            context_dim=base_layer.in_features,
-            model_seed=model_seed,
-            layer_index=layer_index,
-            local_mix=local_mix,
-        )
+    base_layer: nn.Linear
+
+    @staticmethod
+    def context_dim_of(base_layer: nn.Module) -> int:
+        """The input width of a Linear layer."""
+        if not isinstance(base_layer, nn.Linear):
+            raise TypeError(f"SuperposedLinear wraps nn.Linear, not {type(base_layer).__name__}")
+        return base_layer.in_features
 
     def forward(self, x: torch.Tensor, context_index: torch.Tensor | None = None) -> torch.Tensor:
         """Args:
@@ -156,7 +160,7 @@ class SuperposedLinear(nn.Module, SuperposedLayer):
         return self.contexts.linear(x, rows, self.weights(), self.sides)
 
 
-class SuperposedConv2d(nn.Module, SuperposedLayer):
+class SuperposedConv2d(SuperposedLayer):
     """A convolution whose kernel is bound to the context over (in_channels, kh, kw) (eq. 10).
 
     The rows are grouped by context and each distinct context's kernel `w ⊙ c` is bound once
@@ -168,28 +172,19 @@ class SuperposedConv2d(nn.Module, SuperposedLayer):
 
     base_layer: nn.Conv2d
 
-    def __init__(
-        self,
-        base_layer: nn.Conv2d,
-        kind: str,
-        *,
-        model_seed: int,
-        layer_index: int,
-        local_mix: bool = False,
-    ) -> None:
-        super().__init__()
+    @staticmethod
+    def context_dim_of(base_layer: nn.Module) -> int:
+        """A kernel's size over (in_channels, kh, kw).
+
+        Raises:
+            ValueError: The convolution has groups or a padding other than zeros.
+        """
+        if not isinstance(base_layer, nn.Conv2d):
+            raise TypeError(f"SuperposedConv2d wraps nn.Conv2d, not {type(base_layer).__name__}")
         if base_layer.groups != 1 or base_layer.padding_mode != "zeros":
             raise ValueError("superposed convolutions support groups=1 and zero padding only")
         kh, kw = base_layer.kernel_size
-        self._init_superposition(
-            base_layer,
-            base_layer.weight,
-            kind,
-            context_dim=base_layer.in_channels * kh * kw,
-            model_seed=model_seed,
-            layer_index=layer_index,
-            local_mix=local_mix,
-        )
+        return base_layer.in_channels * kh * kw
 
     def forward(self, x: torch.Tensor, context_index: torch.Tensor | None = None) -> torch.Tensor:
         """Args:
@@ -286,7 +281,7 @@ def stacked(pieces: Iterator[torch.Tensor], rows: int) -> torch.Tensor:
     return out
 
 
-_TWINS: dict[type[nn.Module], Callable[..., SuperposedLayer]] = {
+_TWINS: dict[type[nn.Module], type[SuperposedLayer]] = {
     nn.Linear: SuperposedLinear,
     nn.Conv2d: SuperposedConv2d,
 }
@@ -321,7 +316,6 @@ def superpose(
         )
         parent_name, _, attr = name.rpartition(".")
         parent = module.get_submodule(parent_name) if parent_name else module
-        assert isinstance(twin, nn.Module)
         setattr(parent, attr, twin)
         layers.append(twin)
     return layers

@@ -155,6 +155,13 @@ def test_make_superposed_rejects_other_layers() -> None:
         make_superposed(nn.LSTM(2, 2), "binary", model_seed=0, layer_index=0, local_mix=False)
 
 
+def test_each_twin_wraps_only_its_own_layer_type() -> None:
+    with pytest.raises(TypeError, match=r"wraps nn\.Linear, not Conv2d"):
+        SuperposedLinear(nn.Conv2d(1, 2, 3), "binary", model_seed=0, layer_index=0)
+    with pytest.raises(ValueError, match="groups=1 and zero padding only"):
+        SuperposedConv2d(nn.Conv2d(2, 2, 3, groups=2), "binary", model_seed=0, layer_index=0)
+
+
 def test_complex_weights_add_an_imaginary_part() -> None:
     layer = _linear("complex")
     assert layer.weight_imag is not None and layer.weight_imag.shape == (5, 12)
