@@ -24,6 +24,7 @@ def test_a_process_with_fault_settings_runs_the_faulty_entry_point(tmp_path: Pat
     assert worker.command[: len(psp_command()) + 1] == [*psp_command(), "worker"]
 
 
+@pytest.mark.real_process
 def test_the_faulty_entry_point_runs_the_psp_command_line() -> None:
     usage = subprocess.run(
         [sys.executable, "-m", "service.testing.faulty_psp", "--help"],

@@ -43,6 +43,7 @@ def test_psp_command_is_the_installed_script() -> None:
     assert Path(script) == Path(sys.executable).parent / "psp"
 
 
+@pytest.mark.real_process
 def test_psp_command_runs_the_cli_as_a_module_where_no_script_is_installed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
