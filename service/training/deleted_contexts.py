@@ -6,11 +6,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import UTC, datetime
 
 from psp_core.checkpoint_scrub import forget_contexts_in
 from service.checkpoints.store import CheckpointStore
-from service.contexts.retirements import RETIREMENT_OVERLAP
+from service.contexts.retirements import RetirementWatermark
 from service.model.host import ModelHost
 from service.registry.store import RegistryStore, RegistryUnavailable
 
@@ -34,7 +33,7 @@ class DeletedContexts:
         self._registry = registry
         self._store = store
         self._look_every = look_every
-        self._checked_until = datetime.now(UTC)
+        self._retirements = RetirementWatermark()
         self._looked_at = time.monotonic()
         self._forgotten: set[int] = set()  # deleted contexts forgotten since start-up
         self._unscrubbed: set[int] = set()  # deleted contexts kept files may still hold
@@ -62,12 +61,11 @@ class DeletedContexts:
 
     async def forget_retired(self) -> None:
         """Forgets the contexts deleted since the last look (any process may delete). Indices
-        are never reused, so forgetting one twice is harmless."""
+        are never reused, so forgetting one twice is harmless. Should forgetting fail, the
+        trainer's recovery reloads and `forget_not_live` catches up with every deletion."""
         self._looked_at = time.monotonic()
-        started = datetime.now(UTC)
-        since = self._checked_until - RETIREMENT_OVERLAP
         try:
-            retired = await self._registry.retired_since(since)
+            retired = await self._retirements.read_new(self._registry)
         except RegistryUnavailable as err:
             log.warning("cannot check for deleted contexts, will retry: %s", err)
             return
@@ -76,7 +74,6 @@ class DeletedContexts:
         # The look-back overlaps the last one: only newly deleted contexts call for a scrub.
         self._unscrubbed |= indices - self._forgotten
         self._forgotten |= indices
-        self._checked_until = started
 
     async def scrub_kept_checkpoints(self) -> None:
         """Rewrites every kept checkpoint that still holds rows or input statistics of a

@@ -54,7 +54,6 @@ async def rollback(body: RollbackRequest, runtime: RuntimeDep, caller: Admin) ->
     prefix)."""
     caller.require_whole_model("admin")
     held = runtime.shard(body.shard)
-    assert held.rollback is not None
     await held.rollback.rollback(body.version)
     if held.follower is not None:
         await held.follower.catch_up()
