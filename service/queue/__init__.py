@@ -10,6 +10,7 @@ behind one interface.
   every Redis key.
 """
 
+from service.entry_ids import entry_id_key
 from service.queue.applied import AppliedNotices
 from service.queue.base import (
     Enqueued,
@@ -21,7 +22,6 @@ from service.queue.base import (
     TrainEntry,
     TrainQueue,
 )
-from service.queue.entry_ids import entry_id_key
 
 __all__ = [
     "AppliedNotices",

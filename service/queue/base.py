@@ -1,7 +1,7 @@
 """The queue interface between `POST /train` and the single-writer trainer.
 
 Entry ids have the Redis Streams form `"<milliseconds>-<sequence>"` in both implementations, so
-the trainer compares them the same way (see `service.queue.entry_ids`). An entry is delivered to the
+the trainer compares them the same way (see `service.entry_ids`). An entry is delivered to the
 trainer by `read`, stays pending until `ack`, and is handed out again by `pending` after a
 restart, which is what makes exactly-once possible (docs/design.md, "Exactly-once training").
 """

@@ -7,8 +7,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 
+from service.entry_ids import entry_id_key
 from service.queue.applied import REFUSALS_KEPT_SECONDS, AppliedNotices
-from service.queue.entry_ids import entry_id_key
 
 
 class InProcessAppliedNotices(AppliedNotices):

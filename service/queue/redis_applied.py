@@ -23,9 +23,9 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from service.entry_ids import entry_id_key
 from service.queue.applied import REFUSALS_KEPT_SECONDS, AppliedNotices
 from service.queue.base import QueueUnavailable
-from service.queue.entry_ids import entry_id_key
 from service.queue.keys import DEFAULT_KEY_PREFIX, ShardKeys
 from service.queue.redis_link import (
     CONNECTION_ERRORS,

@@ -6,8 +6,8 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
+from service.entry_ids import entry_id_key
 from service.queue.base import DEAD_LETTERS_KEPT, DeadLetter
-from service.queue.entry_ids import entry_id_key
 from service.queue.keys import ShardKeys
 from service.queue.redis_group import ConsumerGroup
 from service.queue.redis_link import RedisLink, text

@@ -14,8 +14,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any
 
+from service.entry_ids import entry_id_key
 from service.queue.base import QueuedEntry, TrainEntry
-from service.queue.entry_ids import entry_id_key
 from service.queue.keys import ShardKeys
 from service.queue.redis_group import ConsumerGroup
 from service.queue.redis_link import RedisLink, text

@@ -26,6 +26,7 @@ import uuid
 from collections.abc import Sequence
 from functools import partial
 
+from service.entry_ids import entry_id_key
 from service.queue.base import (
     IDEMPOTENCY_SECONDS,
     ContextShareFull,
@@ -39,7 +40,6 @@ from service.queue.base import (
     TrainEntry,
     TrainQueue,
 )
-from service.queue.entry_ids import entry_id_key
 from service.queue.keys import DEFAULT_KEY_PREFIX, ShardKeys
 from service.queue.redis_dead_letters import RedisDeadLetters
 from service.queue.redis_group import ConsumerGroup

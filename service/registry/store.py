@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service import metrics
 from service.contexts.definition import ContextDefinition
-from service.queue.entry_ids import entry_id_key
+from service.entry_ids import entry_id_key
 from service.registry import (
     accuracy,
     api_keys,

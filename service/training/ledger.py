@@ -21,7 +21,7 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from service.queue.entry_ids import entry_id_key
+from service.entry_ids import entry_id_key
 
 Counts = dict[int, list[int]]
 """Per context: [examples learned, of those right before learning, examples refused]."""

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from service.cli.commands import app as psp_app
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 BENCH_MODULES = ("matplotlib", "psp_bench", "sklearn")
 
 

@@ -21,7 +21,7 @@ from schemathesis.specs.openapi.checks import ignored_auth, positive_data_accept
 
 from service.api.auth import issue_key
 from service.app import create_app
-from service.queue.entry_ids import entry_id_key
+from service.entry_ids import entry_id_key
 from service.settings import Settings
 from tests.service.fuzz.tally import record
 
