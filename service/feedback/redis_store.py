@@ -15,9 +15,9 @@ import msgpack
 import numpy as np
 from redis.exceptions import RedisError
 
-from service.queue.redis_link import redis_client
 from service.feedback.ids import PredictionId, parse_id
 from service.feedback.store import Claim, FeedbackStore, FeedbackUnavailable, Remembered
+from service.queue.redis_link import redis_client
 
 _CLAIM = """
 local n = #KEYS / 3
