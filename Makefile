@@ -17,12 +17,16 @@ $(STAMP): pyproject.toml
 serve: $(STAMP)
 	$(VENV)/bin/psp serve --host 127.0.0.1 --port 8000
 
+# On pytest-xdist workers (two on a two-core machine, at most four), one test file per worker at
+# a time: the real-process tests mostly wait on their processes, so two files overlap well.
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest -n auto --maxprocesses 4 --dist loadfile
 
-# The tests that start no real `psp` process, server or container: a quick check while editing.
+# The tests that start no real `psp` process, server or container, with a shorter stateful fuzz:
+# a quick check while editing.
 test-fast: $(STAMP)
-	$(VENV)/bin/python -m pytest -m "not real_process" -p no:cacheprovider -q
+	PSP_FUZZ_JOURNEYS=40 PSP_FUZZ_MIN_REQUESTS=1500 $(VENV)/bin/python -m pytest -n auto \
+		--maxprocesses 4 -m "not real_process" -p no:cacheprovider -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy

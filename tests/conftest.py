@@ -21,6 +21,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -31,6 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.registry.database import make_engine, make_session_factory, normalize_database_url
 from service.registry.migrate import upgrade
 from service.testing.processes import RedisServer
+from tests.service.fuzz.tally import FIRST_ERRORS, STATUSES, TALLY
 
 # ------------------------------------------------------------------------------------------------
 # Registry databases: SQLite for every test, PostgreSQL as well where the test asks for it with
@@ -250,3 +252,43 @@ def throwaway_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.kill()
+
+
+# ------------------------------------------------------------------------------------------------
+# The fuzz tests' tally (tests/service/fuzz/tally.py), printed at the end of the run. Under
+# pytest-xdist (`make test` runs the suite on several workers) each worker counts its own
+# requests and hands them to the controller, which adds them up and prints them. These hooks sit
+# here because the controller loads only this conftest.
+# ------------------------------------------------------------------------------------------------
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker
+        workeroutput["fuzz_tally"] = {
+            "tally": dict(TALLY),
+            "statuses": dict(STATUSES),
+            "first_errors": list(FIRST_ERRORS),
+        }
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """A worker finished: its fuzz counts join this process's."""
+    counts = getattr(node, "workeroutput", {}).get("fuzz_tally")
+    if counts:
+        TALLY.update(counts["tally"])
+        STATUSES.update({int(status): n for status, n in counts["statuses"].items()})
+        FIRST_ERRORS.extend(counts["first_errors"][: 5 - len(FIRST_ERRORS)])
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not TALLY["requests"]:
+        return
+    terminalreporter.write_line(
+        f"fuzz: {TALLY['requests']} generated requests, {TALLY['server_errors']} answered 5xx"
+    )
+    statuses = ", ".join(f"{status}: {count}" for status, count in sorted(STATUSES.items()))
+    terminalreporter.write_line(f"fuzz: answers by status: {statuses}")
+    for line in FIRST_ERRORS:
+        terminalreporter.write_line(f"fuzz: {line}")

@@ -22,9 +22,8 @@ def test_startup_freezes_the_long_lived_objects_and_shutdown_thaws_them(make_set
 
 
 def test_the_server_sets_torch_threads_from_the_settings(tmp_path: Path) -> None:
-    before = torch.get_num_threads()
-    try:
-        with TestClient(create_app(sqlite_settings(tmp_path, torch_threads=1))):
-            assert torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(before)
+    # OpenMP keeps the thread count per calling thread: read it where the app runs.
+    with TestClient(create_app(sqlite_settings(tmp_path, torch_threads=1))) as client:
+        assert client.portal.call(torch.get_num_threads) == 1  # type: ignore[union-attr]
+    with TestClient(create_app(sqlite_settings(tmp_path, torch_threads=2))) as client:
+        assert client.portal.call(torch.get_num_threads) == 2  # type: ignore[union-attr]
