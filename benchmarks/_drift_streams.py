@@ -21,8 +21,9 @@ from dataclasses import dataclass
 
 import torch
 
+from psp_bench.datasets import load_digits_dataset
 from psp_bench.runners import PSPRunner
-from psp_bench.streams import load_digits_dataset, rotate_images
+from psp_bench.streams import rotate_images
 from psp_core import ContextSpec, ModelConfig, TrainingConfig
 from psp_core.replay import DEFAULT_REPLAY_ROWS
 

@@ -27,10 +27,11 @@ import torch
 
 from psp_bench import metrics
 from psp_bench.baselines import EWCConfig
+from psp_bench.datasets import Dataset, load_digits_dataset
 from psp_bench.footprint import Footprint, footprint
 from psp_bench.methods import DEFAULT_METHODS, Method, parse_methods
 from psp_bench.runners import Runner, in_process_runner
-from psp_bench.streams import Dataset, Stream, load_digits_dataset, make_stream
+from psp_bench.streams import Stream, make_stream
 from psp_bench.tenants import TenantsStream, run_tenants_method
 from psp_core import ModelConfig, TrainingConfig
 from psp_core.replay import DEFAULT_REPLAY_ROWS

@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
+from psp_bench.datasets import Dataset, load_digits_dataset
 from psp_bench.methods import Method
 from psp_bench.runners import Runner
-from psp_bench.streams import Dataset, load_digits_dataset
 
 
 class TenantsStream:

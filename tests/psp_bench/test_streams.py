@@ -11,17 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from psp_bench.streams import (
+from psp_bench.datasets import (
     IDX_FILES,
-    PermutedStream,
-    RotatingStream,
     StreamError,
     load_idx_dataset,
     load_mnist1d_dataset,
-    make_stream,
     read_idx,
-    rotate_images,
 )
+from psp_bench.streams import PermutedStream, RotatingStream, make_stream, rotate_images
 
 
 def _write_idx(path: Path, array: np.ndarray, type_code: int = 0x08) -> None:
