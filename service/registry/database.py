@@ -22,6 +22,13 @@ POSTGRES_CONNECT_TIMEOUT_S = 5
 """Connect timeout for PostgreSQL unless the URL sets one, so a down server fails readiness
 checks quickly instead of hanging on TCP retries."""
 
+POSTGRES_IDLE_IN_TRANSACTION_TIMEOUT_S = 10
+"""PostgreSQL ends a session of this service that sits inside a transaction doing nothing for
+this long. Every registry transaction is one short call; a session idle inside one belongs to a
+process that stopped mid-call (SIGSTOP, a frozen VM, a debugger), and its row locks would
+otherwise block the shard's next writer, whose claim needs the same row, for as long as it stays
+frozen. Below the writer lease's default wait (`PSP_WRITER__WAIT_SECONDS`, 30)."""
+
 IN_LIST_CHUNK: Final = 900
 """The most values one IN-list binds; old SQLite builds allow only 999 parameters a statement."""
 
@@ -83,8 +90,11 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "connect", _set_sqlite_pragmas)
         return engine
     connect_args: dict[str, Any] = {}
-    if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
+    if "connect_timeout" not in parsed.query:
         connect_args["connect_timeout"] = POSTGRES_CONNECT_TIMEOUT_S
+    if "options" not in parsed.query:  # the URL's own server options win
+        idle_ms = int(POSTGRES_IDLE_IN_TRANSACTION_TIMEOUT_S * 1000)
+        connect_args["options"] = f"-c idle_in_transaction_session_timeout={idle_ms}"
     return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
 
 

@@ -7,8 +7,10 @@ import subprocess
 import sys
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import DBAPIError
 
+from service.registry import database
 from service.registry.store import RegistryStore
 from service.registry.writers import WriterTaken, this_process
 from service.training.fencing import WriterFenced
@@ -65,3 +67,33 @@ async def test_a_released_lease_or_a_dead_local_holder_lets_the_next_writer_in_a
     host = this_process().rpartition(":")[0]
     await store.claim_writer(1, f"{host}:{gone}", lease_seconds=30)
     assert await store.claim_writer(1, this_process(), lease_seconds=30) == 2
+
+
+async def test_a_writer_frozen_inside_a_transaction_does_not_block_its_successor(
+    migrated_postgres_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer stopped (SIGSTOP, a frozen VM) in the middle of a renewal keeps its row lock;
+    PostgreSQL ends a session idle inside a transaction, so the successor's claim goes on."""
+
+    monkeypatch.setattr(database, "POSTGRES_IDLE_IN_TRANSACTION_TIMEOUT_S", 1)
+    frozen_engine = database.make_engine(migrated_postgres_database_url)
+    successor_engine = database.make_engine(migrated_postgres_database_url)
+    try:
+        store = RegistryStore(frozen_engine, "complex")
+        await store.claim_writer(0, "host-a:1", lease_seconds=0.2)
+        frozen = frozen_engine.connect()
+        frozen.begin()
+        frozen.execute(text("SELECT * FROM trainer_state WHERE shard = 0 FOR UPDATE"))
+        await asyncio.sleep(0.3)  # the frozen writer's lease lapses
+        successor = RegistryStore(successor_engine, "complex")
+        token = await asyncio.wait_for(
+            successor.claim_writer(0, "host-b:2", lease_seconds=30), timeout=10
+        )
+        assert token == 2
+        # The server ended the frozen writer's session: it learns so at its next statement.
+        with pytest.raises(DBAPIError, match="idle-in-transaction timeout"):
+            frozen.execute(text("SELECT 1"))
+        frozen.close()
+    finally:
+        frozen_engine.dispose()
+        successor_engine.dispose()
