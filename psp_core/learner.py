@@ -190,7 +190,8 @@ class OnlineLearner:
         replayed from the buffer, which then keeps some of the new rows.
 
         A non-finite loss or gradient refuses the step: the weights, the optimiser state, the
-        buffer and the version stay exactly as they were.
+        buffer's rows and the version stay as they were; the buffer's random generator has
+        drawn the replayed rows, so a retry may replay other rows.
 
         Args:
             x: `(B, *input_shape)` or `(B, prod(input_shape))` float inputs.
