@@ -6,34 +6,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
-from psp_core.learner import TrainingConfig
-from psp_core.models import ModelConfig
 from service.app import create_app
-from service.contexts.service import ContextNotFound, ContextService
-from service.model.host import ModelHost
+from service.contexts.service import ContextNotFound
 from service.model.step_client import ChildStepHost
 from service.registry.database import make_engine
 from service.registry.models import ContextRow
 from service.registry.store import RegistryStore, RegistryUnavailable
 from service.testing.processes import wait_until
 from tests.service.api.helpers import register, rows, sqlite_settings
+from tests.service.contexts.serving_process import serving_process
 
 # Lookups and retirements are read from the registry: every test runs on SQLite and PostgreSQL.
 pytestmark = pytest.mark.both_databases
-
-
-def _process(engine: Engine) -> ContextService:
-    """One serving process's view of the registry: its own model host and key map."""
-    host = ModelHost(
-        ModelConfig(kind="complex", input_shape=(8,), hidden=(4,)),
-        TrainingConfig(),
-        torch.device("cpu"),
-    )
-    return ContextService(RegistryStore(engine, "complex"), {0: host})
 
 
 class _CountingStore(RegistryStore):
@@ -47,11 +34,11 @@ class _CountingStore(RegistryStore):
 
 
 async def test_known_keys_resolve_without_the_database(registry_engine: Engine) -> None:
-    writer = _process(registry_engine)
+    writer = serving_process(registry_engine)
     await writer.load_bank(map_keys=True)
     rows = await writer.register_many([(f"k{i}", None, None) for i in range(50)])
 
-    reader = _process(registry_engine)
+    reader = serving_process(registry_engine)
     reader.registry = store = _CountingStore(registry_engine, "complex")
     await reader.load_bank(map_keys=True)  # start-up maps every live key
 
@@ -62,10 +49,10 @@ async def test_known_keys_resolve_without_the_database(registry_engine: Engine) 
 
 
 async def test_a_key_registered_elsewhere_is_looked_up_once(registry_engine: Engine) -> None:
-    reader = _process(registry_engine)
+    reader = serving_process(registry_engine)
     reader.registry = store = _CountingStore(registry_engine, "complex")
     await reader.load_bank(map_keys=True)
-    writer = _process(registry_engine)
+    writer = serving_process(registry_engine)
     await writer.load_bank(map_keys=True)
     row, _ = await writer.register("late", None, None)
 
@@ -76,7 +63,7 @@ async def test_a_key_registered_elsewhere_is_looked_up_once(registry_engine: Eng
 
 
 async def test_a_delete_elsewhere_takes_effect_at_the_next_poll(registry_engine: Engine) -> None:
-    writer, reader = _process(registry_engine), _process(registry_engine)
+    writer, reader = serving_process(registry_engine), serving_process(registry_engine)
     await writer.load_bank(map_keys=True)
     first, _ = await writer.register("tenant", None, None)
     await writer.register("other", None, None)
@@ -99,7 +86,7 @@ async def test_a_delete_elsewhere_takes_effect_at_the_next_poll(registry_engine:
 
 
 async def test_a_local_delete_answers_not_found_at_once(registry_engine: Engine) -> None:
-    service = _process(registry_engine)
+    service = serving_process(registry_engine)
     await service.load_bank(map_keys=True)
     await service.register("gone", None, None)
     await service.delete("gone")
@@ -110,7 +97,7 @@ async def test_a_local_delete_answers_not_found_at_once(registry_engine: Engine)
 
 
 async def test_known_keys_answer_while_the_database_is_down(registry_engine: Engine) -> None:
-    service = _process(registry_engine)
+    service = serving_process(registry_engine)
     await service.load_bank(map_keys=True)
     row, _ = await service.register("known", None, None)
     service.registry = RegistryStore(
@@ -125,11 +112,11 @@ async def test_known_keys_answer_while_the_database_is_down(registry_engine: Eng
 
 
 async def test_a_worker_loads_the_bank_without_mapping_keys(registry_engine: Engine) -> None:
-    writer = _process(registry_engine)
+    writer = serving_process(registry_engine)
     await writer.load_bank(map_keys=True)
     row, _ = await writer.register("tenant", None, None)
 
-    worker = _process(registry_engine)
+    worker = serving_process(registry_engine)
     worker.registry = store = _CountingStore(registry_engine, "complex")
     await worker.load_bank(map_keys=False)
     assert worker.hosts[0].bank_rows([row.index]).tolist() == [0]

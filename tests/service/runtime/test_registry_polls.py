@@ -5,14 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-import torch
 from prometheus_client import REGISTRY
 from sqlalchemy import Engine
 
-from psp_core.learner import TrainingConfig
-from psp_core.models import ModelConfig
 from service.contexts.service import ContextNotFound, ContextService
-from service.model.host import ModelHost
 from service.registry.shards import ShardPlan
 from service.registry.store import RegistryStore
 from service.runtime.registry_polls import (
@@ -20,18 +16,10 @@ from service.runtime.registry_polls import (
     retired_contexts_poll,
     shard_load_poll,
 )
+from tests.service.contexts.serving_process import serving_process
 
 # Retirements and live counts are read from the registry: every test runs on SQLite and PostgreSQL.
 pytestmark = pytest.mark.both_databases
-
-
-def _process(engine: Engine) -> ContextService:
-    host = ModelHost(
-        ModelConfig(kind="complex", input_shape=(8,), hidden=(4,)),
-        TrainingConfig(),
-        torch.device("cpu"),
-    )
-    return ContextService(RegistryStore(engine, "complex"), {0: host})
 
 
 async def _answers(contexts: ContextService, key: str) -> bool:
@@ -45,7 +33,7 @@ async def _answers(contexts: ContextService, key: str) -> bool:
 async def test_a_key_deleted_elsewhere_stops_answering_within_a_poll(
     registry_engine: Engine,
 ) -> None:
-    writer, reader = _process(registry_engine), _process(registry_engine)
+    writer, reader = serving_process(registry_engine), serving_process(registry_engine)
     await writer.load_bank(map_keys=True)
     await writer.register("tenant", None, None)
     await reader.load_bank(map_keys=True)
