@@ -230,9 +230,8 @@ class OnlineLearner:
             # exactly the test-then-train score; their statistics join on commit. The buffer
             # keeps rows as they were sent, so replayed rows are scaled in the same call.
             all_ids = ids if replayed is None else np.concatenate([ids, replayed.ids])
-            scaled = self.scaler.transform(all_ids, all_x)
+            scaled, scaling = self.scaler.transform_and_fold(all_ids, all_x, fresh)
             all_x, bounded = scaled.inputs, scaled.bounded[:fresh]
-            scaling = self.scaler.fold(ids, x)
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         logits = self.model(all_x, all_index)

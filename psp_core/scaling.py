@@ -69,8 +69,11 @@ class Scaled:
 class ContextScaler:
     """The running statistics of every context's inputs, and the transform they define.
 
-    The statistics live in arrays with one slot per context, so that a step or a prediction
-    costs a few array operations whatever the number of contexts.
+    The statistics live in arrays with one slot per context, plus each context's shift and
+    inverse scale ready for the transform, so that a step or a prediction costs a few array
+    operations whatever the number of contexts. Slot 0 belongs to no context: every id the
+    scaler does not know reads it, and it holds no values (count 0), a shift of 0 and a scale
+    of 1, so unknown contexts need no masks on the hot path.
 
     Args:
         width: Values per row.
@@ -90,21 +93,25 @@ class ContextScaler:
         self.width = width
         self.row_bound = row_bound
         self.memory_values = float(memory_rows) * width
-        self._table: np.ndarray  # context id -> its slot in the arrays (see `_clear`)
-        self._size: int
+        self._table: np.ndarray  # context id -> its slot in the arrays, 0 for none
+        self._size: int  # slots in use, slot 0 included
         self._ids: np.ndarray
         self._count: np.ndarray
         self._mean: np.ndarray
         self._m2: np.ndarray
+        self._shift: np.ndarray
+        self._inverse_scale: np.ndarray
         self._clear()
 
     def __len__(self) -> int:
-        return self._size
+        return self._size - 1
 
     def _slots_of(self, ids: np.ndarray) -> np.ndarray:
-        """Each id's slot, -1 where the scaler keeps none."""
+        """Each id's slot, 0 where the scaler keeps none."""
+        if not len(ids) or int(ids.max()) < len(self._table):
+            return self._table[ids]
         inside = ids < len(self._table)
-        slots = np.full(len(ids), -1, dtype=np.int64)
+        slots = np.zeros(len(ids), dtype=np.int64)
         slots[inside] = self._table[ids[inside]]
         return slots
 
@@ -113,10 +120,10 @@ class ContextScaler:
     def rows(self, ids: np.ndarray | None = None) -> ScalerRows:
         """The statistics of `ids` that the scaler knows (all of them when None)."""
         if ids is None:
-            slots = np.arange(self._size)
+            slots = np.arange(1, self._size)
         else:
             found = self._slots_of(np.unique(np.asarray(ids, dtype=np.int64)))
-            slots = found[found >= 0]
+            slots = found[found > 0]
         return ScalerRows(
             self._ids[slots].copy(),
             self._count[slots].copy(),
@@ -124,64 +131,50 @@ class ContextScaler:
             self._m2[slots].copy(),
         )
 
-    def transform(
-        self, ids: np.ndarray, inputs: torch.Tensor, pending: ScalerRows | None = None
-    ) -> Scaled:
-        """Standardises `inputs` `(n, width)` by the statistics of each row's context.
-
-        Args:
-            ids: int64 `(n,)` context ids.
-            inputs: The rows, on any device.
-            pending: Statistics that override the stored ones (a `fold` not yet `apply`d).
-                A context known to neither is only bounded, not shifted or scaled.
-        """
-        shift, scale = self._shift_and_scale(np.asarray(ids, dtype=np.int64), pending)
-        rows = inputs.reshape(len(shift), -1)
+    def transform(self, ids: np.ndarray, inputs: torch.Tensor) -> Scaled:
+        """Standardises `inputs` `(n, width)`, on any device, by the statistics of each row's
+        context `ids` `(n,)`; a context the scaler does not know is only bounded."""
+        ids = np.asarray(ids, dtype=np.int64)
+        rows = inputs.reshape(len(ids), -1)
+        slots = self._slots_of(ids)
         if rows.device.type != "cpu":
-            return self._transform_on(rows, shift, scale)
-        z = _float64_rows(rows, len(shift))
-        z -= shift[:, None]
-        z /= scale[:, None]
-        rms = np.sqrt(np.einsum("ij,ij->i", z, z) / max(z.shape[1], 1))
-        over = rms > self.row_bound
-        if over.any():
-            z[over] *= (self.row_bound / rms[over])[:, None]
-        return Scaled(torch.from_numpy(z.astype(np.float32)), over)
+            return self._transform_on(rows, slots)
+        return self._standardised(_float64_rows(rows, len(ids)), slots)
 
-    def _transform_on(self, rows: torch.Tensor, shift: np.ndarray, scale: np.ndarray) -> Scaled:
+    def transform_and_fold(
+        self, ids: np.ndarray, inputs: torch.Tensor, fresh: int
+    ) -> tuple[Scaled, ScalerRows]:
+        """A training step's scaling in one pass: `transform(ids, inputs)`, and the `fold` of
+        the first `fresh` rows (the new ones; the rest are replayed and already counted)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        rows = inputs.reshape(len(ids), -1)
+        if rows.device.type != "cpu":
+            return self.transform(ids, rows), self.fold(ids[:fresh], rows[:fresh])
+        values = _float64_rows(rows, len(ids))
+        update = self._folded(ids[:fresh], values[:fresh])  # before `values` change in place
+        return self._standardised(values, self._slots_of(ids)), update
+
+    def _standardised(self, values: np.ndarray, slots: np.ndarray) -> Scaled:
+        """Standardises float64 host rows in place, each by its slot's statistics, and bounds
+        their size."""
+        values -= self._shift[slots][:, None]
+        values *= self._inverse_scale[slots][:, None]
+        mean_square = np.einsum("ij,ij->i", values, values) / max(values.shape[1], 1)
+        over = mean_square > self.row_bound**2
+        if over.any():
+            values[over] *= (self.row_bound / np.sqrt(mean_square[over]))[:, None]
+        return Scaled(torch.from_numpy(values.astype(np.float32)), over)
+
+    def _transform_on(self, rows: torch.Tensor, slots: np.ndarray) -> Scaled:
         """`transform` on an accelerator, where the rows already are."""
         device = rows.device
-        z = rows.to(torch.float64)
-        z = (z - torch.from_numpy(shift).to(device)[:, None]) / torch.from_numpy(scale).to(device)[
-            :, None
-        ]
+        shift = torch.from_numpy(self._shift[slots]).to(device)[:, None]
+        inverse_scale = torch.from_numpy(self._inverse_scale[slots]).to(device)[:, None]
+        z = (rows.to(torch.float64) - shift) * inverse_scale
         rms = z.square().mean(dim=1).sqrt()
         over = rms > self.row_bound
         z = z * torch.where(over, self.row_bound / rms, torch.ones_like(rms))[:, None]
         return Scaled(z.to(torch.float32), over.cpu().numpy())
-
-    def _shift_and_scale(
-        self, ids: np.ndarray, pending: ScalerRows | None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Each row's mean and standard deviation: `pending`'s, else the stored ones, else
-        0 and 1."""
-        count = np.ones(len(ids), dtype=np.float64)
-        mean = np.zeros(len(ids), dtype=np.float64)
-        m2 = np.zeros(len(ids), dtype=np.float64)
-        slots = self._slots_of(ids)
-        stored = slots >= 0
-        count[stored] = self._count[slots[stored]]
-        mean[stored] = self._mean[slots[stored]]
-        m2[stored] = self._m2[slots[stored]]
-        if pending is not None and len(pending.ids):  # its ids are sorted (`fold`)
-            at = np.minimum(np.searchsorted(pending.ids, ids), len(pending.ids) - 1)
-            fresh = pending.ids[at] == ids
-            count[fresh] = pending.count[at[fresh]]
-            mean[fresh] = pending.mean[at[fresh]]
-            m2[fresh] = pending.m2[at[fresh]]
-        std = np.sqrt(m2 / count)
-        # A context whose values never varied is only shifted; the row bound still holds.
-        return mean, np.where(std > 0, std, 1.0)
 
     # Learning ---------------------------------------------------------------------------------
 
@@ -189,24 +182,24 @@ class ContextScaler:
         """The statistics of the contexts of `ids` once `inputs` are added; nothing is stored
         until `apply` (a refused training step leaves the scaler as it was)."""
         ids = np.asarray(ids, dtype=np.int64)
-        values = _float64_rows(inputs, len(ids))
-        order = np.argsort(ids, kind="stable")
-        ordered = ids[order]
-        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
-        contexts = ordered[starts]
+        return self._folded(ids, _float64_rows(inputs, len(ids)))
+
+    def _folded(self, ids: np.ndarray, values: np.ndarray) -> ScalerRows:
+        """`fold` of float64 host rows; the contexts come out sorted."""
+        contexts, which = np.unique(ids, return_inverse=True)
         width = values.shape[1]
-        k = np.diff(np.r_[starts, len(ids)]).astype(np.float64) * width
-        sums = np.add.reduceat(values.sum(axis=1)[order], starts)
-        squares = np.add.reduceat(np.einsum("ij,ij->i", values, values)[order], starts)
-        batch_mean = sums / k
+        k = np.bincount(which).astype(np.float64) * width
+        batch_mean = np.bincount(which, weights=values.sum(axis=1)) / k
+        squares = np.bincount(which, weights=np.einsum("ij,ij->i", values, values))
         batch_m2 = np.maximum(squares - k * batch_mean**2, 0.0)
-        old = self._aligned(contexts)
+        slots = self._slots_of(contexts)
+        old_count, old_mean = self._count[slots], self._mean[slots]
         # Older values fade once a context has sent more than `memory_rows` rows.
-        kept = np.minimum(old.count, self.memory_values)
-        old_m2 = np.where(old.count > 0, old.m2 * kept / np.maximum(old.count, 1.0), 0.0)
+        kept = np.minimum(old_count, self.memory_values)
+        old_m2 = self._m2[slots] * kept / np.maximum(old_count, 1.0)
         total = kept + k
-        delta = batch_mean - old.mean
-        mean = old.mean + delta * k / total
+        delta = batch_mean - old_mean
+        mean = old_mean + delta * k / total
         m2 = old_m2 + batch_m2 + delta**2 * kept * k / total
         return ScalerRows(contexts, total, mean, m2)
 
@@ -215,27 +208,30 @@ class ContextScaler:
         if not len(update.ids):
             return
         slots = self._slots_of(update.ids)
-        new = slots < 0
+        new = slots == 0
         if new.any():
             slots[new] = self._grow(update.ids[new])
         self._count[slots] = update.count
         self._mean[slots] = update.mean
         self._m2[slots] = update.m2
+        std = np.sqrt(update.m2 / np.maximum(update.count, 1.0))
+        # A context whose values never varied is only shifted; the row bound still holds.
+        self._shift[slots] = update.mean
+        self._inverse_scale[slots] = 1.0 / np.where(std > 0, std, 1.0)
 
     def _grow(self, ids: np.ndarray) -> np.ndarray:
-        """Gives new contexts slots (zeros), doubling the arrays when they are full; their
-        slots."""
+        """Gives new contexts slots, doubling the arrays when they are full; their slots."""
         start, end = self._size, self._size + len(ids)
         if end > len(self._ids):
             capacity = max(end, 2 * len(self._ids), 64)
-            for name in ("_ids", "_count", "_mean", "_m2"):
+            for name in ("_ids", "_count", "_mean", "_m2", "_shift", "_inverse_scale"):
                 old = getattr(self, name)
                 grown = np.zeros(capacity, dtype=old.dtype)
                 grown[:start] = old[:start]
                 setattr(self, name, grown)
         highest = int(ids.max())
         if highest >= len(self._table):
-            table = np.full(max(highest + 1, 2 * len(self._table), 64), -1, dtype=np.int64)
+            table = np.zeros(max(highest + 1, 2 * len(self._table), 64), dtype=np.int64)
             table[: len(self._table)] = self._table
             self._table = table
         slots = np.arange(start, end)
@@ -247,7 +243,7 @@ class ContextScaler:
     def forget(self, ids: set[int] | list[int]) -> None:
         """Drops the statistics of these contexts (deleted ones)."""
         gone = np.asarray(sorted(int(i) for i in ids), dtype=np.int64)
-        if not (self._slots_of(gone) >= 0).any():
+        if not (self._slots_of(gone) > 0).any():
             return
         everything = self.rows()
         keep = ~np.isin(everything.ids, gone)
@@ -262,25 +258,17 @@ class ContextScaler:
         )
 
     def _clear(self) -> None:
-        """Forgets every context's statistics."""
-        # Context id -> its slot in the arrays, -1 for none: ids are small non-negative
-        # integers (bank rows, registry indices), so a dense table is the fastest lookup.
-        self._table = np.full(0, -1, dtype=np.int64)
-        self._size = 0
-        self._ids = np.zeros(0, dtype=np.int64)
-        self._count = np.zeros(0, dtype=np.float64)
-        self._mean = np.zeros(0, dtype=np.float64)
-        self._m2 = np.zeros(0, dtype=np.float64)
-
-    def _aligned(self, ids: np.ndarray) -> ScalerRows:
-        """The stored statistics of `ids`, zeros for the ones not stored, in the order given."""
-        slots = self._slots_of(ids)
-        known = slots >= 0
-        count, mean, m2 = (np.zeros(len(ids), dtype=np.float64) for _ in range(3))
-        count[known] = self._count[slots[known]]
-        mean[known] = self._mean[slots[known]]
-        m2[known] = self._m2[slots[known]]
-        return ScalerRows(ids, count, mean, m2)
+        """Forgets every context's statistics, leaving slot 0 (no context: shift 0, scale 1)."""
+        # Ids are small non-negative integers (bank rows, registry indices), so a dense table
+        # is the fastest lookup.
+        self._table = np.zeros(0, dtype=np.int64)
+        self._size = 1
+        self._ids = np.full(1, -1, dtype=np.int64)
+        self._count = np.zeros(1, dtype=np.float64)
+        self._mean = np.zeros(1, dtype=np.float64)
+        self._m2 = np.zeros(1, dtype=np.float64)
+        self._shift = np.zeros(1, dtype=np.float64)
+        self._inverse_scale = np.ones(1, dtype=np.float64)
 
     # Checkpoints ------------------------------------------------------------------------------
 

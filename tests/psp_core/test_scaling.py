@@ -49,14 +49,14 @@ def test_the_largest_float32_standardises_to_a_finite_bounded_row() -> None:
     scaler = ContextScaler(WIDTH)
     ids = np.array([0, 0, 1])
     x = np.array([[0.5] * WIDTH, [0.1] * WIDTH, [3e38] * WIDTH], dtype=np.float32)
-    pending = scaler.fold(ids, torch.from_numpy(x))
-    scaled = scaler.transform(ids, torch.from_numpy(x), pending)
+    scaler.apply(scaler.fold(ids, torch.from_numpy(x)))
+    scaled = scaler.transform(ids, torch.from_numpy(x))
     assert torch.isfinite(scaled.inputs).all()
     rms = scaled.inputs.square().mean(dim=1).sqrt()
     assert float(rms.max()) <= scaler.row_bound + 1e-5
     # Context 0's far row is outside a typical row's size; context 1 sent one row only.
     outlier = np.array([[0.5] * WIDTH, [50.0] * WIDTH], dtype=np.float32)
-    bounded = scaler.transform(np.array([0, 0]), torch.from_numpy(outlier), pending).bounded
+    bounded = scaler.transform(np.array([0, 0]), torch.from_numpy(outlier)).bounded
     assert bounded.tolist() == [False, True]
 
 
@@ -116,3 +116,29 @@ def test_an_old_checkpoint_config_means_unscaled_inputs() -> None:
     assert ModelConfig.from_dict(stored).input_scaling == "none"
     with pytest.raises(ValueError, match="input_scaling"):
         ModelConfig(input_scaling="minmax")
+
+
+def test_a_step_scales_and_folds_as_transform_then_fold_would() -> None:
+    rng = np.random.default_rng(5)
+    scaler = ContextScaler(WIDTH)
+    _fed(scaler, np.array([2, 6, 6]), rng.normal(5.0, 3.0, (3, WIDTH)))
+    ids = np.array([6, 9, 2, 6, 2])  # 9 is new; the last two rows are "replayed"
+    x = torch.from_numpy(rng.normal(5.0, 3.0, (5, WIDTH)))
+    scaled, update = scaler.transform_and_fold(ids, x, 3)
+    alone = scaler.transform(ids, x)
+    assert torch.equal(scaled.inputs, alone.inputs)
+    assert scaled.bounded.tolist() == alone.bounded.tolist()
+    folded = scaler.fold(ids[:3], x[:3])
+    assert update.ids.tolist() == folded.ids.tolist() == [2, 6, 9]
+    for name in ("count", "mean", "m2"):
+        assert np.array_equal(getattr(update, name), getattr(folded, name))
+
+
+def test_contexts_the_scaler_does_not_know_are_only_bounded() -> None:
+    scaler = ContextScaler(WIDTH)
+    _fed(scaler, np.array([1]), np.full((1, WIDTH), 7.0))
+    x = torch.tensor([[5.0] * WIDTH, [2.0] * WIDTH], dtype=torch.float64)
+    # Id 1 is known (mean 7, no spread: only shifted); 500 is beyond every id seen.
+    z = scaler.transform(np.array([1, 500]), x).inputs
+    assert z[0].tolist() == [-2.0] * WIDTH
+    assert z[1].tolist() == [2.0] * WIDTH
