@@ -108,7 +108,7 @@ def decode_json(body: bytes) -> Any:
                 error.pos,
             ) from None
     try:
-        return json.loads(body)
+        return json.loads(bytes(body))  # a large body's part may be a memoryview
     except RecursionError:
         raise json.JSONDecodeError("the body nests too deeply", "", 0) from None
 

@@ -36,6 +36,7 @@ from service.api.body_budget import (
     needs_counting,
     value_budget,
 )
+from service.api.body_buffer import BodyBuffer
 from service.api.deps import presented_key
 from service.api.schemas import MAX_BATCH_CONTEXTS, MAX_PREDICT_ITEMS
 from service.settings import LimitSettings, ModelSettings, Settings
@@ -49,37 +50,58 @@ def _malformed(what: str) -> json.JSONDecodeError:
     return json.JSONDecodeError(what, "", 0)
 
 
+INFLATED_PIECE_BYTES = 1 << 20
+"""A gzip body is inflated a megabyte at a time into its buffer."""
+
+
 def inflate(body: bytes, max_bytes: int) -> bytes:
-    """A gzip body, inflated to at most `max_bytes` (a small body may not expand without end).
+    """A gzip body, inflated to at most `max_bytes` (a small body may not expand without end),
+    into a `BodyBuffer` of its own.
 
     Raises:
         json.JSONDecodeError: Not gzip, or larger than `max_bytes` once inflated.
     """
     inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    inflated = BodyBuffer(max_bytes)
+    pending: bytes = body
     try:
-        data = inflater.decompress(body, max_bytes + 1)
+        while pending:
+            piece = inflater.decompress(pending, INFLATED_PIECE_BYTES)
+            pending = inflater.unconsumed_tail
+            _append_inflated(inflated, piece)
+        _append_inflated(inflated, inflater.flush())
     except zlib.error:
         raise _malformed("the body is not valid gzip") from None
-    if len(data) > max_bytes or inflater.unconsumed_tail:
+    return inflated.view()  # type: ignore[return-value]
+
+
+def _append_inflated(inflated: BodyBuffer, piece: bytes) -> None:
+    if not inflated.fits(len(piece)):
         raise _malformed("the inflated body is larger than the limit")
-    return data
+    inflated.append(piece)
+
+
+LARGE_BODY_BYTES = 1 << 20
+"""Bodies declared at least this large are received into a `BodyBuffer` of their own."""
 
 
 async def read_body(request: Request) -> bytes:
-    """The request's body in one buffer, sized by its Content-Length when it declares one, so
-    that a large body is not held twice, as chunks and then joined (Starlette's `body()`).
+    """The request's body in one buffer (the body size limit, `service.api.limits`, has
+    already refused a declared length over it).
 
-    The body size limit (`service.api.limits`) has already refused a declared length over it.
+    A large body goes straight into a `BodyBuffer`; a smaller one is joined from its chunks.
+    Either way the body is not held twice, as chunks and then joined, and no buffer is
+    zero-filled in one go on the event loop.
     """
     declared = request.headers.get("content-length", "")
-    buffer = bytearray(int(declared) if declared.isdigit() else 0)
-    filled = 0
+    if not declared.isdigit() or int(declared) < LARGE_BODY_BYTES:
+        return b"".join([chunk async for chunk in request.stream()])
+    buffer = BodyBuffer(int(declared))
     async for chunk in request.stream():
-        buffer[filled : filled + len(chunk)] = chunk  # past the end, it grows the buffer
-        filled += len(chunk)
-    del buffer[filled:]
-    # orjson, msgpack, zlib and NumPy read a bytearray as they read bytes, without a copy.
-    return buffer  # type: ignore[return-value]
+        if not buffer.fits(len(chunk)):  # HTTP servers stop a body at its length; in case not
+            raise HTTPException(400, "the body is longer than its Content-Length header says")
+        buffer.append(chunk)
+    return buffer.view()  # type: ignore[return-value]
 
 
 class BodyOverBudget(HTTPException):
