@@ -1,7 +1,8 @@
 """Remembered predictions in Redis, one key per id with the time to live as its expiry.
 
-A claim runs as one Lua script, so that two feedback calls with the same id cannot both take
-its row: the script checks every id, then deletes the rows and leaves used markers.
+A look and a claim each run as one Lua script, so that two feedback calls with the same id
+cannot both take its row: the script checks every id, then (a claim) deletes the rows and leaves
+used markers.
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ from contextlib import contextmanager
 
 import msgpack
 import numpy as np
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from service.feedback.ids import PredictionId, parse_id
 from service.feedback.store import Claim, FeedbackStore, FeedbackUnavailable, Remembered
 from service.queue.redis_link import redis_client
 
-_CLAIM = """
+# KEYS: the row keys, the used markers, then each id's waiting set; ARGV: the ids. Answers
+# {1, rows} when every id has its row, else {0, missing positions, used positions}.
+_CHECK = """
 local n = #KEYS / 3
 local values = {}
 local missing = {}
@@ -37,6 +41,11 @@ end
 if #missing > 0 or #used > 0 then
   return {0, missing, used}
 end
+"""
+_LOOK = _CHECK + "return {1, values}"
+_CLAIM = (
+    _CHECK
+    + """
 for i = 1, n do
   local ttl = redis.call('PTTL', KEYS[i])
   redis.call('DEL', KEYS[i])
@@ -45,6 +54,7 @@ for i = 1, n do
 end
 return {1, values}
 """
+)
 
 # KEYS: the context's waiting ids (a sorted set by creation time), its pushed-out mark, then the
 # row keys. ARGV: ttl ms, share, now ms, row key prefix, then (payload, id, created ms) per row.
@@ -109,6 +119,7 @@ class RedisFeedbackStore(FeedbackStore):
         self._prefix = key_prefix
         self.ttl_ms = max(1, int(ttl_seconds * 1000))
         self.max_rows_per_context = max_rows_per_context
+        self._look = self._redis.register_script(_LOOK)
         self._claim = self._redis.register_script(_CLAIM)
         self._remember = self._redis.register_script(_REMEMBER)
 
@@ -144,29 +155,23 @@ class RedisFeedbackStore(FeedbackStore):
                 keys += [self._row_key(parsed.text) for parsed, _ in kept]
                 await self._remember(keys=keys, args=args)
 
+    async def look(self, ids: Sequence[str]) -> Claim:
+        return await self._checked(self._look, ids)
+
     async def claim(self, ids: Sequence[str]) -> Claim:
+        return await self._checked(self._claim, ids)
+
+    async def _checked(self, script: AsyncScript, ids: Sequence[str]) -> Claim:
         contexts = [_context_of(i) for i in ids]
         keys = [self._row_key(i) for i in ids] + [self._used_key(i) for i in ids]
         keys += [self._waiting_key(c) for c in contexts]
         with _unavailable_on_redis_errors():
-            answer = await self._claim(keys=keys, args=list(ids))
+            answer = await script(keys=keys, args=list(ids))
         if int(answer[0]) == 1:
             return Claim([_decode(value) for value in answer[1]], [], [])
         missing = [ids[int(position) - 1] for position in answer[1]]
         used = [ids[int(position) - 1] for position in answer[2]]
         return Claim([], missing, used)
-
-    async def release(self, ids: Sequence[str], rows: Sequence[Remembered]) -> None:
-        with _unavailable_on_redis_errors():
-            async with self._redis.pipeline(transaction=True) as pipe:
-                for prediction_id, row in zip(ids, rows, strict=True):
-                    pipe.delete(self._used_key(prediction_id))
-                    pipe.set(self._row_key(prediction_id), _encode(row), px=self.ttl_ms)
-                    parsed = parse_id(prediction_id)
-                    if parsed is not None:
-                        waiting = self._waiting_key(parsed.context_index)
-                        pipe.zadd(waiting, {prediction_id: parsed.created_ms})
-                await pipe.execute()
 
     async def pushed_out(self, ids: Sequence[str]) -> list[str]:
         parsed = [p for p in map(parse_id, ids) if p is not None]

@@ -156,10 +156,14 @@ class FeedbackService:
             )
         index = await self.contexts.resolve(key)
         self._check_issued_for(index, ids)
-        claim = await self.store.claim(ids)
-        await self._explain_failed_claim(claim.missing, claim.used)
+        # Look, queue, then claim: a call that dies after queueing leaves the ids unclaimed,
+        # and the labels sent again find its batch through the idempotency key. (Claiming
+        # first would leave them claimed and never queued: lost, and answered 409.)
+        looked = await self.store.look(ids)
+        await self._explain_failed_claim(looked.missing, looked.used)
         lane = self.lanes[self.contexts.shard_of(index)]
-        queued, correct = await self._queue_claimed(lane, index, ids, claim.rows, vector)
+        queued, correct = await self._queue_rows(lane, index, ids, looked.rows, vector)
+        await self._claim_queued(ids)
         if not wait:
             return Scored(queued.entry_id, len(vector), correct)
         timeout = self.settings.limits.wait_seconds
@@ -193,7 +197,7 @@ class FeedbackService:
             )
         self._check_expiry(ids, parsed)
 
-    async def _queue_claimed(
+    async def _queue_rows(
         self,
         lane: ShardQueue,
         index: int,
@@ -201,8 +205,8 @@ class FeedbackService:
         rows: list[Remembered],
         vector: np.ndarray,
     ) -> tuple[Enqueued, int]:
-        """Queues the claimed rows with their labels and records their scores once; releases
-        the claim when they could not be queued.
+        """Queues the remembered rows with their labels, keyed by their ids, and records their
+        scores once.
 
         Returns:
             What the queue answered, and how many rows the model had predicted right.
@@ -210,17 +214,25 @@ class FeedbackService:
         matrix = np.stack([row.inputs for row in rows]).astype(np.float32, copy=False)
         correct = sum(1 for row, label in zip(rows, vector, strict=True) if row.predicted == label)
         entry = TrainEntry(index, matrix, vector, time.time())
-        try:
-            # Keyed by the ids: labels sent again after an answer that was lost (the rows were
-            # queued, the ids released) find the first batch instead of queueing a second.
-            queued = await lane.queue.enqueue(entry, _idempotency_key(index, ids))
-        except BaseException:
-            await self.store.release(ids, rows)
-            raise
+        # Labels sent again after a call that queued them but never answered find the first
+        # batch instead of queueing a second.
+        queued = await lane.queue.enqueue(entry, _idempotency_key(index, ids))
         if not queued.repeated:
             metrics.TRAIN_ACCEPTED.inc(len(vector))
             await self._record_scores(index, Scores(len(vector), correct))
         return queued, correct
+
+    async def _claim_queued(self, ids: list[str]) -> None:
+        """Marks the ids of queued rows as labelled. The rows are queued whatever happens here:
+        a claim another call made first (the same labels, sent twice at once, found the same
+        batch) or a store outage leaves them learned once."""
+        try:
+            claim = await self.store.claim(ids)
+        except FeedbackUnavailable as error:
+            log.warning("queued feedback ids not marked as labelled: %s", error)
+            return
+        if not claim.rows:
+            log.info("queued feedback ids were claimed by a call that sent them at once")
 
     async def _record_scores(self, index: int, scores: Scores) -> None:
         """Adds the scores to the context's hourly bucket and the aggregate metrics. The rows

@@ -52,15 +52,15 @@ class FeedbackStore(abc.ABC):
         """Keeps `rows` under `ids` for the time to live."""
 
     @abc.abstractmethod
+    async def look(self, ids: Sequence[str]) -> Claim:
+        """The rows of all `ids`, or which cannot be claimed and why; takes nothing."""
+
+    @abc.abstractmethod
     async def claim(self, ids: Sequence[str]) -> Claim:
         """Takes the rows of all `ids` at once, or none of them.
 
         A claimed id stays marked as used until its time to live ends.
         """
-
-    @abc.abstractmethod
-    async def release(self, ids: Sequence[str], rows: Sequence[Remembered]) -> None:
-        """Undoes a claim whose rows could not be queued, so the labels can be sent again."""
 
     @abc.abstractmethod
     async def pushed_out(self, ids: Sequence[str]) -> list[str]:
@@ -134,30 +134,25 @@ class MemoryFeedbackStore(FeedbackStore):
                 mark = max(self._pushed_out_ms[context], pushed.created_ms)
                 self._pushed_out_ms[context] = mark
 
-    async def claim(self, ids: Sequence[str]) -> Claim:
+    async def look(self, ids: Sequence[str]) -> Claim:
         self._expire()
         missing = [i for i in ids if i not in self._rows]
         used = [i for i in ids if i in self._rows and self._rows[i][1] is _USED]
         if missing or used:
             return Claim([], missing, used)
-        rows = []
+        return Claim([row for _, row in (self._rows[i] for i in ids) if row is not None], [], [])
+
+    async def claim(self, ids: Sequence[str]) -> Claim:
+        looked = await self.look(ids)
+        if not looked.rows:
+            return looked
         for prediction_id in ids:
-            expiry, row = self._rows[prediction_id]
-            assert row is not None
-            rows.append(row)
+            expiry, _ = self._rows[prediction_id]
             self._rows[prediction_id] = (expiry, _USED)
             parsed = parse_id(prediction_id)
             if parsed is not None:
                 self._waiting[parsed.context_index].pop(prediction_id, None)
-        return Claim(rows, [], [])
-
-    async def release(self, ids: Sequence[str], rows: Sequence[Remembered]) -> None:
-        for prediction_id, row in zip(ids, rows, strict=True):
-            if prediction_id in self._rows:
-                self._rows[prediction_id] = (self._rows[prediction_id][0], row)
-                parsed = parse_id(prediction_id)
-                if parsed is not None:
-                    self._waiting[parsed.context_index][prediction_id] = None
+        return looked
 
     async def pushed_out(self, ids: Sequence[str]) -> list[str]:
         gone = []

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
@@ -66,3 +69,55 @@ def test_labels_sent_again_after_a_lost_answer_are_queued_once(tmp_path: Path) -
         assert again.status_code == 202, again.text
         pending = client.portal.call(shard.queue.stats).pending_examples  # type: ignore[union-attr]
         assert pending == 3  # queued once, though asked twice
+
+
+class _DiesMidCall:
+    """A queue whose next put stops dead, before or after queueing the entry, as a process
+    killed there would: no handler of the call runs until the test lets it end."""
+
+    def __init__(self, queue: Any, *, after_queueing: bool) -> None:
+        self.queue = queue
+        self.after_queueing = after_queueing
+        self.stuck = threading.Event()
+        self.end = threading.Event()
+        self.armed = True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.queue, name)
+
+    async def enqueue(self, entry: TrainEntry, idempotency_key: str | None = None) -> Enqueued:
+        if not self.armed:
+            return await self.queue.enqueue(entry, idempotency_key)
+        self.armed = False
+        if self.after_queueing:
+            await self.queue.enqueue(entry, idempotency_key)
+        self.stuck.set()
+        while not self.end.is_set():
+            await asyncio.sleep(0.01)
+        raise QueueUnavailable("the test ends the stopped call")
+
+
+@pytest.mark.parametrize("after_queueing", [False, True], ids=["before", "after"])
+def test_labels_of_a_call_that_died_mid_way_are_queued_once_when_sent_again(
+    tmp_path: Path, after_queueing: bool
+) -> None:
+    with TestClient(create_app(sqlite_settings(tmp_path))) as client:
+        register(client, "a")
+        ids = _remember(client, "a", 3)
+        shard = client.app.state.runtime.shards[0]  # type: ignore[attr-defined]
+        dying = _DiesMidCall(shard.queue, after_queueing=after_queueing)
+        client.app.state.runtime.feedback.lanes[0] = ShardQueue(dying, shard.applied)  # type: ignore[attr-defined]
+        body = {"prediction_ids": ids, "labels": [1, 2, 3]}
+        first = threading.Thread(target=client.post, args=("/feedback/a",), kwargs={"json": body})
+        first.start()
+        assert dying.stuck.wait(30)
+        try:
+            again = client.post("/feedback/a", json=body)  # the client's retry
+            assert again.status_code == 202, again.text
+            stats = client.portal.call(shard.queue.stats)  # type: ignore[union-attr]
+            assert stats.pending_examples == 3  # queued once, though asked twice
+            used = client.post("/feedback/a", json=body)
+            assert used.status_code == 409, used.text
+        finally:
+            dying.end.set()
+            first.join(30)
