@@ -361,8 +361,9 @@ class ModelHost:
         self._metrics.version.set(self.learner.model_version)
         return self.learner.model_version
 
-    def load(self, path: Path) -> dict[str, str]:
-        """Replaces weights, optimiser state and version with a checkpoint's.
+    def load(self, path: Path, version: int | None = None) -> dict[str, str]:
+        """Replaces weights, optimiser state and version with a checkpoint's; the state is
+        named `version` instead of the checkpoint's when one is given.
 
         The bank is not compared with the checkpoint's: the registry is the source of truth for
         contexts, and processes may have learned of them in different orders.
@@ -370,6 +371,8 @@ class ModelHost:
         checkpoint = read_checkpoint(path)  # the disk read holds back no prediction
         with self._writing, self._lock:
             metadata = restore_checkpoint(checkpoint, self.learner, verify_contexts=False)
+            if version is not None:
+                self.learner.model_version = version
             self.state.version = self.learner.model_version
             self.healthy = True
             self.restore_needed = None

@@ -171,8 +171,10 @@ class StepCommands:
     def save(self, path: Path, metadata: dict[str, str]) -> None:
         self.host.save(path, metadata)
 
-    def load(self, path: Path) -> tuple[dict[str, str], ScalerRows | None]:
-        return self.host.load(path), self._scaling(None)
+    def load(
+        self, path: Path, version: int | None = None
+    ) -> tuple[dict[str, str], ScalerRows | None]:
+        return self.host.load(path, version), self._scaling(None)
 
     def restore_as(self, path: Path, version: int) -> tuple[dict[str, str], ScalerRows | None]:
         return self.host.restore_as(path, version), self._scaling(None)

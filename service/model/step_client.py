@@ -185,8 +185,8 @@ class ChildStepHost(ModelHost):
     def save(self, path: Path, metadata: dict[str, str]) -> None:
         self._call("save", path, metadata)
 
-    def load(self, path: Path) -> dict[str, str]:
-        metadata, scaling = self._call("load", path)
+    def load(self, path: Path, version: int | None = None) -> dict[str, str]:
+        metadata, scaling = self._call("load", path, version)
         self._mirror_scaling(scaling, whole=True)
         self._metrics.version.set(self.state.version)
         self.restore_needed = None

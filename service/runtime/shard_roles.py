@@ -18,6 +18,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from service.checkpoints.announce import ModelPublisher
+from service.checkpoints.reserved_versions import ReservedVersions
 from service.checkpoints.rollback import RollbackTarget
 from service.checkpoints.rollback_inbox import ControlInbox
 from service.checkpoints.rollback_sender import RedisRollback
@@ -86,6 +87,8 @@ async def start_writer(parts: ShardParts, registry: RegistryStore, background: B
         announce=announce,
         control=control,
         lease=lease,
+        # Role `all` serves the versions it trains; a worker's replicas serve checkpoints only.
+        reserved=ReservedVersions(parts.store.directory) if settings.role == "all" else None,
     )
     await trainer.recover()
     background.close_at_stop(lease.release)

@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
+from service.checkpoints.reserved_versions import ReservedVersions
 from service.checkpoints.store import CheckpointStore
 from service.model.divergence import Diverged
 from service.model.host import ModelHost
@@ -43,6 +44,7 @@ class Recovery:
         quarantine: Quarantine,
         trainer_metrics: TrainerMetrics,
         apply: Callable[[Sequence[QueuedEntry]], Awaitable[None]],
+        reserved: ReservedVersions | None = None,
     ) -> None:
         self._host = host
         self._queue = queue
@@ -53,6 +55,7 @@ class Recovery:
         self._quarantine = quarantine
         self._metrics = trainer_metrics
         self._apply = apply
+        self._reserved = reserved
 
     async def recover(self) -> None:
         """Loads the newest checkpoint and re-applies what it does not hold yet.
@@ -96,11 +99,16 @@ class Recovery:
             # goes back to.
             await self._checkpointer.write(self._ledger.stage())
         else:
-            metadata = await asyncio.to_thread(self._host.load, latest.path)
+            # A writer serving its live weights names the restored state above every version
+            # it has served; the others keep the checkpoint's.
+            version = self._reserved.restored(latest.version) if self._reserved else None
+            metadata = await asyncio.to_thread(self._host.load, latest.path, version)
             self._ledger.restore(metadata)
             await (
                 self._checkpointer.settle()
             )  # finishes the registry update if a crash came before it
+        if self._reserved is not None:  # before any version above it can be served
+            await asyncio.to_thread(self._reserved.cover, self._host.model_version)
         await self._deleted.forget_not_live()
         self._quarantine.needs_rewind = False
         pending = await self._queue.pending()

@@ -26,6 +26,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
+from service.checkpoints.reserved_versions import ReservedVersions
 from service.checkpoints.rollback import RollbackFailed, RollbackNotDone
 from service.checkpoints.rollback_inbox import ControlInbox
 from service.checkpoints.store import CheckpointInfo, CheckpointStore
@@ -64,8 +65,10 @@ class Trainer:
         announce: Callable[[CheckpointInfo], Awaitable[None]] | None = None,
         control: ControlInbox | None = None,
         lease: WriterLease | None = None,
+        reserved: ReservedVersions | None = None,
     ) -> None:
         self.host = host
+        self._reserved = reserved
         self.lease = lease
         self.queue = queue
         self.store = store
@@ -109,6 +112,7 @@ class Trainer:
             quarantine=self._quarantine,
             trainer_metrics=self._metrics,
             apply=self.apply,
+            reserved=reserved,
         )
         self._checkpoint_wanted = asyncio.Event()
         self._checkpoint_written = asyncio.Event()
@@ -133,6 +137,13 @@ class Trainer:
             return
         with self._quarantine.applying(fresh):
             await self._steps.learn(fresh)
+        await self._cover_versions()
+
+    async def _cover_versions(self) -> None:
+        """Keeps the reserved versions ahead of the ones served (role `all`)."""
+        version = self.host.model_version
+        if self._reserved is not None and not self._reserved.covers(version):
+            await asyncio.to_thread(self._reserved.cover, version)
 
     async def checkpoint(self) -> None:
         """Checkpoints now, between steps (what an operator or a test asks for)."""
@@ -169,6 +180,7 @@ class Trainer:
                     ) from err
                 newest = max([self.host.model_version, *(i.version for i in self.store.list())])
                 await asyncio.to_thread(self.host.restore_as, target.path, newest + 1)
+            await self._cover_versions()
             await self._deleted.forget_not_live()  # deleted since: they stay deleted
             restored = {"restored_from": str(version)}
             await self._checkpointer.write(self.ledger.stage(), restored)

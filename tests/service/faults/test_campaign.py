@@ -1,8 +1,10 @@
-"""A short randomized fault campaign: an API process and a worker on a PostgreSQL and a Redis of
-their own, several tenants' traffic, and faults drawn from a seed (kills, store restarts, a full
-disk, rollbacks, a second worker for the shard); every accepted example must be applied exactly
-once, deleted tenants must stay out of the checkpoints, predictions must come back after each
-fault, the served version must never go down and the second worker must be turned away.
+"""A short randomized fault campaign on a PostgreSQL and a Redis of their own, in both
+topologies: an API process and a worker, and one process in role `all` with its steps in a
+child (whose kills are among the faults there). Several tenants' traffic meets faults drawn
+from a seed (kills, store restarts, a full disk, rollbacks, a second writer for the shard);
+every accepted example must be applied exactly once, deleted tenants must stay out of the
+checkpoints, predictions must come back after each fault, the served version must never go
+down and the second writer must be turned away.
 
 `PSP_FAULT_CAMPAIGN_SEED` picks another seed; a failing run prints the command that replays its
 seed at length (benchmarks/fault_campaign.py).
@@ -16,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from service.testing.campaign import CampaignPlan, run_campaign
+from service.testing.campaign.topology import Topology
 
 # Every test here starts real `psp` processes; `make test-fast` leaves them out.
 pytestmark = pytest.mark.real_process
@@ -25,10 +28,11 @@ FAULTS = 7
 """One round: each kind of fault once (a nested one may add one more)."""
 
 
+@pytest.mark.parametrize("topology", ["split", "all"])
 def test_a_short_fault_campaign_loses_and_doubles_nothing(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    topology: Topology, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    plan = CampaignPlan(seed=SEED, faults=FAULTS, topology="split")
+    plan = CampaignPlan(seed=SEED, faults=FAULTS, topology=topology)
     result = run_campaign(plan, tmp_path)
     with capsys.disabled():  # the fault count and the verdicts belong in every CI log
         print("\n" + result.summary())
