@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import cast
 from urllib.parse import urlsplit
 
-from _harness import Recorder, closed_loops
+from _load import Recorder, closed_loops
 
 RequestMaker = Callable[[int], bytes]
 """Given the client number, the bytes of the next request (request line, headers and body)."""

@@ -14,14 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _harness import (
-    load_average,
-    machine_line,
-    model_env,
-    save_json,
-    throwaway_dir,
-    torch_thread_env,
-)
+from _harness import load_average, machine_line, save_json, throwaway_dir
+from _server_env import model_env, torch_thread_env
 
 from service.testing.processes import ServerProcess, free_port
 

@@ -17,14 +17,9 @@ from collections.abc import Callable
 
 import httpx
 import numpy as np
-from _harness import (
-    machine_line,
-    model_env,
-    print_table,
-    register_contexts,
-    save_json,
-    throwaway_dir,
-)
+from _harness import machine_line, print_table, save_json, throwaway_dir
+from _server_env import model_env
+from _service_requests import register_contexts
 
 from psp_client import Client
 from service.testing.processes import psp_serve, running

@@ -21,15 +21,9 @@ import httpx
 import msgpack
 import numpy as np
 import orjson
-from _harness import (
-    machine_line,
-    model_env,
-    ms,
-    print_table,
-    register_contexts,
-    save_json,
-    throwaway_dir,
-)
+from _harness import machine_line, ms, print_table, save_json, throwaway_dir
+from _server_env import model_env
+from _service_requests import register_contexts
 
 from service.api.json_route import BoundedRequest
 from service.testing.processes import psp_serve, running

@@ -19,7 +19,8 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from _harness import machine_line, print_table, throwaway_postgres
+from _harness import machine_line, print_table
+from _stores import throwaway_postgres
 
 from service.feedback.drift import DriftConfig
 from service.registry.accuracy import Scores, add_scores

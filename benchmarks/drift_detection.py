@@ -36,7 +36,8 @@ from pathlib import Path
 
 import torch
 from _drift_streams import SCENARIOS, DriftStream, ScoredBlock, learn_stream
-from _harness import machine_line, print_table, throwaway_postgres
+from _harness import machine_line, print_table
+from _stores import throwaway_postgres
 
 from service.registry.database import make_engine
 from service.registry.migrate import upgrade

@@ -24,7 +24,8 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
-from psp_bench.continual import ContinualConfig, run_continual
+from psp_bench.continual import run_continual
+from psp_bench.continual_config import ContinualConfig
 
 STREAMS: dict[str, dict[str, Any]] = {
     "tenants": {"stream": "tenants"},

@@ -31,26 +31,18 @@ from typing import Any
 
 import httpx
 import numpy as np
-from _harness import (
+from _harness import machine_line, ms, percentile, print_table, save_json, throwaway_dir
+from _load import Recorder, drive, run_async
+from _raw_http import drive_raw, post_request
+from _server_env import model_env, torch_thread_env
+from _service_requests import (
     JSON_HEADERS,
-    Recorder,
-    drive,
     json_bodies,
-    machine_line,
-    model_env,
-    ms,
-    percentile,
     predict_one,
-    print_table,
     register_contexts,
-    run_async,
-    save_json,
     sequential_predicts,
-    throwaway_dir,
-    torch_thread_env,
     train_bodies,
 )
-from _raw_http import drive_raw, post_request
 from _serving import bare_server
 from bare_endpoint import context_key
 

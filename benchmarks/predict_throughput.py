@@ -23,24 +23,12 @@ from typing import Any
 
 import httpx
 import numpy as np
-from _harness import (
-    CpuWatch,
-    Recorder,
-    alternating,
-    cpu_seconds,
-    drive,
-    json_bodies,
-    load_average,
-    metric_value,
-    ms,
-    percentile,
-    predict_one,
-    print_table,
-    register_contexts,
-    run_async,
-    scrape,
-)
+from _cpu_usage import CpuWatch, cpu_seconds
+from _harness import alternating, load_average, ms, percentile, print_table
+from _load import Recorder, drive, run_async
+from _prometheus import metric_value, scrape
 from _raw_http import drive_raw, post_request
+from _service_requests import json_bodies, predict_one, register_contexts
 from _serving import (
     MAX_REQUESTS_PER_SECOND,
     add_load_options,

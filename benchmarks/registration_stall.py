@@ -16,16 +16,9 @@ import threading
 import time
 
 import httpx
-from _harness import (
-    machine_line,
-    model_env,
-    ms,
-    percentile,
-    print_table,
-    register_contexts,
-    save_json,
-    throwaway_dir,
-)
+from _harness import machine_line, ms, percentile, print_table, save_json, throwaway_dir
+from _server_env import model_env
+from _service_requests import register_contexts
 
 from service.testing.processes import psp_serve, running
 

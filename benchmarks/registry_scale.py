@@ -20,20 +20,11 @@ from typing import Any
 
 import numpy as np
 import psycopg
-from _harness import (
-    CpuWatch,
-    alternating,
-    json_bodies,
-    load_average,
-    ms,
-    percentile,
-    postgres_dsn,
-    print_table,
-    register_contexts,
-    sequential_predicts,
-    throwaway_postgres,
-)
+from _cpu_usage import CpuWatch
+from _harness import alternating, load_average, ms, percentile, print_table
+from _service_requests import json_bodies, register_contexts, sequential_predicts
 from _serving import add_service_options, run_benchmark, service_env
+from _stores import postgres_dsn, throwaway_postgres
 from bare_endpoint import context_key
 
 from service.testing.processes import psp_serve, running

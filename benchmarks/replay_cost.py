@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import sys
 
-from _harness import machine_line, throwaway_dir, throwaway_stores
+from _harness import machine_line, throwaway_dir
+from _stores import throwaway_stores
 from training_throughput import parse_args, service_training_rate
 
 

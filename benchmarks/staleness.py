@@ -31,29 +31,26 @@ from typing import Any
 
 import httpx
 import numpy as np
+from _cpu_usage import CpuWatch
 from _harness import (
-    JSON_HEADERS,
-    CpuWatch,
-    Recorder,
-    drive,
-    histogram_buckets,
-    histogram_quantile,
-    json_bodies,
     load_average,
     machine_line,
-    metric_value,
     ms,
     percentile,
-    predict_one,
     print_table,
-    register_contexts,
-    run_async,
     save_json,
-    scrape,
     throwaway_dir,
-    throwaway_stores,
+)
+from _load import Recorder, drive, run_async
+from _prometheus import histogram_buckets, histogram_quantile, metric_value, scrape
+from _service_requests import (
+    JSON_HEADERS,
+    json_bodies,
+    predict_one,
+    register_contexts,
     train_bodies,
 )
+from _stores import throwaway_stores
 
 from service.testing.processes import psp_serve, psp_worker, running
 

@@ -18,51 +18,22 @@ Run: `python benchmarks/training_throughput.py [--seconds 15] [--contexts 1000]
 from __future__ import annotations
 
 import argparse
-import asyncio
-import os
-import random
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-import httpx
 import numpy as np
-import torch
-from _harness import (
-    JSON_HEADERS,
-    CpuWatch,
-    Operation,
-    Recorder,
-    cpu_seconds,
-    drive,
-    find_pids,
-    load_average,
-    ms,
-    percentile,
-    print_table,
-    register_contexts,
-    run_async,
-    throwaway_stores,
-    train_bodies,
-    with_descendants,
-)
-from _serving import (
-    MAX_REQUESTS_PER_SECOND,
-    add_load_options,
-    add_service_options,
-    run_benchmark,
-    service_env,
-)
+from _cpu_usage import CpuWatch, find_pids, with_descendants
+from _harness import load_average, ms, print_table
+from _load import run_async
+from _raw_training import raw_block, raw_training_rate
+from _service_requests import register_contexts, train_bodies
+from _serving import add_load_options, add_service_options, run_benchmark, service_env
+from _stores import throwaway_stores
+from _train_load import TrainFigures, train_phase
+from _train_paths import path_json_name, path_label, split_workers
 from bare_endpoint import context_key
-from prometheus_client.parser import text_string_to_metric_families
 
-from psp_core import ContextSpec, ModelConfig, OnlineLearner, TrainingConfig, build_model
-from psp_core.replay import DEFAULT_REPLAY_ROWS, ReplayBuffer
-from service.testing.processes import ServerProcess, psp_serve, psp_worker, running
-
-DRAIN_TIMEOUT_S = 180.0
-"""Longest wait for the trainer to apply what was accepted, after the train load stops."""
+from service.testing.processes import psp_serve, psp_worker, running
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -85,251 +56,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def _path_list(text: str) -> list[str]:
     paths = [path.strip() for path in text.split(",") if path.strip()]
     for path in paths:
-        if path not in ("memory", "memory-unscaled", "redis", "split") and not _split_workers(path):
+        if path not in ("memory", "memory-unscaled", "redis", "split") and not split_workers(path):
             raise argparse.ArgumentTypeError(
                 f"unknown path {path!r}; use memory, memory-unscaled, redis, split or split-K "
                 "with K >= 1"
             )
     return paths
-
-
-def _split_workers(path: str) -> int:
-    """The number of workers of a split path (`split` is `split-1`), 0 for the others."""
-    if path == "split":
-        return 1
-    count = path.removeprefix("split-")
-    return int(count) if path.startswith("split-") and count.isdigit() and int(count) else 0
-
-
-@dataclass
-class RawFigures:
-    """The plain psp_core loop: examples/s and CPU milliseconds per 1000 examples."""
-
-    rate: float
-    cpu_ms_per_1000: float
-
-
-def raw_training_rate(
-    args: argparse.Namespace, seconds: float, rehearsal: bool = True
-) -> RawFigures:
-    """The plain psp_core loop: `OnlineLearner.step` on minibatches of 32 rows mixed over
-    `--contexts` contexts, the model of the same shape and `--torch-threads`, no HTTP, no queue.
-
-    With `rehearsal` it learns as the service does by default: a buffer of
-    `DEFAULT_REPLAY_ROWS` rows, 64 of them mixed into every step (96 rows a step in all), so the
-    ratio to it is the cost of the service itself; without, the plain 32-row step.
-    """
-    config = ModelConfig(kind=args.kind, input_shape=(args.input,), hidden=tuple(args.hidden))
-    model = build_model(config)
-    model.bank.extend([ContextSpec(seed=n) for n in range(args.contexts)])
-    replay = ReplayBuffer(DEFAULT_REPLAY_ROWS, args.input) if rehearsal else None
-    learner = OnlineLearner(model, TrainingConfig(), replay=replay)
-    threads = torch.get_num_threads()
-    if args.torch_threads:
-        torch.set_num_threads(args.torch_threads)
-    try:
-        return _step_loop(learner, args, seconds)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _step_loop(learner: OnlineLearner, args: argparse.Namespace, seconds: float) -> RawFigures:
-    """Runs `learner.step` on 32-row minibatches for `seconds`."""
-    generator = torch.Generator().manual_seed(0)
-    batches = [
-        (
-            torch.rand(32, args.input, generator=generator),
-            torch.randint(0, args.contexts, (32,), generator=generator),
-            torch.randint(0, 10, (32,), generator=generator),
-        )
-        for _ in range(64)
-    ]
-    for x, index, y in batches[:8]:  # warm-up
-        learner.step(x, index, y)
-    examples, began, cpu = 0, time.perf_counter(), cpu_seconds(os.getpid())
-    while time.perf_counter() - began < seconds:
-        x, index, y = batches[examples // 32 % len(batches)]
-        learner.step(x, index, y)
-        examples += 32
-    used = cpu_seconds(os.getpid()) - cpu
-    return RawFigures(examples / (time.perf_counter() - began), used / examples * 1e6)
-
-
-@dataclass
-class TrainFigures:
-    """One service's training throughput.
-
-    Attributes:
-        applied_rate: Examples/s the trainer applied (psp_trainer_examples_total) in the
-            measured window, while the clients kept posting.
-        accepted_rate: Examples/s POST /train accepted (psp_train_accepted_examples_total) in
-            the same window.
-        end_to_end_rate: Every accepted example ÷ the time from the first POST to the trainer
-            having applied the last one (the queue drained).
-        server_cpu_ms_per_1000: CPU milliseconds of the server process (plus redis-server when
-            it carries the queue) per 1000 examples, over the whole run and drain.
-        throttled: 429 answers (queue full), honoured by waiting Retry-After.
-        failed: Other non-202 answers and transport errors.
-    """
-
-    applied_rate: float
-    accepted_rate: float
-    end_to_end_rate: float
-    examples: float
-    drain_seconds: float
-    server_cpu_ms_per_1000: float
-    throttled: int
-    failed: int
-    p50_s: float
-    p99_s: float
-    others: str = ""
-
-
-class Counters(NamedTuple):
-    """The training counters at one moment."""
-
-    at: float  # perf_counter()
-    applied: float  # examples the trainer applied
-    accepted: float  # examples POST /train accepted
-
-
-async def _counters(client: httpx.AsyncClient, trainer_metrics_urls: list[str]) -> Counters:
-    """Accepted from the API's /metrics, applied from the trainers' (summed over every shard;
-    the API's own /metrics unless the roles are split)."""
-
-    async def values(url: str) -> dict[str, float]:
-        text = (await client.get(url)).text
-        totals: dict[str, float] = {}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
-        return totals
-
-    api = await values("/metrics")
-    if trainer_metrics_urls == ["/metrics"]:
-        trainers = [api]
-    else:
-        trainers = [await values(url) for url in trainer_metrics_urls]
-    return Counters(
-        time.perf_counter(),
-        sum(trainer.get("psp_trainer_examples_total", 0.0) for trainer in trainers),
-        api.get("psp_train_accepted_examples_total", 0.0),
-    )
-
-
-def _train_operation(
-    recorder: Recorder, keys: list[str], bodies: list[bytes], clients: int, deadline: float
-) -> Operation:
-    """A train client's request: a random body for a random key. A 429 waits its Retry-After,
-    but not past `deadline`."""
-    rngs = [random.Random(n) for n in range(clients)]
-
-    async def operation(client: httpx.AsyncClient, number: int) -> None:
-        rng = rngs[number]
-        url = f"/train/{keys[rng.randrange(len(keys))]}"
-        body = bodies[rng.randrange(len(bodies))]
-        response = await recorder.send(
-            client, "train", "POST", url, content=body, headers=JSON_HEADERS
-        )
-        if response is not None and response.status_code == 429:
-            pause = float(response.headers.get("retry-after", "1"))
-            await asyncio.sleep(min(pause, max(0.0, deadline - time.perf_counter())))
-
-    return operation
-
-
-async def _train_phase(
-    server: ServerProcess,
-    keys: list[str],
-    bodies: list[bytes],
-    args: argparse.Namespace,
-    cpu_pids: list[int],
-    trainer_metrics_urls: list[str],
-) -> TrainFigures:
-    """Streams train requests for warm-up + measured seconds, reads the trainer's counters at
-    the start and the end of the measured window, then waits for the queue to drain."""
-    recorder = Recorder()
-    total = args.warmup + args.seconds
-    operation = _train_operation(
-        recorder, keys, bodies, args.train_clients, time.perf_counter() + total
-    )
-    bound = int(total * MAX_REQUESTS_PER_SECOND) + 1
-    cpu_before = sum(cpu_seconds(pid) for pid in cpu_pids)
-    async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as client:
-        first = await _counters(client, trainer_metrics_urls)
-        load = asyncio.create_task(
-            drive(
-                server.base_url,
-                operation,
-                clients=args.train_clients,
-                seconds=total,
-                max_operations=bound,
-            )
-        )
-        await asyncio.sleep(args.warmup)
-        start = await _counters(client, trainer_metrics_urls)
-        latencies_before = len(recorder.latencies["train"])
-        await asyncio.sleep(args.seconds)
-        end = await _counters(client, trainer_metrics_urls)
-        await load
-        done, drain_seconds = await _drained(client, trainer_metrics_urls)
-    cpu_used = sum(cpu_seconds(pid) for pid in cpu_pids) - cpu_before
-    return _train_figures(
-        recorder,
-        recorder.latencies["train"][latencies_before:],
-        Readings(first, start, end, done),
-        drain_seconds,
-        cpu_used,
-    )
-
-
-async def _drained(
-    client: httpx.AsyncClient, trainer_metrics_urls: list[str]
-) -> tuple[Counters, float]:
-    """The counters once the trainer has applied all it accepted (or `DRAIN_TIMEOUT_S` after
-    the load stopped), and the seconds that took."""
-    done = await _counters(client, trainer_metrics_urls)
-    load_end = done.at
-    while done.applied < done.accepted and done.at - load_end < DRAIN_TIMEOUT_S:
-        await asyncio.sleep(0.05)
-        done = await _counters(client, trainer_metrics_urls)
-    return done, done.at - load_end
-
-
-class Readings(NamedTuple):
-    """The counters before the load, at the start and the end of the measured window, and
-    once the queue drained."""
-
-    first: Counters
-    start: Counters
-    end: Counters
-    done: Counters
-
-
-def _train_figures(
-    recorder: Recorder,
-    measured: list[float],
-    readings: Readings,
-    drain_seconds: float,
-    cpu_used: float,
-) -> TrainFigures:
-    """The figures of one path from its recorder, the latencies of its measured window, its
-    counters and the CPU seconds its processes used."""
-    first, start, end, done = readings
-    window = end.at - start.at
-    examples = done.accepted - first.accepted
-    return TrainFigures(
-        applied_rate=(end.applied - start.applied) / window,
-        accepted_rate=(end.accepted - start.accepted) / window,
-        end_to_end_rate=(done.applied - first.applied) / (done.at - first.at),
-        examples=examples,
-        drain_seconds=drain_seconds,
-        server_cpu_ms_per_1000=cpu_used / examples * 1e6 if examples else float("nan"),
-        throttled=recorder.count("train", 429),
-        failed=recorder.non_ok("train", ok=(202, 429)),
-        p50_s=percentile(measured, 50),
-        p99_s=percentile(measured, 99),
-    )
 
 
 def service_training_rate(
@@ -359,16 +91,9 @@ def service_training_rate(
             cpu_pids += find_pids("redis-server")
         trainer_metrics = [f"{w.base_url}/metrics" for w in writers] or ["/metrics"]
         watch = CpuWatch(cpu_pids)
-        figures = run_async(_train_phase(server, keys, bodies, args, cpu_pids, trainer_metrics))
+        figures = run_async(train_phase(server, keys, bodies, args, cpu_pids, trainer_metrics))
         figures.others = watch.line()
         return figures
-
-
-def raw_block(args: argparse.Namespace) -> tuple[RawFigures, str]:
-    """The raw loop for half of `--seconds`, and which other processes used the CPU meanwhile."""
-    watch = CpuWatch()
-    figures = raw_training_rate(args, args.seconds / 2)
-    return figures, watch.line()
 
 
 def service_paths(args: argparse.Namespace, workdir: Path) -> dict[str, TrainFigures]:
@@ -386,37 +111,11 @@ def service_paths(args: argparse.Namespace, workdir: Path) -> dict[str, TrainFig
             )
             continue
         with throwaway_stores(postgres=False, redis=True) as redis_env:
-            workers = _split_workers(path)
+            workers = split_workers(path)
             figures[path_label(path)] = service_training_rate(
                 args, workdir, f"psp-{path}", redis_env, workers
             )
     return figures
-
-
-def path_label(path: str) -> str:
-    """How the tables name a path of `--paths`."""
-    workers = _split_workers(path)
-    if not workers:
-        return {
-            "memory": "in-process queue",
-            "memory-unscaled": "in-process queue, no input scaling",
-            "redis": "Redis queue",
-        }[path]
-    if workers == 1:
-        return "Redis, api + worker"
-    return f"Redis, api + {workers} workers ({workers} shards)"
-
-
-def path_json_name(path: str) -> str:
-    """How the JSON names a path of `--paths`."""
-    workers = _split_workers(path)
-    if not workers:
-        return {
-            "memory": "in_process",
-            "memory-unscaled": "in_process_unscaled",
-            "redis": "redis",
-        }[path]
-    return "redis_split_roles" if workers == 1 else f"redis_split_roles_{workers}_shards"
 
 
 def print_paths(raw_rate: float, raw_cpu: float, paths: dict[str, TrainFigures]) -> None:

@@ -22,7 +22,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
-from _harness import machine_line, percentile, print_table, throwaway_postgres
+from _harness import machine_line, percentile, print_table
+from _stores import throwaway_postgres
 from selenium import webdriver
 from selenium.webdriver.common.by import By
 

@@ -23,15 +23,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from psp_bench.continual import (
-    DEFAULTS,
-    ContinualConfig,
-    ContinualResults,
-    MethodResult,
-    RunnerFactory,
-    StepProgress,
-    run_continual,
-)
+from psp_bench.continual import RunnerFactory, StepProgress, run_continual
+from psp_bench.continual_config import DEFAULTS, ContinualConfig
+from psp_bench.continual_results import ContinualResults, MethodResult
 from psp_bench.http_runner import BenchHTTPError, HttpRunner
 from psp_bench.methods import DEFAULT_METHODS, TENANTS_METHODS, Method, parse_methods
 from psp_bench.plots import plot_all

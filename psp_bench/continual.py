@@ -19,22 +19,22 @@ import math
 import platform
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from psp_bench import metrics
-from psp_bench.baselines import EWCConfig
+from psp_bench.continual_config import ContinualConfig
+from psp_bench.continual_results import ContinualResults, MethodResult, Trace
 from psp_bench.datasets import Dataset, load_digits_dataset
-from psp_bench.footprint import Footprint, footprint
-from psp_bench.methods import DEFAULT_METHODS, Method, parse_methods
+from psp_bench.footprint import footprint
+from psp_bench.methods import Method, parse_methods
 from psp_bench.runners import Runner, in_process_runner
 from psp_bench.streams import Stream, make_stream
 from psp_bench.tenants import TenantsStream, run_tenants_method
-from psp_core import ModelConfig, TrainingConfig
-from psp_core.replay import DEFAULT_REPLAY_ROWS
+from psp_core import ModelConfig
 
 StepProgress = Callable[[int, int], None]
 """Called with (steps done, total steps) while a method runs."""
@@ -43,199 +43,9 @@ RunnerFactory = Callable[[Method, ModelConfig], Runner]
 """Builds the runner of a method on an architecture (whose kind the method sets)."""
 
 
-@dataclass(frozen=True)
-class ContinualConfig:
-    """Everything that defines a run; saved beside its results."""
-
-    stream: str = "permuted-digits"  # one of streams.STREAMS, or "tenants"
-    tasks: int = 10  # tasks per cycle (permutations, or slices of a revolution)
-    steps_per_task: int = 500  # steps before the next task (or context) begins
-    cycles: int = 1  # passes over all tasks; a rotating stream turns once per cycle
-    methods: tuple[str, ...] = DEFAULT_METHODS  # names parsed by methods.Method.parse
-    hidden: tuple[int, ...] = (256, 256)  # hidden widths of the MLP
-    batch_size: int = 32  # rows per training step
-    # The learning settings default to the service's (psp_core's TrainingConfig).
-    optimizer: str = TrainingConfig.optimizer  # sgd, adam or rmsprop
-    lr: float = TrainingConfig.lr  # step size
-    momentum: float = TrainingConfig.momentum  # sgd and rmsprop momentum
-    clip_norm: float | None = TrainingConfig.clip_norm  # global gradient norm; None: off
-    replay_rows: int = DEFAULT_REPLAY_ROWS  # buffer of the -replay methods
-    replay_per_step: int = TrainingConfig.replay_per_step  # rows a -replay method rehearses
-    ewc_lambda: float = 10.0  # online EWC strength λ (stable over 50 tasks at lr 0.05)
-    ewc_gamma: float = 1.0  # decay of the running Fisher at each consolidation
-    ewc_samples: int = 256  # recent inputs of a finished task used for its Fisher
-    eval_every: int = 0  # steps between task-0 evaluations; 0 gives steps_per_task // 10
-    seed: int = 0  # weights, test split, permutations and minibatch order
-    data_dir: str | None = None  # folder of the MNIST / Fashion-MNIST IDX files
-    test_limit: int | None = 1000  # at most this many test rows per task
-    via_http: str | None = None  # drive this service URL instead of in-process models
-    threads: int = 1  # torch CPU threads
-    tenants: int = 256  # tenants stream: how many tenants
-    rows_per_tenant: int = 1000  # tenants stream: training rows each tenant sends
-    block_rows: int = 50  # tenants stream: rows per request
-    tenant_skew: float = 0.0  # tenants stream: tenant t sends in proportion to (t+1)^-skew
-    input_scale: float = 1.0  # multiplies every input; 255 gives raw pixel values
-
-    @property
-    def resolved_eval_every(self) -> int:
-        return self.eval_every if self.eval_every > 0 else max(1, self.steps_per_task // 10)
-
-    def model_config(self, dataset: Dataset) -> ModelConfig:
-        """The shared architecture for `dataset`; each method sets its kind."""
-        return ModelConfig(
-            kind="none",
-            input_shape=(dataset.input_size,),
-            hidden=self.hidden,
-            num_classes=dataset.num_classes,
-            seed=self.seed,
-        )
-
-    def training_config(self) -> TrainingConfig:
-        return TrainingConfig(
-            optimizer=self.optimizer,
-            lr=self.lr,
-            momentum=self.momentum,
-            clip_norm=self.clip_norm,
-            replay_per_step=self.replay_per_step,
-        )
-
-    def ewc_config(self) -> EWCConfig:
-        return EWCConfig(lam=self.ewc_lambda, gamma=self.ewc_gamma, samples=self.ewc_samples)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["methods"], data["hidden"] = list(self.methods), list(self.hidden)
-        return data
-
-
-DEFAULTS = ContinualConfig()
-
-
-@dataclass
-class MethodResult:
-    """What one method scored.
-
-    Attributes:
-        method: The method's name.
-        matrix: `R[i][j]`, `T x T`, accuracy on task `j` after segment `i` of the last cycle;
-            NaN where task `j` had not been trained yet.
-        curve_steps: Steps at which task 0 was evaluated (0 is before training).
-        curve_accuracy: Accuracy on task 0 at those steps.
-        prequential_accuracy: Test-then-train accuracy over every training example.
-        refused_steps: Steps refused for a non-finite loss or gradient.
-        footprint: Parameters and memory.
-        seconds: Wall time of the method's run.
-        last_cycle: Minimum and mean of the task-0 curve over the last cycle (rotating streams:
-            the accuracy at angle 0°), else None.
-        tenant_accuracy: The tenants stream's final accuracy of each tenant (the matrix and
-            the curve are then empty), else None.
-    """
-
-    method: str
-    matrix: list[list[float]]
-    curve_steps: list[int]
-    curve_accuracy: list[float]
-    prequential_accuracy: float
-    refused_steps: int
-    footprint: Footprint
-    seconds: float
-    last_cycle: dict[str, float] | None = None
-    tenant_accuracy: list[float] | None = None
-
-    @property
-    def final_accuracy(self) -> list[float]:
-        """Accuracy on each task (or tenant) at the end of the run."""
-        return self.tenant_accuracy if self.tenant_accuracy is not None else self.matrix[-1]
-
-    @property
-    def average_accuracy(self) -> float:
-        if self.tenant_accuracy is not None:
-            return sum(self.tenant_accuracy) / len(self.tenant_accuracy)
-        return metrics.average_accuracy(self.matrix)
-
-    @property
-    def minimum_accuracy(self) -> float:
-        """The worst task's (or tenant's) accuracy at the end of the run."""
-        return min(self.final_accuracy)
-
-    @property
-    def forgetting(self) -> float:
-        return math.nan if self.tenant_accuracy is not None else metrics.forgetting(self.matrix)
-
-    @property
-    def backward_transfer(self) -> float:
-        if self.tenant_accuracy is not None:
-            return math.nan
-        return metrics.backward_transfer(self.matrix)
-
-    def to_dict(self) -> dict[str, Any]:
-        def finite(value: float) -> float | None:
-            return value if math.isfinite(value) else None
-
-        return {
-            "method": self.method,
-            "average_accuracy": self.average_accuracy,
-            "minimum_accuracy": self.minimum_accuracy,
-            "forgetting": finite(self.forgetting),
-            "backward_transfer": finite(self.backward_transfer),
-            "prequential_accuracy": finite(self.prequential_accuracy),
-            "final_accuracy": self.final_accuracy,
-            "task0_last_cycle": self.last_cycle,
-            "refused_steps": self.refused_steps,
-            "seconds": self.seconds,
-            "footprint": self.footprint.to_dict(),
-            "matrix": [[finite(v) for v in row] for row in self.matrix],
-            "task0_curve": {"steps": self.curve_steps, "accuracy": self.curve_accuracy},
-        }
-
-
-@dataclass
-class ContinualResults:
-    """A whole run: its configuration, the stream, and one result per method."""
-
-    config: ContinualConfig
-    stream: dict[str, Any]
-    methods: list[MethodResult] = field(default_factory=list)
-    environment: dict[str, object] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "config": self.config.to_dict(),
-            "stream": self.stream,
-            "environment": self.environment,
-            "metric_definitions": metrics.__doc__,
-            "methods": [result.to_dict() for result in self.methods],
-        }
-
-
 def accuracy(runner: Runner, key: str, x: torch.Tensor, y: torch.Tensor) -> float:
     """Share of rows of `x` `(N, D)` whose predicted class under `key` equals `y` `(N,)`."""
     return float((runner.predict(key, x) == y).float().mean())
-
-
-@dataclass
-class Trace:
-    """What one method measured over a stream.
-
-    Attributes:
-        matrix: `R[i][j]` over the last cycle, NaN where task `j` had not been trained yet.
-        curve_steps: Steps at which task 0 was evaluated (0 is before training).
-        curve_accuracy: Accuracy on task 0 at those steps.
-        prequential_accuracy: Test-then-train accuracy over every training example.
-        contexts: Contexts registered (for `separate`, networks created).
-        last_cycle: Minimum and mean of the task-0 curve over the last cycle (rotating streams:
-            the accuracy at angle 0°), else None.
-        tenant_accuracy: The tenants stream's final accuracy of each tenant (the matrix and
-            the curve are then empty), else None.
-    """
-
-    matrix: list[list[float]]
-    curve_steps: list[int]
-    curve_accuracy: list[float]
-    prequential_accuracy: float
-    contexts: int
-    last_cycle: dict[str, float] | None = None
-    tenant_accuracy: list[float] | None = None
 
 
 def run_method(

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
-from psp_bench.continual import ContinualResults
+from psp_bench.continual_results import ContinualResults
 
 DPI = 80  # small files: the figures are committed to the docs
 

@@ -10,7 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from psp_bench.cli import bench_app
-from psp_bench.continual import ContinualConfig, ContinualResults, run_continual
+from psp_bench.continual import run_continual
+from psp_bench.continual_config import ContinualConfig
+from psp_bench.continual_results import ContinualResults
 from psp_bench.plots import plot_all
 from service.cli.commands import app as psp_app
 

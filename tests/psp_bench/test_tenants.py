@@ -8,7 +8,8 @@ from collections import Counter
 import torch
 
 from psp_bench.baselines import EWCConfig
-from psp_bench.continual import ContinualConfig, run_continual
+from psp_bench.continual import run_continual
+from psp_bench.continual_config import ContinualConfig
 from psp_bench.methods import Method
 from psp_bench.runners import in_process_runner
 from psp_bench.tenants import TenantsStream, run_tenants_method
