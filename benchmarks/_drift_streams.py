@@ -143,8 +143,10 @@ def learn_stream(
     batch_size: int = 32,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    after_block: Callable[[PSPRunner, ScoredBlock], None] | None = None,
 ) -> list[ScoredBlock]:
-    """Learns every block in order with the service's defaults and returns their scores."""
+    """Learns every block in order with the service's defaults and returns their scores;
+    `after_block` sees the runner and each block's scores as they come."""
     config = ModelConfig(
         kind="complex",
         input_shape=(stream.dataset.input_size,),
@@ -160,6 +162,8 @@ def learn_stream(
         tenant, x, y, after = stream.block(position)
         correct = runner.send(f"tenant-{tenant}", x, y, batch_size=batch_size, wait=False)
         scored.append(ScoredBlock(tenant, len(y), int(correct.sum()), after))
+        if after_block is not None:
+            after_block(runner, scored[-1])
         if progress is not None and position % 500 == 0:
             progress(position, len(stream.blocks))
     return scored
