@@ -7,7 +7,9 @@ served between the checkpoint and the crash would name other weights a second ti
 client would see the version go down. So the writer keeps a mark on disk above every version it
 has named: it moves the mark a block ahead (written and fsynced) well before its versions reach
 it, and a restored state is named from the mark up. The cost is one small write per
-`RESERVE_BLOCK / 2` steps, and versions that jump by up to a block at each restore.
+`RESERVE_BLOCK / 2` steps, and versions that jump by up to a block at each restore after a
+crash or a rewind. A clean stop brings the mark down to the version of its final checkpoint, so
+a restart after it continues without a jump.
 
 Role `worker` needs none of this: its API replicas serve only checkpointed versions.
 """
@@ -41,6 +43,11 @@ class ReservedVersions:
         above every version named before, by this process or one that crashed."""
         return max(checkpoint_version, self.mark)
 
+    def settle(self, version: int) -> None:
+        """A clean stop: no version above `version` was served, and a checkpoint holds that
+        state. The mark comes down to it, so the next start continues from it, not above."""
+        self._write(version)
+
     def covers(self, version: int) -> bool:
         """Whether the mark is still at least half a block above `version`."""
         return version + RESERVE_BLOCK // 2 <= self.mark
@@ -50,7 +57,9 @@ class ReservedVersions:
         of it; the mark is durable before this returns."""
         if self.covers(version):
             return
-        mark = version + RESERVE_BLOCK
+        self._write(version + RESERVE_BLOCK)
+
+    def _write(self, mark: int) -> None:
         write_checkpoint(self._path, f"{mark}\n".encode())  # atomic and fsynced
         self.mark = mark
 

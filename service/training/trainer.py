@@ -161,7 +161,8 @@ class Trainer:
 
         Raises:
             RollbackFailed: No kept checkpoint has that version.
-            RollbackNotDone: The checkpoint before it could not be written; nothing changed.
+            RollbackNotDone: The checkpoint before it, or the one of the restored state, could
+                not be written; the model is as it was before the call.
         """
         async with self._exclusive:
             target = self.store.find_version(version)
@@ -183,7 +184,15 @@ class Trainer:
             await self._cover_versions()
             await self._deleted.forget_not_live()  # deleted since: they stay deleted
             restored = {"restored_from": str(version)}
-            await self._checkpointer.write(self.ledger.stage(), restored)
+            try:
+                await self._checkpointer.write(self.ledger.stage(), restored)
+            except (OSError, LeaseLapsed) as err:
+                # Undone, or a restart would undo it: back to the checkpoint written above.
+                await self._recovery.recover()
+                raise RollbackNotDone(
+                    f"the restored state could not be written ({err}); the model is back where "
+                    "it was"
+                ) from err
             return self.host.model_version
 
     # The loops ------------------------------------------------------------------------------
@@ -223,6 +232,8 @@ class Trainer:
             await self._drain()
         async with self._exclusive:
             await self._checkpointer.checkpoint()
+            if self._reserved is not None:  # nothing above the final checkpoint was served
+                await asyncio.to_thread(self._reserved.settle, self.host.model_version)
 
     async def _turn(self) -> None:
         """One pass of the loop: apply what the queue holds, then what falls due."""

@@ -30,3 +30,12 @@ def test_a_successor_names_its_restored_state_above_every_version_reserved_befor
     assert successor.restored(30) == 41 + RESERVE_BLOCK  # its newest checkpoint was older
     assert successor.restored(10 * RESERVE_BLOCK) == 10 * RESERVE_BLOCK
     assert [p.name for p in tmp_path.iterdir()] == ["reserved-versions"]  # no temporary left
+
+
+def test_a_clean_stop_brings_the_mark_down_to_its_final_version(tmp_path: Path) -> None:
+    reserved = ReservedVersions(tmp_path)
+    reserved.cover(12)
+    reserved.settle(15)
+    successor = ReservedVersions(tmp_path)
+    assert successor.mark == 15
+    assert successor.restored(15) == 15  # the final checkpoint's version, no jump

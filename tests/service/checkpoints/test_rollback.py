@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 from safetensors import safe_open
 
 from service.app import create_app
+from service.model.training_hooks import TrainingHooks, install_training_hooks
 from service.testing.faults import FaultSettings, injected_faults
 from service.testing.processes import wait_until
 from tests.service.api.helpers import register, rows
@@ -161,3 +162,41 @@ def test_a_rollback_to_the_oldest_kept_version_survives_the_checkpoint_before_it
         )
         assert rolled.json()["checkpoints"] == [newest, newest + 1]
         assert client.post("/predict/t", json=probe).json()["probabilities"] == oldest_answer
+
+
+def test_a_rollback_whose_restored_state_cannot_be_written_is_503_and_restores_nothing(
+    make_settings,
+) -> None:
+    """The disk fills between the checkpoint before the rollback and the one of the restored
+    state: the model goes back to where it was, and a restart would find the same."""
+    writes = {"allowed": 0}
+
+    def disk_fills_after_allowed_writes() -> None:
+        if writes["allowed"] <= 0:
+            raise OSError(28, "No space left on device (test)")
+        writes["allowed"] -= 1
+
+    settings = make_settings(checkpoint={"every_steps": 100, "every_seconds": 60})
+    hooks = TrainingHooks(checkpoint_write_checks=(disk_fills_after_allowed_writes,))
+    writes["allowed"] = 1_000
+    previous = install_training_hooks(hooks)
+    try:
+        with TestClient(create_app(settings)) as client:
+            shard = client.app.state.runtime.shards[0]  # type: ignore[attr-defined]
+            register(client, "t")
+            probe = {"inputs": rows(2, 0.3)}
+            first = _train(client, "t", 1)
+            client.portal.call(shard.trainer.checkpoint)
+            _train(client, "t", 2)
+            before = client.post("/predict/t", json=probe).json()
+            writes["allowed"] = 1  # the checkpoint before the rollback, and no more
+            answer = client.post("/model/rollback", json={"version": first})
+            assert answer.status_code == 503, answer.text
+            assert answer.json()["detail"].startswith("the rollback did not happen")
+            after = client.post("/predict/t", json=probe).json()
+            assert after["probabilities"] == before["probabilities"]
+            assert after["model_version"] >= before["model_version"]
+            writes["allowed"] = 1_000
+            assert client.post("/model/rollback", json={"version": first}).status_code == 200
+    finally:
+        install_training_hooks(previous)
