@@ -6,10 +6,12 @@ runs one forward pass per request (`bare_endpoint.py`, in its thread-pool and it
 Goal: service QPS ÷ bare QPS >= 1.5. Also p50 and p99 latency of each. The targets are measured
 in interleaved rounds so that drift in the machine's load hits them alike.
 
-The load generator runs in this process and shares the machine's cores with the servers.
+The load generator runs in this process and shares the machine's cores with the servers, unless
+`--client wrk` hands the load to wrk (Debian's `wrk`, a C load generator: `benchmarks/_wrk.py`),
+which costs the servers' cores almost nothing.
 
 Run: `python benchmarks/predict_throughput.py [--seconds 15] [--contexts 1000] [--clients 64]
-[--json PATH]`.
+[--client raw|httpx|wrk] [--json PATH]`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,7 @@ from _serving import (
     run_benchmark,
     service_env,
 )
+from _wrk import WrkRun, wrk_predict
 from bare_endpoint import context_key
 
 from service.testing.processes import ServerProcess, psp_serve, running
@@ -53,10 +57,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--clients", type=int, default=64, help="concurrent predict clients")
     parser.add_argument(
         "--client",
-        choices=["raw", "httpx"],
+        choices=["raw", "httpx", "wrk"],
         default="raw",
         help="the load generator's HTTP client: raw keep-alive HTTP/1.1 (tens of microseconds "
-        "a request) or httpx (over a millisecond a request, on the same cores as the servers)",
+        "a request), httpx (over a millisecond a request, on the same cores as the servers) or "
+        "wrk (a C load generator, a few microseconds a request)",
     )
     add_service_options(parser)
     return parser.parse_args(argv)
@@ -72,6 +77,22 @@ class PredictFigures:
     server_cpu: float = 0.0  # CPU seconds the server process used
     client_cpu: float = 0.0  # CPU seconds the load generator (this process) used
     latencies: list[float] = field(default_factory=list)
+    round_percentiles: list[tuple[float, float]] = field(default_factory=list)  # wrk's (p50, p99)
+
+    def add_wrk(self, run: WrkRun, server_cpu: float) -> None:
+        self.ok += run.answered
+        self.failed += run.failed
+        self.seconds += run.seconds
+        self.server_cpu += server_cpu
+        self.client_cpu += run.client_cpu
+        self.round_percentiles.append((run.p50_s, run.p99_s))
+
+    def percentile(self, q: int) -> float:
+        """Over every request; for wrk, which reports percentiles only, the median of its
+        rounds' percentiles."""
+        if self.latencies or not self.round_percentiles:
+            return percentile(self.latencies, q)
+        return statistics.median(p50 if q == 50 else p99 for p50, p99 in self.round_percentiles)
 
     def add(self, recorder: Recorder, seconds: float, server_cpu: float, client_cpu: float) -> None:
         self.ok += recorder.count("predict", 200)
@@ -100,8 +121,8 @@ class PredictFigures:
             "qps": self.qps,
             "requests": self.ok,
             "failed": self.failed,
-            "p50_s": percentile(self.latencies, 50),
-            "p99_s": percentile(self.latencies, 99),
+            "p50_s": self.percentile(50),
+            "p99_s": self.percentile(99),
             "server_cpu_ms_per_request": self.server_ms_per_request,
             "client_cpu_ms_per_request": self.client_ms_per_request,
         }
@@ -172,11 +193,25 @@ def interleaved_predict(
         targets: (label, server, keys to predict for).
     """
     for _, server, keys in targets:
-        predict_load(server.base_url, keys, bodies, load, warmup, seed=0)
+        if load.client == "wrk":
+            wrk_predict(server.base_url, keys, bodies, clients=load.clients, seconds=warmup, seed=0)
+        else:
+            predict_load(server.base_url, keys, bodies, load, warmup, seed=0)
     figures = {label: PredictFigures() for label, _, _ in targets}
     me = os.getpid()
     for number, (label, server, keys) in alternating(targets, rounds):
         server_cpu, client_cpu = cpu_seconds(server.pid), cpu_seconds(me)
+        if load.client == "wrk":
+            run = wrk_predict(
+                server.base_url,
+                keys,
+                bodies,
+                clients=load.clients,
+                seconds=seconds / rounds,
+                seed=number + 1,
+            )
+            figures[label].add_wrk(run, cpu_seconds(server.pid) - server_cpu)
+            continue
         recorder, elapsed = predict_load(
             server.base_url, keys, bodies, load, seconds / rounds, seed=number + 1
         )
@@ -239,8 +274,8 @@ def print_targets(figures: dict[str, PredictFigures]) -> None:
             [
                 label,
                 f"{fig.qps:,.0f}",
-                ms(percentile(fig.latencies, 50)),
-                ms(percentile(fig.latencies, 99)),
+                ms(fig.percentile(50)),
+                ms(fig.percentile(99)),
                 fig.failed,
                 f"{fig.server_ms_per_request:.3f}",
                 f"{fig.client_ms_per_request:.3f}",
