@@ -16,7 +16,8 @@ service's defaults (complex 2 × 256, Adam 3e-4, rehearsal), scoring each row be
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import argparse
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -167,3 +168,30 @@ def learn_stream(
         if progress is not None and position % 500 == 0:
             progress(position, len(stream.blocks))
     return scored
+
+
+def add_stream_options(parser: argparse.ArgumentParser) -> None:
+    """The options that choose the drift streams (see `streams_of`)."""
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--tenants", type=int, default=300)
+    parser.add_argument("--rows-per-tenant", type=int, default=1000)
+    parser.add_argument("--block-rows", type=int, default=50)
+    parser.add_argument("--switch-share", type=float, default=1 / 3)
+    parser.add_argument("--turn-others", type=float, default=0.0)
+
+
+def streams_of(args: argparse.Namespace) -> Iterator[tuple[str, int, DriftStream]]:
+    """(scenario, seed, stream) for every scenario and seed of `add_stream_options`."""
+    for scenario in args.scenarios.split(","):
+        for seed in (int(s) for s in args.seeds.split(",")):
+            stream = DriftStream(
+                scenario,
+                tenants=args.tenants,
+                rows_per_tenant=args.rows_per_tenant,
+                block_rows=args.block_rows,
+                switch_share=args.switch_share,
+                seed=seed,
+                turn_others=args.turn_others,
+            )
+            yield scenario, seed, stream

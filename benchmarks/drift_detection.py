@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
-from _drift_streams import SCENARIOS, DriftStream, ScoredBlock, learn_stream
+from _drift_streams import DriftStream, ScoredBlock, add_stream_options, learn_stream, streams_of
 from _harness import machine_line, print_table
 from _stores import throwaway_postgres
 
@@ -160,13 +160,7 @@ def _database(postgres: bool) -> Iterator[str]:
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
-    parser.add_argument("--seeds", default="0")
-    parser.add_argument("--tenants", type=int, default=300)
-    parser.add_argument("--rows-per-tenant", type=int, default=1000)
-    parser.add_argument("--block-rows", type=int, default=50)
-    parser.add_argument("--switch-share", type=float, default=1 / 3)
-    parser.add_argument("--turn-others", type=float, default=0.0)
+    add_stream_options(parser)
     parser.add_argument("--blocks-per-checkpoint", default="1,128")
     parser.add_argument("--within", type=int, default=300)
     parser.add_argument("--postgres", action="store_true")
@@ -184,27 +178,15 @@ def main(argv: Sequence[str]) -> None:
         f"{'PostgreSQL' if args.postgres else 'SQLite'}; detected = within {args.within} rows"
     )
     rows = []
-    for scenario in args.scenarios.split(","):
-        for seed in (int(s) for s in args.seeds.split(",")):
-            stream = DriftStream(
-                scenario,
-                tenants=args.tenants,
-                rows_per_tenant=args.rows_per_tenant,
-                block_rows=args.block_rows,
-                switch_share=args.switch_share,
-                seed=seed,
-                turn_others=args.turn_others,
-            )
-            started = time.perf_counter()
-            scored = learn_stream(stream, seed=seed)
-            learned_s = time.perf_counter() - started
-            for per in (int(p) for p in args.blocks_per_checkpoint.split(",")):
-                with _database(args.postgres) as url:
-                    checkpoints, drifts = asyncio.run(
-                        replay_through_registry(url, stream, scored, per)
-                    )
-                outcome = judge(stream, checkpoints, drifts, args.within)
-                rows.append(_row(scenario, seed, per, len(checkpoints), outcome, learned_s))
+    for scenario, seed, stream in streams_of(args):
+        started = time.perf_counter()
+        scored = learn_stream(stream, seed=seed)
+        learned_s = time.perf_counter() - started
+        for per in (int(p) for p in args.blocks_per_checkpoint.split(",")):
+            with _database(args.postgres) as url:
+                checkpoints, drifts = asyncio.run(replay_through_registry(url, stream, scored, per))
+            outcome = judge(stream, checkpoints, drifts, args.within)
+            rows.append(_row(scenario, seed, per, len(checkpoints), outcome, learned_s))
     print_table(
         [
             "scenario",

@@ -27,7 +27,13 @@ import sys
 from collections.abc import Sequence
 
 import torch
-from _drift_streams import SCENARIOS, DriftStream, ScoredBlock, learn_stream
+from _drift_streams import (
+    DriftStream,
+    ScoredBlock,
+    add_stream_options,
+    learn_stream,
+    streams_of,
+)
 from _harness import machine_line, print_table
 
 from psp_bench.runners import PSPRunner
@@ -89,41 +95,22 @@ def accuracies(stream: DriftStream, scored: list[ScoredBlock]) -> tuple[float, f
 
 def main(argv: Sequence[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
-    parser.add_argument("--seeds", default="0")
-    parser.add_argument("--tenants", type=int, default=300)
-    parser.add_argument("--rows-per-tenant", type=int, default=1000)
+    add_stream_options(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     print(f"drift_response: {machine_line()}")
     rows = []
-    for scenario in args.scenarios.split(","):
-        for seed in (int(s) for s in args.seeds.split(",")):
-            stream = DriftStream(
-                scenario,
-                tenants=args.tenants,
-                rows_per_tenant=args.rows_per_tenant,
-                block_rows=50,
-                switch_share=1 / 3,
-                seed=seed,
-            )
-            for purge in (False, True):
-                purger = Purger(stream.tenants, purge)
-                scored = learn_stream(stream, seed=seed, after_block=purger)
-                early, after, others = accuracies(stream, scored)
-                wrong = sum(1 for t in purger.flagged if t not in stream.switched)
-                rows.append(
-                    [
-                        scenario,
-                        str(seed),
-                        "purge" if purge else "none",
-                        f"{early:.3f}",
-                        f"{after:.3f}",
-                        f"{others:.3f}",
-                        f"{len(purger.flagged)} ({wrong} of others)",
-                    ]
-                )
-                print(" | ".join(rows[-1]), flush=True)
+    for scenario, seed, stream in streams_of(args):
+        for purge in (False, True):
+            purger = Purger(stream.tenants, purge)
+            scored = learn_stream(stream, seed=seed, after_block=purger)
+            early, after, others = accuracies(stream, scored)
+            wrong = sum(1 for t in purger.flagged if t not in stream.switched)
+            response = "purge" if purge else "none"
+            drifts = f"{len(purger.flagged)} ({wrong} of others)"
+            accuracy = [f"{early:.3f}", f"{after:.3f}", f"{others:.3f}"]
+            rows.append([scenario, str(seed), response, *accuracy, drifts])
+            print(" | ".join(rows[-1]), flush=True)
     print_table(
         [
             "scenario",
