@@ -16,6 +16,7 @@ import pytest
 import redis
 
 from service.checkpoints.announce import ModelAnnouncement
+from service.checkpoints.reserved_versions import RESERVE_BLOCK
 from service.queue.base import TrainEntry
 from service.queue.keys import ShardKeys
 from service.queue.redis_link import RedisLink
@@ -30,6 +31,13 @@ ROW = [0.25] * 64
 
 
 SHARD_0 = '{shard="0"}'
+
+
+def _first_step_after(rewinds: int) -> int:
+    """The version of the first step after `rewinds` rewinds of a process in role `all`: each
+    names the restored state from the reserved versions up (docs/design.md), one block higher
+    each time, so a version never names two states."""
+    return rewinds * RESERVE_BLOCK + 1
 
 
 def _metric(base: str, name: str, labels: str = "") -> float:
@@ -86,8 +94,8 @@ def test_an_injected_non_finite_step_is_rolled_back_and_its_entry_set_aside(
     assert _metric(base, "psp_dead_lettered_examples_total", SHARD_0) == 2
     _predict_ok(base)
 
-    applied = _train(base, rows=3, wait=True)
-    assert applied.status_code == 200 and applied.json()["model_version"] == 1
+    applied = _train(base, rows=3, wait=True)  # the first step after one rewind
+    assert applied.status_code == 200 and applied.json()["model_version"] == _first_step_after(1)
     assert httpx.get(f"{base}/readyz", timeout=10).status_code == 200
     # Exactly-once accounting: 3 learned, 2 rejected, none lost.
     wait_until(lambda: _examples_seen(base) == 3, 30, what="the learned examples counted")
@@ -113,8 +121,8 @@ def test_an_exception_in_the_training_step_restarts_the_trainer_and_poison_moves
     assert "failed 3 times" in reason and "InjectedFault" in reason
     assert _metric(base, "psp_background_restarts_total", '{task="trainer"}') == 3
 
-    applied = _train(base, rows=2, wait=True)
-    assert applied.status_code == 200 and applied.json()["model_version"] == 1
+    applied = _train(base, rows=2, wait=True)  # the first step after three rewinds
+    assert applied.status_code == 200 and applied.json()["model_version"] == _first_step_after(3)
     wait_until(lambda: httpx.get(f"{base}/readyz", timeout=10).status_code == 200, 20)
     log = server.log.read_text()
     assert "background task trainer crashed" in log and "Traceback" in log
@@ -124,8 +132,8 @@ def test_an_entry_that_fails_once_is_learned_after_the_restart(base_env, spawn) 
     server = spawn("serve", {**base_env, "PSP_FAULTS__FAILING_STEPS": "1"})
     base = f"http://127.0.0.1:{server.port}"
     _register(base)
-    applied = _train(base, rows=2, wait=True)
-    assert applied.status_code == 200 and applied.json()["model_version"] == 1
+    applied = _train(base, rows=2, wait=True)  # learned by the first step after one rewind
+    assert applied.status_code == 200 and applied.json()["model_version"] == _first_step_after(1)
     assert _dead_letters(base)["total"] == 0
     assert _metric(base, "psp_background_restarts_total", '{task="trainer"}') == 1
     wait_until(lambda: _examples_seen(base) == 2, 30, what="the examples counted")
