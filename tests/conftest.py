@@ -35,20 +35,30 @@ from service.testing.processes import RedisServer
 from tests.service.fuzz.tally import FIRST_ERRORS, STATUSES, TALLY
 
 # ------------------------------------------------------------------------------------------------
-# Order: the files of tests that start real processes first, the compose smoke test last.
+# Order: the files of tests that start real processes first, then the compose smoke test, then
+# the rest.
 # ------------------------------------------------------------------------------------------------
 
-LAST_FILE = "test_smoke.py"
-"""The real compose stack runs after everything else: in CI its images build meanwhile."""
+SMOKE_FILE = "test_smoke.py"
+"""The real compose stack: .ci/run builds its images in the background meanwhile."""
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Real-process files take most of the suite's time, mostly waiting on their processes; on
     pytest-xdist workers (one file each at a time) they go first, so that they overlap each
     other and the quick tests fill in after them, instead of starting last and running alone.
-    The compose smoke test runs last. The order within a file is kept (the sort is stable)."""
+    The compose smoke test comes after them, when .ci/run's image build (seconds with its layers
+    cached) is long done, and runs beside the quick tests. The order within a file is kept (the
+    sort is stable)."""
     slow = {item.path for item in items if item.get_closest_marker("real_process")}
-    items.sort(key=lambda item: (item.path.name == LAST_FILE, item.path not in slow))
+
+    def place(item: pytest.Item) -> int:
+        if item.path.name == SMOKE_FILE:
+            return 1
+        return 0 if item.path in slow else 2
+
+    items.sort(key=place)
+
 
 # ------------------------------------------------------------------------------------------------
 # Registry databases: SQLite for every test, PostgreSQL as well where the test asks for it with

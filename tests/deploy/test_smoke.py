@@ -1,9 +1,9 @@
 """The compose stack, for real: deploy/smoke.sh builds the images from Debian packages (kept
 once built), starts the stack and walks one user's path through it, the worker's crash included.
 
-Runs wherever Docker answers; elsewhere it is skipped with the reason. It runs last in a session
-(tests/deploy/conftest.py), so that .ci/run's image build, started in the background, overlaps
-the rest of the suite.
+Runs wherever Docker answers; elsewhere it is skipped with the reason. It runs after the other
+real-process tests (tests/conftest.py), so that .ci/run's image build, started in the background,
+is done by then (the build takes a lock: a smoke run that comes early waits for it).
 """
 
 from __future__ import annotations
