@@ -17,10 +17,13 @@ $(STAMP): pyproject.toml
 serve: $(STAMP)
 	$(VENV)/bin/psp serve --host 127.0.0.1 --port 8000
 
-# On pytest-xdist workers (two on a two-core machine, at most four), one test file per worker at
-# a time: the real-process tests mostly wait on their processes, so two files overlap well.
+# On pytest-xdist workers, one test file per worker at a time: one worker more than the CPUs
+# this process may use (three on a two-core machine), at most four, since the real-process tests
+# mostly wait on their processes and another file overlaps them well.
+TEST_WORKERS ?= $(shell python3 -c 'import os; print(min(4, len(os.sched_getaffinity(0)) + 1))')
+
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -n auto --maxprocesses 4 --dist loadfile
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # The tests that start no real `psp` process, server or container, with a shorter stateful fuzz:
 # a quick check while editing.
