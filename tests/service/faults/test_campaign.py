@@ -1,42 +1,18 @@
-"""A short randomized fault campaign on a PostgreSQL and a Redis of their own, in both
-topologies: an API process and a worker, and one process in role `all` with its steps in a
-child (whose kills are among the faults there). Several tenants' traffic meets faults drawn
-from a seed (kills, store restarts, a full disk, rollbacks, a second writer for the shard);
-every accepted example must be applied exactly once, deleted tenants must stay out of the
-checkpoints, predictions must come back after each fault, the served version must never go
-down and the second writer must be turned away.
-
-`PSP_FAULT_CAMPAIGN_SEED` picks another seed; a failing run prints the command that replays its
-seed at length (benchmarks/fault_campaign.py).
-"""
+"""The short fault campaign (`short_campaign.py`) on an API process and a worker."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-from service.testing.campaign import CampaignPlan, run_campaign
-from service.testing.campaign.topology import Topology
+from tests.service.faults.short_campaign import check_a_short_campaign
 
 # Every test here starts real `psp` processes; `make test-fast` leaves them out.
 pytestmark = pytest.mark.real_process
 
-SEED = int(os.environ.get("PSP_FAULT_CAMPAIGN_SEED", "1"))
-FAULTS = 7
-"""One round: each kind of fault once (a nested one may add one more)."""
 
-
-@pytest.mark.parametrize("topology", ["split", "all"])
 def test_a_short_fault_campaign_loses_and_doubles_nothing(
-    topology: Topology, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    plan = CampaignPlan(seed=SEED, faults=FAULTS, topology=topology)
-    result = run_campaign(plan, tmp_path)
-    with capsys.disabled():  # the fault count and the verdicts belong in every CI log
-        print("\n" + result.summary())
-    assert result.fault_count >= FAULTS, result.summary()
-    assert set(result.faults) == set(plan.kinds()), "every kind of fault is met"
-    failed = [check for check in result.checks if check.passed is False]
-    assert not failed, result.summary()
+    check_a_short_campaign("split", tmp_path, capsys)

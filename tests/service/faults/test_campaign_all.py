@@ -1,0 +1,19 @@
+"""The short fault campaign (`short_campaign.py`) on one process in role `all`, its steps in a
+child whose kills are among the faults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.service.faults.short_campaign import check_a_short_campaign
+
+# Every test here starts real `psp` processes; `make test-fast` leaves them out.
+pytestmark = pytest.mark.real_process
+
+
+def test_a_short_fault_campaign_in_role_all_loses_and_doubles_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    check_a_short_campaign("all", tmp_path, capsys)
