@@ -102,10 +102,16 @@ class Trainer:
             announce=announce,
         )
         self._quarantine = Quarantine(queue, applied, host, settings.guard, self._metrics)
-        self._recovery = Recovery(
-            host=host,
+        self._recovery = self._recovery_over(queue, reserved)
+        self._checkpoint_wanted = asyncio.Event()
+        self._checkpoint_written = asyncio.Event()
+
+    def _recovery_over(self, queue: TrainQueue, reserved: ReservedVersions | None) -> Recovery:
+        """What brings this trainer back to its newest checkpoint; it replays through `apply`."""
+        return Recovery(
+            host=self.host,
             queue=queue,
-            store=store,
+            store=self.store,
             ledger=self.ledger,
             checkpointer=self._checkpointer,
             deleted=self._deleted,
@@ -114,8 +120,6 @@ class Trainer:
             apply=self.apply,
             reserved=reserved,
         )
-        self._checkpoint_wanted = asyncio.Event()
-        self._checkpoint_written = asyncio.Event()
 
     async def recover(self) -> None:
         """Loads the newest checkpoint and re-applies what it does not hold yet (at start-up).
