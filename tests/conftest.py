@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.registry.database import make_engine, make_session_factory, normalize_database_url
 from service.registry.migrate import upgrade
 from service.testing.processes import RedisServer
+from tests.service.faults.summaries import CAMPAIGN_SUMMARIES
 from tests.service.fuzz.tally import FIRST_ERRORS, STATUSES, TALLY
 
 # ------------------------------------------------------------------------------------------------
@@ -296,11 +297,13 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             "statuses": dict(STATUSES),
             "first_errors": list(FIRST_ERRORS),
         }
+        workeroutput["campaign_summaries"] = list(CAMPAIGN_SUMMARIES)
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node: Any, error: object) -> None:
-    """A worker finished: its fuzz counts join this process's."""
+    """A worker finished: its fuzz counts and campaign summaries join this process's."""
+    CAMPAIGN_SUMMARIES.extend(getattr(node, "workeroutput", {}).get("campaign_summaries", []))
     counts = getattr(node, "workeroutput", {}).get("fuzz_tally")
     if counts:
         TALLY.update(counts["tally"])
@@ -309,6 +312,9 @@ def pytest_testnodedown(node: Any, error: object) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for summary in CAMPAIGN_SUMMARIES:
+        for line in summary.splitlines():
+            terminalreporter.write_line(line)
     if not TALLY["requests"]:
         return
     terminalreporter.write_line(

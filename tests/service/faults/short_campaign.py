@@ -14,24 +14,20 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-
 from service.testing.campaign import CampaignPlan, run_campaign
 from service.testing.campaign.topology import Topology
+from tests.service.faults.summaries import CAMPAIGN_SUMMARIES
 
 SEED = int(os.environ.get("PSP_FAULT_CAMPAIGN_SEED", "1"))
 FAULTS = 7
 """One round: each kind of fault once (a nested one may add one more)."""
 
 
-def check_a_short_campaign(
-    topology: Topology, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def check_a_short_campaign(topology: Topology, tmp_path: Path) -> None:
     """Runs one round of faults in `topology` and fails on any check that did not pass."""
     plan = CampaignPlan(seed=SEED, faults=FAULTS, topology=topology)
     result = run_campaign(plan, tmp_path)
-    with capsys.disabled():  # the fault count and the verdicts belong in every CI log
-        print("\n" + result.summary())
+    CAMPAIGN_SUMMARIES.append(result.summary())  # the fault count and verdicts, in every CI log
     assert result.fault_count >= FAULTS, result.summary()
     assert set(result.faults) == set(plan.kinds()), "every kind of fault is met"
     failed = [check for check in result.checks if check.passed is False]

@@ -13,6 +13,6 @@ pytestmark = pytest.mark.real_process
 
 
 def test_a_short_fault_campaign_loses_and_doubles_nothing(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
 ) -> None:
-    check_a_short_campaign("split", tmp_path, capsys)
+    check_a_short_campaign("split", tmp_path)
