@@ -11,15 +11,19 @@ def split_workers(path: str) -> int:
     return int(count) if path.startswith("split-") and count.isdigit() and int(count) else 0
 
 
+SINGLE_PROCESS_NAMES = {
+    "memory": ("in-process queue", "in_process"),
+    "memory-unscaled": ("in-process queue, no input scaling", "in_process_unscaled"),
+    "redis": ("Redis queue", "redis"),
+}
+"""The paths served by one process: how the tables and the JSON name each."""
+
+
 def path_label(path: str) -> str:
     """How the tables name a path of `--paths`."""
     workers = split_workers(path)
     if not workers:
-        return {
-            "memory": "in-process queue",
-            "memory-unscaled": "in-process queue, no input scaling",
-            "redis": "Redis queue",
-        }[path]
+        return SINGLE_PROCESS_NAMES[path][0]
     if workers == 1:
         return "Redis, api + worker"
     return f"Redis, api + {workers} workers ({workers} shards)"
@@ -29,9 +33,5 @@ def path_json_name(path: str) -> str:
     """How the JSON names a path of `--paths`."""
     workers = split_workers(path)
     if not workers:
-        return {
-            "memory": "in_process",
-            "memory-unscaled": "in_process_unscaled",
-            "redis": "redis",
-        }[path]
+        return SINGLE_PROCESS_NAMES[path][1]
     return "redis_split_roles" if workers == 1 else f"redis_split_roles_{workers}_shards"
