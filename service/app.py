@@ -16,6 +16,7 @@ from service.api.http_metrics import HttpMetrics
 from service.api.json_route import BodyLimits
 from service.api.limits import BodySizeLimit
 from service.api.openapi import install_openapi
+from service.api.plain_predict import PlainPredict
 from service.api.routes import api_router, checkpoints, health
 from service.runtime.runtime import Runtime
 from service.settings import Settings, get_settings
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(api_router)
     install_openapi(app)
     install_error_handlers(app, settings)
+    app.add_middleware(PlainPredict)  # inside the size limit and the metrics
     app.add_middleware(BodySizeLimit, max_bytes=settings.limits.max_body_bytes)
     app.add_middleware(HttpMetrics)  # outermost: it times the 413s of the size limit too
     _expose_metrics(app)

@@ -258,6 +258,18 @@ ANSWERS: tuple[Answer, ...] = (
 )
 """Every failure of the service layer that has an answer; anything else is a 500."""
 
+_ANSWER_BY_FAILURE = {answer.failure: answer for answer in ANSWERS}
+
+
+def answer_for(failure: Exception) -> Answer | None:
+    """The answer to `failure`, found as the app's exception handlers find theirs: by its
+    class, else by the nearest of its base classes that has one; None for a 500."""
+    for kind in type(failure).__mro__:
+        answer = _ANSWER_BY_FAILURE.get(kind)
+        if answer is not None:
+            return answer
+    return None
+
 
 def install_error_handlers(app: FastAPI, settings: Settings) -> None:
     """Registers the handlers of request validation, of Starlette's own errors and of each

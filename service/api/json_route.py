@@ -18,6 +18,7 @@ times faster than JSON for thousands of numbers) and `Content-Encoding: gzip` bo
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import zlib
 from collections.abc import Callable, Coroutine
@@ -126,6 +127,7 @@ class BodyLimits:
         budget = value_budget(limits.max_rows, model.input_shape)
         return cls(limits.max_body_bytes, budget, limits.max_rows)
 
+    @functools.cached_property
     def list_caps(self) -> dict[str, tuple[int, str]]:
         """The longest list each top-level field of a body may hold, and what it holds."""
         rows = self.max_rows
@@ -147,7 +149,7 @@ class BodyLimits:
         """
         if not isinstance(body, dict):
             return
-        for name, (cap, unit) in self.list_caps().items():
+        for name, (cap, unit) in self.list_caps.items():
             entries = body.get(name)
             if isinstance(entries, list) and len(entries) > cap:
                 raise TooManyValues(

@@ -33,32 +33,48 @@ def input_matrix(inputs: Sequence[Any], input_shape: Sequence[int], max_rows: in
         PayloadError: Empty, ragged, wrongly shaped, non-numeric or non-finite inputs.
     """
     width = math.prod(input_shape)
-    shape_text = "x".join(str(d) for d in input_shape)
-    expected = f"send {{'inputs': [[...{width} floats...], ...]}} (or rows nested as {shape_text})"
     if len(inputs) == 0:
-        raise PayloadError(f"inputs is empty; {expected} with at least one row")
+        raise PayloadError(f"inputs is empty; {_expected(input_shape)} with at least one row")
     if len(inputs) > max_rows:
         raise TooManyRows(
             f"inputs has {len(inputs)} rows, more than the limit of {max_rows}; "
             f"split it into requests of at most {max_rows} rows"
         )
-    array = numbers(
-        inputs,
-        f"inputs must be a rectangular array of numbers; some rows differ in length or hold "
-        f"non-numbers; {expected}",
-    )
+    try:
+        array = numbers(inputs, _NOT_RECTANGULAR)
+    except PayloadError as error:
+        if str(error) == _NOT_RECTANGULAR:
+            raise PayloadError(f"{_NOT_RECTANGULAR}; {_expected(input_shape)}") from None
+        raise
     row_shape = array.shape[1:]
     if row_shape != (width,) and row_shape != tuple(input_shape):
         shapes = " or ".join(dict.fromkeys(f"{list(s)}" for s in [(width,), tuple(input_shape)]))
         raise PayloadError(
-            f"each input row must have shape {shapes}, got {list(row_shape)}; {expected}"
+            f"each input row must have shape {shapes}, got {list(row_shape)}; "
+            f"{_expected(input_shape)}"
         )
-    if not np.isfinite(array).all():
+    matrix = array.reshape(len(array), width).astype(np.float32)
+    # One check on the predict path's rows; which problem it was is worked out only on failure.
+    if not np.isfinite(matrix).all():
+        if np.isfinite(array).all():  # finite, yet infinite once float32
+            raise PayloadError(
+                "inputs hold numbers too large for float32; send values below 3.4e38"
+            )
         bad = int(np.argwhere(~np.isfinite(array.reshape(len(array), -1)))[0][0])
         raise PayloadError(f"inputs row {bad} holds NaN or Infinity; send finite numbers only")
-    if np.abs(array).max(initial=0.0) > np.finfo(np.float32).max:
-        raise PayloadError("inputs hold numbers too large for float32; send values below 3.4e38")
-    return array.reshape(len(array), width).astype(np.float32)
+    return matrix
+
+
+_NOT_RECTANGULAR = (
+    "inputs must be a rectangular array of numbers; some rows differ in length or hold non-numbers"
+)
+
+
+def _expected(input_shape: Sequence[int]) -> str:
+    """What to send: built only for an answer that refuses the rows, off the predict path."""
+    shape_text = "x".join(str(d) for d in input_shape)
+    width = math.prod(input_shape)
+    return f"send {{'inputs': [[...{width} floats...], ...]}} (or rows nested as {shape_text})"
 
 
 _NUMBER_KINDS = "iuf"

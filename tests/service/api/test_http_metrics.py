@@ -58,3 +58,15 @@ def test_metrics_scrapes_and_keys_are_not_labels(client: TestClient) -> None:
     assert "/metrics" not in handlers
     assert all("secret-tenant" not in str(labels) for _, labels in samples)
     assert "/contexts" in handlers and "/predict/{key}" in handlers
+
+
+def test_methods_outside_http_are_labelled_other(client: TestClient) -> None:
+    before = _samples(client)
+    for method in ("BREW", "WHEN", "BREW"):
+        client.request(method, "/contexts")
+    after = _samples(client)
+    methods = {dict(labels).get("method") for _, labels in after}
+    assert not methods & {"BREW", "WHEN"}
+    added = _timed(after, "none", "other") - _timed(before, "none", "other")
+    added += _timed(after, "/contexts", "other") - _timed(before, "/contexts", "other")
+    assert added == 3
