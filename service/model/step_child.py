@@ -1,15 +1,19 @@
 """The training child: the process that runs role `all`'s training steps on the CPU, apart from
-the API process (`service.model.step_client` is its other end).
+the API process (`service.model.step_client` is its other end). One child serves every shard
+of its API process (`service.model.step_process`).
 
-The child builds a host of its own over the weights in shared memory and answers commands on
-two pipes: one for everything that changes the model (steps, the divergence guard, checkpoint
-saves and restores), one for new and deleted contexts, answered by a thread of its own so that a
-registration never waits for the training steps in flight. Children fork from a server that
-has imported torch and this module once.
+For each shard (a seat) the child builds a host of its own over that shard's weights in shared
+memory and answers commands on the seat's two pipes: one for everything that changes the model
+(steps, the divergence guard, checkpoint saves and restores), one for new and deleted contexts.
+Each pipe is answered by a thread of its own. The commands of the first kind run one at a time
+across the shards, so torch's threads work on one step at a time instead of fighting for the
+cores; a registration never waits for the training steps in flight. Children fork from a
+server that has imported torch and this module once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import multiprocessing
@@ -17,6 +21,7 @@ import multiprocessing.forkserver
 import signal
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from pathlib import Path
@@ -54,35 +59,67 @@ def start_fork_server() -> None:
     multiprocessing.forkserver.ensure_running()
 
 
-def serve(
-    steps: Connection,
-    contexts: Connection,
-    settings: Settings,
-    parameters: dict[str, torch.Tensor],
-    state: SharedModelState,
-    step_watchers: Sequence[StepWatcherFactory] = (),
-) -> None:
-    """The child's loop: builds its own host over the shared weights (with a watcher from each
-    of `step_watchers`) and answers the commands of `steps` until told to stop or until the
-    API process is gone; a thread answers `contexts` meanwhile (the host adds contexts safely
-    beside a step)."""
+@dataclass(frozen=True)
+class Seat:
+    """One shard the child serves: its pipes, and what its host is built over.
+
+    Attributes:
+        steps: Everything that changes the model, one command at a time.
+        contexts: New and deleted contexts, answered beside the steps.
+        parameters: The shard's weights in shared memory, by name.
+        step_watchers: Each builds one watcher for the shard's host.
+    """
+
+    steps: Connection
+    contexts: Connection
+    settings: Settings
+    parameters: dict[str, torch.Tensor]
+    state: SharedModelState
+    step_watchers: Sequence[StepWatcherFactory] = ()
+
+
+def serve(seats: Sequence[Seat]) -> None:
+    """The child's loop: builds a host per seat over the shard's shared weights (with a
+    watcher from each of its `step_watchers`) and answers each seat's pipes on threads of
+    their own, until every seat's steps pipe is told to stop or the API process is gone."""
     # Ctrl-C and a signal to the process group are the API process's to handle: it drains
-    # the queue into a final checkpoint through this child, then stops it.
+    # the queues into final checkpoints through this child, then stops it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    settings = seats[0].settings  # the process-wide settings are those of every shard
     torch.set_num_threads(settings.resolved_torch_threads)
     if settings.training.deterministic:
         torch.use_deterministic_algorithms(True)
-    host = _child_host(settings, parameters, state)
-    host.step_watchers.extend(make() for make in step_watchers)
-    commands = StepCommands(host)
+    served = []
+    for seat in seats:
+        host = _child_host(seat.settings, seat.parameters, seat.state)
+        host.step_watchers.extend(make() for make in seat.step_watchers)
+        served.append((seat, StepCommands(host)))
     gc.freeze()  # what lives as long as the child stays out of every collection (service.app)
-    threading.Thread(target=_answer, args=(contexts, commands), daemon=True).start()
-    _answer(steps, commands)
+    # One step, save or restore at a time, whichever the shard: each uses every torch thread.
+    one_at_a_time = threading.Lock()
+    beside_the_steps = contextlib.nullcontext()  # contexts never wait for a step
+    steps_threads = []
+    for seat, commands in served:
+        threading.Thread(
+            target=_answer, args=(seat.contexts, commands, beside_the_steps), daemon=True
+        ).start()
+        steps_threads.append(
+            threading.Thread(
+                target=_answer, args=(seat.steps, commands, one_at_a_time), daemon=True
+            )
+        )
+    for thread in steps_threads:
+        thread.start()
+    for thread in steps_threads:
+        thread.join()
 
 
-def _answer(connection: Connection, commands: StepCommands) -> None:
-    """Answers the commands that arrive on `connection` until "stop" or the end of the pipe."""
+def _answer(
+    connection: Connection, commands: StepCommands, turn: contextlib.AbstractContextManager[Any]
+) -> None:
+    """Answers the commands that arrive on `connection`, each while holding `turn`, until
+    "stop" or the end of the pipe."""
     while True:
         try:
             command, args = connection.recv()
@@ -91,7 +128,8 @@ def _answer(connection: Connection, commands: StepCommands) -> None:
         if command == "stop":
             return
         try:
-            answer: tuple[str, Any] = ("ok", getattr(commands, command)(*args))
+            with turn:
+                answer: tuple[str, Any] = ("ok", getattr(commands, command)(*args))
         except Exception as err:  # every failure goes back to the caller, which decides
             answer = ("error", err)
         try:

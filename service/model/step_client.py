@@ -11,22 +11,24 @@ restores. The weights live in shared memory, so a prediction in the API process 
 last step wrote, under the same cross-process lock (`service.model.state`); the version and the
 health flag are shared too.
 
-A child that dies is started again at the next call, knowing the same contexts, and the call
-that found it dead raises `StepProcessDied`: the weights it was writing are marked unhealthy,
-and the trainer's supervisor restores the newest checkpoint into the new child, as after any
-crashed step. A model lock the child held is free as soon as it is dead.
+All the shards of the API process share one child (`service.model.step_process`): each host
+takes a seat in it as it is built, with pipes of its own, and the child runs one shard's step at
+a time, so that eight shards do not put eight step processes on the same cores.
+
+A child that dies is started again at the next call of any shard's host, and each host finds
+it dead on its own next call, which raises `StepProcessDied`: that shard's weights are marked
+unhealthy, and its trainer's supervisor restores its newest checkpoint into the new child, as
+after any crashed step. A host that meets a child it has not served yet (the first, or a
+successor) first gives it the shard's contexts and divergence guard. A model lock the child
+held is free as soon as it is dead.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import multiprocessing.util
 import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +39,11 @@ from psp_core.scaling import ScalerRows
 from service.contexts.definition import ContextDefinition
 from service.model.host import ModelHost, TrainRows, resolve_device
 from service.model.state import SharedModelState
-from service.model.step_child import process_context, serve
+from service.model.step_process import SeatPipes, StepChild, StepProcess
 from service.model.training_hooks import StepWatcherFactory
 from service.settings import GuardSettings, Settings
 
 log = logging.getLogger(__name__)
-
-_STOP_WAIT_SECONDS = 30.0
 
 
 class StepProcessDied(RuntimeError):
@@ -61,15 +61,6 @@ def steps_run_in_child(settings: Settings) -> bool:
     )
 
 
-@dataclass(frozen=True)
-class _Child:
-    """A running child and the two pipes to it."""
-
-    process: BaseProcess
-    steps: Connection  # everything that changes the model, one command at a time
-    contexts: Connection  # new contexts, answered by a thread of their own in the child
-
-
 class ChildStepHost(ModelHost):
     """The model host of the API process when the steps run in a child.
 
@@ -82,32 +73,41 @@ class ChildStepHost(ModelHost):
     """
 
     def __init__(
-        self, settings: Settings, step_watchers: Sequence[StepWatcherFactory] = ()
+        self,
+        settings: Settings,
+        step_watchers: Sequence[StepWatcherFactory] = (),
+        step_process: StepProcess | None = None,
     ) -> None:
-        """`step_watchers` are pickled to each child, which builds its own watchers from them
-        (`service.model.training_hooks`)."""
-        context = process_context()
+        """Takes a seat in `step_process`, the child of every shard of this process (one of
+        its own when None), before that child starts. `step_watchers` are pickled to each
+        child, which builds its own watchers from them (`service.model.training_hooks`)."""
+        self._process = step_process or StepProcess()
         super().__init__(
             settings.model.to_config(),
             settings.training.to_config(settings.replay),
             torch.device("cpu"),
             replay_rows=0,  # the buffer lives in the child
             shard=settings.queue.shard,
-            state=SharedModelState(context),
+            state=SharedModelState(self._process.context),
         )
         self.shared_state: SharedModelState = self.state  # type: ignore[assignment]
         for parameter in self.learner.model.parameters():
             parameter.share_memory_()
         self._settings = settings
-        self._context = context
         self._definitions: list[ContextDefinition] = []
         self._guard: GuardSettings | None = None
-        self._step_watchers = tuple(step_watchers)
+        try:
+            self._seat = self._process.take_seat(
+                settings, self.learner.model, self.shared_state, step_watchers
+            )
+        except RuntimeError:
+            self.shared_state.lock.close()  # its file, which no child will open
+            raise
         # One request and its answer on each pipe at a time; `_lifecycle` starts and buries.
         self._step_calls = threading.Lock()
         self._context_calls = threading.Lock()
         self._lifecycle = threading.RLock()  # a child that dies while started is buried
-        self._child: _Child | None = None
+        self._child: StepChild | None = None  # the child this host has given its contexts
 
     # Forwarded to the child -----------------------------------------------------------------
 
@@ -199,23 +199,14 @@ class ChildStepHost(ModelHost):
         return dict(metadata)
 
     def close(self) -> None:
-        """Stops the child, after the calls in flight."""
+        """Leaves the child, after this host's calls in flight; the last host to leave stops
+        it."""
         with self._step_calls, self._context_calls, self._lifecycle:
             child, self._child = self._child, None
-            if child is not None:
-                self._stop(child)
+            self._process.leave(self._seat)
+            if child is not None:  # a child found dead by another host since, or the same
+                child.pipes[self._seat].close()
         self.shared_state.lock.close()
-
-    def _stop(self, child: _Child) -> None:
-        with contextlib.suppress(OSError):
-            child.steps.send(("stop", ()))
-        child.process.join(_STOP_WAIT_SECONDS)
-        if child.process.is_alive():
-            log.warning("shard %d: the training child did not stop; killing it", self.number)
-            child.process.kill()
-            child.process.join()
-        child.steps.close()
-        child.contexts.close()
 
     @property
     def number(self) -> int:
@@ -223,7 +214,9 @@ class ChildStepHost(ModelHost):
 
     @property
     def child_pid(self) -> int | None:
-        """The running child's process id, None before the first call or after `close`."""
+        """The process id of the child this host calls (the one of every shard of this
+        process), None before its first call, after its child was found dead, or after
+        `close`."""
         child = self._child
         return None if child is None else child.process.pid
 
@@ -237,10 +230,13 @@ class ChildStepHost(ModelHost):
         """`command` over the pipe `pipe` ("steps" or "contexts"), whose lock the caller
         holds."""
         child = self._running()
-        return self._exchange(child, getattr(child, pipe), command, args)
+        return self._exchange(child, getattr(self._pipes(child), pipe), command, args)
+
+    def _pipes(self, child: StepChild) -> SeatPipes:
+        return child.pipes[self._seat]
 
     def _exchange(
-        self, child: _Child, connection: Connection, command: str, args: tuple[Any, ...]
+        self, child: StepChild, connection: Connection, command: str, args: tuple[Any, ...]
     ) -> Any:
         try:
             connection.send((command, args))
@@ -254,57 +250,32 @@ class ChildStepHost(ModelHost):
             raise value
         return value
 
-    def _running(self) -> _Child:
-        """A live child, started (with every known context and the guard) if need be."""
+    def _running(self) -> StepChild:
+        """The child, started if none runs, and given this shard's contexts and guard if this
+        host has not called it yet. A child found dead by another host since this host's last
+        call is found dead here too, on its pipes, so that each host is buried."""
         with self._lifecycle:
             if self._child is not None:
                 return self._child
-            child = self._start()
+            child = self._process.running(self._seat)
+            pipes = self._pipes(child)
             if self._definitions:
-                self._exchange(child, child.contexts, "add_contexts", (self._definitions,))
+                self._exchange(child, pipes.contexts, "add_contexts", (self._definitions,))
             if self._guard is not None:
-                self._exchange(child, child.steps, "watch_divergence", (self._guard,))
+                self._exchange(child, pipes.steps, "watch_divergence", (self._guard,))
             self._child = child
             return child
 
-    def _start(self) -> _Child:
-        steps, child_steps = self._context.Pipe()
-        contexts, child_contexts = self._context.Pipe()
-        parameters = dict(self.learner.model.named_parameters())
-        process = self._context.Process(  # type: ignore[attr-defined]
-            target=serve,
-            args=(
-                child_steps,
-                child_contexts,
-                self._settings,
-                parameters,
-                self.shared_state,
-                self._step_watchers,
-            ),
-            name=f"psp-steps-{self.number}",
-            daemon=True,
-        )
-        process.start()
-        child_steps.close()
-        child_contexts.close()
-        # A child ends when its pipes close. multiprocessing joins its children at exit, and
-        # this child ignores SIGTERM, so the pipes must close before that join: a host that was
-        # never `close`d (a start-up that failed) would otherwise hang the exit.
-        for end in (steps, contexts):
-            multiprocessing.util.Finalize(end, end.close, exitpriority=10)
-        log.info("shard %d: training steps run in child process %d", self.number, process.pid)
-        return _Child(process, steps, contexts)
-
-    def _bury(self, child: _Child) -> None:
-        """Forgets a dead child (once, whichever pipe found it dead), gives back the model lock
-        if it died holding it, and marks the weights unhealthy: it may have died half-way
-        through writing them."""
+    def _bury(self, child: StepChild) -> None:
+        """Forgets a dead child (once, whichever pipe found it dead; the step process starts
+        another at the next call of any host), gives back the model lock if it died holding
+        it, and marks this shard's weights unhealthy: it may have died half-way through
+        writing them."""
         with self._lifecycle:
             if self._child is child:
                 self._child = None
-            child.steps.close()
-            child.contexts.close()
-            child.process.join(_STOP_WAIT_SECONDS)
+            self._pipes(child).close()
+            self._process.lost(child)
             # A lock it held went with it: the kernel let go of its `flock`.
             log.error(
                 "shard %d: the training child %s exited with %s",

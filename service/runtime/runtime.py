@@ -35,7 +35,7 @@ from service.runtime.registry_polls import (
     shard_load_poll,
     stored_keys_poll,
 )
-from service.runtime.shard import ShardParts
+from service.runtime.shard import ShardParts, new_step_process
 from service.runtime.shard_roles import Shard, start_replica, start_writer
 from service.runtime.startup import StartupError, check_checkpoint_fits
 from service.runtime.supervisor import Supervisor
@@ -131,7 +131,8 @@ class Runtime:
         background = Background()
         idempotency = IdempotencyMemory()  # one key names one batch on every shard
         numbers = _shard_numbers(settings)
-        parts = [ShardParts.build(settings.for_shard(k), idempotency) for k in numbers]
+        steps = new_step_process(settings)  # the one child that steps every shard here
+        parts = [ShardParts.build(settings.for_shard(k), idempotency, steps) for k in numbers]
         contexts = ContextService(registry, {part.number: part.host for part in parts})
         await contexts.load_bank(map_keys=_serves_predict(settings))
         for part in parts:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from service.checkpoints.store import CheckpointStore
 from service.model.host import ModelHost, resolve_device
 from service.model.step_client import ChildStepHost, steps_run_in_child
+from service.model.step_process import StepProcess
 from service.model.training_hooks import installed_training_hooks
 from service.queue.applied import AppliedNotices
 from service.queue.base import TrainQueue
@@ -44,11 +45,17 @@ class ShardParts:
     batcher: PredictBatcher
 
     @classmethod
-    def build(cls, settings: Settings, idempotency: IdempotencyMemory | None = None) -> ShardParts:
+    def build(
+        cls,
+        settings: Settings,
+        idempotency: IdempotencyMemory | None = None,
+        step_process: StepProcess | None = None,
+    ) -> ShardParts:
         """The model (freshly initialised), the queue, the checkpoint store and the batcher of
         the shard `settings` names; the batcher is not started yet. The in-process queues of
-        one process share `idempotency`."""
-        host = _make_host(settings)
+        one process share `idempotency`; when its steps run in a child, the shards of one
+        process share `step_process` (`new_step_process`)."""
+        host = _make_host(settings, step_process)
         queue, applied = make_queue_and_notices(settings, idempotency)
         batcher = PredictBatcher(
             host, max_rows=settings.batcher.max_rows, max_delay_us=settings.batcher.max_delay_us
@@ -115,12 +122,20 @@ def make_queue_and_notices(
     return in_process, InProcessAppliedNotices()
 
 
-def _make_host(settings: Settings) -> ModelHost:
+def new_step_process(settings: Settings) -> StepProcess | None:
+    """The one child process that will run the steps of every shard of this process, when
+    they run in a child (role `all` on the CPU, unless told otherwise)."""
+    return StepProcess() if steps_run_in_child(settings) else None
+
+
+def _make_host(settings: Settings, step_process: StepProcess | None) -> ModelHost:
     """The model, freshly initialised, with the step watchers of the process's training hooks;
-    in role `all` on the CPU, with its steps in a child process unless told otherwise."""
+    in role `all` on the CPU, with its steps in a child process unless told otherwise (in
+    `step_process` when given, else in one of its own)."""
     hooks = installed_training_hooks()
     if steps_run_in_child(settings):
-        return ChildStepHost(settings, hooks.step_watchers)  # the child builds the watchers
+        # The child builds the watchers.
+        return ChildStepHost(settings, hooks.step_watchers, step_process)
     host = ModelHost(
         settings.model.to_config(),
         settings.training.to_config(settings.replay),

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
+import signal
 import threading
 import time
 
@@ -17,6 +20,7 @@ from psp_core.learner import OnlineLearner, TrainingConfig
 from psp_core.models import ModelConfig, build_model
 from psp_core.replay import DEFAULT_REPLAY_ROWS, ReplayBuffer
 from service.checkpoints.store import CheckpointStore
+from service.testing.campaign.topology import step_children
 from service.testing.processes import wait_until
 from tests.service.faults.traffic import (
     Accepted,
@@ -41,6 +45,33 @@ def _kill_three_times(process, stream: threading.Thread, seed: int) -> list[floa
         process.start()
     stream.join(120)
     return moments
+
+
+class _StepChildOf:
+    """The step child of a role-`all` server, killed as `_kill_three_times` kills a process;
+    the server starts its successor by itself."""
+
+    def __init__(self, server) -> None:
+        self.server = server
+        self.killed: list[list[int]] = []
+
+    def kill(self) -> None:
+        """Kills the step children started since the last kill (one, if they share one);
+        a child killed before may linger as a zombie until the server finds it dead."""
+        before = {child for children in self.killed for child in children}
+
+        def new_children() -> list[int]:
+            return [child for child in step_children(self.server.pid) if child not in before]
+
+        wait_until(new_children, 30, what="a new step child")
+        children = new_children()
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
+        self.killed.append(children)
+
+    def start(self) -> None:
+        """Nothing to do: the next call of any shard starts a new child."""
 
 
 def _stream_while_killed_three_times(
@@ -172,3 +203,31 @@ def test_three_shards_in_one_process_survive_kill_9s_with_exactly_once_counts(
     for shard in range(3):
         model = httpx.get(f"{base}/model", params={"shard": shard}, timeout=5).json()
         assert model["shard"] == shard and model["contexts"] == 1 and model["model_version"] > 0
+
+
+def test_three_shards_survive_kill_9s_of_their_one_step_child_with_exactly_once_counts(
+    base_env, spawn
+) -> None:
+    env = {
+        **base_env,
+        "PSP_SHARDS__COUNT": "3",
+        "PSP_CHECKPOINT__EVERY_STEPS": "4",
+        "PSP_CHECKPOINT__EVERY_SECONDS": "0.3",
+    }
+    server = spawn("serve", {**env, "PSP_ROLE": "all"})
+    base = f"http://127.0.0.1:{server.port}"
+    _register(base)
+    step_child = _StepChildOf(server)
+    expected = _stream_while_killed_three_times(step_child, base, stream_seed=17, kill_seed=19)
+    assert all(expected.values()), "every shard got batches"
+    # One child at a time served the three shards, and each kill met a new one.
+    assert [len(children) for children in step_child.killed] == [1, 1, 1]
+    assert len({children[0] for children in step_child.killed}) == 3
+    _assert_counted_exactly_once(base, expected)
+    inputs = {"inputs": [[0.5] * 64]}
+
+    def every_shard_predicts() -> bool:
+        answers = [httpx.post(f"{base}/predict/{key}", json=inputs, timeout=5) for key in KEYS]
+        return all(answer.status_code == 200 for answer in answers)
+
+    wait_until(every_shard_predicts, 60, 0.5, what="every shard restored or untouched")

@@ -4,6 +4,7 @@ trains through that shard's queue and predicts from that shard's weights."""
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,7 @@ from prometheus_client import REGISTRY
 
 from service.api.auth import issue_key
 from service.app import create_app
+from service.model.step_client import ChildStepHost
 from service.runtime.runtime import Runtime
 from service.runtime.shard_roles import Shard
 from service.runtime.startup import StartupError
@@ -87,6 +89,23 @@ def test_training_a_context_changes_only_its_shards_weights(three_shards: TestCl
     assert versions == [0, answer["model_version"], 0] and answer["model_version"] > 0
     assert three_shards.get("/model", params={"shard": 1}).json()["model_version"] == versions[1]
     assert three_shards.get("/contexts/b").json()["examples_seen"] in (0, 16)
+
+
+def test_the_shards_of_one_process_step_in_one_child(make_settings: SettingsFactory) -> None:
+    settings = make_settings(shards={"count": 3}, training={"steps_in": "child_process"})
+    with TestClient(create_app(settings)) as client:
+        for key in ("a", "b", "c"):
+            register(client, key)
+        before = _all_weights(client)
+        _train(client, "b", seed=1)
+        after = _all_weights(client)
+        hosts = [shard.host for shard in _runtime(client).shards]
+        pids = {host.child_pid if isinstance(host, ChildStepHost) else None for host in hosts}
+    assert after[1] != before[1] and (after[0], after[2]) == (before[0], before[2])
+    assert len(pids) == 1
+    (pid,) = pids
+    assert pid is not None
+    assert not Path(f"/proc/{pid}").exists()  # the runtime's stop stopped it
 
 
 def test_a_mixed_multi_predict_answers_like_single_predictions_in_order(
