@@ -21,7 +21,8 @@ from psp_core.models import ModelConfig, build_model
 from psp_core.replay import DEFAULT_REPLAY_ROWS, ReplayBuffer
 from service.checkpoints.store import CheckpointStore
 from service.testing.campaign.topology import step_children
-from service.testing.processes import wait_until
+from service.testing.processes import ServerProcess, wait_until
+from tests.service.faults.conftest import ProcessFactory
 from tests.service.faults.traffic import (
     Accepted,
     examples_seen,
@@ -51,7 +52,7 @@ class _StepChildOf:
     """The step child of a role-`all` server, killed as `_kill_three_times` kills a process;
     the server starts its successor by itself."""
 
-    def __init__(self, server) -> None:
+    def __init__(self, server: ServerProcess) -> None:
         self.server = server
         self.killed: list[list[int]] = []
 
@@ -206,7 +207,7 @@ def test_three_shards_in_one_process_survive_kill_9s_with_exactly_once_counts(
 
 
 def test_three_shards_survive_kill_9s_of_their_one_step_child_with_exactly_once_counts(
-    base_env, spawn
+    base_env: dict[str, str], spawn: ProcessFactory
 ) -> None:
     env = {
         **base_env,
