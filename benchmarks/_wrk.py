@@ -67,7 +67,8 @@ def wrk_predict(
         )
         listed.write_text("".join(lines))
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        command = ["wrk", "-t", str(threads), "-c", str(clients), "-d", f"{seconds:g}s"]
+        whole_seconds = max(1, round(seconds))  # wrk refuses "3.3s"
+        command = ["wrk", "-t", str(threads), "-c", str(clients), "-d", f"{whole_seconds}s"]
         command += ["--latency", "-s", str(SCRIPT), base_url, "--", str(listed)]
         output = subprocess.run(
             command, capture_output=True, text=True, check=True, timeout=seconds + 60

@@ -326,7 +326,8 @@ class OnlineLearner:
         Returns:
             `(B, num_classes)` float32 probabilities on the model's device.
         """
-        self.model.eval()
+        if self.model.training:  # `eval()` walks every module: not on every prediction
+            self.model.eval()
         if self.scaler is not None:
             ids = context_ids if context_ids is not None else context_index.cpu().numpy()
             x = self.scaler.transform(ids, x.reshape(len(x), -1)).inputs

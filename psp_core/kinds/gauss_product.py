@@ -8,6 +8,13 @@ the CPU: `A` and `B` each receive two gradients, one of them through `A + B`, an
 adds the weight-sized pieces in separate passes over memory (a tenth of a training step of a
 complex 784-1024-1024 MLP). Here each weight's gradient is one GEMM accumulated onto the
 shared `P3` term (`addmm`), and the same for the inputs.
+
+Gauss's product saves a quarter of the multiplications at the price of `A + B`, a pass over a
+weight-sized matrix on every call. With few rows that pass costs more than the multiplications
+it saves: a prediction of one row took 1.5-1.9 times as long as the four products
+`A Re u`, `B Im u`, `B Re u`, `A Im u` (two GEMMs over the stacked halves). So without
+gradients (predictions) and with at most `FEW_ROWS` rows, `gauss_product` computes those four
+products instead.
 """
 
 from __future__ import annotations
@@ -15,6 +22,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
+FEW_ROWS = 48
+"""Up to this many rows, a product without gradients skips Gauss's `A + B` pass: measured on
+two CPU cores, the four products were faster at 32 rows (1.3-1.5x for 256 and 1024 wide
+layers) and about as fast at 64."""
 
 
 class GaussProduct(torch.autograd.Function):
@@ -81,6 +93,29 @@ def gauss_product(
         a, b: `(N, M)` real and imaginary parts of the weight.
         bias: `(N,)`, added to the real part, or None.
     """
+    if len(real_u) <= FEW_ROWS and not torch.is_grad_enabled():
+        return _four_products(real_u, imag_u, a, b, bias)
     out = GaussProduct.apply(real_u, imag_u, a, b, bias)
     assert isinstance(out, torch.Tensor)
+    return out
+
+
+def _four_products(
+    real_u: torch.Tensor,
+    imag_u: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """`[Re ; Im]` of `W u + b` from `A Re u - B Im u` and `B Re u + A Im u`: each weight read
+    once, by one GEMM over both halves of the input, and no weight-sized temporary."""
+    rows, n = len(real_u), a.shape[0]
+    halves = torch.cat([real_u, imag_u])
+    by_a = halves @ a.T  # [A Re u ; A Im u]
+    by_b = halves @ b.T  # [B Re u ; B Im u]
+    out = real_u.new_empty(rows, 2 * n)
+    torch.sub(by_a[:rows], by_b[rows:], out=out[:, :n])
+    torch.add(by_b[:rows], by_a[rows:], out=out[:, n:])
+    if bias is not None:
+        out[:, :n].add_(bias)
     return out

@@ -3,24 +3,40 @@
 import pytest
 import torch
 
-from psp_core.kinds.gauss_product import gauss_product
+from psp_core.kinds.gauss_product import FEW_ROWS, gauss_product
 
 
-def _operands(requires_grad: bool) -> tuple[torch.Tensor, ...]:
+def _operands(requires_grad: bool, rows: int = 5) -> tuple[torch.Tensor, ...]:
     generator = torch.Generator().manual_seed(0)
 
     def draw(*shape: int) -> torch.Tensor:
         values = torch.randn(*shape, dtype=torch.float64, generator=generator)
         return values.requires_grad_(requires_grad)
 
-    return draw(5, 7), draw(5, 7), draw(3, 7), draw(3, 7), draw(3)
+    return draw(rows, 7), draw(rows, 7), draw(3, 7), draw(3, 7), draw(3)
 
 
-def test_value_is_the_complex_product_with_the_bias_on_the_real_part() -> None:
-    real_u, imag_u, a, b, bias = _operands(requires_grad=False)
-    expected = torch.complex(real_u, imag_u) @ torch.complex(a, b).T + bias
-    got = gauss_product(real_u, imag_u, a, b, bias)
+# Without gradients, few rows take the four products and more rows Gauss's three.
+@pytest.mark.parametrize("rows", [1, 5, FEW_ROWS, FEW_ROWS + 1, 4 * FEW_ROWS])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_value_is_the_complex_product_with_the_bias_on_the_real_part(
+    rows: int, with_bias: bool
+) -> None:
+    real_u, imag_u, a, b, bias = _operands(requires_grad=False, rows=rows)
+    expected = torch.complex(real_u, imag_u) @ torch.complex(a, b).T
+    if with_bias:
+        expected += bias
+    got = gauss_product(real_u, imag_u, a, b, bias if with_bias else None)
     assert torch.allclose(got, torch.cat([expected.real, expected.imag], dim=1))
+
+
+def test_predictions_and_training_compute_the_same_product() -> None:
+    operands = _operands(requires_grad=True, rows=3)
+    with torch.inference_mode():
+        predicted = gauss_product(*operands)
+    trained = gauss_product(*operands)
+    assert trained.requires_grad
+    assert torch.allclose(predicted, trained.detach())
 
 
 @pytest.mark.parametrize("with_bias", [True, False])
