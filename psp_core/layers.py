@@ -243,24 +243,33 @@ class SuperposedConv2d(SuperposedLayer):
     def _convolve_block(
         self, rows: torch.Tensor, context_index: torch.Tensor, block_bias: torch.Tensor | None
     ) -> torch.Tensor:
-        """One grouped convolution of `rows`, each row with its own context's kernel.
+        """`rows`, each with its own context's kernel (`LayerContexts.convolve_rows`).
 
         Args:
             block_bias: The bias repeated for every row of a full block, or None.
         """
+        context = self.contexts.gather(context_index)
+        return self.contexts.convolve_rows(
+            rows, context, self.weights(), self.sides, self._convolve_each, block_bias
+        )
+
+    def _convolve_each(
+        self, rows: torch.Tensor, kernels: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        """One grouped convolution of `rows` `(b, C, H, W)`, each row with its own kernel of
+        `kernels` `(b, N, C·kh·kw)`: `(b, N, H', W')`."""
         conv = self.base_layer
-        weights, _ = self.bound_weights(context_index)
-        kernels = weights.view(len(rows) * weights.shape[1], rows.shape[1], *conv.kernel_size)
+        count, channels = rows.shape[:2]
         out = F.conv2d(
-            rows.flatten(0, 1).unsqueeze(0),
-            kernels,
-            None if block_bias is None else block_bias[: len(kernels)],  # each row's group
+            rows.reshape(1, count * channels, *rows.shape[2:]),
+            kernels.reshape(count * kernels.shape[1], channels, *conv.kernel_size),
+            None if bias is None else bias[: count * kernels.shape[1]],  # each row's group
             conv.stride,
             conv.padding,
             conv.dilation,
-            groups=len(rows),
+            groups=count,
         )
-        return out.view(len(rows), -1, *out.shape[2:])  # (b, N', H', W')
+        return out.view(count, -1, *out.shape[2:])
 
 
 def stacked(pieces: Iterator[torch.Tensor], rows: int) -> torch.Tensor:

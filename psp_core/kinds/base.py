@@ -4,15 +4,17 @@ A kind is a subclass of `LayerContexts`, and every superposed layer holds one in
 `layer.contexts` (the state lives on the layer, as in peft's tuner layers). The subclass decides
 what a context's row is (`row_shape`, `make_row`), which spec defines it (`check_spec`), and how
 the rows bind a batch: `linear` for a Linear layer, `bound_weights` for a convolution's kernel
-(eq. 10). The layers own their forward passes and hand the kinds what the maths needs (the
-weights as `LayerWeights`, the complex sides as `ComplexSides`), so nothing here knows a layer.
+(eq. 10), which `convolve_rows` convolves rows with (a kind may convolve another way). The
+layers own their forward passes and hand the kinds what the maths needs (the weights as
+`LayerWeights`, the complex sides as `ComplexSides`, a convolution as `RowConvolution`), so
+nothing here knows a layer.
 """
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar, NamedTuple
 
 import torch
@@ -50,6 +52,12 @@ class ComplexSides(NamedTuple):
     def either(self) -> bool:
         """Whether either side is complex."""
         return self.input or self.output
+
+
+RowConvolution = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+"""A convolution layer's `convolve(inputs, kernels, bias)`: each of the `b` rows of `inputs`
+`(b, C, H, W)` convolved with its own kernel of `kernels` `(b, N, C·kh·kw)` (and the bias
+`(b·N,)`, or None), giving `(b, N, H', W')`."""
 
 
 class LayerContexts(nn.Module, ABC):
@@ -171,6 +179,29 @@ class LayerContexts(nn.Module, ABC):
     ) -> torch.Tensor:
         """A Linear layer's output, each row of `x` under the context of its entry in `rows`
         (`(B,)` int64 row indices into the table)."""
+
+    def convolve_rows(
+        self,
+        rows: torch.Tensor,
+        context: torch.Tensor,
+        weights: LayerWeights,
+        sides: ComplexSides,
+        convolve: RowConvolution,
+        bound_bias: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Each of the `b` rows `(b, C', H, W)` convolved with the kernel of its own context
+        (`context`: `b` contexts from `gather`): one grouped convolution with the bound
+        kernels of `bound_weights`.
+
+        Args:
+            convolve: The layer's convolution of each row with its own kernel.
+            bound_bias: The bias of the bound kernels (`bound_weights`), once per row.
+
+        Returns:
+            `(b, N', H', W')`.
+        """
+        kernels, _ = self.bound_weights(context, weights, sides)
+        return convolve(rows, kernels, bound_bias)
 
     @abstractmethod
     def bound_weights(

@@ -313,6 +313,26 @@ def test_grouped_conv_gradients_equal_row_by_row_gradients(kind, max_looped, mon
     assert torch.allclose(grouped, layer.base_layer.weight.grad, atol=1e-4)
 
 
+@pytest.mark.parametrize("kind", ["complex", "onepower"])
+def test_complex_rows_convolved_by_gauss_product_have_the_row_by_row_gradients(
+    kind, monkeypatch
+) -> None:
+    """Complex activations in and out: each block of rows is three grouped convolutions."""
+    monkeypatch.setattr(LayerContexts, "ROWS_PER_GROUPED_CONV", 3)
+    layer = _conv(kind)
+    layer.set_complex_sides(complex_input=True, complex_output=True)
+    x = torch.randn(7, 6, 9, 7)
+    index = torch.tensor([2, 0, 2, 5, 0, 2, 1])
+    layer(x, index).square().sum().backward()
+    grouped = [layer.base_layer.weight.grad.clone(), layer.weight_imag.grad.clone()]
+    layer.zero_grad()
+    for i in range(7):
+        layer(x[i : i + 1], index[i : i + 1]).square().sum().backward()
+    row_by_row = [layer.base_layer.weight.grad, layer.weight_imag.grad]
+    for got, expected in zip(grouped, row_by_row, strict=True):
+        assert torch.allclose(got, expected, atol=1e-4)
+
+
 def test_real_kinds_have_no_complex_activations() -> None:
     with pytest.raises(ValueError, match="no complex activations"):
         _linear("binary").set_complex_sides(complex_input=True, complex_output=False)
