@@ -184,9 +184,10 @@ def test_all_role_survives_three_kill_9s_with_exactly_once_counts(base_env, spaw
     _assert_counted_exactly_once(base, expected)
 
 
-def test_three_shards_in_one_process_survive_kill_9s_with_exactly_once_counts(
-    base_env, spawn
-) -> None:
+def _three_shards_in_one_process(
+    base_env: dict[str, str], spawn: ProcessFactory
+) -> tuple[ServerProcess, str]:
+    """A role-`all` server of three shards that checkpoint often, with `KEYS` registered."""
     env = {
         **base_env,
         "PSP_SHARDS__COUNT": "3",
@@ -196,6 +197,13 @@ def test_three_shards_in_one_process_survive_kill_9s_with_exactly_once_counts(
     server = spawn("serve", {**env, "PSP_ROLE": "all"})
     base = f"http://127.0.0.1:{server.port}"
     _register(base)
+    return server, base
+
+
+def test_three_shards_in_one_process_survive_kill_9s_with_exactly_once_counts(
+    base_env, spawn
+) -> None:
+    server, base = _three_shards_in_one_process(base_env, spawn)
     shards = {key: httpx.get(f"{base}/contexts/{key}", timeout=5).json()["shard"] for key in KEYS}
     assert shards == {"tenant-a": 0, "tenant-b": 1, "tenant-c": 2}
     expected = _stream_while_killed_three_times(server, base, stream_seed=11, kill_seed=13)
@@ -209,15 +217,7 @@ def test_three_shards_in_one_process_survive_kill_9s_with_exactly_once_counts(
 def test_three_shards_survive_kill_9s_of_their_one_step_child_with_exactly_once_counts(
     base_env: dict[str, str], spawn: ProcessFactory
 ) -> None:
-    env = {
-        **base_env,
-        "PSP_SHARDS__COUNT": "3",
-        "PSP_CHECKPOINT__EVERY_STEPS": "4",
-        "PSP_CHECKPOINT__EVERY_SECONDS": "0.3",
-    }
-    server = spawn("serve", {**env, "PSP_ROLE": "all"})
-    base = f"http://127.0.0.1:{server.port}"
-    _register(base)
+    server, base = _three_shards_in_one_process(base_env, spawn)
     step_child = _StepChildOf(server)
     expected = _stream_while_killed_three_times(step_child, base, stream_seed=17, kill_seed=19)
     assert all(expected.values()), "every shard got batches"
