@@ -70,10 +70,12 @@ class DeletedContexts:
             log.warning("cannot check for deleted contexts, will retry: %s", err)
             return
         indices = {index for _, index in retired}
-        await asyncio.to_thread(self._host.forget_contexts, indices)
-        # The look-back overlaps the last one: only newly deleted contexts call for a scrub.
+        # Marked before the learner forgets them: the mark has moved past these deletions, so
+        # should forgetting fail (a step process that died), the kept files are still scrubbed
+        # of them. The look-back overlaps the last one: only new deletions call for a scrub.
         self._unscrubbed |= indices - self._forgotten
         self._forgotten |= indices
+        await asyncio.to_thread(self._host.forget_contexts, indices)
 
     async def scrub_kept_checkpoints(self) -> None:
         """Rewrites every kept checkpoint that still holds rows or input statistics of a
@@ -82,8 +84,11 @@ class DeletedContexts:
         is written or pruned meanwhile."""
         if not self._unscrubbed:
             return
-        deleted, self._unscrubbed = self._unscrubbed, set()
+        deleted = set(self._unscrubbed)
         for info in self._store.list():
             dropped = await asyncio.to_thread(forget_contexts_in, info.path, deleted)
             if dropped:
                 log.info("removed %d rows of deleted contexts from %s", dropped, info.path.name)
+        # Only once every kept file is scrubbed: a rewrite that failed (a full disk) is tried
+        # again at the next checkpoint.
+        self._unscrubbed -= deleted
